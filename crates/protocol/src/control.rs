@@ -1,0 +1,117 @@
+//! Control messages: registration, user logins and logouts, keepalive and errors.
+//!
+//! They are rare next to data frames, so they are plain serde types encoded with bincode (standard
+//! configuration, with a size limit). Bytes after a decoded message are ignored, which lets a later
+//! version append fields to a message without breaking the version check of [`Hello`].
+
+use bytes::{BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProtocolError;
+use crate::ids::{ServerId, UserId};
+use crate::MAX_FRAME_LEN_CEILING;
+
+/// A control message, in either direction.
+///
+/// `Hello` must stay the first variant and `version` its first field in every version of the
+/// protocol, so that any peer can read the version of any other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// AS to hub, first frame of a connection: who the AS is.
+    Hello(Hello),
+    /// Hub to AS: the registration is accepted.
+    Welcome(Welcome),
+    /// Either direction: the peer is refused or broke the protocol; the sender closes after it.
+    Error {
+        /// What went wrong, for programs.
+        code: ErrorCode,
+        /// What went wrong, for people.
+        message: String,
+    },
+    /// AS to hub: these users are now online on the sending AS. After a (re)connect the AS sends
+    /// its whole user set as a series of these: the snapshot.
+    Login {
+        /// The users, in one batch.
+        users: Vec<UserId>,
+    },
+    /// AS to hub: these users left the sending AS.
+    Logout {
+        /// The users, in one batch.
+        users: Vec<UserId>,
+    },
+    /// Either direction: asks for a `Pong` with the same token once every earlier frame on this
+    /// connection has been handled.
+    Ping {
+        /// Echoed in the answer.
+        token: u64,
+    },
+    /// The answer to a `Ping`.
+    Pong {
+        /// The token of the `Ping`.
+        token: u64,
+    },
+}
+
+/// The handshake an AS opens its connection with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`crate::PROTOCOL_VERSION`] of the AS.
+    pub version: u16,
+    /// The id the AS registers under.
+    pub server_id: ServerId,
+    /// Where the AS's own clients connect to it, as it wants the cluster to advertise.
+    pub client_addr: String,
+}
+
+/// The hub's answer to an accepted [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// [`crate::PROTOCOL_VERSION`] of the hub.
+    pub version: u16,
+    /// Largest frame body the hub accepts.
+    pub max_frame_len: u32,
+}
+
+/// Why a connection is refused or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The peers speak different protocol versions.
+    VersionMismatch,
+    /// Another live AS is registered under the same id.
+    DuplicateServer,
+    /// The peer sent something that is not a valid frame here.
+    Malformed,
+    /// A frame exceeded the size limit.
+    TooLarge,
+    /// No valid handshake arrived in time.
+    HandshakeTimeout,
+    /// The peer did not read fast enough and its queue passed the limit.
+    SlowConsumer,
+    /// The hub is full or shutting down.
+    Unavailable,
+}
+
+/// Bincode settings shared by both ends; the limit bounds what a length claim may allocate.
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME_LEN_CEILING>()
+}
+
+impl Control {
+    /// Appends the bincode encoding of this message to `dst`.
+    pub fn encode_into(&self, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        let mut writer = dst.writer();
+        bincode::serde::encode_into_std_write(self, &mut writer, config())?;
+        Ok(())
+    }
+
+    /// Decodes a message from the body of a control frame (after the kind byte).
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let (control, _read) = bincode::serde::decode_from_slice(bytes, config())?;
+        Ok(control)
+    }
+
+    /// Shorthand for an error message.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error { code, message: message.into() }
+    }
+}

@@ -1,0 +1,270 @@
+//! Frame kinds, the routing header of data frames, and frames as owned values or raw bytes.
+//!
+//! A data frame after its length prefix:
+//!
+//! ```text
+//! kind u8 | seq u64 | origin u32 | recipient_len u8 | recipient | sender_len u8 | sender | payload
+//! ```
+//!
+//! All integers are big-endian. The header is read in place from the received buffer: nothing in
+//! it needs serde, and the payload is the rest of the frame.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::control::Control;
+use crate::error::ProtocolError;
+use crate::ids::{ServerId, UserId};
+use crate::LENGTH_PREFIX_LEN;
+
+/// The first byte of every frame body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A bincode-encoded [`Control`] message.
+    Control,
+    /// A data frame with a routing header.
+    Data(DataKind),
+}
+
+/// What a data frame asks of the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DataKind {
+    /// AS to hub to AS: deliver to the recipient, wherever they are.
+    Unicast = 1,
+    /// Hub to the origin AS: the recipient of this unicast frame is not online anywhere, or could
+    /// not be reached; the frame comes back whole so the app can store or retry it.
+    Undeliverable = 2,
+}
+
+const CONTROL_TAG: u8 = 0;
+
+/// Bytes of the routing header before the recipient's name: kind, seq, origin, recipient length.
+const FIXED_HEADER_LEN: usize = 1 + 8 + 4 + 1;
+
+impl FrameKind {
+    /// Reads the kind from the first byte of a frame body.
+    pub fn from_tag(tag: u8) -> Result<Self, ProtocolError> {
+        Ok(match tag {
+            CONTROL_TAG => Self::Control,
+            1 => Self::Data(DataKind::Unicast),
+            2 => Self::Data(DataKind::Undeliverable),
+            other => return Err(ProtocolError::UnknownKind(other)),
+        })
+    }
+
+    /// The byte that stands for this kind on the wire.
+    pub fn tag(self) -> u8 {
+        match self {
+            Self::Control => CONTROL_TAG,
+            Self::Data(kind) => kind as u8,
+        }
+    }
+}
+
+/// The routing header of a data frame, borrowed from the frame's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// What the hub should do with the frame.
+    pub kind: DataKind,
+    /// Sequence number given by the origin AS (reserved for acknowledgement and retransmission).
+    pub seq: u64,
+    /// The AS the frame started from.
+    pub origin: ServerId,
+    /// Whom the frame is for.
+    pub recipient: &'a str,
+    /// Who sent it.
+    pub sender: &'a str,
+    /// Where the payload starts in the frame body.
+    pub payload_offset: usize,
+}
+
+impl<'a> Route<'a> {
+    /// Parses the routing header at the start of a data frame `body` (after the length prefix).
+    pub fn parse(body: &'a [u8]) -> Result<Self, ProtocolError> {
+        let mut buf = body;
+        if buf.len() < FIXED_HEADER_LEN {
+            return Err(ProtocolError::Truncated);
+        }
+        let kind = match FrameKind::from_tag(buf.get_u8())? {
+            FrameKind::Data(kind) => kind,
+            FrameKind::Control => return Err(ProtocolError::NotData),
+        };
+        let seq = buf.get_u64();
+        let origin = ServerId(buf.get_u32());
+        let recipient = take_name(&mut buf)?;
+        let sender = take_name(&mut buf)?;
+        Ok(Self {
+            kind,
+            seq,
+            origin,
+            recipient,
+            sender,
+            payload_offset: body.len() - buf.len(),
+        })
+    }
+}
+
+/// Reads one length-prefixed user name and checks it as a [`UserId`].
+fn take_name<'a>(buf: &mut &'a [u8]) -> Result<&'a str, ProtocolError> {
+    let len = usize::from(*buf.first().ok_or(ProtocolError::Truncated)?);
+    let bytes = buf.get(1..1 + len).ok_or(ProtocolError::Truncated)?;
+    let name = std::str::from_utf8(bytes).map_err(|_| crate::UserIdError::NotUtf8)?;
+    UserId::check(name)?;
+    *buf = &buf[1 + len..];
+    Ok(name)
+}
+
+/// An owned data frame, as an AS builds and receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Data {
+    /// What the hub should do with the frame.
+    pub kind: DataKind,
+    /// Sequence number given by the origin AS.
+    pub seq: u64,
+    /// The AS the frame started from.
+    pub origin: ServerId,
+    /// Whom the frame is for.
+    pub recipient: UserId,
+    /// Who sent it.
+    pub sender: UserId,
+    /// The application's bytes, never looked at by the hub.
+    pub payload: Bytes,
+}
+
+impl Data {
+    /// Length of the body once encoded (everything after the length prefix).
+    pub fn encoded_len(&self) -> usize {
+        FIXED_HEADER_LEN + self.recipient.as_str().len() + 1 + self.sender.as_str().len()
+            + self.payload.len()
+    }
+
+    fn encode_body(&self, dst: &mut BytesMut) {
+        dst.put_u8(self.kind as u8);
+        dst.put_u64(self.seq);
+        dst.put_u32(self.origin.0);
+        for name in [&self.recipient, &self.sender] {
+            // UserId guarantees the length fits in a byte.
+            dst.put_u8(name.as_str().len() as u8);
+            dst.put_slice(name.as_str().as_bytes());
+        }
+        dst.put_slice(&self.payload);
+    }
+}
+
+/// A frame decoded into owned values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A control message.
+    Control(Control),
+    /// A data frame.
+    Data(Data),
+}
+
+impl Frame {
+    /// Appends this frame, length prefix included, to `dst`.
+    ///
+    /// Fails, leaving `dst` as it was, when the body would exceed `max_frame_len`.
+    pub fn encode(&self, max_frame_len: usize, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        match self {
+            Frame::Control(control) => {
+                dst.put_u8(CONTROL_TAG);
+                if let Err(err) = control.encode_into(dst) {
+                    dst.truncate(start);
+                    return Err(err);
+                }
+            }
+            Frame::Data(data) => {
+                let len = data.encoded_len();
+                if len > max_frame_len {
+                    dst.truncate(start);
+                    return Err(ProtocolError::FrameTooLarge { len, max: max_frame_len });
+                }
+                dst.reserve(len);
+                data.encode_body(dst);
+            }
+        }
+        let len = dst.len() - start - LENGTH_PREFIX_LEN;
+        if len > max_frame_len {
+            dst.truncate(start);
+            return Err(ProtocolError::FrameTooLarge { len, max: max_frame_len });
+        }
+        // The limit is at most MAX_FRAME_LEN_CEILING, far below u32::MAX.
+        dst[start..start + LENGTH_PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+
+    /// Encodes this frame into a buffer of its own, ready to be queued for a socket.
+    pub fn to_bytes(&self, max_frame_len: usize) -> Result<Bytes, ProtocolError> {
+        let mut dst = BytesMut::new();
+        self.encode(max_frame_len, &mut dst)?;
+        Ok(dst.freeze())
+    }
+}
+
+/// One received frame as the bytes it came in, length prefix included.
+///
+/// The hub forwards these bytes unchanged; an AS turns them into a [`Frame`] with [`RawFrame::decode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame(Bytes);
+
+impl RawFrame {
+    /// Wraps the bytes of a whole frame. The codec guarantees the prefix and a non-empty body.
+    pub(crate) fn new(bytes: Bytes) -> Self {
+        debug_assert!(bytes.len() > LENGTH_PREFIX_LEN);
+        Self(bytes)
+    }
+
+    /// The frame body: everything after the length prefix.
+    pub fn body(&self) -> &[u8] {
+        &self.0[LENGTH_PREFIX_LEN..]
+    }
+
+    /// The kind of this frame.
+    pub fn kind(&self) -> Result<FrameKind, ProtocolError> {
+        FrameKind::from_tag(self.body()[0])
+    }
+
+    /// The routing header, if this is a data frame.
+    pub fn route(&self) -> Result<Route<'_>, ProtocolError> {
+        Route::parse(self.body())
+    }
+
+    /// The whole frame, length prefix included, to be written to another socket as it is.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// Gives up the wrapper and returns the whole frame.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// A copy of this data frame with another kind, for the rare frames the hub sends back.
+    pub fn with_data_kind(&self, kind: DataKind) -> Result<RawFrame, ProtocolError> {
+        self.route()?;
+        let mut bytes = BytesMut::from(&self.0[..]);
+        bytes[LENGTH_PREFIX_LEN] = kind as u8;
+        Ok(Self(bytes.freeze()))
+    }
+
+    /// Decodes the frame into owned values; the payload of a data frame shares these bytes.
+    pub fn decode(&self) -> Result<Frame, ProtocolError> {
+        match self.kind()? {
+            FrameKind::Control => Control::decode(&self.body()[1..]).map(Frame::Control),
+            FrameKind::Data(_) => {
+                let route = self.route()?;
+                let payload_start = LENGTH_PREFIX_LEN + route.payload_offset;
+                Ok(Frame::Data(Data {
+                    kind: route.kind,
+                    seq: route.seq,
+                    origin: route.origin,
+                    recipient: UserId::new(route.recipient)?,
+                    sender: UserId::new(route.sender)?,
+                    payload: self.0.slice(payload_start..),
+                }))
+            }
+        }
+    }
+}

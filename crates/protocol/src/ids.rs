@@ -1,0 +1,159 @@
+//! Identifiers of app servers and users.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Identifies one app server (AS) in the cluster; unique among the live AS of a hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServerId(pub u32);
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for ServerId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(ServerId)
+    }
+}
+
+/// Names one user of the cluster: 1 to [`UserId::MAX_LEN`] bytes of UTF-8.
+///
+/// Backed by an `Arc<str>` because the hub keeps each id in its directory and in the set of its
+/// server, and clones must not copy the name. It hashes and compares as a `str`, so maps keyed by
+/// `UserId` can be searched with a `&str` borrowed from a received frame.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
+
+/// Why a string is not a valid [`UserId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserIdError {
+    /// The name is empty.
+    #[error("user id is empty")]
+    Empty,
+    /// The name is longer than the routing header can carry.
+    #[error("user id is {0} bytes long, the limit is {max}", max = UserId::MAX_LEN)]
+    TooLong(usize),
+    /// The name is not UTF-8 (only when parsed from raw bytes).
+    #[error("user id is not valid UTF-8")]
+    NotUtf8,
+}
+
+impl UserId {
+    /// Longest id in bytes: its length travels in one byte of the routing header.
+    pub const MAX_LEN: usize = u8::MAX as usize;
+
+    /// Validates `name` and makes an id of it.
+    pub fn new(name: &str) -> Result<Self, UserIdError> {
+        Self::check(name)?;
+        Ok(Self(Arc::from(name)))
+    }
+
+    /// Checks `name` against the rules of a user id without allocating.
+    pub fn check(name: &str) -> Result<(), UserIdError> {
+        match name.len() {
+            0 => Err(UserIdError::Empty),
+            n if n > Self::MAX_LEN => Err(UserIdError::TooLong(n)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for UserId {
+    type Error = UserIdError;
+
+    fn try_from(name: &str) -> Result<Self, Self::Error> {
+        Self::new(name)
+    }
+}
+
+impl TryFrom<String> for UserId {
+    type Error = UserIdError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        Self::check(&name)?;
+        Ok(Self(Arc::from(name)))
+    }
+}
+
+impl FromStr for UserId {
+    type Err = UserIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl Borrow<str> for UserId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for UserId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for UserId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::new(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_id_limits() {
+        assert_eq!(UserId::new(""), Err(UserIdError::Empty));
+        assert!(UserId::new(&"x".repeat(UserId::MAX_LEN)).is_ok());
+        assert_eq!(
+            UserId::new(&"x".repeat(UserId::MAX_LEN + 1)),
+            Err(UserIdError::TooLong(UserId::MAX_LEN + 1))
+        );
+    }
+
+    #[test]
+    fn user_id_is_found_by_str() {
+        let mut set = std::collections::HashSet::new();
+        set.insert(UserId::new("alice").unwrap());
+        assert!(set.contains("alice"));
+        assert!(!set.contains("bob"));
+    }
+}

@@ -1,0 +1,42 @@
+//! The ACMS wire protocol: how app servers (AS) and the hub talk over TCP.
+//!
+//! Every frame is a big-endian `u32` length followed by that many bytes, the first of which is the
+//! frame kind. Data frames carry a compact routing header, parsed here without serde, so the hub can
+//! forward a frame by looking at its recipient only; the payload stays a `Bytes` slice of the
+//! received buffer. Control frames carry a [`Control`] message encoded with bincode. The full layout
+//! is in `docs/PROTOCOL.md`.
+//!
+//! This crate does no I/O: it has no runtime and no sockets, only the tokio-util codec traits.
+//!
+//! # Layout
+//! - [`ids`]: [`ServerId`] and [`UserId`], validated identifiers.
+//! - [`frame`]: [`FrameKind`], the routing header ([`Route`]), owned [`Frame`]s and [`RawFrame`]s.
+//! - [`control`]: [`Control`] messages and their bincode encoding.
+//! - [`codec`]: [`Codec`], the length-delimited `Decoder`/`Encoder`.
+//! - [`error`]: [`ProtocolError`].
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod control;
+pub mod error;
+pub mod frame;
+pub mod ids;
+
+pub use codec::Codec;
+pub use control::{Control, ErrorCode, Hello, Welcome};
+pub use error::ProtocolError;
+pub use frame::{Data, DataKind, Frame, FrameKind, RawFrame, Route};
+pub use ids::{ServerId, UserId, UserIdError};
+
+/// Version of this protocol; a peer speaking another version is refused during the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Default limit on a frame's length (the bytes after the length prefix): 1 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 1 << 20;
+
+/// Largest limit a deployment may configure: 16 MiB. It also bounds what bincode may claim while
+/// decoding a control message, so a lying length can never trigger a huge allocation.
+pub const MAX_FRAME_LEN_CEILING: usize = 16 << 20;
+
+/// Bytes taken by the length prefix in front of every frame.
+pub const LENGTH_PREFIX_LEN: usize = 4;
