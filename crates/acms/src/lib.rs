@@ -1,0 +1,26 @@
+//! ACMS, the cluster hub: app servers (AS) register with it, report which users are online on
+//! them, and send it data frames for users on other servers, which it relays by the routing header
+//! alone.
+//!
+//! The hub's state is soft: every AS re-sends its users when it (re)connects, so nothing here is
+//! persisted and a restart loses nothing the AS still hold.
+//!
+//! # Layout
+//! - [`config`]: settings with their defaults, read from TOML by the binary.
+//! - [`hub`]: [`Hub`], the accept loop with its connection cap and graceful shutdown.
+//! - `connection`: one AS connection: handshake, reader loop, frame handling.
+//! - [`outbox`]: the byte-bounded queue in front of each connection and its batching writer task.
+//! - [`registry`]: the AS registry and the user directory, behind synchronous methods.
+//! - [`stats`]: counters of what the hub relayed and refused.
+
+pub mod config;
+mod connection;
+pub mod hub;
+pub mod outbox;
+pub mod registry;
+pub mod stats;
+
+pub use config::{Config, HubConfig, LogFormat};
+pub use hub::Hub;
+pub use registry::{Registry, ServerInfo};
+pub use stats::Stats;

@@ -1,0 +1,102 @@
+//! Settings of the hub. Every one has a default, so the daemon runs with no file at all;
+//! `config/acms.toml` lists them all with their defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file of the `acms` daemon.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The transfer port the app servers connect to.
+    pub transfer: HubConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Parses a TOML document; unknown keys are errors, missing keys take their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// Settings of the transfer port and of the relay behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// Where app servers connect.
+    pub listen: SocketAddr,
+    /// Largest frame body accepted or sent, in bytes (capped at 16 MiB).
+    pub max_frame_len: usize,
+    /// How long a new connection has to send a valid `Hello`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Most connections open at once; more are refused at accept.
+    pub max_connections: usize,
+    /// Bytes that may wait in one AS's outbound queue. A relay that would pass it disconnects that
+    /// AS (the slow-consumer rule) and returns the frame to its sender as undeliverable.
+    pub max_pending_bytes: usize,
+    /// How long shutdown waits for connections to flush before it drops them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 12000)),
+            max_frame_len: acms_protocol::DEFAULT_MAX_FRAME_LEN,
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 1024,
+            max_pending_bytes: 64 << 20,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Logging settings; `RUST_LOG` chooses the level.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_matches_the_defaults() {
+        let shipped = Config::from_toml(include_str!("../../../config/acms.toml")).unwrap();
+        let defaults = Config::default();
+        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("[transfer]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let config = Config::from_toml("[transfer]\nhandshake_timeout = \"250ms\"\n").unwrap();
+        assert_eq!(config.transfer.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(config.transfer.listen.port(), 12000);
+    }
+}

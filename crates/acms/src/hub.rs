@@ -1,0 +1,102 @@
+//! The hub: accepts AS connections, caps their number, and shuts down gracefully.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use acms_protocol::{Control, ErrorCode, Frame};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::HubConfig;
+use crate::connection::{self, Shared};
+use crate::registry::Registry;
+use crate::stats::StatsSnapshot;
+
+/// A running hub's state; clones share it.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+impl Hub {
+    /// A hub with no servers and no users yet.
+    pub fn new(config: HubConfig) -> Self {
+        let shared = Shared { config, registry: Registry::default(), stats: Default::default() };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// The settings this hub runs with.
+    pub fn config(&self) -> &HubConfig {
+        &self.shared.config
+    }
+
+    /// Registered servers and online users.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// What the hub has relayed and refused so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Accepts AS on `listener` until `shutdown` is cancelled, then closes every connection,
+    /// letting each flush its queue for up to `shutdown_grace`.
+    pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
+        let config = &self.shared.config;
+        info!(transfer = %listener.local_addr()?, "accepting app servers");
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors and the like: wait a moment rather than spin.
+                    warn!(error = %err, "accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                self.shared.stats.refused();
+                warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
+                let refusal = Control::error(ErrorCode::Unavailable, "hub connection limit reached");
+                if let Ok(bytes) = Frame::Control(refusal).to_bytes(config.max_frame_len) {
+                    let _ = stream.try_write(&bytes);
+                }
+                continue;
+            };
+            if let Err(err) = stream.set_nodelay(true) {
+                warn!(%peer, error = %err, "cannot set TCP_NODELAY");
+            }
+            let span = info_span!("as", %peer, server = tracing::field::Empty);
+            let shared = self.shared.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(
+                async move {
+                    connection::serve(stream, peer, shared, shutdown).await;
+                    drop(slot);
+                }
+                .instrument(span),
+            );
+        }
+        drop(listener);
+        tracker.close();
+        info!(connections = tracker.len(), "shutting down");
+        let grace = config.shutdown_grace + Duration::from_millis(500);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(?grace, "connections still open after the grace period");
+        }
+        Ok(())
+    }
+}

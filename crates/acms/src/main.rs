@@ -1,0 +1,78 @@
+//! The `acms` daemon: parses flags, loads the optional config file, sets up logging, binds the
+//! transfer port and runs the hub until SIGINT or SIGTERM.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use acms::{Config, Hub, LogFormat};
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// ACMS cluster hub: registers app servers and their users, relays messages between servers.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TOML config file (see config/acms.toml); every setting has a default.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address app servers connect to [default: 0.0.0.0:12000].
+    #[arg(long)]
+    transfer: Option<SocketAddr>,
+    /// Log line format [default: plain]; RUST_LOG sets the level.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            Config::from_toml(&text).with_context(|| format!("bad config file {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(transfer) = args.transfer {
+        config.transfer.listen = transfer;
+    }
+    init_tracing(args.log_format.unwrap_or(config.log.format));
+
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let listener = TcpListener::bind(config.transfer.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.transfer.listen))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        Hub::new(config.transfer).serve(listener, shutdown).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received; shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,200 @@
+//! The outbound side of a connection: a queue bounded in bytes, and the task that drains it.
+//!
+//! Relaying never waits: [`Outbox::push`] either queues a frame or says the queue is over its
+//! limit, and the caller applies the slow-consumer rule. The writer takes everything queued at
+//! once and hands it to the kernel in vectored writes, so a burst of small frames costs a few
+//! system calls instead of one each, and relayed frames are written from the buffers they were
+//! read into.
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Most frames the writer takes from its queue for one batch.
+const MAX_BATCH_FRAMES: usize = 1024;
+
+/// Most buffers in one vectored write (Linux's `IOV_MAX` is 1024).
+const MAX_IOVECS: usize = 512;
+
+/// The sending end of a connection's queue; clones share the queue and its byte count.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Bytes>,
+    pending: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The queue holds `pending` bytes and this frame would pass the limit.
+    #[error("outbound queue full ({pending} bytes pending)")]
+    Full {
+        /// Bytes waiting when the frame was refused.
+        pending: usize,
+    },
+    /// The connection's writer has ended.
+    #[error("connection closed")]
+    Closed,
+}
+
+impl Outbox {
+    /// A queue that holds at most `limit` bytes, and its receiving end for [`write_loop`].
+    pub fn new(limit: usize) -> (Self, Inbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let inbox = Inbox { rx, pending: pending.clone() };
+        (Self { tx, pending, limit }, inbox)
+    }
+
+    /// Queues one whole frame, or refuses it without waiting.
+    pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        let len = frame.len();
+        let before = self.pending.fetch_add(len, Ordering::AcqRel);
+        if before + len > self.limit && before > 0 {
+            self.pending.fetch_sub(len, Ordering::AcqRel);
+            return Err(PushError::Full { pending: before });
+        }
+        self.tx.send(frame).map_err(|_| {
+            self.pending.fetch_sub(len, Ordering::AcqRel);
+            PushError::Closed
+        })
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// The receiving end of an [`Outbox`], owned by the connection's writer.
+#[derive(Debug)]
+pub struct Inbox {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// Writes queued frames until every [`Outbox`] of the queue is dropped and the queue is drained,
+/// then shuts the write side down. Returns the first write error.
+pub async fn write_loop<W: AsyncWrite + Unpin>(mut inbox: Inbox, mut writer: W) -> io::Result<()> {
+    let mut batch = Batch::default();
+    while inbox.rx.recv_many(&mut batch.frames, MAX_BATCH_FRAMES).await > 0 {
+        let bytes = batch.start();
+        while batch.has_remaining() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = batch.chunks_vectored(&mut slices);
+            let written = writer.write_vectored(&slices[..count]).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            batch.advance(written);
+        }
+        inbox.pending.fetch_sub(bytes, Ordering::AcqRel);
+    }
+    writer.shutdown().await
+}
+
+/// Frames taken from the queue, seen as one buffer that is consumed from the front.
+#[derive(Debug, Default)]
+struct Batch {
+    frames: Vec<Bytes>,
+    /// Index of the first frame not yet fully written.
+    first: usize,
+    remaining: usize,
+}
+
+impl Batch {
+    /// Starts writing the frames just received, returning their size in bytes.
+    fn start(&mut self) -> usize {
+        self.first = 0;
+        self.remaining = self.frames.iter().map(Bytes::len).sum();
+        self.remaining
+    }
+}
+
+impl Buf for Batch {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.frames.get(self.first).map_or(&[], |frame| frame)
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let frames = self.frames[self.first..].iter().filter(|frame| !frame.is_empty());
+        let mut count = 0;
+        for (slot, frame) in dst.iter_mut().zip(frames) {
+            *slot = IoSlice::new(frame);
+            count += 1;
+        }
+        count
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advanced past the end of the batch");
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let frame = &mut self.frames[self.first];
+            if cnt < frame.len() {
+                frame.advance(cnt);
+                return;
+            }
+            cnt -= frame.len();
+            self.first += 1;
+        }
+        if self.remaining == 0 {
+            self.frames.clear();
+            self.first = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[test]
+    fn push_refuses_past_the_limit_but_always_takes_one_frame() {
+        let (outbox, _inbox) = Outbox::new(10);
+        outbox.push(Bytes::from_static(b"0123456789abc")).unwrap();
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"x")),
+            Err(PushError::Full { pending: 13 })
+        );
+        assert_eq!(outbox.pending(), 13);
+    }
+
+    #[test]
+    fn push_after_the_writer_ended_is_closed() {
+        let (outbox, inbox) = Outbox::new(10);
+        drop(inbox);
+        assert_eq!(outbox.push(Bytes::from_static(b"x")), Err(PushError::Closed));
+        assert_eq!(outbox.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn writer_drains_everything_in_order_through_a_small_pipe() {
+        let (outbox, inbox) = Outbox::new(usize::MAX);
+        // A 7-byte pipe forces partial vectored writes inside frames.
+        let (near, mut far) = tokio::io::duplex(7);
+        let writer = tokio::spawn(write_loop(inbox, near));
+        let mut expected = Vec::new();
+        for i in 0..2000u32 {
+            let frame = Bytes::from(format!("frame {i};"));
+            expected.extend_from_slice(&frame);
+            outbox.push(frame).unwrap();
+        }
+        drop(outbox);
+        let mut received = Vec::new();
+        far.read_to_end(&mut received).await.unwrap();
+        writer.await.unwrap().unwrap();
+        assert_eq!(received, expected);
+    }
+}

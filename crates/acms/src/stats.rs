@@ -1,0 +1,66 @@
+//! Counters of the hub's work, read by tests, logs and (later) metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Monotonic counters, updated with relaxed atomics on the relay path.
+#[derive(Debug, Default)]
+pub struct Stats {
+    relayed_frames: AtomicU64,
+    relayed_bytes: AtomicU64,
+    undeliverable: AtomicU64,
+    slow_consumers: AtomicU64,
+    protocol_errors: AtomicU64,
+    refused_connections: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Data frames forwarded to the recipient's AS.
+    pub relayed_frames: u64,
+    /// Bytes of those frames, prefixes included.
+    pub relayed_bytes: u64,
+    /// Frames returned to their origin because the recipient was offline or unreachable.
+    pub undeliverable: u64,
+    /// AS disconnected because their queue passed `max_pending_bytes`.
+    pub slow_consumers: u64,
+    /// Connections closed for breaking the protocol (malformed, oversized, spoofed frames).
+    pub protocol_errors: u64,
+    /// Connections refused at the handshake or by the connection cap.
+    pub refused_connections: u64,
+}
+
+impl Stats {
+    pub(crate) fn relayed(&self, bytes: usize) {
+        self.relayed_frames.fetch_add(1, Ordering::Relaxed);
+        self.relayed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn undeliverable(&self) {
+        self.undeliverable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn slow_consumer(&self) {
+        self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused(&self) {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            relayed_frames: self.relayed_frames.load(Ordering::Relaxed),
+            relayed_bytes: self.relayed_bytes.load(Ordering::Relaxed),
+            undeliverable: self.undeliverable.load(Ordering::Relaxed),
+            slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
+            protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
+            refused_connections: self.refused_connections.load(Ordering::Relaxed),
+        }
+    }
+}
