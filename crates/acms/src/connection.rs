@@ -48,7 +48,10 @@ enum Close {
 
 impl Close {
     fn refused(code: ErrorCode, reason: impl Into<String>) -> Self {
-        Self::Refused { code, reason: reason.into() }
+        Self::Refused {
+            code,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -149,7 +152,10 @@ impl Connection {
             Ok(Some(raw)) => raw?,
         };
         let Frame::Control(Control::Hello(hello)) = raw.decode()? else {
-            return Err(Close::refused(ErrorCode::Malformed, "the first frame must be Hello"));
+            return Err(Close::refused(
+                ErrorCode::Malformed,
+                "the first frame must be Hello",
+            ));
         };
         if hello.version != PROTOCOL_VERSION {
             return Err(Close::refused(
@@ -216,11 +222,17 @@ impl Connection {
         if route.origin != server {
             return Err(Close::refused(
                 ErrorCode::Malformed,
-                format!("frame claims origin {} on server {server}'s connection", route.origin),
+                format!(
+                    "frame claims origin {} on server {server}'s connection",
+                    route.origin
+                ),
             ));
         }
         let shared = &self.shared;
-        match shared.registry.relay(route.recipient, raw.as_bytes().clone()) {
+        match shared
+            .registry
+            .relay(route.recipient, raw.as_bytes().clone())
+        {
             Relay::Queued(_) => {
                 shared.stats.relayed(raw.as_bytes().len());
                 Ok(())
@@ -261,7 +273,8 @@ impl Connection {
     }
 
     fn server(&self) -> ServerId {
-        self.server.expect("frames are handled only after registration")
+        self.server
+            .expect("frames are handled only after registration")
     }
 
     fn send(&self, control: Control) -> Result<(), Close> {
@@ -289,7 +302,10 @@ impl Connection {
             Close::Io(err) => info!(error = %err, users = self.users.len(), "connection lost"),
             Close::SlowConsumer => info!(users = self.users.len(), "slow consumer disconnected"),
             Close::Shutdown => {
-                let _ = self.send(Control::error(ErrorCode::Unavailable, "hub is shutting down"));
+                let _ = self.send(Control::error(
+                    ErrorCode::Unavailable,
+                    "hub is shutting down",
+                ));
             }
             Close::Refused { code, reason } => {
                 if code == ErrorCode::HandshakeTimeout || self.server.is_none() {

@@ -25,8 +25,14 @@ pub struct Hub {
 impl Hub {
     /// A hub with no servers and no users yet.
     pub fn new(config: HubConfig) -> Self {
-        let shared = Shared { config, registry: Registry::default(), stats: Default::default() };
-        Self { shared: Arc::new(shared) }
+        let shared = Shared {
+            config,
+            registry: Registry::default(),
+            stats: Default::default(),
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
     /// The settings this hub runs with.
@@ -46,7 +52,11 @@ impl Hub {
 
     /// Accepts AS on `listener` until `shutdown` is cancelled, then closes every connection,
     /// letting each flush its queue for up to `shutdown_grace`.
-    pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> io::Result<()> {
         let config = &self.shared.config;
         info!(transfer = %listener.local_addr()?, "accepting app servers");
         let tracker = TaskTracker::new();
@@ -70,7 +80,8 @@ impl Hub {
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 self.shared.stats.refused();
                 warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
-                let refusal = Control::error(ErrorCode::Unavailable, "hub connection limit reached");
+                let refusal =
+                    Control::error(ErrorCode::Unavailable, "hub connection limit reached");
                 if let Ok(bytes) = Frame::Control(refusal).to_bytes(config.max_frame_len) {
                     let _ = stream.try_write(&bytes);
                 }

@@ -33,7 +33,8 @@ fn main() -> anyhow::Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
-            Config::from_toml(&text).with_context(|| format!("bad config file {}", path.display()))?
+            Config::from_toml(&text)
+                .with_context(|| format!("bad config file {}", path.display()))?
         }
         None => Config::default(),
     };

@@ -47,7 +47,10 @@ impl Outbox {
     pub fn new(limit: usize) -> (Self, Inbox) {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
-        let inbox = Inbox { rx, pending: pending.clone() };
+        let inbox = Inbox {
+            rx,
+            pending: pending.clone(),
+        };
         (Self { tx, pending, limit }, inbox)
     }
 
@@ -82,7 +85,12 @@ pub struct Inbox {
 /// then shuts the write side down. Returns the first write error.
 pub async fn write_loop<W: AsyncWrite + Unpin>(mut inbox: Inbox, mut writer: W) -> io::Result<()> {
     let mut batch = Batch::default();
-    while inbox.rx.recv_many(&mut batch.frames, MAX_BATCH_FRAMES).await > 0 {
+    while inbox
+        .rx
+        .recv_many(&mut batch.frames, MAX_BATCH_FRAMES)
+        .await
+        > 0
+    {
         let bytes = batch.start();
         while batch.has_remaining() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -126,7 +134,9 @@ impl Buf for Batch {
     }
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
-        let frames = self.frames[self.first..].iter().filter(|frame| !frame.is_empty());
+        let frames = self.frames[self.first..]
+            .iter()
+            .filter(|frame| !frame.is_empty());
         let mut count = 0;
         for (slot, frame) in dst.iter_mut().zip(frames) {
             *slot = IoSlice::new(frame);
@@ -175,7 +185,10 @@ mod tests {
     fn push_after_the_writer_ended_is_closed() {
         let (outbox, inbox) = Outbox::new(10);
         drop(inbox);
-        assert_eq!(outbox.push(Bytes::from_static(b"x")), Err(PushError::Closed));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"x")),
+            Err(PushError::Closed)
+        );
         assert_eq!(outbox.pending(), 0);
     }
 

@@ -75,7 +75,11 @@ impl Registry {
         match self.servers.entry(info.id) {
             Entry::Occupied(_) => Err(DuplicateServer(info.id)),
             Entry::Vacant(slot) => {
-                slot.insert(ServerEntry { info, outbox, closer });
+                slot.insert(ServerEntry {
+                    info,
+                    outbox,
+                    closer,
+                });
                 Ok(())
             }
         }
@@ -91,7 +95,9 @@ impl Registry {
 
     /// Records `user` as online on `server`, returning the AS that had them before, if another.
     pub(crate) fn login(&self, server: ServerId, user: UserId) -> Option<ServerId> {
-        self.users.insert(user, server).filter(|&previous| previous != server)
+        self.users
+            .insert(user, server)
+            .filter(|&previous| previous != server)
     }
 
     /// Takes `user` off the directory if `server` still owns them: a user who moved to another AS
@@ -125,7 +131,11 @@ impl Registry {
 
     /// Every registered AS, by id.
     pub fn servers(&self) -> Vec<ServerInfo> {
-        let mut servers: Vec<_> = self.servers.iter().map(|entry| entry.info.clone()).collect();
+        let mut servers: Vec<_> = self
+            .servers
+            .iter()
+            .map(|entry| entry.info.clone())
+            .collect();
         servers.sort_by_key(|info| info.id);
         servers
     }
@@ -158,7 +168,9 @@ mod tests {
         let registry = Registry::default();
         let (outbox, _inbox) = Outbox::new(1024);
         let token = CancellationToken::new();
-        registry.register(info(1), outbox.clone(), token.clone()).unwrap();
+        registry
+            .register(info(1), outbox.clone(), token.clone())
+            .unwrap();
         assert_eq!(
             registry.register(info(1), outbox.clone(), token.clone()),
             Err(DuplicateServer(ServerId(1)))
@@ -187,12 +199,21 @@ mod tests {
         let token = CancellationToken::new();
         registry.register(info(2), outbox, token.clone()).unwrap();
         registry.login(ServerId(2), user("bob"));
-        assert_eq!(registry.relay("carol", Bytes::from_static(b"x")), Relay::Offline);
-        assert_eq!(registry.relay("bob", Bytes::from_static(b"1234")), Relay::Queued(ServerId(2)));
+        assert_eq!(
+            registry.relay("carol", Bytes::from_static(b"x")),
+            Relay::Offline
+        );
+        assert_eq!(
+            registry.relay("bob", Bytes::from_static(b"1234")),
+            Relay::Queued(ServerId(2))
+        );
         assert!(!token.is_cancelled());
         assert_eq!(
             registry.relay("bob", Bytes::from_static(b"5")),
-            Relay::SlowConsumer { server: ServerId(2), pending: 4 }
+            Relay::SlowConsumer {
+                server: ServerId(2),
+                pending: 4
+            }
         );
         assert!(token.is_cancelled());
     }

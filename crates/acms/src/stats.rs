@@ -33,7 +33,8 @@ pub struct StatsSnapshot {
 impl Stats {
     pub(crate) fn relayed(&self, bytes: usize) {
         self.relayed_frames.fetch_add(1, Ordering::Relaxed);
-        self.relayed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.relayed_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn undeliverable(&self) {

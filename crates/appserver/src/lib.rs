@@ -1,0 +1,47 @@
+//! The library an app server (AS) embeds to become part of an ACMS cluster.
+//!
+//! The AS keeps talking to its own clients in its own protocol. Through a [`Cluster`] handle it
+//! tells the hub which users it has online, sends to users wherever they are (delivering locally,
+//! without the hub, when the recipient is its own), and receives, as a stream of [`Event`]s, what
+//! other servers send to its users. The handle reconnects by itself, with backoff and jitter, and
+//! re-sends its whole user set after every reconnect, so a hub restart heals without the app
+//! noticing more than a delay.
+//!
+//! ```no_run
+//! use acms_appserver::{Cluster, Event, ServerId, UserId};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let (cluster, mut events) = Cluster::builder(ServerId(0), "127.0.0.1:12000")
+//!     .client_addr("127.0.0.1:6000")
+//!     .start();
+//!
+//! // A client logged in to this server: make them reachable cluster-wide.
+//! let alice = UserId::new("alice")?;
+//! cluster.login(alice.clone()).await?;
+//!
+//! // Local recipients are served here; others through the hub.
+//! let bob = UserId::new("bob")?;
+//! cluster.send_to_user(&alice, &bob, "hello".into()).await?;
+//!
+//! // Everything for this server's users arrives here, local or remote.
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         Event::Message { from, to, payload } => println!("{from} -> {to}: {payload:?}"),
+//!         Event::Undeliverable { to, .. } => println!("{to} is offline"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`cluster`]: [`Cluster`], its [`ClusterBuilder`], [`Event`]s and errors.
+//! - `link`: the task that owns the hub connection: handshake, snapshot, batched writes,
+//!   reconnects.
+#![warn(missing_docs)]
+
+pub mod cluster;
+mod link;
+
+pub use acms_protocol::{ServerId, UserId, UserIdError};
+pub use cluster::{Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Route};

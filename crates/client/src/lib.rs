@@ -1,0 +1,27 @@
+//! The demo client side of ACMS: the line protocol spoken between `im-client` and the example IM
+//! server, and a small async client for it.
+//!
+//! The protocol is one UTF-8 line per message, so it can be typed into `nc` by hand:
+//!
+//! | direction | line | meaning |
+//! | --- | --- | --- |
+//! | client → server | `LOGIN <user>` | first line: who this client is |
+//! | client → server | `SEND <user> <text>` | send text to a user on any server |
+//! | client → server | `QUIT` | leave |
+//! | server → client | `OK <server-id>` | logged in on that server |
+//! | server → client | `MSG <from> <text>` | a message arrived |
+//! | server → client | `UNDELIVERABLE <to> <text>` | a message could not be delivered |
+//! | server → client | `ERR <reason>` | a request failed, or the server is closing this client |
+//!
+//! # Layout
+//! - [`line`]: [`ClientLine`] and [`ServerLine`], parsing and formatting.
+//! - [`client`]: [`ImClient`], connect, log in, send, receive.
+
+pub mod client;
+pub mod line;
+
+pub use client::{ClientError, ImClient};
+pub use line::{ClientLine, LineError, ServerLine};
+
+/// Longest line either side accepts, in bytes.
+pub const MAX_LINE_LEN: usize = 64 * 1024;

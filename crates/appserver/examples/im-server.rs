@@ -1,0 +1,279 @@
+//! `im-server`: a small IM server that embeds the ACMS `Cluster` handle, the example to copy.
+//!
+//! Clients speak the line protocol of `acms-client` (`LOGIN`, `SEND`, `QUIT`). Each client gets a
+//! task and a bounded queue of lines to write; one task takes the cluster's events and puts each
+//! message in its recipient's queue. Whether the recipient is here or on another server is the
+//! cluster's business, not this file's.
+//!
+//! Run: `cargo run --release -p acms-appserver --example im-server -- --id 0 --listen 127.0.0.1:6000`
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use acms_appserver::{Cluster, Event, ServerId, UserId};
+use acms_client::{ClientLine, MAX_LINE_LEN, ServerLine};
+use anyhow::Context;
+use clap::Parser;
+use dashmap::DashMap;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LinesCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+/// Example IM server of an ACMS cluster.
+#[derive(Debug, Parser)]
+struct Args {
+    /// TOML config file (see config/im-server.toml); flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// This server's id in the cluster [default: 0].
+    #[arg(long)]
+    id: Option<u32>,
+    /// Where clients connect [default: 0.0.0.0:6000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address of the ACMS hub [default: 127.0.0.1:12000].
+    #[arg(long)]
+    acms: Option<String>,
+}
+
+/// The config file; every key has a default.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    id: u32,
+    listen: SocketAddr,
+    acms: String,
+    /// The client address advertised to the cluster; the listen address when empty.
+    advertise: String,
+    #[serde(with = "humantime_serde")]
+    login_timeout: Duration,
+    /// Lines that may wait for one slow client before it is disconnected.
+    client_queue: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            listen: SocketAddr::from(([0, 0, 0, 0], 6000)),
+            acms: "127.0.0.1:12000".into(),
+            advertise: String::new(),
+            login_timeout: Duration::from_secs(10),
+            client_queue: 1024,
+        }
+    }
+}
+
+/// The queue of lines to write to each logged-in client.
+type Sessions = Arc<DashMap<UserId, mpsc::Sender<ServerLine>>>;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config: Config = match &args.config {
+        Some(path) => toml::from_str(&std::fs::read_to_string(path)?)
+            .with_context(|| format!("bad config file {}", path.display()))?,
+        None => Config::default(),
+    };
+    config.id = args.id.unwrap_or(config.id);
+    config.listen = args.listen.unwrap_or(config.listen);
+    config.acms = args.acms.unwrap_or(config.acms);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let advertise = if config.advertise.is_empty() {
+        local.to_string()
+    } else {
+        config.advertise.clone()
+    };
+    info!(id = config.id, listen = %local, acms = %config.acms, "im-server started");
+
+    let (cluster, events) = Cluster::builder(ServerId(config.id), &config.acms)
+        .client_addr(advertise)
+        .start();
+    let sessions = Sessions::default();
+    tokio::spawn(route_events(events, sessions.clone()));
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let clients = TaskTracker::new();
+    let config = Arc::new(config);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => { warn!(error = %err, "accept failed"); continue; }
+            },
+        };
+        let session = serve_client(
+            stream,
+            cluster.clone(),
+            sessions.clone(),
+            config.clone(),
+            shutdown.clone(),
+        );
+        clients.spawn(session.instrument(info_span!("client", %peer)));
+    }
+    clients.close();
+    clients.wait().await;
+    cluster.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Hands every message the cluster delivers to this server to its recipient's session.
+async fn route_events(mut events: acms_appserver::Events, sessions: Sessions) {
+    while let Some(event) = events.recv().await {
+        let (user, line) = match event {
+            Event::Message { from, to, payload } => (
+                to,
+                ServerLine::Message {
+                    from: from.to_string(),
+                    text: text(&payload),
+                },
+            ),
+            Event::Undeliverable { from, to, payload } => (
+                from,
+                ServerLine::Undeliverable {
+                    to: to.to_string(),
+                    text: text(&payload),
+                },
+            ),
+            _ => continue,
+        };
+        let Some(session) = sessions.get(&user).map(|session| session.clone()) else {
+            warn!(%user, "message for a user who left this server; dropped");
+            continue;
+        };
+        if session.try_send(line).is_err() {
+            // A client that does not read cannot hold up everyone else's deliveries.
+            warn!(%user, "client is not reading; disconnecting it");
+            sessions.remove_if(&user, |_, current| current.same_channel(&session));
+        }
+    }
+}
+
+fn text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).replace(['\r', '\n'], " ")
+}
+
+/// One client, from its LOGIN line until it quits, goes away, or the server stops.
+async fn serve_client(
+    stream: TcpStream,
+    cluster: Cluster,
+    sessions: Sessions,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_LEN));
+    let user = match login(&mut lines, &config).await {
+        Ok(user) => user,
+        Err(reason) => {
+            let _ = lines.send(ServerLine::Error { reason }.to_string()).await;
+            return;
+        }
+    };
+    let (queue, mut inbox) = mpsc::channel(config.client_queue);
+    match sessions.entry(user.clone()) {
+        dashmap::Entry::Vacant(slot) => slot.insert(queue),
+        dashmap::Entry::Occupied(_) => {
+            let _ = lines
+                .send(
+                    ServerLine::Error {
+                        reason: format!("{user} is already online here"),
+                    }
+                    .to_string(),
+                )
+                .await;
+            return;
+        }
+    };
+    // Reachable from every server once the hub has the login.
+    let joined = async {
+        cluster.login(user.clone()).await?;
+        cluster.flush().await
+    };
+    if joined.await.is_ok()
+        && lines
+            .send(ServerLine::Ok { server: config.id }.to_string())
+            .await
+            .is_ok()
+    {
+        info!(%user, "logged in");
+        let result = chat(&mut lines, &mut inbox, &cluster, &user, &shutdown).await;
+        info!(%user, ?result, "logged out");
+    }
+    sessions.remove(&user);
+    let _ = cluster.logout(&user).await;
+}
+
+async fn login(
+    lines: &mut Framed<TcpStream, LinesCodec>,
+    config: &Config,
+) -> Result<UserId, String> {
+    let first = tokio::time::timeout(config.login_timeout, lines.next()).await;
+    let Ok(Some(Ok(line))) = first else {
+        return Err("expected `LOGIN <user>` in time".into());
+    };
+    match ClientLine::parse(&line) {
+        Ok(ClientLine::Login { user }) => UserId::new(&user).map_err(|err| err.to_string()),
+        _ => Err("expected `LOGIN <user>`".into()),
+    }
+}
+
+async fn chat(
+    lines: &mut Framed<TcpStream, LinesCodec>,
+    inbox: &mut mpsc::Receiver<ServerLine>,
+    cluster: &Cluster,
+    user: &UserId,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                lines.send(ServerLine::Error { reason: "server is shutting down".into() }.to_string()).await?;
+                return Ok(());
+            }
+            // Closed when the session was dropped for not reading.
+            line = inbox.recv() => lines.send(line.context("too slow: disconnected")?.to_string()).await?,
+            line = lines.next() => match ClientLine::parse(&line.context("client left")??) {
+                Ok(ClientLine::Send { to, text }) => match UserId::new(&to) {
+                    Ok(to) => { cluster.send_to_user(user, &to, text.into()).await?; }
+                    Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+                },
+                Ok(ClientLine::Quit) => return Ok(()),
+                Ok(ClientLine::Login { .. }) => lines.send(ServerLine::Error { reason: "already logged in".into() }.to_string()).await?,
+                Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+            },
+        }
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("signal received; shutting down");
+    shutdown.cancel();
+}

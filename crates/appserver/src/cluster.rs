@@ -1,0 +1,318 @@
+//! The [`Cluster`] handle and what it hands the app.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use acms_protocol::{Data, DataKind, ServerId, UserId};
+use bytes::Bytes;
+use dashmap::DashSet;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::link::{Command, Link};
+
+/// What arrives for the users of this server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message for a user of this server, sent from this server or another.
+    ///
+    /// The user may have logged out while it travelled; the app decides what then (store it,
+    /// drop it).
+    Message {
+        /// Who sent it.
+        from: UserId,
+        /// The local user it is for.
+        to: UserId,
+        /// The sender's bytes, as they were sent.
+        payload: Bytes,
+    },
+    /// A message this server sent that could not be delivered: the recipient is online nowhere,
+    /// or their server could not take it. The payload comes back so the app can store it.
+    Undeliverable {
+        /// Who sent it (a user of this server).
+        from: UserId,
+        /// Whom it was for.
+        to: UserId,
+        /// The bytes that were not delivered.
+        payload: Bytes,
+    },
+}
+
+/// The receiving end of a cluster's events.
+pub type Events = mpsc::Receiver<Event>;
+
+/// The state of the connection to the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not connected; connecting or waiting to retry.
+    Connecting,
+    /// Registered with the hub and its user set re-sent.
+    Connected,
+    /// Closed for good: the cluster was closed or every handle dropped.
+    Closed,
+}
+
+/// How a message left [`Cluster::send_to_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The recipient is on this server: delivered to this server's events, not through the hub.
+    Local,
+    /// Queued for the hub, which relays it to the recipient's server.
+    Hub,
+}
+
+/// Why a cluster call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The cluster was closed; nothing more can be sent.
+    #[error("cluster handle is closed")]
+    Closed,
+    /// The message would not fit in one frame.
+    #[error("message of {len} bytes exceeds the frame limit of {max} bytes")]
+    TooLarge {
+        /// Encoded size of the frame.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+}
+
+/// Settings of a [`Cluster`], with defaults for all but the server id and hub address.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    pub(crate) server_id: ServerId,
+    pub(crate) hub_addr: String,
+    pub(crate) client_addr: String,
+    pub(crate) max_frame_len: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) reconnect_min: Duration,
+    pub(crate) reconnect_max: Duration,
+    pub(crate) queue_capacity: usize,
+    pub(crate) event_capacity: usize,
+}
+
+impl ClusterBuilder {
+    /// The address this server's clients connect to, advertised to the cluster.
+    pub fn client_addr(mut self, addr: impl Into<String>) -> Self {
+        self.client_addr = addr.into();
+        self
+    }
+
+    /// Largest frame body sent or accepted; keep it equal to the hub's (default 1 MiB).
+    pub fn max_frame_len(mut self, len: usize) -> Self {
+        self.max_frame_len = len.min(acms_protocol::MAX_FRAME_LEN_CEILING);
+        self
+    }
+
+    /// How long one connection attempt may take (default 3 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Bounds of the exponential, jittered delay between reconnection attempts
+    /// (default 100 ms to 2 s).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max.max(min);
+        self
+    }
+
+    /// Messages and logins that may wait for the hub connection before `send_to_user` waits
+    /// too (default 8192).
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// Events that may wait for the app before the hub connection stops reading (default 8192).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// Starts the hub connection in the background and returns the handle and its events.
+    ///
+    /// Returns at once: the connection is made, and remade, by a task of its own. Must be called
+    /// within a tokio runtime.
+    pub fn start(self) -> (Cluster, Events) {
+        let (commands, command_rx) = mpsc::channel(self.queue_capacity);
+        let (events, event_rx) = mpsc::channel(self.event_capacity);
+        let (state_tx, state) = watch::channel(LinkState::Connecting);
+        let local = Arc::new(DashSet::new());
+        let shutdown = CancellationToken::new();
+        let link = Link::new(
+            &self,
+            command_rx,
+            events.clone(),
+            state_tx,
+            local.clone(),
+            shutdown.clone(),
+        );
+        let task = tokio::spawn(link.run());
+        let inner = Inner {
+            server_id: self.server_id,
+            max_frame_len: self.max_frame_len,
+            local,
+            commands,
+            events,
+            state,
+            task: std::sync::Mutex::new(Some(task)),
+            shutdown: shutdown.clone(),
+            _cancel_on_drop: shutdown.drop_guard(),
+        };
+        (
+            Cluster {
+                inner: Arc::new(inner),
+            },
+            event_rx,
+        )
+    }
+}
+
+/// A cheap-to-clone handle on this server's membership of the cluster.
+///
+/// Every clone feeds the same connection task. Dropping the last one closes the connection after
+/// it has sent what was queued.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    server_id: ServerId,
+    max_frame_len: usize,
+    /// This server's online users: the source of truth the hub is rebuilt from.
+    local: Arc<DashSet<UserId>>,
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Sender<Event>,
+    state: watch::Receiver<LinkState>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    shutdown: CancellationToken,
+    _cancel_on_drop: DropGuard,
+}
+
+impl Cluster {
+    /// Settings for a server with id `server_id` joining the hub at `hub_addr` (`host:port`).
+    pub fn builder(server_id: ServerId, hub_addr: impl Into<String>) -> ClusterBuilder {
+        ClusterBuilder {
+            server_id,
+            hub_addr: hub_addr.into(),
+            client_addr: String::new(),
+            max_frame_len: acms_protocol::DEFAULT_MAX_FRAME_LEN,
+            connect_timeout: Duration::from_secs(3),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(2),
+            queue_capacity: 8192,
+            event_capacity: 8192,
+        }
+    }
+
+    /// This server's id.
+    pub fn server_id(&self) -> ServerId {
+        self.inner.server_id
+    }
+
+    /// Marks `user` as online on this server and tells the hub, which routes their messages here
+    /// from then on (after [`Cluster::flush`] if the caller must be sure). Logging in a user who is
+    /// already online here changes nothing. Waits only while the queue to the hub is full.
+    pub async fn login(&self, user: UserId) -> Result<(), ClusterError> {
+        if self.inner.local.insert(user.clone()) {
+            self.command(Command::Login(user)).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks `user` as gone from this server and tells the hub.
+    pub async fn logout(&self, user: &UserId) -> Result<(), ClusterError> {
+        if self.inner.local.remove(user).is_some() {
+            self.command(Command::Logout(user.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `user` is online on this server.
+    pub fn is_local(&self, user: &str) -> bool {
+        self.inner.local.contains(user)
+    }
+
+    /// Number of users online on this server.
+    pub fn local_users(&self) -> usize {
+        self.inner.local.len()
+    }
+
+    /// Sends `payload` from `from` to `to`, wherever `to` is.
+    ///
+    /// A local recipient gets it through this server's [`Events`] without the hub. Otherwise it is
+    /// queued for the hub; if `to` is online nowhere, an [`Event::Undeliverable`] comes back.
+    /// Waits only while the queue to the hub is full (for instance while reconnecting).
+    pub async fn send_to_user(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        payload: Bytes,
+    ) -> Result<Route, ClusterError> {
+        if self.is_local(to.as_str()) {
+            let event = Event::Message {
+                from: from.clone(),
+                to: to.clone(),
+                payload,
+            };
+            self.inner
+                .events
+                .send(event)
+                .await
+                .map_err(|_| ClusterError::Closed)?;
+            return Ok(Route::Local);
+        }
+        let data = Data {
+            kind: DataKind::Unicast,
+            seq: 0,
+            origin: self.inner.server_id,
+            recipient: to.clone(),
+            sender: from.clone(),
+            payload,
+        };
+        let (len, max) = (data.encoded_len(), self.inner.max_frame_len);
+        if len > max {
+            return Err(ClusterError::TooLarge { len, max });
+        }
+        self.command(Command::Data(data)).await?;
+        Ok(Route::Hub)
+    }
+
+    /// Resolves once the hub has handled everything this server sent before the call, logins
+    /// included, so a user logged in before it is reachable from every server after it.
+    /// Waits across reconnects.
+    pub async fn flush(&self) -> Result<(), ClusterError> {
+        let (done, wait) = oneshot::channel();
+        self.command(Command::Flush(done)).await?;
+        wait.await.map_err(|_| ClusterError::Closed)
+    }
+
+    /// The state of the hub connection, as a watch that changes with it.
+    pub fn link_state(&self) -> watch::Receiver<LinkState> {
+        self.inner.state.clone()
+    }
+
+    /// Sends what is queued, closes the hub connection and waits for the task to end. The hub
+    /// then takes this server's users out of the directory.
+    pub async fn close(&self) {
+        self.inner.shutdown.cancel();
+        let task = self.inner.task.lock().expect("task lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    async fn command(&self, command: Command) -> Result<(), ClusterError> {
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| ClusterError::Closed)
+    }
+}

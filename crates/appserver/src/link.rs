@@ -1,0 +1,372 @@
+//! The task that owns the hub connection.
+//!
+//! One task per [`crate::Cluster`]: it connects, says `Hello`, re-sends the whole user set (the
+//! snapshot), then races inbound frames against the command queue. Commands are taken in batches
+//! and encoded into one buffer that is written with one call. When the connection fails the task
+//! waits an exponential, jittered delay and starts over; commands wait in the queue meanwhile.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use acms_protocol::{
+    Codec, Control, Data, DataKind, ErrorCode, Frame, Hello, PROTOCOL_VERSION, ProtocolError,
+    RawFrame, ServerId, UserId,
+};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use bytes::BytesMut;
+use dashmap::DashSet;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cluster::{ClusterBuilder, Event, LinkState};
+
+/// Most commands taken from the queue for one write.
+const MAX_BATCH: usize = 1024;
+
+/// What a [`crate::Cluster`] handle asks of its connection task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Login(UserId),
+    Logout(UserId),
+    Data(Data),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Why a session with the hub ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("hub refused the connection ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("hub closed the connection")]
+    HubClosed,
+    #[error("no answer to Hello within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("unexpected message from the hub: {0}")]
+    Unexpected(&'static str),
+}
+
+/// The session ended because the cluster is closing.
+struct Closed;
+
+/// What woke the session loop.
+enum Step<'a> {
+    Shutdown,
+    Room(Option<mpsc::Permit<'a, Event>>),
+    Commands(usize),
+    Frame(Option<Result<RawFrame, ProtocolError>>),
+}
+
+pub(crate) struct Link {
+    server_id: ServerId,
+    hub_addr: String,
+    client_addr: String,
+    codec: Codec,
+    connect_timeout: Duration,
+    backoff: ExponentialBuilder,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    state: watch::Sender<LinkState>,
+    local: Arc<DashSet<UserId>>,
+    shutdown: CancellationToken,
+    /// `flush` calls waiting for the `Pong` with their token (or a later one).
+    flushes: VecDeque<(u64, oneshot::Sender<()>)>,
+    next_token: u64,
+    /// An inbound event waiting for room in the events queue; no frame is read meanwhile.
+    pending_event: Option<Event>,
+    /// Set once the app dropped its events receiver, so that is logged once.
+    events_dropped: bool,
+}
+
+impl Link {
+    pub(crate) fn new(
+        config: &ClusterBuilder,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+        state: watch::Sender<LinkState>,
+        local: Arc<DashSet<UserId>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(config.reconnect_min)
+            .with_max_delay(config.reconnect_max)
+            .with_jitter()
+            .without_max_times();
+        Self {
+            server_id: config.server_id,
+            hub_addr: config.hub_addr.clone(),
+            client_addr: config.client_addr.clone(),
+            codec: Codec::new(config.max_frame_len),
+            connect_timeout: config.connect_timeout,
+            backoff,
+            commands,
+            events,
+            state,
+            local,
+            shutdown,
+            flushes: VecDeque::new(),
+            next_token: 0,
+            pending_event: None,
+            events_dropped: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut delays = self.delays();
+        loop {
+            let shutdown = self.shutdown.clone();
+            let connected = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                connected = self.connect() => connected,
+            };
+            let error = match connected {
+                Ok((reader, writer)) => {
+                    delays = self.delays();
+                    info!(hub = %self.hub_addr, users = self.local.len(), "connected to hub");
+                    self.state.send_replace(LinkState::Connected);
+                    match self.session(reader, writer).await {
+                        Ok(Closed) => break,
+                        Err(err) => err,
+                    }
+                }
+                Err(err) => err,
+            };
+            self.state.send_replace(LinkState::Connecting);
+            let delay = delays.next().unwrap_or(Duration::from_secs(1));
+            warn!(hub = %self.hub_addr, error = %error, retry_in = ?delay, "hub link down");
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.state.send_replace(LinkState::Closed);
+        debug!("hub link closed");
+    }
+
+    fn delays(&self) -> ExponentialBackoff {
+        self.backoff.build()
+    }
+
+    /// Connects and registers: `Hello` out, `Welcome` (or a refusal) back.
+    async fn connect(
+        &mut self,
+    ) -> Result<(FramedRead<OwnedReadHalf, Codec>, OwnedWriteHalf), SessionError> {
+        let timeout = self.connect_timeout;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(&self.hub_addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        let (read_half, mut writer) = stream.into_split();
+        let mut reader = FramedRead::new(read_half, self.codec.clone());
+        let hello = Control::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            server_id: self.server_id,
+            client_addr: self.client_addr.clone(),
+        });
+        writer
+            .write_all(&Frame::Control(hello).to_bytes(self.codec.max_frame_len())?)
+            .await?;
+        let answer = tokio::time::timeout(timeout, reader.next())
+            .await
+            .map_err(|_| SessionError::HandshakeTimeout(timeout))?
+            .ok_or(SessionError::HubClosed)??;
+        match answer.decode()? {
+            Frame::Control(Control::Welcome(welcome)) if welcome.version == PROTOCOL_VERSION => {
+                Ok((reader, writer))
+            }
+            Frame::Control(Control::Welcome(welcome)) => Err(SessionError::Refused {
+                code: ErrorCode::VersionMismatch,
+                message: format!("hub speaks protocol version {}", welcome.version),
+            }),
+            Frame::Control(Control::Error { code, message }) => {
+                Err(SessionError::Refused { code, message })
+            }
+            _ => Err(SessionError::Unexpected("expected Welcome")),
+        }
+    }
+
+    /// Runs one registered connection until it fails or the cluster closes.
+    async fn session(
+        &mut self,
+        mut reader: FramedRead<OwnedReadHalf, Codec>,
+        mut writer: OwnedWriteHalf,
+    ) -> Result<Closed, SessionError> {
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        self.encode_snapshot(&mut out)?;
+        if !self.flushes.is_empty() {
+            // Pings sent on the lost connection may never be answered: ask again.
+            let token = self.token();
+            self.flushes
+                .iter_mut()
+                .for_each(|(waiting, _)| *waiting = token);
+            self.encode(&mut out, Control::Ping { token })?;
+        }
+        writer.write_all_buf(&mut out).await?;
+
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let (shutdown, events) = (self.shutdown.clone(), self.events.clone());
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Step::Shutdown,
+                permit = events.reserve(), if self.pending_event.is_some() => Step::Room(permit.ok()),
+                count = self.commands.recv_many(&mut batch, MAX_BATCH) => Step::Commands(count),
+                frame = reader.next(), if self.pending_event.is_none() => Step::Frame(frame),
+            };
+            match step {
+                Step::Shutdown => {
+                    // Send what the app queued before it closed.
+                    while let Ok(command) = self.commands.try_recv() {
+                        self.encode_command(&mut out, command)?;
+                    }
+                    writer.write_all_buf(&mut out).await?;
+                    writer.shutdown().await?;
+                    return Ok(Closed);
+                }
+                Step::Room(Some(permit)) => {
+                    if let Some(event) = self.pending_event.take() {
+                        permit.send(event);
+                    }
+                }
+                Step::Room(None) => {
+                    self.pending_event = None;
+                    self.note_events_dropped();
+                }
+                Step::Commands(0) => {
+                    // Every handle is gone: nothing more will be sent.
+                    writer.shutdown().await?;
+                    return Ok(Closed);
+                }
+                Step::Commands(_) => {
+                    for command in batch.drain(..) {
+                        self.encode_command(&mut out, command)?;
+                    }
+                }
+                Step::Frame(frame) => {
+                    let frame = frame.ok_or(SessionError::HubClosed)??;
+                    self.handle_frame(frame, &mut out)?;
+                }
+            }
+            if !out.is_empty() {
+                writer.write_all_buf(&mut out).await?;
+            }
+        }
+    }
+
+    /// The whole user set as `Login` batches that each fit in a frame.
+    fn encode_snapshot(&mut self, out: &mut BytesMut) -> Result<(), ProtocolError> {
+        // Each id costs its length plus at most a few bytes of bincode length.
+        let budget = self.codec.max_frame_len() / 2;
+        let mut users = Vec::new();
+        let mut size = 0;
+        let snapshot: Vec<UserId> = self.local.iter().map(|user| user.key().clone()).collect();
+        for user in snapshot {
+            size += user.as_str().len() + 3;
+            users.push(user);
+            if size >= budget {
+                self.encode(
+                    out,
+                    Control::Login {
+                        users: std::mem::take(&mut users),
+                    },
+                )?;
+                size = 0;
+            }
+        }
+        if !users.is_empty() {
+            self.encode(out, Control::Login { users })?;
+        }
+        Ok(())
+    }
+
+    fn encode_command(
+        &mut self,
+        out: &mut BytesMut,
+        command: Command,
+    ) -> Result<(), ProtocolError> {
+        match command {
+            Command::Login(user) => self.encode(out, Control::Login { users: vec![user] }),
+            Command::Logout(user) => self.encode(out, Control::Logout { users: vec![user] }),
+            Command::Data(data) => Frame::Data(data).encode(self.codec.max_frame_len(), out),
+            Command::Flush(done) => {
+                let token = self.token();
+                self.flushes.push_back((token, done));
+                self.encode(out, Control::Ping { token })
+            }
+        }
+    }
+
+    fn encode(&self, out: &mut BytesMut, control: Control) -> Result<(), ProtocolError> {
+        Frame::Control(control).encode(self.codec.max_frame_len(), out)
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn handle_frame(&mut self, raw: RawFrame, out: &mut BytesMut) -> Result<(), SessionError> {
+        match raw.decode()? {
+            Frame::Data(data) => {
+                let Data {
+                    kind,
+                    recipient: to,
+                    sender: from,
+                    payload,
+                    ..
+                } = data;
+                let event = match kind {
+                    DataKind::Unicast => Event::Message { from, to, payload },
+                    DataKind::Undeliverable => Event::Undeliverable { from, to, payload },
+                };
+                self.deliver(event);
+            }
+            Frame::Control(Control::Pong { token }) => {
+                while self
+                    .flushes
+                    .front()
+                    .is_some_and(|(waiting, _)| *waiting <= token)
+                {
+                    if let Some((_, done)) = self.flushes.pop_front() {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            Frame::Control(Control::Ping { token }) => self.encode(out, Control::Pong { token })?,
+            Frame::Control(Control::Error { code, message }) => {
+                return Err(SessionError::Refused { code, message });
+            }
+            Frame::Control(_) => {
+                return Err(SessionError::Unexpected("handshake or login message"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands an event to the app, or parks it (and stops reading) while the app is behind.
+    fn deliver(&mut self, event: Event) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => self.pending_event = Some(event),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.note_events_dropped(),
+        }
+    }
+
+    fn note_events_dropped(&mut self) {
+        if !self.events_dropped {
+            self.events_dropped = true;
+            warn!("events receiver dropped: inbound messages are discarded");
+        }
+    }
+}

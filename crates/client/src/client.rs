@@ -1,0 +1,93 @@
+//! A client of the example IM server.
+
+use std::io;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
+
+use crate::MAX_LINE_LEN;
+use crate::line::{ClientLine, LineError, ServerLine};
+
+/// A connection to an IM server, logged in as one user.
+#[derive(Debug)]
+pub struct ImClient {
+    lines: Framed<TcpStream, LinesCodec>,
+    server: u32,
+}
+
+/// Why the client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The connection failed.
+    #[error("connection failed: {0}")]
+    Io(#[from] io::Error),
+    /// A line was too long or not UTF-8.
+    #[error("bad line from the server: {0}")]
+    Codec(#[from] LinesCodecError),
+    /// The server sent something that is not part of the protocol.
+    #[error(transparent)]
+    Line(#[from] LineError),
+    /// The server refused the login.
+    #[error("login refused: {0}")]
+    Refused(String),
+    /// The server closed the connection.
+    #[error("server closed the connection")]
+    Closed,
+}
+
+impl ImClient {
+    /// Connects to the server at `addr` and logs in as `user`.
+    pub async fn connect(addr: impl ToSocketAddrs, user: &str) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_LEN));
+        lines
+            .send(
+                ClientLine::Login {
+                    user: user.to_owned(),
+                }
+                .to_string(),
+            )
+            .await?;
+        let mut client = Self { lines, server: 0 };
+        match client.recv().await? {
+            Some(ServerLine::Ok { server }) => {
+                client.server = server;
+                Ok(client)
+            }
+            Some(ServerLine::Error { reason }) => Err(ClientError::Refused(reason)),
+            Some(other) => Err(ClientError::Refused(format!("unexpected answer: {other}"))),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// Id of the server this client is logged in on.
+    pub fn server(&self) -> u32 {
+        self.server
+    }
+
+    /// Sends `text` to `to`.
+    pub async fn send(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
+        let line = ClientLine::Send {
+            to: to.to_owned(),
+            text: text.to_owned(),
+        };
+        self.lines.send(line.to_string()).await?;
+        Ok(())
+    }
+
+    /// Says goodbye and waits for the server to close the connection.
+    pub async fn quit(mut self) -> Result<(), ClientError> {
+        self.lines.send(ClientLine::Quit.to_string()).await?;
+        while self.recv().await?.is_some() {}
+        Ok(())
+    }
+
+    /// The next line from the server, or `None` once it closed the connection.
+    pub async fn recv(&mut self) -> Result<Option<ServerLine>, ClientError> {
+        match self.lines.next().await {
+            None => Ok(None),
+            Some(line) => Ok(Some(ServerLine::parse(&line?)?)),
+        }
+    }
+}
