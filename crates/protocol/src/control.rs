@@ -7,9 +7,9 @@
 use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use crate::MAX_FRAME_LEN_CEILING;
 use crate::error::ProtocolError;
 use crate::ids::{ServerId, UserId};
-use crate::MAX_FRAME_LEN_CEILING;
 
 /// A control message, in either direction.
 ///
@@ -112,6 +112,9 @@ impl Control {
 
     /// Shorthand for an error message.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Error { code, message: message.into() }
+        Self::Error {
+            code,
+            message: message.into(),
+        }
     }
 }

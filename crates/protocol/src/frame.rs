@@ -11,10 +11,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::LENGTH_PREFIX_LEN;
 use crate::control::Control;
 use crate::error::ProtocolError;
 use crate::ids::{ServerId, UserId};
-use crate::LENGTH_PREFIX_LEN;
 
 /// The first byte of every frame body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,13 +82,15 @@ impl<'a> Route<'a> {
     /// Parses the routing header at the start of a data frame `body` (after the length prefix).
     pub fn parse(body: &'a [u8]) -> Result<Self, ProtocolError> {
         let mut buf = body;
-        if buf.len() < FIXED_HEADER_LEN {
-            return Err(ProtocolError::Truncated);
-        }
-        let kind = match FrameKind::from_tag(buf.get_u8())? {
+        let tag = *buf.first().ok_or(ProtocolError::Empty)?;
+        let kind = match FrameKind::from_tag(tag)? {
             FrameKind::Data(kind) => kind,
             FrameKind::Control => return Err(ProtocolError::NotData),
         };
+        if buf.len() < FIXED_HEADER_LEN {
+            return Err(ProtocolError::Truncated);
+        }
+        buf.advance(1);
         let seq = buf.get_u64();
         let origin = ServerId(buf.get_u32());
         let recipient = take_name(&mut buf)?;
@@ -134,7 +136,10 @@ pub struct Data {
 impl Data {
     /// Length of the body once encoded (everything after the length prefix).
     pub fn encoded_len(&self) -> usize {
-        FIXED_HEADER_LEN + self.recipient.as_str().len() + 1 + self.sender.as_str().len()
+        FIXED_HEADER_LEN
+            + self.recipient.as_str().len()
+            + 1
+            + self.sender.as_str().len()
             + self.payload.len()
     }
 
@@ -179,7 +184,10 @@ impl Frame {
                 let len = data.encoded_len();
                 if len > max_frame_len {
                     dst.truncate(start);
-                    return Err(ProtocolError::FrameTooLarge { len, max: max_frame_len });
+                    return Err(ProtocolError::FrameTooLarge {
+                        len,
+                        max: max_frame_len,
+                    });
                 }
                 dst.reserve(len);
                 data.encode_body(dst);
@@ -188,7 +196,10 @@ impl Frame {
         let len = dst.len() - start - LENGTH_PREFIX_LEN;
         if len > max_frame_len {
             dst.truncate(start);
-            return Err(ProtocolError::FrameTooLarge { len, max: max_frame_len });
+            return Err(ProtocolError::FrameTooLarge {
+                len,
+                max: max_frame_len,
+            });
         }
         // The limit is at most MAX_FRAME_LEN_CEILING, far below u32::MAX.
         dst[start..start + LENGTH_PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());

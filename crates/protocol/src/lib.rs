@@ -13,7 +13,7 @@
 //! - [`frame`]: [`FrameKind`], the routing header ([`Route`]), owned [`Frame`]s and [`RawFrame`]s.
 //! - [`control`]: [`Control`] messages and their bincode encoding.
 //! - [`codec`]: [`Codec`], the length-delimited `Decoder`/`Encoder`.
-//! - [`error`]: [`ProtocolError`].
+//! - [`error`]: [`ProtocolError`], what can go wrong.
 #![warn(missing_docs)]
 
 pub mod codec;
