@@ -1,1 +1,134 @@
+//! Helpers for the cross-crate tests: a hub on an ephemeral port that stops when dropped, app
+//! servers built on the `Cluster` handle, and waits on events with generous deadlines.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use acms::{Hub, HubConfig};
+use acms_appserver::{Cluster, Event, Events, LinkState, ServerId, UserId};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long any test waits for something that should happen in milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A hub serving on 127.0.0.1; shut down when dropped.
+pub struct TestHub {
+    pub hub: Hub,
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestHub {
+    /// A hub with default settings on an ephemeral port.
+    pub async fn start() -> Self {
+        Self::start_with(HubConfig::default(), "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A hub with `config` on `addr` (port 0 for any).
+    pub async fn start_with(config: HubConfig, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind hub");
+        let addr = listener.local_addr().unwrap();
+        let hub = Hub::new(config);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (hub, shutdown) = (hub.clone(), shutdown.clone());
+            async move { hub.serve(listener, shutdown).await }
+        });
+        Self {
+            hub,
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the hub and waits until every connection is closed.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("hub task").expect("hub serve");
+        }
+    }
+
+    /// Waits until the hub has `servers` registered and `users` online.
+    pub async fn wait_for(&self, servers: usize, users: usize) {
+        let registry = self.hub.registry();
+        eventually("hub registry", || {
+            registry.servers().len() == servers && registry.user_count() == users
+        })
+        .await;
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// An app server: a cluster handle and its events.
+pub struct TestServer {
+    pub cluster: Cluster,
+    pub events: Events,
+}
+
+impl TestServer {
+    /// Joins the hub at `hub` as server `id` and waits until registered.
+    pub async fn start(id: u32, hub: SocketAddr) -> Self {
+        let (cluster, events) = Cluster::builder(ServerId(id), hub.to_string())
+            .client_addr(format!("127.0.0.1:{}", 6000 + id))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(500))
+            .start();
+        wait_link(&cluster, LinkState::Connected).await;
+        Self { cluster, events }
+    }
+
+    /// Logs `names` in and waits until the hub has them.
+    pub async fn login(&self, names: &[&str]) {
+        for name in names {
+            self.cluster.login(user(name)).await.expect("login");
+        }
+        tokio::time::timeout(PATIENCE, self.cluster.flush())
+            .await
+            .expect("flush in time")
+            .expect("flush");
+    }
+
+    /// The next event, within [`PATIENCE`].
+    pub async fn next_event(&mut self) -> Event {
+        tokio::time::timeout(PATIENCE, self.events.recv())
+            .await
+            .expect("an event in time")
+            .expect("events open")
+    }
+}
+
+/// Waits until the cluster's hub link is in `state`.
+pub async fn wait_link(cluster: &Cluster, state: LinkState) {
+    let mut link = cluster.link_state();
+    tokio::time::timeout(PATIENCE, link.wait_for(|current| *current == state))
+        .await
+        .unwrap_or_else(|_| panic!("link never became {state:?}"))
+        .expect("link state");
+}
+
+/// A user id from a literal.
+pub fn user(name: &str) -> UserId {
+    UserId::new(name).expect("valid user id")
+}
+
+/// Polls `condition` until it holds, failing after [`PATIENCE`]. For state that has no event of
+/// its own to await (the hub's registry seen from outside).
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -23,4 +23,4 @@ pub mod stats;
 pub use config::{Config, HubConfig, LogFormat};
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};
-pub use stats::Stats;
+pub use stats::{Stats, StatsSnapshot};

@@ -73,6 +73,8 @@ pub(crate) struct Link {
     hub_addr: String,
     client_addr: String,
     codec: Codec,
+    /// Largest frame body to send: the smaller of ours and the hub's limits.
+    send_limit: usize,
     connect_timeout: Duration,
     backoff: ExponentialBuilder,
     commands: mpsc::Receiver<Command>,
@@ -108,6 +110,7 @@ impl Link {
             hub_addr: config.hub_addr.clone(),
             client_addr: config.client_addr.clone(),
             codec: Codec::new(config.max_frame_len),
+            send_limit: config.max_frame_len,
             connect_timeout: config.connect_timeout,
             backoff,
             commands,
@@ -183,6 +186,8 @@ impl Link {
             .ok_or(SessionError::HubClosed)??;
         match answer.decode()? {
             Frame::Control(Control::Welcome(welcome)) if welcome.version == PROTOCOL_VERSION => {
+                let hub_limit = usize::try_from(welcome.max_frame_len).unwrap_or(usize::MAX);
+                self.send_limit = self.codec.max_frame_len().min(hub_limit);
                 Ok((reader, writer))
             }
             Frame::Control(Control::Welcome(welcome)) => Err(SessionError::Refused {
@@ -267,7 +272,7 @@ impl Link {
     /// The whole user set as `Login` batches that each fit in a frame.
     fn encode_snapshot(&mut self, out: &mut BytesMut) -> Result<(), ProtocolError> {
         // Each id costs its length plus at most a few bytes of bincode length.
-        let budget = self.codec.max_frame_len() / 2;
+        let budget = self.send_limit / 2;
         let mut users = Vec::new();
         let mut size = 0;
         let snapshot: Vec<UserId> = self.local.iter().map(|user| user.key().clone()).collect();
@@ -298,7 +303,23 @@ impl Link {
         match command {
             Command::Login(user) => self.encode(out, Control::Login { users: vec![user] }),
             Command::Logout(user) => self.encode(out, Control::Logout { users: vec![user] }),
-            Command::Data(data) => Frame::Data(data).encode(self.codec.max_frame_len(), out),
+            Command::Data(data) if data.encoded_len() > self.send_limit => {
+                // Fits our limit but not the hub's: hand it back rather than break the link.
+                warn!(
+                    len = data.encoded_len(),
+                    limit = self.send_limit,
+                    "message over the hub's frame limit"
+                );
+                let Data {
+                    recipient: to,
+                    sender: from,
+                    payload,
+                    ..
+                } = data;
+                self.deliver(Event::Undeliverable { from, to, payload });
+                Ok(())
+            }
+            Command::Data(data) => Frame::Data(data).encode(self.send_limit, out),
             Command::Flush(done) => {
                 let token = self.token();
                 self.flushes.push_back((token, done));
@@ -308,7 +329,7 @@ impl Link {
     }
 
     fn encode(&self, out: &mut BytesMut, control: Control) -> Result<(), ProtocolError> {
-        Frame::Control(control).encode(self.codec.max_frame_len(), out)
+        Frame::Control(control).encode(self.send_limit, out)
     }
 
     fn token(&mut self) -> u64 {

@@ -92,21 +92,34 @@ pub enum ErrorCode {
 }
 
 /// Bincode settings shared by both ends; the limit bounds what a length claim may allocate.
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME_LEN_CEILING>()
+fn config<const LIMIT: usize>() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
 }
+
+/// Inputs up to this size decode under [`SMALL_LIMIT`]: most control frames are tiny, and a tiny
+/// frame must not be able to claim a string of many megabytes.
+const SMALL_INPUT: usize = 16 << 10;
+const SMALL_LIMIT: usize = 1 << 20;
 
 impl Control {
     /// Appends the bincode encoding of this message to `dst`.
     pub fn encode_into(&self, dst: &mut BytesMut) -> Result<(), ProtocolError> {
         let mut writer = dst.writer();
-        bincode::serde::encode_into_std_write(self, &mut writer, config())?;
+        bincode::serde::encode_into_std_write(
+            self,
+            &mut writer,
+            config::<MAX_FRAME_LEN_CEILING>(),
+        )?;
         Ok(())
     }
 
     /// Decodes a message from the body of a control frame (after the kind byte).
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let (control, _read) = bincode::serde::decode_from_slice(bytes, config())?;
+        let (control, _read) = if bytes.len() <= SMALL_INPUT {
+            bincode::serde::decode_from_slice(bytes, config::<SMALL_LIMIT>())?
+        } else {
+            bincode::serde::decode_from_slice(bytes, config::<MAX_FRAME_LEN_CEILING>())?
+        };
         Ok(control)
     }
 
@@ -116,5 +129,32 @@ impl Control {
             code,
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_frame_cannot_claim_a_huge_string() {
+        // Error { code: Malformed, message: <claims 15 MiB> } in 8 bytes.
+        let claim = 15u32 << 20;
+        let mut bytes = vec![2, 2, 0xfc];
+        bytes.extend_from_slice(&claim.to_le_bytes());
+        let err = Control::decode(&bytes).unwrap_err();
+        assert!(matches!(err, ProtocolError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn a_full_frame_of_short_names_decodes() {
+        let users: Vec<_> = (0..300_000u32)
+            .map(|i| UserId::new(&format!("{}", i % 10)).unwrap())
+            .collect();
+        let login = Control::Login { users };
+        let mut bytes = BytesMut::new();
+        login.encode_into(&mut bytes).unwrap();
+        assert!(bytes.len() < crate::DEFAULT_MAX_FRAME_LEN);
+        assert_eq!(Control::decode(&bytes).unwrap(), login);
     }
 }

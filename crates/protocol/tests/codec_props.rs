@@ -1,0 +1,543 @@
+//! Property tests of the frame codec: round trips, arbitrary split points, hostile input and limits.
+
+use acms_protocol::{
+    Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, LENGTH_PREFIX_LEN,
+    MAX_FRAME_LEN_CEILING, ProtocolError, RawFrame, ServerId, UserId, Welcome,
+};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
+use tokio_util::codec::{Decoder, Encoder};
+
+// ---------------------------------------------------------------------------------------------
+// Strategies
+// ---------------------------------------------------------------------------------------------
+
+/// Characters of every UTF-8 width, ASCII most often.
+fn name_char() -> impl Strategy<Value = char> + Clone {
+    prop_oneof![
+        6 => proptest::char::range('a', 'z'),
+        2 => any::<char>(),
+        1 => Just('é'),
+        1 => Just('中'),
+        1 => Just('😀'),
+    ]
+}
+
+/// Builds a name from `chars`, stopping before the one that would pass the byte limit.
+fn name_from(chars: Vec<char>) -> UserId {
+    let mut name = String::new();
+    for c in chars {
+        if name.len() + c.len_utf8() > UserId::MAX_LEN {
+            break;
+        }
+        name.push(c);
+    }
+    UserId::new(&name).expect("1..=255 bytes")
+}
+
+/// User ids of 1 to 255 bytes of UTF-8, short ones most often, the byte limit exactly sometimes.
+fn user_id() -> BoxedStrategy<UserId> {
+    prop_oneof![
+        6 => vec(name_char(), 1..12).prop_map(name_from),
+        2 => vec(name_char(), 1..=UserId::MAX_LEN).prop_map(name_from),
+        1 => Just(UserId::new(&"x".repeat(UserId::MAX_LEN)).unwrap()),
+        1 => Just(UserId::new(&format!("{}x", "é".repeat(127))).unwrap()),
+    ]
+    .boxed()
+}
+
+/// Short user ids, for the small streams of the every-split-point test.
+fn short_user_id() -> BoxedStrategy<UserId> {
+    vec(name_char(), 1..4).prop_map(name_from).boxed()
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop_oneof![
+        Just(ErrorCode::VersionMismatch),
+        Just(ErrorCode::DuplicateServer),
+        Just(ErrorCode::Malformed),
+        Just(ErrorCode::TooLarge),
+        Just(ErrorCode::HandshakeTimeout),
+        Just(ErrorCode::SlowConsumer),
+        Just(ErrorCode::Unavailable),
+    ]
+}
+
+fn text(max: usize) -> impl Strategy<Value = String> {
+    vec(any::<char>(), 0..max).prop_map(String::from_iter)
+}
+
+/// Every [`Control`] variant, with user lists drawn from `users`.
+fn control_with(
+    users: BoxedStrategy<UserId>,
+    max_users: usize,
+    max_text: usize,
+) -> impl Strategy<Value = Control> {
+    prop_oneof![
+        (any::<u16>(), any::<u32>(), text(max_text)).prop_map(|(version, id, client_addr)| {
+            Control::Hello(Hello {
+                version,
+                server_id: ServerId(id),
+                client_addr,
+            })
+        }),
+        (any::<u16>(), any::<u32>()).prop_map(|(version, max_frame_len)| Control::Welcome(
+            Welcome {
+                version,
+                max_frame_len
+            }
+        )),
+        (error_code(), text(max_text)).prop_map(|(code, message)| Control::Error { code, message }),
+        vec(users.clone(), 0..max_users).prop_map(|users| Control::Login { users }),
+        vec(users, 0..max_users).prop_map(|users| Control::Logout { users }),
+        any::<u64>().prop_map(|token| Control::Ping { token }),
+        any::<u64>().prop_map(|token| Control::Pong { token }),
+    ]
+}
+
+fn data_kind() -> impl Strategy<Value = DataKind> {
+    prop_oneof![Just(DataKind::Unicast), Just(DataKind::Undeliverable)]
+}
+
+fn payload(max: usize) -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        3 => vec(any::<u8>(), 0..=max.min(16)),
+        1 => vec(any::<u8>(), 0..=max),
+    ]
+    .prop_map(Bytes::from)
+}
+
+fn data_with(users: BoxedStrategy<UserId>, max_payload: usize) -> impl Strategy<Value = Data> {
+    (
+        data_kind(),
+        any::<u64>(),
+        any::<u32>(),
+        users.clone(),
+        users,
+        payload(max_payload),
+    )
+        .prop_map(|(kind, seq, origin, recipient, sender, payload)| Data {
+            kind,
+            seq,
+            origin: ServerId(origin),
+            recipient,
+            sender,
+            payload,
+        })
+}
+
+/// Any frame: every control variant and both data kinds, payloads of 0 to 2047 bytes.
+fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        control_with(user_id(), 8, 40).prop_map(Frame::Control),
+        data_with(user_id(), 2047).prop_map(Frame::Data),
+    ]
+}
+
+/// Frames that encode to a few dozen bytes, so a stream of them can be cut at every point.
+fn small_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        control_with(short_user_id(), 3, 6).prop_map(Frame::Control),
+        data_with(short_user_id(), 12).prop_map(Frame::Data),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn encode_all(codec: &mut Codec, frames: &[Frame]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    for frame in frames {
+        codec.encode(frame, &mut buf).expect("frame fits the limit");
+    }
+    buf
+}
+
+/// Appends `chunk` to `buf` and decodes every frame that is now whole.
+fn feed(codec: &mut Codec, buf: &mut BytesMut, chunk: &[u8], out: &mut Vec<Frame>) {
+    buf.extend_from_slice(chunk);
+    while let Some(raw) = codec.decode(buf).expect("a valid stream") {
+        out.push(raw.decode().expect("a valid frame"));
+    }
+}
+
+/// Decodes a whole stream delivered in the given pieces; checks nothing is left at the end.
+fn decode_in_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Vec<Frame> {
+    let mut codec = Codec::default();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for piece in pieces {
+        feed(&mut codec, &mut buf, piece, &mut out);
+    }
+    assert!(buf.is_empty(), "{} bytes left over", buf.len());
+    assert!(
+        codec
+            .decode_eof(&mut buf)
+            .expect("clean end of stream")
+            .is_none()
+    );
+    out
+}
+
+/// Runs every read-only operation on whatever the decoder accepts; none may panic.
+fn poke(raw: &RawFrame, max: usize) {
+    assert!(
+        raw.body().len() <= max,
+        "decoder passed a frame over its limit"
+    );
+    assert!(!raw.body().is_empty(), "decoder passed an empty frame");
+    let _ = raw.kind();
+    let _ = raw.route();
+    let _ = raw.decode();
+    if let Ok(back) = raw.with_data_kind(DataKind::Undeliverable) {
+        assert_eq!(back.as_bytes().len(), raw.as_bytes().len());
+        assert_eq!(back.body()[1..], raw.body()[1..]);
+    }
+}
+
+/// Decodes everything in `bytes` with a codec limited to `max`; errors end it, panics fail it.
+fn decode_hostile(bytes: &[u8], max: usize) {
+    let mut codec = Codec::new(max);
+    let mut buf = BytesMut::from(bytes);
+    loop {
+        match codec.decode(&mut buf) {
+            Ok(Some(raw)) => poke(&raw, codec.max_frame_len()),
+            Ok(None) => break,
+            Err(err) => {
+                assert!(err.code().is_some(), "decoding failed as i/o: {err}");
+                return;
+            }
+        }
+    }
+    let _ = codec.decode_eof(&mut buf);
+}
+
+fn encoded_body_len(frame: &Frame) -> usize {
+    frame.to_bytes(MAX_FRAME_LEN_CEILING).unwrap().len() - LENGTH_PREFIX_LEN
+}
+
+fn variant_index(control: &Control) -> usize {
+    match control {
+        Control::Hello(_) => 0,
+        Control::Welcome(_) => 1,
+        Control::Error { .. } => 2,
+        Control::Login { .. } => 3,
+        Control::Logout { .. } => 4,
+        Control::Ping { .. } => 5,
+        Control::Pong { .. } => 6,
+    }
+}
+
+const CONTROL_VARIANTS: usize = 7;
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn frames_round_trip(frames in vec(frame(), 0..8)) {
+        let mut codec = Codec::default();
+        let mut buf = encode_all(&mut codec, &frames);
+        let mut decoded = Vec::new();
+        while let Some(raw) = codec.decode(&mut buf).unwrap() {
+            let frame = raw.decode().unwrap();
+            // The raw bytes are exactly the frame's encoding: what the hub forwards is what was sent.
+            prop_assert_eq!(raw.as_bytes(), &frame.to_bytes(codec.max_frame_len()).unwrap());
+            if let Frame::Data(data) = &frame {
+                let route = raw.route().unwrap();
+                prop_assert_eq!(route.kind, data.kind);
+                prop_assert_eq!(route.seq, data.seq);
+                prop_assert_eq!(route.origin, data.origin);
+                prop_assert_eq!(route.recipient, data.recipient.as_str());
+                prop_assert_eq!(route.sender, data.sender.as_str());
+                prop_assert_eq!(&raw.body()[route.payload_offset..], &data.payload[..]);
+                prop_assert_eq!(raw.kind().unwrap(), FrameKind::Data(data.kind));
+            } else {
+                prop_assert_eq!(raw.kind().unwrap(), FrameKind::Control);
+                prop_assert!(matches!(raw.route(), Err(ProtocolError::NotData)));
+            }
+            decoded.push(frame);
+        }
+        prop_assert_eq!(decoded, frames);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn stream_decodes_in_random_chunks(
+        frames in vec(frame(), 1..6),
+        sizes in vec(1usize..700, 1..32),
+    ) {
+        let stream = encode_all(&mut Codec::default(), &frames);
+        let mut pieces = Vec::new();
+        let mut rest = &stream[..];
+        for size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at((*size).min(rest.len()));
+            pieces.push(piece);
+            rest = tail;
+        }
+        prop_assert_eq!(decode_in_pieces(pieces), frames);
+    }
+
+    #[test]
+    fn control_ignores_trailing_bytes(
+        control in control_with(user_id(), 4, 20),
+        trailing in vec(any::<u8>(), 0..32),
+    ) {
+        let mut body = BytesMut::new();
+        control.encode_into(&mut body).unwrap();
+        body.put_slice(&trailing);
+        prop_assert_eq!(Control::decode(&body).unwrap(), control);
+    }
+
+    #[test]
+    fn hello_is_variant_zero_with_version_first(
+        version in any::<u16>(),
+        id in any::<u32>(),
+        addr in text(20),
+    ) {
+        let hello = Control::Hello(Hello { version, server_id: ServerId(id), client_addr: addr });
+        let bytes = Frame::Control(hello).to_bytes(MAX_FRAME_LEN_CEILING).unwrap();
+        let body = &bytes[LENGTH_PREFIX_LEN..];
+        prop_assert_eq!(body[0], 0, "control kind");
+        prop_assert_eq!(body[1], 0, "variant index of Hello");
+        // bincode varint: one byte below 251, else 251 then the u16 little-endian.
+        if version < 251 {
+            prop_assert_eq!(body[2], version as u8);
+        } else {
+            prop_assert_eq!(&body[2..5], &[251, version as u8, (version >> 8) as u8][..]);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512), max in 0usize..1024) {
+        decode_hostile(&bytes, max);
+        decode_hostile(&bytes, acms_protocol::DEFAULT_MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn framed_garbage_never_panics(
+        bodies in vec(
+            (0u8..4, 0u8..9, vec(any::<u8>(), 0..300)).prop_map(|(kind, variant, rest)| {
+                let mut body = vec![kind, variant];
+                body.extend(rest);
+                body
+            }),
+            1..6,
+        ),
+        cut in any::<Index>(),
+    ) {
+        let mut stream = Vec::new();
+        for body in &bodies {
+            stream.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            stream.extend_from_slice(body);
+        }
+        decode_hostile(&stream, acms_protocol::DEFAULT_MAX_FRAME_LEN);
+        // The same stream cut short: an incomplete tail is just "more to come".
+        decode_hostile(&stream[..cut.index(stream.len() + 1)], acms_protocol::DEFAULT_MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn corrupted_streams_never_panic(
+        frames in vec(frame(), 1..5),
+        flips in vec((any::<Index>(), 1u8..=255), 1..8),
+        max in prop_oneof![Just(acms_protocol::DEFAULT_MAX_FRAME_LEN), 0usize..4096],
+    ) {
+        let mut stream = encode_all(&mut Codec::default(), &frames).to_vec();
+        for (at, xor) in flips {
+            let at = at.index(stream.len());
+            stream[at] ^= xor;
+        }
+        decode_hostile(&stream, max);
+    }
+
+    #[test]
+    fn oversized_prefix_fails_at_once(
+        max in 0usize..4096,
+        excess in 1u64..=u64::from(u32::MAX),
+        body in vec(any::<u8>(), 0..64),
+    ) {
+        let claimed = (max as u64 + excess).min(u64::from(u32::MAX)) as usize;
+        prop_assume!(claimed > max);
+        let mut buf = BytesMut::with_capacity(LENGTH_PREFIX_LEN + body.len());
+        buf.put_u32(claimed as u32);
+        buf.put_slice(&body);
+        let capacity = buf.capacity();
+        let err = Codec::new(max).decode(&mut buf).unwrap_err();
+        prop_assert!(
+            matches!(err, ProtocolError::FrameTooLarge { len, max: m } if len == claimed && m == max),
+            "{}", err
+        );
+        prop_assert_eq!(err.code(), Some(ErrorCode::TooLarge));
+        // Nothing was reserved for the body.
+        prop_assert_eq!(buf.capacity(), capacity);
+    }
+
+    #[test]
+    fn oversized_frame_is_not_encoded(
+        frame in frame(),
+        below in any::<Index>(),
+        prefill in vec(any::<u8>(), 0..16),
+    ) {
+        let len = encoded_body_len(&frame);
+        let max = below.index(len); // 0..len: always too small by at least one byte
+        let mut dst = BytesMut::from(&prefill[..]);
+        let err = Codec::new(max).encode(&frame, &mut dst).unwrap_err();
+        prop_assert!(
+            matches!(err, ProtocolError::FrameTooLarge { len: l, max: m } if l == len && m == max),
+            "{}", err
+        );
+        prop_assert_eq!(&dst[..], &prefill[..]);
+        // At exactly the limit it fits, and decodes under the same limit.
+        Codec::new(len).encode(frame.clone(), &mut dst).unwrap();
+        dst.advance(prefill.len());
+        let raw = Codec::new(len).decode(&mut dst).unwrap().unwrap();
+        prop_assert_eq!(raw.decode().unwrap(), frame);
+    }
+}
+
+proptest! {
+    // Each case decodes its stream once per byte, so the streams are small and the cases fewer.
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn stream_decodes_when_cut_at_every_point(frames in vec(small_frame(), 1..5)) {
+        let stream = encode_all(&mut Codec::default(), &frames);
+        for split in 0..=stream.len() {
+            let (head, tail) = stream.split_at(split);
+            prop_assert_eq!(&decode_in_pieces([head, tail]), &frames, "split at {}", split);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed cases
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn frame_strategy_covers_every_variant() {
+    let mut runner = TestRunner::deterministic();
+    let strategy = frame();
+    let mut controls = [false; CONTROL_VARIANTS];
+    let (mut unicast, mut undeliverable, mut multibyte, mut longest) = (false, false, false, false);
+    for _ in 0..2000 {
+        match strategy.new_tree(&mut runner).unwrap().current() {
+            Frame::Control(control) => controls[variant_index(&control)] = true,
+            Frame::Data(data) => {
+                unicast |= data.kind == DataKind::Unicast;
+                undeliverable |= data.kind == DataKind::Undeliverable;
+                for name in [&data.recipient, &data.sender] {
+                    multibyte |= name.as_str().len() > name.as_str().chars().count();
+                    longest |= name.as_str().len() == UserId::MAX_LEN;
+                }
+            }
+        }
+    }
+    assert_eq!(controls, [true; CONTROL_VARIANTS], "control variants seen");
+    assert!(unicast && undeliverable && multibyte && longest);
+}
+
+#[test]
+fn codec_limit_is_capped_at_the_ceiling() {
+    assert_eq!(
+        Codec::new(usize::MAX).max_frame_len(),
+        MAX_FRAME_LEN_CEILING
+    );
+    assert_eq!(
+        Codec::default().max_frame_len(),
+        acms_protocol::DEFAULT_MAX_FRAME_LEN
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The worked examples of the protocol document, byte for byte.
+#[test]
+fn documented_examples() {
+    let user = |name| UserId::new(name).unwrap();
+    let unicast = Frame::Data(Data {
+        kind: DataKind::Unicast,
+        seq: 1,
+        origin: ServerId(7),
+        recipient: user("bob"),
+        sender: user("al"),
+        payload: Bytes::from_static(b"hi"),
+    });
+    assert_eq!(
+        hex(&unicast.to_bytes(1024).unwrap()),
+        "00 00 00 16 01 00 00 00 00 00 00 00 01 00 00 00 07 03 62 6f 62 02 61 6c 68 69"
+    );
+
+    let hello = Frame::Control(Control::Hello(Hello {
+        version: 1,
+        server_id: ServerId(7),
+        client_addr: "h:1".into(),
+    }));
+    assert_eq!(
+        hex(&hello.to_bytes(1024).unwrap()),
+        "00 00 00 08 00 00 01 07 03 68 3a 31"
+    );
+
+    let login = Frame::Control(Control::Login {
+        users: vec![user("bob"), user("al")],
+    });
+    assert_eq!(
+        hex(&login.to_bytes(1024).unwrap()),
+        "00 00 00 0a 00 03 02 03 62 6f 62 02 61 6c"
+    );
+
+    let ping = Frame::Control(Control::Ping { token: 300 });
+    assert_eq!(
+        hex(&ping.to_bytes(1024).unwrap()),
+        "00 00 00 05 00 05 fb 2c 01"
+    );
+
+    let error = Frame::Control(Control::error(ErrorCode::DuplicateServer, "dup"));
+    assert_eq!(
+        hex(&error.to_bytes(1024).unwrap()),
+        "00 00 00 07 00 02 01 03 64 75 70"
+    );
+}
+
+/// `route` names the first thing wrong: an unknown kind, then a control frame, then a short header.
+#[test]
+fn route_errors_name_the_first_fault() {
+    let raw = |body: &[u8]| {
+        let mut buf = BytesMut::new();
+        buf.put_u32(body.len() as u32);
+        buf.put_slice(body);
+        Codec::default().decode(&mut buf).unwrap().unwrap()
+    };
+    assert!(matches!(
+        raw(&[0x7f]).route(),
+        Err(ProtocolError::UnknownKind(0x7f))
+    ));
+    assert!(matches!(
+        raw(&[0x00, 0x05, 0x01]).route(),
+        Err(ProtocolError::NotData)
+    ));
+    assert!(matches!(
+        raw(&[0x01, 0x00]).route(),
+        Err(ProtocolError::Truncated)
+    ));
+    assert!(matches!(
+        raw(&[0x02]).route(),
+        Err(ProtocolError::Truncated)
+    ));
+}
