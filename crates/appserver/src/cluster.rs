@@ -248,7 +248,9 @@ impl Cluster {
     ///
     /// A local recipient gets it through this server's [`Events`] without the hub. Otherwise it is
     /// queued for the hub; if `to` is online nowhere, an [`Event::Undeliverable`] comes back.
-    /// Waits only while the queue to the hub is full (for instance while reconnecting).
+    /// Waits only while the queue to the hub is full (for instance while reconnecting) or, for a
+    /// local recipient, while the events queue is: so the task that drains [`Events`] should not
+    /// itself await sends to local users.
     pub async fn send_to_user(
         &self,
         from: &UserId,
