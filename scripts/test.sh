@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: builds the programs the end-to-end tests start as processes, then
-# runs every test of the workspace in parallel, then the documentation examples.
+# the documentation examples, then every test of the workspace in parallel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,5 +9,5 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 cargo build --workspace --bins --examples
-cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
+cargo nextest run --workspace --no-fail-fast
