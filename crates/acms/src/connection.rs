@@ -1,5 +1,8 @@
 //! One AS connection: the handshake, then a reader loop that registers users and relays frames,
 //! beside a writer task that drains the connection's [`Outbox`].
+//!
+//! The reader decodes every whole frame one socket read brought, stages relayed frames by
+//! destination server, and hands each destination its frames as one batch before reading again.
 
 use std::collections::HashSet;
 use std::io;
@@ -11,16 +14,17 @@ use acms_protocol::{
     Codec, Control, DataKind, ErrorCode, Frame, FrameKind, PROTOCOL_VERSION, ProtocolError,
     RawFrame, ServerId, UserId, Welcome,
 };
-use futures_util::StreamExt;
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info, warn};
 
 use crate::config::HubConfig;
 use crate::outbox::{Outbox, PushError, write_loop};
-use crate::registry::{Registry, Relay, ServerInfo};
+use crate::registry::{Registry, RelayError, ServerInfo};
 use crate::stats::Stats;
 
 /// What every connection of a hub shares.
@@ -65,9 +69,16 @@ impl From<ProtocolError> for Close {
     }
 }
 
+/// Room made in the read buffer before each read: many small frames per system call.
+const READ_CHUNK: usize = 64 * 1024;
+
 struct Connection {
     shared: Arc<Shared>,
-    reader: FramedRead<OwnedReadHalf, Codec>,
+    reader: OwnedReadHalf,
+    read_buf: BytesMut,
+    codec: Codec,
+    /// Relayed frames of the current read, by destination, not yet handed over.
+    staged: Vec<(ServerId, Vec<Bytes>)>,
     outbox: Outbox,
     /// Cancelled by hub shutdown or by the slow-consumer rule.
     closer: CancellationToken,
@@ -91,7 +102,10 @@ pub(crate) async fn serve(
     let writer = tokio::spawn(write_loop(inbox, write_half));
     let grace = shared.config.shutdown_grace;
     let mut conn = Connection {
-        reader: FramedRead::new(read_half, Codec::new(shared.config.max_frame_len)),
+        reader: read_half,
+        read_buf: BytesMut::with_capacity(READ_CHUNK),
+        codec: Codec::new(shared.config.max_frame_len),
+        staged: Vec::new(),
         shared,
         outbox,
         closer: shutdown.child_token(),
@@ -118,38 +132,72 @@ impl Connection {
             return close;
         }
         loop {
-            let frame = tokio::select! {
-                _ = self.closer.cancelled() => {
-                    return if self.shutdown.is_cancelled() { Close::Shutdown } else { Close::SlowConsumer };
-                }
-                frame = self.reader.next() => frame,
-            };
-            let result = match frame {
-                None => return Close::PeerClosed,
-                Some(Err(err)) => Err(err.into()),
-                Some(Ok(raw)) => self.handle_frame(raw),
-            };
-            if let Err(close) = result {
+            if let Err(close) = self.read_more().await {
                 return close;
+            }
+            let handled = self.handle_buffered();
+            // Hand over what was staged even when a later frame broke the protocol.
+            let flushed = self.flush_staged();
+            if let Err(close) = handled.and(flushed) {
+                return close;
+            }
+        }
+    }
+
+    /// Waits for more bytes from the socket, or for the connection to be closed.
+    async fn read_more(&mut self) -> Result<(), Close> {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        let read = tokio::select! {
+            _ = self.closer.cancelled() => {
+                return Err(if self.shutdown.is_cancelled() { Close::Shutdown } else { Close::SlowConsumer });
+            }
+            read = self.reader.read_buf(&mut self.read_buf) => read,
+        };
+        match read {
+            Ok(0) if self.read_buf.is_empty() => Err(Close::PeerClosed),
+            Ok(0) => Err(Close::refused(
+                ErrorCode::Malformed,
+                "connection closed inside a frame",
+            )),
+            Ok(_) => Ok(()),
+            Err(err) => Err(Close::Io(err)),
+        }
+    }
+
+    /// Handles every whole frame in the read buffer.
+    fn handle_buffered(&mut self) -> Result<(), Close> {
+        while let Some(raw) = self.codec.decode(&mut self.read_buf)? {
+            self.handle_frame(raw)?;
+        }
+        Ok(())
+    }
+
+    /// The next frame, reading as needed; `None` once the peer closed cleanly.
+    async fn next_frame(&mut self) -> Result<Option<RawFrame>, Close> {
+        loop {
+            if let Some(raw) = self.codec.decode(&mut self.read_buf)? {
+                return Ok(Some(raw));
+            }
+            match self.read_more().await {
+                Ok(()) => {}
+                Err(Close::PeerClosed) => return Ok(None),
+                Err(close) => return Err(close),
             }
         }
     }
 
     async fn handshake(&mut self) -> Result<(), Close> {
         let deadline = self.shared.config.handshake_timeout;
-        let first = tokio::select! {
-            _ = self.closer.cancelled() => return Err(Close::Shutdown),
-            first = tokio::time::timeout(deadline, self.reader.next()) => first,
-        };
-        let raw = match first {
+        let raw = match tokio::time::timeout(deadline, self.next_frame()).await {
             Err(_) => {
                 return Err(Close::refused(
                     ErrorCode::HandshakeTimeout,
                     format!("no Hello within {deadline:?}"),
                 ));
             }
-            Ok(None) => return Err(Close::PeerClosed),
-            Ok(Some(raw)) => raw?,
+            Ok(first) => first?.ok_or(Close::PeerClosed)?,
         };
         let Frame::Control(Control::Hello(hello)) = raw.decode()? else {
             return Err(Close::refused(
@@ -182,13 +230,13 @@ impl Connection {
         info!(%client_addr, "app server registered");
         self.send(Control::Welcome(Welcome {
             version: PROTOCOL_VERSION,
-            max_frame_len: self.reader.decoder().max_frame_len() as u32,
+            max_frame_len: self.codec.max_frame_len() as u32,
         }))
     }
 
     fn handle_frame(&mut self, raw: RawFrame) -> Result<(), Close> {
         match raw.kind()? {
-            FrameKind::Data(DataKind::Unicast) => self.relay(&raw),
+            FrameKind::Data(DataKind::Unicast) => self.relay(raw),
             FrameKind::Data(DataKind::Undeliverable) => Err(Close::refused(
                 ErrorCode::Malformed,
                 "undeliverable frames only go from the hub to an app server",
@@ -216,7 +264,8 @@ impl Connection {
         }
     }
 
-    fn relay(&mut self, raw: &RawFrame) -> Result<(), Close> {
+    /// Stages a unicast frame for its recipient's server, or bounces it if they are offline.
+    fn relay(&mut self, raw: RawFrame) -> Result<(), Close> {
         let route = raw.route()?;
         let server = self.server();
         if route.origin != server {
@@ -228,29 +277,49 @@ impl Connection {
                 ),
             ));
         }
-        let shared = &self.shared;
-        match shared
-            .registry
-            .relay(route.recipient, raw.as_bytes().clone())
-        {
-            Relay::Queued(_) => {
-                shared.stats.relayed(raw.as_bytes().len());
-                Ok(())
-            }
-            Relay::Offline => self.bounce(raw),
-            Relay::SlowConsumer { server, pending } => {
-                shared.stats.slow_consumer();
-                warn!(slow_server = %server, pending, "slow consumer: disconnecting it");
-                self.bounce(raw)
-            }
+        let Some(target) = self.shared.registry.locate(route.recipient) else {
+            return self.bounce(&[raw.into_bytes()]);
+        };
+        let frame = raw.into_bytes();
+        match self.staged.iter_mut().find(|(staged, _)| *staged == target) {
+            Some((_, frames)) => frames.push(frame),
+            None => self.staged.push((target, vec![frame])),
         }
+        Ok(())
     }
 
-    /// Returns a unicast frame to this AS as undeliverable.
-    fn bounce(&mut self, raw: &RawFrame) -> Result<(), Close> {
-        self.shared.stats.undeliverable();
-        let back = raw.with_data_kind(DataKind::Undeliverable)?;
-        self.push(back.into_bytes())
+    /// Hands each destination the frames staged for it, as one batch.
+    fn flush_staged(&mut self) -> Result<(), Close> {
+        let mut result = Ok(());
+        for (target, frames) in std::mem::take(&mut self.staged) {
+            let shared = &self.shared;
+            let bytes: usize = frames.iter().map(Bytes::len).sum();
+            let count = frames.len();
+            match shared.registry.relay_batch(target, frames) {
+                Ok(()) => shared.stats.relayed(count, bytes),
+                Err(RelayError::Gone(frames)) => result = result.and(self.bounce(&frames)),
+                Err(RelayError::SlowConsumer { pending, frames }) => {
+                    shared.stats.slow_consumer();
+                    warn!(slow_server = %target, pending, "slow consumer: disconnecting it");
+                    result = result.and(self.bounce(&frames));
+                }
+            }
+        }
+        result
+    }
+
+    /// Returns unicast frames to this AS as undeliverable.
+    fn bounce(&mut self, frames: &[Bytes]) -> Result<(), Close> {
+        let mut back = Vec::with_capacity(frames.len());
+        for frame in frames {
+            self.shared.stats.undeliverable();
+            back.push(
+                RawFrame::from_bytes(frame.clone())?
+                    .with_data_kind(DataKind::Undeliverable)?
+                    .into_bytes(),
+            );
+        }
+        self.push_batch(back)
     }
 
     fn handle_login(&mut self, users: Vec<UserId>) {
@@ -278,12 +347,16 @@ impl Connection {
     }
 
     fn send(&self, control: Control) -> Result<(), Close> {
-        let bytes = Frame::Control(control).to_bytes(self.reader.decoder().max_frame_len())?;
+        let bytes = Frame::Control(control).to_bytes(self.codec.max_frame_len())?;
         self.push(bytes)
     }
 
-    fn push(&self, bytes: bytes::Bytes) -> Result<(), Close> {
-        match self.outbox.push(bytes) {
+    fn push(&self, frame: Bytes) -> Result<(), Close> {
+        self.push_batch(vec![frame])
+    }
+
+    fn push_batch(&self, frames: Vec<Bytes>) -> Result<(), Close> {
+        match self.outbox.push_batch(frames).map_err(|(err, _)| err) {
             Ok(()) => Ok(()),
             Err(PushError::Full { pending }) => {
                 self.shared.stats.slow_consumer();

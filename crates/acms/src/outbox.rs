@@ -1,10 +1,11 @@
 //! The outbound side of a connection: a queue bounded in bytes, and the task that drains it.
 //!
-//! Relaying never waits: [`Outbox::push`] either queues a frame or says the queue is over its
-//! limit, and the caller applies the slow-consumer rule. The writer takes everything queued at
-//! once and hands it to the kernel in vectored writes, so a burst of small frames costs a few
-//! system calls instead of one each, and relayed frames are written from the buffers they were
-//! read into.
+//! Relaying never waits: [`Outbox::push_batch`] either queues frames or says the queue is over its
+//! limit, and the caller applies the slow-consumer rule. A reader hands over every frame it
+//! decoded from one socket read for the same destination as one batch, so the queue's atomics
+//! and wake-ups are paid per batch, not per frame. The writer takes everything queued at once and
+//! hands it to the kernel in vectored writes, so a burst of small frames costs a few system calls
+//! instead of one each, and relayed frames are written from the buffers they were read into.
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-/// Most frames the writer takes from its queue for one batch.
-const MAX_BATCH_FRAMES: usize = 1024;
+/// Most batches the writer takes from its queue at once.
+const MAX_BATCHES: usize = 256;
 
 /// Most buffers in one vectored write (Linux's `IOV_MAX` is 1024).
 const MAX_IOVECS: usize = 512;
@@ -23,7 +24,7 @@ const MAX_IOVECS: usize = 512;
 /// The sending end of a connection's queue; clones share the queue and its byte count.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Vec<Bytes>>,
     pending: Arc<AtomicUsize>,
     limit: usize,
 }
@@ -56,15 +57,22 @@ impl Outbox {
 
     /// Queues one whole frame, or refuses it without waiting.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
-        let len = frame.len();
+        self.push_batch(vec![frame]).map_err(|(err, _)| err)
+    }
+
+    /// Queues whole frames, in order, or refuses them all without waiting and hands them back.
+    ///
+    /// An empty queue takes any batch, so one frame larger than the limit still goes through.
+    pub fn push_batch(&self, frames: Vec<Bytes>) -> Result<(), (PushError, Vec<Bytes>)> {
+        let len = frames.iter().map(Bytes::len).sum();
         let before = self.pending.fetch_add(len, Ordering::AcqRel);
         if before + len > self.limit && before > 0 {
             self.pending.fetch_sub(len, Ordering::AcqRel);
-            return Err(PushError::Full { pending: before });
+            return Err((PushError::Full { pending: before }, frames));
         }
-        self.tx.send(frame).map_err(|_| {
+        self.tx.send(frames).map_err(|returned| {
             self.pending.fetch_sub(len, Ordering::AcqRel);
-            PushError::Closed
+            (PushError::Closed, returned.0)
         })
     }
 
@@ -77,21 +85,17 @@ impl Outbox {
 /// The receiving end of an [`Outbox`], owned by the connection's writer.
 #[derive(Debug)]
 pub struct Inbox {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<Vec<Bytes>>,
     pending: Arc<AtomicUsize>,
 }
 
 /// Writes queued frames until every [`Outbox`] of the queue is dropped and the queue is drained,
 /// then shuts the write side down. Returns the first write error.
 pub async fn write_loop<W: AsyncWrite + Unpin>(mut inbox: Inbox, mut writer: W) -> io::Result<()> {
+    let mut received = Vec::with_capacity(MAX_BATCHES);
     let mut batch = Batch::default();
-    while inbox
-        .rx
-        .recv_many(&mut batch.frames, MAX_BATCH_FRAMES)
-        .await
-        > 0
-    {
-        let bytes = batch.start();
+    while inbox.rx.recv_many(&mut received, MAX_BATCHES).await > 0 {
+        let bytes = batch.start(received.drain(..).flatten());
         while batch.has_remaining() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let count = batch.chunks_vectored(&mut slices);
@@ -117,7 +121,9 @@ struct Batch {
 
 impl Batch {
     /// Starts writing the frames just received, returning their size in bytes.
-    fn start(&mut self) -> usize {
+    fn start(&mut self, frames: impl Iterator<Item = Bytes>) -> usize {
+        self.frames.clear();
+        self.frames.extend(frames);
         self.first = 0;
         self.remaining = self.frames.iter().map(Bytes::len).sum();
         self.remaining

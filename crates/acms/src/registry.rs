@@ -48,19 +48,17 @@ pub struct Registry {
 #[error("server id {0} is already registered by a live connection")]
 pub struct DuplicateServer(pub ServerId);
 
-/// What became of a relayed frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Relay {
-    /// Queued for the recipient's AS.
-    Queued(ServerId),
-    /// The recipient is not online anywhere.
-    Offline,
-    /// The recipient's AS is over its queue limit and was told to disconnect.
+/// Why frames could not be queued for a server; the frames come back to be bounced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayError {
+    /// The server is no longer registered.
+    Gone(Vec<Bytes>),
+    /// The server is over its queue limit and was told to disconnect.
     SlowConsumer {
-        /// The AS that did not keep up.
-        server: ServerId,
         /// Bytes it had pending.
         pending: usize,
+        /// The frames that were not queued.
+        frames: Vec<Bytes>,
     },
 }
 
@@ -106,22 +104,26 @@ impl Registry {
         self.users.remove_if(user, |_, &owner| owner == server);
     }
 
-    /// Queues a whole data frame for the AS of `recipient`, never waiting.
-    pub(crate) fn relay(&self, recipient: &str, frame: Bytes) -> Relay {
-        let Some(server) = self.locate(recipient) else {
-            return Relay::Offline;
-        };
+    /// Queues whole data frames for `server`, in order, never waiting. A server over its queue
+    /// limit is told to disconnect (the slow-consumer rule).
+    pub(crate) fn relay_batch(
+        &self,
+        server: ServerId,
+        frames: Vec<Bytes>,
+    ) -> Result<(), RelayError> {
         let Some(entry) = self.servers.get(&server) else {
-            return Relay::Offline;
+            return Err(RelayError::Gone(frames));
         };
-        match entry.outbox.push(frame) {
-            Ok(()) => Relay::Queued(server),
-            Err(PushError::Closed) => Relay::Offline,
-            Err(PushError::Full { pending }) => {
-                entry.closer.cancel();
-                Relay::SlowConsumer { server, pending }
-            }
-        }
+        entry
+            .outbox
+            .push_batch(frames)
+            .map_err(|(err, frames)| match err {
+                PushError::Closed => RelayError::Gone(frames),
+                PushError::Full { pending } => {
+                    entry.closer.cancel();
+                    RelayError::SlowConsumer { pending, frames }
+                }
+            })
     }
 
     /// The AS `user` is online on, if any.
@@ -198,22 +200,19 @@ mod tests {
         let (outbox, _inbox) = Outbox::new(4);
         let token = CancellationToken::new();
         registry.register(info(2), outbox, token.clone()).unwrap();
-        registry.login(ServerId(2), user("bob"));
+        let frames = |text: &'static str| vec![Bytes::from_static(text.as_bytes())];
         assert_eq!(
-            registry.relay("carol", Bytes::from_static(b"x")),
-            Relay::Offline
+            registry.relay_batch(ServerId(3), frames("x")),
+            Err(RelayError::Gone(frames("x")))
         );
-        assert_eq!(
-            registry.relay("bob", Bytes::from_static(b"1234")),
-            Relay::Queued(ServerId(2))
-        );
+        assert_eq!(registry.relay_batch(ServerId(2), frames("1234")), Ok(()));
         assert!(!token.is_cancelled());
         assert_eq!(
-            registry.relay("bob", Bytes::from_static(b"5")),
-            Relay::SlowConsumer {
-                server: ServerId(2),
-                pending: 4
-            }
+            registry.relay_batch(ServerId(2), frames("5")),
+            Err(RelayError::SlowConsumer {
+                pending: 4,
+                frames: frames("5")
+            })
         );
         assert!(token.is_cancelled());
     }

@@ -31,8 +31,9 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
-    pub(crate) fn relayed(&self, bytes: usize) {
-        self.relayed_frames.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn relayed(&self, frames: usize, bytes: usize) {
+        self.relayed_frames
+            .fetch_add(frames as u64, Ordering::Relaxed);
         self.relayed_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }

@@ -227,6 +227,21 @@ impl RawFrame {
         Self(bytes)
     }
 
+    /// Wraps the bytes of one whole frame, checking that its length prefix matches them.
+    pub fn from_bytes(bytes: Bytes) -> Result<Self, ProtocolError> {
+        let body_len = bytes
+            .len()
+            .checked_sub(LENGTH_PREFIX_LEN)
+            .ok_or(ProtocolError::Truncated)?;
+        if body_len == 0 {
+            return Err(ProtocolError::Empty);
+        }
+        if (&bytes[..]).get_u32() as usize != body_len {
+            return Err(ProtocolError::Truncated);
+        }
+        Ok(Self(bytes))
+    }
+
     /// The frame body: everything after the length prefix.
     pub fn body(&self) -> &[u8] {
         &self.0[LENGTH_PREFIX_LEN..]
