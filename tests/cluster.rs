@@ -16,11 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 fn message(from: &str, to: &str, text: &'static str) -> Event {
-    Event::Message {
-        from: user(from),
-        to: user(to),
-        payload: Bytes::from_static(text.as_bytes()),
-    }
+    Event::Message { from: user(from), to: user(to), payload: Bytes::from_static(text.as_bytes()) }
 }
 
 #[tokio::test]
@@ -31,17 +27,11 @@ async fn messages_cross_servers_both_ways() {
     s0.login(&["alice"]).await;
     s1.login(&["bob"]).await;
 
-    let route = s0
-        .cluster
-        .send_to_user(&user("alice"), &user("bob"), "hello bob".into())
-        .await;
+    let route = s0.cluster.send_to_user(&user("alice"), &user("bob"), "hello bob".into()).await;
     assert_eq!(route.unwrap(), Route::Hub);
     assert_eq!(s1.next_event().await, message("alice", "bob", "hello bob"));
 
-    s1.cluster
-        .send_to_user(&user("bob"), &user("alice"), "hi alice".into())
-        .await
-        .unwrap();
+    s1.cluster.send_to_user(&user("bob"), &user("alice"), "hi alice".into()).await.unwrap();
     assert_eq!(s0.next_event().await, message("bob", "alice", "hi alice"));
 
     let stats = hub.hub.stats();
@@ -58,15 +48,10 @@ async fn order_is_kept_per_sender_and_recipient() {
     s1.login(&["bob"]).await;
     for i in 0..2000u32 {
         let payload = Bytes::from(i.to_be_bytes().to_vec());
-        s0.cluster
-            .send_to_user(&user("alice"), &user("bob"), payload)
-            .await
-            .unwrap();
+        s0.cluster.send_to_user(&user("alice"), &user("bob"), payload).await.unwrap();
     }
     for i in 0..2000u32 {
-        let Event::Message { payload, .. } = s1.next_event().await else {
-            panic!("not a message")
-        };
+        let Event::Message { payload, .. } = s1.next_event().await else { panic!("not a message") };
         assert_eq!(payload.as_ref(), i.to_be_bytes());
     }
     assert_eq!(hub.hub.stats().relayed_frames, 2000);
@@ -79,10 +64,7 @@ async fn same_server_delivery_does_not_touch_the_hub() {
     let _s1 = TestServer::start(1, hub.addr).await;
     s0.login(&["alice", "dave"]).await;
 
-    let route = s0
-        .cluster
-        .send_to_user(&user("alice"), &user("dave"), "next door".into())
-        .await;
+    let route = s0.cluster.send_to_user(&user("alice"), &user("dave"), "next door".into()).await;
     assert_eq!(route.unwrap(), Route::Local);
     assert_eq!(s0.next_event().await, message("alice", "dave", "next door"));
     // The flush's Ping travels after anything the send could have queued for the hub.
@@ -97,10 +79,7 @@ async fn unknown_recipient_comes_back_undeliverable() {
     let mut s0 = TestServer::start(0, hub.addr).await;
     s0.login(&["alice"]).await;
 
-    s0.cluster
-        .send_to_user(&user("alice"), &user("nobody"), "anyone?".into())
-        .await
-        .unwrap();
+    s0.cluster.send_to_user(&user("alice"), &user("nobody"), "anyone?".into()).await.unwrap();
     let expected = Event::Undeliverable {
         from: user("alice"),
         to: user("nobody"),
@@ -138,10 +117,7 @@ async fn killed_server_takes_its_users_out_of_the_directory() {
     assert_eq!(hub.hub.registry().locate("carol"), None);
     assert_eq!(hub.hub.registry().servers()[0].id, ServerId(0));
 
-    s0.cluster
-        .send_to_user(&user("alice"), &user("bob"), "still there?".into())
-        .await
-        .unwrap();
+    s0.cluster.send_to_user(&user("alice"), &user("bob"), "still there?".into()).await.unwrap();
     assert!(matches!(s0.next_event().await, Event::Undeliverable { .. }));
 }
 
@@ -164,22 +140,13 @@ async fn servers_resync_after_the_hub_restarts_on_the_same_port() {
     let healed = restarted_at.elapsed();
     assert!(healed < Duration::from_secs(5), "resync took {healed:?}");
 
-    s0.cluster
-        .send_to_user(&user("alice"), &user("bert"), "welcome back".into())
-        .await
-        .unwrap();
-    assert_eq!(
-        s1.next_event().await,
-        message("alice", "bert", "welcome back")
-    );
+    s0.cluster.send_to_user(&user("alice"), &user("bert"), "welcome back".into()).await.unwrap();
+    assert_eq!(s1.next_event().await, message("alice", "bert", "welcome back"));
 }
 
 /// A raw connection to the hub, speaking the protocol by hand.
 async fn raw_peer(hub: &TestHub) -> Framed<TcpStream, Codec> {
-    Framed::new(
-        TcpStream::connect(hub.addr).await.unwrap(),
-        Codec::default(),
-    )
+    Framed::new(TcpStream::connect(hub.addr).await.unwrap(), Codec::default())
 }
 
 fn hello(id: u32, version: u16) -> Frame {
@@ -191,9 +158,7 @@ fn hello(id: u32, version: u16) -> Frame {
 }
 
 async fn next_frame(peer: &mut Framed<TcpStream, Codec>) -> Option<Frame> {
-    let next = tokio::time::timeout(PATIENCE, peer.next())
-        .await
-        .expect("a frame in time");
+    let next = tokio::time::timeout(PATIENCE, peer.next()).await.expect("a frame in time");
     next.map(|raw: Result<RawFrame, _>| raw.expect("valid frame").decode().expect("decodable"))
 }
 
@@ -209,11 +174,7 @@ async fn expect_refusal(peer: &mut Framed<TcpStream, Codec>, expected: ErrorCode
             None => panic!("closed without an error frame"),
         }
     }
-    assert_eq!(
-        next_frame(peer).await,
-        None,
-        "connection should close after the error"
-    );
+    assert_eq!(next_frame(peer).await, None, "connection should close after the error");
 }
 
 #[tokio::test]
@@ -237,10 +198,8 @@ async fn another_protocol_version_is_refused() {
 
 #[tokio::test]
 async fn a_silent_peer_is_dropped_after_the_handshake_deadline() {
-    let config = HubConfig {
-        handshake_timeout: Duration::from_millis(200),
-        ..HubConfig::default()
-    };
+    let config =
+        HubConfig { handshake_timeout: Duration::from_millis(200), ..HubConfig::default() };
     let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
     let mut peer = raw_peer(&hub).await;
     expect_refusal(&mut peer, ErrorCode::HandshakeTimeout).await;
@@ -258,38 +217,21 @@ async fn bad_input_closes_only_its_own_connection() {
     // Garbage after a valid handshake.
     let mut garbage = raw_peer(&hub).await;
     garbage.send(hello(7, PROTOCOL_VERSION)).await.unwrap();
-    assert!(matches!(
-        next_frame(&mut garbage).await,
-        Some(Frame::Control(Control::Welcome(_)))
-    ));
-    garbage
-        .get_mut()
-        .write_all(&[0, 0, 0, 3, 0x7f, 1, 2])
-        .await
-        .unwrap();
+    assert!(matches!(next_frame(&mut garbage).await, Some(Frame::Control(Control::Welcome(_)))));
+    garbage.get_mut().write_all(&[0, 0, 0, 3, 0x7f, 1, 2]).await.unwrap();
     expect_refusal(&mut garbage, ErrorCode::Malformed).await;
 
     // A frame far over the limit: refused from its length prefix alone.
     let mut oversized = raw_peer(&hub).await;
     oversized.send(hello(8, PROTOCOL_VERSION)).await.unwrap();
-    assert!(matches!(
-        next_frame(&mut oversized).await,
-        Some(Frame::Control(Control::Welcome(_)))
-    ));
-    oversized
-        .get_mut()
-        .write_all(&u32::MAX.to_be_bytes())
-        .await
-        .unwrap();
+    assert!(matches!(next_frame(&mut oversized).await, Some(Frame::Control(Control::Welcome(_)))));
+    oversized.get_mut().write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     expect_refusal(&mut oversized, ErrorCode::TooLarge).await;
 
     // A data frame that claims to come from another server.
     let mut spoofer = raw_peer(&hub).await;
     spoofer.send(hello(9, PROTOCOL_VERSION)).await.unwrap();
-    assert!(matches!(
-        next_frame(&mut spoofer).await,
-        Some(Frame::Control(Control::Welcome(_)))
-    ));
+    assert!(matches!(next_frame(&mut spoofer).await, Some(Frame::Control(Control::Welcome(_)))));
     let spoofed = Data {
         kind: DataKind::Unicast,
         seq: 1,
@@ -303,19 +245,13 @@ async fn bad_input_closes_only_its_own_connection() {
 
     assert_eq!(hub.hub.stats().protocol_errors, 3);
     hub.wait_for(2, 2).await;
-    s0.cluster
-        .send_to_user(&user("alice"), &user("bob"), "unharmed".into())
-        .await
-        .unwrap();
+    s0.cluster.send_to_user(&user("alice"), &user("bob"), "unharmed".into()).await.unwrap();
     assert_eq!(s1.next_event().await, message("alice", "bob", "unharmed"));
 }
 
 #[tokio::test]
 async fn a_server_that_stops_reading_is_disconnected_and_senders_are_told() {
-    let config = HubConfig {
-        max_pending_bytes: 256 * 1024,
-        ..HubConfig::default()
-    };
+    let config = HubConfig { max_pending_bytes: 256 * 1024, ..HubConfig::default() };
     let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
     let mut s0 = TestServer::start(0, hub.addr).await;
     s0.login(&["alice"]).await;
@@ -323,25 +259,14 @@ async fn a_server_that_stops_reading_is_disconnected_and_senders_are_told() {
     // A server that registers a user and then never reads again.
     let mut stuck = raw_peer(&hub).await;
     stuck.send(hello(1, PROTOCOL_VERSION)).await.unwrap();
-    assert!(matches!(
-        next_frame(&mut stuck).await,
-        Some(Frame::Control(Control::Welcome(_)))
-    ));
-    stuck
-        .send(Frame::Control(Control::Login {
-            users: vec![user("bob")],
-        }))
-        .await
-        .unwrap();
+    assert!(matches!(next_frame(&mut stuck).await, Some(Frame::Control(Control::Welcome(_)))));
+    stuck.send(Frame::Control(Control::Login { users: vec![user("bob")] })).await.unwrap();
     hub.wait_for(2, 2).await;
 
     let payload = Bytes::from(vec![b'x'; 16 * 1024]);
     let mut sent = 0;
     while hub.hub.stats().slow_consumers == 0 {
-        s0.cluster
-            .send_to_user(&user("alice"), &user("bob"), payload.clone())
-            .await
-            .unwrap();
+        s0.cluster.send_to_user(&user("alice"), &user("bob"), payload.clone()).await.unwrap();
         sent += 1;
         assert!(sent < 100_000, "the stuck server was never disconnected");
         if sent % 64 == 0 {
@@ -358,4 +283,42 @@ async fn a_server_that_stops_reading_is_disconnected_and_senders_are_told() {
         hub.hub.registry().locate("bob").is_none()
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_batch_goes_local_and_through_the_hub_in_order() {
+    let hub = TestHub::start().await;
+    let mut s0 = TestServer::start(0, hub.addr).await;
+    let mut s1 = TestServer::start(1, hub.addr).await;
+    s0.login(&["alice", "dave"]).await;
+    s1.login(&["bob"]).await;
+
+    let outgoing = |to: &str, i: u32| acms_appserver::Outgoing {
+        from: user("alice"),
+        to: user(to),
+        payload: Bytes::from(i.to_string()),
+    };
+    let batch: Vec<_> =
+        (0..500).map(|i| outgoing(if i % 5 == 0 { "dave" } else { "bob" }, i)).collect();
+    let routes = s0.cluster.send_batch(batch).await.unwrap();
+    assert_eq!((routes.local, routes.hub), (100, 400));
+
+    let mut to_bob = Vec::new();
+    while to_bob.len() < 400 {
+        to_bob.extend(s1.events.recv_batch().await.expect("events open"));
+    }
+    let expected: Vec<_> = (0..500u32).filter(|i| i % 5 != 0).map(|i| i.to_string()).collect();
+    let got: Vec<_> = to_bob
+        .iter()
+        .map(|event| match event {
+            Event::Message { payload, .. } => String::from_utf8(payload.to_vec()).unwrap(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(got, expected);
+    for i in (0..500u32).step_by(5) {
+        let Event::Message { to, payload, .. } = s0.next_event().await else { panic!() };
+        assert_eq!((to.as_str(), payload.as_ref()), ("dave", i.to_string().as_bytes()));
+    }
+    assert_eq!(hub.hub.stats().relayed_frames, 400);
 }

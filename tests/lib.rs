@@ -37,12 +37,7 @@ impl TestHub {
             let (hub, shutdown) = (hub.clone(), shutdown.clone());
             async move { hub.serve(listener, shutdown).await }
         });
-        Self {
-            hub,
-            addr,
-            shutdown,
-            task: Some(task),
-        }
+        Self { hub, addr, shutdown, task: Some(task) }
     }
 
     /// Stops the hub and waits until every connection is closed.
@@ -125,10 +120,7 @@ pub fn user(name: &str) -> UserId {
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

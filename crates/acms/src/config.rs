@@ -96,10 +96,7 @@ mod tests {
     #[test]
     fn partial_file_keeps_other_defaults() {
         let config = Config::from_toml("[transfer]\nhandshake_timeout = \"250ms\"\n").unwrap();
-        assert_eq!(
-            config.transfer.handshake_timeout,
-            Duration::from_millis(250)
-        );
+        assert_eq!(config.transfer.handshake_timeout, Duration::from_millis(250));
         assert_eq!(config.transfer.listen.port(), 12000);
     }
 }

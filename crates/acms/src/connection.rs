@@ -52,10 +52,7 @@ enum Close {
 
 impl Close {
     fn refused(code: ErrorCode, reason: impl Into<String>) -> Self {
-        Self::Refused {
-            code,
-            reason: reason.into(),
-        }
+        Self::Refused { code, reason: reason.into() }
     }
 }
 
@@ -157,10 +154,7 @@ impl Connection {
         };
         match read {
             Ok(0) if self.read_buf.is_empty() => Err(Close::PeerClosed),
-            Ok(0) => Err(Close::refused(
-                ErrorCode::Malformed,
-                "connection closed inside a frame",
-            )),
+            Ok(0) => Err(Close::refused(ErrorCode::Malformed, "connection closed inside a frame")),
             Ok(_) => Ok(()),
             Err(err) => Err(Close::Io(err)),
         }
@@ -200,10 +194,7 @@ impl Connection {
             Ok(first) => first?.ok_or(Close::PeerClosed)?,
         };
         let Frame::Control(Control::Hello(hello)) = raw.decode()? else {
-            return Err(Close::refused(
-                ErrorCode::Malformed,
-                "the first frame must be Hello",
-            ));
+            return Err(Close::refused(ErrorCode::Malformed, "the first frame must be Hello"));
         };
         if hello.version != PROTOCOL_VERSION {
             return Err(Close::refused(
@@ -271,10 +262,7 @@ impl Connection {
         if route.origin != server {
             return Err(Close::refused(
                 ErrorCode::Malformed,
-                format!(
-                    "frame claims origin {} on server {server}'s connection",
-                    route.origin
-                ),
+                format!("frame claims origin {} on server {server}'s connection", route.origin),
             ));
         }
         let Some(target) = self.shared.registry.locate(route.recipient) else {
@@ -342,8 +330,7 @@ impl Connection {
     }
 
     fn server(&self) -> ServerId {
-        self.server
-            .expect("frames are handled only after registration")
+        self.server.expect("frames are handled only after registration")
     }
 
     fn send(&self, control: Control) -> Result<(), Close> {
@@ -375,10 +362,7 @@ impl Connection {
             Close::Io(err) => info!(error = %err, users = self.users.len(), "connection lost"),
             Close::SlowConsumer => info!(users = self.users.len(), "slow consumer disconnected"),
             Close::Shutdown => {
-                let _ = self.send(Control::error(
-                    ErrorCode::Unavailable,
-                    "hub is shutting down",
-                ));
+                let _ = self.send(Control::error(ErrorCode::Unavailable, "hub is shutting down"));
             }
             Close::Refused { code, reason } => {
                 if code == ErrorCode::HandshakeTimeout || self.server.is_none() {

@@ -25,14 +25,8 @@ pub struct Hub {
 impl Hub {
     /// A hub with no servers and no users yet.
     pub fn new(config: HubConfig) -> Self {
-        let shared = Shared {
-            config,
-            registry: Registry::default(),
-            stats: Default::default(),
-        };
-        Self {
-            shared: Arc::new(shared),
-        }
+        let shared = Shared { config, registry: Registry::default(), stats: Default::default() };
+        Self { shared: Arc::new(shared) }
     }
 
     /// The settings this hub runs with.

@@ -48,10 +48,7 @@ impl Outbox {
     pub fn new(limit: usize) -> (Self, Inbox) {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
-        let inbox = Inbox {
-            rx,
-            pending: pending.clone(),
-        };
+        let inbox = Inbox { rx, pending: pending.clone() };
         (Self { tx, pending, limit }, inbox)
     }
 
@@ -140,9 +137,7 @@ impl Buf for Batch {
     }
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
-        let frames = self.frames[self.first..]
-            .iter()
-            .filter(|frame| !frame.is_empty());
+        let frames = self.frames[self.first..].iter().filter(|frame| !frame.is_empty());
         let mut count = 0;
         for (slot, frame) in dst.iter_mut().zip(frames) {
             *slot = IoSlice::new(frame);
@@ -180,10 +175,7 @@ mod tests {
     fn push_refuses_past_the_limit_but_always_takes_one_frame() {
         let (outbox, _inbox) = Outbox::new(10);
         outbox.push(Bytes::from_static(b"0123456789abc")).unwrap();
-        assert_eq!(
-            outbox.push(Bytes::from_static(b"x")),
-            Err(PushError::Full { pending: 13 })
-        );
+        assert_eq!(outbox.push(Bytes::from_static(b"x")), Err(PushError::Full { pending: 13 }));
         assert_eq!(outbox.pending(), 13);
     }
 
@@ -191,10 +183,7 @@ mod tests {
     fn push_after_the_writer_ended_is_closed() {
         let (outbox, inbox) = Outbox::new(10);
         drop(inbox);
-        assert_eq!(
-            outbox.push(Bytes::from_static(b"x")),
-            Err(PushError::Closed)
-        );
+        assert_eq!(outbox.push(Bytes::from_static(b"x")), Err(PushError::Closed));
         assert_eq!(outbox.pending(), 0);
     }
 

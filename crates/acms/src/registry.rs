@@ -73,11 +73,7 @@ impl Registry {
         match self.servers.entry(info.id) {
             Entry::Occupied(_) => Err(DuplicateServer(info.id)),
             Entry::Vacant(slot) => {
-                slot.insert(ServerEntry {
-                    info,
-                    outbox,
-                    closer,
-                });
+                slot.insert(ServerEntry { info, outbox, closer });
                 Ok(())
             }
         }
@@ -93,9 +89,7 @@ impl Registry {
 
     /// Records `user` as online on `server`, returning the AS that had them before, if another.
     pub(crate) fn login(&self, server: ServerId, user: UserId) -> Option<ServerId> {
-        self.users
-            .insert(user, server)
-            .filter(|&previous| previous != server)
+        self.users.insert(user, server).filter(|&previous| previous != server)
     }
 
     /// Takes `user` off the directory if `server` still owns them: a user who moved to another AS
@@ -114,16 +108,13 @@ impl Registry {
         let Some(entry) = self.servers.get(&server) else {
             return Err(RelayError::Gone(frames));
         };
-        entry
-            .outbox
-            .push_batch(frames)
-            .map_err(|(err, frames)| match err {
-                PushError::Closed => RelayError::Gone(frames),
-                PushError::Full { pending } => {
-                    entry.closer.cancel();
-                    RelayError::SlowConsumer { pending, frames }
-                }
-            })
+        entry.outbox.push_batch(frames).map_err(|(err, frames)| match err {
+            PushError::Closed => RelayError::Gone(frames),
+            PushError::Full { pending } => {
+                entry.closer.cancel();
+                RelayError::SlowConsumer { pending, frames }
+            }
+        })
     }
 
     /// The AS `user` is online on, if any.
@@ -133,11 +124,7 @@ impl Registry {
 
     /// Every registered AS, by id.
     pub fn servers(&self) -> Vec<ServerInfo> {
-        let mut servers: Vec<_> = self
-            .servers
-            .iter()
-            .map(|entry| entry.info.clone())
-            .collect();
+        let mut servers: Vec<_> = self.servers.iter().map(|entry| entry.info.clone()).collect();
         servers.sort_by_key(|info| info.id);
         servers
     }
@@ -170,9 +157,7 @@ mod tests {
         let registry = Registry::default();
         let (outbox, _inbox) = Outbox::new(1024);
         let token = CancellationToken::new();
-        registry
-            .register(info(1), outbox.clone(), token.clone())
-            .unwrap();
+        registry.register(info(1), outbox.clone(), token.clone()).unwrap();
         assert_eq!(
             registry.register(info(1), outbox.clone(), token.clone()),
             Err(DuplicateServer(ServerId(1)))
@@ -209,10 +194,7 @@ mod tests {
         assert!(!token.is_cancelled());
         assert_eq!(
             registry.relay_batch(ServerId(2), frames("5")),
-            Err(RelayError::SlowConsumer {
-                pending: 4,
-                frames: frames("5")
-            })
+            Err(RelayError::SlowConsumer { pending: 4, frames: frames("5") })
         );
         assert!(token.is_cancelled());
     }

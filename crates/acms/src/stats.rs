@@ -32,10 +32,8 @@ pub struct StatsSnapshot {
 
 impl Stats {
     pub(crate) fn relayed(&self, frames: usize, bytes: usize) {
-        self.relayed_frames
-            .fetch_add(frames as u64, Ordering::Relaxed);
-        self.relayed_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.relayed_frames.fetch_add(frames as u64, Ordering::Relaxed);
+        self.relayed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn undeliverable(&self) {

@@ -98,16 +98,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
-    let advertise = if config.advertise.is_empty() {
-        local.to_string()
-    } else {
-        config.advertise.clone()
-    };
+    let advertise =
+        if config.advertise.is_empty() { local.to_string() } else { config.advertise.clone() };
     info!(id = config.id, listen = %local, acms = %config.acms, "im-server started");
 
-    let (cluster, events) = Cluster::builder(ServerId(config.id), &config.acms)
-        .client_addr(advertise)
-        .start();
+    let (cluster, events) =
+        Cluster::builder(ServerId(config.id), &config.acms).client_addr(advertise).start();
     let sessions = Sessions::default();
     tokio::spawn(route_events(events, sessions.clone()));
 
@@ -143,20 +139,12 @@ async fn main() -> anyhow::Result<()> {
 async fn route_events(mut events: acms_appserver::Events, sessions: Sessions) {
     while let Some(event) = events.recv().await {
         let (user, line) = match event {
-            Event::Message { from, to, payload } => (
-                to,
-                ServerLine::Message {
-                    from: from.to_string(),
-                    text: text(&payload),
-                },
-            ),
-            Event::Undeliverable { from, to, payload } => (
-                from,
-                ServerLine::Undeliverable {
-                    to: to.to_string(),
-                    text: text(&payload),
-                },
-            ),
+            Event::Message { from, to, payload } => {
+                (to, ServerLine::Message { from: from.to_string(), text: text(&payload) })
+            }
+            Event::Undeliverable { from, to, payload } => {
+                (from, ServerLine::Undeliverable { to: to.to_string(), text: text(&payload) })
+            }
             _ => continue,
         };
         let Some(session) = sessions.get(&user).map(|session| session.clone()) else {
@@ -197,10 +185,8 @@ async fn serve_client(
         dashmap::Entry::Occupied(_) => {
             let _ = lines
                 .send(
-                    ServerLine::Error {
-                        reason: format!("{user} is already online here"),
-                    }
-                    .to_string(),
+                    ServerLine::Error { reason: format!("{user} is already online here") }
+                        .to_string(),
                 )
                 .await;
             return;
@@ -212,10 +198,7 @@ async fn serve_client(
         cluster.flush().await
     };
     if joined.await.is_ok()
-        && lines
-            .send(ServerLine::Ok { server: config.id }.to_string())
-            .await
-            .is_ok()
+        && lines.send(ServerLine::Ok { server: config.id }.to_string()).await.is_ok()
     {
         info!(%user, "logged in");
         let result = chat(&mut lines, &mut inbox, &cluster, &user, &shutdown).await;

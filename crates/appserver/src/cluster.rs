@@ -41,7 +41,55 @@ pub enum Event {
 }
 
 /// The receiving end of a cluster's events.
-pub type Events = mpsc::Receiver<Event>;
+///
+/// Events arrive in batches, one per read from the hub, so a busy server pays for the queue once
+/// per batch; [`Events::recv`] hands them out one at a time, [`Events::recv_batch`] all at once.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Vec<Event>>,
+    ready: std::vec::IntoIter<Event>,
+}
+
+impl Events {
+    /// The next event, or `None` once the cluster is closed and everything was received.
+    pub async fn recv(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.ready.next() {
+                return Some(event);
+            }
+            self.ready = self.rx.recv().await?.into_iter();
+        }
+    }
+
+    /// Every event received and not yet taken, waiting for at least one; `None` once the
+    /// cluster is closed and everything was received.
+    pub async fn recv_batch(&mut self) -> Option<Vec<Event>> {
+        if self.ready.len() > 0 {
+            return Some(std::mem::take(&mut self.ready).collect());
+        }
+        self.rx.recv().await
+    }
+}
+
+/// One message for [`Cluster::send_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Who sends it.
+    pub from: UserId,
+    /// Whom it is for, on any server.
+    pub to: UserId,
+    /// The bytes to deliver.
+    pub payload: Bytes,
+}
+
+/// How the messages of one [`Cluster::send_batch`] left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchRoutes {
+    /// Delivered to this server's events, not through the hub.
+    pub local: usize,
+    /// Queued for the hub.
+    pub hub: usize,
+}
 
 /// The state of the connection to the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +175,8 @@ impl ClusterBuilder {
         self
     }
 
-    /// Events that may wait for the app before the hub connection stops reading (default 8192).
+    /// Batches of events (each at most one 64 KiB read from the hub, or one local delivery) that
+    /// may wait for the app before the hub connection stops reading (default 64).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity.max(1);
         self
@@ -143,14 +192,8 @@ impl ClusterBuilder {
         let (state_tx, state) = watch::channel(LinkState::Connecting);
         let local = Arc::new(DashSet::new());
         let shutdown = CancellationToken::new();
-        let link = Link::new(
-            &self,
-            command_rx,
-            events.clone(),
-            state_tx,
-            local.clone(),
-            shutdown.clone(),
-        );
+        let link =
+            Link::new(&self, command_rx, events.clone(), state_tx, local.clone(), shutdown.clone());
         let task = tokio::spawn(link.run());
         let inner = Inner {
             server_id: self.server_id,
@@ -163,12 +206,8 @@ impl ClusterBuilder {
             shutdown: shutdown.clone(),
             _cancel_on_drop: shutdown.drop_guard(),
         };
-        (
-            Cluster {
-                inner: Arc::new(inner),
-            },
-            event_rx,
-        )
+        let events = Events { rx: event_rx, ready: Vec::new().into_iter() };
+        (Cluster { inner: Arc::new(inner) }, events)
     }
 }
 
@@ -188,7 +227,7 @@ struct Inner {
     /// This server's online users: the source of truth the hub is rebuilt from.
     local: Arc<DashSet<UserId>>,
     commands: mpsc::Sender<Command>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Vec<Event>>,
     state: watch::Receiver<LinkState>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
     shutdown: CancellationToken,
@@ -207,7 +246,7 @@ impl Cluster {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(2),
             queue_capacity: 8192,
-            event_capacity: 8192,
+            event_capacity: 64,
         }
     }
 
@@ -258,16 +297,8 @@ impl Cluster {
         payload: Bytes,
     ) -> Result<Route, ClusterError> {
         if self.is_local(to.as_str()) {
-            let event = Event::Message {
-                from: from.clone(),
-                to: to.clone(),
-                payload,
-            };
-            self.inner
-                .events
-                .send(event)
-                .await
-                .map_err(|_| ClusterError::Closed)?;
+            let event = Event::Message { from: from.clone(), to: to.clone(), payload };
+            self.deliver_locally(vec![event]).await?;
             return Ok(Route::Local);
         }
         let data = Data {
@@ -284,6 +315,47 @@ impl Cluster {
         }
         self.command(Command::Data(data)).await?;
         Ok(Route::Hub)
+    }
+
+    /// Sends many messages at once: those for local users go to this server's events as one
+    /// batch, the others are encoded here, into one buffer, and queued for the hub as one
+    /// command. Order is kept per recipient. For servers that produce messages in bursts (a game
+    /// tick, a fan-out), this costs a fraction of one `send_to_user` per message.
+    pub async fn send_batch(
+        &self,
+        messages: impl IntoIterator<Item = Outgoing>,
+    ) -> Result<BatchRoutes, ClusterError> {
+        let max = self.inner.max_frame_len;
+        let mut local = Vec::new();
+        let mut encoded = bytes::BytesMut::new();
+        let mut hub = 0;
+        for Outgoing { from, to, payload } in messages {
+            if self.is_local(to.as_str()) {
+                local.push(Event::Message { from, to, payload });
+                continue;
+            }
+            let data = Data {
+                kind: DataKind::Unicast,
+                seq: 0,
+                origin: self.inner.server_id,
+                recipient: to,
+                sender: from,
+                payload,
+            };
+            let len = data.encoded_len();
+            acms_protocol::Frame::Data(data)
+                .encode(max, &mut encoded)
+                .map_err(|_| ClusterError::TooLarge { len, max })?;
+            hub += 1;
+        }
+        let routes = BatchRoutes { local: local.len(), hub };
+        if !local.is_empty() {
+            self.deliver_locally(local).await?;
+        }
+        if hub > 0 {
+            self.command(Command::Encoded(encoded.freeze())).await?;
+        }
+        Ok(routes)
     }
 
     /// Resolves once the hub has handled everything this server sent before the call, logins
@@ -310,11 +382,11 @@ impl Cluster {
         }
     }
 
+    async fn deliver_locally(&self, events: Vec<Event>) -> Result<(), ClusterError> {
+        self.inner.events.send(events).await.map_err(|_| ClusterError::Closed)
+    }
+
     async fn command(&self, command: Command) -> Result<(), ClusterError> {
-        self.inner
-            .commands
-            .send(command)
-            .await
-            .map_err(|_| ClusterError::Closed)
+        self.inner.commands.send(command).await.map_err(|_| ClusterError::Closed)
     }
 }

@@ -44,4 +44,6 @@ pub mod cluster;
 mod link;
 
 pub use acms_protocol::{ServerId, UserId, UserIdError};
-pub use cluster::{Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Route};
+pub use cluster::{
+    BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outgoing, Route,
+};

@@ -11,18 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use acms_protocol::{
-    Codec, Control, Data, DataKind, ErrorCode, Frame, Hello, PROTOCOL_VERSION, ProtocolError,
-    RawFrame, ServerId, UserId,
+    Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, PROTOCOL_VERSION,
+    ProtocolError, RawFrame, ServerId, UserId,
 };
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::BytesMut;
 use dashmap::DashSet;
-use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -31,13 +30,52 @@ use crate::cluster::{ClusterBuilder, Event, LinkState};
 /// Most commands taken from the queue for one write.
 const MAX_BATCH: usize = 1024;
 
+/// Room made in the read buffer before each read: many small frames per system call.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// What a [`crate::Cluster`] handle asks of its connection task.
 #[derive(Debug)]
 pub(crate) enum Command {
     Login(UserId),
     Logout(UserId),
     Data(Data),
+    /// Data frames the caller already encoded, back to back.
+    Encoded(bytes::Bytes),
     Flush(oneshot::Sender<()>),
+}
+
+/// The read half of the hub connection with its buffer: frames are decoded from whole reads.
+struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+    codec: Codec,
+}
+
+impl Reader {
+    /// Reads what the socket has; `Ok(false)` once the hub closed it.
+    async fn read_more(&mut self) -> io::Result<bool> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        Ok(self.half.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// The next whole frame already read, if any.
+    fn decode(&mut self) -> Result<Option<RawFrame>, ProtocolError> {
+        self.codec.decode(&mut self.buf)
+    }
+
+    /// The next frame, reading as needed; `None` once the hub closed the connection.
+    async fn next_frame(&mut self) -> Result<Option<RawFrame>, SessionError> {
+        loop {
+            if let Some(raw) = self.decode()? {
+                return Ok(Some(raw));
+            }
+            if !self.read_more().await? {
+                return Ok(None);
+            }
+        }
+    }
 }
 
 /// Why a session with the hub ended.
@@ -63,9 +101,9 @@ struct Closed;
 /// What woke the session loop.
 enum Step<'a> {
     Shutdown,
-    Room(Option<mpsc::Permit<'a, Event>>),
+    Room(Option<mpsc::Permit<'a, Vec<Event>>>),
     Commands(usize),
-    Frame(Option<Result<RawFrame, ProtocolError>>),
+    Read(io::Result<bool>),
 }
 
 pub(crate) struct Link {
@@ -78,15 +116,17 @@ pub(crate) struct Link {
     connect_timeout: Duration,
     backoff: ExponentialBuilder,
     commands: mpsc::Receiver<Command>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Vec<Event>>,
     state: watch::Sender<LinkState>,
     local: Arc<DashSet<UserId>>,
     shutdown: CancellationToken,
     /// `flush` calls waiting for the `Pong` with their token (or a later one).
     flushes: VecDeque<(u64, oneshot::Sender<()>)>,
     next_token: u64,
-    /// An inbound event waiting for room in the events queue; no frame is read meanwhile.
-    pending_event: Option<Event>,
+    /// Inbound events waiting for room in the events queue; nothing is read meanwhile.
+    pending_events: Option<Vec<Event>>,
+    /// The sender of the last message received: bursts from one sender share one id.
+    last_sender: Option<UserId>,
     /// Set once the app dropped its events receiver, so that is logged once.
     events_dropped: bool,
 }
@@ -95,7 +135,7 @@ impl Link {
     pub(crate) fn new(
         config: &ClusterBuilder,
         commands: mpsc::Receiver<Command>,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<Vec<Event>>,
         state: watch::Sender<LinkState>,
         local: Arc<DashSet<UserId>>,
         shutdown: CancellationToken,
@@ -120,7 +160,8 @@ impl Link {
             shutdown,
             flushes: VecDeque::new(),
             next_token: 0,
-            pending_event: None,
+            pending_events: None,
+            last_sender: None,
             events_dropped: false,
         }
     }
@@ -162,28 +203,28 @@ impl Link {
     }
 
     /// Connects and registers: `Hello` out, `Welcome` (or a refusal) back.
-    async fn connect(
-        &mut self,
-    ) -> Result<(FramedRead<OwnedReadHalf, Codec>, OwnedWriteHalf), SessionError> {
+    async fn connect(&mut self) -> Result<(Reader, OwnedWriteHalf), SessionError> {
         let timeout = self.connect_timeout;
         let stream = tokio::time::timeout(timeout, TcpStream::connect(&self.hub_addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
         let (read_half, mut writer) = stream.into_split();
-        let mut reader = FramedRead::new(read_half, self.codec.clone());
+        let mut reader = Reader {
+            half: read_half,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            codec: self.codec.clone(),
+        };
         let hello = Control::Hello(Hello {
             version: PROTOCOL_VERSION,
             server_id: self.server_id,
             client_addr: self.client_addr.clone(),
         });
-        writer
-            .write_all(&Frame::Control(hello).to_bytes(self.codec.max_frame_len())?)
-            .await?;
-        let answer = tokio::time::timeout(timeout, reader.next())
+        writer.write_all(&Frame::Control(hello).to_bytes(self.codec.max_frame_len())?).await?;
+        let answer = tokio::time::timeout(timeout, reader.next_frame())
             .await
-            .map_err(|_| SessionError::HandshakeTimeout(timeout))?
-            .ok_or(SessionError::HubClosed)??;
+            .map_err(|_| SessionError::HandshakeTimeout(timeout))??
+            .ok_or(SessionError::HubClosed)?;
         match answer.decode()? {
             Frame::Control(Control::Welcome(welcome)) if welcome.version == PROTOCOL_VERSION => {
                 let hub_limit = usize::try_from(welcome.max_frame_len).unwrap_or(usize::MAX);
@@ -204,7 +245,7 @@ impl Link {
     /// Runs one registered connection until it fails or the cluster closes.
     async fn session(
         &mut self,
-        mut reader: FramedRead<OwnedReadHalf, Codec>,
+        mut reader: Reader,
         mut writer: OwnedWriteHalf,
     ) -> Result<Closed, SessionError> {
         let mut out = BytesMut::with_capacity(64 * 1024);
@@ -212,12 +253,12 @@ impl Link {
         if !self.flushes.is_empty() {
             // Pings sent on the lost connection may never be answered: ask again.
             let token = self.token();
-            self.flushes
-                .iter_mut()
-                .for_each(|(waiting, _)| *waiting = token);
+            self.flushes.iter_mut().for_each(|(waiting, _)| *waiting = token);
             self.encode(&mut out, Control::Ping { token })?;
         }
         writer.write_all_buf(&mut out).await?;
+        // Frames that came with the Welcome.
+        self.handle_buffered(&mut reader, &mut out)?;
 
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let (shutdown, events) = (self.shutdown.clone(), self.events.clone());
@@ -225,9 +266,9 @@ impl Link {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Step::Shutdown,
-                permit = events.reserve(), if self.pending_event.is_some() => Step::Room(permit.ok()),
+                permit = events.reserve(), if self.pending_events.is_some() => Step::Room(permit.ok()),
                 count = self.commands.recv_many(&mut batch, MAX_BATCH) => Step::Commands(count),
-                frame = reader.next(), if self.pending_event.is_none() => Step::Frame(frame),
+                read = reader.read_more(), if self.pending_events.is_none() => Step::Read(read),
             };
             match step {
                 Step::Shutdown => {
@@ -240,12 +281,12 @@ impl Link {
                     return Ok(Closed);
                 }
                 Step::Room(Some(permit)) => {
-                    if let Some(event) = self.pending_event.take() {
-                        permit.send(event);
+                    if let Some(events) = self.pending_events.take() {
+                        permit.send(events);
                     }
                 }
                 Step::Room(None) => {
-                    self.pending_event = None;
+                    self.pending_events = None;
                     self.note_events_dropped();
                 }
                 Step::Commands(0) => {
@@ -258,15 +299,33 @@ impl Link {
                         self.encode_command(&mut out, command)?;
                     }
                 }
-                Step::Frame(frame) => {
-                    let frame = frame.ok_or(SessionError::HubClosed)??;
-                    self.handle_frame(frame, &mut out)?;
+                Step::Read(read) => {
+                    if !read? {
+                        return Err(SessionError::HubClosed);
+                    }
+                    self.handle_buffered(&mut reader, &mut out)?;
                 }
             }
             if !out.is_empty() {
                 writer.write_all_buf(&mut out).await?;
             }
         }
+    }
+
+    /// Handles every whole frame read so far and hands the app their events as one batch.
+    fn handle_buffered(
+        &mut self,
+        reader: &mut Reader,
+        out: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        let mut events = Vec::new();
+        while let Some(raw) = reader.decode()? {
+            self.handle_frame(raw, out, &mut events)?;
+        }
+        if !events.is_empty() {
+            self.deliver(events);
+        }
+        Ok(())
     }
 
     /// The whole user set as `Login` batches that each fit in a frame.
@@ -280,12 +339,7 @@ impl Link {
             size += user.as_str().len() + 3;
             users.push(user);
             if size >= budget {
-                self.encode(
-                    out,
-                    Control::Login {
-                        users: std::mem::take(&mut users),
-                    },
-                )?;
+                self.encode(out, Control::Login { users: std::mem::take(&mut users) })?;
                 size = 0;
             }
         }
@@ -310,16 +364,15 @@ impl Link {
                     limit = self.send_limit,
                     "message over the hub's frame limit"
                 );
-                let Data {
-                    recipient: to,
-                    sender: from,
-                    payload,
-                    ..
-                } = data;
-                self.deliver(Event::Undeliverable { from, to, payload });
+                let Data { recipient: to, sender: from, payload, .. } = data;
+                self.deliver(vec![Event::Undeliverable { from, to, payload }]);
                 Ok(())
             }
             Command::Data(data) => Frame::Data(data).encode(self.send_limit, out),
+            Command::Encoded(frames) => {
+                out.extend_from_slice(&frames);
+                Ok(())
+            }
             Command::Flush(done) => {
                 let token = self.token();
                 self.flushes.push_back((token, done));
@@ -337,49 +390,64 @@ impl Link {
         self.next_token
     }
 
-    fn handle_frame(&mut self, raw: RawFrame, out: &mut BytesMut) -> Result<(), SessionError> {
-        match raw.decode()? {
-            Frame::Data(data) => {
-                let Data {
-                    kind,
-                    recipient: to,
-                    sender: from,
-                    payload,
-                    ..
-                } = data;
-                let event = match kind {
-                    DataKind::Unicast => Event::Message { from, to, payload },
-                    DataKind::Undeliverable => Event::Undeliverable { from, to, payload },
-                };
-                self.deliver(event);
-            }
-            Frame::Control(Control::Pong { token }) => {
-                while self
-                    .flushes
-                    .front()
-                    .is_some_and(|(waiting, _)| *waiting <= token)
-                {
-                    if let Some((_, done)) = self.flushes.pop_front() {
-                        let _ = done.send(());
+    fn handle_frame(
+        &mut self,
+        raw: RawFrame,
+        out: &mut BytesMut,
+        events: &mut Vec<Event>,
+    ) -> Result<(), SessionError> {
+        match raw.kind()? {
+            FrameKind::Data(kind) => events.push(self.event(&raw, kind)?),
+            FrameKind::Control => match Control::decode(&raw.body()[1..])? {
+                Control::Pong { token } => {
+                    while self.flushes.front().is_some_and(|(waiting, _)| *waiting <= token) {
+                        if let Some((_, done)) = self.flushes.pop_front() {
+                            let _ = done.send(());
+                        }
                     }
                 }
-            }
-            Frame::Control(Control::Ping { token }) => self.encode(out, Control::Pong { token })?,
-            Frame::Control(Control::Error { code, message }) => {
-                return Err(SessionError::Refused { code, message });
-            }
-            Frame::Control(_) => {
-                return Err(SessionError::Unexpected("handshake or login message"));
-            }
+                Control::Ping { token } => self.encode(out, Control::Pong { token })?,
+                Control::Error { code, message } => {
+                    return Err(SessionError::Refused { code, message });
+                }
+                _ => return Err(SessionError::Unexpected("handshake or login message")),
+            },
         }
         Ok(())
     }
 
-    /// Hands an event to the app, or parks it (and stops reading) while the app is behind.
-    fn deliver(&mut self, event: Event) {
-        match self.events.try_send(event) {
+    /// Makes the app's event of a data frame, sharing the ids it already holds.
+    fn event(&mut self, raw: &RawFrame, kind: DataKind) -> Result<Event, ProtocolError> {
+        let route = raw.route()?;
+        let payload =
+            raw.as_bytes().slice(acms_protocol::LENGTH_PREFIX_LEN + route.payload_offset..);
+        let (local, remote) = match kind {
+            DataKind::Unicast => (route.recipient, route.sender),
+            DataKind::Undeliverable => (route.sender, route.recipient),
+        };
+        let local = match self.local.get(local) {
+            Some(user) => user.key().clone(),
+            None => UserId::new(local)?,
+        };
+        let remote = match &self.last_sender {
+            Some(user) if user.as_str() == remote => user.clone(),
+            _ => {
+                let user = UserId::new(remote)?;
+                self.last_sender = Some(user.clone());
+                user
+            }
+        };
+        Ok(match kind {
+            DataKind::Unicast => Event::Message { from: remote, to: local, payload },
+            DataKind::Undeliverable => Event::Undeliverable { from: local, to: remote, payload },
+        })
+    }
+
+    /// Hands events to the app, or parks them (and stops reading) while the app is behind.
+    fn deliver(&mut self, events: Vec<Event>) {
+        match self.events.try_send(events) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(event)) => self.pending_event = Some(event),
+            Err(mpsc::error::TrySendError::Full(events)) => self.pending_events = Some(events),
             Err(mpsc::error::TrySendError::Closed(_)) => self.note_events_dropped(),
         }
     }

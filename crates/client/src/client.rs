@@ -41,14 +41,7 @@ impl ImClient {
     pub async fn connect(addr: impl ToSocketAddrs, user: &str) -> Result<Self, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_LEN));
-        lines
-            .send(
-                ClientLine::Login {
-                    user: user.to_owned(),
-                }
-                .to_string(),
-            )
-            .await?;
+        lines.send(ClientLine::Login { user: user.to_owned() }.to_string()).await?;
         let mut client = Self { lines, server: 0 };
         match client.recv().await? {
             Some(ServerLine::Ok { server }) => {
@@ -68,10 +61,7 @@ impl ImClient {
 
     /// Sends `text` to `to`.
     pub async fn send(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
-        let line = ClientLine::Send {
-            to: to.to_owned(),
-            text: text.to_owned(),
-        };
+        let line = ClientLine::Send { to: to.to_owned(), text: text.to_owned() };
         self.lines.send(line.to_string()).await?;
         Ok(())
     }

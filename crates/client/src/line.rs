@@ -59,10 +59,7 @@ pub struct LineError {
 }
 
 fn bad(line: &str, reason: &'static str) -> LineError {
-    LineError {
-        line: line.chars().take(80).collect(),
-        reason,
-    }
+    LineError { line: line.chars().take(80).collect(), reason }
 }
 
 /// Splits `VERB rest` and `NAME text`; the text may be empty.
@@ -75,16 +72,13 @@ impl ClientLine {
     pub fn parse(line: &str) -> Result<Self, LineError> {
         let (verb, rest) = word(line);
         match verb {
-            "LOGIN" if !rest.is_empty() && !rest.contains(' ') => Ok(Self::Login {
-                user: rest.to_owned(),
-            }),
+            "LOGIN" if !rest.is_empty() && !rest.contains(' ') => {
+                Ok(Self::Login { user: rest.to_owned() })
+            }
             "LOGIN" => Err(bad(line, "LOGIN takes one user name without spaces")),
             "SEND" => match word(rest) {
                 ("", _) => Err(bad(line, "SEND takes a user and a text")),
-                (to, text) => Ok(Self::Send {
-                    to: to.to_owned(),
-                    text: text.to_owned(),
-                }),
+                (to, text) => Ok(Self::Send { to: to.to_owned(), text: text.to_owned() }),
             },
             "QUIT" => Ok(Self::Quit),
             _ => Err(bad(line, "expected LOGIN, SEND or QUIT")),
@@ -113,21 +107,13 @@ impl ServerLine {
                 .map_err(|_| bad(line, "OK takes a server id")),
             "MSG" => match word(rest) {
                 ("", _) => Err(bad(line, "MSG takes a sender and a text")),
-                (from, text) => Ok(Self::Message {
-                    from: from.to_owned(),
-                    text: text.to_owned(),
-                }),
+                (from, text) => Ok(Self::Message { from: from.to_owned(), text: text.to_owned() }),
             },
             "UNDELIVERABLE" => match word(rest) {
                 ("", _) => Err(bad(line, "UNDELIVERABLE takes a recipient and a text")),
-                (to, text) => Ok(Self::Undeliverable {
-                    to: to.to_owned(),
-                    text: text.to_owned(),
-                }),
+                (to, text) => Ok(Self::Undeliverable { to: to.to_owned(), text: text.to_owned() }),
             },
-            "ERR" => Ok(Self::Error {
-                reason: rest.to_owned(),
-            }),
+            "ERR" => Ok(Self::Error { reason: rest.to_owned() }),
             _ => Err(bad(line, "expected OK, MSG, UNDELIVERABLE or ERR")),
         }
     }
@@ -151,17 +137,9 @@ mod tests {
     #[test]
     fn lines_round_trip() {
         let client = [
-            ClientLine::Login {
-                user: "alice".into(),
-            },
-            ClientLine::Send {
-                to: "bob".into(),
-                text: "hello there".into(),
-            },
-            ClientLine::Send {
-                to: "bob".into(),
-                text: String::new(),
-            },
+            ClientLine::Login { user: "alice".into() },
+            ClientLine::Send { to: "bob".into(), text: "hello there".into() },
+            ClientLine::Send { to: "bob".into(), text: String::new() },
             ClientLine::Quit,
         ];
         for line in client {
@@ -169,17 +147,9 @@ mod tests {
         }
         let server = [
             ServerLine::Ok { server: 3 },
-            ServerLine::Message {
-                from: "alice".into(),
-                text: "hi  you".into(),
-            },
-            ServerLine::Undeliverable {
-                to: "carol".into(),
-                text: "x".into(),
-            },
-            ServerLine::Error {
-                reason: "no such user".into(),
-            },
+            ServerLine::Message { from: "alice".into(), text: "hi  you".into() },
+            ServerLine::Undeliverable { to: "carol".into(), text: "x".into() },
+            ServerLine::Error { reason: "no such user".into() },
         ];
         for line in server {
             assert_eq!(ServerLine::parse(&line.to_string()), Ok(line));
@@ -188,14 +158,7 @@ mod tests {
 
     #[test]
     fn bad_lines_are_refused() {
-        for line in [
-            "",
-            "HELLO",
-            "LOGIN",
-            "LOGIN two words",
-            "SEND",
-            "SEND  text",
-        ] {
+        for line in ["", "HELLO", "LOGIN", "LOGIN two words", "SEND", "SEND  text"] {
             assert!(ClientLine::parse(line).is_err(), "{line:?}");
         }
         for line in ["", "OK x", "MSG", "NOPE 1"] {

@@ -29,10 +29,7 @@ impl Codec {
             .num_skip(0)
             .length_adjustment(LENGTH_PREFIX_LEN as isize)
             .new_codec();
-        Self {
-            frames,
-            max_frame_len,
-        }
+        Self { frames, max_frame_len }
     }
 
     /// The limit on frame bodies in force.
@@ -57,11 +54,7 @@ impl Decoder for Codec {
             Ok(Some(bytes)) if bytes.len() == LENGTH_PREFIX_LEN => Err(ProtocolError::Empty),
             Ok(Some(bytes)) => Ok(Some(RawFrame::new(bytes.freeze()))),
             Ok(None) => Ok(None),
-            Err(err)
-                if err
-                    .get_ref()
-                    .is_some_and(|e| e.is::<LengthDelimitedCodecError>()) =>
-            {
+            Err(err) if err.get_ref().is_some_and(|e| e.is::<LengthDelimitedCodecError>()) => {
                 Err(ProtocolError::FrameTooLarge {
                     len: claimed.unwrap_or_default(),
                     max: self.max_frame_len,
@@ -106,20 +99,10 @@ mod tests {
                 server_id: ServerId(7),
                 client_addr: "127.0.0.1:6000".into(),
             })),
-            Frame::Control(Control::Welcome(Welcome {
-                version: 1,
-                max_frame_len: 1024,
-            })),
-            Frame::Control(Control::error(
-                ErrorCode::DuplicateServer,
-                "server 7 is registered",
-            )),
-            Frame::Control(Control::Login {
-                users: vec![user("alice"), user("bob")],
-            }),
-            Frame::Control(Control::Logout {
-                users: vec![user("alice")],
-            }),
+            Frame::Control(Control::Welcome(Welcome { version: 1, max_frame_len: 1024 })),
+            Frame::Control(Control::error(ErrorCode::DuplicateServer, "server 7 is registered")),
+            Frame::Control(Control::Login { users: vec![user("alice"), user("bob")] }),
+            Frame::Control(Control::Logout { users: vec![user("alice")] }),
             Frame::Control(Control::Ping { token: u64::MAX }),
             Frame::Control(Control::Pong { token: 0 }),
             Frame::Data(Data {
@@ -176,10 +159,7 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32(65);
         let err = codec.decode(&mut buf).unwrap_err();
-        assert!(
-            matches!(err, ProtocolError::FrameTooLarge { len: 65, max: 64 }),
-            "{err}"
-        );
+        assert!(matches!(err, ProtocolError::FrameTooLarge { len: 65, max: 64 }), "{err}");
     }
 
     #[test]
@@ -194,10 +174,7 @@ mod tests {
         });
         let mut buf = BytesMut::from(&b"kept"[..]);
         let err = Codec::new(64).encode(&frame, &mut buf).unwrap_err();
-        assert!(
-            matches!(err, ProtocolError::FrameTooLarge { max: 64, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, ProtocolError::FrameTooLarge { max: 64, .. }), "{err}");
         assert_eq!(&buf[..], b"kept");
     }
 
@@ -205,19 +182,13 @@ mod tests {
     fn empty_and_unknown_frames_are_errors() {
         let mut buf = BytesMut::new();
         buf.put_u32(0);
-        assert!(matches!(
-            Codec::default().decode(&mut buf),
-            Err(ProtocolError::Empty)
-        ));
+        assert!(matches!(Codec::default().decode(&mut buf), Err(ProtocolError::Empty)));
 
         let mut buf = BytesMut::new();
         buf.put_u32(1);
         buf.put_u8(0x7f);
         let raw = Codec::default().decode(&mut buf).unwrap().unwrap();
-        assert!(matches!(
-            raw.decode(),
-            Err(ProtocolError::UnknownKind(0x7f))
-        ));
+        assert!(matches!(raw.decode(), Err(ProtocolError::UnknownKind(0x7f))));
     }
 
     #[test]
@@ -242,9 +213,7 @@ mod tests {
             Codec::default().decode(&mut buf).unwrap().unwrap()
         };
         let back = raw.with_data_kind(DataKind::Undeliverable).unwrap();
-        let Frame::Data(mut data) = frame else {
-            unreachable!()
-        };
+        let Frame::Data(mut data) = frame else { unreachable!() };
         data.kind = DataKind::Undeliverable;
         assert_eq!(back.decode().unwrap(), Frame::Data(data));
     }

@@ -125,10 +125,7 @@ impl Control {
 
     /// Shorthand for an error message.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Error {
-            code,
-            message: message.into(),
-        }
+        Self::Error { code, message: message.into() }
     }
 }
 
@@ -148,9 +145,8 @@ mod tests {
 
     #[test]
     fn a_full_frame_of_short_names_decodes() {
-        let users: Vec<_> = (0..300_000u32)
-            .map(|i| UserId::new(&format!("{}", i % 10)).unwrap())
-            .collect();
+        let users: Vec<_> =
+            (0..300_000u32).map(|i| UserId::new(&format!("{}", i % 10)).unwrap()).collect();
         let login = Control::Login { users };
         let mut bytes = BytesMut::new();
         login.encode_into(&mut bytes).unwrap();

@@ -95,14 +95,7 @@ impl<'a> Route<'a> {
         let origin = ServerId(buf.get_u32());
         let recipient = take_name(&mut buf)?;
         let sender = take_name(&mut buf)?;
-        Ok(Self {
-            kind,
-            seq,
-            origin,
-            recipient,
-            sender,
-            payload_offset: body.len() - buf.len(),
-        })
+        Ok(Self { kind, seq, origin, recipient, sender, payload_offset: body.len() - buf.len() })
     }
 }
 
@@ -184,10 +177,7 @@ impl Frame {
                 let len = data.encoded_len();
                 if len > max_frame_len {
                     dst.truncate(start);
-                    return Err(ProtocolError::FrameTooLarge {
-                        len,
-                        max: max_frame_len,
-                    });
+                    return Err(ProtocolError::FrameTooLarge { len, max: max_frame_len });
                 }
                 dst.reserve(len);
                 data.encode_body(dst);
@@ -196,10 +186,7 @@ impl Frame {
         let len = dst.len() - start - LENGTH_PREFIX_LEN;
         if len > max_frame_len {
             dst.truncate(start);
-            return Err(ProtocolError::FrameTooLarge {
-                len,
-                max: max_frame_len,
-            });
+            return Err(ProtocolError::FrameTooLarge { len, max: max_frame_len });
         }
         // The limit is at most MAX_FRAME_LEN_CEILING, far below u32::MAX.
         dst[start..start + LENGTH_PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());
@@ -229,10 +216,8 @@ impl RawFrame {
 
     /// Wraps the bytes of one whole frame, checking that its length prefix matches them.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, ProtocolError> {
-        let body_len = bytes
-            .len()
-            .checked_sub(LENGTH_PREFIX_LEN)
-            .ok_or(ProtocolError::Truncated)?;
+        let body_len =
+            bytes.len().checked_sub(LENGTH_PREFIX_LEN).ok_or(ProtocolError::Truncated)?;
         if body_len == 0 {
             return Err(ProtocolError::Empty);
         }

@@ -79,17 +79,10 @@ fn control_with(
 ) -> impl Strategy<Value = Control> {
     prop_oneof![
         (any::<u16>(), any::<u32>(), text(max_text)).prop_map(|(version, id, client_addr)| {
-            Control::Hello(Hello {
-                version,
-                server_id: ServerId(id),
-                client_addr,
-            })
+            Control::Hello(Hello { version, server_id: ServerId(id), client_addr })
         }),
         (any::<u16>(), any::<u32>()).prop_map(|(version, max_frame_len)| Control::Welcome(
-            Welcome {
-                version,
-                max_frame_len
-            }
+            Welcome { version, max_frame_len }
         )),
         (error_code(), text(max_text)).prop_map(|(code, message)| Control::Error { code, message }),
         vec(users.clone(), 0..max_users).prop_map(|users| Control::Login { users }),
@@ -112,22 +105,16 @@ fn payload(max: usize) -> impl Strategy<Value = Bytes> {
 }
 
 fn data_with(users: BoxedStrategy<UserId>, max_payload: usize) -> impl Strategy<Value = Data> {
-    (
-        data_kind(),
-        any::<u64>(),
-        any::<u32>(),
-        users.clone(),
-        users,
-        payload(max_payload),
-    )
-        .prop_map(|(kind, seq, origin, recipient, sender, payload)| Data {
+    (data_kind(), any::<u64>(), any::<u32>(), users.clone(), users, payload(max_payload)).prop_map(
+        |(kind, seq, origin, recipient, sender, payload)| Data {
             kind,
             seq,
             origin: ServerId(origin),
             recipient,
             sender,
             payload,
-        })
+        },
+    )
 }
 
 /// Any frame: every control variant and both data kinds, payloads of 0 to 2047 bytes.
@@ -175,21 +162,13 @@ fn decode_in_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Vec<Frame
         feed(&mut codec, &mut buf, piece, &mut out);
     }
     assert!(buf.is_empty(), "{} bytes left over", buf.len());
-    assert!(
-        codec
-            .decode_eof(&mut buf)
-            .expect("clean end of stream")
-            .is_none()
-    );
+    assert!(codec.decode_eof(&mut buf).expect("clean end of stream").is_none());
     out
 }
 
 /// Runs every read-only operation on whatever the decoder accepts; none may panic.
 fn poke(raw: &RawFrame, max: usize) {
-    assert!(
-        raw.body().len() <= max,
-        "decoder passed a frame over its limit"
-    );
+    assert!(raw.body().len() <= max, "decoder passed a frame over its limit");
     assert!(!raw.body().is_empty(), "decoder passed an empty frame");
     let _ = raw.kind();
     let _ = raw.route();
@@ -449,22 +428,12 @@ fn frame_strategy_covers_every_variant() {
 
 #[test]
 fn codec_limit_is_capped_at_the_ceiling() {
-    assert_eq!(
-        Codec::new(usize::MAX).max_frame_len(),
-        MAX_FRAME_LEN_CEILING
-    );
-    assert_eq!(
-        Codec::default().max_frame_len(),
-        acms_protocol::DEFAULT_MAX_FRAME_LEN
-    );
+    assert_eq!(Codec::new(usize::MAX).max_frame_len(), MAX_FRAME_LEN_CEILING);
+    assert_eq!(Codec::default().max_frame_len(), acms_protocol::DEFAULT_MAX_FRAME_LEN);
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 /// The worked examples of the protocol document, byte for byte.
@@ -489,30 +458,16 @@ fn documented_examples() {
         server_id: ServerId(7),
         client_addr: "h:1".into(),
     }));
-    assert_eq!(
-        hex(&hello.to_bytes(1024).unwrap()),
-        "00 00 00 08 00 00 01 07 03 68 3a 31"
-    );
+    assert_eq!(hex(&hello.to_bytes(1024).unwrap()), "00 00 00 08 00 00 01 07 03 68 3a 31");
 
-    let login = Frame::Control(Control::Login {
-        users: vec![user("bob"), user("al")],
-    });
-    assert_eq!(
-        hex(&login.to_bytes(1024).unwrap()),
-        "00 00 00 0a 00 03 02 03 62 6f 62 02 61 6c"
-    );
+    let login = Frame::Control(Control::Login { users: vec![user("bob"), user("al")] });
+    assert_eq!(hex(&login.to_bytes(1024).unwrap()), "00 00 00 0a 00 03 02 03 62 6f 62 02 61 6c");
 
     let ping = Frame::Control(Control::Ping { token: 300 });
-    assert_eq!(
-        hex(&ping.to_bytes(1024).unwrap()),
-        "00 00 00 05 00 05 fb 2c 01"
-    );
+    assert_eq!(hex(&ping.to_bytes(1024).unwrap()), "00 00 00 05 00 05 fb 2c 01");
 
     let error = Frame::Control(Control::error(ErrorCode::DuplicateServer, "dup"));
-    assert_eq!(
-        hex(&error.to_bytes(1024).unwrap()),
-        "00 00 00 07 00 02 01 03 64 75 70"
-    );
+    assert_eq!(hex(&error.to_bytes(1024).unwrap()), "00 00 00 07 00 02 01 03 64 75 70");
 }
 
 /// `route` names the first thing wrong: an unknown kind, then a control frame, then a short header.
@@ -524,20 +479,8 @@ fn route_errors_name_the_first_fault() {
         buf.put_slice(body);
         Codec::default().decode(&mut buf).unwrap().unwrap()
     };
-    assert!(matches!(
-        raw(&[0x7f]).route(),
-        Err(ProtocolError::UnknownKind(0x7f))
-    ));
-    assert!(matches!(
-        raw(&[0x00, 0x05, 0x01]).route(),
-        Err(ProtocolError::NotData)
-    ));
-    assert!(matches!(
-        raw(&[0x01, 0x00]).route(),
-        Err(ProtocolError::Truncated)
-    ));
-    assert!(matches!(
-        raw(&[0x02]).route(),
-        Err(ProtocolError::Truncated)
-    ));
+    assert!(matches!(raw(&[0x7f]).route(), Err(ProtocolError::UnknownKind(0x7f))));
+    assert!(matches!(raw(&[0x00, 0x05, 0x01]).route(), Err(ProtocolError::NotData)));
+    assert!(matches!(raw(&[0x01, 0x00]).route(), Err(ProtocolError::Truncated)));
+    assert!(matches!(raw(&[0x02]).route(), Err(ProtocolError::Truncated)));
 }

@@ -24,9 +24,16 @@ struct Args {
     user: String,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(chat(args));
+    // A read of stdin may still be pending on a blocking thread; do not wait for it.
+    runtime.shutdown_background();
+    result
+}
+
+async fn chat(args: Args) -> anyhow::Result<()> {
     let mut client = ImClient::connect(args.server, &args.user)
         .await
         .with_context(|| format!("cannot log in to {} as {}", args.server, args.user))?;
