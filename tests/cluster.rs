@@ -8,7 +8,7 @@ use acms_appserver::{Event, LinkState, Route, ServerId};
 use acms_protocol::{
     Codec, Control, Data, DataKind, ErrorCode, Frame, Hello, PROTOCOL_VERSION, RawFrame,
 };
-use acms_tests::{PATIENCE, TestHub, TestServer, eventually, user, wait_link};
+use acms_tests::{PATIENCE, TestHub, TestServer, user, wait_link};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
@@ -251,7 +251,11 @@ async fn bad_input_closes_only_its_own_connection() {
 
 #[tokio::test]
 async fn a_server_that_stops_reading_is_disconnected_and_senders_are_told() {
-    let config = HubConfig { max_pending_bytes: 256 * 1024, ..HubConfig::default() };
+    let config = HubConfig {
+        high_water_bytes: 64 * 1024,
+        max_stall: Duration::from_millis(300),
+        ..HubConfig::default()
+    };
     let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
     let mut s0 = TestServer::start(0, hub.addr).await;
     s0.login(&["alice"]).await;
@@ -274,15 +278,48 @@ async fn a_server_that_stops_reading_is_disconnected_and_senders_are_told() {
         }
     }
     hub.wait_for(1, 1).await;
-    let event = s0.next_event().await;
-    assert!(
-        matches!(event, Event::Undeliverable { ref to, .. } if to.as_str() == "bob"),
-        "{event:?}"
-    );
-    eventually("the stuck server's queue to be gone", || {
-        hub.hub.registry().locate("bob").is_none()
-    })
-    .await;
+    assert_eq!(hub.hub.stats().slow_consumers, 1);
+    // Pushback held the sender to the high water plus socket buffers: nowhere near the limit.
+    assert!(sent < 2_000, "{sent} messages of 16 KiB were accepted for a server that never read");
+
+    s0.cluster.send_to_user(&user("alice"), &user("bob"), "gone?".into()).await.unwrap();
+    loop {
+        if let Event::Undeliverable { to, payload, .. } = s0.next_event().await {
+            if payload.as_ref() == b"gone?" {
+                assert_eq!(to.as_str(), "bob");
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_fast_sender_is_slowed_to_a_slow_receiver_without_loss() {
+    let config = HubConfig { high_water_bytes: 16 * 1024, ..HubConfig::default() };
+    let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let s0 = TestServer::start(0, hub.addr).await;
+    let mut s1 = TestServer::start(1, hub.addr).await;
+    s0.login(&["alice"]).await;
+    s1.login(&["bob"]).await;
+
+    const COUNT: u32 = 20_000;
+    let sender = tokio::spawn(async move {
+        let payload = Bytes::from(vec![b'x'; 1024]);
+        for _ in 0..COUNT {
+            s0.cluster.send_to_user(&user("alice"), &user("bob"), payload.clone()).await.unwrap();
+        }
+        s0
+    });
+    let mut received = 0;
+    while received < COUNT {
+        // A receiver slower than its sender: it yields after every batch.
+        received += s1.events.recv_batch().await.expect("events open").len() as u32;
+        tokio::task::yield_now().await;
+    }
+    let s0 = sender.await.unwrap();
+    s0.cluster.flush().await.unwrap();
+    let stats = hub.hub.stats();
+    assert_eq!((stats.relayed_frames, stats.undeliverable, stats.slow_consumers), (20_000, 0, 0));
 }
 
 #[tokio::test]

@@ -36,6 +36,13 @@ pub struct HubConfig {
     pub handshake_timeout: Duration,
     /// Most connections open at once; more are refused at accept.
     pub max_connections: usize,
+    /// Bytes waiting in one AS's outbound queue above which the servers sending to it are paused
+    /// (the hub stops reading from them) until it drains.
+    pub high_water_bytes: usize,
+    /// Longest a sending server is paused for one slow receiver; a receiver that has not drained
+    /// under the high water by then is disconnected (the slow-consumer rule).
+    #[serde(with = "humantime_serde")]
+    pub max_stall: Duration,
     /// Bytes that may wait in one AS's outbound queue. A relay that would pass it disconnects that
     /// AS (the slow-consumer rule) and returns the frame to its sender as undeliverable.
     pub max_pending_bytes: usize,
@@ -51,6 +58,8 @@ impl Default for HubConfig {
             max_frame_len: acms_protocol::DEFAULT_MAX_FRAME_LEN,
             handshake_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            high_water_bytes: 1 << 20,
+            max_stall: Duration::from_secs(5),
             max_pending_bytes: 64 << 20,
             shutdown_grace: Duration::from_secs(5),
         }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use acms_protocol::{
     Codec, Control, DataKind, ErrorCode, Frame, FrameKind, PROTOCOL_VERSION, ProtocolError,
@@ -76,6 +76,8 @@ struct Connection {
     codec: Codec,
     /// Relayed frames of the current read, by destination, not yet handed over.
     staged: Vec<(ServerId, Vec<Bytes>)>,
+    /// Destinations above their high water after the last hand-over: read nothing until they drain.
+    backed_up: Vec<(ServerId, Outbox)>,
     outbox: Outbox,
     /// Cancelled by hub shutdown or by the slow-consumer rule.
     closer: CancellationToken,
@@ -95,7 +97,8 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let (read_half, write_half) = stream.into_split();
-    let (outbox, inbox) = Outbox::new(shared.config.max_pending_bytes);
+    let (outbox, inbox) =
+        Outbox::new(shared.config.max_pending_bytes, shared.config.high_water_bytes);
     let writer = tokio::spawn(write_loop(inbox, write_half));
     let grace = shared.config.shutdown_grace;
     let mut conn = Connection {
@@ -103,6 +106,7 @@ pub(crate) async fn serve(
         read_buf: BytesMut::with_capacity(READ_CHUNK),
         codec: Codec::new(shared.config.max_frame_len),
         staged: Vec::new(),
+        backed_up: Vec::new(),
         shared,
         outbox,
         closer: shutdown.child_token(),
@@ -112,14 +116,20 @@ pub(crate) async fn serve(
         users: HashSet::new(),
     };
     let close = conn.run().await;
+    // A peer that stopped reading would hold its writer for the whole grace period.
+    let grace = if matches!(close, Close::SlowConsumer) { Duration::ZERO } else { grace };
     conn.finish(close);
     drop(conn);
     // Every Outbox of this connection is gone: the writer flushes what is queued and exits.
+    let abort = writer.abort_handle();
     match tokio::time::timeout(grace, writer).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => debug!(error = %err, "write side failed"),
         Ok(Err(err)) => warn!(error = %err, "writer task failed"),
-        Err(_) => debug!(?grace, "peer did not take its last frames in time; dropped"),
+        Err(_) => {
+            abort.abort();
+            debug!(?grace, "peer did not take its last frames in time; dropped");
+        }
     }
 }
 
@@ -129,6 +139,9 @@ impl Connection {
             return close;
         }
         loop {
+            if let Err(close) = self.wait_for_receivers().await {
+                return close;
+            }
             if let Err(close) = self.read_more().await {
                 return close;
             }
@@ -141,15 +154,36 @@ impl Connection {
         }
     }
 
+    /// Pauses this sender while a server it just fed is above its high water: the pushback that
+    /// slows a fast sender to a slow receiver's pace. A receiver that does not drain within
+    /// `max_stall` is disconnected rather than allowed to hold its senders up.
+    async fn wait_for_receivers(&mut self) -> Result<(), Close> {
+        let max_stall = self.shared.config.max_stall;
+        for (target, outbox) in std::mem::take(&mut self.backed_up) {
+            let drained = tokio::select! {
+                _ = self.closer.cancelled() => return Err(self.cancelled()),
+                drained = tokio::time::timeout(max_stall, outbox.drained()) => drained,
+            };
+            if drained.is_err() {
+                self.shared.stats.slow_consumer();
+                warn!(slow_server = %target, pending = outbox.pending(), ?max_stall, "slow consumer: did not drain in time; disconnecting it");
+                self.shared.registry.close(target);
+            }
+        }
+        Ok(())
+    }
+
+    fn cancelled(&self) -> Close {
+        if self.shutdown.is_cancelled() { Close::Shutdown } else { Close::SlowConsumer }
+    }
+
     /// Waits for more bytes from the socket, or for the connection to be closed.
     async fn read_more(&mut self) -> Result<(), Close> {
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
             self.read_buf.reserve(READ_CHUNK);
         }
         let read = tokio::select! {
-            _ = self.closer.cancelled() => {
-                return Err(if self.shutdown.is_cancelled() { Close::Shutdown } else { Close::SlowConsumer });
-            }
+            _ = self.closer.cancelled() => return Err(self.cancelled()),
             read = self.reader.read_buf(&mut self.read_buf) => read,
         };
         match read {
@@ -284,7 +318,10 @@ impl Connection {
             let bytes: usize = frames.iter().map(Bytes::len).sum();
             let count = frames.len();
             match shared.registry.relay_batch(target, frames) {
-                Ok(()) => shared.stats.relayed(count, bytes),
+                Ok(backed_up) => {
+                    shared.stats.relayed(count, bytes);
+                    self.backed_up.extend(backed_up.map(|outbox| (target, outbox)));
+                }
                 Err(RelayError::Gone(frames)) => result = result.and(self.bounce(&frames)),
                 Err(RelayError::SlowConsumer { pending, frames }) => {
                     shared.stats.slow_consumer();

@@ -44,11 +44,10 @@ fn main() -> anyhow::Result<()> {
     init_tracing(args.log_format.unwrap_or(config.log.format));
 
     tokio::runtime::Runtime::new()?.block_on(async {
+        let shutdown = shutdown_on_signal()?;
         let listener = TcpListener::bind(config.transfer.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.transfer.listen))?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
         Hub::new(config.transfer).serve(listener, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
@@ -67,13 +66,21 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// A token cancelled by the first SIGINT or SIGTERM. The handlers are in place when this returns,
+/// so a signal that comes right after the ready log line is not lost.
+fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("signal received; shutting down");
-    shutdown.cancel();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("signal received; shutting down");
+        token.cancel();
+    });
+    Ok(shutdown)
 }

@@ -1,7 +1,10 @@
 //! The outbound side of a connection: a queue bounded in bytes, and the task that drains it.
 //!
 //! Relaying never waits: [`Outbox::push_batch`] either queues frames or says the queue is over its
-//! limit, and the caller applies the slow-consumer rule. A reader hands over every frame it
+//! limit, and the caller applies the slow-consumer rule. Above a lower mark, the high water, the
+//! queue asks its feeders to pause: a reader that fed it waits in [`Outbox::drained`] before
+//! reading more from its own peer, so a fast sender is slowed to the pace of a slow receiver
+//! instead of filling the hub's memory. A reader hands over every frame it
 //! decoded from one socket read for the same destination as one batch, so the queue's atomics
 //! and wake-ups are paid per batch, not per frame. The writer takes everything queued at once and
 //! hands it to the kernel in vectored writes, so a burst of small frames costs a few system calls
@@ -13,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// Most batches the writer takes from its queue at once.
 const MAX_BATCHES: usize = 256;
@@ -25,8 +28,19 @@ const MAX_IOVECS: usize = 512;
 #[derive(Debug, Clone)]
 pub struct Outbox {
     tx: mpsc::UnboundedSender<Vec<Bytes>>,
-    pending: Arc<AtomicUsize>,
+    level: Arc<Level>,
     limit: usize,
+    high_water: usize,
+}
+
+/// What the two ends of a queue share: its size, and a signal for feeders waiting on it.
+#[derive(Debug, Default)]
+struct Level {
+    pending: AtomicUsize,
+    /// Set when the connection is being dropped: nothing more is queued for it.
+    closed: std::sync::atomic::AtomicBool,
+    /// Notified when the writer brings `pending` under the high water, and when it ends.
+    room: Notify,
 }
 
 /// Why a frame was not queued.
@@ -44,12 +58,13 @@ pub enum PushError {
 }
 
 impl Outbox {
-    /// A queue that holds at most `limit` bytes, and its receiving end for [`write_loop`].
-    pub fn new(limit: usize) -> (Self, Inbox) {
+    /// A queue that holds at most `limit` bytes and asks feeders to pause above `high_water`,
+    /// and its receiving end for [`write_loop`].
+    pub fn new(limit: usize, high_water: usize) -> (Self, Inbox) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let pending = Arc::new(AtomicUsize::new(0));
-        let inbox = Inbox { rx, pending: pending.clone() };
-        (Self { tx, pending, limit }, inbox)
+        let level = Arc::new(Level::default());
+        let inbox = Inbox { rx, level: level.clone(), high_water };
+        (Self { tx, level, limit, high_water }, inbox)
     }
 
     /// Queues one whole frame, or refuses it without waiting.
@@ -62,20 +77,52 @@ impl Outbox {
     /// An empty queue takes any batch, so one frame larger than the limit still goes through.
     pub fn push_batch(&self, frames: Vec<Bytes>) -> Result<(), (PushError, Vec<Bytes>)> {
         let len = frames.iter().map(Bytes::len).sum();
-        let before = self.pending.fetch_add(len, Ordering::AcqRel);
+        if self.level.closed.load(Ordering::Acquire) {
+            return Err((PushError::Closed, frames));
+        }
+        let pending = &self.level.pending;
+        let before = pending.fetch_add(len, Ordering::AcqRel);
         if before + len > self.limit && before > 0 {
-            self.pending.fetch_sub(len, Ordering::AcqRel);
+            pending.fetch_sub(len, Ordering::AcqRel);
             return Err((PushError::Full { pending: before }, frames));
         }
         self.tx.send(frames).map_err(|returned| {
-            self.pending.fetch_sub(len, Ordering::AcqRel);
+            pending.fetch_sub(len, Ordering::AcqRel);
             (PushError::Closed, returned.0)
         })
     }
 
     /// Bytes queued and not yet written.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+        self.level.pending.load(Ordering::Acquire)
+    }
+
+    /// Refuses everything from now on and releases waiting feeders: the connection is being
+    /// dropped, so frames for it should go back to their senders at once.
+    pub fn close(&self) {
+        self.level.closed.store(true, Ordering::Release);
+        self.level.room.notify_waiters();
+    }
+
+    /// Whether feeders should pause until [`Outbox::drained`].
+    pub fn above_high_water(&self) -> bool {
+        self.pending() > self.high_water
+            && !self.tx.is_closed()
+            && !self.level.closed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the queue is back under its high water, or its writer has ended.
+    pub async fn drained(&self) {
+        loop {
+            let room = self.level.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, so a notification between the two is not missed.
+            room.as_mut().enable();
+            if !self.above_high_water() {
+                return;
+            }
+            room.await;
+        }
     }
 }
 
@@ -83,7 +130,16 @@ impl Outbox {
 #[derive(Debug)]
 pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Vec<Bytes>>,
-    pending: Arc<AtomicUsize>,
+    level: Arc<Level>,
+    high_water: usize,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // Feeders waiting for room must not wait for a writer that is gone.
+        self.rx.close();
+        self.level.room.notify_waiters();
+    }
 }
 
 /// Writes queued frames until every [`Outbox`] of the queue is dropped and the queue is drained,
@@ -102,7 +158,10 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(mut inbox: Inbox, mut writer: W) 
             }
             batch.advance(written);
         }
-        inbox.pending.fetch_sub(bytes, Ordering::AcqRel);
+        let before = inbox.level.pending.fetch_sub(bytes, Ordering::AcqRel);
+        if before - bytes <= inbox.high_water && before > inbox.high_water {
+            inbox.level.room.notify_waiters();
+        }
     }
     writer.shutdown().await
 }
@@ -173,7 +232,7 @@ mod tests {
 
     #[test]
     fn push_refuses_past_the_limit_but_always_takes_one_frame() {
-        let (outbox, _inbox) = Outbox::new(10);
+        let (outbox, _inbox) = Outbox::new(10, 5);
         outbox.push(Bytes::from_static(b"0123456789abc")).unwrap();
         assert_eq!(outbox.push(Bytes::from_static(b"x")), Err(PushError::Full { pending: 13 }));
         assert_eq!(outbox.pending(), 13);
@@ -181,7 +240,7 @@ mod tests {
 
     #[test]
     fn push_after_the_writer_ended_is_closed() {
-        let (outbox, inbox) = Outbox::new(10);
+        let (outbox, inbox) = Outbox::new(10, 5);
         drop(inbox);
         assert_eq!(outbox.push(Bytes::from_static(b"x")), Err(PushError::Closed));
         assert_eq!(outbox.pending(), 0);
@@ -189,7 +248,7 @@ mod tests {
 
     #[tokio::test]
     async fn writer_drains_everything_in_order_through_a_small_pipe() {
-        let (outbox, inbox) = Outbox::new(usize::MAX);
+        let (outbox, inbox) = Outbox::new(usize::MAX, usize::MAX);
         // A 7-byte pipe forces partial vectored writes inside frames.
         let (near, mut far) = tokio::io::duplex(7);
         let writer = tokio::spawn(write_loop(inbox, near));
@@ -204,5 +263,50 @@ mod tests {
         far.read_to_end(&mut received).await.unwrap();
         writer.await.unwrap().unwrap();
         assert_eq!(received, expected);
+    }
+
+    #[tokio::test]
+    async fn feeders_wait_for_the_writer_to_drain_under_the_high_water() {
+        let (outbox, inbox) = Outbox::new(1 << 20, 100);
+        outbox.push(Bytes::from(vec![0; 300])).unwrap();
+        assert!(outbox.above_high_water());
+        let (near, mut far) = tokio::io::duplex(64);
+        let writer = tokio::spawn(write_loop(inbox, near));
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.drained().await }
+        });
+        let mut received = vec![0; 300];
+        far.read_exact(&mut received).await.unwrap();
+        waiting.await.unwrap();
+        assert!(!outbox.above_high_water());
+        drop(outbox);
+        writer.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_closed_outbox_refuses_and_releases_feeders() {
+        let (outbox, _inbox) = Outbox::new(1 << 20, 100);
+        outbox.push(Bytes::from(vec![0; 300])).unwrap();
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.drained().await }
+        });
+        outbox.close();
+        waiting.await.unwrap();
+        assert_eq!(outbox.push(Bytes::from_static(b"x")), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn feeders_stop_waiting_when_the_writer_ends() {
+        let (outbox, inbox) = Outbox::new(1 << 20, 100);
+        outbox.push(Bytes::from(vec![0; 300])).unwrap();
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.drained().await }
+        });
+        drop(inbox);
+        waiting.await.unwrap();
+        assert!(!outbox.above_high_water());
     }
 }

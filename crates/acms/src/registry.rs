@@ -36,6 +36,14 @@ struct ServerEntry {
     closer: CancellationToken,
 }
 
+impl ServerEntry {
+    /// Stops relaying to the server at once and tells its connection to end.
+    fn close(&self) {
+        self.outbox.close();
+        self.closer.cancel();
+    }
+}
+
 /// Registered AS and the users online on them.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -99,22 +107,31 @@ impl Registry {
     }
 
     /// Queues whole data frames for `server`, in order, never waiting. A server over its queue
-    /// limit is told to disconnect (the slow-consumer rule).
+    /// limit is told to disconnect (the slow-consumer rule). Returns the server's outbox when it
+    /// is above its high water, for the caller to wait on before it reads more.
     pub(crate) fn relay_batch(
         &self,
         server: ServerId,
         frames: Vec<Bytes>,
-    ) -> Result<(), RelayError> {
+    ) -> Result<Option<Outbox>, RelayError> {
         let Some(entry) = self.servers.get(&server) else {
             return Err(RelayError::Gone(frames));
         };
-        entry.outbox.push_batch(frames).map_err(|(err, frames)| match err {
-            PushError::Closed => RelayError::Gone(frames),
-            PushError::Full { pending } => {
-                entry.closer.cancel();
-                RelayError::SlowConsumer { pending, frames }
+        match entry.outbox.push_batch(frames) {
+            Ok(()) => Ok(entry.outbox.above_high_water().then(|| entry.outbox.clone())),
+            Err((PushError::Closed, frames)) => Err(RelayError::Gone(frames)),
+            Err((PushError::Full { pending }, frames)) => {
+                entry.close();
+                Err(RelayError::SlowConsumer { pending, frames })
             }
-        })
+        }
+    }
+
+    /// Disconnects a server that did not drain its queue in time (the slow-consumer rule).
+    pub(crate) fn close(&self, server: ServerId) {
+        if let Some(entry) = self.servers.get(&server) {
+            entry.close();
+        }
     }
 
     /// The AS `user` is online on, if any.
@@ -155,7 +172,7 @@ mod tests {
     #[test]
     fn duplicate_id_is_refused_until_the_first_leaves() {
         let registry = Registry::default();
-        let (outbox, _inbox) = Outbox::new(1024);
+        let (outbox, _inbox) = Outbox::new(1024, 512);
         let token = CancellationToken::new();
         registry.register(info(1), outbox.clone(), token.clone()).unwrap();
         assert_eq!(
@@ -182,19 +199,19 @@ mod tests {
     #[test]
     fn relay_to_a_full_queue_closes_that_server() {
         let registry = Registry::default();
-        let (outbox, _inbox) = Outbox::new(4);
+        let (outbox, _inbox) = Outbox::new(4, 2);
         let token = CancellationToken::new();
         registry.register(info(2), outbox, token.clone()).unwrap();
         let frames = |text: &'static str| vec![Bytes::from_static(text.as_bytes())];
         assert_eq!(
-            registry.relay_batch(ServerId(3), frames("x")),
-            Err(RelayError::Gone(frames("x")))
+            registry.relay_batch(ServerId(3), frames("x")).err(),
+            Some(RelayError::Gone(frames("x")))
         );
-        assert_eq!(registry.relay_batch(ServerId(2), frames("1234")), Ok(()));
+        assert!(registry.relay_batch(ServerId(2), frames("1234")).unwrap().is_some());
         assert!(!token.is_cancelled());
         assert_eq!(
-            registry.relay_batch(ServerId(2), frames("5")),
-            Err(RelayError::SlowConsumer { pending: 4, frames: frames("5") })
+            registry.relay_batch(ServerId(2), frames("5")).err(),
+            Some(RelayError::SlowConsumer { pending: 4, frames: frames("5") })
         );
         assert!(token.is_cancelled());
     }

@@ -94,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    let shutdown = shutdown_on_signal()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -107,8 +108,6 @@ async fn main() -> anyhow::Result<()> {
     let sessions = Sessions::default();
     tokio::spawn(route_events(events, sessions.clone()));
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
     let clients = TaskTracker::new();
     let config = Arc::new(config);
     loop {
@@ -250,13 +249,21 @@ async fn chat(
     }
 }
 
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// A token cancelled by the first SIGINT or SIGTERM. The handlers are in place when this returns,
+/// so a signal that comes right after the ready log line is not lost.
+fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    info!("signal received; shutting down");
-    shutdown.cancel();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        info!("signal received; shutting down");
+        token.cancel();
+    });
+    Ok(shutdown)
 }

@@ -425,10 +425,7 @@ impl Link {
             DataKind::Unicast => (route.recipient, route.sender),
             DataKind::Undeliverable => (route.sender, route.recipient),
         };
-        let local = match self.local.get(local) {
-            Some(user) => user.key().clone(),
-            None => UserId::new(local)?,
-        };
+        let local = UserId::new(local)?;
         let remote = match &self.last_sender {
             Some(user) if user.as_str() == remote => user.clone(),
             _ => {

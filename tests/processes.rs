@@ -1,0 +1,309 @@
+//! End to end through the real programs: an `acms` hub, two `im-server` examples and two
+//! `im-client`s run as child processes and talk over 127.0.0.1, as a user would run them.
+//!
+//! The programs are not built by this test: `cargo build --workspace --bins --examples` first
+//! (`scripts/test.sh` does). Every port is 0; the actual ones are read from the log lines. Every
+//! wait is on a line appearing, with a generous deadline; every child is killed if the test fails.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout, timeout_at};
+
+/// How long any wait lasts before the test fails: programs start and answer in milliseconds, but
+/// a loaded CI machine may be slow to start a process.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The path of a program of the workspace, relative to `target/<profile>`.
+///
+/// The test executable is `target/<profile>/deps/processes-HASH`, so the programs are in its
+/// grandparent directory.
+fn program(relative: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in target/<profile>/deps");
+    let path = dir.join(relative);
+    if !path.is_file() {
+        panic!(
+            "{} is missing: build the programs first: cargo build --workspace --bins --examples",
+            path.display()
+        );
+    }
+    path
+}
+
+/// The lines of one output stream of a child, read by a background task so that the pipe never
+/// fills up, whether or not the test is waiting on it.
+struct Lines {
+    name: String,
+    rx: mpsc::UnboundedReceiver<String>,
+    /// Every line received so far, shown when a wait fails.
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn read(name: String, stream: impl AsyncRead + Unpin + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let label = name.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                // Captured by the test harness, shown when the test fails.
+                eprintln!("[{label}] {line}");
+                // Keep draining even if nobody listens any more.
+                let _ = tx.send(line);
+            }
+        });
+        Self { name, rx, seen: Vec::new() }
+    }
+
+    /// Waits for the next line that `matches` and returns it; lines before it are skipped.
+    async fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(line)) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Ok(None) => {
+                    panic!("{} closed before {what}; it said:\n{}", self.name, self.seen.join("\n"))
+                }
+                Err(_) => panic!(
+                    "no {what} on {} within {PATIENCE:?}; it said:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The next line, whatever it is.
+    async fn next(&mut self, what: &str) -> String {
+        self.wait_for(what, |_| true).await
+    }
+
+    /// Every line until the stream closes (the child exited), including those already seen.
+    async fn until_closed(&mut self) -> &[String] {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(line)) => self.seen.push(line),
+                Ok(None) => return &self.seen,
+                Err(_) => panic!("{} still open after {PATIENCE:?}", self.name),
+            }
+        }
+    }
+}
+
+/// A running program with its stdin held open and its output read line by line. Killed when
+/// dropped, so a failed test leaves no process behind.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines,
+    stderr: Lines,
+}
+
+impl Proc {
+    fn start(name: &str, program: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", program.display()));
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout =
+            Lines::read(format!("{name} stdout"), child.stdout.take().expect("piped stdout"));
+        let stderr =
+            Lines::read(format!("{name} stderr"), child.stderr.take().expect("piped stderr"));
+        Self { name: name.to_owned(), child, stdin, stdout, stderr }
+    }
+
+    /// Writes one line to the program's stdin.
+    async fn say(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap_or_else(|err| panic!("cannot write to {}: {err}", self.name));
+        self.stdin.flush().await.expect("flush stdin");
+    }
+
+    /// Sends SIGTERM.
+    async fn terminate(&self) {
+        let pid = self.child.id().unwrap_or_else(|| panic!("{} already exited", self.name));
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} ({}) failed", self.name);
+    }
+
+    /// Waits until the program exits.
+    async fn exit_status(&mut self) -> ExitStatus {
+        timeout(PATIENCE, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} still running after {PATIENCE:?}; it said:\n{}",
+                    self.name,
+                    self.stderr.seen.join("\n")
+                )
+            })
+            .expect("wait for child")
+    }
+
+    /// Waits until the program exits, asserts it exited with status 0, and returns everything it
+    /// wrote on stderr.
+    async fn exits_cleanly(&mut self) -> Vec<String> {
+        let status = self.exit_status().await;
+        let stderr = self.stderr.until_closed().await.to_vec();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} exited with {status}; it said:\n{}",
+            self.name,
+            stderr.join("\n")
+        );
+        stderr
+    }
+}
+
+/// The address following `key=` in a log line (`transfer=127.0.0.1:41234 ...`).
+fn field_addr(line: &str, key: &str) -> SocketAddr {
+    let needle = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(&needle))
+        .and_then(|value| value.trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("no address after `{needle}` in {line:?}"))
+}
+
+/// Checks a daemon's log after a clean stop: the signal was handled, it said it stopped, and
+/// nothing went wrong on the way.
+fn assert_stopped_cleanly(name: &str, log: &[String]) {
+    let said = |text: &str| log.iter().any(|line| line.contains(text));
+    assert!(
+        said("signal received; shutting down"),
+        "{name} did not log the signal; it said:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        log.last().is_some_and(|line| line.trim_end().ends_with("stopped")),
+        "{name} did not log `stopped` last; it said:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        !said(" ERROR ") && !said("panicked"),
+        "{name} logged an error; it said:\n{}",
+        log.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn chat_across_two_servers_then_clean_shutdown() {
+    let acms_bin = program("acms");
+    let server_bin = program("examples/im-server");
+    let client_bin = program("im-client");
+
+    // The hub.
+    let mut hub = Proc::start("acms", &acms_bin, &["--transfer", "127.0.0.1:0"]);
+    let ready = hub
+        .stderr
+        .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
+        .await;
+    let transfer = field_addr(&ready, "transfer").to_string();
+
+    // Two IM servers, each connected to the hub.
+    let mut servers = Vec::new();
+    let mut listen = Vec::new();
+    for id in 0..2 {
+        let name = format!("im-server {id}");
+        let mut server = Proc::start(
+            &name,
+            &server_bin,
+            &["--id", &id.to_string(), "--listen", "127.0.0.1:0", "--acms", &transfer],
+        );
+        let started = server
+            .stderr
+            .wait_for("`im-server started`", |line| line.contains("im-server started"))
+            .await;
+        assert!(started.contains(&format!("id={id} ")), "wrong id in {started:?}");
+        listen.push(field_addr(&started, "listen").to_string());
+        servers.push(server);
+    }
+    for server in &mut servers {
+        server
+            .stderr
+            .wait_for("`connected to hub`", |line| line.contains("connected to hub"))
+            .await;
+    }
+
+    // alice on server 0, bob on server 1. The login is answered once the hub has it, so each is
+    // reachable from the other server as soon as its client says so.
+    let mut alice = Proc::start("alice", &client_bin, &["--server", &listen[0], "--user", "alice"]);
+    let mut bob = Proc::start("bob", &client_bin, &["--server", &listen[1], "--user", "bob"]);
+    let login = |user: &'static str, id: u32| {
+        let expected = format!("logged in as {user} on server {id} (");
+        move |line: &str| line.starts_with(&expected)
+    };
+    alice.stderr.wait_for("alice's login", login("alice", 0)).await;
+    bob.stderr.wait_for("bob's login", login("bob", 1)).await;
+
+    // Both ways across the hub.
+    alice.say("@bob hello bob").await;
+    assert_eq!(bob.stdout.next("alice's message").await, "alice: hello bob");
+    bob.say("@alice hi alice").await;
+    assert_eq!(alice.stdout.next("bob's answer").await, "bob: hi alice");
+
+    // Nobody called carol is online: the hub says so, and the sender is told.
+    alice.say("@carol are you there?").await;
+    alice
+        .stderr
+        .wait_for("the undeliverable notice", |line| {
+            line == "not delivered to carol (offline): are you there?"
+        })
+        .await;
+
+    // alice leaves by herself.
+    alice.say("/quit").await;
+    alice.exits_cleanly().await;
+
+    // Server 1 stops while bob is still online: he is told, and his client ends cleanly.
+    servers[1].terminate().await;
+    bob.stderr
+        .wait_for("the shutdown notice", |line| line == "error: server is shutting down")
+        .await;
+    bob.stderr
+        .wait_for("the end of the connection", |line| line == "server closed the connection")
+        .await;
+    bob.exits_cleanly().await;
+    let log = servers[1].exits_cleanly().await;
+    assert_stopped_cleanly("im-server 1", &log);
+
+    // Then server 0, with nobody online, then the hub.
+    servers[0].terminate().await;
+    let log = servers[0].exits_cleanly().await;
+    assert_stopped_cleanly("im-server 0", &log);
+    hub.terminate().await;
+    let log = hub.exits_cleanly().await;
+    assert_stopped_cleanly("acms", &log);
+
+    // Neither client got anything it should not have.
+    assert_eq!(alice.stdout.until_closed().await, ["bob: hi alice"]);
+    assert_eq!(bob.stdout.until_closed().await, ["alice: hello bob"]);
+}
