@@ -44,11 +44,14 @@ impl ServerEntry {
     }
 }
 
+/// A fast, randomly seeded hash: every relayed frame costs one directory lookup.
+type Hasher = foldhash::fast::RandomState;
+
 /// Registered AS and the users online on them.
 #[derive(Debug, Default)]
 pub struct Registry {
-    servers: DashMap<ServerId, ServerEntry>,
-    users: DashMap<UserId, ServerId>,
+    servers: DashMap<ServerId, ServerEntry, Hasher>,
+    users: DashMap<UserId, ServerId, Hasher>,
 }
 
 /// A second live AS asked for an id that is taken.

@@ -12,6 +12,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::link::{Command, Link};
 
+/// This server's online users. Every send looks its recipient up here, so the hash is a fast,
+/// randomly seeded one.
+pub(crate) type LocalUsers = DashSet<UserId, foldhash::fast::RandomState>;
+
 /// What arrives for the users of this server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -190,7 +194,7 @@ impl ClusterBuilder {
         let (commands, command_rx) = mpsc::channel(self.queue_capacity);
         let (events, event_rx) = mpsc::channel(self.event_capacity);
         let (state_tx, state) = watch::channel(LinkState::Connecting);
-        let local = Arc::new(DashSet::new());
+        let local = Arc::new(LocalUsers::default());
         let shutdown = CancellationToken::new();
         let link =
             Link::new(&self, command_rx, events.clone(), state_tx, local.clone(), shutdown.clone());
@@ -225,7 +229,7 @@ struct Inner {
     server_id: ServerId,
     max_frame_len: usize,
     /// This server's online users: the source of truth the hub is rebuilt from.
-    local: Arc<DashSet<UserId>>,
+    local: Arc<LocalUsers>,
     commands: mpsc::Sender<Command>,
     events: mpsc::Sender<Vec<Event>>,
     state: watch::Receiver<LinkState>,

@@ -16,7 +16,6 @@ use acms_protocol::{
 };
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::BytesMut;
-use dashmap::DashSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -25,7 +24,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cluster::{ClusterBuilder, Event, LinkState};
+use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers};
 
 /// Most commands taken from the queue for one write.
 const MAX_BATCH: usize = 1024;
@@ -118,7 +117,7 @@ pub(crate) struct Link {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Vec<Event>>,
     state: watch::Sender<LinkState>,
-    local: Arc<DashSet<UserId>>,
+    local: Arc<LocalUsers>,
     shutdown: CancellationToken,
     /// `flush` calls waiting for the `Pong` with their token (or a later one).
     flushes: VecDeque<(u64, oneshot::Sender<()>)>,
@@ -137,7 +136,7 @@ impl Link {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Vec<Event>>,
         state: watch::Sender<LinkState>,
-        local: Arc<DashSet<UserId>>,
+        local: Arc<LocalUsers>,
         shutdown: CancellationToken,
     ) -> Self {
         let backoff = ExponentialBuilder::default()
