@@ -1,0 +1,213 @@
+//! `acms-bench`: the ACMS hub against nats-server, side by side, on one machine.
+//!
+//! `acms-bench compare` is the orchestrator. For every measurement it starts a fresh broker
+//! (`acms` or `nats-server`, on 127.0.0.1) and starts this same binary again in worker roles, so
+//! that each message goes sender process -> broker process -> receiver process:
+//!
+//! - **throughput**: a receiver with U users online (NATS: one subscription per user), a sender
+//!   sending N messages of one payload size to random users among them; measured at the
+//!   receiver, with the sender's rate and the broker's CPU and RSS from `/proc`;
+//! - **round trip**: a client and an echo server, one message in flight (hdrhistogram);
+//! - **scale** (ACMS only): 1,000,000 users from 10 app servers, then the hub killed and
+//!   restarted on the same port, timed until every server has re-sent its users.
+//!
+//! Configurations run interleaved (NATS, ACMS, NATS, ACMS, ...) for each round; the tool prints
+//! a table of medians with min–max and the ACMS/NATS ratios, writes `results.json` and
+//! `chart.png` into a results folder, and ends with one line
+//! `ratio_64=R ratio_1k=R rtt_p50_ratio=R rtt_p99_ratio=R`. It exits non-zero if a worker
+//! failed or a receiver got a count other than N. `acms-bench report DIR` prints a results
+//! folder's table again and redraws its chart.
+//!
+//! # Layout
+//! - `main`: the command line (clap): `compare` and the worker roles.
+//! - `compare`: the orchestrator: settings, the interleaved runs, the scale step.
+//! - `results`: what a run measured, as `results.json` holds it.
+//! - `broker`: starting `acms` and `nats-server`, `/proc` CPU and RSS sampling.
+//! - `child`: worker processes spoken to by lines, with deadlines, killed on drop.
+//! - `wire`: what workers print (`READY`, `RESULT`, `RESYNCED`) and what every role shares.
+//! - `acms_roles`: receiver, sender, echo, rtt client and scale server on `acms_appserver`.
+//! - `nats_roles`: receiver, sender, echo and rtt client on `async-nats`.
+//! - `report`: medians, the table, the summary line; `chart`: `chart.png` (plotters).
+//! - `sys`: clocks and `/proc` readings.
+
+mod acms_roles;
+mod broker;
+mod chart;
+mod child;
+mod compare;
+mod nats_roles;
+mod report;
+mod results;
+mod sys;
+mod wire;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Benchmark the ACMS hub against nats-server: throughput, round trip, scale.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Role,
+}
+
+/// `compare`, or a worker role that `compare` starts.
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// Run the whole comparison and report (the command to use).
+    Compare(compare::CompareArgs),
+    /// Print the table again and redraw chart.png from a results folder's results.json.
+    Report(ReportArgs),
+    /// Worker: receiving app server on ACMS.
+    AcmsRecv(RecvArgs),
+    /// Worker: sending app server on ACMS.
+    AcmsSend(SendArgs),
+    /// Worker: echo app server on ACMS.
+    AcmsEcho(EchoArgs),
+    /// Worker: round-trip client app server on ACMS.
+    AcmsRtt(RttArgs),
+    /// Worker: app server of the scale step on ACMS.
+    AcmsScale(ScaleArgs),
+    /// Worker: receiving client on NATS.
+    NatsRecv(RecvArgs),
+    /// Worker: sending client on NATS.
+    NatsSend(SendArgs),
+    /// Worker: echo client on NATS.
+    NatsEcho(EchoArgs),
+    /// Worker: round-trip client on NATS.
+    NatsRtt(RttArgs),
+}
+
+/// Flags of `acms-bench report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A results folder written by `compare`.
+    pub dir: std::path::PathBuf,
+    /// TTF font for the chart's text.
+    #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
+    pub font: std::path::PathBuf,
+}
+
+/// Flags of a receiving worker.
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// Broker address: `HOST:PORT` of the hub, or the NATS URL.
+    #[arg(long)]
+    pub addr: String,
+    /// App server id (ACMS).
+    #[arg(long, default_value_t = 1)]
+    pub server_id: u32,
+    /// Users to log in (NATS: subjects to subscribe), `u0` to `u{users-1}`.
+    #[arg(long)]
+    pub users: u64,
+    /// Messages to wait for.
+    #[arg(long)]
+    pub n: u64,
+}
+
+/// Flags of a sending worker.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Broker address: `HOST:PORT` of the hub, or the NATS URL.
+    #[arg(long)]
+    pub addr: String,
+    /// App server id (ACMS).
+    #[arg(long, default_value_t = 2)]
+    pub server_id: u32,
+    /// Users to pick recipients from, uniformly.
+    #[arg(long)]
+    pub users: u64,
+    /// Messages to send.
+    #[arg(long)]
+    pub n: u64,
+    /// Payload size, bytes.
+    #[arg(long)]
+    pub size: usize,
+    /// Seed of the recipient sequence (the same seed gives both systems the same sequence).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Flags of an echo worker.
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Broker address: `HOST:PORT` of the hub, or the NATS URL.
+    #[arg(long)]
+    pub addr: String,
+    /// App server id (ACMS).
+    #[arg(long, default_value_t = 3)]
+    pub server_id: u32,
+}
+
+/// Flags of a round-trip client worker.
+#[derive(Debug, Args)]
+pub struct RttArgs {
+    /// Broker address: `HOST:PORT` of the hub, or the NATS URL.
+    #[arg(long)]
+    pub addr: String,
+    /// App server id (ACMS).
+    #[arg(long, default_value_t = 4)]
+    pub server_id: u32,
+    /// Round trips to measure.
+    #[arg(long, default_value_t = 50_000)]
+    pub iterations: u64,
+    /// Round trips before measuring.
+    #[arg(long, default_value_t = 1000)]
+    pub warmup: u64,
+    /// Payload size, bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+}
+
+/// Flags of a scale-step worker.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Hub address, `HOST:PORT`.
+    #[arg(long)]
+    pub addr: String,
+    /// App server id.
+    #[arg(long)]
+    pub server_id: u32,
+    /// Users to log in.
+    #[arg(long)]
+    pub users: u64,
+    /// Number of the first user (`u{offset}`).
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Role::Compare(args) => match compare::run(args) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(err) => Err(err),
+        },
+        Role::Report(args) => compare::rereport(&args.dir, &args.font),
+        role => {
+            wire::init_worker_logs();
+            match role {
+                Role::Compare(_) | Role::Report(_) => unreachable!("handled above"),
+                Role::AcmsRecv(args) => acms_roles::recv(args),
+                Role::AcmsSend(args) => acms_roles::send(args),
+                Role::AcmsEcho(args) => acms_roles::echo(args),
+                Role::AcmsRtt(args) => acms_roles::rtt(args),
+                Role::AcmsScale(args) => acms_roles::scale(args),
+                Role::NatsRecv(args) => nats_roles::recv(args),
+                Role::NatsSend(args) => nats_roles::send(args),
+                Role::NatsEcho(args) => nats_roles::echo(args),
+                Role::NatsRtt(args) => nats_roles::rtt(args),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("acms-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The summary of a run: per metric the median with min–max over the rounds for each system,
+//! the ACMS/NATS ratio of the medians, the printed table and the closing summary line.
+//! `results.json` holds the raw runs and this summary; the chart is drawn by [`crate::chart`].
+
+use serde::Serialize;
+
+use crate::results::{Results, RttRun, System, ThroughputRun};
+
+/// Median, min and max of one metric over the successful rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Stat {
+    /// Median (mean of the middle two for an even count).
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+    /// Values summarised.
+    pub runs: usize,
+}
+
+impl Stat {
+    /// The summary of `values`, or `None` if there are none.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_by(f64::total_cmp);
+        let mid = sorted.len() / 2;
+        let median =
+            if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 };
+        Some(Self { median, min: sorted[0], max: sorted[sorted.len() - 1], runs: sorted.len() })
+    }
+}
+
+/// How a row's numbers are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A rate with a k/M suffix.
+    Rate,
+    /// A whole number.
+    Count,
+    /// Two decimals.
+    Fixed2,
+    /// One decimal.
+    Fixed1,
+    /// Three decimals.
+    Fixed3,
+}
+
+impl Format {
+    fn write(self, value: f64) -> String {
+        match self {
+            Format::Rate if value >= 1e6 => format!("{:.2}M", value / 1e6),
+            Format::Rate if value >= 1e3 => format!("{:.1}k", value / 1e3),
+            Format::Rate | Format::Count => format!("{value:.0}"),
+            Format::Fixed1 => format!("{value:.1}"),
+            Format::Fixed2 => format!("{value:.2}"),
+            Format::Fixed3 => format!("{value:.3}"),
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// What the rows of a block measure: a payload size, `rtt`, `scale`.
+    pub section: String,
+    /// The metric, with its unit.
+    pub metric: String,
+    /// NATS's figures, if it ran.
+    pub nats: Option<Stat>,
+    /// ACMS's figures, if it ran.
+    pub acms: Option<Stat>,
+    /// ACMS median over NATS median.
+    pub ratio: Option<f64>,
+    /// How the numbers are written.
+    pub format: Format,
+}
+
+impl Row {
+    fn new(section: &str, metric: &str, format: Format, nats: &[f64], acms: &[f64]) -> Self {
+        let (nats, acms) = (Stat::of(nats), Stat::of(acms));
+        let ratio = match (nats, acms) {
+            (Some(n), Some(a)) if n.median != 0.0 => Some(a.median / n.median),
+            _ => None,
+        };
+        Self { section: section.to_owned(), metric: metric.to_owned(), nats, acms, ratio, format }
+    }
+
+    fn cell(&self, stat: Option<Stat>) -> String {
+        match stat {
+            None => "-".to_owned(),
+            Some(stat) if stat.runs == 1 || stat.min == stat.max => self.format.write(stat.median),
+            Some(stat) => format!(
+                "{} [{}–{}]",
+                self.format.write(stat.median),
+                self.format.write(stat.min),
+                self.format.write(stat.max)
+            ),
+        }
+    }
+}
+
+/// The summary of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Messages per throughput run.
+    pub n: u64,
+    /// Rounds.
+    pub rounds: u32,
+    /// The table.
+    pub rows: Vec<Row>,
+    /// ACMS over NATS, receive msg/s at 64 B.
+    pub ratio_64: Option<f64>,
+    /// ACMS over NATS, receive msg/s at 1 KiB.
+    pub ratio_1k: Option<f64>,
+    /// ACMS over NATS, round-trip p50.
+    pub rtt_p50_ratio: Option<f64>,
+    /// ACMS over NATS, round-trip p99.
+    pub rtt_p99_ratio: Option<f64>,
+}
+
+/// `64 B`, `1 KiB`, `16 KiB`.
+pub fn size_label(size: usize) -> String {
+    if size >= 1024 && size % 1024 == 0 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+type ThroughputMetric = (&'static str, Format, fn(&ThroughputRun) -> Option<f64>);
+
+/// The throughput rows, per payload size.
+const THROUGHPUT_METRICS: &[ThroughputMetric] = &[
+    ("receive msg/s", Format::Rate, |r| Some(r.recv.as_ref()?.msg_per_s)),
+    ("receive MB/s", Format::Fixed1, |r| Some(r.recv.as_ref()?.mb_per_s)),
+    ("sender msg/s", Format::Rate, |r| Some(r.send.as_ref()?.msg_per_s)),
+    ("received (count)", Format::Count, |r| Some(r.recv.as_ref()?.count as f64)),
+    ("receiver link drops", Format::Count, |r| Some(r.recv.as_ref()?.disconnects as f64)),
+    ("broker CPU µs/msg", Format::Fixed3, |r| Some(r.broker.as_ref()?.cpu_us_per_msg)),
+    ("broker CPU, cores", Format::Fixed2, |r| Some(r.broker.as_ref()?.cores)),
+    ("sender CPU, cores", Format::Fixed2, |r| {
+        let send = r.send.as_ref()?;
+        Some(send.cpu_s / send.elapsed_s)
+    }),
+    ("receiver CPU, cores", Format::Fixed2, |r| {
+        let recv = r.recv.as_ref()?;
+        (recv.elapsed_s > 0.0).then(|| recv.cpu_s / recv.elapsed_s)
+    }),
+    ("broker peak RSS MB", Format::Fixed1, |r| Some(mib(r.broker.as_ref()?.peak_rss_kib))),
+    ("broker RSS start MB", Format::Fixed1, |r| Some(mib(r.broker.as_ref()?.rss.start_kib))),
+    ("broker RSS max MB", Format::Fixed1, |r| Some(mib(r.broker.as_ref()?.rss.max_kib))),
+    ("broker RSS end MB", Format::Fixed1, |r| Some(mib(r.broker.as_ref()?.rss.end_kib))),
+];
+
+/// Throughput rows that include failed runs.
+const COUNT_METRICS: &[&str] = &["received (count)", "receiver link drops"];
+
+type RttMetric = (&'static str, Format, fn(&RttRun) -> Option<f64>);
+
+/// The round-trip rows.
+const RTT_METRICS: &[RttMetric] = &[
+    ("p50 µs", Format::Fixed1, |r| Some(r.rtt.as_ref()?.p50_us)),
+    ("p99 µs", Format::Fixed1, |r| Some(r.rtt.as_ref()?.p99_us)),
+    ("p99.9 µs", Format::Fixed1, |r| Some(r.rtt.as_ref()?.p999_us)),
+    ("broker CPU µs/trip", Format::Fixed2, |r| Some(r.broker.as_ref()?.cpu_us_per_msg)),
+];
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+impl Report {
+    /// Summarises `results`.
+    pub fn new(results: &Results) -> Self {
+        let mut rows = Vec::new();
+        for &size in &results.settings.sizes {
+            let section = size_label(size);
+            for (metric, format, get) in THROUGHPUT_METRICS {
+                let values = |system: System| -> Vec<f64> {
+                    results
+                        .throughput
+                        .iter()
+                        .filter(|r| r.system == system && r.size == size)
+                        // Failed runs count only for what arrived: it is what went wrong.
+                        .filter(|r| r.error.is_none() || COUNT_METRICS.contains(metric))
+                        .filter_map(get)
+                        .collect()
+                };
+                rows.push(Row::new(
+                    &section,
+                    metric,
+                    *format,
+                    &values(System::Nats),
+                    &values(System::Acms),
+                ));
+            }
+        }
+        let rtt_section = format!("rtt {}", size_label(results.settings.rtt_size));
+        for (metric, format, get) in RTT_METRICS {
+            let values = |system: System| -> Vec<f64> {
+                results
+                    .rtt
+                    .iter()
+                    .filter(|r| r.system == system && r.error.is_none())
+                    .filter_map(get)
+                    .collect()
+            };
+            rows.push(Row::new(
+                &rtt_section,
+                metric,
+                *format,
+                &values(System::Nats),
+                &values(System::Acms),
+            ));
+        }
+        if let Some(scale) = results.scale.as_ref().filter(|scale| scale.error.is_none()) {
+            let section = match scale.users {
+                u if u >= 1_000_000 && u % 1_000_000 == 0 => format!("{}M users", u / 1_000_000),
+                u if u >= 1000 => format!("{}k users", u / 1000),
+                u => format!("{u} users"),
+            };
+            let scale_rows: [(&str, Format, f64); 6] = [
+                ("login all, s", Format::Fixed2, scale.login_s),
+                ("hub RSS MB", Format::Fixed1, mib(scale.rss_kib)),
+                ("hub peak RSS MB", Format::Fixed1, mib(scale.peak_rss_kib)),
+                ("resync after restart, s", Format::Fixed2, scale.resync_s),
+                ("resync from kill, s", Format::Fixed2, scale.resync_from_kill_s),
+                ("RSS after resync MB", Format::Fixed1, mib(scale.rss_after_resync_kib)),
+            ];
+            for (metric, format, value) in scale_rows {
+                rows.push(Row::new(&section, metric, format, &[], &[value]));
+            }
+        }
+        let ratio = |section: &str, metric: &str| {
+            rows.iter().find(|r| r.section == section && r.metric == metric).and_then(|r| r.ratio)
+        };
+        Self {
+            n: results.settings.n,
+            rounds: results.settings.rounds,
+            ratio_64: ratio("64 B", "receive msg/s"),
+            ratio_1k: ratio("1 KiB", "receive msg/s"),
+            rtt_p50_ratio: ratio(&rtt_section, "p50 µs"),
+            rtt_p99_ratio: ratio(&rtt_section, "p99 µs"),
+            rows,
+        }
+    }
+
+    /// The table of medians [min–max], one line per metric.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "medians [min–max] over {} round(s), N = {} messages per throughput run\n",
+            self.rounds, self.n
+        );
+        let header =
+            format!("{:<10} {:<24} {:>28} {:>28} {:>9}", "", "metric", "NATS", "ACMS", "ACMS/NATS");
+        out.push_str(&header);
+        out.push('\n');
+        out.push_str(&"-".repeat(header.chars().count()));
+        let mut section = "";
+        for row in &self.rows {
+            if row.section != section {
+                out.push('\n');
+                section = &row.section;
+            }
+            let ratio = row.ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+            out.push_str(&format!(
+                "\n{:<10} {:<24} {:>28} {:>28} {:>9}",
+                row.section,
+                row.metric,
+                row.cell(row.nats),
+                row.cell(row.acms),
+                ratio
+            ));
+        }
+        out
+    }
+
+    /// `ratio_64=R ratio_1k=R rtt_p50_ratio=R rtt_p99_ratio=R`, `n/a` where a system is missing.
+    pub fn summary_line(&self) -> String {
+        let r = |ratio: Option<f64>| ratio.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"));
+        format!(
+            "ratio_64={} ratio_1k={} rtt_p50_ratio={} rtt_p99_ratio={}",
+            r(self.ratio_64),
+            r(self.ratio_1k),
+            r(self.rtt_p50_ratio),
+            r(self.rtt_p99_ratio)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats() {
+        assert_eq!(Stat::of(&[]), None);
+        let stat = Stat::of(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((stat.median, stat.min, stat.max, stat.runs), (2.0, 1.0, 3.0, 3));
+        assert_eq!(Stat::of(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(Format::Rate.write(3_100_000.0), "3.10M");
+        assert_eq!(Format::Rate.write(880_400.0), "880.4k");
+        assert_eq!(size_label(64), "64 B");
+        assert_eq!(size_label(1024), "1 KiB");
+        assert_eq!(size_label(16384), "16 KiB");
+    }
+
+    #[test]
+    fn ratio_is_acms_over_nats() {
+        let row = Row::new("64 B", "receive msg/s", Format::Rate, &[2.0, 2.0], &[3.0]);
+        assert_eq!(row.ratio, Some(1.5));
+        assert_eq!(Row::new("x", "y", Format::Rate, &[], &[1.0]).ratio, None);
+    }
+}

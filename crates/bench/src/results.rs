@@ -1,0 +1,199 @@
+//! What a run measured, as `results.json` holds it: the resolved settings and every
+//! throughput, round-trip and scale measurement, failed ones included with their error.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::RssSamples;
+use crate::wire::{RecvResult, RttResult, SendResult};
+
+/// A broker under comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    /// nats-server, core pub/sub.
+    Nats,
+    /// The ACMS hub.
+    Acms,
+}
+
+impl System {
+    /// Both, in the order each round runs them.
+    pub const ALL: [System; 2] = [System::Nats, System::Acms];
+
+    /// Lower-case name, also the prefix of the worker roles.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Nats => "nats",
+            System::Acms => "acms",
+        }
+    }
+
+    /// Display name.
+    pub fn title(self) -> &'static str {
+        match self {
+            System::Nats => "NATS",
+            System::Acms => "ACMS",
+        }
+    }
+}
+
+/// The settings a run used, with every default resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// `--quick` was given.
+    pub quick: bool,
+    /// Messages per throughput run.
+    pub n: u64,
+    /// Rounds.
+    pub rounds: u32,
+    /// Users on the receiving server.
+    pub users: u64,
+    /// Systems measured, in run order.
+    pub systems: Vec<System>,
+    /// Payload sizes, bytes.
+    pub sizes: Vec<usize>,
+    /// Round trips measured per run.
+    pub rtt_iterations: u64,
+    /// Round trips before measuring.
+    pub rtt_warmup: u64,
+    /// Round-trip payload size, bytes.
+    pub rtt_size: usize,
+    /// Users of the scale step, if it runs.
+    pub scale_users: Option<u64>,
+    /// App servers of the scale step.
+    pub scale_servers: u64,
+    /// acms binary used.
+    pub acms_bin: PathBuf,
+    /// nats-server binary used.
+    pub nats_bin: PathBuf,
+}
+
+/// Broker figures over one measured window.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct BrokerUsage {
+    /// Wall seconds of the window (receiver ready to receiver done, or the whole rtt run).
+    pub window_s: f64,
+    /// CPU seconds (user + system) the broker used in the window.
+    pub cpu_s: f64,
+    /// Cores' worth of CPU: `cpu_s / window_s`.
+    pub cores: f64,
+    /// CPU µs per message received (throughput) or per round trip (rtt).
+    pub cpu_us_per_msg: f64,
+    /// Peak RSS of the broker's life so far (`VmHWM`), KiB.
+    pub peak_rss_kib: u64,
+    /// RSS sampled every 100 ms over the window.
+    pub rss: RssSamples,
+}
+
+/// One throughput measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThroughputRun {
+    /// Broker.
+    pub system: System,
+    /// Payload size, bytes.
+    pub size: usize,
+    /// Round, from 1.
+    pub round: u32,
+    /// Why the run failed, if it did.
+    pub error: Option<String>,
+    /// The receiver's measurement.
+    pub recv: Option<RecvResult>,
+    /// The sender's measurement.
+    pub send: Option<SendResult>,
+    /// The broker's.
+    pub broker: Option<BrokerUsage>,
+}
+
+/// One round-trip measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RttRun {
+    /// Broker.
+    pub system: System,
+    /// Round, from 1.
+    pub round: u32,
+    /// Why the run failed, if it did.
+    pub error: Option<String>,
+    /// The client's measurement.
+    pub rtt: Option<RttResult>,
+    /// The broker's.
+    pub broker: Option<BrokerUsage>,
+}
+
+/// The scale step: many users, then a hub restart.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ScaleRun {
+    /// Why the step failed, if it did.
+    pub error: Option<String>,
+    /// App servers.
+    pub servers: u64,
+    /// Users in all.
+    pub users: u64,
+    /// Seconds from starting the servers until the hub confirmed every login (the slowest).
+    pub login_s: f64,
+    /// Broker CPU seconds for the logins.
+    pub login_cpu_s: f64,
+    /// Hub RSS once every user is logged in, KiB.
+    pub rss_kib: u64,
+    /// Hub peak RSS over the logins, KiB.
+    pub peak_rss_kib: u64,
+    /// Seconds from the new hub listening until the last server had re-sent all its users.
+    pub resync_s: f64,
+    /// The same from the moment the old hub was killed (includes start-up and backoff).
+    pub resync_from_kill_s: f64,
+    /// Seconds from the new hub listening until the last server was `Connected` again.
+    pub reconnect_s: f64,
+    /// The restarted hub's RSS once resynced, KiB.
+    pub rss_after_resync_kib: u64,
+    /// The restarted hub's CPU seconds for the resync.
+    pub resync_cpu_s: f64,
+}
+
+/// Everything a run measured: what `results.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    /// When the run started, UTC.
+    pub started_utc: String,
+    /// Resolved settings.
+    pub settings: Settings,
+    /// `nats-server --version`, if NATS ran.
+    pub nats_version: Option<String>,
+    /// Cores of the machine.
+    pub cores: usize,
+    /// Clock ticks per second assumed for /proc CPU times.
+    pub clock_ticks_per_s: u64,
+    /// Throughput runs in the order they ran.
+    pub throughput: Vec<ThroughputRun>,
+    /// Round-trip runs in the order they ran.
+    pub rtt: Vec<RttRun>,
+    /// The scale step, if it ran.
+    pub scale: Option<ScaleRun>,
+}
+
+impl Results {
+    /// Problems that make the run a failure: failed runs and counts other than N.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for run in &self.throughput {
+            let what = format!("{} {} B round {}", run.system.title(), run.size, run.round);
+            match (&run.error, &run.recv) {
+                (Some(error), _) => problems.push(format!("{what}: {error}")),
+                (None, Some(recv)) if recv.count != self.settings.n => problems.push(format!(
+                    "{what}: received {} of {} messages",
+                    recv.count, self.settings.n
+                )),
+                _ => {}
+            }
+        }
+        for run in &self.rtt {
+            if let Some(error) = &run.error {
+                problems.push(format!("{} rtt round {}: {error}", run.system.title(), run.round));
+            }
+        }
+        if let Some(error) = self.scale.as_ref().and_then(|scale| scale.error.as_ref()) {
+            problems.push(format!("scale step: {error}"));
+        }
+        problems
+    }
+}
