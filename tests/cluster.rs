@@ -359,3 +359,39 @@ async fn a_batch_goes_local_and_through_the_hub_in_order() {
     }
     assert_eq!(hub.hub.stats().relayed_frames, 400);
 }
+
+#[tokio::test]
+async fn two_servers_sending_hard_to_each_other_do_not_wedge() {
+    let config = HubConfig { high_water_bytes: 16 * 1024, ..HubConfig::default() };
+    let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let s0 = TestServer::start(0, hub.addr).await;
+    let s1 = TestServer::start(1, hub.addr).await;
+    s0.login(&["alice"]).await;
+    s1.login(&["bob"]).await;
+
+    // Far more than the socket buffers between them hold.
+    const COUNT: usize = 4_000;
+    let run = |server: TestServer, from: &'static str, to: &'static str| {
+        tokio::spawn(async move {
+            let TestServer { cluster, mut events } = server;
+            let receiver = tokio::spawn(async move {
+                let mut received = 0;
+                while received < COUNT {
+                    received += events.recv_batch().await.expect("events open").len();
+                }
+                received
+            });
+            let payload = Bytes::from(vec![b'x'; 16 * 1024]);
+            for _ in 0..COUNT {
+                cluster.send_to_user(&user(from), &user(to), payload.clone()).await.unwrap();
+            }
+            let received = tokio::time::timeout(PATIENCE, receiver).await.expect("all in time");
+            (cluster, received.unwrap())
+        })
+    };
+    let (a, b) = (run(s0, "alice", "bob"), run(s1, "bob", "alice"));
+    let ((_c0, got0), (_c1, got1)) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!((got0, got1), (COUNT, COUNT));
+    let stats = hub.hub.stats();
+    assert_eq!((stats.relayed_frames, stats.slow_consumers), (2 * COUNT as u64, 0));
+}

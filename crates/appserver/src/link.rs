@@ -29,6 +29,10 @@ use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers};
 /// Most commands taken from the queue for one write.
 const MAX_BATCH: usize = 1024;
 
+/// Encoded bytes waiting for the socket above which no more commands are taken: the app's
+/// sends then wait in the bounded command queue.
+const MAX_PENDING_OUT: usize = 256 * 1024;
+
 /// Room made in the read buffer before each read: many small frames per system call.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -100,6 +104,7 @@ struct Closed;
 /// What woke the session loop.
 enum Step<'a> {
     Shutdown,
+    Wrote(io::Result<usize>),
     Room(Option<mpsc::Permit<'a, Vec<Event>>>),
     Commands(usize),
     Read(io::Result<bool>),
@@ -266,10 +271,19 @@ impl Link {
                 biased;
                 _ = shutdown.cancelled() => Step::Shutdown,
                 permit = events.reserve(), if self.pending_events.is_some() => Step::Room(permit.ok()),
-                count = self.commands.recv_many(&mut batch, MAX_BATCH) => Step::Commands(count),
+                // Writing is one branch among the others, so the hub's frames are still read
+                // while the hub is not taking ours: two servers sending hard to each other
+                // cannot wedge each other's connections.
+                written = writer.write_buf(&mut out), if !out.is_empty() => Step::Wrote(written),
+                count = self.commands.recv_many(&mut batch, MAX_BATCH), if out.len() < MAX_PENDING_OUT => Step::Commands(count),
                 read = reader.read_more(), if self.pending_events.is_none() => Step::Read(read),
             };
             match step {
+                Step::Wrote(written) => {
+                    if written? == 0 {
+                        return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                    }
+                }
                 Step::Shutdown => {
                     // Send what the app queued before it closed.
                     while let Ok(command) = self.commands.try_recv() {
@@ -290,6 +304,7 @@ impl Link {
                 }
                 Step::Commands(0) => {
                     // Every handle is gone: nothing more will be sent.
+                    writer.write_all_buf(&mut out).await?;
                     writer.shutdown().await?;
                     return Ok(Closed);
                 }
@@ -304,9 +319,6 @@ impl Link {
                     }
                     self.handle_buffered(&mut reader, &mut out)?;
                 }
-            }
-            if !out.is_empty() {
-                writer.write_all_buf(&mut out).await?;
             }
         }
     }
