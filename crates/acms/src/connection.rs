@@ -411,6 +411,8 @@ impl Connection {
                 let _ = self.send(Control::error(code, reason));
             }
         }
+        // Frames relayed from now on bounce at once, and senders paused on this queue resume.
+        self.outbox.close();
         if let Some(server) = self.server.take() {
             self.shared.registry.unregister(server, &self.users);
         }
