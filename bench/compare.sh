@@ -6,6 +6,14 @@
 #   bash bench/compare.sh            # full run: N = 2,000,000, 5 rounds, 1M-user scale step
 #   bash bench/compare.sh --quick    # N = 200,000, 3 rounds, no scale step (a few minutes)
 #
+# Both systems get the same client policy by default, so the table compares the brokers: the
+# sender hands over about 64 KiB of messages at a time (NATS: PUB commands written by a raw
+# protocol driver, one write per batch; ACMS: Cluster::send_batch) and the receiver takes
+# whole reads (NATS: MSG frames parsed from 64 KiB+ reads; ACMS: Events::recv_batch). The
+# round trips use the client libraries (async-nats request/reply; Cluster::send_to_user).
+# --nats-client async-nats, --acms-send single, --nats-rtt-client raw, --batch-bytes B change
+# that; the table's header and results.json say which policy ran.
+#
 # Results (results.json, chart.png, logs) go to bench/results/<UTC timestamp> unless --out says
 # otherwise; the last line printed is the summary `ratio_64=R ratio_1k=R rtt_p50_ratio=R ...`.
 set -euo pipefail

@@ -3,11 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use acms_appserver::{Cluster, Event, Events, LinkState, ServerId, UserId};
+use acms_appserver::{Cluster, Event, Events, LinkState, Outgoing, ServerId, UserId};
 use anyhow::{Context, bail};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::results::AcmsSend;
 use crate::wire::{self, RecvCounter, RttResult, ScaleReady, ScaleResynced, SendResult};
 use crate::{EchoArgs, RecvArgs, RttArgs, ScaleArgs, SendArgs};
 
@@ -91,6 +92,7 @@ pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
         }
         let mut result = counter.result();
         result.timed_out = timed_out;
+        result.policy = format!("{} users logged in, Events::recv_batch", args.users);
         cluster.close().await;
         drop(cluster);
         result.disconnects = disconnects.await.unwrap_or_default();
@@ -99,6 +101,10 @@ pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
 }
 
 /// Sending AS: sends N messages of the payload size to uniformly random users, then flushes.
+///
+/// With `--send batch` (the default) a `Cluster::send_batch` call takes
+/// [`wire::batch_msgs`] messages (about 64 KiB of frames), as the NATS raw sender writes that
+/// many `PUB` commands at a time; `--send single` calls `Cluster::send_to_user` per message.
 pub fn send(args: SendArgs) -> anyhow::Result<()> {
     wire::runtime()?.block_on(async {
         let _done = wire::watch_stdin();
@@ -121,10 +127,34 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
 
         let (start, start_ns) = (Instant::now(), crate::sys::unix_ns());
         let cpu0 = crate::sys::cpu_time("self")?;
-        for _ in 0..args.n {
-            let to = &users[rng.random_range(0..users.len())];
-            cluster.send_to_user(&from, to, payload.clone()).await?;
-        }
+        let (batches, policy) = match args.send {
+            AcmsSend::Batch => {
+                let per_batch = wire::batch_msgs(args.size, args.batch_bytes) as u64;
+                let (mut left, mut batches) = (args.n, 0);
+                while left > 0 {
+                    let count = per_batch.min(left);
+                    let messages = (0..count).map(|_| Outgoing {
+                        from: from.clone(),
+                        to: users[rng.random_range(0..users.len())].clone(),
+                        payload: payload.clone(),
+                    });
+                    let routes = cluster.send_batch(messages).await?;
+                    if routes.local > 0 {
+                        bail!("{} messages were for users of the sender itself", routes.local);
+                    }
+                    batches += 1;
+                    left -= count;
+                }
+                (batches, format!("Cluster::send_batch of {per_batch} messages, then flush"))
+            }
+            AcmsSend::Single => {
+                for _ in 0..args.n {
+                    let to = &users[rng.random_range(0..users.len())];
+                    cluster.send_to_user(&from, to, payload.clone()).await?;
+                }
+                (args.n, "Cluster::send_to_user per message, then flush".to_owned())
+            }
+        };
         let queued = start.elapsed();
         cluster.flush().await?;
         let elapsed = start.elapsed();
@@ -143,6 +173,8 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
                 msg_per_s: args.n as f64 / elapsed.as_secs_f64(),
                 cpu_s: cpu.as_secs_f64(),
                 undeliverable,
+                policy,
+                batches,
             },
         )
     })

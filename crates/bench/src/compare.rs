@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use crate::broker::{self, Broker};
 use crate::child::Worker;
-use crate::results::{BrokerUsage, Results, RttRun, ScaleRun, Settings, System, ThroughputRun};
+use crate::results::{
+    AcmsSend, BrokerUsage, NatsClient, Results, RttRun, ScaleRun, Settings, System, ThroughputRun,
+};
 use crate::sys;
 use crate::wire::{self, RecvResult, RttResult, ScaleReady, ScaleResynced, SendResult};
 
@@ -59,6 +61,22 @@ pub struct CompareArgs {
     /// TTF font for the chart's text (the chart is skipped, with a warning, without it).
     #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
     pub font: PathBuf,
+    /// NATS client of the throughput runs: `raw` writes PUB commands in batches of
+    /// --batch-bytes and parses MSG frames from large reads; `async-nats` publishes one message
+    /// per call and receives through one subscription per user.
+    #[arg(long, value_enum, default_value_t = NatsClient::Raw)]
+    pub nats_client: NatsClient,
+    /// NATS client of the round trips (client and echo).
+    #[arg(long, value_enum, default_value_t = NatsClient::AsyncNats)]
+    pub nats_rtt_client: NatsClient,
+    /// How the ACMS sender sends: `batch` (Cluster::send_batch, --batch-bytes of frames a call)
+    /// or `single` (Cluster::send_to_user per message).
+    #[arg(long, value_enum, default_value_t = AcmsSend::Batch)]
+    pub acms_send: AcmsSend,
+    /// Bytes of frames per client write (NATS raw) or send_batch call (ACMS batch); both send
+    /// the same number of messages per batch, batch-bytes / (payload + 30).
+    #[arg(long, default_value_t = wire::DEFAULT_BATCH_BYTES)]
+    pub batch_bytes: usize,
 }
 
 /// What one measurement needs to know.
@@ -114,6 +132,14 @@ pub fn run(args: CompareArgs) -> anyhow::Result<bool> {
         settings.systems.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
         out.display()
     );
+    for &system in &settings.systems {
+        eprintln!(
+            "acms-bench: {} throughput: {}; rtt: {}",
+            system.title(),
+            settings.throughput_policy(system),
+            settings.rtt_policy(system)
+        );
+    }
     let cx = Bench { settings: settings.clone(), out: out.clone(), logs, nats_config };
     let mut results = Results {
         started_utc,
@@ -234,6 +260,10 @@ fn resolve(args: &CompareArgs) -> anyhow::Result<Settings> {
         scale_servers: args.scale_servers.max(1),
         acms_bin,
         nats_bin: find_nats(&args.nats_bin),
+        nats_client: args.nats_client,
+        nats_rtt_client: args.nats_rtt_client,
+        acms_send: args.acms_send,
+        batch_bytes: args.batch_bytes.max(1),
     })
 }
 
@@ -281,41 +311,46 @@ fn measure_throughput(cx: &Bench, run: &mut ThroughputRun) -> anyhow::Result<()>
     let label = format!("r{}-{}-{}", run.round, system.name(), size);
     let mut broker = cx.start_broker(system, &label)?;
     let rss = broker.sample_rss();
-    let mut receiver = cx.worker(
-        &format!("{label}-recv"),
-        strings([
-            &format!("{}-recv", system.name()),
-            "--addr",
-            &broker.url,
-            "--server-id",
-            "1",
-            "--users",
-            &s.users.to_string(),
-            "--n",
-            &s.n.to_string(),
-        ]),
-    )?;
+    let mut recv_args = strings([
+        &format!("{}-recv", system.name()),
+        "--addr",
+        &broker.url,
+        "--server-id",
+        "1",
+        "--users",
+        &s.users.to_string(),
+        "--n",
+        &s.n.to_string(),
+    ]);
+    if system == System::Nats {
+        recv_args.extend(strings(["--client", s.nats_client.name()]));
+    }
+    let mut receiver = cx.worker(&format!("{label}-recv"), recv_args)?;
     let _: wire::Ready = receiver.wait_for(wire::READY, ready_timeout(s.users))?;
 
     let (cpu0, window) = (broker.cpu()?, Instant::now());
-    let mut sender = cx.worker(
-        &format!("{label}-send"),
-        strings([
-            &format!("{}-send", system.name()),
-            "--addr",
-            &broker.url,
-            "--server-id",
-            "2",
-            "--users",
-            &s.users.to_string(),
-            "--n",
-            &s.n.to_string(),
-            "--size",
-            &size.to_string(),
-            "--seed",
-            &u64::from(run.round).to_string(),
-        ]),
-    )?;
+    let mut send_args = strings([
+        &format!("{}-send", system.name()),
+        "--addr",
+        &broker.url,
+        "--server-id",
+        "2",
+        "--users",
+        &s.users.to_string(),
+        "--n",
+        &s.n.to_string(),
+        "--size",
+        &size.to_string(),
+        "--seed",
+        &u64::from(run.round).to_string(),
+        "--batch-bytes",
+        &s.batch_bytes.to_string(),
+    ]);
+    match system {
+        System::Nats => send_args.extend(strings(["--client", s.nats_client.name()])),
+        System::Acms => send_args.extend(strings(["--send", s.acms_send.name()])),
+    }
+    let mut sender = cx.worker(&format!("{label}-send"), send_args)?;
     let timeout = result_timeout(s.n, size);
     let sent = sender.wait_for::<SendResult>(wire::RESULT, timeout);
     // Even if the sender failed, the receiver says how many messages did arrive. It may have
@@ -360,15 +395,27 @@ fn measure_rtt(cx: &Bench, run: &mut RttRun) -> anyhow::Result<()> {
     let label = format!("r{}-{}-rtt", run.round, system.name());
     let mut broker = cx.start_broker(system, &label)?;
     let rss = broker.sample_rss();
+    let rtt_client = |mut args: Vec<String>| {
+        if system == System::Nats {
+            args.extend(strings(["--client", s.nats_rtt_client.name()]));
+        }
+        args
+    };
     let mut echo = cx.worker(
         &format!("{label}-echo"),
-        strings([&format!("{}-echo", system.name()), "--addr", &broker.url, "--server-id", "3"]),
+        rtt_client(strings([
+            &format!("{}-echo", system.name()),
+            "--addr",
+            &broker.url,
+            "--server-id",
+            "3",
+        ])),
     )?;
     let _: wire::Ready = echo.wait_for(wire::READY, ready_timeout(1))?;
     let (cpu0, window) = (broker.cpu()?, Instant::now());
     let mut client = cx.worker(
         &format!("{label}-client"),
-        strings([
+        rtt_client(strings([
             &format!("{}-rtt", system.name()),
             "--addr",
             &broker.url,
@@ -380,7 +427,7 @@ fn measure_rtt(cx: &Bench, run: &mut RttRun) -> anyhow::Result<()> {
             &s.rtt_warmup.to_string(),
             "--size",
             &s.rtt_size.to_string(),
-        ]),
+        ])),
     )?;
     // Even at 1 ms a round trip this is far off.
     let timeout = Duration::from_secs(60) + Duration::from_millis(s.rtt_iterations + s.rtt_warmup);

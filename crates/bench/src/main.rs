@@ -6,8 +6,12 @@
 //!
 //! - **throughput**: a receiver with U users online (NATS: one subscription per user), a sender
 //!   sending N messages of one payload size to random users among them; measured at the
-//!   receiver, with the sender's rate and the broker's CPU and RSS from `/proc`;
-//! - **round trip**: a client and an echo server, one message in flight (hdrhistogram);
+//!   receiver, with the sender's rate and the broker's CPU and RSS from `/proc`. Both systems
+//!   get the same client policy: about 64 KiB of messages per client write (NATS: raw `PUB`
+//!   commands, see `nats_raw`; ACMS: `Cluster::send_batch`), whole reads counted at the
+//!   receiver (NATS: raw `MSG` parser; ACMS: `Events::recv_batch`);
+//! - **round trip**: a client and an echo server, one message in flight (hdrhistogram), through
+//!   the client libraries (async-nats request/reply; `Cluster::send_to_user`) by default;
 //! - **scale** (ACMS only): 1,000,000 users from 10 app servers, then the hub killed and
 //!   restarted on the same port, timed until every server has re-sent its users.
 //!
@@ -26,7 +30,10 @@
 //! - `child`: worker processes spoken to by lines, with deadlines, killed on drop.
 //! - `wire`: what workers print (`READY`, `RESULT`, `RESYNCED`) and what every role shares.
 //! - `acms_roles`: receiver, sender, echo, rtt client and scale server on `acms_appserver`.
-//! - `nats_roles`: receiver, sender, echo and rtt client on `async-nats`.
+//! - `nats_raw`: receiver, sender, echo and rtt client speaking the NATS client protocol over
+//!   a plain TCP stream (the default for throughput: see its module docs for why).
+//! - `nats_roles`: receiver, sender, echo and rtt client on `async-nats` (the default for the
+//!   round trip, and `--nats-client async-nats` for throughput).
 //! - `report`: medians, the table, the summary line; `chart`: `chart.png` (plotters).
 //! - `sys`: clocks and `/proc` readings.
 
@@ -35,6 +42,7 @@ mod broker;
 mod chart;
 mod child;
 mod compare;
+mod nats_raw;
 mod nats_roles;
 mod report;
 mod results;
@@ -44,6 +52,8 @@ mod wire;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::results::{AcmsSend, NatsClient};
 
 /// Benchmark the ACMS hub against nats-server: throughput, round trip, scale.
 #[derive(Debug, Parser)]
@@ -105,6 +115,9 @@ pub struct RecvArgs {
     /// Messages to wait for.
     #[arg(long)]
     pub n: u64,
+    /// NATS client driver.
+    #[arg(long, value_enum, default_value_t = NatsClient::Raw)]
+    pub client: NatsClient,
 }
 
 /// Flags of a sending worker.
@@ -128,6 +141,15 @@ pub struct SendArgs {
     /// Seed of the recipient sequence (the same seed gives both systems the same sequence).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// NATS client driver.
+    #[arg(long, value_enum, default_value_t = NatsClient::Raw)]
+    pub client: NatsClient,
+    /// How ACMS sends.
+    #[arg(long, value_enum, default_value_t = AcmsSend::Batch)]
+    pub send: AcmsSend,
+    /// Bytes of frames per batch (NATS raw writes, ACMS `send_batch` calls).
+    #[arg(long, default_value_t = wire::DEFAULT_BATCH_BYTES)]
+    pub batch_bytes: usize,
 }
 
 /// Flags of an echo worker.
@@ -139,6 +161,9 @@ pub struct EchoArgs {
     /// App server id (ACMS).
     #[arg(long, default_value_t = 3)]
     pub server_id: u32,
+    /// NATS client driver.
+    #[arg(long, value_enum, default_value_t = NatsClient::AsyncNats)]
+    pub client: NatsClient,
 }
 
 /// Flags of a round-trip client worker.
@@ -159,6 +184,9 @@ pub struct RttArgs {
     /// Payload size, bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// NATS client driver.
+    #[arg(long, value_enum, default_value_t = NatsClient::AsyncNats)]
+    pub client: NatsClient,
 }
 
 /// Flags of a scale-step worker.
@@ -196,10 +224,22 @@ fn main() -> ExitCode {
                 Role::AcmsEcho(args) => acms_roles::echo(args),
                 Role::AcmsRtt(args) => acms_roles::rtt(args),
                 Role::AcmsScale(args) => acms_roles::scale(args),
-                Role::NatsRecv(args) => nats_roles::recv(args),
-                Role::NatsSend(args) => nats_roles::send(args),
-                Role::NatsEcho(args) => nats_roles::echo(args),
-                Role::NatsRtt(args) => nats_roles::rtt(args),
+                Role::NatsRecv(args) => match args.client {
+                    NatsClient::Raw => nats_raw::recv(args),
+                    NatsClient::AsyncNats => nats_roles::recv(args),
+                },
+                Role::NatsSend(args) => match args.client {
+                    NatsClient::Raw => nats_raw::send(args),
+                    NatsClient::AsyncNats => nats_roles::send(args),
+                },
+                Role::NatsEcho(args) => match args.client {
+                    NatsClient::Raw => nats_raw::echo(args),
+                    NatsClient::AsyncNats => nats_roles::echo(args),
+                },
+                Role::NatsRtt(args) => match args.client {
+                    NatsClient::Raw => nats_raw::rtt(args),
+                    NatsClient::AsyncNats => nats_roles::rtt(args),
+                },
             }
         }
     };

@@ -1,5 +1,11 @@
 //! Worker roles on NATS, with the `async-nats` client: the same workloads as
 //! [`crate::acms_roles`], one subject per user.
+//!
+//! The default for the round trip (`--nats-rtt-client`), where one message is in flight and the
+//! client library is part of what a user gets, as `acms_appserver` is on the other side. For
+//! throughput it is the alternative `--nats-client async-nats`: it publishes one message per
+//! call and its subscriber saturates its core first, so [`crate::nats_raw`] is the default
+//! there (its module docs say more).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,6 +122,7 @@ pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
         result.timed_out = timed_out;
         result.slow_consumer_events = notices.slow_consumer.load(Ordering::Relaxed);
         result.disconnects = notices.disconnects.load(Ordering::Relaxed);
+        result.policy = format!("async-nats: {} subscriptions, select_all", args.users);
         wire::emit(wire::RESULT, &result)
     })
 }
@@ -150,6 +157,8 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
                 msg_per_s: args.n as f64 / elapsed.as_secs_f64(),
                 cpu_s: cpu.as_secs_f64(),
                 undeliverable: 0,
+                policy: "async-nats: publish() per message, then a server round trip".to_owned(),
+                batches: args.n,
             },
         )
     })

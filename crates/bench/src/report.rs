@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::results::{Results, RttRun, System, ThroughputRun};
+use crate::results::{AcmsSend, NatsClient, Results, RttRun, System, ThroughputRun};
 
 /// Median, min and max of one metric over the successful rounds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -121,6 +121,10 @@ pub struct Report {
     pub rtt_p50_ratio: Option<f64>,
     /// ACMS over NATS, round-trip p99.
     pub rtt_p99_ratio: Option<f64>,
+    /// How each system was driven: one line per system and kind of run, then the batch sizes.
+    pub policy: Vec<String>,
+    /// Short names of the throughput drivers, for the column heads: NATS's, then ACMS's.
+    pub drivers: [String; 2],
 }
 
 /// `64 B`, `1 KiB`, `16 KiB`.
@@ -239,9 +243,40 @@ impl Report {
         let ratio = |section: &str, metric: &str| {
             rows.iter().find(|r| r.section == section && r.metric == metric).and_then(|r| r.ratio)
         };
+        let s = &results.settings;
+        let mut policy = Vec::new();
+        for &system in &s.systems {
+            policy.push(format!(
+                "{} client: throughput {}; rtt {}",
+                system.title(),
+                s.throughput_policy(system),
+                s.rtt_policy(system)
+            ));
+        }
+        let batched = (s.systems.contains(&System::Nats) && s.nats_client == NatsClient::Raw)
+            || (s.systems.contains(&System::Acms) && s.acms_send == AcmsSend::Batch);
+        if batched {
+            let sizes: Vec<String> = s
+                .sizes
+                .iter()
+                .map(|&size| format!("{} = {}", size_label(size), s.batch_msgs(size)))
+                .collect();
+            policy.push(format!("messages per batch: {}", sizes.join(", ")));
+        }
+        let driver = |system: System, name: &str| {
+            if s.systems.contains(&system) {
+                format!("{} ({name})", system.title())
+            } else {
+                system.title().to_owned()
+            }
+        };
+        let drivers =
+            [driver(System::Nats, s.nats_client.name()), driver(System::Acms, s.acms_send.name())];
         Self {
             n: results.settings.n,
             rounds: results.settings.rounds,
+            policy,
+            drivers,
             ratio_64: ratio("64 B", "receive msg/s"),
             ratio_1k: ratio("1 KiB", "receive msg/s"),
             rtt_p50_ratio: ratio(&rtt_section, "p50 µs"),
@@ -256,8 +291,14 @@ impl Report {
             "medians [min–max] over {} round(s), N = {} messages per throughput run\n",
             self.rounds, self.n
         );
-        let header =
-            format!("{:<10} {:<24} {:>28} {:>28} {:>9}", "", "metric", "NATS", "ACMS", "ACMS/NATS");
+        for line in &self.policy {
+            out.push_str(line);
+            out.push('\n');
+        }
+        let header = format!(
+            "{:<10} {:<24} {:>28} {:>28} {:>9}",
+            "", "metric", self.drivers[0], self.drivers[1], "ACMS/NATS"
+        );
         out.push_str(&header);
         out.push('\n');
         out.push_str(&"-".repeat(header.chars().count()));

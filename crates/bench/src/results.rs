@@ -39,6 +39,62 @@ impl System {
     }
 }
 
+/// How the NATS workers talk to nats-server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatsClient {
+    /// The client protocol spoken over a plain TCP stream by [`crate::nats_raw`]: the sender
+    /// writes its PUB commands in batches, the receiver parses MSG frames from large reads.
+    Raw,
+    /// The `async-nats` client library: one `publish` per message, one subscription per user.
+    AsyncNats,
+}
+
+impl NatsClient {
+    /// Lower-case name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatsClient::Raw => "raw",
+            NatsClient::AsyncNats => "async-nats",
+        }
+    }
+
+    /// What results written before the choice existed used.
+    fn legacy() -> Self {
+        NatsClient::AsyncNats
+    }
+}
+
+/// How the ACMS sending app server hands its messages to the library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmsSend {
+    /// `Cluster::send_batch` with about `--batch-bytes` of frames per call.
+    Batch,
+    /// `Cluster::send_to_user`, one call per message.
+    Single,
+}
+
+impl AcmsSend {
+    /// Lower-case name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            AcmsSend::Batch => "batch",
+            AcmsSend::Single => "single",
+        }
+    }
+
+    /// What results written before the choice existed used.
+    fn legacy() -> Self {
+        AcmsSend::Single
+    }
+}
+
+/// The batch size results written before the choice existed would have used.
+fn legacy_batch_bytes() -> usize {
+    crate::wire::DEFAULT_BATCH_BYTES
+}
+
 /// The settings a run used, with every default resolved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -68,6 +124,55 @@ pub struct Settings {
     pub acms_bin: PathBuf,
     /// nats-server binary used.
     pub nats_bin: PathBuf,
+    /// NATS client of the throughput runs.
+    #[serde(default = "NatsClient::legacy")]
+    pub nats_client: NatsClient,
+    /// NATS client of the round trips.
+    #[serde(default = "NatsClient::legacy")]
+    pub nats_rtt_client: NatsClient,
+    /// How the ACMS sender sends in the throughput runs.
+    #[serde(default = "AcmsSend::legacy")]
+    pub acms_send: AcmsSend,
+    /// Bytes of frames per client write (NATS raw) or `send_batch` call (ACMS batch): each
+    /// batch holds [`crate::wire::batch_msgs`] messages, the same count on both systems.
+    #[serde(default = "legacy_batch_bytes")]
+    pub batch_bytes: usize,
+}
+
+impl Settings {
+    /// Messages per client write or `send_batch` call at payload `size`.
+    pub fn batch_msgs(&self, size: usize) -> usize {
+        crate::wire::batch_msgs(size, self.batch_bytes)
+    }
+
+    /// The throughput write and read policy of `system`, in words.
+    pub fn throughput_policy(&self, system: System) -> String {
+        match (system, self.nats_client, self.acms_send) {
+            (System::Nats, NatsClient::Raw, _) => format!(
+                "raw protocol: PUB commands in ~{} KiB writes, MSG parsed from reads of >= 64 KiB",
+                self.batch_bytes / 1024
+            ),
+            (System::Nats, NatsClient::AsyncNats, _) => {
+                "async-nats: publish() per message, a subscription per user".to_owned()
+            }
+            (System::Acms, _, AcmsSend::Batch) => format!(
+                "Cluster::send_batch of ~{} KiB of frames, Events::recv_batch",
+                self.batch_bytes / 1024
+            ),
+            (System::Acms, _, AcmsSend::Single) => {
+                "Cluster::send_to_user per message, Events::recv_batch".to_owned()
+            }
+        }
+    }
+
+    /// The round-trip client of `system`, in words.
+    pub fn rtt_policy(&self, system: System) -> &'static str {
+        match (system, self.nats_rtt_client) {
+            (System::Nats, NatsClient::AsyncNats) => "async-nats request/reply",
+            (System::Nats, NatsClient::Raw) => "raw protocol on client and echo: PUB with reply",
+            (System::Acms, _) => "Cluster::send_to_user, Events::recv",
+        }
+    }
 }
 
 /// Broker figures over one measured window.

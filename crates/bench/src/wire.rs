@@ -27,6 +27,20 @@ pub const DONE: &str = "DONE";
 /// How long a receiver waits for more messages once the sender is done and it still misses some.
 pub const IDLE_AFTER_DONE: Duration = Duration::from_secs(2);
 
+/// Default bytes of frames per client write or `send_batch` call, as the reference NATS
+/// figures were measured ("the sender writing in 64 KiB batches").
+pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
+
+/// Bytes reckoned per message besides its payload when sizing a batch: about an ACMS data
+/// frame's header with these user names (a NATS `PUB` line is a little shorter).
+pub const MESSAGE_OVERHEAD: usize = 30;
+
+/// Messages per batch of about `batch_bytes` at payload `size`: the same count for both
+/// systems, at least one.
+pub fn batch_msgs(size: usize, batch_bytes: usize) -> usize {
+    (batch_bytes / (size + MESSAGE_OVERHEAD)).max(1)
+}
+
 /// Name of user `i` of a run: the same on both systems (it is also the NATS subject).
 pub fn user_name(i: u64) -> String {
     format!("u{i}")
@@ -71,6 +85,9 @@ pub struct RecvResult {
     pub slow_consumer_events: u64,
     /// Whether the receiver stopped on the idle timeout rather than on the last message.
     pub timed_out: bool,
+    /// How it read, in words.
+    #[serde(default)]
+    pub policy: String,
 }
 
 /// What a sending worker measured.
@@ -90,6 +107,13 @@ pub struct SendResult {
     pub cpu_s: f64,
     /// Messages the broker returned as undeliverable (ACMS only).
     pub undeliverable: u64,
+    /// How it sent, in words.
+    #[serde(default)]
+    pub policy: String,
+    /// Client calls that handed the messages over: socket writes (NATS raw), `send_batch`
+    /// calls (ACMS batch), or one per message.
+    #[serde(default)]
+    pub batches: u64,
 }
 
 /// What a round-trip client measured.
