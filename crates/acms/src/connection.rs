@@ -1,8 +1,9 @@
 //! One AS connection: the handshake, then a reader loop that registers users and relays frames,
 //! beside a writer task that drains the connection's [`Outbox`].
 //!
-//! The reader decodes every whole frame one socket read brought, stages relayed frames by
-//! destination server, and hands each destination its frames as one batch before reading again.
+//! The reader routes every whole frame one socket read brought where it lies in the read buffer,
+//! stages runs of frames by destination server, and hands each destination its frames as one batch
+//! before reading again.
 
 use std::collections::HashSet;
 use std::io;
@@ -11,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use acms_protocol::{
-    Codec, Control, DataKind, ErrorCode, Frame, FrameKind, PROTOCOL_VERSION, ProtocolError,
-    RawFrame, ServerId, UserId, Welcome,
+    Codec, Control, DataKind, ErrorCode, Frame, FrameKind, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    ProtocolError, RawFrame, Route, ServerId, UserId, Welcome,
 };
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -74,8 +75,10 @@ struct Connection {
     reader: OwnedReadHalf,
     read_buf: BytesMut,
     codec: Codec,
+    /// Consecutive unicast frames at the start of `read_buf` bound for one server.
+    run: Run,
     /// Relayed frames of the current read, by destination, not yet handed over.
-    staged: Vec<(ServerId, Vec<Bytes>)>,
+    staged: Vec<Staged>,
     /// Destinations above their high water after the last hand-over: read nothing until they drain.
     backed_up: Vec<(ServerId, Outbox)>,
     outbox: Outbox,
@@ -87,6 +90,31 @@ struct Connection {
     server: Option<ServerId>,
     /// The users this AS has online, so they leave the directory with it.
     users: HashSet<UserId>,
+}
+
+/// Frames routed to one server that still lie at the start of the read buffer.
+#[derive(Debug, Default)]
+struct Run {
+    target: Option<ServerId>,
+    /// Bytes of the run, length prefixes included.
+    len: usize,
+    frames: usize,
+}
+
+impl Run {
+    fn extend(&mut self, target: ServerId, len: usize) {
+        self.target = Some(target);
+        self.len += len;
+        self.frames += 1;
+    }
+}
+
+/// Frames of one read handed to one server together: slices of the read buffer, in order.
+#[derive(Debug)]
+struct Staged {
+    target: ServerId,
+    chunks: Vec<Bytes>,
+    frames: usize,
 }
 
 /// Serves one AS from its first byte to its last, then takes it and its users out of the cluster.
@@ -105,6 +133,7 @@ pub(crate) async fn serve(
         reader: read_half,
         read_buf: BytesMut::with_capacity(READ_CHUNK),
         codec: Codec::new(shared.config.max_frame_len),
+        run: Run::default(),
         staged: Vec::new(),
         backed_up: Vec::new(),
         shared,
@@ -195,11 +224,70 @@ impl Connection {
     }
 
     /// Handles every whole frame in the read buffer.
+    ///
+    /// Unicast frames are routed where they lie: consecutive frames for the same destination stay
+    /// in the buffer until the run ends, then leave it as one slice, so a burst to one server costs
+    /// one reference count and one iovec rather than one per frame.
     fn handle_buffered(&mut self) -> Result<(), Close> {
-        while let Some(raw) = self.codec.decode(&mut self.read_buf)? {
-            self.handle_frame(raw)?;
+        let result = self.route_buffered();
+        // Whatever ended the walk, the frames already routed are handed over.
+        self.end_run();
+        result
+    }
+
+    fn route_buffered(&mut self) -> Result<(), Close> {
+        let server = self.server();
+        while let Some(len) = self.codec.whole_frame_len(&self.read_buf[self.run.len..])? {
+            let start = self.run.len;
+            let frame = &self.read_buf[start..start + len];
+            let body = &frame[LENGTH_PREFIX_LEN..];
+            match FrameKind::from_tag(body[0])? {
+                FrameKind::Data(DataKind::Unicast) => {
+                    let route = Route::parse(body)?;
+                    if route.origin != server {
+                        return Err(Close::refused(
+                            ErrorCode::Malformed,
+                            format!(
+                                "frame claims origin {} on server {server}'s connection",
+                                route.origin
+                            ),
+                        ));
+                    }
+                    let target = self.shared.registry.locate(route.recipient);
+                    if target.is_none() || target != self.run.target {
+                        self.end_run();
+                    }
+                    match target {
+                        Some(target) => self.run.extend(target, len),
+                        None => {
+                            let frame = self.read_buf.split_to(len).freeze();
+                            self.bounce(&[frame])?;
+                        }
+                    }
+                }
+                _ => {
+                    self.end_run();
+                    let raw = self.codec.decode(&mut self.read_buf)?.expect("a whole frame");
+                    self.handle_frame(raw)?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Takes the current run of frames out of the read buffer and stages it for its destination.
+    fn end_run(&mut self) {
+        let Run { target: Some(target), len, frames } = std::mem::take(&mut self.run) else {
+            return;
+        };
+        let chunk = self.read_buf.split_to(len).freeze();
+        match self.staged.iter_mut().find(|staged| staged.target == target) {
+            Some(staged) => {
+                staged.chunks.push(chunk);
+                staged.frames += frames;
+            }
+            None => self.staged.push(Staged { target, chunks: vec![chunk], frames }),
+        }
     }
 
     /// The next frame, reading as needed; `None` once the peer closed cleanly.
@@ -261,10 +349,9 @@ impl Connection {
 
     fn handle_frame(&mut self, raw: RawFrame) -> Result<(), Close> {
         match raw.kind()? {
-            FrameKind::Data(DataKind::Unicast) => self.relay(raw),
-            FrameKind::Data(DataKind::Undeliverable) => Err(Close::refused(
+            FrameKind::Data(_) => Err(Close::refused(
                 ErrorCode::Malformed,
-                "undeliverable frames only go from the hub to an app server",
+                "only unicast data frames go from an app server to the hub",
             )),
             FrameKind::Control => match Control::decode(&raw.body()[1..])? {
                 Control::Login { users } => {
@@ -289,60 +376,38 @@ impl Connection {
         }
     }
 
-    /// Stages a unicast frame for its recipient's server, or bounces it if they are offline.
-    fn relay(&mut self, raw: RawFrame) -> Result<(), Close> {
-        let route = raw.route()?;
-        let server = self.server();
-        if route.origin != server {
-            return Err(Close::refused(
-                ErrorCode::Malformed,
-                format!("frame claims origin {} on server {server}'s connection", route.origin),
-            ));
-        }
-        let Some(target) = self.shared.registry.locate(route.recipient) else {
-            return self.bounce(&[raw.into_bytes()]);
-        };
-        let frame = raw.into_bytes();
-        match self.staged.iter_mut().find(|(staged, _)| *staged == target) {
-            Some((_, frames)) => frames.push(frame),
-            None => self.staged.push((target, vec![frame])),
-        }
-        Ok(())
-    }
-
     /// Hands each destination the frames staged for it, as one batch.
     fn flush_staged(&mut self) -> Result<(), Close> {
         let mut result = Ok(());
-        for (target, frames) in std::mem::take(&mut self.staged) {
+        for Staged { target, chunks, frames } in std::mem::take(&mut self.staged) {
             let shared = &self.shared;
-            let bytes: usize = frames.iter().map(Bytes::len).sum();
-            let count = frames.len();
-            match shared.registry.relay_batch(target, frames) {
+            let bytes: usize = chunks.iter().map(Bytes::len).sum();
+            match shared.registry.relay_batch(target, chunks) {
                 Ok(backed_up) => {
-                    shared.stats.relayed(count, bytes);
+                    shared.stats.relayed(frames, bytes);
                     self.backed_up.extend(backed_up.map(|outbox| (target, outbox)));
                 }
-                Err(RelayError::Gone(frames)) => result = result.and(self.bounce(&frames)),
-                Err(RelayError::SlowConsumer { pending, frames }) => {
+                Err(RelayError::Gone(chunks)) => result = result.and(self.bounce(&chunks)),
+                Err(RelayError::SlowConsumer { pending, frames: chunks }) => {
                     shared.stats.slow_consumer();
                     warn!(slow_server = %target, pending, "slow consumer: disconnecting it");
-                    result = result.and(self.bounce(&frames));
+                    result = result.and(self.bounce(&chunks));
                 }
             }
         }
         result
     }
 
-    /// Returns unicast frames to this AS as undeliverable.
-    fn bounce(&mut self, frames: &[Bytes]) -> Result<(), Close> {
-        let mut back = Vec::with_capacity(frames.len());
-        for frame in frames {
-            self.shared.stats.undeliverable();
-            back.push(
-                RawFrame::from_bytes(frame.clone())?
-                    .with_data_kind(DataKind::Undeliverable)?
-                    .into_bytes(),
-            );
+    /// Returns unicast frames to this AS as undeliverable; each chunk holds whole frames.
+    fn bounce(&mut self, chunks: &[Bytes]) -> Result<(), Close> {
+        let mut back = Vec::new();
+        for chunk in chunks {
+            let mut chunk = chunk.clone();
+            while !chunk.is_empty() {
+                self.shared.stats.undeliverable();
+                let frame = RawFrame::split_first(&mut chunk)?;
+                back.push(frame.with_data_kind(DataKind::Undeliverable)?.into_bytes());
+            }
         }
         self.push_batch(back)
     }

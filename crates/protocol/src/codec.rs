@@ -36,6 +36,25 @@ impl Codec {
     pub fn max_frame_len(&self) -> usize {
         self.max_frame_len
     }
+
+    /// Length of the whole frame at the start of `src`, prefix included, once all of it is there.
+    ///
+    /// Lets a relay walk frames where they lie and forward a run of them as one slice, under the
+    /// same limits as [`Decoder::decode`]: an oversized prefix is an error as soon as it arrives.
+    pub fn whole_frame_len(&self, src: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        let Some(prefix) = src.first_chunk::<LENGTH_PREFIX_LEN>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > self.max_frame_len {
+            return Err(ProtocolError::FrameTooLarge { len, max: self.max_frame_len });
+        }
+        if len == 0 {
+            return Err(ProtocolError::Empty);
+        }
+        let whole = LENGTH_PREFIX_LEN + len;
+        Ok((src.len() >= whole).then_some(whole))
+    }
 }
 
 impl Default for Codec {
@@ -216,5 +235,34 @@ mod tests {
         let Frame::Data(mut data) = frame else { unreachable!() };
         data.kind = DataKind::Undeliverable;
         assert_eq!(back.decode().unwrap(), Frame::Data(data));
+    }
+
+    #[test]
+    fn walking_in_place_agrees_with_decoding() {
+        let codec = Codec::new(1024);
+        let mut buf = BytesMut::new();
+        for frame in &every_kind_of_frame() {
+            codec.clone().encode(frame, &mut buf).unwrap();
+        }
+        let mut whole = Bytes::copy_from_slice(&buf);
+        let first_len = codec.whole_frame_len(&buf).unwrap().unwrap();
+        let mut offset = 0;
+        while let Some(len) = codec.whole_frame_len(&buf[offset..]).unwrap() {
+            let split = RawFrame::split_first(&mut whole).unwrap();
+            let decoded = codec.clone().decode(&mut BytesMut::from(&buf[offset..])).unwrap();
+            assert_eq!(split.as_bytes().len(), len);
+            assert_eq!(Some(split), decoded);
+            offset += len;
+        }
+        assert_eq!(offset, buf.len());
+        assert!(whole.is_empty());
+        // A partial frame is not whole yet; an oversized or empty one is refused from its prefix.
+        assert_eq!(codec.whole_frame_len(&buf[..buf.len() - 1]).unwrap(), Some(first_len));
+        assert_eq!(codec.whole_frame_len(&buf[..first_len - 1]).unwrap(), None);
+        assert!(matches!(
+            codec.whole_frame_len(&2000u32.to_be_bytes()),
+            Err(ProtocolError::FrameTooLarge { len: 2000, max: 1024 })
+        ));
+        assert!(matches!(codec.whole_frame_len(&[0; 4]), Err(ProtocolError::Empty)));
     }
 }

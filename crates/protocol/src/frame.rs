@@ -227,6 +227,16 @@ impl RawFrame {
         Ok(Self(bytes))
     }
 
+    /// Takes the first frame off `frames`, a buffer of whole frames (as a relay forwards them).
+    pub fn split_first(frames: &mut Bytes) -> Result<Self, ProtocolError> {
+        let body_len = frames.get(..LENGTH_PREFIX_LEN).ok_or(ProtocolError::Truncated)?;
+        let whole = LENGTH_PREFIX_LEN + (&body_len[..]).get_u32() as usize;
+        if whole > frames.len() {
+            return Err(ProtocolError::Truncated);
+        }
+        Self::from_bytes(frames.split_to(whole))
+    }
+
     /// The frame body: everything after the length prefix.
     pub fn body(&self) -> &[u8] {
         &self.0[LENGTH_PREFIX_LEN..]
