@@ -46,6 +46,14 @@ pub struct HubConfig {
     /// Bytes that may wait in one AS's outbound queue. A relay that would pass it disconnects that
     /// AS (the slow-consumer rule) and returns the frame to its sender as undeliverable.
     pub max_pending_bytes: usize,
+    /// How long an AS whose connection broke stays registered, its users online, for it to come
+    /// back; frames for its users are held meanwhile and sent again by their origins.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_grace: Duration,
+    /// How long after the first AS registers the directory counts as still filling: frames for
+    /// users nobody has yet are held for their origin to send again, not returned as undeliverable.
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
     /// How long shutdown waits for connections to flush before it drops them.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -61,6 +69,8 @@ impl Default for HubConfig {
             high_water_bytes: 1 << 20,
             max_stall: Duration::from_secs(5),
             max_pending_bytes: 64 << 20,
+            reconnect_grace: Duration::from_secs(5),
+            settle: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
         }
     }

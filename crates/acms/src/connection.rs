@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use acms_protocol::{
-    Codec, Control, DataKind, ErrorCode, Frame, FrameKind, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
-    ProtocolError, RawFrame, Route, ServerId, UserId, Welcome,
+    Ack, Codec, Control, DataKind, ErrorCode, Frame, FrameKind, LENGTH_PREFIX_LEN,
+    PROTOCOL_VERSION, ProtocolError, RawFrame, Route, ServerEpoch, ServerId, UserId, Welcome,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -25,7 +25,7 @@ use tracing::{Span, debug, info, warn};
 
 use crate::config::HubConfig;
 use crate::outbox::{Outbox, PushError, write_loop};
-use crate::registry::{Registry, RelayError, ServerInfo};
+use crate::registry::{Registry, RelayError, Relayed, ServerInfo};
 use crate::stats::Stats;
 
 /// What every connection of a hub shares.
@@ -90,6 +90,10 @@ struct Connection {
     server: Option<ServerId>,
     /// The users this AS has online, so they leave the directory with it.
     users: HashSet<UserId>,
+    /// Users of this AS's previous connection, kept in the directory until its snapshot is done.
+    stale_users: HashSet<UserId>,
+    /// The AS said `Bye`: it leaves for good, with no grace to come back.
+    leaving: bool,
 }
 
 /// Frames routed to one server that still lie at the start of the read buffer.
@@ -98,14 +102,19 @@ struct Run {
     target: Option<ServerId>,
     /// Bytes of the run, length prefixes included.
     len: usize,
+    /// Data frames in the run; acks are not counted.
     frames: usize,
+    /// Sequence number of the first data frame (acks have none).
+    first_seq: Option<u64>,
 }
 
 impl Run {
-    fn extend(&mut self, target: ServerId, len: usize) {
+    /// Adds a data frame with its sequence number, or an ack without one.
+    fn extend(&mut self, target: ServerId, len: usize, seq: Option<u64>) {
         self.target = Some(target);
         self.len += len;
-        self.frames += 1;
+        self.frames += usize::from(seq.is_some());
+        self.first_seq = self.first_seq.or(seq);
     }
 }
 
@@ -115,6 +124,7 @@ struct Staged {
     target: ServerId,
     chunks: Vec<Bytes>,
     frames: usize,
+    first_seq: Option<u64>,
 }
 
 /// Serves one AS from its first byte to its last, then takes it and its users out of the cluster.
@@ -143,11 +153,15 @@ pub(crate) async fn serve(
         peer,
         server: None,
         users: HashSet::new(),
+        stale_users: HashSet::new(),
+        leaving: false,
     };
     let close = conn.run().await;
     // A peer that stopped reading would hold its writer for the whole grace period.
     let grace = if matches!(close, Close::SlowConsumer) { Duration::ZERO } else { grace };
-    conn.finish(close);
+    if let Some((server, departure)) = conn.finish(close) {
+        tokio::spawn(expire_later(conn.shared.clone(), server, departure));
+    }
     drop(conn);
     // Every Outbox of this connection is gone: the writer flushes what is queued and exits.
     let abort = writer.abort_handle();
@@ -160,6 +174,38 @@ pub(crate) async fn serve(
             debug!(?grace, "peer did not take its last frames in time; dropped");
         }
     }
+}
+
+/// Ends the grace of an AS that went away, unless it came back, and asks the servers whose
+/// frames to it were held to send them again: they are now undeliverable.
+async fn expire_later(shared: Arc<Shared>, server: ServerId, departure: u64) {
+    tokio::time::sleep(shared.config.reconnect_grace).await;
+    if let Some(held) = shared.registry.expire(server, departure) {
+        info!(%server, "app server did not come back in time; its users are offline");
+        ask_to_resend(&shared, held);
+    }
+}
+
+/// Ends the settle window: frames held for users nobody had are sent again, to be delivered or
+/// returned as undeliverable.
+async fn end_settle(shared: Arc<Shared>) {
+    if let Some(ends) = shared.registry.settle_ends() {
+        tokio::time::sleep_until(ends.into()).await;
+    }
+    ask_to_resend(&shared, shared.registry.take_unclaimed());
+}
+
+fn ask_to_resend(shared: &Shared, held: std::collections::HashMap<ServerId, u64>) {
+    for (origin, from) in held {
+        if let Some(outbox) = shared.registry.outbox(origin) {
+            let _ = outbox.push(control_frame(shared, Control::Resend { from }));
+        }
+    }
+}
+
+/// A control frame as bytes; control frames the hub makes always fit its own limit.
+fn control_frame(shared: &Shared, control: Control) -> Bytes {
+    Frame::Control(control).to_bytes(shared.config.max_frame_len).unwrap_or_default()
 }
 
 impl Connection {
@@ -253,17 +299,37 @@ impl Connection {
                             ),
                         ));
                     }
+                    let seq = route.seq;
                     let target = self.shared.registry.locate(route.recipient);
                     if target.is_none() || target != self.run.target {
                         self.end_run();
                     }
                     match target {
-                        Some(target) => self.run.extend(target, len),
+                        Some(target) => self.run.extend(target, len, Some(seq)),
+                        None if self.shared.registry.hold_unclaimed(server, seq) => {
+                            self.shared.stats.held(1);
+                            self.read_buf.advance(len);
+                        }
                         None => {
                             let frame = self.read_buf.split_to(len).freeze();
                             self.bounce(&[frame])?;
                         }
                     }
+                }
+                FrameKind::Ack => {
+                    let (target, from) = Ack::route(body)?;
+                    if from != server {
+                        return Err(Close::refused(
+                            ErrorCode::Malformed,
+                            format!(
+                                "ack claims to come from {from} on server {server}'s connection"
+                            ),
+                        ));
+                    }
+                    if Some(target) != self.run.target {
+                        self.end_run();
+                    }
+                    self.run.extend(target, len, None);
                 }
                 _ => {
                     self.end_run();
@@ -277,7 +343,8 @@ impl Connection {
 
     /// Takes the current run of frames out of the read buffer and stages it for its destination.
     fn end_run(&mut self) {
-        let Run { target: Some(target), len, frames } = std::mem::take(&mut self.run) else {
+        let Run { target: Some(target), len, frames, first_seq } = std::mem::take(&mut self.run)
+        else {
             return;
         };
         let chunk = self.read_buf.split_to(len).freeze();
@@ -285,8 +352,9 @@ impl Connection {
             Some(staged) => {
                 staged.chunks.push(chunk);
                 staged.frames += frames;
+                staged.first_seq = staged.first_seq.or(first_seq);
             }
-            None => self.staged.push(Staged { target, chunks: vec![chunk], frames }),
+            None => self.staged.push(Staged { target, chunks: vec![chunk], frames, first_seq }),
         }
     }
 
@@ -335,23 +403,39 @@ impl Connection {
         };
         Span::current().record("server", info.id.0);
         let client_addr = info.client_addr.clone();
-        self.shared
+        let id = info.id;
+        let registration = self
+            .shared
             .registry
-            .register(info, self.outbox.clone(), self.closer.clone())
+            .register(info, hello.epoch, self.outbox.clone(), self.closer.clone())
             .map_err(|err| Close::refused(ErrorCode::DuplicateServer, err.to_string()))?;
-        self.server = Some(hello.server_id);
-        info!(%client_addr, "app server registered");
+        self.server = Some(id);
+        self.stale_users = registration.stale_users;
+        info!(%client_addr, returning = !self.stale_users.is_empty(), "app server registered");
+        if registration.first {
+            tokio::spawn(end_settle(self.shared.clone()));
+        }
         self.send(Control::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             max_frame_len: self.codec.max_frame_len() as u32,
-        }))
+        }))?;
+        let peers = self.shared.registry.peers(id);
+        let servers = peers.iter().map(|peer| ServerEpoch { id: peer.id, epoch: peer.epoch });
+        self.send(Control::Servers { servers: servers.collect() })?;
+        let server = ServerEpoch { id, epoch: hello.epoch };
+        for peer in peers {
+            let resend_from = registration.resend.get(&peer.id).copied();
+            let up = Control::ServerUp { server, resend_from };
+            let _ = peer.outbox.push(control_frame(&self.shared, up));
+        }
+        Ok(())
     }
 
     fn handle_frame(&mut self, raw: RawFrame) -> Result<(), Close> {
         match raw.kind()? {
-            FrameKind::Data(_) => Err(Close::refused(
+            FrameKind::Data(_) | FrameKind::Ack => Err(Close::refused(
                 ErrorCode::Malformed,
-                "only unicast data frames go from an app server to the hub",
+                "only unicast and ack frames go from an app server to the hub",
             )),
             FrameKind::Control => match Control::decode(&raw.body()[1..])? {
                 Control::Login { users } => {
@@ -364,6 +448,23 @@ impl Connection {
                 }
                 Control::Ping { token } => self.send(Control::Pong { token }),
                 Control::Pong { .. } => Ok(()),
+                Control::SnapshotDone => {
+                    let server = self.server();
+                    for user in std::mem::take(&mut self.stale_users) {
+                        if !self.users.contains(&user) {
+                            self.shared.registry.logout(server, user.as_str());
+                        }
+                    }
+                    Ok(())
+                }
+                Control::Resent { server: target } => {
+                    self.shared.registry.resent(self.server(), target);
+                    Ok(())
+                }
+                Control::Bye => {
+                    self.leaving = true;
+                    Ok(())
+                }
                 Control::Error { code, message } => {
                     warn!(?code, %message, "app server reported an error");
                     Err(Close::PeerClosed)
@@ -372,6 +473,9 @@ impl Connection {
                     ErrorCode::Malformed,
                     "handshake message after the handshake",
                 )),
+                Control::Servers { .. } | Control::ServerUp { .. } | Control::Resend { .. } => Err(
+                    Close::refused(ErrorCode::Malformed, "only the hub sends server announcements"),
+                ),
             },
         }
     }
@@ -379,14 +483,16 @@ impl Connection {
     /// Hands each destination the frames staged for it, as one batch.
     fn flush_staged(&mut self) -> Result<(), Close> {
         let mut result = Ok(());
-        for Staged { target, chunks, frames } in std::mem::take(&mut self.staged) {
+        let origin = self.server();
+        for Staged { target, chunks, frames, first_seq } in std::mem::take(&mut self.staged) {
             let shared = &self.shared;
             let bytes: usize = chunks.iter().map(Bytes::len).sum();
-            match shared.registry.relay_batch(target, chunks) {
-                Ok(backed_up) => {
+            match shared.registry.relay_batch(origin, target, first_seq, chunks) {
+                Ok(Relayed::Queued(backed_up)) => {
                     shared.stats.relayed(frames, bytes);
                     self.backed_up.extend(backed_up.map(|outbox| (target, outbox)));
                 }
+                Ok(Relayed::Held) => shared.stats.held(frames),
                 Err(RelayError::Gone(chunks)) => result = result.and(self.bounce(&chunks)),
                 Err(RelayError::SlowConsumer { pending, frames: chunks }) => {
                     shared.stats.slow_consumer();
@@ -398,16 +504,22 @@ impl Connection {
         result
     }
 
-    /// Returns unicast frames to this AS as undeliverable; each chunk holds whole frames.
+    /// Returns unicast frames to this AS as undeliverable; each chunk holds whole frames. Acks
+    /// among them are dropped: their origin sends its frames again and gets new ones.
     fn bounce(&mut self, chunks: &[Bytes]) -> Result<(), Close> {
         let mut back = Vec::new();
         for chunk in chunks {
             let mut chunk = chunk.clone();
             while !chunk.is_empty() {
-                self.shared.stats.undeliverable();
                 let frame = RawFrame::split_first(&mut chunk)?;
-                back.push(frame.with_data_kind(DataKind::Undeliverable)?.into_bytes());
+                if frame.kind()? == FrameKind::Data(DataKind::Unicast) {
+                    self.shared.stats.undeliverable();
+                    back.push(frame.with_data_kind(DataKind::Undeliverable)?.into_bytes());
+                }
             }
+        }
+        if back.is_empty() {
+            return Ok(());
         }
         self.push_batch(back)
     }
@@ -456,9 +568,11 @@ impl Connection {
         }
     }
 
-    /// Logs why the connection ended, tells the peer where it helps, and takes the AS and its
-    /// users out of the cluster.
-    fn finish(&mut self, close: Close) {
+    /// Logs why the connection ended, tells the peer where it helps, and takes the AS out of the
+    /// cluster: at once if it said `Bye` or the hub is stopping, otherwise after a grace in which
+    /// it may come back (returned, for the caller to end).
+    fn finish(&mut self, close: Close) -> Option<(ServerId, u64)> {
+        let grace = !self.leaving && !matches!(close, Close::Shutdown);
         match close {
             Close::PeerClosed => info!(users = self.users.len(), "app server disconnected"),
             Close::Io(err) => info!(error = %err, users = self.users.len(), "connection lost"),
@@ -476,10 +590,12 @@ impl Connection {
                 let _ = self.send(Control::error(code, reason));
             }
         }
-        // Frames relayed from now on bounce at once, and senders paused on this queue resume.
+        // Frames relayed from now on are held or bounce, and senders paused on this queue resume.
         self.outbox.close();
-        if let Some(server) = self.server.take() {
-            self.shared.registry.unregister(server, &self.users);
-        }
+        let server = self.server.take()?;
+        let mut users = std::mem::take(&mut self.users);
+        users.extend(std::mem::take(&mut self.stale_users));
+        let departure = self.shared.registry.depart(server, users, grace)?;
+        Some((server, departure))
     }
 }

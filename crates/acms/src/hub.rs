@@ -25,7 +25,8 @@ pub struct Hub {
 impl Hub {
     /// A hub with no servers and no users yet.
     pub fn new(config: HubConfig) -> Self {
-        let shared = Shared { config, registry: Registry::default(), stats: Default::default() };
+        let registry = Registry::new(config.settle);
+        let shared = Shared { config, registry, stats: Default::default() };
         Self { shared: Arc::new(shared) }
     }
 

@@ -4,8 +4,11 @@
 //! server and queues the frame on that server's [`Outbox`] without holding any guard across an
 //! `.await` (there is none), so connections on different cores rarely touch the same shard.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use acms_protocol::{ServerId, UserId};
 use bytes::Bytes;
@@ -28,19 +31,39 @@ pub struct ServerInfo {
     pub connected_at: SystemTime,
 }
 
+/// The connection of a registered AS.
 #[derive(Debug)]
-struct ServerEntry {
-    info: ServerInfo,
+struct Attached {
     outbox: Outbox,
     /// Cancels the AS's connection, for the slow-consumer rule.
     closer: CancellationToken,
 }
 
+#[derive(Debug)]
+struct ServerEntry {
+    info: ServerInfo,
+    /// The epoch of the AS's process, from its `Hello`.
+    epoch: u64,
+    /// `None` while the AS is away: its connection broke and it may come back within the grace.
+    attached: Option<Attached>,
+    /// Users of a connection that broke, kept in the directory until the AS comes back (and
+    /// confirms them with its snapshot) or the grace ends; with the departure's number.
+    away: Option<(u64, HashSet<UserId>)>,
+    /// Origins whose frames to this AS were dropped while it was away, with the first sequence
+    /// number dropped: they must send again from there once it is back.
+    held: HashMap<ServerId, u64>,
+    /// Origins asked to send again whose `Resent` has not arrived: their frames to this AS are
+    /// dropped meanwhile, so they cannot overtake the frames sent again.
+    blocked: HashSet<ServerId>,
+}
+
 impl ServerEntry {
     /// Stops relaying to the server at once and tells its connection to end.
     fn close(&self) {
-        self.outbox.close();
-        self.closer.cancel();
+        if let Some(attached) = &self.attached {
+            attached.outbox.close();
+            attached.closer.cancel();
+        }
     }
 }
 
@@ -48,10 +71,28 @@ impl ServerEntry {
 type Hasher = foldhash::fast::RandomState;
 
 /// Registered AS and the users online on them.
-#[derive(Debug, Default)]
+///
+/// The registry also keeps what exactly-once delivery needs from the hub (docs/RELIABILITY.md):
+/// an AS whose connection broke stays registered, "away", for a grace period, and frames for its
+/// users are dropped and remembered by origin instead of bounced; while the directory is still
+/// filling after the hub starts (the settle window), so are frames for users nobody has yet.
+#[derive(Debug)]
 pub struct Registry {
     servers: DashMap<ServerId, ServerEntry, Hasher>,
     users: DashMap<UserId, ServerId, Hasher>,
+    settle: Duration,
+    /// When the settle window ends; set by the first registration.
+    settle_ends: OnceLock<Instant>,
+    /// Frames dropped in the settle window for users nobody had: the first sequence number
+    /// dropped, by origin.
+    unclaimed: Mutex<HashMap<ServerId, u64>>,
+    departures: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(Duration::ZERO)
+    }
 }
 
 /// A second live AS asked for an id that is taken.
@@ -73,28 +114,137 @@ pub enum RelayError {
     },
 }
 
+/// What became of frames handed to [`Registry::relay_batch`].
+#[derive(Debug)]
+pub(crate) enum Relayed {
+    /// Queued; the outbox is returned when it is above its high water.
+    Queued(Option<Outbox>),
+    /// Dropped, to be sent again by their origin: the server is away, or the origin has not yet
+    /// sent again what it was asked to.
+    Held,
+}
+
+/// What a (re)registration found.
+#[derive(Debug, Default)]
+pub(crate) struct Registration {
+    /// Users the AS had when its connection broke; those not in its new snapshot go offline.
+    pub(crate) stale_users: HashSet<UserId>,
+    /// Origins that must send again to this AS, from the given sequence number.
+    pub(crate) resend: HashMap<ServerId, u64>,
+    /// Whether this is the hub's first registration: the settle window starts now.
+    pub(crate) first: bool,
+}
+
+/// Another registered AS, to be told of a registration.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) id: ServerId,
+    pub(crate) epoch: u64,
+    pub(crate) outbox: Outbox,
+}
+
 impl Registry {
-    /// Registers an AS, unless another live connection holds its id.
-    pub(crate) fn register(
-        &self,
-        info: ServerInfo,
-        outbox: Outbox,
-        closer: CancellationToken,
-    ) -> Result<(), DuplicateServer> {
-        match self.servers.entry(info.id) {
-            Entry::Occupied(_) => Err(DuplicateServer(info.id)),
-            Entry::Vacant(slot) => {
-                slot.insert(ServerEntry { info, outbox, closer });
-                Ok(())
-            }
+    /// An empty registry whose settle window lasts `settle` from the first registration.
+    pub fn new(settle: Duration) -> Self {
+        Self {
+            servers: DashMap::default(),
+            users: DashMap::default(),
+            settle,
+            settle_ends: OnceLock::new(),
+            unclaimed: Mutex::default(),
+            departures: AtomicU64::new(0),
         }
     }
 
-    /// Removes an AS and, at once, every user it still had online.
-    pub(crate) fn unregister<'a>(&self, id: ServerId, users: impl IntoIterator<Item = &'a UserId>) {
+    /// Registers an AS, unless another live connection holds its id. An AS that is away comes
+    /// back: its users are kept until its snapshot says otherwise.
+    pub(crate) fn register(
+        &self,
+        info: ServerInfo,
+        epoch: u64,
+        outbox: Outbox,
+        closer: CancellationToken,
+    ) -> Result<Registration, DuplicateServer> {
+        let id = info.id;
+        let first = self.settle_ends.set(Instant::now() + self.settle).is_ok();
+        let mut registration = Registration { first, ..Registration::default() };
+        let attached = Some(Attached { outbox, closer });
+        match self.servers.entry(id) {
+            Entry::Occupied(mut slot) => {
+                let entry = slot.get_mut();
+                if entry.attached.is_some() {
+                    return Err(DuplicateServer(id));
+                }
+                registration.stale_users =
+                    entry.away.take().map(|(_, users)| users).unwrap_or_default();
+                registration.resend = std::mem::take(&mut entry.held);
+                entry.info = info;
+                entry.epoch = epoch;
+                entry.attached = attached;
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(ServerEntry {
+                    info,
+                    epoch,
+                    attached,
+                    away: None,
+                    held: HashMap::new(),
+                    blocked: HashSet::new(),
+                });
+            }
+        }
+        if self.settling() {
+            let unclaimed = self.unclaimed.lock().expect("unclaimed lock");
+            for (&origin, &seq) in unclaimed.iter().filter(|(origin, _)| **origin != id) {
+                hold(&mut registration.resend, origin, seq);
+            }
+        }
+        registration.resend.remove(&id);
+        if let Some(mut entry) = self.servers.get_mut(&id) {
+            entry.blocked = registration.resend.keys().copied().collect();
+        }
+        // This AS sends everything it has not had acknowledged once it is registered; nobody
+        // needs to wait for a `Resent` from it.
+        for mut other in self.servers.iter_mut() {
+            other.blocked.remove(&id);
+        }
+        Ok(registration)
+    }
+
+    /// Takes an AS off the cluster. With a grace, it stays registered but away, its users in
+    /// the directory, until [`Registry::expire`] with the returned number; without one, it and
+    /// its users are gone at once.
+    pub(crate) fn depart(&self, id: ServerId, users: HashSet<UserId>, grace: bool) -> Option<u64> {
+        if grace && let Some(mut entry) = self.servers.get_mut(&id) {
+            let departure = self.departures.fetch_add(1, Ordering::Relaxed);
+            entry.attached = None;
+            entry.away = Some((departure, users));
+            return Some(departure);
+        }
         self.servers.remove(&id);
-        for user in users {
+        for user in &users {
             self.logout(id, user.as_str());
+        }
+        None
+    }
+
+    /// Ends the grace of an AS that is still away since `departure`: it and its users leave the
+    /// cluster. Returns the origins whose frames to it were dropped, to be asked to send again
+    /// (the hub now answers those frames with `Undeliverable`).
+    pub(crate) fn expire(&self, id: ServerId, departure: u64) -> Option<HashMap<ServerId, u64>> {
+        let (_, entry) = self.servers.remove_if(&id, |_, entry| {
+            entry.away.as_ref().is_some_and(|(number, _)| *number == departure)
+        })?;
+        for user in entry.away.iter().flat_map(|(_, users)| users) {
+            self.logout(id, user.as_str());
+        }
+        Some(entry.held)
+    }
+
+    /// The origin has sent again what the `ServerUp` of `target` asked for.
+    pub(crate) fn resent(&self, origin: ServerId, target: ServerId) {
+        if let Some(mut entry) = self.servers.get_mut(&target) {
+            entry.blocked.remove(&origin);
         }
     }
 
@@ -109,25 +259,64 @@ impl Registry {
         self.users.remove_if(user, |_, &owner| owner == server);
     }
 
-    /// Queues whole data frames for `server`, in order, never waiting. A server over its queue
-    /// limit is told to disconnect (the slow-consumer rule). Returns the server's outbox when it
-    /// is above its high water, for the caller to wait on before it reads more.
+    /// Queues whole frames from `origin` for `server`, in order, never waiting. A server over its
+    /// queue limit is told to disconnect (the slow-consumer rule). `first_seq` is the sequence
+    /// number of the first data frame among them, remembered if they must be held.
     pub(crate) fn relay_batch(
         &self,
+        origin: ServerId,
         server: ServerId,
+        first_seq: Option<u64>,
         frames: Vec<Bytes>,
-    ) -> Result<Option<Outbox>, RelayError> {
+    ) -> Result<Relayed, RelayError> {
         let Some(entry) = self.servers.get(&server) else {
             return Err(RelayError::Gone(frames));
         };
-        match entry.outbox.push_batch(frames) {
-            Ok(()) => Ok(entry.outbox.above_high_water().then(|| entry.outbox.clone())),
+        let Some(attached) = entry.attached.as_ref() else {
+            drop(entry);
+            if let (Some(seq), Some(mut entry)) = (first_seq, self.servers.get_mut(&server))
+                && entry.attached.is_none()
+            {
+                hold(&mut entry.held, origin, seq);
+            }
+            return Ok(Relayed::Held);
+        };
+        if !entry.blocked.is_empty() && entry.blocked.contains(&origin) {
+            return Ok(Relayed::Held);
+        }
+        let outbox = &attached.outbox;
+        match outbox.push_batch(frames) {
+            Ok(()) => Ok(Relayed::Queued(outbox.above_high_water().then(|| outbox.clone()))),
             Err((PushError::Closed, frames)) => Err(RelayError::Gone(frames)),
             Err((PushError::Full { pending }, frames)) => {
                 entry.close();
                 Err(RelayError::SlowConsumer { pending, frames })
             }
         }
+    }
+
+    /// In the settle window, remembers that a frame from `origin` for a user nobody has was
+    /// dropped, and returns true; after it, returns false and the frame is undeliverable.
+    pub(crate) fn hold_unclaimed(&self, origin: ServerId, seq: u64) -> bool {
+        if !self.settling() {
+            return false;
+        }
+        hold(&mut self.unclaimed.lock().expect("unclaimed lock"), origin, seq);
+        true
+    }
+
+    /// Ends the settle window: the origins of the frames dropped in it, to be asked to send again.
+    pub(crate) fn take_unclaimed(&self) -> HashMap<ServerId, u64> {
+        std::mem::take(&mut self.unclaimed.lock().expect("unclaimed lock"))
+    }
+
+    /// When the settle window ends, once the first AS registered.
+    pub(crate) fn settle_ends(&self) -> Option<Instant> {
+        self.settle_ends.get().copied()
+    }
+
+    fn settling(&self) -> bool {
+        self.settle_ends.get().is_some_and(|ends| Instant::now() < *ends)
     }
 
     /// Disconnects a server that did not drain its queue in time (the slow-consumer rule).
@@ -137,22 +326,49 @@ impl Registry {
         }
     }
 
+    /// The connected servers other than `except`, with their epochs and queues.
+    pub(crate) fn peers(&self, except: ServerId) -> Vec<Peer> {
+        self.servers
+            .iter()
+            .filter(|entry| *entry.key() != except)
+            .filter_map(|entry| {
+                let outbox = entry.attached.as_ref()?.outbox.clone();
+                Some(Peer { id: *entry.key(), epoch: entry.epoch, outbox })
+            })
+            .collect()
+    }
+
+    /// The queue of a connected server.
+    pub(crate) fn outbox(&self, server: ServerId) -> Option<Outbox> {
+        Some(self.servers.get(&server)?.attached.as_ref()?.outbox.clone())
+    }
+
     /// The AS `user` is online on, if any.
     pub fn locate(&self, user: &str) -> Option<ServerId> {
         self.users.get(user).map(|owner| *owner)
     }
 
-    /// Every registered AS, by id.
+    /// Every registered AS, by id, including those away within their grace.
     pub fn servers(&self) -> Vec<ServerInfo> {
         let mut servers: Vec<_> = self.servers.iter().map(|entry| entry.info.clone()).collect();
         servers.sort_by_key(|info| info.id);
         servers
     }
 
+    /// Whether `server` is registered and connected now.
+    pub fn is_connected(&self, server: ServerId) -> bool {
+        self.servers.get(&server).is_some_and(|entry| entry.attached.is_some())
+    }
+
     /// Number of users online in the cluster.
     pub fn user_count(&self) -> usize {
         self.users.len()
     }
+}
+
+/// Remembers the first sequence number held for `origin`.
+fn hold(held: &mut HashMap<ServerId, u64>, origin: ServerId, seq: u64) {
+    held.entry(origin).and_modify(|first| *first = (*first).min(seq)).or_insert(seq);
 }
 
 #[cfg(test)]
@@ -177,24 +393,24 @@ mod tests {
         let registry = Registry::default();
         let (outbox, _inbox) = Outbox::new(1024, 512);
         let token = CancellationToken::new();
-        registry.register(info(1), outbox.clone(), token.clone()).unwrap();
+        registry.register(info(1), 7, outbox.clone(), token.clone()).unwrap();
         assert_eq!(
-            registry.register(info(1), outbox.clone(), token.clone()),
-            Err(DuplicateServer(ServerId(1)))
+            registry.register(info(1), 7, outbox.clone(), token.clone()).err(),
+            Some(DuplicateServer(ServerId(1)))
         );
-        registry.unregister(ServerId(1), []);
-        registry.register(info(1), outbox, token).unwrap();
+        registry.depart(ServerId(1), HashSet::new(), false);
+        registry.register(info(1), 8, outbox, token).unwrap();
     }
 
     #[test]
-    fn unregister_takes_only_the_servers_own_users() {
+    fn departure_takes_only_the_servers_own_users() {
         let registry = Registry::default();
         let (alice, bob) = (user("alice"), user("bob"));
         registry.login(ServerId(1), alice.clone());
         registry.login(ServerId(1), bob.clone());
         // bob moved to server 2 before server 1 noticed.
         assert_eq!(registry.login(ServerId(2), bob.clone()), Some(ServerId(1)));
-        registry.unregister(ServerId(1), [&alice, &bob]);
+        registry.depart(ServerId(1), HashSet::from([alice, bob]), false);
         assert_eq!(registry.locate("alice"), None);
         assert_eq!(registry.locate("bob"), Some(ServerId(2)));
     }
@@ -204,18 +420,69 @@ mod tests {
         let registry = Registry::default();
         let (outbox, _inbox) = Outbox::new(4, 2);
         let token = CancellationToken::new();
-        registry.register(info(2), outbox, token.clone()).unwrap();
+        registry.register(info(2), 0, outbox, token.clone()).unwrap();
         let frames = |text: &'static str| vec![Bytes::from_static(text.as_bytes())];
+        let relay = |frames| registry.relay_batch(ServerId(1), ServerId(2), Some(1), frames);
         assert_eq!(
-            registry.relay_batch(ServerId(3), frames("x")).err(),
+            registry.relay_batch(ServerId(1), ServerId(3), Some(1), frames("x")).err(),
             Some(RelayError::Gone(frames("x")))
         );
-        assert!(registry.relay_batch(ServerId(2), frames("1234")).unwrap().is_some());
+        assert!(matches!(relay(frames("1234")), Ok(Relayed::Queued(Some(_)))));
         assert!(!token.is_cancelled());
         assert_eq!(
-            registry.relay_batch(ServerId(2), frames("5")).err(),
+            relay(frames("5")).err(),
             Some(RelayError::SlowConsumer { pending: 4, frames: frames("5") })
         );
         assert!(token.is_cancelled());
+    }
+
+    #[test]
+    fn an_away_server_holds_frames_for_its_origins_to_send_again() {
+        let registry = Registry::default();
+        let (outbox, _inbox) = Outbox::new(1024, 512);
+        let alice = user("alice");
+        registry.register(info(2), 0, outbox.clone(), CancellationToken::new()).unwrap();
+        registry.login(ServerId(2), alice.clone());
+        let departure = registry.depart(ServerId(2), HashSet::from([alice.clone()]), true);
+        assert_eq!(registry.locate("alice"), Some(ServerId(2)), "kept while away");
+        let frame = || vec![Bytes::from_static(b"f")];
+        for seq in [40, 30, 50] {
+            let held = registry.relay_batch(ServerId(1), ServerId(2), Some(seq), frame());
+            assert!(matches!(held, Ok(Relayed::Held)));
+        }
+        // Back within the grace: origin 1 must send again from 30 and is blocked until it has.
+        let back = registry.register(info(2), 0, outbox, CancellationToken::new()).unwrap();
+        assert_eq!(back.resend, HashMap::from([(ServerId(1), 30)]));
+        assert_eq!(back.stale_users, HashSet::from([alice.clone()]));
+        assert_eq!(registry.expire(ServerId(2), departure.unwrap()), None, "not away any more");
+        let blocked = registry.relay_batch(ServerId(1), ServerId(2), Some(60), frame());
+        assert!(matches!(blocked, Ok(Relayed::Held)));
+        registry.resent(ServerId(1), ServerId(2));
+        let queued = registry.relay_batch(ServerId(1), ServerId(2), Some(61), frame());
+        assert!(matches!(queued, Ok(Relayed::Queued(None))));
+
+        // Away again, and the grace ends: the server and its users are gone.
+        let departure = registry.depart(ServerId(2), HashSet::from([alice]), true).unwrap();
+        let _ = registry.relay_batch(ServerId(3), ServerId(2), Some(9), frame());
+        assert_eq!(
+            registry.expire(ServerId(2), departure),
+            Some(HashMap::from([(ServerId(3), 9)]))
+        );
+        assert_eq!(registry.locate("alice"), None);
+        assert!(registry.servers().is_empty());
+    }
+
+    #[test]
+    fn the_settle_window_holds_frames_for_nobody_and_hands_them_to_newcomers() {
+        let registry = Registry::new(Duration::from_secs(3600));
+        assert!(!registry.hold_unclaimed(ServerId(1), 5), "no window before the first server");
+        let (outbox, _inbox) = Outbox::new(1024, 512);
+        let first = registry.register(info(1), 0, outbox.clone(), CancellationToken::new());
+        assert!(first.unwrap().first);
+        assert!(registry.hold_unclaimed(ServerId(1), 5));
+        assert!(registry.hold_unclaimed(ServerId(1), 3));
+        let second = registry.register(info(2), 0, outbox, CancellationToken::new()).unwrap();
+        assert_eq!(second.resend, HashMap::from([(ServerId(1), 3)]));
+        assert_eq!(registry.take_unclaimed(), HashMap::from([(ServerId(1), 3)]));
     }
 }

@@ -8,6 +8,7 @@ pub struct Stats {
     relayed_frames: AtomicU64,
     relayed_bytes: AtomicU64,
     undeliverable: AtomicU64,
+    held: AtomicU64,
     slow_consumers: AtomicU64,
     protocol_errors: AtomicU64,
     refused_connections: AtomicU64,
@@ -22,6 +23,9 @@ pub struct StatsSnapshot {
     pub relayed_bytes: u64,
     /// Frames returned to their origin because the recipient was offline or unreachable.
     pub undeliverable: u64,
+    /// Frames dropped for their origin to send again: their recipient's AS was away, or the
+    /// directory was still filling (see docs/RELIABILITY.md).
+    pub held: u64,
     /// AS disconnected because their queue passed `max_pending_bytes`.
     pub slow_consumers: u64,
     /// Connections closed for breaking the protocol (malformed, oversized, spoofed frames).
@@ -38,6 +42,10 @@ impl Stats {
 
     pub(crate) fn undeliverable(&self) {
         self.undeliverable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn held(&self, frames: usize) {
+        self.held.fetch_add(frames as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn slow_consumer(&self) {
@@ -58,6 +66,7 @@ impl Stats {
             relayed_frames: self.relayed_frames.load(Ordering::Relaxed),
             relayed_bytes: self.relayed_bytes.load(Ordering::Relaxed),
             undeliverable: self.undeliverable.load(Ordering::Relaxed),
+            held: self.held.load(Ordering::Relaxed),
             slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
             protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
             refused_connections: self.refused_connections.load(Ordering::Relaxed),

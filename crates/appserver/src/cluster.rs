@@ -6,11 +6,11 @@ use std::time::Duration;
 use acms_protocol::{Data, DataKind, ServerId, UserId};
 use bytes::Bytes;
 use dashmap::DashSet;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::link::{Command, Link};
+use crate::link::{Command, Link, charge};
 
 /// This server's online users. Every send looks its recipient up here, so the hash is a fast,
 /// randomly seeded one.
@@ -106,6 +106,13 @@ pub enum LinkState {
     Closed,
 }
 
+/// Whether a send may wait for room.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    Yes,
+    No,
+}
+
 /// How a message left [`Cluster::send_to_user`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -115,12 +122,54 @@ pub enum Route {
     Hub,
 }
 
+/// What became of a message sent with [`Cluster::send_with_receipt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handed to the recipient's server (or, for a local recipient, to this server's events).
+    Delivered {
+        /// How many sessions of the recipient got it.
+        sessions: u32,
+    },
+    /// The recipient is online nowhere; an [`Event::Undeliverable`] brings the payload back.
+    Offline,
+    /// No answer within the time asked for. The message is not given up: it stays in the
+    /// retransmit buffer and may still be delivered, exactly once.
+    TimedOut,
+}
+
+/// The outcome of a message, to be awaited.
+#[derive(Debug)]
+pub struct Receipt(ReceiptInner);
+
+#[derive(Debug)]
+enum ReceiptInner {
+    Known(Outcome),
+    Waiting(oneshot::Receiver<Outcome>),
+}
+
+impl Receipt {
+    /// Waits at most `timeout` for the outcome.
+    pub async fn outcome(self, timeout: Duration) -> Outcome {
+        match self.0 {
+            ReceiptInner::Known(outcome) => outcome,
+            ReceiptInner::Waiting(rx) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(outcome)) => outcome,
+                // Closed before an answer came, or no answer in time.
+                Ok(Err(_)) | Err(_) => Outcome::TimedOut,
+            },
+        }
+    }
+}
+
 /// Why a cluster call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// The cluster was closed; nothing more can be sent.
     #[error("cluster handle is closed")]
     Closed,
+    /// [`Cluster::try_send_to_user`] found the retransmit buffer, or the queue to the hub, full.
+    #[error("retransmit buffer or queue to the hub is full; try again later or use send_to_user")]
+    Full,
     /// The message would not fit in one frame.
     #[error("message of {len} bytes exceeds the frame limit of {max} bytes")]
     TooLarge {
@@ -143,6 +192,7 @@ pub struct ClusterBuilder {
     pub(crate) reconnect_max: Duration,
     pub(crate) queue_capacity: usize,
     pub(crate) event_capacity: usize,
+    pub(crate) retransmit_buffer: usize,
 }
 
 impl ClusterBuilder {
@@ -186,6 +236,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Bytes of sent messages kept until their recipient's server acknowledges them, to be sent
+    /// again after a hub failure (default 64 MiB). When it is full, `send_to_user` waits and
+    /// `try_send_to_user` fails.
+    pub fn retransmit_buffer(mut self, bytes: usize) -> Self {
+        self.retransmit_buffer = bytes.clamp(1, u32::MAX as usize);
+        self
+    }
+
     /// Starts the hub connection in the background and returns the handle and its events.
     ///
     /// Returns at once: the connection is made, and remade, by a task of its own. Must be called
@@ -196,12 +254,27 @@ impl ClusterBuilder {
         let (state_tx, state) = watch::channel(LinkState::Connecting);
         let local = Arc::new(LocalUsers::default());
         let shutdown = CancellationToken::new();
-        let link =
-            Link::new(&self, command_rx, events.clone(), state_tx, local.clone(), shutdown.clone());
+        let credit = Arc::new(Semaphore::new(self.retransmit_buffer));
+        // Only equality matters: a restarted process must not reuse its predecessor's epoch.
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |since| since.as_nanos() as u64);
+        let link = Link::new(
+            &self,
+            epoch,
+            credit.clone(),
+            command_rx,
+            events.clone(),
+            state_tx,
+            local.clone(),
+            shutdown.clone(),
+        );
         let task = tokio::spawn(link.run());
         let inner = Inner {
             server_id: self.server_id,
             max_frame_len: self.max_frame_len,
+            credit,
+            credit_cap: self.retransmit_buffer,
             local,
             commands,
             events,
@@ -228,6 +301,9 @@ pub struct Cluster {
 struct Inner {
     server_id: ServerId,
     max_frame_len: usize,
+    /// Free bytes of the retransmit buffer.
+    credit: Arc<Semaphore>,
+    credit_cap: usize,
     /// This server's online users: the source of truth the hub is rebuilt from.
     local: Arc<LocalUsers>,
     commands: mpsc::Sender<Command>,
@@ -251,6 +327,7 @@ impl Cluster {
             reconnect_max: Duration::from_secs(2),
             queue_capacity: 8192,
             event_capacity: 64,
+            retransmit_buffer: 64 << 20,
         }
     }
 
@@ -290,20 +367,65 @@ impl Cluster {
     /// Sends `payload` from `from` to `to`, wherever `to` is.
     ///
     /// A local recipient gets it through this server's [`Events`] without the hub. Otherwise it is
-    /// queued for the hub; if `to` is online nowhere, an [`Event::Undeliverable`] comes back.
-    /// Waits only while the queue to the hub is full (for instance while reconnecting) or, for a
-    /// local recipient, while the events queue is: so the task that drains [`Events`] should not
-    /// itself await sends to local users.
+    /// queued for the hub and kept in the retransmit buffer until the recipient's server has it:
+    /// it arrives exactly once, in order with this sender's other messages to `to`, across hub
+    /// restarts and failovers (docs/RELIABILITY.md). If `to` is online nowhere, an
+    /// [`Event::Undeliverable`] comes back. Waits while the retransmit buffer or the queue to the
+    /// hub is full or, for a local recipient, while the events queue is: so the task that drains
+    /// [`Events`] should not itself await sends to local users.
     pub async fn send_to_user(
         &self,
         from: &UserId,
         to: &UserId,
         payload: Bytes,
     ) -> Result<Route, ClusterError> {
+        self.send(from, to, payload, None, Wait::Yes).await.map(|(route, _)| route)
+    }
+
+    /// Like [`Cluster::send_to_user`], but never waits for room: fails with
+    /// [`ClusterError::Full`] instead, and nothing is sent.
+    pub async fn try_send_to_user(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        payload: Bytes,
+    ) -> Result<Route, ClusterError> {
+        self.send(from, to, payload, None, Wait::No).await.map(|(route, _)| route)
+    }
+
+    /// Like [`Cluster::send_to_user`], and returns a [`Receipt`] for the message's outcome.
+    pub async fn send_with_receipt(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        payload: Bytes,
+    ) -> Result<Receipt, ClusterError> {
+        let (receipt, rx) = oneshot::channel();
+        let (route, _) = self.send(from, to, payload, Some(receipt), Wait::Yes).await?;
+        Ok(Receipt(match route {
+            Route::Local => ReceiptInner::Known(Outcome::Delivered { sessions: 1 }),
+            Route::Hub => ReceiptInner::Waiting(rx),
+        }))
+    }
+
+    async fn send(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        payload: Bytes,
+        receipt: Option<oneshot::Sender<Outcome>>,
+        wait: Wait,
+    ) -> Result<(Route, ()), ClusterError> {
         if self.is_local(to.as_str()) {
             let event = Event::Message { from: from.clone(), to: to.clone(), payload };
-            self.deliver_locally(vec![event]).await?;
-            return Ok(Route::Local);
+            match wait {
+                Wait::Yes => self.deliver_locally(vec![event]).await?,
+                Wait::No => self.inner.events.try_send(vec![event]).map_err(|err| match err {
+                    mpsc::error::TrySendError::Full(_) => ClusterError::Full,
+                    mpsc::error::TrySendError::Closed(_) => ClusterError::Closed,
+                })?,
+            }
+            return Ok((Route::Local, ()));
         }
         let data = Data {
             kind: DataKind::Unicast,
@@ -317,14 +439,42 @@ impl Cluster {
         if len > max {
             return Err(ClusterError::TooLarge { len, max });
         }
-        self.command(Command::Data(data)).await?;
-        Ok(Route::Hub)
+        let charge = charge(acms_protocol::LENGTH_PREFIX_LEN + len, self.inner.credit_cap);
+        let command = Command::Data { data, receipt };
+        match wait {
+            Wait::Yes => {
+                self.take_credit(charge).await?;
+                self.command(command).await?;
+            }
+            Wait::No => {
+                let credit =
+                    self.inner.credit.try_acquire_many(charge).map_err(|err| match err {
+                        tokio::sync::TryAcquireError::NoPermits => ClusterError::Full,
+                        tokio::sync::TryAcquireError::Closed => ClusterError::Closed,
+                    })?;
+                let permit = self.inner.commands.try_reserve().map_err(|err| match err {
+                    mpsc::error::TrySendError::Full(()) => ClusterError::Full,
+                    mpsc::error::TrySendError::Closed(()) => ClusterError::Closed,
+                })?;
+                credit.forget();
+                permit.send(command);
+            }
+        }
+        Ok((Route::Hub, ()))
+    }
+
+    /// Takes room in the retransmit buffer, given back by the link when the message is answered.
+    async fn take_credit(&self, charge: u32) -> Result<(), ClusterError> {
+        let credit = self.inner.credit.acquire_many(charge).await;
+        credit.map_err(|_| ClusterError::Closed)?.forget();
+        Ok(())
     }
 
     /// Sends many messages at once: those for local users go to this server's events as one
     /// batch, the others are encoded here, into one buffer, and queued for the hub as one
     /// command. Order is kept per recipient. For servers that produce messages in bursts (a game
-    /// tick, a fan-out), this costs a fraction of one `send_to_user` per message.
+    /// tick, a fan-out), this costs a fraction of one `send_to_user` per message. A batch larger
+    /// than the whole retransmit buffer is refused with [`ClusterError::TooLarge`].
     pub async fn send_batch(
         &self,
         messages: impl IntoIterator<Item = Outgoing>,
@@ -333,6 +483,7 @@ impl Cluster {
         let mut local = Vec::new();
         let mut encoded = bytes::BytesMut::new();
         let mut hub = 0;
+        let mut charged = 0u32;
         for Outgoing { from, to, payload } in messages {
             if self.is_local(to.as_str()) {
                 local.push(Event::Message { from, to, payload });
@@ -350,6 +501,10 @@ impl Cluster {
             acms_protocol::Frame::Data(data)
                 .encode(max, &mut encoded)
                 .map_err(|_| ClusterError::TooLarge { len, max })?;
+            charged = charged.saturating_add(charge(
+                acms_protocol::LENGTH_PREFIX_LEN + len,
+                self.inner.credit_cap,
+            ));
             hub += 1;
         }
         let routes = BatchRoutes { local: local.len(), hub };
@@ -357,7 +512,13 @@ impl Cluster {
             self.deliver_locally(local).await?;
         }
         if hub > 0 {
-            self.command(Command::Encoded(encoded.freeze())).await?;
+            // The link gives the room back frame by frame, each frame's share.
+            if charged as usize > self.inner.credit_cap {
+                let (len, max) = (encoded.len(), self.inner.credit_cap);
+                return Err(ClusterError::TooLarge { len, max });
+            }
+            self.take_credit(charged).await?;
+            self.command(Command::Encoded(encoded)).await?;
         }
         Ok(routes)
     }

@@ -37,13 +37,17 @@
 //! # Layout
 //! - [`cluster`]: [`Cluster`], its [`ClusterBuilder`], [`Event`]s and errors.
 //! - `link`: the task that owns the hub connection: handshake, snapshot, batched writes,
-//!   reconnects.
+//!   reconnects, retransmission.
+//! - `reliable`: the bookkeeping of exactly-once delivery: frames not yet acknowledged, duplicate
+//!   suppression, acks owed.
 #![warn(missing_docs)]
 
 pub mod cluster;
 mod link;
+mod reliable;
 
 pub use acms_protocol::{ServerId, UserId, UserIdError};
 pub use cluster::{
-    BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outgoing, Route,
+    BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outcome,
+    Outgoing, Receipt, Route,
 };

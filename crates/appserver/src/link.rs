@@ -11,20 +11,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use acms_protocol::{
-    Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, PROTOCOL_VERSION,
-    ProtocolError, RawFrame, ServerId, UserId,
+    Ack, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, LENGTH_PREFIX_LEN,
+    PROTOCOL_VERSION, ProtocolError, RawFrame, ServerId, UserId,
 };
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers};
+use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers, Outcome};
+use crate::reliable::{Received, Unacked};
 
 /// Most commands taken from the queue for one write.
 const MAX_BATCH: usize = 1024;
@@ -36,14 +37,26 @@ const MAX_PENDING_OUT: usize = 256 * 1024;
 /// Room made in the read buffer before each read: many small frames per system call.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Where a data frame's sequence number sits: after the length prefix and the kind byte.
+const SEQ_AT: usize = LENGTH_PREFIX_LEN + 1;
+
+/// Bytes of the retransmit buffer a frame of `len` bytes takes; one frame larger than the whole
+/// buffer takes all of it rather than wait forever.
+pub(crate) fn charge(len: usize, cap: usize) -> u32 {
+    u32::try_from(len.min(cap)).unwrap_or(u32::MAX)
+}
+
 /// What a [`crate::Cluster`] handle asks of its connection task.
 #[derive(Debug)]
 pub(crate) enum Command {
     Login(UserId),
     Logout(UserId),
-    Data(Data),
-    /// Data frames the caller already encoded, back to back.
-    Encoded(bytes::Bytes),
+    Data {
+        data: Data,
+        receipt: Option<oneshot::Sender<Outcome>>,
+    },
+    /// Data frames the caller already encoded, back to back, sequence numbers still to be given.
+    Encoded(BytesMut),
     Flush(oneshot::Sender<()>),
 }
 
@@ -133,11 +146,26 @@ pub(crate) struct Link {
     last_sender: Option<UserId>,
     /// Set once the app dropped its events receiver, so that is logged once.
     events_dropped: bool,
+    /// Chosen at start: tells receivers that sequence numbers start over.
+    epoch: u64,
+    next_seq: u64,
+    /// Data frames given sequence numbers and not yet copied to the socket's buffer.
+    staging: BytesMut,
+    unacked: Unacked,
+    received: Received,
+    /// Senders waiting for the outcome of a message, by sequence number.
+    receipts: std::collections::HashMap<u64, oneshot::Sender<Outcome>>,
+    /// The retransmit buffer's free bytes: a send takes them, an answer gives them back.
+    credit: Arc<Semaphore>,
+    credit_cap: usize,
 }
 
 impl Link {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: &ClusterBuilder,
+        epoch: u64,
+        credit: Arc<Semaphore>,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Vec<Event>>,
         state: watch::Sender<LinkState>,
@@ -167,6 +195,14 @@ impl Link {
             pending_events: None,
             last_sender: None,
             events_dropped: false,
+            epoch,
+            next_seq: 1,
+            staging: BytesMut::new(),
+            unacked: Unacked::default(),
+            received: Received::default(),
+            receipts: std::collections::HashMap::new(),
+            credit,
+            credit_cap: config.retransmit_buffer,
         }
     }
 
@@ -223,6 +259,7 @@ impl Link {
             version: PROTOCOL_VERSION,
             server_id: self.server_id,
             client_addr: self.client_addr.clone(),
+            epoch: self.epoch,
         });
         writer.write_all(&Frame::Control(hello).to_bytes(self.codec.max_frame_len())?).await?;
         let answer = tokio::time::timeout(timeout, reader.next_frame())
@@ -254,6 +291,9 @@ impl Link {
     ) -> Result<Closed, SessionError> {
         let mut out = BytesMut::with_capacity(64 * 1024);
         self.encode_snapshot(&mut out)?;
+        self.encode(&mut out, Control::SnapshotDone)?;
+        // Whatever the last hub did not get answered is sent again; receivers drop duplicates.
+        self.resend(&mut out, 0);
         if !self.flushes.is_empty() {
             // Pings sent on the lost connection may never be answered: ask again.
             let token = self.token();
@@ -289,6 +329,8 @@ impl Link {
                     while let Ok(command) = self.commands.try_recv() {
                         self.encode_command(&mut out, command)?;
                     }
+                    self.unstage(&mut out);
+                    self.encode(&mut out, Control::Bye)?;
                     writer.write_all_buf(&mut out).await?;
                     writer.shutdown().await?;
                     return Ok(Closed);
@@ -297,6 +339,7 @@ impl Link {
                     if let Some(events) = self.pending_events.take() {
                         permit.send(events);
                     }
+                    self.received.encode_acks(self.server_id, self.send_limit, &mut out);
                 }
                 Step::Room(None) => {
                     self.pending_events = None;
@@ -304,6 +347,7 @@ impl Link {
                 }
                 Step::Commands(0) => {
                     // Every handle is gone: nothing more will be sent.
+                    self.encode(&mut out, Control::Bye)?;
                     writer.write_all_buf(&mut out).await?;
                     writer.shutdown().await?;
                     return Ok(Closed);
@@ -312,6 +356,7 @@ impl Link {
                     for command in batch.drain(..) {
                         self.encode_command(&mut out, command)?;
                     }
+                    self.unstage(&mut out);
                 }
                 Step::Read(read) => {
                     if !read? {
@@ -333,10 +378,56 @@ impl Link {
         while let Some(raw) = reader.decode()? {
             self.handle_frame(raw, out, &mut events)?;
         }
-        if !events.is_empty() {
-            self.deliver(events);
+        // Acks go out once the app has the messages; while it is behind they wait with them.
+        if events.is_empty() || self.deliver(events) {
+            self.received.encode_acks(self.server_id, self.send_limit, out);
         }
         Ok(())
+    }
+
+    /// Sends again every frame not yet answered from sequence number `from` on.
+    fn resend(&mut self, out: &mut BytesMut, from: u64) {
+        self.unstage(out);
+        for frame in self.unacked.from(from) {
+            out.extend_from_slice(frame);
+        }
+    }
+
+    /// Moves the staged data frames to the socket's buffer, keeping each for retransmission.
+    fn unstage(&mut self, out: &mut BytesMut) {
+        if self.staging.is_empty() {
+            return;
+        }
+        let mut frames = self.staging.split().freeze();
+        out.extend_from_slice(&frames);
+        while frames.len() > LENGTH_PREFIX_LEN {
+            let len = u32::from_be_bytes(frames[..LENGTH_PREFIX_LEN].try_into().expect("4 bytes"));
+            let frame = frames.split_to(LENGTH_PREFIX_LEN + len as usize);
+            let seq = u64::from_be_bytes(frame[SEQ_AT..SEQ_AT + 8].try_into().expect("8 bytes"));
+            self.unacked.push(seq, frame);
+        }
+    }
+
+    /// Gives the next sequence number.
+    fn seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Settles a message sent through the hub: frees its room in the retransmit buffer and tells
+    /// a sender waiting for its receipt. Returns false if it was settled already.
+    fn settle(&mut self, seq: u64, outcome: Outcome) -> bool {
+        let Some(frame) = self.unacked.take(seq) else {
+            return false;
+        };
+        self.credit.add_permits(charge(frame.len(), self.credit_cap) as usize);
+        if !self.receipts.is_empty()
+            && let Some(receipt) = self.receipts.remove(&seq)
+        {
+            let _ = receipt.send(outcome);
+        }
+        true
     }
 
     /// The whole user set as `Login` batches that each fit in a frame.
@@ -368,23 +459,42 @@ impl Link {
         match command {
             Command::Login(user) => self.encode(out, Control::Login { users: vec![user] }),
             Command::Logout(user) => self.encode(out, Control::Logout { users: vec![user] }),
-            Command::Data(data) if data.encoded_len() > self.send_limit => {
+            Command::Data { data, receipt } if data.encoded_len() > self.send_limit => {
                 // Fits our limit but not the hub's: hand it back rather than break the link.
                 warn!(
                     len = data.encoded_len(),
                     limit = self.send_limit,
                     "message over the hub's frame limit"
                 );
+                let len = LENGTH_PREFIX_LEN + data.encoded_len();
+                self.credit.add_permits(charge(len, self.credit_cap) as usize);
+                if let Some(receipt) = receipt {
+                    let _ = receipt.send(Outcome::Offline);
+                }
                 let Data { recipient: to, sender: from, payload, .. } = data;
                 self.deliver(vec![Event::Undeliverable { from, to, payload }]);
                 Ok(())
             }
-            Command::Data(data) => Frame::Data(data).encode(self.send_limit, out),
-            Command::Encoded(frames) => {
-                out.extend_from_slice(&frames);
+            Command::Data { mut data, receipt } => {
+                data.seq = self.seq();
+                if let Some(receipt) = receipt {
+                    self.receipts.insert(data.seq, receipt);
+                }
+                Frame::Data(data).encode(self.send_limit, &mut self.staging)
+            }
+            Command::Encoded(mut frames) => {
+                let mut at = 0;
+                while at + LENGTH_PREFIX_LEN < frames.len() {
+                    let len = u32::from_be_bytes(frames[at..at + 4].try_into().expect("4 bytes"));
+                    let seq = self.seq().to_be_bytes();
+                    frames[at + SEQ_AT..at + SEQ_AT + 8].copy_from_slice(&seq);
+                    at += LENGTH_PREFIX_LEN + len as usize;
+                }
+                self.staging.extend_from_slice(&frames);
                 Ok(())
             }
             Command::Flush(done) => {
+                self.unstage(out);
                 let token = self.token();
                 self.flushes.push_back((token, done));
                 self.encode(out, Control::Ping { token })
@@ -392,7 +502,9 @@ impl Link {
         }
     }
 
-    fn encode(&self, out: &mut BytesMut, control: Control) -> Result<(), ProtocolError> {
+    /// Encodes a control message after every data frame given before it.
+    fn encode(&mut self, out: &mut BytesMut, control: Control) -> Result<(), ProtocolError> {
+        self.unstage(out);
         Frame::Control(control).encode(self.send_limit, out)
     }
 
@@ -408,7 +520,25 @@ impl Link {
         events: &mut Vec<Event>,
     ) -> Result<(), SessionError> {
         match raw.kind()? {
-            FrameKind::Data(kind) => events.push(self.event(&raw, kind)?),
+            FrameKind::Data(DataKind::Unicast) => {
+                let route = raw.route()?;
+                if self.received.receive(route.origin, route.seq) {
+                    events.push(self.event(&raw, DataKind::Unicast)?);
+                }
+            }
+            FrameKind::Data(DataKind::Undeliverable) => {
+                // A frame sent again may come back twice: the app hears of it once.
+                if self.settle(raw.route()?.seq, Outcome::Offline) {
+                    events.push(self.event(&raw, DataKind::Undeliverable)?);
+                }
+            }
+            FrameKind::Ack => {
+                for range in Ack::decode(raw.body())?.ranges {
+                    for seq in range.seqs() {
+                        self.settle(seq, Outcome::Delivered { sessions: 1 });
+                    }
+                }
+            }
             FrameKind::Control => match Control::decode(&raw.body()[1..])? {
                 Control::Pong { token } => {
                     while self.flushes.front().is_some_and(|(waiting, _)| *waiting <= token) {
@@ -418,6 +548,23 @@ impl Link {
                     }
                 }
                 Control::Ping { token } => self.encode(out, Control::Pong { token })?,
+                Control::Servers { servers } => {
+                    for server in servers {
+                        self.received.epoch(server.id, server.epoch);
+                    }
+                }
+                Control::ServerUp { server, resend_from } => {
+                    self.received.epoch(server.id, server.epoch);
+                    if let Some(from) = resend_from {
+                        debug!(server = %server.id, from, "sending again what the hub held");
+                        self.encode(out, Control::Resent { server: server.id })?;
+                        self.resend(out, from);
+                    }
+                }
+                Control::Resend { from } => {
+                    debug!(from, "sending again what the hub held");
+                    self.resend(out, from);
+                }
                 Control::Error { code, message } => {
                     return Err(SessionError::Refused { code, message });
                 }
@@ -452,11 +599,18 @@ impl Link {
     }
 
     /// Hands events to the app, or parks them (and stops reading) while the app is behind.
-    fn deliver(&mut self, events: Vec<Event>) {
+    /// Returns whether the app has them now.
+    fn deliver(&mut self, events: Vec<Event>) -> bool {
         match self.events.try_send(events) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(events)) => self.pending_events = Some(events),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.note_events_dropped(),
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(events)) => {
+                self.pending_events = Some(events);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.note_events_dropped();
+                true
+            }
         }
     }
 

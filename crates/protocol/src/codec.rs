@@ -117,12 +117,32 @@ mod tests {
                 version: crate::PROTOCOL_VERSION,
                 server_id: ServerId(7),
                 client_addr: "127.0.0.1:6000".into(),
+                epoch: 1_763_700_000_000_000_000,
             })),
             Frame::Control(Control::Welcome(Welcome { version: 1, max_frame_len: 1024 })),
             Frame::Control(Control::error(ErrorCode::DuplicateServer, "server 7 is registered")),
             Frame::Control(Control::Login { users: vec![user("alice"), user("bob")] }),
             Frame::Control(Control::Logout { users: vec![user("alice")] }),
             Frame::Control(Control::Ping { token: u64::MAX }),
+            Frame::Control(Control::SnapshotDone),
+            Frame::Control(Control::Bye),
+            Frame::Control(Control::Servers {
+                servers: vec![crate::ServerEpoch { id: ServerId(2), epoch: 9 }],
+            }),
+            Frame::Control(Control::ServerUp {
+                server: crate::ServerEpoch { id: ServerId(2), epoch: 9 },
+                resend_from: Some(17),
+            }),
+            Frame::Control(Control::Resent { server: ServerId(2) }),
+            Frame::Control(Control::Resend { from: 3 }),
+            Frame::Ack(crate::Ack {
+                to: ServerId(1),
+                from: ServerId(2),
+                ranges: vec![
+                    crate::SeqRange { first: 1, count: 3 },
+                    crate::SeqRange { first: 9, count: 1 },
+                ],
+            }),
             Frame::Control(Control::Pong { token: 0 }),
             Frame::Data(Data {
                 kind: DataKind::Unicast,
@@ -225,7 +245,9 @@ mod tests {
 
     #[test]
     fn undeliverable_copy_keeps_everything_but_the_kind() {
-        let frame = every_kind_of_frame().swap_remove(7);
+        let unicast =
+            |frame: &Frame| matches!(frame, Frame::Data(data) if data.kind == DataKind::Unicast);
+        let frame = every_kind_of_frame().into_iter().find(unicast).unwrap();
         let raw = {
             let mut buf = BytesMut::new();
             Codec::default().encode(&frame, &mut buf).unwrap();

@@ -50,6 +50,49 @@ pub enum Control {
         /// The token of the `Ping`.
         token: u64,
     },
+    /// AS to hub: the AS is leaving for good (closing down); its users go offline at once,
+    /// with no grace to come back.
+    Bye,
+    /// AS to hub: the snapshot that followed `Hello` is complete. Users the hub still had for
+    /// this AS from an earlier connection and that were not in it are now offline.
+    SnapshotDone,
+    /// Hub to AS, right after `Welcome`: the other registered servers and their epochs, so frames
+    /// from them can be told apart from frames of their earlier lives.
+    Servers {
+        /// Every other registered AS.
+        servers: Vec<ServerEpoch>,
+    },
+    /// Hub to AS: another AS registered, or registered again after losing its connection.
+    ServerUp {
+        /// Who registered, and the epoch of the process.
+        server: ServerEpoch,
+        /// Set when frames from the receiving AS to `server` were held back by the hub, from this
+        /// sequence number on: the AS answers with `Resent` and then sends again every frame not
+        /// yet acknowledged from there. Until that `Resent`, the hub drops its frames to `server`,
+        /// so they cannot overtake the ones sent again.
+        resend_from: Option<u64>,
+    },
+    /// AS to hub: the retransmission asked for by the `ServerUp` of `server` follows.
+    Resent {
+        /// The server of that `ServerUp`.
+        server: ServerId,
+    },
+    /// Hub to AS: frames from the receiving AS were held back from this sequence number on, for
+    /// users who turned out to be offline; send again what is not yet acknowledged from there,
+    /// and the hub answers each with `Undeliverable` or delivers it.
+    Resend {
+        /// The first sequence number to send again.
+        from: u64,
+    },
+}
+
+/// A registered AS and the epoch of its process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerEpoch {
+    /// The server's id.
+    pub id: ServerId,
+    /// Chosen by the AS at start; a new epoch means a new process, which numbers its frames anew.
+    pub epoch: u64,
 }
 
 /// The handshake an AS opens its connection with.
@@ -61,6 +104,8 @@ pub struct Hello {
     pub server_id: ServerId,
     /// Where the AS's own clients connect to it, as it wants the cluster to advertise.
     pub client_addr: String,
+    /// Chosen at process start and kept across reconnects (see [`ServerEpoch`]).
+    pub epoch: u64,
 }
 
 /// The hub's answer to an accepted [`Hello`].

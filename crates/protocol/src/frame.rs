@@ -23,6 +23,8 @@ pub enum FrameKind {
     Control,
     /// A data frame with a routing header.
     Data(DataKind),
+    /// Acknowledgements from a receiving AS to an origin AS, routed by server id.
+    Ack,
 }
 
 /// What a data frame asks of the hub.
@@ -37,6 +39,7 @@ pub enum DataKind {
 }
 
 const CONTROL_TAG: u8 = 0;
+const ACK_TAG: u8 = 3;
 
 /// Bytes of the routing header before the recipient's name: kind, seq, origin, recipient length.
 const FIXED_HEADER_LEN: usize = 1 + 8 + 4 + 1;
@@ -48,6 +51,7 @@ impl FrameKind {
             CONTROL_TAG => Self::Control,
             1 => Self::Data(DataKind::Unicast),
             2 => Self::Data(DataKind::Undeliverable),
+            ACK_TAG => Self::Ack,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -57,6 +61,7 @@ impl FrameKind {
         match self {
             Self::Control => CONTROL_TAG,
             Self::Data(kind) => kind as u8,
+            Self::Ack => ACK_TAG,
         }
     }
 }
@@ -66,7 +71,7 @@ impl FrameKind {
 pub struct Route<'a> {
     /// What the hub should do with the frame.
     pub kind: DataKind,
-    /// Sequence number given by the origin AS (reserved for acknowledgement and retransmission).
+    /// Sequence number given by the origin AS, for acknowledgement and duplicate suppression.
     pub seq: u64,
     /// The AS the frame started from.
     pub origin: ServerId,
@@ -85,7 +90,7 @@ impl<'a> Route<'a> {
         let tag = *buf.first().ok_or(ProtocolError::Empty)?;
         let kind = match FrameKind::from_tag(tag)? {
             FrameKind::Data(kind) => kind,
-            FrameKind::Control => return Err(ProtocolError::NotData),
+            FrameKind::Control | FrameKind::Ack => return Err(ProtocolError::NotData),
         };
         if buf.len() < FIXED_HEADER_LEN {
             return Err(ProtocolError::Truncated);
@@ -107,6 +112,94 @@ fn take_name<'a>(buf: &mut &'a [u8]) -> Result<&'a str, ProtocolError> {
     UserId::check(name)?;
     *buf = &buf[1 + len..];
     Ok(name)
+}
+
+/// A run of consecutive sequence numbers: `first`, `first + 1`, ..., `first + count - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    /// The first sequence number of the run.
+    pub first: u64,
+    /// How many numbers the run holds, at least 1.
+    pub count: u32,
+}
+
+impl SeqRange {
+    /// The numbers of the run.
+    pub fn seqs(self) -> std::ops::Range<u64> {
+        self.first..self.first + u64::from(self.count)
+    }
+}
+
+/// An acknowledgement frame: the receiving AS `from` tells the origin AS `to` which of its
+/// unicast frames it has handed to its app (or had already), so `to` can forget them.
+///
+/// ```text
+/// kind u8 = 3 | to u32 | from u32 | (first u64 | count u32) * n
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The origin AS the acknowledged frames came from; the hub routes on this.
+    pub to: ServerId,
+    /// The AS that received them.
+    pub from: ServerId,
+    /// The sequence numbers received, as runs.
+    pub ranges: Vec<SeqRange>,
+}
+
+/// Bytes of an ack body before its ranges, and of one range.
+const ACK_HEADER_LEN: usize = 1 + 4 + 4;
+const ACK_RANGE_LEN: usize = 8 + 4;
+
+impl Ack {
+    /// Reads the two server ids of an ack `body` in place, as the hub does to route it.
+    pub fn route(body: &[u8]) -> Result<(ServerId, ServerId), ProtocolError> {
+        if body.first() != Some(&ACK_TAG) {
+            return Err(ProtocolError::NotData);
+        }
+        if body.len() < ACK_HEADER_LEN || (body.len() - ACK_HEADER_LEN) % ACK_RANGE_LEN != 0 {
+            return Err(ProtocolError::Truncated);
+        }
+        let mut buf = &body[1..];
+        Ok((ServerId(buf.get_u32()), ServerId(buf.get_u32())))
+    }
+
+    /// Length of the body of this ack as one frame.
+    pub fn body_len(&self) -> usize {
+        ACK_HEADER_LEN + self.ranges.len() * ACK_RANGE_LEN
+    }
+
+    /// Decodes an ack `body` (after the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
+        let (to, from) = Self::route(body)?;
+        let ranges = body[ACK_HEADER_LEN..]
+            .chunks_exact(ACK_RANGE_LEN)
+            .map(|mut range| SeqRange { first: range.get_u64(), count: range.get_u32() })
+            .collect();
+        Ok(Self { to, from, ranges })
+    }
+
+    /// Appends this ack, length prefix included, to `dst`; many ranges are split over several
+    /// frames so each fits in `max_frame_len`.
+    pub fn encode(&self, max_frame_len: usize, dst: &mut BytesMut) {
+        let per_frame = (max_frame_len.saturating_sub(ACK_HEADER_LEN) / ACK_RANGE_LEN).max(1);
+        // An ack of nothing is still one frame.
+        let frames = self.ranges.len().div_ceil(per_frame).max(1);
+        for index in 0..frames {
+            let end = ((index + 1) * per_frame).min(self.ranges.len());
+            let ranges = &self.ranges[(index * per_frame).min(end)..end];
+            let len = ACK_HEADER_LEN + ranges.len() * ACK_RANGE_LEN;
+            dst.reserve(LENGTH_PREFIX_LEN + len);
+            // At most max_frame_len, itself far below u32::MAX.
+            dst.put_u32(len as u32);
+            dst.put_u8(ACK_TAG);
+            dst.put_u32(self.to.0);
+            dst.put_u32(self.from.0);
+            for range in ranges {
+                dst.put_u64(range.first);
+                dst.put_u32(range.count);
+            }
+        }
+    }
 }
 
 /// An owned data frame, as an AS builds and receives it.
@@ -156,6 +249,8 @@ pub enum Frame {
     Control(Control),
     /// A data frame.
     Data(Data),
+    /// An acknowledgement.
+    Ack(Ack),
 }
 
 impl Frame {
@@ -172,6 +267,15 @@ impl Frame {
                     dst.truncate(start);
                     return Err(err);
                 }
+            }
+            Frame::Ack(ack) => {
+                dst.truncate(start);
+                let len = ack.body_len();
+                if len > max_frame_len {
+                    return Err(ProtocolError::FrameTooLarge { len, max: max_frame_len });
+                }
+                ack.encode(max_frame_len, dst);
+                return Ok(());
             }
             Frame::Data(data) => {
                 let len = data.encoded_len();
@@ -274,6 +378,7 @@ impl RawFrame {
     pub fn decode(&self) -> Result<Frame, ProtocolError> {
         match self.kind()? {
             FrameKind::Control => Control::decode(&self.body()[1..]).map(Frame::Control),
+            FrameKind::Ack => Ack::decode(self.body()).map(Frame::Ack),
             FrameKind::Data(_) => {
                 let route = self.route()?;
                 let payload_start = LENGTH_PREFIX_LEN + route.payload_offset;

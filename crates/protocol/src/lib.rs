@@ -23,13 +23,13 @@ pub mod frame;
 pub mod ids;
 
 pub use codec::Codec;
-pub use control::{Control, ErrorCode, Hello, Welcome};
+pub use control::{Control, ErrorCode, Hello, ServerEpoch, Welcome};
 pub use error::ProtocolError;
-pub use frame::{Data, DataKind, Frame, FrameKind, RawFrame, Route};
+pub use frame::{Ack, Data, DataKind, Frame, FrameKind, RawFrame, Route, SeqRange};
 pub use ids::{ServerId, UserId, UserIdError};
 
 /// Version of this protocol; a peer speaking another version is refused during the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default limit on a frame's length (the bytes after the length prefix): 1 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 1 << 20;

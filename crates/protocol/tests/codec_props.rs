@@ -1,8 +1,9 @@
 //! Property tests of the frame codec: round trips, arbitrary split points, hostile input and limits.
 
 use acms_protocol::{
-    Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, LENGTH_PREFIX_LEN,
-    MAX_FRAME_LEN_CEILING, ProtocolError, RawFrame, ServerId, UserId, Welcome,
+    Ack, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, LENGTH_PREFIX_LEN,
+    MAX_FRAME_LEN_CEILING, ProtocolError, RawFrame, SeqRange, ServerEpoch, ServerId, UserId,
+    Welcome,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use proptest::collection::vec;
@@ -78,9 +79,11 @@ fn control_with(
     max_text: usize,
 ) -> impl Strategy<Value = Control> {
     prop_oneof![
-        (any::<u16>(), any::<u32>(), text(max_text)).prop_map(|(version, id, client_addr)| {
-            Control::Hello(Hello { version, server_id: ServerId(id), client_addr })
-        }),
+        (any::<u16>(), any::<u32>(), text(max_text), any::<u64>()).prop_map(
+            |(version, id, client_addr, epoch)| {
+                Control::Hello(Hello { version, server_id: ServerId(id), client_addr, epoch })
+            }
+        ),
         (any::<u16>(), any::<u32>()).prop_map(|(version, max_frame_len)| Control::Welcome(
             Welcome { version, max_frame_len }
         )),
@@ -89,7 +92,27 @@ fn control_with(
         vec(users, 0..max_users).prop_map(|users| Control::Logout { users }),
         any::<u64>().prop_map(|token| Control::Ping { token }),
         any::<u64>().prop_map(|token| Control::Pong { token }),
+        Just(Control::Bye),
+        Just(Control::SnapshotDone),
+        vec(server_epoch(), 0..max_users).prop_map(|servers| Control::Servers { servers }),
+        (server_epoch(), proptest::option::of(any::<u64>()))
+            .prop_map(|(server, resend_from)| Control::ServerUp { server, resend_from }),
+        any::<u32>().prop_map(|id| Control::Resent { server: ServerId(id) }),
+        any::<u64>().prop_map(|from| Control::Resend { from }),
     ]
+}
+
+fn server_epoch() -> impl Strategy<Value = ServerEpoch> {
+    (any::<u32>(), any::<u64>()).prop_map(|(id, epoch)| ServerEpoch { id: ServerId(id), epoch })
+}
+
+fn ack(max_ranges: usize) -> impl Strategy<Value = Ack> {
+    let range = (any::<u64>(), 1..=u32::MAX).prop_map(|(first, count)| SeqRange { first, count });
+    (any::<u32>(), any::<u32>(), vec(range, 0..max_ranges)).prop_map(|(to, from, ranges)| Ack {
+        to: ServerId(to),
+        from: ServerId(from),
+        ranges,
+    })
 }
 
 fn data_kind() -> impl Strategy<Value = DataKind> {
@@ -122,6 +145,7 @@ fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         control_with(user_id(), 8, 40).prop_map(Frame::Control),
         data_with(user_id(), 2047).prop_map(Frame::Data),
+        ack(8).prop_map(Frame::Ack),
     ]
 }
 
@@ -130,6 +154,7 @@ fn small_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         control_with(short_user_id(), 3, 6).prop_map(Frame::Control),
         data_with(short_user_id(), 12).prop_map(Frame::Data),
+        ack(2).prop_map(Frame::Ack),
     ]
 }
 
@@ -209,10 +234,16 @@ fn variant_index(control: &Control) -> usize {
         Control::Logout { .. } => 4,
         Control::Ping { .. } => 5,
         Control::Pong { .. } => 6,
+        Control::Bye => 7,
+        Control::SnapshotDone => 8,
+        Control::Servers { .. } => 9,
+        Control::ServerUp { .. } => 10,
+        Control::Resent { .. } => 11,
+        Control::Resend { .. } => 12,
     }
 }
 
-const CONTROL_VARIANTS: usize = 7;
+const CONTROL_VARIANTS: usize = 13;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -240,7 +271,8 @@ proptest! {
                 prop_assert_eq!(&raw.body()[route.payload_offset..], &data.payload[..]);
                 prop_assert_eq!(raw.kind().unwrap(), FrameKind::Data(data.kind));
             } else {
-                prop_assert_eq!(raw.kind().unwrap(), FrameKind::Control);
+                let kind = if matches!(frame, Frame::Ack(_)) { FrameKind::Ack } else { FrameKind::Control };
+                prop_assert_eq!(raw.kind().unwrap(), kind);
                 prop_assert!(matches!(raw.route(), Err(ProtocolError::NotData)));
             }
             decoded.push(frame);
@@ -285,7 +317,7 @@ proptest! {
         id in any::<u32>(),
         addr in text(20),
     ) {
-        let hello = Control::Hello(Hello { version, server_id: ServerId(id), client_addr: addr });
+        let hello = Control::Hello(Hello { version, server_id: ServerId(id), client_addr: addr, epoch: 1 });
         let bytes = Frame::Control(hello).to_bytes(MAX_FRAME_LEN_CEILING).unwrap();
         let body = &bytes[LENGTH_PREFIX_LEN..];
         prop_assert_eq!(body[0], 0, "control kind");
@@ -409,9 +441,11 @@ fn frame_strategy_covers_every_variant() {
     let strategy = frame();
     let mut controls = [false; CONTROL_VARIANTS];
     let (mut unicast, mut undeliverable, mut multibyte, mut longest) = (false, false, false, false);
+    let mut acks = false;
     for _ in 0..2000 {
         match strategy.new_tree(&mut runner).unwrap().current() {
             Frame::Control(control) => controls[variant_index(&control)] = true,
+            Frame::Ack(_) => acks = true,
             Frame::Data(data) => {
                 unicast |= data.kind == DataKind::Unicast;
                 undeliverable |= data.kind == DataKind::Undeliverable;
@@ -423,7 +457,7 @@ fn frame_strategy_covers_every_variant() {
         }
     }
     assert_eq!(controls, [true; CONTROL_VARIANTS], "control variants seen");
-    assert!(unicast && undeliverable && multibyte && longest);
+    assert!(unicast && undeliverable && multibyte && longest && acks);
 }
 
 #[test]
@@ -454,11 +488,22 @@ fn documented_examples() {
     );
 
     let hello = Frame::Control(Control::Hello(Hello {
-        version: 1,
+        version: 2,
         server_id: ServerId(7),
         client_addr: "h:1".into(),
+        epoch: 5,
     }));
-    assert_eq!(hex(&hello.to_bytes(1024).unwrap()), "00 00 00 08 00 00 01 07 03 68 3a 31");
+    assert_eq!(hex(&hello.to_bytes(1024).unwrap()), "00 00 00 09 00 00 02 07 03 68 3a 31 05");
+
+    let ack = Frame::Ack(Ack {
+        to: ServerId(7),
+        from: ServerId(9),
+        ranges: vec![SeqRange { first: 1, count: 3 }],
+    });
+    assert_eq!(
+        hex(&ack.to_bytes(1024).unwrap()),
+        "00 00 00 15 03 00 00 00 07 00 00 00 09 00 00 00 00 00 00 00 01 00 00 00 03"
+    );
 
     let login = Frame::Control(Control::Login { users: vec![user("bob"), user("al")] });
     assert_eq!(hex(&login.to_bytes(1024).unwrap()), "00 00 00 0a 00 03 02 03 62 6f 62 02 61 6c");
