@@ -494,10 +494,10 @@ impl Connection {
                 }
                 Ok(Relayed::Held) => shared.stats.held(frames),
                 Err(RelayError::Gone(chunks)) => result = result.and(self.bounce(&chunks)),
-                Err(RelayError::SlowConsumer { pending, frames: chunks }) => {
+                Err(RelayError::SlowConsumer { pending }) => {
                     shared.stats.slow_consumer();
+                    shared.stats.held(frames);
                     warn!(slow_server = %target, pending, "slow consumer: disconnecting it");
-                    result = result.and(self.bounce(&chunks));
                 }
             }
         }

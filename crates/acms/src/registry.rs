@@ -50,7 +50,8 @@ struct ServerEntry {
     /// confirms them with its snapshot) or the grace ends; with the departure's number.
     away: Option<(u64, HashSet<UserId>)>,
     /// Origins whose frames to this AS were dropped while it was away, with the first sequence
-    /// number dropped: they must send again from there once it is back.
+    /// number dropped: if it does not come back, they send again from there and the frames
+    /// bounce. (If it does, every server sends again everything not acknowledged.)
     held: HashMap<ServerId, u64>,
     /// Origins asked to send again whose `Resent` has not arrived: their frames to this AS are
     /// dropped meanwhile, so they cannot overtake the frames sent again.
@@ -100,17 +101,16 @@ impl Default for Registry {
 #[error("server id {0} is already registered by a live connection")]
 pub struct DuplicateServer(pub ServerId);
 
-/// Why frames could not be queued for a server; the frames come back to be bounced.
+/// Why frames could not be queued for a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayError {
-    /// The server is no longer registered.
+    /// The server is no longer registered; the frames come back to be bounced.
     Gone(Vec<Bytes>),
-    /// The server is over its queue limit and was told to disconnect.
+    /// The server is over its queue limit and was told to disconnect; the frames were held, for
+    /// their origin to send again.
     SlowConsumer {
         /// Bytes it had pending.
         pending: usize,
-        /// The frames that were not queued.
-        frames: Vec<Bytes>,
     },
 }
 
@@ -177,10 +177,18 @@ impl Registry {
                 }
                 registration.stale_users =
                     entry.away.take().map(|(_, users)| users).unwrap_or_default();
-                registration.resend = std::mem::take(&mut entry.held);
+                entry.held.clear();
                 entry.info = info;
                 entry.epoch = epoch;
                 entry.attached = attached;
+                drop(slot);
+                // Frames still queued for the broken connection died with it, unrecorded: every
+                // server sends again all it has not had acknowledged.
+                for other in self.servers.iter().filter(|other| *other.key() != id) {
+                    if other.attached.is_some() {
+                        registration.resend.insert(*other.key(), 0);
+                    }
+                }
             }
             Entry::Vacant(slot) => {
                 slot.insert(ServerEntry {
@@ -274,11 +282,7 @@ impl Registry {
         };
         let Some(attached) = entry.attached.as_ref() else {
             drop(entry);
-            if let (Some(seq), Some(mut entry)) = (first_seq, self.servers.get_mut(&server))
-                && entry.attached.is_none()
-            {
-                hold(&mut entry.held, origin, seq);
-            }
+            self.hold(origin, server, first_seq);
             return Ok(Relayed::Held);
         };
         if !entry.blocked.is_empty() && entry.blocked.contains(&origin) {
@@ -287,11 +291,25 @@ impl Registry {
         let outbox = &attached.outbox;
         match outbox.push_batch(frames) {
             Ok(()) => Ok(Relayed::Queued(outbox.above_high_water().then(|| outbox.clone()))),
-            Err((PushError::Closed, frames)) => Err(RelayError::Gone(frames)),
-            Err((PushError::Full { pending }, frames)) => {
-                entry.close();
-                Err(RelayError::SlowConsumer { pending, frames })
+            // The connection is closing: the server is about to be away.
+            Err((PushError::Closed, _)) => {
+                drop(entry);
+                self.hold(origin, server, first_seq);
+                Ok(Relayed::Held)
             }
+            Err((PushError::Full { pending }, _)) => {
+                entry.close();
+                drop(entry);
+                self.hold(origin, server, first_seq);
+                Err(RelayError::SlowConsumer { pending })
+            }
+        }
+    }
+
+    /// Remembers that frames from `origin` to `server` were dropped from `first_seq` on.
+    fn hold(&self, origin: ServerId, server: ServerId, first_seq: Option<u64>) {
+        if let (Some(seq), Some(mut entry)) = (first_seq, self.servers.get_mut(&server)) {
+            hold(&mut entry.held, origin, seq);
         }
     }
 
@@ -429,10 +447,7 @@ mod tests {
         );
         assert!(matches!(relay(frames("1234")), Ok(Relayed::Queued(Some(_)))));
         assert!(!token.is_cancelled());
-        assert_eq!(
-            relay(frames("5")).err(),
-            Some(RelayError::SlowConsumer { pending: 4, frames: frames("5") })
-        );
+        assert_eq!(relay(frames("5")).err(), Some(RelayError::SlowConsumer { pending: 4 }));
         assert!(token.is_cancelled());
     }
 
@@ -450,9 +465,12 @@ mod tests {
             let held = registry.relay_batch(ServerId(1), ServerId(2), Some(seq), frame());
             assert!(matches!(held, Ok(Relayed::Held)));
         }
-        // Back within the grace: origin 1 must send again from 30 and is blocked until it has.
+        // Back within the grace: every connected server sends again all it has not had
+        // acknowledged, and is blocked until it has.
+        let (other, _other_inbox) = Outbox::new(1024, 512);
+        registry.register(info(1), 0, other, CancellationToken::new()).unwrap();
         let back = registry.register(info(2), 0, outbox, CancellationToken::new()).unwrap();
-        assert_eq!(back.resend, HashMap::from([(ServerId(1), 30)]));
+        assert_eq!(back.resend, HashMap::from([(ServerId(1), 0)]));
         assert_eq!(back.stale_users, HashSet::from([alice.clone()]));
         assert_eq!(registry.expire(ServerId(2), departure.unwrap()), None, "not away any more");
         let blocked = registry.relay_batch(ServerId(1), ServerId(2), Some(60), frame());
@@ -469,7 +487,7 @@ mod tests {
             Some(HashMap::from([(ServerId(3), 9)]))
         );
         assert_eq!(registry.locate("alice"), None);
-        assert!(registry.servers().is_empty());
+        assert_eq!(registry.servers().len(), 1, "only server 1 is left");
     }
 
     #[test]

@@ -1,0 +1,203 @@
+//! Exactly-once delivery: messages numbered by the test arrive once each and in order across a
+//! hub that dies mid-stream and a receiver that is cut off and comes back; receipts and the
+//! retransmit buffer's bound.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use acms::HubConfig;
+use acms_appserver::{Cluster, Event, Events, LinkState, Outcome, ServerId};
+use acms_tests::{PATIENCE, TestHub, TestServer, eventually, user, wait_link};
+use bytes::Bytes;
+
+/// Messages of one stream: "seq" as text, padded to `size` bytes.
+fn numbered(seq: u32, size: usize) -> Bytes {
+    let mut text = seq.to_string().into_bytes();
+    text.resize(size.max(text.len()), b' ');
+    Bytes::from(text)
+}
+
+fn number(payload: &[u8]) -> u32 {
+    std::str::from_utf8(payload).unwrap().trim_end().parse().unwrap()
+}
+
+/// Receives until message `count - 1`, asserting each arrives once and in order.
+async fn expect_stream(events: &mut Events, count: u32) {
+    let mut next = 0;
+    while next < count {
+        let batch = tokio::time::timeout(PATIENCE * 3, events.recv_batch())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {next} of {count} messages"))
+            .expect("events open");
+        for event in batch {
+            match event {
+                Event::Message { payload, .. } => {
+                    let got = number(&payload);
+                    assert_eq!(got, next, "message {got} arrived where {next} was due");
+                    next += 1;
+                }
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+    }
+    // Nothing more: no duplicate trails the stream.
+    let extra = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
+    assert!(extra.is_err(), "unexpected event after the stream: {extra:?}");
+}
+
+/// A hub on a runtime of its own, so the test can kill it without any goodbye: its sockets
+/// close as a killed process's would, and whatever it had queued is lost.
+fn start_doomed_hub(addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let hub = TestHub::start_with(HubConfig::default(), addr).await;
+        tx.send(hub.addr).unwrap();
+        std::future::pending::<()>().await;
+        drop(hub);
+    });
+    let addr = rx.recv_timeout(PATIENCE).expect("hub started");
+    (runtime, addr)
+}
+
+#[tokio::test]
+async fn nothing_is_lost_or_duplicated_when_the_hub_dies_mid_stream() {
+    const COUNT: u32 = 30_000;
+    let (doomed, addr) = start_doomed_hub("127.0.0.1:0".parse().unwrap());
+    let sender = TestServer::start(0, addr).await;
+    let mut receiver = TestServer::start(1, addr).await;
+    sender.login(&["alice"]).await;
+    receiver.login(&["bob"]).await;
+
+    let cluster = sender.cluster.clone();
+    let sending = tokio::spawn(async move {
+        for seq in 0..COUNT {
+            let payload = numbered(seq, 64);
+            cluster.send_to_user(&user("alice"), &user("bob"), payload).await.unwrap();
+        }
+    });
+    // Kill the hub once the stream is well under way, and start another on the same port.
+    let mut seen = 0;
+    while seen < COUNT / 4 {
+        let batch = tokio::time::timeout(PATIENCE, receiver.events.recv_batch()).await.unwrap();
+        for event in batch.unwrap() {
+            let Event::Message { payload, .. } = event else { panic!("{event:?}") };
+            assert_eq!(number(&payload), seen);
+            seen += 1;
+        }
+    }
+    doomed.shutdown_background();
+    wait_link(&receiver.cluster, LinkState::Connecting).await;
+    let _hub = TestHub::start_with(HubConfig::default(), addr).await;
+
+    // The rest of the stream, after the `seen` already checked.
+    let mut rest = 0;
+    while seen + rest < COUNT {
+        let batch = tokio::time::timeout(PATIENCE * 3, receiver.events.recv_batch())
+            .await
+            .unwrap_or_else(|_| panic!("stalled at {}", seen + rest))
+            .unwrap();
+        for event in batch {
+            let Event::Message { payload, .. } = event else { panic!("{event:?}") };
+            assert_eq!(number(&payload), seen + rest, "lost or duplicated across the failover");
+            rest += 1;
+        }
+    }
+    sending.await.unwrap();
+    let extra = tokio::time::timeout(Duration::from_millis(300), receiver.events.recv()).await;
+    assert!(extra.is_err(), "duplicate after the stream: {extra:?}");
+}
+
+#[tokio::test]
+async fn a_receiver_cut_off_as_a_slow_consumer_gets_everything_when_it_returns() {
+    const COUNT: u32 = 20_000;
+    let config = HubConfig {
+        high_water_bytes: 32 * 1024,
+        max_stall: Duration::from_millis(200),
+        ..HubConfig::default()
+    };
+    let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let sender = TestServer::start(0, hub.addr).await;
+    sender.login(&["alice"]).await;
+    // A receiver whose app does not read: its link stops reading, the hub's queue for it fills.
+    let (cluster, mut events) = Cluster::builder(ServerId(1), hub.addr.to_string())
+        .event_capacity(1)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .start();
+    wait_link(&cluster, LinkState::Connected).await;
+    cluster.login(user("bob")).await.unwrap();
+    cluster.flush().await.unwrap();
+
+    let sending = tokio::spawn({
+        let cluster = sender.cluster.clone();
+        async move {
+            for seq in 0..COUNT {
+                let payload = numbered(seq, 1024);
+                cluster.send_to_user(&user("alice"), &user("bob"), payload).await.unwrap();
+            }
+        }
+    });
+    let stats = hub.hub.clone();
+    eventually("the receiver cut off as a slow consumer", || stats.stats().slow_consumers > 0)
+        .await;
+    // Now the app reads again: every message, once, in order.
+    expect_stream(&mut events, COUNT).await;
+    sending.await.unwrap();
+    assert!(hub.hub.stats().held > 0 || hub.hub.stats().slow_consumers > 0);
+}
+
+#[tokio::test]
+async fn receipts_tell_delivered_offline_and_timed_out() {
+    let hub = TestHub::start().await;
+    let sender = TestServer::start(0, hub.addr).await;
+    let mut receiver = TestServer::start(1, hub.addr).await;
+    sender.login(&["alice", "amy"]).await;
+    receiver.login(&["bob"]).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+
+    let receipt = sender.cluster.send_with_receipt(&alice, &bob, "hi".into()).await.unwrap();
+    assert_eq!(receipt.outcome(PATIENCE).await, Outcome::Delivered { sessions: 1 });
+    assert!(matches!(receiver.next_event().await, Event::Message { .. }));
+
+    let local = sender.cluster.send_with_receipt(&alice, &user("amy"), "hey".into()).await;
+    assert_eq!(local.unwrap().outcome(PATIENCE).await, Outcome::Delivered { sessions: 1 });
+
+    let offline = sender.cluster.send_with_receipt(&alice, &user("nobody"), "x".into()).await;
+    assert_eq!(offline.unwrap().outcome(PATIENCE).await, Outcome::Offline);
+
+    // A receiver that is cut off and never comes back: no answer within the time asked for.
+    hub.stop().await;
+    let waiting = sender.cluster.send_with_receipt(&alice, &bob, "later".into()).await.unwrap();
+    assert_eq!(waiting.outcome(Duration::from_millis(200)).await, Outcome::TimedOut);
+}
+
+#[tokio::test]
+async fn a_full_retransmit_buffer_makes_senders_wait_and_try_send_fail() {
+    let hub = TestHub::start().await;
+    let (cluster, _events) =
+        Cluster::builder(ServerId(0), hub.addr.to_string()).retransmit_buffer(4 * 1024).start();
+    wait_link(&cluster, LinkState::Connected).await;
+    cluster.login(user("alice")).await.unwrap();
+    cluster.flush().await.unwrap();
+    // The hub goes away: nothing is acknowledged, so the buffer fills and stays full.
+    hub.stop().await;
+    wait_link(&cluster, LinkState::Connecting).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    let payload = Bytes::from(vec![b'x'; 1000]);
+    let mut accepted = 0;
+    loop {
+        match cluster.try_send_to_user(&alice, &bob, payload.clone()).await {
+            Ok(_) => accepted += 1,
+            Err(acms_appserver::ClusterError::Full) => break,
+            Err(err) => panic!("{err}"),
+        }
+        assert!(accepted < 10, "a 4 KiB buffer took {accepted} messages of 1 KB");
+    }
+    assert!(accepted >= 3, "only {accepted} messages fit in 4 KiB");
+    let waits = tokio::time::timeout(
+        Duration::from_millis(200),
+        cluster.send_to_user(&alice, &bob, payload.clone()),
+    )
+    .await;
+    assert!(waits.is_err(), "send_to_user must wait while the buffer is full");
+}
