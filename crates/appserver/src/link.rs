@@ -15,7 +15,7 @@ use acms_protocol::{
     PROTOCOL_VERSION, ProtocolError, RawFrame, ServerId, UserId,
 };
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -154,10 +154,12 @@ pub(crate) struct Link {
     unacked: Unacked,
     received: Received,
     /// Senders waiting for the outcome of a message, by sequence number.
-    receipts: std::collections::HashMap<u64, oneshot::Sender<Outcome>>,
+    receipts: std::collections::HashMap<u64, oneshot::Sender<Outcome>, foldhash::fast::RandomState>,
     /// The retransmit buffer's free bytes: a send takes them, an answer gives them back.
     credit: Arc<Semaphore>,
     credit_cap: usize,
+    /// Room of answered messages not yet given back to `credit`.
+    released: usize,
 }
 
 impl Link {
@@ -200,9 +202,10 @@ impl Link {
             staging: BytesMut::new(),
             unacked: Unacked::default(),
             received: Received::default(),
-            receipts: std::collections::HashMap::new(),
+            receipts: Default::default(),
             credit,
             credit_cap: config.retransmit_buffer,
+            released: 0,
         }
     }
 
@@ -382,6 +385,9 @@ impl Link {
         if events.is_empty() || self.deliver(events) {
             self.received.encode_acks(self.server_id, self.send_limit, out);
         }
+        if self.released > 0 {
+            self.credit.add_permits(std::mem::take(&mut self.released));
+        }
         Ok(())
     }
 
@@ -398,7 +404,13 @@ impl Link {
         if self.staging.is_empty() {
             return;
         }
-        let mut frames = self.staging.split().freeze();
+        let frames = self.staging.split().freeze();
+        self.keep_and_queue(frames, out);
+    }
+
+    /// Copies data frames that have their sequence numbers to the socket's buffer, and keeps
+    /// each for retransmission (slices of `frames`, not copies).
+    fn keep_and_queue(&mut self, mut frames: Bytes, out: &mut BytesMut) {
         out.extend_from_slice(&frames);
         while frames.len() > LENGTH_PREFIX_LEN {
             let len = u32::from_be_bytes(frames[..LENGTH_PREFIX_LEN].try_into().expect("4 bytes"));
@@ -421,7 +433,8 @@ impl Link {
         let Some(frame) = self.unacked.take(seq) else {
             return false;
         };
-        self.credit.add_permits(charge(frame.len(), self.credit_cap) as usize);
+        // Given back once per read (`release_credit`): the semaphore takes a lock per call.
+        self.released += charge(frame.len(), self.credit_cap) as usize;
         if !self.receipts.is_empty()
             && let Some(receipt) = self.receipts.remove(&seq)
         {
@@ -483,6 +496,7 @@ impl Link {
                 Frame::Data(data).encode(self.send_limit, &mut self.staging)
             }
             Command::Encoded(mut frames) => {
+                self.unstage(out);
                 let mut at = 0;
                 while at + LENGTH_PREFIX_LEN < frames.len() {
                     let len = u32::from_be_bytes(frames[at..at + 4].try_into().expect("4 bytes"));
@@ -490,7 +504,7 @@ impl Link {
                     frames[at + SEQ_AT..at + SEQ_AT + 8].copy_from_slice(&seq);
                     at += LENGTH_PREFIX_LEN + len as usize;
                 }
-                self.staging.extend_from_slice(&frames);
+                self.keep_and_queue(frames.freeze(), out);
                 Ok(())
             }
             Command::Flush(done) => {

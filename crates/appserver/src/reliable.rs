@@ -1,7 +1,7 @@
 //! The bookkeeping of exactly-once delivery (docs/RELIABILITY.md): what this server sent and has
 //! not had acknowledged, what it received from each origin, and the acks it owes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use acms_protocol::{Ack, SeqRange, ServerId};
 use bytes::{Bytes, BytesMut};
@@ -49,6 +49,9 @@ impl Unacked {
         self.slots.iter().flatten().count()
     }
 }
+
+/// Looked up once per received frame: a fast hash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What this server has received from one origin server.
 #[derive(Debug, Default)]
