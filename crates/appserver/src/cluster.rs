@@ -379,7 +379,7 @@ impl Cluster {
         to: &UserId,
         payload: Bytes,
     ) -> Result<Route, ClusterError> {
-        self.send(from, to, payload, None, Wait::Yes).await.map(|(route, _)| route)
+        self.send(from, to, payload, None, Wait::Yes).await
     }
 
     /// Like [`Cluster::send_to_user`], but never waits for room: fails with
@@ -390,7 +390,7 @@ impl Cluster {
         to: &UserId,
         payload: Bytes,
     ) -> Result<Route, ClusterError> {
-        self.send(from, to, payload, None, Wait::No).await.map(|(route, _)| route)
+        self.send(from, to, payload, None, Wait::No).await
     }
 
     /// Like [`Cluster::send_to_user`], and returns a [`Receipt`] for the message's outcome.
@@ -401,7 +401,7 @@ impl Cluster {
         payload: Bytes,
     ) -> Result<Receipt, ClusterError> {
         let (receipt, rx) = oneshot::channel();
-        let (route, _) = self.send(from, to, payload, Some(receipt), Wait::Yes).await?;
+        let route = self.send(from, to, payload, Some(receipt), Wait::Yes).await?;
         Ok(Receipt(match route {
             Route::Local => ReceiptInner::Known(Outcome::Delivered { sessions: 1 }),
             Route::Hub => ReceiptInner::Waiting(rx),
@@ -415,7 +415,7 @@ impl Cluster {
         payload: Bytes,
         receipt: Option<oneshot::Sender<Outcome>>,
         wait: Wait,
-    ) -> Result<(Route, ()), ClusterError> {
+    ) -> Result<Route, ClusterError> {
         if self.is_local(to.as_str()) {
             let event = Event::Message { from: from.clone(), to: to.clone(), payload };
             match wait {
@@ -425,7 +425,7 @@ impl Cluster {
                     mpsc::error::TrySendError::Closed(_) => ClusterError::Closed,
                 })?,
             }
-            return Ok((Route::Local, ()));
+            return Ok(Route::Local);
         }
         let data = Data {
             kind: DataKind::Unicast,
@@ -460,7 +460,7 @@ impl Cluster {
                 permit.send(command);
             }
         }
-        Ok((Route::Hub, ()))
+        Ok(Route::Hub)
     }
 
     /// Takes room in the retransmit buffer, given back by the link when the message is answered.
