@@ -203,6 +203,17 @@ fn ask_to_resend(shared: &Shared, held: std::collections::HashMap<ServerId, u64>
     }
 }
 
+/// Refuses a frame that names another server as its sender: a server speaks only for itself.
+fn claimed_by(server: ServerId, claimed: ServerId, what: &str) -> Result<(), Close> {
+    if claimed == server {
+        return Ok(());
+    }
+    Err(Close::refused(
+        ErrorCode::Malformed,
+        format!("{what} claims origin {claimed} on server {server}'s connection"),
+    ))
+}
+
 /// A control frame as bytes; control frames the hub makes always fit its own limit.
 fn control_frame(shared: &Shared, control: Control) -> Bytes {
     Frame::Control(control).to_bytes(shared.config.max_frame_len).unwrap_or_default()
@@ -290,15 +301,7 @@ impl Connection {
             match FrameKind::from_tag(body[0])? {
                 FrameKind::Data(DataKind::Unicast) => {
                     let route = Route::parse(body)?;
-                    if route.origin != server {
-                        return Err(Close::refused(
-                            ErrorCode::Malformed,
-                            format!(
-                                "frame claims origin {} on server {server}'s connection",
-                                route.origin
-                            ),
-                        ));
-                    }
+                    claimed_by(server, route.origin, "frame")?;
                     let seq = route.seq;
                     let target = self.shared.registry.locate(route.recipient);
                     if target.is_none() || target != self.run.target {
@@ -318,14 +321,7 @@ impl Connection {
                 }
                 FrameKind::Ack => {
                     let (target, from) = Ack::route(body)?;
-                    if from != server {
-                        return Err(Close::refused(
-                            ErrorCode::Malformed,
-                            format!(
-                                "ack claims to come from {from} on server {server}'s connection"
-                            ),
-                        ));
-                    }
+                    claimed_by(server, from, "ack")?;
                     if Some(target) != self.run.target {
                         self.end_run();
                     }
