@@ -109,6 +109,37 @@ async fn nothing_is_lost_or_duplicated_when_the_hub_dies_mid_stream() {
 }
 
 #[tokio::test]
+async fn frames_held_for_a_user_not_yet_back_are_not_overtaken() {
+    const HALF: u32 = 5_000;
+    // Long enough for the whole test to fall inside the window after a restart.
+    let config = HubConfig { settle: Duration::from_secs(3), ..HubConfig::default() };
+    let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let mut receiver = TestServer::start(1, hub.addr).await;
+    let sender = TestServer::start(0, hub.addr).await;
+    sender.login(&["alice"]).await;
+    let send = |range: std::ops::Range<u32>| {
+        let cluster = sender.cluster.clone();
+        async move {
+            for seq in range {
+                cluster
+                    .send_to_user(&user("alice"), &user("bob"), numbered(seq, 64))
+                    .await
+                    .unwrap();
+            }
+            cluster.flush().await.unwrap();
+        }
+    };
+    // Bob is not back yet: the hub holds the first half for nobody, as just after a restart.
+    send(0..HALF).await;
+    let stats = hub.hub.clone();
+    eventually("the first half held", || stats.stats().held >= u64::from(HALF)).await;
+    // Bob is back; the second half must not overtake the first, which comes again later.
+    receiver.login(&["bob"]).await;
+    send(HALF..2 * HALF).await;
+    expect_stream(&mut receiver.events, 2 * HALF).await;
+}
+
+#[tokio::test]
 async fn a_receiver_cut_off_as_a_slow_consumer_gets_everything_when_it_returns() {
     const COUNT: u32 = 20_000;
     let config = HubConfig {

@@ -94,6 +94,10 @@ struct Connection {
     stale_users: HashSet<UserId>,
     /// The AS said `Bye`: it leaves for good, with no grace to come back.
     leaving: bool,
+    /// A frame of this AS for a user nobody had yet was dropped in the settle window: its
+    /// sequence number. Every later frame is dropped too until the AS sends again from there
+    /// (its stream goes back to a number no greater), so nothing overtakes the dropped frame.
+    holding_from: Option<u64>,
 }
 
 /// Frames routed to one server that still lie at the start of the read buffer.
@@ -155,6 +159,7 @@ pub(crate) async fn serve(
         users: HashSet::new(),
         stale_users: HashSet::new(),
         leaving: false,
+        holding_from: None,
     };
     let close = conn.run().await;
     // A peer that stopped reading would hold its writer for the whole grace period.
@@ -303,6 +308,16 @@ impl Connection {
                     let route = Route::parse(body)?;
                     claimed_by(server, route.origin, "frame")?;
                     let seq = route.seq;
+                    match self.holding_from {
+                        Some(from) if seq > from => {
+                            self.end_run();
+                            self.shared.stats.held(1);
+                            self.read_buf.advance(len);
+                            continue;
+                        }
+                        Some(_) => self.holding_from = None,
+                        None => {}
+                    }
                     let target = self.shared.registry.locate(route.recipient);
                     if target.is_none() || target != self.run.target {
                         self.end_run();
@@ -310,6 +325,7 @@ impl Connection {
                     match target {
                         Some(target) => self.run.extend(target, len, Some(seq)),
                         None if self.shared.registry.hold_unclaimed(server, seq) => {
+                            self.holding_from = Some(seq);
                             self.shared.stats.held(1);
                             self.read_buf.advance(len);
                         }

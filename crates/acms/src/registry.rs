@@ -202,7 +202,9 @@ impl Registry {
             }
         }
         if self.settling() {
-            let unclaimed = self.unclaimed.lock().expect("unclaimed lock");
+            let mut unclaimed = self.unclaimed.lock().expect("unclaimed lock");
+            // Registered anew, this AS sends again everything not acknowledged anyway.
+            unclaimed.remove(&id);
             for (&origin, &seq) in unclaimed.iter().filter(|(origin, _)| **origin != id) {
                 hold(&mut registration.resend, origin, seq);
             }
