@@ -105,7 +105,10 @@ mod tests {
     use bytes::{BufMut, Bytes};
 
     use super::*;
-    use crate::{Control, Data, DataKind, ErrorCode, Hello, ServerId, UserId, Welcome};
+    use crate::{
+        Challenge, Control, Data, DataKind, ErrorCode, Hello, Nonce, Proof, ServerId, UserId,
+        Welcome,
+    };
 
     fn user(name: &str) -> UserId {
         UserId::new(name).unwrap()
@@ -117,8 +120,18 @@ mod tests {
                 version: crate::PROTOCOL_VERSION,
                 server_id: ServerId(7),
                 client_addr: "127.0.0.1:6000".into(),
+                nonce: Some(Nonce([9; 32])),
             })),
-            Frame::Control(Control::Welcome(Welcome { version: 1, max_frame_len: 1024 })),
+            Frame::Control(Control::Welcome(Welcome {
+                version: 1,
+                max_frame_len: 1024,
+                max_users: 10,
+            })),
+            Frame::Control(Control::Challenge(Challenge {
+                nonce: Nonce([1; 32]),
+                proof: Proof([2; 32]),
+            })),
+            Frame::Control(Control::Auth { proof: Proof([3; 32]) }),
             Frame::Control(Control::error(ErrorCode::DuplicateServer, "server 7 is registered")),
             Frame::Control(Control::Login { users: vec![user("alice"), user("bob")] }),
             Frame::Control(Control::Logout { users: vec![user("alice")] }),
@@ -225,7 +238,7 @@ mod tests {
 
     #[test]
     fn undeliverable_copy_keeps_everything_but_the_kind() {
-        let frame = every_kind_of_frame().swap_remove(7);
+        let frame = every_kind_of_frame().swap_remove(9);
         let raw = {
             let mut buf = BytesMut::new();
             Codec::default().encode(&frame, &mut buf).unwrap();
