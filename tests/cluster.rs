@@ -154,6 +154,7 @@ fn hello(id: u32, version: u16) -> Frame {
         version,
         server_id: ServerId(id),
         client_addr: "127.0.0.1:7000".into(),
+        nonce: None,
     }))
 }
 

@@ -36,14 +36,17 @@
 //!
 //! # Layout
 //! - [`cluster`]: [`Cluster`], its [`ClusterBuilder`], [`Event`]s and errors.
-//! - `link`: the task that owns the hub connection: handshake, snapshot, batched writes,
-//!   reconnects.
+//! - `link`: the task that owns the hub connection: handshake and authentication, snapshot,
+//!   batched writes, reconnects.
+//! - [`tls`]: [`ClientTls`], optional TLS to the hub.
 #![warn(missing_docs)]
 
 pub mod cluster;
 mod link;
+pub mod tls;
 
-pub use acms_protocol::{ServerId, UserId, UserIdError};
+pub use acms_protocol::{ErrorCode, Secret, SecretError, ServerId, UserId, UserIdError};
 pub use cluster::{
     BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outgoing, Route,
 };
+pub use tls::{ClientTls, TlsError};
