@@ -116,6 +116,10 @@ impl SessionError {
             Self::HubUnauthenticated | Self::HubWithoutSecret => {
                 LinkState::Refused(ErrorCode::Unauthorized)
             }
+            // A certificate refused, or the hub not speaking TLS: settings, not bad luck.
+            Self::Tls(err) if tls::tls_failure(err).is_some() => {
+                LinkState::Refused(ErrorCode::Unauthorized)
+            }
             _ => LinkState::Connecting,
         }
     }
