@@ -649,7 +649,11 @@ impl Connection {
                 if code == ErrorCode::Unauthorized {
                     self.shared.stats.unauthorized();
                 }
-                warn!(?code, %message, "app server refused the hub during the handshake");
+                warn!(
+                    ?code,
+                    reason = %message,
+                    "app server refused the hub's proof: the secrets differ, or it expects another hub"
+                );
             }
         }
         // Frames relayed from now on bounce at once, and senders paused on this queue resume.

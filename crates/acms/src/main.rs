@@ -57,7 +57,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(value) = std::env::var_os(SECRET_VAR) {
         let value =
             value.into_string().map_err(|_| anyhow::anyhow!("{SECRET_VAR} is not UTF-8"))?;
-        config.transfer.secret = Some(Secret::new(value).context(SECRET_VAR)?);
+        config.transfer.secret =
+            Some(Secret::new(value).with_context(|| format!("{SECRET_VAR} is not usable"))?);
     }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.transfer.tls = Some(TlsFiles { cert, key, client_ca: args.tls_client_ca });

@@ -123,7 +123,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(value) = std::env::var_os(SECRET_VAR) {
         let value =
             value.into_string().map_err(|_| anyhow::anyhow!("{SECRET_VAR} is not UTF-8"))?;
-        config.secret = Some(Secret::new(value).context(SECRET_VAR)?);
+        config.secret =
+            Some(Secret::new(value).with_context(|| format!("{SECRET_VAR} is not usable"))?);
     }
     if args.tls_ca.is_some() || args.tls_cert.is_some() || args.tls_server_name.is_some() {
         let tls = config.tls.get_or_insert_with(TlsConfig::default);
