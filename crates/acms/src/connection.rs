@@ -220,12 +220,12 @@ async fn accept_tls(
     match refusal {
         Refusal::Closed => {
             info!("peer closed before the TLS handshake");
-            return None;
+            None
         }
         Refusal::Failed(err) => {
             shared.stats.unauthorized();
             warn!(error = %err, "TLS handshake failed; closing connection");
-            return None;
+            None
         }
         Refusal::NotTls(mut stream) => {
             shared.stats.unauthorized();
