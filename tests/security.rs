@@ -427,3 +427,32 @@ async fn connections_past_max_connections_are_refused_at_accept() {
     expect_refusal(&mut third, ErrorCode::Unavailable).await;
     assert_eq!(hub.hub.stats().refused_connections, 1);
 }
+
+/// The limit holds in the other direction too: a hub frame over the server's limit breaks only
+/// that link, which reconnects.
+#[tokio::test]
+async fn a_frame_over_the_servers_limit_from_the_hub_drops_the_link_which_reconnects() {
+    use acms_protocol::Welcome;
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = fake.local_addr().unwrap();
+    let (cluster, _events) = builder(5, addr).max_frame_len(1024).start();
+
+    let accept = || async {
+        let (stream, _) =
+            tokio::time::timeout(PATIENCE, fake.accept()).await.expect("a connection").unwrap();
+        let mut peer = Framed::new(stream, Codec::default());
+        assert!(matches!(next_frame(&mut peer).await, Some(Frame::Control(Control::Hello(_)))));
+        let welcome = Welcome { version: PROTOCOL_VERSION, max_frame_len: 1 << 20, max_users: 10 };
+        peer.send(Frame::Control(Control::Welcome(welcome))).await.unwrap();
+        peer
+    };
+    let mut first = accept().await;
+    acms_tests::wait_link(&cluster, LinkState::Connected).await;
+    first.get_mut().write_all(&4096u32.to_be_bytes()).await.unwrap();
+    // The server drops that connection and comes back.
+    let mut second = accept().await;
+    assert_eq!(next_frame(&mut first).await, None);
+    acms_tests::wait_link(&cluster, LinkState::Connected).await;
+    second.send(Frame::Control(Control::Ping { token: 9 })).await.unwrap();
+    assert_eq!(next_frame(&mut second).await, Some(Frame::Control(Control::Pong { token: 9 })));
+}
