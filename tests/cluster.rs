@@ -155,6 +155,7 @@ fn hello(id: u32, version: u16) -> Frame {
         server_id: ServerId(id),
         client_addr: "127.0.0.1:7000".into(),
         epoch: u64::from(id),
+        nonce: None,
     }))
 }
 

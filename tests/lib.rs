@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use acms::{Hub, HubConfig};
-use acms_appserver::{Cluster, Event, Events, LinkState, ServerId, UserId};
+use acms::{Hub, HubConfig, ServerTls};
+use acms_appserver::{Cluster, ClusterBuilder, Event, Events, LinkState, ServerId, UserId};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -29,9 +29,17 @@ impl TestHub {
 
     /// A hub with `config` on `addr` (port 0 for any).
     pub async fn start_with(config: HubConfig, addr: SocketAddr) -> Self {
+        Self::serve(Hub::new(config), addr).await
+    }
+
+    /// A hub with `config` whose transfer port speaks TLS, on an ephemeral port.
+    pub async fn start_tls(config: HubConfig, tls: ServerTls) -> Self {
+        Self::serve(Hub::with_tls(config, tls), "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn serve(hub: Hub, addr: SocketAddr) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind hub");
         let addr = listener.local_addr().unwrap();
-        let hub = Hub::new(config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let (hub, shutdown) = (hub.clone(), shutdown.clone());
@@ -73,11 +81,13 @@ pub struct TestServer {
 impl TestServer {
     /// Joins the hub at `hub` as server `id` and waits until registered.
     pub async fn start(id: u32, hub: SocketAddr) -> Self {
-        let (cluster, events) = Cluster::builder(ServerId(id), hub.to_string())
-            .client_addr(format!("127.0.0.1:{}", 6000 + id))
-            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(500))
-            .start();
-        wait_link(&cluster, LinkState::Connected).await;
+        Self::start_with(builder(id, hub), LinkState::Connected).await
+    }
+
+    /// Starts a server from `builder` and waits until its link is in `state`.
+    pub async fn start_with(builder: ClusterBuilder, state: LinkState) -> Self {
+        let (cluster, events) = builder.start();
+        wait_link(&cluster, state).await;
         Self { cluster, events }
     }
 
@@ -99,6 +109,13 @@ impl TestServer {
             .expect("an event in time")
             .expect("events open")
     }
+}
+
+/// Settings of test server `id` joining `hub`, with short reconnect delays.
+pub fn builder(id: u32, hub: SocketAddr) -> ClusterBuilder {
+    Cluster::builder(ServerId(id), hub.to_string())
+        .client_addr(format!("127.0.0.1:{}", 6000 + id))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(500))
 }
 
 /// Waits until the cluster's hub link is in `state`.

@@ -117,7 +117,17 @@ struct Proc {
 
 impl Proc {
     fn start(name: &str, program: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(program)
+        Self::start_with_secret(name, program, args, None)
+    }
+
+    /// Starts a program with `ACMS_SECRET` set to `secret`, or unset.
+    fn start_with_secret(name: &str, program: &Path, args: &[&str], secret: Option<&str>) -> Self {
+        let mut command = Command::new(program);
+        match secret {
+            Some(secret) => command.env("ACMS_SECRET", secret),
+            None => command.env_remove("ACMS_SECRET"),
+        };
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
@@ -306,4 +316,61 @@ async fn chat_across_two_servers_then_clean_shutdown() {
     // Neither client got anything it should not have.
     assert_eq!(alice.stdout.until_closed().await, ["bob: hi alice"]);
     assert_eq!(bob.stdout.until_closed().await, ["alice: hello bob"]);
+}
+
+/// The shared secret from the environment, as an operator sets it: the server with the hub's
+/// secret joins, one with another secret is refused with a clear log line on both sides and
+/// keeps retrying, and both programs still stop cleanly.
+#[tokio::test]
+async fn the_secret_from_the_environment_lets_only_the_right_server_in() {
+    const SECRET: &str = "a secret for the process test";
+    let mut hub = Proc::start_with_secret(
+        "acms",
+        &program("acms"),
+        &["--transfer", "127.0.0.1:0"],
+        Some(SECRET),
+    );
+    let ready = hub
+        .stderr
+        .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
+        .await;
+    let transfer = field_addr(&ready, "transfer").to_string();
+    let start = |id: &str, secret| {
+        let args = ["--id", id, "--listen", "127.0.0.1:0", "--acms", &transfer];
+        Proc::start_with_secret(
+            &format!("im-server {id}"),
+            &program("examples/im-server"),
+            &args,
+            Some(secret),
+        )
+    };
+
+    let mut good = start("0", SECRET);
+    good.stderr.wait_for("`connected to hub`", |line| line.contains("connected to hub")).await;
+    hub.stderr.wait_for("the registration", |line| line.contains("app server registered")).await;
+
+    let mut wrong = start("1", "another secret, not the hub's");
+    let refusal = wrong
+        .stderr
+        .wait_for("`hub refused this server`", |line| line.contains("hub refused this server"))
+        .await;
+    assert!(refusal.contains("ACMS_SECRET"), "{refusal}");
+    hub.stderr
+        .wait_for("the hub's side of the refusal", |line| {
+            line.contains("code=Unauthorized") && line.contains("server=1")
+        })
+        .await;
+    // Still trying, with backoff: a wrong secret is not fatal.
+    wrong
+        .stderr
+        .wait_for("a second attempt", |line| line.contains("hub refused this server"))
+        .await;
+
+    for server in [&mut wrong, &mut good] {
+        server.terminate().await;
+        server.exits_cleanly().await;
+    }
+    hub.terminate().await;
+    let log = hub.exits_cleanly().await;
+    assert_stopped_cleanly("acms", &log);
 }

@@ -2,8 +2,10 @@
 //! `config/acms.toml` lists them all with their defaults.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use acms_protocol::Secret;
 use serde::Deserialize;
 
 /// The whole configuration file of the `acms` daemon.
@@ -31,11 +33,18 @@ pub struct HubConfig {
     pub listen: SocketAddr,
     /// Largest frame body accepted or sent, in bytes (capped at 16 MiB).
     pub max_frame_len: usize,
-    /// How long a new connection has to send a valid `Hello`.
+    /// The secret app servers must prove (HMAC challenge-response) to join. With none, the hub
+    /// admits app servers only from loopback addresses (or with a verified TLS client
+    /// certificate). The `acms` binary also takes it from `ACMS_SECRET`.
+    pub secret: Option<Secret>,
+    /// How long a new connection has to complete the handshake (TLS, `Hello`, authentication).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Most connections open at once; more are refused at accept.
     pub max_connections: usize,
+    /// Most users one AS may have online. A `Login` past it closes that AS's connection with
+    /// `TooManyUsers`; the AS library refuses such a login itself before it is sent.
+    pub max_users_per_server: usize,
     /// Bytes waiting in one AS's outbound queue above which the servers sending to it are paused
     /// (the hub stops reading from them) until it drains.
     pub high_water_bytes: usize,
@@ -57,6 +66,22 @@ pub struct HubConfig {
     /// How long shutdown waits for connections to flush before it drops them.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// TLS on the transfer port. The `acms` binary reads these files and hands the result to
+    /// [`crate::Hub::with_tls`]; the library itself reads no file.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of the transfer port's TLS (`[transfer.tls]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The hub's certificate chain.
+    pub cert: PathBuf,
+    /// The hub's private key.
+    pub key: PathBuf,
+    /// When set, every app server must present a client certificate signed by this CA.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for HubConfig {
@@ -64,14 +89,17 @@ impl Default for HubConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 12000)),
             max_frame_len: acms_protocol::DEFAULT_MAX_FRAME_LEN,
+            secret: None,
             handshake_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            max_users_per_server: 1_000_000,
             high_water_bytes: 1 << 20,
             max_stall: Duration::from_secs(5),
             max_pending_bytes: 64 << 20,
             reconnect_grace: Duration::from_secs(5),
             settle: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -110,6 +138,23 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("[transfer]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn secret_and_tls_are_read_and_the_secret_is_never_shown() {
+        let text = "[transfer]\nsecret = \"0123456789abcdef0123\"\n\
+                    [transfer.tls]\ncert = \"hub.pem\"\nkey = \"hub.key\"\n";
+        let config = Config::from_toml(text).unwrap();
+        assert!(config.transfer.secret.is_some());
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
+        let tls = config.transfer.tls.unwrap();
+        assert_eq!((tls.cert.to_str(), tls.client_ca), (Some("hub.pem"), None));
+
+        let err = Config::from_toml("[transfer]\nsecret = \"short\"\n").unwrap_err();
+        assert!(err.to_string().contains("at least 16"), "{err}");
+        let err = Config::from_toml("[transfer.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("ca"), "{err}");
     }
 
     #[test]

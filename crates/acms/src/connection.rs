@@ -4,6 +4,10 @@
 //! The reader routes every whole frame one socket read brought where it lies in the read buffer,
 //! stages runs of frames by destination server, and hands each destination its frames as one batch
 //! before reading again.
+//!
+//! Nothing but the handshake is accepted before the AS is authenticated: TLS when configured,
+//! `Hello`, then the shared-secret challenge (or, with no secret, the loopback rule), all within
+//! one deadline and under a small frame limit.
 
 use std::collections::HashSet;
 use std::io;
@@ -12,21 +16,24 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use acms_protocol::{
-    Ack, Codec, Control, DataKind, ErrorCode, Frame, FrameKind, LENGTH_PREFIX_LEN,
-    PROTOCOL_VERSION, ProtocolError, RawFrame, Route, ServerEpoch, ServerId, UserId, Welcome,
+    Ack, Challenge, Codec, Control, DataKind, ErrorCode, Frame, FrameKind, HANDSHAKE_MAX_FRAME_LEN,
+    Hello, LENGTH_PREFIX_LEN, Nonce, PROTOCOL_VERSION, ProtocolError, Prover, RawFrame, Route,
+    ServerEpoch, ServerId, UserId, Welcome,
 };
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info, warn};
 
+use crate::auth::admit_without_secret;
 use crate::config::HubConfig;
 use crate::outbox::{Outbox, PushError, write_loop};
 use crate::registry::{Registry, RelayError, Relayed, ServerInfo};
 use crate::stats::Stats;
+use crate::tls::{self, ReadHalf, Refusal, ServerTls};
 
 /// What every connection of a hub shares.
 #[derive(Debug)]
@@ -34,6 +41,7 @@ pub(crate) struct Shared {
     pub(crate) config: HubConfig,
     pub(crate) registry: Registry,
     pub(crate) stats: Stats,
+    pub(crate) tls: Option<ServerTls>,
 }
 
 /// Why a connection ended.
@@ -49,6 +57,8 @@ enum Close {
     Io(io::Error),
     /// The AS broke the protocol or was refused; it is told why before the hub closes.
     Refused { code: ErrorCode, reason: String },
+    /// The AS refused the hub during the handshake (it could not verify the hub's proof).
+    RefusedByPeer { code: ErrorCode, message: String },
 }
 
 impl Close {
@@ -72,7 +82,7 @@ const READ_CHUNK: usize = 64 * 1024;
 
 struct Connection {
     shared: Arc<Shared>,
-    reader: OwnedReadHalf,
+    reader: ReadHalf,
     read_buf: BytesMut,
     codec: Codec,
     /// Consecutive unicast frames at the start of `read_buf` bound for one server.
@@ -86,6 +96,10 @@ struct Connection {
     closer: CancellationToken,
     shutdown: CancellationToken,
     peer: SocketAddr,
+    /// When the whole handshake, TLS included, must be done.
+    handshake_deadline: Instant,
+    /// TLS verified a client certificate of the peer.
+    client_verified: bool,
     /// Set once registered.
     server: Option<ServerId>,
     /// The users this AS has online, so they leave the directory with it.
@@ -138,13 +152,29 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let (read_half, write_half) = stream.into_split();
+    let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
     let (outbox, inbox) =
         Outbox::new(shared.config.max_pending_bytes, shared.config.high_water_bytes);
-    let writer = tokio::spawn(write_loop(inbox, write_half));
+    // Plain TCP keeps the socket's own halves, with no lock between reader and writer.
+    let (reader, writer, client_verified) = match &shared.tls {
+        None => {
+            let (read_half, write_half) = stream.into_split();
+            (ReadHalf::Plain(read_half), tokio::spawn(write_loop(inbox, write_half)), false)
+        }
+        Some(tls) => {
+            let Some(stream) =
+                accept_tls(tls, stream, &shared, handshake_deadline, &shutdown).await
+            else {
+                return;
+            };
+            let client_verified = stream.get_ref().1.peer_certificates().is_some();
+            let (read_half, write_half) = tokio::io::split(stream);
+            (ReadHalf::Tls(read_half), tokio::spawn(write_loop(inbox, write_half)), client_verified)
+        }
+    };
     let grace = shared.config.shutdown_grace;
     let mut conn = Connection {
-        reader: read_half,
+        reader,
         read_buf: BytesMut::with_capacity(READ_CHUNK),
         codec: Codec::new(shared.config.max_frame_len),
         run: Run::default(),
@@ -155,6 +185,8 @@ pub(crate) async fn serve(
         closer: shutdown.child_token(),
         shutdown,
         peer,
+        handshake_deadline,
+        client_verified,
         server: None,
         users: HashSet::new(),
         stale_users: HashSet::new(),
@@ -204,6 +236,61 @@ fn ask_to_resend(shared: &Shared, held: std::collections::HashMap<ServerId, u64>
     for (origin, from) in held {
         if let Some(outbox) = shared.registry.outbox(origin) {
             let _ = outbox.push(control_frame(shared, Control::Resend { from }));
+        }
+    }
+}
+
+/// The TLS handshake, within the connection's handshake deadline. A failure is logged and counted
+/// here; a plain-TCP peer is told in plain frames that the port needs TLS.
+async fn accept_tls(
+    tls: &ServerTls,
+    stream: TcpStream,
+    shared: &Shared,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let accepted = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        accepted = tokio::time::timeout_at(deadline, tls.accept(stream)) => accepted,
+    };
+    let refusal = match accepted {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(refusal)) => refusal,
+        Err(_) => {
+            shared.stats.refused();
+            warn!(timeout = ?shared.config.handshake_timeout, "no TLS handshake in time; closing connection");
+            return None;
+        }
+    };
+    shared.stats.refused();
+    match refusal {
+        Refusal::Closed => {
+            info!("peer closed before the TLS handshake");
+            None
+        }
+        Refusal::Failed(err) => {
+            shared.stats.unauthorized();
+            warn!(error = %err, "TLS handshake failed; closing connection");
+            None
+        }
+        Refusal::NotTls(mut stream) => {
+            shared.stats.unauthorized();
+            let reason = "this hub's transfer port requires TLS: configure TLS on the app server \
+                          (ClusterBuilder::tls, or --tls-ca for im-server)";
+            warn!(code = ?ErrorCode::Unauthorized, reason, "plain-TCP peer on the TLS port; closing connection");
+            // Take what the peer sent (its Hello) first: closing a socket with unread bytes
+            // resets it, and the peer could lose the explanation.
+            let mut scratch = [0; HANDSHAKE_MAX_FRAME_LEN];
+            while matches!(stream.try_read(&mut scratch), Ok(n) if n > 0) {}
+            let refusal = Control::error(ErrorCode::Unauthorized, reason);
+            if let Ok(bytes) = Frame::Control(refusal).to_bytes(HANDSHAKE_MAX_FRAME_LEN) {
+                let _ = tokio::time::timeout_at(deadline, async {
+                    stream.write_all(&bytes).await?;
+                    stream.shutdown().await
+                })
+                .await;
+            }
+            None
         }
     }
 }
@@ -370,33 +457,53 @@ impl Connection {
         }
     }
 
-    /// The next frame, reading as needed; `None` once the peer closed cleanly.
-    async fn next_frame(&mut self) -> Result<Option<RawFrame>, Close> {
+    /// The next handshake message, reading as needed under the small handshake frame limit.
+    /// Anything but a control message is refused: the peer is not authenticated yet.
+    async fn handshake_message(&mut self, codec: &mut Codec) -> Result<Control, Close> {
         loop {
-            if let Some(raw) = self.codec.decode(&mut self.read_buf)? {
-                return Ok(Some(raw));
+            if self.shared.tls.is_none() && tls::looks_like_tls(&self.read_buf) {
+                return Err(Close::refused(
+                    ErrorCode::Unauthorized,
+                    "the app server speaks TLS but this hub's transfer port is plain TCP: set \
+                     [transfer.tls] on the hub, or turn TLS off on the app server",
+                ));
             }
-            match self.read_more().await {
-                Ok(()) => {}
-                Err(Close::PeerClosed) => return Ok(None),
-                Err(close) => return Err(close),
+            if let Some(raw) = codec.decode(&mut self.read_buf)? {
+                return match raw.decode()? {
+                    Frame::Control(control) => Ok(control),
+                    Frame::Data(_) | Frame::Ack(_) => Err(Close::refused(
+                        ErrorCode::Unauthorized,
+                        "data or ack frame before authentication: only the handshake is accepted",
+                    )),
+                };
             }
+            self.read_more().await?;
         }
     }
 
+    /// Authenticates and registers the AS, all within the handshake deadline.
     async fn handshake(&mut self) -> Result<(), Close> {
-        let deadline = self.shared.config.handshake_timeout;
-        let raw = match tokio::time::timeout(deadline, self.next_frame()).await {
-            Err(_) => {
+        let timeout = self.shared.config.handshake_timeout;
+        match tokio::time::timeout_at(self.handshake_deadline, self.authenticate()).await {
+            Ok(result) => result,
+            Err(_) => Err(Close::refused(
+                ErrorCode::HandshakeTimeout,
+                format!("no complete handshake within {timeout:?}"),
+            )),
+        }
+    }
+
+    async fn authenticate(&mut self) -> Result<(), Close> {
+        let mut codec = Codec::new(HANDSHAKE_MAX_FRAME_LEN.min(self.codec.max_frame_len()));
+        let hello = match self.handshake_message(&mut codec).await? {
+            Control::Hello(hello) => hello,
+            _ => {
                 return Err(Close::refused(
-                    ErrorCode::HandshakeTimeout,
-                    format!("no Hello within {deadline:?}"),
+                    ErrorCode::Unauthorized,
+                    "the first frame must be Hello: only the handshake is accepted before \
+                     authentication",
                 ));
             }
-            Ok(first) => first?.ok_or(Close::PeerClosed)?,
-        };
-        let Frame::Control(Control::Hello(hello)) = raw.decode()? else {
-            return Err(Close::refused(ErrorCode::Malformed, "the first frame must be Hello"));
         };
         if hello.version != PROTOCOL_VERSION {
             return Err(Close::refused(
@@ -407,13 +514,14 @@ impl Connection {
                 ),
             ));
         }
+        Span::current().record("server", hello.server_id.0);
+        self.check_secret(&hello, &mut codec).await?;
         let info = ServerInfo {
             id: hello.server_id,
             client_addr: hello.client_addr,
             peer_addr: self.peer,
             connected_at: SystemTime::now(),
         };
-        Span::current().record("server", info.id.0);
         let client_addr = info.client_addr.clone();
         let id = info.id;
         let registration = self
@@ -423,13 +531,19 @@ impl Connection {
             .map_err(|err| Close::refused(ErrorCode::DuplicateServer, err.to_string()))?;
         self.server = Some(id);
         self.stale_users = registration.stale_users;
-        info!(%client_addr, returning = !self.stale_users.is_empty(), "app server registered");
+        info!(
+            %client_addr,
+            returning = !self.stale_users.is_empty(),
+            authenticated = self.shared.config.secret.is_some(),
+            "app server registered"
+        );
         if registration.first {
             tokio::spawn(end_settle(self.shared.clone()));
         }
         self.send(Control::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             max_frame_len: self.codec.max_frame_len() as u32,
+            max_users: u32::try_from(self.shared.config.max_users_per_server).unwrap_or(u32::MAX),
         }))?;
         let peers = self.shared.registry.peers(id);
         let servers = peers.iter().map(|peer| ServerEpoch { id: peer.id, epoch: peer.epoch });
@@ -443,6 +557,49 @@ impl Connection {
         Ok(())
     }
 
+    /// The shared-secret part of the handshake: with a secret on both sides, the hub proves it
+    /// over the AS's nonce and challenges the AS with its own; with none on either, the loopback
+    /// rule. A secret on one side only is refused, so a misconfiguration shows at once.
+    async fn check_secret(&mut self, hello: &Hello, codec: &mut Codec) -> Result<(), Close> {
+        let secret = self.shared.config.secret.clone();
+        match (secret, hello.nonce) {
+            (Some(secret), Some(as_nonce)) => {
+                let server = hello.server_id;
+                let nonce = Nonce::random();
+                let proof = secret.prove(Prover::Hub, server, &as_nonce, &nonce);
+                self.send(Control::Challenge(Challenge { nonce, proof }))?;
+                match self.handshake_message(codec).await? {
+                    Control::Auth { proof } => secret
+                        .verify(Prover::AppServer, server, &as_nonce, &nonce, &proof)
+                        .map_err(|_| {
+                            Close::refused(
+                                ErrorCode::Unauthorized,
+                                "authentication failed: the app server's proof does not match \
+                                 the hub's secret (set the same ACMS_SECRET on both)",
+                            )
+                        }),
+                    Control::Error { code, message } => Err(Close::RefusedByPeer { code, message }),
+                    _ => Err(Close::refused(
+                        ErrorCode::Unauthorized,
+                        "expected Auth: only the handshake is accepted before authentication",
+                    )),
+                }
+            }
+            (Some(_), None) => Err(Close::refused(
+                ErrorCode::Unauthorized,
+                "this hub requires a shared secret and the app server has none: set ACMS_SECRET \
+                 (or `secret` in its config) on the app server, the same as on the hub",
+            )),
+            (None, Some(_)) => Err(Close::refused(
+                ErrorCode::Unauthorized,
+                "the app server has a shared secret but this hub has none: set the same \
+                 ACMS_SECRET on the hub, or remove it from the app server",
+            )),
+            (None, None) => admit_without_secret(self.peer, self.client_verified)
+                .map_err(|reason| Close::refused(ErrorCode::Unauthorized, reason)),
+        }
+    }
+
     fn handle_frame(&mut self, raw: RawFrame) -> Result<(), Close> {
         match raw.kind()? {
             FrameKind::Data(_) | FrameKind::Ack => Err(Close::refused(
@@ -450,10 +607,7 @@ impl Connection {
                 "only unicast and ack frames go from an app server to the hub",
             )),
             FrameKind::Control => match Control::decode(&raw.body()[1..])? {
-                Control::Login { users } => {
-                    self.handle_login(users);
-                    Ok(())
-                }
+                Control::Login { users } => self.handle_login(users),
                 Control::Logout { users } => {
                     self.handle_logout(&users);
                     Ok(())
@@ -481,7 +635,10 @@ impl Connection {
                     warn!(?code, %message, "app server reported an error");
                     Err(Close::PeerClosed)
                 }
-                Control::Hello(_) | Control::Welcome(_) => Err(Close::refused(
+                Control::Hello(_)
+                | Control::Welcome(_)
+                | Control::Challenge(_)
+                | Control::Auth { .. } => Err(Close::refused(
                     ErrorCode::Malformed,
                     "handshake message after the handshake",
                 )),
@@ -536,14 +693,25 @@ impl Connection {
         self.push_batch(back)
     }
 
-    fn handle_login(&mut self, users: Vec<UserId>) {
+    /// Puts users in the directory. One that would take this AS past `max_users_per_server`
+    /// closes the connection: a well-behaved AS never sends it, as it knows the limit from
+    /// `Welcome` and refuses such a login itself.
+    fn handle_login(&mut self, users: Vec<UserId>) -> Result<(), Close> {
         let server = self.server();
+        let limit = self.shared.config.max_users_per_server;
         for user in users {
+            if self.users.len() >= limit && !self.users.contains(&user) {
+                return Err(Close::refused(
+                    ErrorCode::TooManyUsers,
+                    format!("a login past this hub's limit of {limit} users per server"),
+                ));
+            }
             if let Some(previous) = self.shared.registry.login(server, user.clone()) {
                 info!(%user, from = %previous, "user moved to this server");
             }
             self.users.insert(user);
         }
+        Ok(())
     }
 
     fn handle_logout(&mut self, users: &[UserId]) {
@@ -593,13 +761,30 @@ impl Connection {
                 let _ = self.send(Control::error(ErrorCode::Unavailable, "hub is shutting down"));
             }
             Close::Refused { code, reason } => {
-                if code == ErrorCode::HandshakeTimeout || self.server.is_none() {
-                    self.shared.stats.refused();
-                } else {
-                    self.shared.stats.protocol_error();
+                let stats = &self.shared.stats;
+                match code {
+                    ErrorCode::TooManyUsers => stats.too_many_users(),
+                    _ if code == ErrorCode::HandshakeTimeout || self.server.is_none() => {
+                        stats.refused();
+                    }
+                    _ => stats.protocol_error(),
+                }
+                if code == ErrorCode::Unauthorized {
+                    stats.unauthorized();
                 }
                 warn!(?code, %reason, "closing connection");
                 let _ = self.send(Control::error(code, reason));
+            }
+            Close::RefusedByPeer { code, message } => {
+                self.shared.stats.refused();
+                if code == ErrorCode::Unauthorized {
+                    self.shared.stats.unauthorized();
+                }
+                warn!(
+                    ?code,
+                    reason = %message,
+                    "app server refused the hub's proof: the secrets differ, or it expects another hub"
+                );
             }
         }
         // Frames relayed from now on are held or bounce, and senders paused on this queue resume.

@@ -15,6 +15,7 @@ use crate::config::HubConfig;
 use crate::connection::{self, Shared};
 use crate::registry::Registry;
 use crate::stats::StatsSnapshot;
+use crate::tls::ServerTls;
 
 /// A running hub's state; clones share it.
 #[derive(Debug, Clone)]
@@ -23,10 +24,19 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub with no servers and no users yet.
+    /// A hub with no servers and no users yet, serving plain TCP.
     pub fn new(config: HubConfig) -> Self {
+        Self::with_optional_tls(config, None)
+    }
+
+    /// A hub whose transfer port speaks TLS only.
+    pub fn with_tls(config: HubConfig, tls: ServerTls) -> Self {
+        Self::with_optional_tls(config, Some(tls))
+    }
+
+    fn with_optional_tls(config: HubConfig, tls: Option<ServerTls>) -> Self {
         let registry = Registry::new(config.settle);
-        let shared = Shared { config, registry, stats: Default::default() };
+        let shared = Shared { config, registry, stats: Default::default(), tls };
         Self { shared: Arc::new(shared) }
     }
 
@@ -53,7 +63,14 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> io::Result<()> {
         let config = &self.shared.config;
-        info!(transfer = %listener.local_addr()?, "accepting app servers");
+        if config.secret.is_none() {
+            warn!(
+                "no shared secret set (ACMS_SECRET or transfer.secret): app servers are accepted \
+                 only from loopback addresses, or with a verified TLS client certificate"
+            );
+        }
+        let tls = self.shared.tls.is_some();
+        info!(transfer = %listener.local_addr()?, tls, "accepting app servers");
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.max_connections));
         loop {

@@ -7,20 +7,26 @@
 //!
 //! # Layout
 //! - [`config`]: settings with their defaults, read from TOML by the binary.
+//! - `auth`: who may join a hub that has no shared secret (the loopback rule).
+//! - [`tls`]: optional TLS on the transfer port ([`ServerTls`]).
 //! - [`hub`]: [`Hub`], the accept loop with its connection cap and graceful shutdown.
 //! - `connection`: one AS connection: handshake, reader loop, frame handling.
 //! - [`outbox`]: the byte-bounded queue in front of each connection and its batching writer task.
 //! - [`registry`]: the AS registry and the user directory, behind synchronous methods.
 //! - [`stats`]: counters of what the hub relayed and refused.
 
+mod auth;
 pub mod config;
 mod connection;
 pub mod hub;
 pub mod outbox;
 pub mod registry;
 pub mod stats;
+pub mod tls;
 
-pub use config::{Config, HubConfig, LogFormat};
+pub use acms_protocol::Secret;
+pub use config::{Config, HubConfig, LogFormat, TlsFiles};
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};
 pub use stats::{Stats, StatsSnapshot};
+pub use tls::{ServerTls, TlsError};

@@ -1,11 +1,12 @@
-//! The `acms` daemon: parses flags, loads the optional config file, sets up logging, binds the
-//! transfer port and runs the hub until SIGINT or SIGTERM.
+//! The `acms` daemon: parses flags, loads the optional config file, the secret (`ACMS_SECRET`) and
+//! the TLS files, sets up logging, raises its open-file limit, binds the transfer port and runs
+//! the hub until SIGINT or SIGTERM.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use acms::{Config, Hub, LogFormat};
+use acms::{Config, Hub, LogFormat, Secret, ServerTls, TlsFiles};
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -25,7 +26,19 @@ struct Args {
     /// Log line format [default: plain]; RUST_LOG sets the level.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// TLS on the transfer port: the hub's certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require app servers to present a client certificate signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
+
+/// The environment variable that holds the shared secret; it overrides `transfer.secret`.
+const SECRET_VAR: &str = "ACMS_SECRET";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -41,17 +54,51 @@ fn main() -> anyhow::Result<()> {
     if let Some(transfer) = args.transfer {
         config.transfer.listen = transfer;
     }
+    if let Some(value) = std::env::var_os(SECRET_VAR) {
+        let value =
+            value.into_string().map_err(|_| anyhow::anyhow!("{SECRET_VAR} is not UTF-8"))?;
+        config.transfer.secret =
+            Some(Secret::new(value).with_context(|| format!("{SECRET_VAR} is not usable"))?);
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.transfer.tls = Some(TlsFiles { cert, key, client_ca: args.tls_client_ca });
+    }
+    let tls = config.transfer.tls.as_ref().map(load_tls).transpose()?;
     init_tracing(args.log_format.unwrap_or(config.log.format));
+    raise_open_file_limit();
 
     tokio::runtime::Runtime::new()?.block_on(async {
         let shutdown = shutdown_on_signal()?;
         let listener = TcpListener::bind(config.transfer.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.transfer.listen))?;
-        Hub::new(config.transfer).serve(listener, shutdown).await?;
+        let hub = match tls {
+            Some(tls) => Hub::with_tls(config.transfer, tls),
+            None => Hub::new(config.transfer),
+        };
+        hub.serve(listener, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Reads the PEM files of the transfer port's TLS.
+fn load_tls(files: &TlsFiles) -> anyhow::Result<ServerTls> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read TLS file {}", path.display()))
+    };
+    let client_ca = files.client_ca.as_ref().map(read).transpose()?;
+    ServerTls::from_pem(&read(&files.cert)?, &read(&files.key)?, client_ca.as_deref())
+        .context("bad TLS settings")
+}
+
+/// Raises the soft limit on open files to the hard limit, so `max_connections` can be reached:
+/// the usual soft limit of 1024 would stop the hub short of its default cap.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -158,6 +158,8 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(mut inbox: Inbox, mut writer: W) 
             }
             batch.advance(written);
         }
+        // TLS may hold the last bytes until flushed; on a plain socket this returns at once.
+        writer.flush().await?;
         let before = inbox.level.pending.fetch_sub(bytes, Ordering::AcqRel);
         if before - bytes <= inbox.high_water && before > inbox.high_water {
             inbox.level.room.notify_waiters();

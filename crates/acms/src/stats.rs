@@ -12,6 +12,8 @@ pub struct Stats {
     slow_consumers: AtomicU64,
     protocol_errors: AtomicU64,
     refused_connections: AtomicU64,
+    unauthorized: AtomicU64,
+    too_many_users: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -32,6 +34,12 @@ pub struct StatsSnapshot {
     pub protocol_errors: u64,
     /// Connections refused at the handshake or by the connection cap.
     pub refused_connections: u64,
+    /// Of those, connections refused for authentication: a missing or wrong secret, a failed TLS
+    /// handshake, no secret from a non-loopback address, or any frame but the handshake before
+    /// authentication.
+    pub unauthorized: u64,
+    /// AS disconnected for passing `max_users_per_server`.
+    pub too_many_users: u64,
 }
 
 impl Stats {
@@ -60,6 +68,14 @@ impl Stats {
         self.refused_connections.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn unauthorized(&self) {
+        self.unauthorized.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn too_many_users(&self) {
+        self.too_many_users.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
@@ -70,6 +86,8 @@ impl Stats {
             slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
             protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
             refused_connections: self.refused_connections.load(Ordering::Relaxed),
+            unauthorized: self.unauthorized.load(Ordering::Relaxed),
+            too_many_users: self.too_many_users.load(Ordering::Relaxed),
         }
     }
 }

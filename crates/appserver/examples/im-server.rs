@@ -5,6 +5,9 @@
 //! message in its recipient's queue. Whether the recipient is here or on another server is the
 //! cluster's business, not this file's.
 //!
+//! The shared secret comes from `ACMS_SECRET` (or `secret` in the config file); TLS to the hub
+//! from `--tls-ca` and its companions.
+//!
 //! Run: `cargo run --release -p acms-appserver --example im-server -- --id 0 --listen 127.0.0.1:6000`
 
 use std::io::IsTerminal;
@@ -13,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use acms_appserver::{Cluster, Event, ServerId, UserId};
+use acms_appserver::{ClientTls, Cluster, Event, Secret, ServerId, UserId};
 use acms_client::{ClientLine, MAX_LINE_LEN, ServerLine};
 use anyhow::Context;
 use clap::Parser;
@@ -42,7 +45,22 @@ struct Args {
     /// Address of the ACMS hub [default: 127.0.0.1:12000].
     #[arg(long)]
     acms: Option<String>,
+    /// Connect to the hub over TLS, trusting this CA certificate (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// This server's TLS client certificate (PEM), for a hub that requires one; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name the hub's certificate must carry [default: the host of --acms].
+    #[arg(long)]
+    tls_server_name: Option<String>,
 }
+
+/// The environment variable that holds the shared secret; it overrides `secret` in the file.
+const SECRET_VAR: &str = "ACMS_SECRET";
 
 /// The config file; every key has a default.
 #[derive(Debug, Deserialize)]
@@ -57,6 +75,20 @@ struct Config {
     login_timeout: Duration,
     /// Lines that may wait for one slow client before it is disconnected.
     client_queue: usize,
+    /// The secret shared with the hub; none by default.
+    secret: Option<Secret>,
+    /// TLS to the hub; plain TCP by default.
+    tls: Option<TlsConfig>,
+}
+
+/// `[tls]` of the config file: PEM files and the hub's expected name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct TlsConfig {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
 }
 
 impl Default for Config {
@@ -68,6 +100,8 @@ impl Default for Config {
             advertise: String::new(),
             login_timeout: Duration::from_secs(10),
             client_queue: 1024,
+            secret: None,
+            tls: None,
         }
     }
 }
@@ -86,6 +120,20 @@ async fn main() -> anyhow::Result<()> {
     config.id = args.id.unwrap_or(config.id);
     config.listen = args.listen.unwrap_or(config.listen);
     config.acms = args.acms.unwrap_or(config.acms);
+    if let Some(value) = std::env::var_os(SECRET_VAR) {
+        let value =
+            value.into_string().map_err(|_| anyhow::anyhow!("{SECRET_VAR} is not UTF-8"))?;
+        config.secret =
+            Some(Secret::new(value).with_context(|| format!("{SECRET_VAR} is not usable"))?);
+    }
+    if args.tls_ca.is_some() || args.tls_cert.is_some() || args.tls_server_name.is_some() {
+        let tls = config.tls.get_or_insert_with(TlsConfig::default);
+        tls.ca = args.tls_ca.or(tls.ca.take());
+        tls.cert = args.tls_cert.or(tls.cert.take());
+        tls.key = args.tls_key.or(tls.key.take());
+        tls.server_name = args.tls_server_name.or(tls.server_name.take());
+    }
+    let tls = config.tls.as_ref().map(|tls| load_tls(tls, &config.acms)).transpose()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -103,8 +151,14 @@ async fn main() -> anyhow::Result<()> {
         if config.advertise.is_empty() { local.to_string() } else { config.advertise.clone() };
     info!(id = config.id, listen = %local, acms = %config.acms, "im-server started");
 
-    let (cluster, events) =
-        Cluster::builder(ServerId(config.id), &config.acms).client_addr(advertise).start();
+    let mut builder = Cluster::builder(ServerId(config.id), &config.acms).client_addr(advertise);
+    if let Some(secret) = config.secret.clone() {
+        builder = builder.secret(secret);
+    }
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
+    let (cluster, events) = builder.start();
     let sessions = Sessions::default();
     tokio::spawn(route_events(events, sessions.clone()));
 
@@ -132,6 +186,24 @@ async fn main() -> anyhow::Result<()> {
     cluster.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Reads the PEM files of `[tls]`; the hub's name defaults to the host part of its address.
+fn load_tls(tls: &TlsConfig, acms: &str) -> anyhow::Result<ClientTls> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let ca = read(tls.ca.as_ref().context("TLS needs the hub's CA: --tls-ca or tls.ca")?)?;
+    let client = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        (None, None) => None,
+        _ => anyhow::bail!("a TLS client certificate needs both its cert and key"),
+    };
+    let host = acms.rsplit_once(':').map_or(acms, |(host, _port)| host);
+    let name =
+        tls.server_name.as_deref().unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
+    let client = client.as_ref().map(|(cert, key)| (cert.as_slice(), key.as_slice()));
+    ClientTls::from_pem(&ca, name, client).context("bad TLS settings")
 }
 
 /// Hands every message the cluster delivers to this server to its recipient's session.

@@ -1,9 +1,10 @@
 //! The [`Cluster`] handle and what it hands the app.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use acms_protocol::{Data, DataKind, ServerId, UserId};
+use acms_protocol::{Data, DataKind, ErrorCode, Secret, ServerId, UserId};
 use bytes::Bytes;
 use dashmap::DashSet;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -11,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::link::{Command, Link, charge};
+use crate::tls::ClientTls;
 
 /// This server's online users. Every send looks its recipient up here, so the hash is a fast,
 /// randomly seeded one.
@@ -102,6 +104,11 @@ pub enum LinkState {
     Connecting,
     /// Registered with the hub and its user set re-sent.
     Connected,
+    /// The hub turned this server away for a reason that retrying alone will not fix: a wrong
+    /// or missing shared secret (or one the hub lacks), a failed mutual authentication, another
+    /// protocol version, too many users. The link keeps retrying with backoff meanwhile, so a fix
+    /// on the hub's side heals it; the reason is also logged.
+    Refused(ErrorCode),
     /// Closed for good: the cluster was closed or every handle dropped.
     Closed,
 }
@@ -178,6 +185,12 @@ pub enum ClusterError {
         /// The limit in force.
         max: usize,
     },
+    /// The login would pass the hub's limit on users per server (`max_users_per_server`).
+    #[error("this server already has {max} users online, the hub's limit per server")]
+    TooManyUsers {
+        /// The limit in force.
+        max: usize,
+    },
 }
 
 /// Settings of a [`Cluster`], with defaults for all but the server id and hub address.
@@ -193,6 +206,8 @@ pub struct ClusterBuilder {
     pub(crate) queue_capacity: usize,
     pub(crate) event_capacity: usize,
     pub(crate) retransmit_buffer: usize,
+    pub(crate) secret: Option<Secret>,
+    pub(crate) tls: Option<ClientTls>,
 }
 
 impl ClusterBuilder {
@@ -244,6 +259,21 @@ impl ClusterBuilder {
         self
     }
 
+    /// The secret shared with the hub: the server proves it, and checks the hub's proof, by
+    /// HMAC challenge-response; the secret itself is never sent. Without one, a hub that has no
+    /// secret either admits this server only from its own machine. Read it from where the app
+    /// keeps secrets (the demo server uses `ACMS_SECRET`).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Connects to the hub over TLS (when its transfer port has `[transfer.tls]`).
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Starts the hub connection in the background and returns the handle and its events.
     ///
     /// Returns at once: the connection is made, and remade, by a task of its own. Must be called
@@ -253,6 +283,7 @@ impl ClusterBuilder {
         let (events, event_rx) = mpsc::channel(self.event_capacity);
         let (state_tx, state) = watch::channel(LinkState::Connecting);
         let local = Arc::new(LocalUsers::default());
+        let max_users = Arc::new(AtomicUsize::new(usize::MAX));
         let shutdown = CancellationToken::new();
         let credit = Arc::new(Semaphore::new(self.retransmit_buffer));
         // Only equality matters: a restarted process must not reuse its predecessor's epoch.
@@ -267,6 +298,7 @@ impl ClusterBuilder {
             events.clone(),
             state_tx,
             local.clone(),
+            max_users.clone(),
             shutdown.clone(),
         );
         let task = tokio::spawn(link.run());
@@ -276,6 +308,7 @@ impl ClusterBuilder {
             credit,
             credit_cap: self.retransmit_buffer,
             local,
+            max_users,
             commands,
             events,
             state,
@@ -306,6 +339,8 @@ struct Inner {
     credit_cap: usize,
     /// This server's online users: the source of truth the hub is rebuilt from.
     local: Arc<LocalUsers>,
+    /// The hub's limit on this server's users, from its last `Welcome` (no limit before one).
+    max_users: Arc<AtomicUsize>,
     commands: mpsc::Sender<Command>,
     events: mpsc::Sender<Vec<Event>>,
     state: watch::Receiver<LinkState>,
@@ -328,6 +363,8 @@ impl Cluster {
             queue_capacity: 8192,
             event_capacity: 64,
             retransmit_buffer: 64 << 20,
+            secret: None,
+            tls: None,
         }
     }
 
@@ -338,8 +375,14 @@ impl Cluster {
 
     /// Marks `user` as online on this server and tells the hub, which routes their messages here
     /// from then on (after [`Cluster::flush`] if the caller must be sure). Logging in a user who is
-    /// already online here changes nothing. Waits only while the queue to the hub is full.
+    /// already online here changes nothing. A login that would pass the hub's limit on users per
+    /// server is refused here, before the hub would close the connection over it. Waits only
+    /// while the queue to the hub is full.
     pub async fn login(&self, user: UserId) -> Result<(), ClusterError> {
+        let max = self.inner.max_users.load(Ordering::Relaxed);
+        if self.inner.local.len() >= max && !self.inner.local.contains(&user) {
+            return Err(ClusterError::TooManyUsers { max });
+        }
         if self.inner.local.insert(user.clone()) {
             self.command(Command::Login(user)).await?;
         }

@@ -36,18 +36,21 @@
 //!
 //! # Layout
 //! - [`cluster`]: [`Cluster`], its [`ClusterBuilder`], [`Event`]s and errors.
-//! - `link`: the task that owns the hub connection: handshake, snapshot, batched writes,
-//!   reconnects, retransmission.
+//! - `link`: the task that owns the hub connection: handshake and authentication, snapshot,
+//!   batched writes, reconnects, retransmission.
 //! - `reliable`: the bookkeeping of exactly-once delivery: frames not yet acknowledged, duplicate
 //!   suppression, acks owed.
+//! - [`tls`]: [`ClientTls`], optional TLS to the hub.
 #![warn(missing_docs)]
 
 pub mod cluster;
 mod link;
 mod reliable;
+pub mod tls;
 
-pub use acms_protocol::{ServerId, UserId, UserIdError};
+pub use acms_protocol::{ErrorCode, Secret, SecretError, ServerId, UserId, UserIdError};
 pub use cluster::{
     BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outcome,
     Outgoing, Receipt, Route,
 };
+pub use tls::{ClientTls, TlsError};

@@ -1,6 +1,7 @@
 //! The task that owns the hub connection.
 //!
-//! One task per [`crate::Cluster`]: it connects, says `Hello`, re-sends the whole user set (the
+//! One task per [`crate::Cluster`]: it connects (over TLS when configured), says `Hello`, proves
+//! the shared secret and checks the hub's proof when it has one, re-sends the whole user set (the
 //! snapshot), then races inbound frames against the command queue. Commands are taken in batches
 //! and encoded into one buffer that is written with one call. When the connection fails the task
 //! waits an exponential, jittered delay and starts over; commands wait in the queue meanwhile.
@@ -8,24 +9,25 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use acms_protocol::{
     Ack, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, LENGTH_PREFIX_LEN,
-    PROTOCOL_VERSION, ProtocolError, RawFrame, ServerId, UserId,
+    Nonce, PROTOCOL_VERSION, ProtocolError, Prover, RawFrame, Secret, ServerId, UserId, Welcome,
 };
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers, Outcome};
 use crate::reliable::{Received, Unacked};
+use crate::tls::{self, ClientTls, ReadHalf, WriteHalf};
 
 /// Most commands taken from the queue for one write.
 const MAX_BATCH: usize = 1024;
@@ -62,7 +64,7 @@ pub(crate) enum Command {
 
 /// The read half of the hub connection with its buffer: frames are decoded from whole reads.
 struct Reader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     buf: BytesMut,
     codec: Codec,
 }
@@ -80,18 +82,6 @@ impl Reader {
     fn decode(&mut self) -> Result<Option<RawFrame>, ProtocolError> {
         self.codec.decode(&mut self.buf)
     }
-
-    /// The next frame, reading as needed; `None` once the hub closed the connection.
-    async fn next_frame(&mut self) -> Result<Option<RawFrame>, SessionError> {
-        loop {
-            if let Some(raw) = self.decode()? {
-                return Ok(Some(raw));
-            }
-            if !self.read_more().await? {
-                return Ok(None);
-            }
-        }
-    }
 }
 
 /// Why a session with the hub ended.
@@ -99,6 +89,18 @@ impl Reader {
 enum SessionError {
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
+    #[error(
+        "TLS with the hub failed: {0} (does the hub's transfer port speak TLS, with a certificate this server trusts?)"
+    )]
+    Tls(io::Error),
+    #[error(
+        "the hub could not prove the shared secret: the secrets differ (set the same ACMS_SECRET on both), or this is not the hub"
+    )]
+    HubUnauthenticated,
+    #[error(
+        "the hub did not authenticate itself although this server has a shared secret: set the same ACMS_SECRET on the hub"
+    )]
+    HubWithoutSecret,
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
     #[error("hub refused the connection ({code:?}): {message}")]
@@ -109,6 +111,31 @@ enum SessionError {
     HandshakeTimeout(Duration),
     #[error("unexpected message from the hub: {0}")]
     Unexpected(&'static str),
+}
+
+impl SessionError {
+    /// How the link's state shows this failure: a refusal that retrying will not heal by itself
+    /// is shown as such, everything else as a plain retry.
+    fn state(&self) -> LinkState {
+        match self {
+            Self::Refused { code, .. }
+                if matches!(
+                    code,
+                    ErrorCode::Unauthorized | ErrorCode::VersionMismatch | ErrorCode::TooManyUsers
+                ) =>
+            {
+                LinkState::Refused(*code)
+            }
+            Self::HubUnauthenticated | Self::HubWithoutSecret => {
+                LinkState::Refused(ErrorCode::Unauthorized)
+            }
+            // A certificate refused, or the hub not speaking TLS: settings, not bad luck.
+            Self::Tls(err) if tls::tls_failure(err).is_some() => {
+                LinkState::Refused(ErrorCode::Unauthorized)
+            }
+            _ => LinkState::Connecting,
+        }
+    }
 }
 
 /// The session ended because the cluster is closing.
@@ -127,6 +154,10 @@ pub(crate) struct Link {
     server_id: ServerId,
     hub_addr: String,
     client_addr: String,
+    secret: Option<Secret>,
+    tls: Option<ClientTls>,
+    /// The hub's limit on this server's users, from its `Welcome`, shared with the handles.
+    max_users: Arc<AtomicUsize>,
     codec: Codec,
     /// Largest frame body to send: the smaller of ours and the hub's limits.
     send_limit: usize,
@@ -172,6 +203,7 @@ impl Link {
         events: mpsc::Sender<Vec<Event>>,
         state: watch::Sender<LinkState>,
         local: Arc<LocalUsers>,
+        max_users: Arc<AtomicUsize>,
         shutdown: CancellationToken,
     ) -> Self {
         let backoff = ExponentialBuilder::default()
@@ -183,6 +215,9 @@ impl Link {
             server_id: config.server_id,
             hub_addr: config.hub_addr.clone(),
             client_addr: config.client_addr.clone(),
+            secret: config.secret.clone(),
+            tls: config.tls.clone(),
+            max_users,
             codec: Codec::new(config.max_frame_len),
             send_limit: config.max_frame_len,
             connect_timeout: config.connect_timeout,
@@ -229,9 +264,15 @@ impl Link {
                 }
                 Err(err) => err,
             };
-            self.state.send_replace(LinkState::Connecting);
+            let state = error.state();
+            self.state.send_replace(state);
             let delay = delays.next().unwrap_or(Duration::from_secs(1));
-            warn!(hub = %self.hub_addr, error = %error, retry_in = ?delay, "hub link down");
+            if matches!(state, LinkState::Refused(_)) {
+                // Not fatal: the operator may fix the hub's side, so keep trying.
+                error!(hub = %self.hub_addr, error = %error, retry_in = ?delay, "hub refused this server");
+            } else {
+                warn!(hub = %self.hub_addr, error = %error, retry_in = ?delay, "hub link down");
+            }
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
@@ -245,52 +286,142 @@ impl Link {
         self.backoff.build()
     }
 
-    /// Connects and registers: `Hello` out, `Welcome` (or a refusal) back.
-    async fn connect(&mut self) -> Result<(Reader, OwnedWriteHalf), SessionError> {
+    /// Connects and registers: TLS if configured, then `Hello` out, the secret's challenge and
+    /// answer when there is one, and `Welcome` (or a refusal) back. The handshake runs on the
+    /// whole stream, so a TLS failure is reported as such; the stream is split after it.
+    async fn connect(&mut self) -> Result<(Reader, WriteHalf), SessionError> {
         let timeout = self.connect_timeout;
         let stream = tokio::time::timeout(timeout, TcpStream::connect(&self.hub_addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let (read_half, mut writer) = stream.into_split();
-        let mut reader = Reader {
-            half: read_half,
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            codec: self.codec.clone(),
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let (half, writer) = match self.tls.clone() {
+            None => {
+                let mut stream = stream;
+                self.handshake(&mut stream, &mut buf).await?;
+                tls::split_plain(stream)
+            }
+            Some(tls) => {
+                let mut stream = tokio::time::timeout(timeout, tls.connect(stream))
+                    .await
+                    .map_err(|_| SessionError::HandshakeTimeout(timeout))?
+                    .map_err(SessionError::Tls)?;
+                self.handshake(&mut stream, &mut buf).await.map_err(|err| match err {
+                    SessionError::Io(err) if tls::tls_failure(&err).is_some() => {
+                        SessionError::Tls(err)
+                    }
+                    err => err,
+                })?;
+                tls::split_tls(stream)
+            }
         };
+        Ok((Reader { half, buf, codec: self.codec.clone() }, writer))
+    }
+
+    /// The protocol handshake on a connected stream; frames that follow `Welcome` stay in `buf`.
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        buf: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        let timeout = self.connect_timeout;
+        let as_nonce = self.secret.as_ref().map(|_| Nonce::random());
         let hello = Control::Hello(Hello {
             version: PROTOCOL_VERSION,
             server_id: self.server_id,
             client_addr: self.client_addr.clone(),
             epoch: self.epoch,
+            nonce: as_nonce,
         });
-        writer.write_all(&Frame::Control(hello).to_bytes(self.codec.max_frame_len())?).await?;
-        let answer = tokio::time::timeout(timeout, reader.next_frame())
-            .await
-            .map_err(|_| SessionError::HandshakeTimeout(timeout))??
-            .ok_or(SessionError::HubClosed)?;
-        match answer.decode()? {
-            Frame::Control(Control::Welcome(welcome)) if welcome.version == PROTOCOL_VERSION => {
-                let hub_limit = usize::try_from(welcome.max_frame_len).unwrap_or(usize::MAX);
-                self.send_limit = self.codec.max_frame_len().min(hub_limit);
-                Ok((reader, writer))
+        self.write_control(stream, hello).await?;
+        let mut answer = self.handshake_answer(stream, buf, timeout).await?;
+        if let (Some(secret), Some(as_nonce)) = (self.secret.clone(), as_nonce) {
+            let challenge = match answer {
+                Control::Challenge(challenge) => challenge,
+                Control::Welcome(_) => return Err(SessionError::HubWithoutSecret),
+                other => return Err(refusal(other)),
+            };
+            let server = self.server_id;
+            let hub_nonce = challenge.nonce;
+            if secret.verify(Prover::Hub, server, &as_nonce, &hub_nonce, &challenge.proof).is_err()
+            {
+                let refusal = Control::error(
+                    ErrorCode::Unauthorized,
+                    "the hub's proof does not match this app server's secret",
+                );
+                let _ = self.write_control(stream, refusal).await;
+                return Err(SessionError::HubUnauthenticated);
             }
-            Frame::Control(Control::Welcome(welcome)) => Err(SessionError::Refused {
+            let proof = secret.prove(Prover::AppServer, server, &as_nonce, &hub_nonce);
+            self.write_control(stream, Control::Auth { proof }).await?;
+            answer = self.handshake_answer(stream, buf, timeout).await?;
+        }
+        match answer {
+            Control::Welcome(welcome) if welcome.version == PROTOCOL_VERSION => {
+                self.welcomed(&welcome);
+                Ok(())
+            }
+            Control::Welcome(welcome) => Err(SessionError::Refused {
                 code: ErrorCode::VersionMismatch,
                 message: format!("hub speaks protocol version {}", welcome.version),
             }),
-            Frame::Control(Control::Error { code, message }) => {
-                Err(SessionError::Refused { code, message })
-            }
-            _ => Err(SessionError::Unexpected("expected Welcome")),
+            other => Err(refusal(other)),
         }
+    }
+
+    /// Takes the limits the hub announced.
+    fn welcomed(&mut self, welcome: &Welcome) {
+        let hub_limit = usize::try_from(welcome.max_frame_len).unwrap_or(usize::MAX);
+        self.send_limit = self.codec.max_frame_len().min(hub_limit);
+        let max_users = usize::try_from(welcome.max_users).unwrap_or(usize::MAX);
+        self.max_users.store(max_users, Ordering::Relaxed);
+    }
+
+    async fn write_control<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        control: Control,
+    ) -> Result<(), SessionError> {
+        stream.write_all(&Frame::Control(control).to_bytes(self.codec.max_frame_len())?).await?;
+        // TLS holds written bytes until flushed.
+        stream.flush().await?;
+        Ok(())
+    }
+
+    /// The hub's next handshake message, within `timeout`.
+    async fn handshake_answer<S: AsyncRead + Unpin>(
+        &self,
+        stream: &mut S,
+        buf: &mut BytesMut,
+        timeout: Duration,
+    ) -> Result<Control, SessionError> {
+        let mut codec = self.codec.clone();
+        let next = async {
+            loop {
+                if let Some(raw) = codec.decode(buf)? {
+                    return match raw.decode()? {
+                        Frame::Control(control) => Ok(control),
+                        Frame::Data(_) | Frame::Ack(_) => {
+                            Err(SessionError::Unexpected("data or ack frame in the handshake"))
+                        }
+                    };
+                }
+                if stream.read_buf(buf).await? == 0 {
+                    return Err(SessionError::HubClosed);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, next)
+            .await
+            .map_err(|_| SessionError::HandshakeTimeout(timeout))?
     }
 
     /// Runs one registered connection until it fails or the cluster closes.
     async fn session(
         &mut self,
         mut reader: Reader,
-        mut writer: OwnedWriteHalf,
+        mut writer: WriteHalf,
     ) -> Result<Closed, SessionError> {
         let mut out = BytesMut::with_capacity(64 * 1024);
         self.encode_snapshot(&mut out)?;
@@ -632,6 +763,16 @@ impl Link {
         if !self.events_dropped {
             self.events_dropped = true;
             warn!("events receiver dropped: inbound messages are discarded");
+        }
+    }
+}
+
+/// The error for a handshake answer that is not the one expected.
+fn refusal(answer: Control) -> SessionError {
+    match answer {
+        Control::Error { code, message } => SessionError::Refused { code, message },
+        _ => {
+            SessionError::Unexpected("expected Welcome, or Challenge when this server has a secret")
         }
     }
 }

@@ -105,7 +105,10 @@ mod tests {
     use bytes::{BufMut, Bytes};
 
     use super::*;
-    use crate::{Control, Data, DataKind, ErrorCode, Hello, ServerId, UserId, Welcome};
+    use crate::{
+        Challenge, Control, Data, DataKind, ErrorCode, Hello, Nonce, Proof, ServerId, UserId,
+        Welcome,
+    };
 
     fn user(name: &str) -> UserId {
         UserId::new(name).unwrap()
@@ -118,8 +121,18 @@ mod tests {
                 server_id: ServerId(7),
                 client_addr: "127.0.0.1:6000".into(),
                 epoch: 1_763_700_000_000_000_000,
+                nonce: Some(Nonce([9; 32])),
             })),
-            Frame::Control(Control::Welcome(Welcome { version: 1, max_frame_len: 1024 })),
+            Frame::Control(Control::Welcome(Welcome {
+                version: 1,
+                max_frame_len: 1024,
+                max_users: 10,
+            })),
+            Frame::Control(Control::Challenge(Challenge {
+                nonce: Nonce([1; 32]),
+                proof: Proof([2; 32]),
+            })),
+            Frame::Control(Control::Auth { proof: Proof([3; 32]) }),
             Frame::Control(Control::error(ErrorCode::DuplicateServer, "server 7 is registered")),
             Frame::Control(Control::Login { users: vec![user("alice"), user("bob")] }),
             Frame::Control(Control::Logout { users: vec![user("alice")] }),

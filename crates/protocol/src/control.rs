@@ -8,6 +8,7 @@ use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::MAX_FRAME_LEN_CEILING;
+use crate::auth::{Nonce, Proof};
 use crate::error::ProtocolError;
 use crate::ids::{ServerId, UserId};
 
@@ -19,7 +20,8 @@ use crate::ids::{ServerId, UserId};
 pub enum Control {
     /// AS to hub, first frame of a connection: who the AS is.
     Hello(Hello),
-    /// Hub to AS: the registration is accepted.
+    /// Hub to AS: the registration is accepted (the AS is authenticated, or the hub needs no
+    /// secret and the AS is on its machine).
     Welcome(Welcome),
     /// Either direction: the peer is refused or broke the protocol; the sender closes after it.
     Error {
@@ -84,6 +86,14 @@ pub enum Control {
         /// The first sequence number to send again.
         from: u64,
     },
+    /// Hub to AS, answering a `Hello` that carries a nonce: the hub's proof of the shared secret
+    /// and the nonce the AS must prove it over.
+    Challenge(Challenge),
+    /// AS to hub, answering a `Challenge`: the AS's proof of the shared secret.
+    Auth {
+        /// HMAC-SHA256 over the server id and both nonces, with the app server's label.
+        proof: Proof,
+    },
 }
 
 /// A registered AS and the epoch of its process.
@@ -106,6 +116,18 @@ pub struct Hello {
     pub client_addr: String,
     /// Chosen at process start and kept across reconnects (see [`ServerEpoch`]).
     pub epoch: u64,
+    /// A fresh nonce when the AS has a shared secret: the hub must prove the secret over it, then
+    /// challenge the AS. `None` when the AS has no secret.
+    pub nonce: Option<Nonce>,
+}
+
+/// The hub's answer to a [`Hello`] with a nonce, when the hub has the shared secret too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// A fresh nonce the AS must prove the secret over.
+    pub nonce: Nonce,
+    /// HMAC-SHA256 over the server id and both nonces, with the hub's label.
+    pub proof: Proof,
 }
 
 /// The hub's answer to an accepted [`Hello`].
@@ -115,6 +137,8 @@ pub struct Welcome {
     pub version: u16,
     /// Largest frame body the hub accepts.
     pub max_frame_len: u32,
+    /// Most users the hub lets this AS have online at once.
+    pub max_users: u32,
 }
 
 /// Why a connection is refused or closed.
@@ -134,6 +158,11 @@ pub enum ErrorCode {
     SlowConsumer,
     /// The hub is full or shutting down.
     Unavailable,
+    /// The peer did not prove the shared secret (or has none where one is needed, or one where
+    /// none is set), or sent something other than the handshake before it was authenticated.
+    Unauthorized,
+    /// The AS would have more users online than the hub allows one server.
+    TooManyUsers,
 }
 
 /// Bincode settings shared by both ends; the limit bounds what a length claim may allocate.

@@ -12,18 +12,21 @@
 //! - [`ids`]: [`ServerId`] and [`UserId`], validated identifiers.
 //! - [`frame`]: [`FrameKind`], the routing header ([`Route`]), owned [`Frame`]s and [`RawFrame`]s.
 //! - [`control`]: [`Control`] messages and their bincode encoding.
+//! - [`auth`]: the shared [`Secret`], [`Nonce`]s and [`Proof`]s of the handshake (HMAC-SHA256).
 //! - [`codec`]: [`Codec`], the length-delimited `Decoder`/`Encoder`.
 //! - [`error`]: [`ProtocolError`], what can go wrong.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod codec;
 pub mod control;
 pub mod error;
 pub mod frame;
 pub mod ids;
 
+pub use auth::{BadProof, Nonce, Proof, Prover, Secret, SecretError};
 pub use codec::Codec;
-pub use control::{Control, ErrorCode, Hello, ServerEpoch, Welcome};
+pub use control::{Challenge, Control, ErrorCode, Hello, ServerEpoch, Welcome};
 pub use error::ProtocolError;
 pub use frame::{Ack, Data, DataKind, Frame, FrameKind, RawFrame, Route, SeqRange};
 pub use ids::{ServerId, UserId, UserIdError};
@@ -37,6 +40,10 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 1 << 20;
 /// Largest limit a deployment may configure: 16 MiB. It also bounds what bincode may claim while
 /// decoding a control message, so a lying length can never trigger a huge allocation.
 pub const MAX_FRAME_LEN_CEILING: usize = 16 << 20;
+
+/// Limit on frame bodies before a peer is authenticated: the handshake messages are small, and an
+/// unknown peer must not make the hub buffer a full-size frame.
+pub const HANDSHAKE_MAX_FRAME_LEN: usize = 4096;
 
 /// Bytes taken by the length prefix in front of every frame.
 pub const LENGTH_PREFIX_LEN: usize = 4;

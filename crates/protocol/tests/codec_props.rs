@@ -1,9 +1,9 @@
 //! Property tests of the frame codec: round trips, arbitrary split points, hostile input and limits.
 
 use acms_protocol::{
-    Ack, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, LENGTH_PREFIX_LEN,
-    MAX_FRAME_LEN_CEILING, ProtocolError, RawFrame, SeqRange, ServerEpoch, ServerId, UserId,
-    Welcome,
+    Ack, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello,
+    LENGTH_PREFIX_LEN, MAX_FRAME_LEN_CEILING, Nonce, Proof, ProtocolError, Prover, RawFrame,
+    Secret, SeqRange, ServerEpoch, ServerId, UserId, Welcome,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use proptest::collection::vec;
@@ -65,6 +65,8 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::HandshakeTimeout),
         Just(ErrorCode::SlowConsumer),
         Just(ErrorCode::Unavailable),
+        Just(ErrorCode::Unauthorized),
+        Just(ErrorCode::TooManyUsers),
     ]
 }
 
@@ -79,14 +81,23 @@ fn control_with(
     max_text: usize,
 ) -> impl Strategy<Value = Control> {
     prop_oneof![
-        (any::<u16>(), any::<u32>(), text(max_text), any::<u64>()).prop_map(
-            |(version, id, client_addr, epoch)| {
-                Control::Hello(Hello { version, server_id: ServerId(id), client_addr, epoch })
-            }
+        (any::<u16>(), any::<u32>(), text(max_text), any::<u64>(), proptest::option::of(nonce()))
+            .prop_map(|(version, id, client_addr, epoch, nonce)| {
+                Control::Hello(Hello {
+                    version,
+                    server_id: ServerId(id),
+                    client_addr,
+                    epoch,
+                    nonce,
+                })
+            }),
+        (any::<u16>(), any::<u32>(), any::<u32>()).prop_map(
+            |(version, max_frame_len, max_users)| Control::Welcome(Welcome {
+                version,
+                max_frame_len,
+                max_users
+            })
         ),
-        (any::<u16>(), any::<u32>()).prop_map(|(version, max_frame_len)| Control::Welcome(
-            Welcome { version, max_frame_len }
-        )),
         (error_code(), text(max_text)).prop_map(|(code, message)| Control::Error { code, message }),
         vec(users.clone(), 0..max_users).prop_map(|users| Control::Login { users }),
         vec(users, 0..max_users).prop_map(|users| Control::Logout { users }),
@@ -99,6 +110,9 @@ fn control_with(
             .prop_map(|(server, resend_from)| Control::ServerUp { server, resend_from }),
         any::<u32>().prop_map(|id| Control::Resent { server: ServerId(id) }),
         any::<u64>().prop_map(|from| Control::Resend { from }),
+        (nonce(), proof())
+            .prop_map(|(nonce, proof)| Control::Challenge(Challenge { nonce, proof })),
+        proof().prop_map(|proof| Control::Auth { proof }),
     ]
 }
 
@@ -113,6 +127,14 @@ fn ack(max_ranges: usize) -> impl Strategy<Value = Ack> {
         from: ServerId(from),
         ranges,
     })
+}
+
+fn nonce() -> impl Strategy<Value = Nonce> {
+    any::<[u8; 32]>().prop_map(Nonce)
+}
+
+fn proof() -> impl Strategy<Value = Proof> {
+    any::<[u8; 32]>().prop_map(Proof)
 }
 
 fn data_kind() -> impl Strategy<Value = DataKind> {
@@ -240,10 +262,12 @@ fn variant_index(control: &Control) -> usize {
         Control::ServerUp { .. } => 10,
         Control::Resent { .. } => 11,
         Control::Resend { .. } => 12,
+        Control::Challenge(_) => 13,
+        Control::Auth { .. } => 14,
     }
 }
 
-const CONTROL_VARIANTS: usize = 13;
+const CONTROL_VARIANTS: usize = 15;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -316,8 +340,15 @@ proptest! {
         version in any::<u16>(),
         id in any::<u32>(),
         addr in text(20),
+        nonce in proptest::option::of(nonce()),
     ) {
-        let hello = Control::Hello(Hello { version, server_id: ServerId(id), client_addr: addr, epoch: 1 });
+        let hello = Control::Hello(Hello {
+            version,
+            server_id: ServerId(id),
+            client_addr: addr,
+            epoch: 1,
+            nonce,
+        });
         let bytes = Frame::Control(hello).to_bytes(MAX_FRAME_LEN_CEILING).unwrap();
         let body = &bytes[LENGTH_PREFIX_LEN..];
         prop_assert_eq!(body[0], 0, "control kind");
@@ -466,6 +497,10 @@ fn codec_limit_is_capped_at_the_ceiling() {
     assert_eq!(Codec::default().max_frame_len(), acms_protocol::DEFAULT_MAX_FRAME_LEN);
 }
 
+fn repeat(byte: &str, count: usize) -> String {
+    vec![byte; count].join(" ")
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
@@ -492,8 +527,56 @@ fn documented_examples() {
         server_id: ServerId(7),
         client_addr: "h:1".into(),
         epoch: 5,
+        nonce: None,
     }));
-    assert_eq!(hex(&hello.to_bytes(1024).unwrap()), "00 00 00 09 00 00 02 07 03 68 3a 31 05");
+    assert_eq!(hex(&hello.to_bytes(1024).unwrap()), "00 00 00 0a 00 00 02 07 03 68 3a 31 05 00");
+
+    // The handshake with a secret. Nonces and proofs are 32 raw bytes each.
+    let as_nonce = Nonce([0x11; 32]);
+    let hub_nonce = Nonce([0x22; 32]);
+    let hello = Frame::Control(Control::Hello(Hello {
+        version: 2,
+        server_id: ServerId(7),
+        client_addr: "h:1".into(),
+        epoch: 5,
+        nonce: Some(as_nonce),
+    }));
+    assert_eq!(
+        hex(&hello.to_bytes(1024).unwrap()),
+        format!("00 00 00 2a 00 00 02 07 03 68 3a 31 05 01 {}", repeat("11", 32))
+    );
+    let secret = Secret::new("an example secret").unwrap();
+    let hub_proof = secret.prove(Prover::Hub, ServerId(7), &as_nonce, &hub_nonce);
+    assert_eq!(
+        hex(&hub_proof.0),
+        "cb a1 78 2f 40 bf ee ea b4 c5 7a 03 2f 18 85 04 fb 74 cd d6 7d e2 77 d2 16 e2 4c 9c d5 0a 33 fa"
+    );
+    let challenge =
+        Frame::Control(Control::Challenge(Challenge { nonce: hub_nonce, proof: hub_proof }));
+    assert_eq!(
+        hex(&challenge.to_bytes(1024).unwrap()),
+        format!("00 00 00 42 00 0d {} {}", repeat("22", 32), hex(&hub_proof.0))
+    );
+    let as_proof = secret.prove(Prover::AppServer, ServerId(7), &as_nonce, &hub_nonce);
+    assert_eq!(
+        hex(&as_proof.0),
+        "3f 6e 9c 89 ab f7 79 6b ae 2c 51 79 a1 e7 87 70 19 76 33 57 2c e6 c7 b2 f3 51 6f 3a bd 61 17 32"
+    );
+    let auth = Frame::Control(Control::Auth { proof: as_proof });
+    assert_eq!(
+        hex(&auth.to_bytes(1024).unwrap()),
+        format!("00 00 00 22 00 0e {}", hex(&as_proof.0))
+    );
+
+    let welcome = Frame::Control(Control::Welcome(Welcome {
+        version: 2,
+        max_frame_len: 1 << 20,
+        max_users: 1_000_000,
+    }));
+    assert_eq!(
+        hex(&welcome.to_bytes(1024).unwrap()),
+        "00 00 00 0d 00 01 02 fc 00 00 10 00 fc 40 42 0f 00"
+    );
 
     let ack = Frame::Ack(Ack {
         to: ServerId(7),
