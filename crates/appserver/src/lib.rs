@@ -45,6 +45,7 @@
 
 pub mod cluster;
 mod link;
+mod outgoing;
 mod reliable;
 pub mod tls;
 

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers, Outcome};
-use crate::reliable::{Received, Unacked};
+use crate::outgoing::Outgoing;
+use crate::reliable::{Received, SEQ_AT, Unacked};
 use crate::tls::{self, ClientTls, ReadHalf, WriteHalf};
 
 /// Most commands taken from the queue for one write.
@@ -38,9 +39,6 @@ const MAX_PENDING_OUT: usize = 256 * 1024;
 
 /// Room made in the read buffer before each read: many small frames per system call.
 const READ_CHUNK: usize = 64 * 1024;
-
-/// Where a data frame's sequence number sits: after the length prefix and the kind byte.
-const SEQ_AT: usize = LENGTH_PREFIX_LEN + 1;
 
 /// Bytes of the retransmit buffer a frame of `len` bytes takes; one frame larger than the whole
 /// buffer takes all of it rather than wait forever.
@@ -423,7 +421,7 @@ impl Link {
         mut reader: Reader,
         mut writer: WriteHalf,
     ) -> Result<Closed, SessionError> {
-        let mut out = BytesMut::with_capacity(64 * 1024);
+        let mut out = Outgoing::default();
         self.encode_snapshot(&mut out)?;
         self.encode(&mut out, Control::SnapshotDone)?;
         // Whatever the last hub did not get answered is sent again; receivers drop duplicates.
@@ -473,7 +471,7 @@ impl Link {
                     if let Some(events) = self.pending_events.take() {
                         permit.send(events);
                     }
-                    self.received.encode_acks(self.server_id, self.send_limit, &mut out);
+                    self.received.encode_acks(self.server_id, self.send_limit, out.tail());
                 }
                 Step::Room(None) => {
                     self.pending_events = None;
@@ -506,7 +504,7 @@ impl Link {
     fn handle_buffered(
         &mut self,
         reader: &mut Reader,
-        out: &mut BytesMut,
+        out: &mut Outgoing,
     ) -> Result<(), SessionError> {
         let mut events = Vec::new();
         while let Some(raw) = reader.decode()? {
@@ -514,7 +512,7 @@ impl Link {
         }
         // Acks go out once the app has the messages; while it is behind they wait with them.
         if events.is_empty() || self.deliver(events) {
-            self.received.encode_acks(self.server_id, self.send_limit, out);
+            self.received.encode_acks(self.server_id, self.send_limit, out.tail());
         }
         if self.released > 0 {
             self.credit.add_permits(std::mem::take(&mut self.released));
@@ -523,15 +521,15 @@ impl Link {
     }
 
     /// Sends again every frame not yet answered from sequence number `from` on.
-    fn resend(&mut self, out: &mut BytesMut, from: u64) {
+    fn resend(&mut self, out: &mut Outgoing, from: u64) {
         self.unstage(out);
         for frame in self.unacked.from(from) {
-            out.extend_from_slice(frame);
+            out.tail().extend_from_slice(frame);
         }
     }
 
     /// Moves the staged data frames to the socket's buffer, keeping each for retransmission.
-    fn unstage(&mut self, out: &mut BytesMut) {
+    fn unstage(&mut self, out: &mut Outgoing) {
         if self.staging.is_empty() {
             return;
         }
@@ -539,16 +537,11 @@ impl Link {
         self.keep_and_queue(frames, out);
     }
 
-    /// Copies data frames that have their sequence numbers to the socket's buffer, and keeps
-    /// each for retransmission (slices of `frames`, not copies).
-    fn keep_and_queue(&mut self, mut frames: Bytes, out: &mut BytesMut) {
-        out.extend_from_slice(&frames);
-        while frames.len() > LENGTH_PREFIX_LEN {
-            let len = u32::from_be_bytes(frames[..LENGTH_PREFIX_LEN].try_into().expect("4 bytes"));
-            let frame = frames.split_to(LENGTH_PREFIX_LEN + len as usize);
-            let seq = u64::from_be_bytes(frame[SEQ_AT..SEQ_AT + 8].try_into().expect("8 bytes"));
-            self.unacked.push(seq, frame);
-        }
+    /// Queues data frames that have their sequence numbers for the socket, and keeps them for
+    /// retransmission: the same bytes, not a copy.
+    fn keep_and_queue(&mut self, frames: Bytes, out: &mut Outgoing) {
+        out.push(frames.clone());
+        self.unacked.keep(frames);
     }
 
     /// Gives the next sequence number.
@@ -561,11 +554,11 @@ impl Link {
     /// Settles a message sent through the hub: frees its room in the retransmit buffer and tells
     /// a sender waiting for its receipt. Returns false if it was settled already.
     fn settle(&mut self, seq: u64, outcome: Outcome) -> bool {
-        let Some(frame) = self.unacked.take(seq) else {
+        let Some(len) = self.unacked.take(seq) else {
             return false;
         };
         // Given back once per read (`release_credit`): the semaphore takes a lock per call.
-        self.released += charge(frame.len(), self.credit_cap) as usize;
+        self.released += charge(len, self.credit_cap) as usize;
         if !self.receipts.is_empty()
             && let Some(receipt) = self.receipts.remove(&seq)
         {
@@ -575,7 +568,7 @@ impl Link {
     }
 
     /// The whole user set as `Login` batches that each fit in a frame.
-    fn encode_snapshot(&mut self, out: &mut BytesMut) -> Result<(), ProtocolError> {
+    fn encode_snapshot(&mut self, out: &mut Outgoing) -> Result<(), ProtocolError> {
         // Each id costs its length plus at most a few bytes of bincode length.
         let budget = self.send_limit / 2;
         let mut users = Vec::new();
@@ -597,7 +590,7 @@ impl Link {
 
     fn encode_command(
         &mut self,
-        out: &mut BytesMut,
+        out: &mut Outgoing,
         command: Command,
     ) -> Result<(), ProtocolError> {
         match command {
@@ -648,9 +641,9 @@ impl Link {
     }
 
     /// Encodes a control message after every data frame given before it.
-    fn encode(&mut self, out: &mut BytesMut, control: Control) -> Result<(), ProtocolError> {
+    fn encode(&mut self, out: &mut Outgoing, control: Control) -> Result<(), ProtocolError> {
         self.unstage(out);
-        Frame::Control(control).encode(self.send_limit, out)
+        Frame::Control(control).encode(self.send_limit, out.tail())
     }
 
     fn token(&mut self) -> u64 {
@@ -661,7 +654,7 @@ impl Link {
     fn handle_frame(
         &mut self,
         raw: RawFrame,
-        out: &mut BytesMut,
+        out: &mut Outgoing,
         events: &mut Vec<Event>,
     ) -> Result<(), SessionError> {
         match raw.kind()? {

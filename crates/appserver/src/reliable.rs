@@ -3,50 +3,117 @@
 
 use std::collections::VecDeque;
 
-use acms_protocol::{Ack, SeqRange, ServerId};
+use acms_protocol::{Ack, LENGTH_PREFIX_LEN, SeqRange, ServerId};
 use bytes::{Bytes, BytesMut};
+
+/// Where a data frame's sequence number lies: after the length prefix and the kind byte.
+pub(crate) const SEQ_AT: usize = LENGTH_PREFIX_LEN + 1;
 
 /// Frames sent through the hub and not yet answered (acknowledged or returned undeliverable), by
 /// sequence number, kept as the bytes sent so they can be sent again as they were.
+///
+/// Frames are kept in the chunks they were sent in, one reference per chunk rather than one per
+/// frame: at millions of frames a second, a reference count and a 32-byte slot per frame cost
+/// more than the rest of the bookkeeping together.
 #[derive(Debug, Default)]
 pub(crate) struct Unacked {
     /// Sequence number of `slots[0]`.
     base: u64,
-    /// `None` once answered; answered slots at the front are dropped.
-    slots: VecDeque<Option<Bytes>>,
+    /// Per frame, where it lies in its chunk; `len == 0` once answered. Answered slots at the
+    /// front are dropped.
+    slots: VecDeque<Slot>,
+    /// The chunks that still hold an unanswered frame, oldest first.
+    chunks: VecDeque<Chunk>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    start: u32,
+    len: u32,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    /// Sequence number of its first frame; its frames are numbered one after the other.
+    first_seq: u64,
+    /// Frames not yet answered; the bytes are let go when it reaches zero.
+    live: u32,
+    bytes: Bytes,
 }
 
 impl Unacked {
-    /// Keeps frame `seq`; sequence numbers are given out one after the other.
-    pub(crate) fn push(&mut self, seq: u64, frame: Bytes) {
-        if self.slots.is_empty() {
-            self.base = seq;
+    /// Keeps whole data frames, numbered one after the other from where the last ones ended.
+    pub(crate) fn keep(&mut self, bytes: Bytes) {
+        let mut at = 0;
+        let mut first_seq = None;
+        while at + SEQ_AT + 8 <= bytes.len() {
+            let len = u32::from_be_bytes(bytes[at..at + LENGTH_PREFIX_LEN].try_into().expect("4"));
+            let seq =
+                u64::from_be_bytes(bytes[at + SEQ_AT..at + SEQ_AT + 8].try_into().expect("8"));
+            if self.slots.is_empty() {
+                self.base = seq;
+            }
+            debug_assert_eq!(seq, self.base + self.slots.len() as u64);
+            first_seq.get_or_insert(seq);
+            let whole = LENGTH_PREFIX_LEN as u32 + len;
+            self.slots.push_back(Slot { start: at as u32, len: whole });
+            at += whole as usize;
         }
-        debug_assert_eq!(seq, self.base + self.slots.len() as u64);
-        self.slots.push_back(Some(frame));
+        if let Some(first_seq) = first_seq {
+            let live = (self.base + self.slots.len() as u64 - first_seq) as u32;
+            self.chunks.push_back(Chunk { first_seq, live, bytes });
+        }
     }
 
-    /// Forgets frame `seq` and returns it, if it was still waiting for an answer.
-    pub(crate) fn take(&mut self, seq: u64) -> Option<Bytes> {
+    /// Forgets frame `seq` and returns its length, if it was still waiting for an answer.
+    pub(crate) fn take(&mut self, seq: u64) -> Option<usize> {
         let index = usize::try_from(seq.checked_sub(self.base)?).ok()?;
-        let frame = self.slots.get_mut(index)?.take()?;
-        while self.slots.front().is_some_and(Option::is_none) {
+        let slot = self.slots.get_mut(index)?;
+        if slot.len == 0 {
+            return None;
+        }
+        let len = std::mem::replace(&mut slot.len, 0) as usize;
+        // Acks mostly come oldest first: the front chunk, without a search.
+        let chunk = if self.chunks.get(1).is_none_or(|next| next.first_seq > seq) {
+            0
+        } else {
+            self.chunks.partition_point(|chunk| chunk.first_seq <= seq) - 1
+        };
+        let chunk = &mut self.chunks[chunk];
+        chunk.live -= 1;
+        if chunk.live == 0 {
+            chunk.bytes = Bytes::new();
+        }
+        while self.slots.front().is_some_and(|slot| slot.len == 0) {
             self.slots.pop_front();
             self.base += 1;
         }
-        Some(frame)
+        while self.chunks.front().is_some_and(|chunk| chunk.live == 0) {
+            self.chunks.pop_front();
+        }
+        Some(len)
     }
 
     /// The frames still waiting, from sequence number `from` on, in order.
-    pub(crate) fn from(&self, from: u64) -> impl Iterator<Item = &Bytes> {
+    pub(crate) fn from(&self, from: u64) -> impl Iterator<Item = &[u8]> {
         let skip = usize::try_from(from.saturating_sub(self.base)).unwrap_or(usize::MAX);
-        self.slots.iter().skip(skip).flatten()
+        let mut chunk = 0;
+        self.slots.iter().enumerate().skip(skip).filter(|(_, slot)| slot.len > 0).map(
+            move |(index, slot)| {
+                let seq = self.base + index as u64;
+                while self.chunks.get(chunk + 1).is_some_and(|next| next.first_seq <= seq) {
+                    chunk += 1;
+                }
+                let start = slot.start as usize;
+                &self.chunks[chunk].bytes[start..start + slot.len as usize]
+            },
+        )
     }
 
     /// Number of frames waiting.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.slots.iter().flatten().count()
+        self.slots.iter().filter(|slot| slot.len > 0).count()
     }
 }
 
@@ -109,31 +176,56 @@ impl Received {
 mod tests {
     use super::*;
 
+    /// Data frames numbered `seqs`, each carrying its number as payload, as one chunk.
+    fn chunk(seqs: std::ops::Range<u64>) -> Bytes {
+        let mut out = BytesMut::new();
+        for seq in seqs {
+            let data = acms_protocol::Data {
+                kind: acms_protocol::DataKind::Unicast,
+                seq,
+                origin: ServerId(1),
+                recipient: acms_protocol::UserId::new("bob").unwrap(),
+                sender: acms_protocol::UserId::new("al").unwrap(),
+                payload: Bytes::from(seq.to_string()),
+            };
+            acms_protocol::Frame::Data(data).encode(1 << 20, &mut out).unwrap();
+        }
+        out.freeze()
+    }
+
+    fn seqs<'a>(frames: impl Iterator<Item = &'a [u8]>) -> Vec<u64> {
+        frames
+            .map(|frame| u64::from_be_bytes(frame[SEQ_AT..SEQ_AT + 8].try_into().unwrap()))
+            .collect()
+    }
+
     #[test]
     fn unacked_frames_leave_in_any_order_and_are_resent_in_order() {
         let mut unacked = Unacked::default();
-        for seq in 10..15 {
-            unacked.push(seq, Bytes::from(seq.to_string()));
-        }
-        assert_eq!(unacked.take(12).as_deref(), Some(&b"12"[..]));
+        let first = chunk(10..13);
+        let frame_len = first.len() / 3;
+        unacked.keep(first);
+        unacked.keep(chunk(13..15));
+        assert_eq!(unacked.take(12), Some(frame_len));
         assert_eq!(unacked.take(12), None, "answered once");
         assert_eq!(unacked.take(9), None);
         assert_eq!(unacked.take(99), None);
-        let resent: Vec<_> = unacked.from(0).cloned().collect();
-        assert_eq!(
-            resent,
-            ["10", "11", "13", "14"].map(|text| Bytes::from_static(text.as_bytes()))
-        );
-        assert_eq!(unacked.from(13).count(), 2);
+        assert_eq!(seqs(unacked.from(0)), [10, 11, 13, 14]);
+        assert_eq!(seqs(unacked.from(13)), [13, 14]);
         unacked.take(10);
         unacked.take(11);
         assert_eq!(unacked.len(), 2);
-        assert_eq!(unacked.from(0).next().map(|frame| &frame[..]), Some(&b"13"[..]));
-        unacked.take(13);
+        assert_eq!(unacked.chunks.len(), 1, "the first chunk is let go once all of it is answered");
+        let resent: Vec<&[u8]> = unacked.from(0).collect();
+        assert_eq!(resent[0], &chunk(13..14)[..], "sent again byte for byte");
         unacked.take(14);
+        assert_eq!(seqs(unacked.from(0)), [13]);
+        unacked.take(13);
         assert_eq!(unacked.len(), 0);
-        unacked.push(15, Bytes::from_static(b"15"));
-        assert_eq!(unacked.take(15).as_deref(), Some(&b"15"[..]));
+        assert!(unacked.chunks.is_empty());
+        unacked.keep(chunk(15..16));
+        assert_eq!(seqs(unacked.from(0)), [15]);
+        assert_eq!(unacked.take(15), Some(frame_len));
     }
 
     #[test]
