@@ -127,22 +127,25 @@ struct Origin {
     /// The highest sequence number handed to the app. Frames from one origin arrive in order and
     /// are sent again in order, so anything at or below it is a duplicate.
     highest: u64,
+    /// Frames received since the last acks were sent, as runs.
+    owed: Vec<SeqRange>,
 }
 
-/// Duplicate suppression on the receiving side, and the acks owed.
+/// Duplicate suppression on the receiving side, and the acks owed: one lookup per frame.
 #[derive(Debug, Default)]
 pub(crate) struct Received {
     origins: HashMap<ServerId, Origin>,
-    /// Frames received since the last acks were sent, by origin, as runs.
-    owed: HashMap<ServerId, Vec<SeqRange>>,
+    /// Origins with acks owed.
+    owing: Vec<ServerId>,
 }
 
 impl Received {
-    /// Learns the epoch of an origin's process: a new one numbers its frames from the start.
+    /// Learns the epoch of an origin's process: a new one numbers its frames from the start, and
+    /// acks owed to the old one would name numbers the new one has not sent yet.
     pub(crate) fn epoch(&mut self, origin: ServerId, epoch: u64) {
         let known = self.origins.entry(origin).or_default();
         if known.epoch != epoch {
-            *known = Origin { epoch, highest: 0 };
+            *known = Origin { epoch, ..Origin::default() };
         }
     }
 
@@ -154,20 +157,27 @@ impl Received {
         if new {
             known.highest = seq;
         }
-        let ranges = self.owed.entry(origin).or_default();
-        match ranges.last_mut() {
+        match known.owed.last_mut() {
             Some(last) if last.first + u64::from(last.count) == seq && last.count < u32::MAX => {
                 last.count += 1;
             }
-            _ => ranges.push(SeqRange { first: seq, count: 1 }),
+            Some(_) => known.owed.push(SeqRange { first: seq, count: 1 }),
+            None => {
+                known.owed.push(SeqRange { first: seq, count: 1 });
+                self.owing.push(origin);
+            }
         }
         new
     }
 
     /// Encodes every ack owed, from server `me`, into `out`.
     pub(crate) fn encode_acks(&mut self, me: ServerId, max_frame_len: usize, out: &mut BytesMut) {
-        for (to, ranges) in self.owed.drain() {
-            Ack { to, from: me, ranges }.encode(max_frame_len, out);
+        for to in self.owing.drain(..) {
+            let Some(known) = self.origins.get_mut(&to) else { continue };
+            if !known.owed.is_empty() {
+                let ranges = std::mem::take(&mut known.owed);
+                Ack { to, from: me, ranges }.encode(max_frame_len, out);
+            }
         }
     }
 }
@@ -240,7 +250,7 @@ mod tests {
         assert!(received.receive(origin, 6));
         let mut out = BytesMut::new();
         received.encode_acks(ServerId(2), 1 << 20, &mut out);
-        assert!(received.owed.is_empty());
+        assert!(received.owing.is_empty());
         let mut codec = acms_protocol::Codec::default();
         let raw = tokio_util::codec::Decoder::decode(&mut codec, &mut out).unwrap().unwrap();
         let ack = Ack::decode(raw.body()).unwrap();
