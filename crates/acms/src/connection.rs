@@ -855,7 +855,10 @@ impl Connection {
                 "nothing received within keepalive_timeout; closing connection"
             ),
             Close::Standby => {
-                info!(users = self.users.len(), "this hub went standby: sending the app server away");
+                info!(
+                    users = self.users.len(),
+                    "this hub went standby: sending the app server away"
+                );
                 let reason = self.shared.standby.refusal();
                 let _ = self.send(Control::error(ErrorCode::Unavailable, reason));
             }

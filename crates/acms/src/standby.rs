@@ -73,7 +73,9 @@ pub enum Role {
 /// - An active hub stays active unless a reachable peer is active too (a partition healed) and
 ///   has more servers, or as many and a better rank: then it yields.
 pub fn decide(active: bool, servers: u32, me: Rank, peers: &[PeerView]) -> Role {
-    let beats_me = |peer: &PeerView| (peer.servers, std::cmp::Reverse(peer.rank)) > (servers, std::cmp::Reverse(me));
+    let beats_me = |peer: &PeerView| {
+        (peer.servers, std::cmp::Reverse(peer.rank)) > (servers, std::cmp::Reverse(me))
+    };
     if active {
         if peers.iter().any(|peer| peer.active && beats_me(peer)) {
             return Role::Standby;
@@ -316,9 +318,14 @@ async fn next_control(
 fn report(shared: &Shared, index: usize, seen: Seen) {
     let servers = shared.registry.servers().len();
     match shared.standby.update(index, seen, servers) {
-        Some(Change::BecameActive) => info!(servers, "this hub is now active: accepting app servers"),
+        Some(Change::BecameActive) => {
+            info!(servers, "this hub is now active: accepting app servers")
+        }
         Some(Change::Yielded) => {
-            warn!(servers, "another active hub has more app servers (or ranks first): going standby and closing this hub's app servers so they move");
+            warn!(
+                servers,
+                "another active hub has more app servers (or ranks first): going standby and closing this hub's app servers so they move"
+            );
             for server in shared.registry.servers() {
                 shared.registry.close(server.id);
             }
