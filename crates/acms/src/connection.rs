@@ -688,6 +688,11 @@ impl Connection {
                             self.shared.registry.logout(server, user.as_str());
                         }
                     }
+                    // This server's users are in the directory now: frames held for them as
+                    // unclaimed are sent again at once, not at the end of the settle window.
+                    // After a failover every server registers in it, so this is what lets traffic
+                    // flow within milliseconds rather than after the whole window.
+                    ask_to_resend(&self.shared, self.shared.registry.take_unclaimed());
                     Ok(())
                 }
                 Control::Resent { server: target } => {
