@@ -66,6 +66,19 @@ pub struct HubConfig {
     /// How long shutdown waits for connections to flush before it drops them.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// The other hubs of this cluster (`host:port` of their transfer ports), watched so that
+    /// exactly one hub is active: a hub refuses registrations while it can reach an active peer
+    /// (docs/FAILOVER.md). Empty: the hub is alone and always active. The hub's own address may be
+    /// listed too, so every hub can share one list; it recognises and skips itself.
+    pub peers: Vec<String>,
+    /// How often a hub asks each peer for its status.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// A peer that has not answered for this long is counted unreachable, and a registered app
+    /// server that has sent nothing for this long (app servers ping every second when idle) is
+    /// closed: the bound on noticing a silent network cut.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
     /// TLS on the transfer port. The `acms` binary reads these files and hands the result to
     /// [`crate::Hub::with_tls`]; the library itself reads no file.
     pub tls: Option<TlsFiles>,
@@ -99,6 +112,9 @@ impl Default for HubConfig {
             reconnect_grace: Duration::from_secs(5),
             settle: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            peers: Vec::new(),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(3),
             tls: None,
         }
     }
@@ -155,6 +171,13 @@ mod tests {
         let err = Config::from_toml("[transfer.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n")
             .unwrap_err();
         assert!(err.to_string().contains("ca"), "{err}");
+    }
+
+    #[test]
+    fn peers_are_read() {
+        let text = "[transfer]\npeers = [\"10.0.0.1:12000\", \"10.0.0.2:12000\"]\n";
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.transfer.peers, ["10.0.0.1:12000", "10.0.0.2:12000"]);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::auth::admit_without_secret;
 use crate::config::HubConfig;
 use crate::outbox::{Outbox, PushError, write_loop};
 use crate::registry::{Registry, RelayError, Relayed, ServerInfo};
+use crate::standby::Standby;
 use crate::stats::Stats;
 use crate::tls::{self, ReadHalf, Refusal, ServerTls};
 
@@ -42,6 +43,7 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) stats: Stats,
     pub(crate) tls: Option<ServerTls>,
+    pub(crate) standby: Standby,
 }
 
 /// Why a connection ended.
@@ -59,6 +61,12 @@ enum Close {
     Refused { code: ErrorCode, reason: String },
     /// The AS refused the hub during the handshake (it could not verify the hub's proof).
     RefusedByPeer { code: ErrorCode, message: String },
+    /// A registered AS sent nothing for `keepalive_timeout`: the network may be cut silently.
+    Idle,
+    /// This hub went standby: its app servers are sent to the active one.
+    Standby,
+    /// A peer hub's status link ended.
+    PeerHub,
 }
 
 impl Close {
@@ -112,6 +120,14 @@ struct Connection {
     /// sequence number. Every later frame is dropped too until the AS sends again from there
     /// (its stream goes back to a number no greater), so nothing overtakes the dropped frame.
     holding_from: Option<u64>,
+}
+
+/// What a connection turned out to be once its handshake was done.
+enum Opened {
+    /// A registered app server.
+    Server,
+    /// A peer hub watching this one; the codec of the handshake stays in force.
+    Peer(Codec),
 }
 
 /// Frames routed to one server that still lie at the start of the read buffer.
@@ -313,8 +329,10 @@ fn control_frame(shared: &Shared, control: Control) -> Bytes {
 
 impl Connection {
     async fn run(&mut self) -> Close {
-        if let Err(close) = self.handshake().await {
-            return close;
+        match self.handshake().await {
+            Ok(Opened::Server) => {}
+            Ok(Opened::Peer(codec)) => return self.answer_peer(codec).await,
+            Err(close) => return close,
         }
         loop {
             if let Err(close) = self.wait_for_receivers().await {
@@ -352,7 +370,38 @@ impl Connection {
     }
 
     fn cancelled(&self) -> Close {
-        if self.shutdown.is_cancelled() { Close::Shutdown } else { Close::SlowConsumer }
+        if self.shutdown.is_cancelled() {
+            Close::Shutdown
+        } else if !self.shared.standby.is_active() {
+            Close::Standby
+        } else {
+            Close::SlowConsumer
+        }
+    }
+
+    /// Answers a peer hub's status requests until it goes away or falls silent: the link it
+    /// watches this hub over (docs/FAILOVER.md). Nothing else is accepted on it.
+    async fn answer_peer(&mut self, mut codec: Codec) -> Close {
+        debug!("peer hub watching this hub");
+        let timeout = self.shared.config.keepalive_timeout;
+        loop {
+            let status = self.shared.standby.status(self.shared.registry.servers().len());
+            if let Err(close) = self.send(Control::HubStatus(status)) {
+                return close;
+            }
+            match tokio::time::timeout(timeout, self.handshake_message(&mut codec)).await {
+                Err(_) => return Close::Idle,
+                Ok(Ok(Control::PeerStatus)) => {}
+                Ok(Ok(_)) => {
+                    return Close::refused(
+                        ErrorCode::Malformed,
+                        "a peer hub's link carries only PeerStatus",
+                    );
+                }
+                Ok(Err(Close::PeerClosed)) => return Close::PeerHub,
+                Ok(Err(close)) => return close,
+            }
+        }
     }
 
     /// Waits for more bytes from the socket, or for the connection to be closed.
@@ -360,8 +409,13 @@ impl Connection {
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
             self.read_buf.reserve(READ_CHUNK);
         }
+        // A registered AS pings when idle, so silence means the path is cut.
+        let registered = self.server.is_some();
         let read = tokio::select! {
             _ = self.closer.cancelled() => return Err(self.cancelled()),
+            _ = tokio::time::sleep(self.shared.config.keepalive_timeout), if registered => {
+                return Err(Close::Idle);
+            }
             read = self.reader.read_buf(&mut self.read_buf) => read,
         };
         match read {
@@ -481,8 +535,9 @@ impl Connection {
         }
     }
 
-    /// Authenticates and registers the AS, all within the handshake deadline.
-    async fn handshake(&mut self) -> Result<(), Close> {
+    /// Authenticates and registers the AS, all within the handshake deadline; or finds a peer
+    /// hub asking for this hub's status.
+    async fn handshake(&mut self) -> Result<Opened, Close> {
         let timeout = self.shared.config.handshake_timeout;
         match tokio::time::timeout_at(self.handshake_deadline, self.authenticate()).await {
             Ok(result) => result,
@@ -493,10 +548,11 @@ impl Connection {
         }
     }
 
-    async fn authenticate(&mut self) -> Result<(), Close> {
+    async fn authenticate(&mut self) -> Result<Opened, Close> {
         let mut codec = Codec::new(HANDSHAKE_MAX_FRAME_LEN.min(self.codec.max_frame_len()));
         let hello = match self.handshake_message(&mut codec).await? {
             Control::Hello(hello) => hello,
+            Control::PeerStatus => return Ok(Opened::Peer(codec)),
             _ => {
                 return Err(Close::refused(
                     ErrorCode::Unauthorized,
@@ -516,6 +572,7 @@ impl Connection {
         }
         Span::current().record("server", hello.server_id.0);
         self.check_secret(&hello, &mut codec).await?;
+        self.check_active()?;
         let info = ServerInfo {
             id: hello.server_id,
             client_addr: hello.client_addr,
@@ -531,6 +588,8 @@ impl Connection {
             .map_err(|err| Close::refused(ErrorCode::DuplicateServer, err.to_string()))?;
         self.server = Some(id);
         self.stale_users = registration.stale_users;
+        // It may have gone standby since the check above, and closed its servers before this one.
+        self.check_active()?;
         info!(
             %client_addr,
             returning = !self.stale_users.is_empty(),
@@ -554,7 +613,15 @@ impl Connection {
             let up = Control::ServerUp { server, resend_from };
             let _ = peer.outbox.push(control_frame(&self.shared, up));
         }
-        Ok(())
+        Ok(Opened::Server)
+    }
+
+    /// A standby refuses app servers, naming the active hub, so that they go there.
+    fn check_active(&self) -> Result<(), Close> {
+        if self.shared.standby.is_active() {
+            return Ok(());
+        }
+        Err(Close::refused(ErrorCode::Unavailable, self.shared.standby.refusal()))
     }
 
     /// The shared-secret part of the handshake: with a secret on both sides, the hub proves it
@@ -621,6 +688,11 @@ impl Connection {
                             self.shared.registry.logout(server, user.as_str());
                         }
                     }
+                    // This server's users are in the directory now: frames held for them as
+                    // unclaimed are sent again at once, not at the end of the settle window.
+                    // After a failover every server registers in it, so this is what lets traffic
+                    // flow within milliseconds rather than after the whole window.
+                    ask_to_resend(&self.shared, self.shared.registry.take_unclaimed());
                     Ok(())
                 }
                 Control::Resent { server: target } => {
@@ -638,7 +710,9 @@ impl Connection {
                 Control::Hello(_)
                 | Control::Welcome(_)
                 | Control::Challenge(_)
-                | Control::Auth { .. } => Err(Close::refused(
+                | Control::Auth { .. }
+                | Control::PeerStatus
+                | Control::HubStatus(_) => Err(Close::refused(
                     ErrorCode::Malformed,
                     "handshake message after the handshake",
                 )),
@@ -772,9 +846,28 @@ impl Connection {
                 if code == ErrorCode::Unauthorized {
                     stats.unauthorized();
                 }
-                warn!(?code, %reason, "closing connection");
+                if code == ErrorCode::Unavailable && self.server.is_none() {
+                    // A standby turning app servers away is doing its job.
+                    info!(?code, %reason, "refusing app server");
+                } else {
+                    warn!(?code, %reason, "closing connection");
+                }
                 let _ = self.send(Control::error(code, reason));
             }
+            Close::Idle => info!(
+                timeout = ?self.shared.config.keepalive_timeout,
+                users = self.users.len(),
+                "nothing received within keepalive_timeout; closing connection"
+            ),
+            Close::Standby => {
+                info!(
+                    users = self.users.len(),
+                    "this hub went standby: sending the app server away"
+                );
+                let reason = self.shared.standby.refusal();
+                let _ = self.send(Control::error(ErrorCode::Unavailable, reason));
+            }
+            Close::PeerHub => debug!("peer hub link closed"),
             Close::RefusedByPeer { code, message } => {
                 self.shared.stats.refused();
                 if code == ErrorCode::Unauthorized {

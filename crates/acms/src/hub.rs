@@ -14,6 +14,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::HubConfig;
 use crate::connection::{self, Shared};
 use crate::registry::Registry;
+use crate::standby::{self, Standby};
 use crate::stats::StatsSnapshot;
 use crate::tls::ServerTls;
 
@@ -36,7 +37,8 @@ impl Hub {
 
     fn with_optional_tls(config: HubConfig, tls: Option<ServerTls>) -> Self {
         let registry = Registry::new(config.settle);
-        let shared = Shared { config, registry, stats: Default::default(), tls };
+        let standby = Standby::new(config.peers.clone());
+        let shared = Shared { config, registry, stats: Default::default(), tls, standby };
         Self { shared: Arc::new(shared) }
     }
 
@@ -48,6 +50,11 @@ impl Hub {
     /// Registered servers and online users.
     pub fn registry(&self) -> &Registry {
         &self.shared.registry
+    }
+
+    /// Whether this hub is the active one of its cluster, and what it tells its peers.
+    pub fn standby(&self) -> &Standby {
+        &self.shared.standby
     }
 
     /// What the hub has relayed and refused so far.
@@ -72,6 +79,16 @@ impl Hub {
         let tls = self.shared.tls.is_some();
         info!(transfer = %listener.local_addr()?, tls, "accepting app servers");
         let tracker = TaskTracker::new();
+        for index in 0..config.peers.len() {
+            let peer = config.peers[index].clone();
+            tracker.spawn(
+                standby::watch(self.shared.clone(), index, shutdown.clone())
+                    .instrument(info_span!("peer", %peer)),
+            );
+        }
+        if !config.peers.is_empty() {
+            info!(peers = ?config.peers, "standby until the peer hubs are asked which one is active");
+        }
         let slots = Arc::new(Semaphore::new(config.max_connections));
         loop {
             let accepted = tokio::select! {

@@ -14,6 +14,7 @@
 //! - [`outbox`]: the byte-bounded queue in front of each connection and its batching writer task.
 //! - [`registry`]: the AS registry and the user directory, behind synchronous methods.
 //! - [`stats`]: counters of what the hub relayed and refused.
+//! - [`standby`]: hot standby: which hub of a cluster is active, and the peer watchers.
 
 mod auth;
 pub mod config;
@@ -21,6 +22,7 @@ mod connection;
 pub mod hub;
 pub mod outbox;
 pub mod registry;
+pub mod standby;
 pub mod stats;
 pub mod tls;
 
@@ -28,5 +30,6 @@ pub use acms_protocol::Secret;
 pub use config::{Config, HubConfig, LogFormat, TlsFiles};
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};
+pub use standby::Standby;
 pub use stats::{Stats, StatsSnapshot};
 pub use tls::{ServerTls, TlsError};

@@ -23,6 +23,10 @@ struct Args {
     /// Address app servers connect to [default: 0.0.0.0:12000].
     #[arg(long)]
     transfer: Option<SocketAddr>,
+    /// The other hubs of this cluster (their transfer addresses), for hot standby: this hub
+    /// refuses app servers while one of them is active [default: none, always active].
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
     /// Log line format [default: plain]; RUST_LOG sets the level.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -54,6 +58,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(transfer) = args.transfer {
         config.transfer.listen = transfer;
     }
+    if let Some(peers) = args.peers {
+        config.transfer.peers = peers.into_iter().filter(|peer| !peer.is_empty()).collect();
+    }
     if let Some(value) = std::env::var_os(SECRET_VAR) {
         let value =
             value.into_string().map_err(|_| anyhow::anyhow!("{SECRET_VAR} is not UTF-8"))?;
@@ -62,6 +69,13 @@ fn main() -> anyhow::Result<()> {
     }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.transfer.tls = Some(TlsFiles { cert, key, client_ca: args.tls_client_ca });
+    }
+    if config.transfer.tls.is_some() && !config.transfer.peers.is_empty() {
+        // Peers ask each other's status over plain TCP: against a TLS port every probe would
+        // fail, and each hub would think itself alone and active.
+        anyhow::bail!(
+            "hot standby (peers) and TLS on the transfer port cannot be combined yet:              remove `peers`/--peers or the TLS settings"
+        );
     }
     let tls = config.transfer.tls.as_ref().map(load_tls).transpose()?;
     init_tracing(args.log_format.unwrap_or(config.log.format));

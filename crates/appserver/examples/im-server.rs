@@ -42,7 +42,8 @@ struct Args {
     /// Where clients connect [default: 0.0.0.0:6000].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Address of the ACMS hub [default: 127.0.0.1:12000].
+    /// Address of the ACMS hub, or several separated by commas in order of preference (hot
+    /// standby) [default: 127.0.0.1:12000].
     #[arg(long)]
     acms: Option<String>,
     /// Connect to the hub over TLS, trusting this CA certificate (PEM).
@@ -54,7 +55,7 @@ struct Args {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// The name the hub's certificate must carry [default: the host of --acms].
+    /// The name the hubs' certificates must carry [default: the host of the first --acms].
     #[arg(long)]
     tls_server_name: Option<String>,
 }
@@ -199,7 +200,9 @@ fn load_tls(tls: &TlsConfig, acms: &str) -> anyhow::Result<ClientTls> {
         (None, None) => None,
         _ => anyhow::bail!("a TLS client certificate needs both its cert and key"),
     };
-    let host = acms.rsplit_once(':').map_or(acms, |(host, _port)| host);
+    // One name for every hub: with several, their certificates must all carry it.
+    let first = acms.split(',').next().unwrap_or(acms).trim();
+    let host = first.rsplit_once(':').map_or(first, |(host, _port)| host);
     let name =
         tls.server_name.as_deref().unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
     let client = client.as_ref().map(|(cert, key)| (cert.as_slice(), key.as_slice()));

@@ -197,7 +197,7 @@ pub enum ClusterError {
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
     pub(crate) server_id: ServerId,
-    pub(crate) hub_addr: String,
+    pub(crate) hubs: Vec<String>,
     pub(crate) client_addr: String,
     pub(crate) max_frame_len: usize,
     pub(crate) connect_timeout: Duration,
@@ -208,12 +208,32 @@ pub struct ClusterBuilder {
     pub(crate) retransmit_buffer: usize,
     pub(crate) secret: Option<Secret>,
     pub(crate) tls: Option<ClientTls>,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) keepalive_timeout: Duration,
 }
 
 impl ClusterBuilder {
     /// The address this server's clients connect to, advertised to the cluster.
     pub fn client_addr(mut self, addr: impl Into<String>) -> Self {
         self.client_addr = addr.into();
+        self
+    }
+
+    /// The hubs of the cluster, in order of preference (`host:port` each), replacing those given
+    /// to [`Cluster::builder`]. On losing its hub, or being refused by a standby, the server
+    /// tries the next one at once, and waits its backoff only after a whole pass failed.
+    pub fn hubs(mut self, hubs: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.hubs = hubs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Keepalive on the hub link (default 1 s and 3 s): a `Ping` goes out when nothing was
+    /// written for `interval`, and the link is dropped, to try the next hub, when nothing was
+    /// read for `timeout` (the hub answers every `Ping`). A silently cut path is so noticed
+    /// within `timeout`.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keepalive_interval = interval.max(Duration::from_millis(1));
+        self.keepalive_timeout = timeout.max(self.keepalive_interval);
         self
     }
 
@@ -286,6 +306,7 @@ impl ClusterBuilder {
         let max_users = Arc::new(AtomicUsize::new(usize::MAX));
         let shutdown = CancellationToken::new();
         let credit = Arc::new(Semaphore::new(self.retransmit_buffer));
+        let hub = Arc::new(std::sync::Mutex::new(None));
         // Only equality matters: a restarted process must not reuse its predecessor's epoch.
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -299,6 +320,7 @@ impl ClusterBuilder {
             state_tx,
             local.clone(),
             max_users.clone(),
+            hub.clone(),
             shutdown.clone(),
         );
         let task = tokio::spawn(link.run());
@@ -312,6 +334,7 @@ impl ClusterBuilder {
             commands,
             events,
             state,
+            hub,
             task: std::sync::Mutex::new(Some(task)),
             shutdown: shutdown.clone(),
             _cancel_on_drop: shutdown.drop_guard(),
@@ -344,17 +367,22 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     events: mpsc::Sender<Vec<Event>>,
     state: watch::Receiver<LinkState>,
+    /// The hub connected to, set by the link.
+    hub: Arc<std::sync::Mutex<Option<String>>>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
     shutdown: CancellationToken,
     _cancel_on_drop: DropGuard,
 }
 
 impl Cluster {
-    /// Settings for a server with id `server_id` joining the hub at `hub_addr` (`host:port`).
-    pub fn builder(server_id: ServerId, hub_addr: impl Into<String>) -> ClusterBuilder {
+    /// Settings for a server with id `server_id` joining the hub at `hubs`: one `host:port`, or
+    /// several separated by commas, in order of preference (hot standby, docs/FAILOVER.md).
+    pub fn builder(server_id: ServerId, hubs: impl Into<String>) -> ClusterBuilder {
+        let hubs = hubs.into();
+        let hubs = hubs.split(',').map(str::trim).filter(|hub| !hub.is_empty());
         ClusterBuilder {
             server_id,
-            hub_addr: hub_addr.into(),
+            hubs: hubs.map(str::to_owned).collect(),
             client_addr: String::new(),
             max_frame_len: acms_protocol::DEFAULT_MAX_FRAME_LEN,
             connect_timeout: Duration::from_secs(3),
@@ -365,6 +393,8 @@ impl Cluster {
             retransmit_buffer: 64 << 20,
             secret: None,
             tls: None,
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(3),
         }
     }
 
@@ -573,6 +603,11 @@ impl Cluster {
         let (done, wait) = oneshot::channel();
         self.command(Command::Flush(done)).await?;
         wait.await.map_err(|_| ClusterError::Closed)
+    }
+
+    /// The address of the hub this server is registered with, while it is connected.
+    pub fn hub(&self) -> Option<String> {
+        self.inner.hub.lock().expect("hub lock").clone()
     }
 
     /// The state of the hub connection, as a watch that changes with it.

@@ -3,8 +3,11 @@
 //! One task per [`crate::Cluster`]: it connects (over TLS when configured), says `Hello`, proves
 //! the shared secret and checks the hub's proof when it has one, re-sends the whole user set (the
 //! snapshot), then races inbound frames against the command queue. Commands are taken in batches
-//! and encoded into one buffer that is written with one call. When the connection fails the task
-//! waits an exponential, jittered delay and starts over; commands wait in the queue meanwhile.
+//! and encoded into one buffer that is written with one call. When the connection fails, or a
+//! standby hub refuses it, the task tries the next hub of its list at once; after a whole pass
+//! failed it waits an exponential, jittered delay and starts over. Commands wait in the queue
+//! meanwhile. A `Ping` keeps an idle link alive, and a link that reads nothing for the keepalive
+//! timeout is dropped, so a silently cut path is noticed.
 
 use std::collections::VecDeque;
 use std::io;
@@ -21,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -109,6 +113,8 @@ enum SessionError {
     HandshakeTimeout(Duration),
     #[error("unexpected message from the hub: {0}")]
     Unexpected(&'static str),
+    #[error("nothing from the hub for {0:?} (keepalive timeout): the path may be cut")]
+    Silent(Duration),
 }
 
 impl SessionError {
@@ -146,11 +152,19 @@ enum Step<'a> {
     Room(Option<mpsc::Permit<'a, Vec<Event>>>),
     Commands(usize),
     Read(io::Result<bool>),
+    /// A keepalive deadline passed.
+    Tick,
 }
 
 pub(crate) struct Link {
     server_id: ServerId,
-    hub_addr: String,
+    /// The hubs in order of preference, and the one tried or connected now.
+    hubs: Vec<String>,
+    current: usize,
+    /// Shared with the handles: the hub connected to.
+    connected_hub: Arc<std::sync::Mutex<Option<String>>>,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
     client_addr: String,
     secret: Option<Secret>,
     tls: Option<ClientTls>,
@@ -202,6 +216,7 @@ impl Link {
         state: watch::Sender<LinkState>,
         local: Arc<LocalUsers>,
         max_users: Arc<AtomicUsize>,
+        connected_hub: Arc<std::sync::Mutex<Option<String>>>,
         shutdown: CancellationToken,
     ) -> Self {
         let backoff = ExponentialBuilder::default()
@@ -211,7 +226,11 @@ impl Link {
             .without_max_times();
         Self {
             server_id: config.server_id,
-            hub_addr: config.hub_addr.clone(),
+            hubs: config.hubs.clone(),
+            current: 0,
+            connected_hub,
+            keepalive_interval: config.keepalive_interval,
+            keepalive_timeout: config.keepalive_timeout,
             client_addr: config.client_addr.clone(),
             secret: config.secret.clone(),
             tls: config.tls.clone(),
@@ -243,19 +262,32 @@ impl Link {
     }
 
     pub(crate) async fn run(mut self) {
+        if self.hubs.is_empty() {
+            error!("no hub address given: this server cannot join a cluster");
+            self.state.send_replace(LinkState::Closed);
+            return;
+        }
         let mut delays = self.delays();
+        // Attempts since the last session, or since the last wait: a whole pass over the list
+        // fails before the backoff applies.
+        let mut failed = 0;
         loop {
             let shutdown = self.shutdown.clone();
+            let hub = self.hubs[self.current].clone();
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                connected = self.connect() => connected,
+                connected = self.connect(&hub) => connected,
             };
             let error = match connected {
                 Ok((reader, writer)) => {
                     delays = self.delays();
-                    info!(hub = %self.hub_addr, users = self.local.len(), "connected to hub");
+                    failed = 0;
+                    info!(%hub, users = self.local.len(), "connected to hub");
+                    *self.connected_hub.lock().expect("hub lock") = Some(hub.clone());
                     self.state.send_replace(LinkState::Connected);
-                    match self.session(reader, writer).await {
+                    let ended = self.session(reader, writer).await;
+                    *self.connected_hub.lock().expect("hub lock") = None;
+                    match ended {
                         Ok(Closed) => break,
                         Err(err) => err,
                     }
@@ -264,12 +296,19 @@ impl Link {
             };
             let state = error.state();
             self.state.send_replace(state);
+            self.current = (self.current + 1) % self.hubs.len();
+            failed += 1;
+            if failed < self.hubs.len() {
+                info!(%hub, error = %error, next = %self.hubs[self.current], "hub link down; trying the next hub");
+                continue;
+            }
+            failed = 0;
             let delay = delays.next().unwrap_or(Duration::from_secs(1));
             if matches!(state, LinkState::Refused(_)) {
                 // Not fatal: the operator may fix the hub's side, so keep trying.
-                error!(hub = %self.hub_addr, error = %error, retry_in = ?delay, "hub refused this server");
+                error!(%hub, error = %error, retry_in = ?delay, "hub refused this server");
             } else {
-                warn!(hub = %self.hub_addr, error = %error, retry_in = ?delay, "hub link down");
+                warn!(%hub, error = %error, retry_in = ?delay, "hub link down");
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -287,9 +326,9 @@ impl Link {
     /// Connects and registers: TLS if configured, then `Hello` out, the secret's challenge and
     /// answer when there is one, and `Welcome` (or a refusal) back. The handshake runs on the
     /// whole stream, so a TLS failure is reported as such; the stream is split after it.
-    async fn connect(&mut self) -> Result<(Reader, WriteHalf), SessionError> {
+    async fn connect(&mut self, hub: &str) -> Result<(Reader, WriteHalf), SessionError> {
         let timeout = self.connect_timeout;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(&self.hub_addr))
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(hub))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
@@ -438,7 +477,10 @@ impl Link {
 
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let (shutdown, events) = (self.shutdown.clone(), self.events.clone());
+        let (mut last_read, mut last_write) = (Instant::now(), Instant::now());
         loop {
+            let ping_at = last_write + self.keepalive_interval;
+            let silent_at = last_read + self.keepalive_timeout;
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Step::Shutdown,
@@ -449,11 +491,31 @@ impl Link {
                 written = writer.write_buf(&mut out), if !out.is_empty() => Step::Wrote(written),
                 count = self.commands.recv_many(&mut batch, MAX_BATCH), if out.len() < MAX_PENDING_OUT => Step::Commands(count),
                 read = reader.read_more(), if self.pending_events.is_none() => Step::Read(read),
+                _ = tokio::time::sleep_until(ping_at.min(silent_at)) => Step::Tick,
             };
             match step {
                 Step::Wrote(written) => {
                     if written? == 0 {
                         return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                    }
+                    last_write = Instant::now();
+                }
+                Step::Tick => {
+                    let now = Instant::now();
+                    if self.pending_events.is_some() {
+                        // Not reading while the app is behind: the hub's silence proves nothing.
+                        last_read = now;
+                    } else if now >= silent_at {
+                        return Err(SessionError::Silent(self.keepalive_timeout));
+                    }
+                    if now >= ping_at {
+                        if out.is_empty() {
+                            // The hub answers with a Pong: something to read on a quiet link.
+                            let token = self.token();
+                            self.encode(&mut out, Control::Ping { token })?;
+                        }
+                        // A write in progress counts: the next ping is due an interval on.
+                        last_write = now;
                     }
                 }
                 Step::Shutdown => {
@@ -494,6 +556,7 @@ impl Link {
                     if !read? {
                         return Err(SessionError::HubClosed);
                     }
+                    last_read = Instant::now();
                     self.handle_buffered(&mut reader, &mut out)?;
                 }
             }

@@ -1,4 +1,5 @@
-//! Control messages: registration, user logins and logouts, keepalive and errors.
+//! Control messages: registration, user logins and logouts, keepalive, errors, and the status
+//! hubs of one cluster exchange.
 //!
 //! They are rare next to data frames, so they are plain serde types encoded with bincode (standard
 //! configuration, with a size limit). Bytes after a decoded message are ignored, which lets a later
@@ -94,6 +95,27 @@ pub enum Control {
         /// HMAC-SHA256 over the server id and both nonces, with the app server's label.
         proof: Proof,
     },
+    /// Hub to hub, instead of `Hello` and then again every keepalive interval on the same
+    /// connection: asks for a [`HubStatus`]. A hub answers it before and without registration,
+    /// as the answer reveals nothing secret (docs/FAILOVER.md).
+    PeerStatus,
+    /// Hub to hub, the answer to `PeerStatus`: whether this hub is the active one of its cluster.
+    HubStatus(HubStatus),
+}
+
+/// What a hub tells the other hubs of its cluster, so that exactly one is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubStatus {
+    /// The hub accepts registrations (it is active), or refuses them (standby).
+    pub active: bool,
+    /// App servers registered with it: of two active hubs, the one with fewer yields.
+    pub servers: u32,
+    /// When the hub process started (nanoseconds since the Unix epoch): of two hubs otherwise
+    /// equal, the older one is preferred.
+    pub started: u64,
+    /// Chosen at random at start: breaks a tie of `started`, and lets a hub that finds itself in
+    /// its own peer list recognise itself.
+    pub id: u64,
 }
 
 /// A registered AS and the epoch of its process.
@@ -215,6 +237,17 @@ mod tests {
         bytes.extend_from_slice(&claim.to_le_bytes());
         let err = Control::decode(&bytes).unwrap_err();
         assert!(matches!(err, ProtocolError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn hub_status_messages_keep_their_variant_indices() {
+        let status = HubStatus { active: true, servers: 3, started: 7, id: 9 };
+        for (control, index) in [(Control::PeerStatus, 15), (Control::HubStatus(status), 16)] {
+            let mut bytes = BytesMut::new();
+            control.encode_into(&mut bytes).unwrap();
+            assert_eq!(bytes[0], index, "{control:?}");
+            assert_eq!(Control::decode(&bytes).unwrap(), control);
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod ids;
 
 pub use auth::{BadProof, Nonce, Proof, Prover, Secret, SecretError};
 pub use codec::Codec;
-pub use control::{Challenge, Control, ErrorCode, Hello, ServerEpoch, Welcome};
+pub use control::{Challenge, Control, ErrorCode, Hello, HubStatus, ServerEpoch, Welcome};
 pub use error::ProtocolError;
 pub use frame::{Ack, Data, DataKind, Frame, FrameKind, RawFrame, Route, SeqRange};
 pub use ids::{ServerId, UserId, UserIdError};

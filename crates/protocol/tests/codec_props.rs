@@ -1,7 +1,7 @@
 //! Property tests of the frame codec: round trips, arbitrary split points, hostile input and limits.
 
 use acms_protocol::{
-    Ack, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello,
+    Ack, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, HubStatus,
     LENGTH_PREFIX_LEN, MAX_FRAME_LEN_CEILING, Nonce, Proof, ProtocolError, Prover, RawFrame,
     Secret, SeqRange, ServerEpoch, ServerId, UserId, Welcome,
 };
@@ -113,6 +113,15 @@ fn control_with(
         (nonce(), proof())
             .prop_map(|(nonce, proof)| Control::Challenge(Challenge { nonce, proof })),
         proof().prop_map(|proof| Control::Auth { proof }),
+        Just(Control::PeerStatus),
+        (any::<bool>(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+            |(active, servers, started, id)| Control::HubStatus(HubStatus {
+                active,
+                servers,
+                started,
+                id
+            })
+        ),
     ]
 }
 
@@ -264,10 +273,12 @@ fn variant_index(control: &Control) -> usize {
         Control::Resend { .. } => 12,
         Control::Challenge(_) => 13,
         Control::Auth { .. } => 14,
+        Control::PeerStatus => 15,
+        Control::HubStatus(_) => 16,
     }
 }
 
-const CONTROL_VARIANTS: usize = 15;
+const CONTROL_VARIANTS: usize = 17;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
