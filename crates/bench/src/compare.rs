@@ -237,6 +237,11 @@ fn resolve(args: &CompareArgs) -> anyhow::Result<Settings> {
         Some(bin) => bin.clone(),
         None => std::env::current_exe()?.with_file_name("acms"),
     };
+    // Results name the binary relative to where the run started: they get committed and shared.
+    let acms_bin = std::env::current_dir()
+        .ok()
+        .and_then(|here| acms_bin.strip_prefix(here).ok().map(PathBuf::from))
+        .unwrap_or(acms_bin);
     if systems.contains(&System::Acms) && !acms_bin.is_file() {
         bail!(
             "no acms binary at {} (build it: cargo build --release -p acms, or pass --acms-bin)",
