@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::MAX_FRAME_LEN_CEILING;
 use crate::auth::{Nonce, Proof};
+use crate::digest::UserDigest;
 use crate::error::ProtocolError;
 use crate::ids::{ServerId, UserId};
 
@@ -94,6 +95,14 @@ pub enum Control {
         /// HMAC-SHA256 over the server id and both nonces, with the app server's label.
         proof: Proof,
     },
+    /// AS to hub, every digest interval once the hub has been told of every login and logout so
+    /// far: the digest of the AS's user set. The hub compares it with its record of the AS's users
+    /// and answers `Resync` if they differ.
+    Digest(UserDigest),
+    /// Hub to AS: the hub's record of the AS's users differs from the AS's digest. The AS sends
+    /// its whole user set again (`Login` batches, then `SnapshotDone`), and the hub replaces its
+    /// record with it.
+    Resync,
 }
 
 /// A registered AS and the epoch of its process.

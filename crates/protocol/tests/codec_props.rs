@@ -3,7 +3,7 @@
 use acms_protocol::{
     Ack, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello,
     LENGTH_PREFIX_LEN, MAX_FRAME_LEN_CEILING, Nonce, Proof, ProtocolError, Prover, RawFrame,
-    Secret, SeqRange, ServerEpoch, ServerId, UserId, Welcome,
+    Secret, SeqRange, ServerEpoch, ServerId, UserDigest, UserId, Welcome,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use proptest::collection::vec;
@@ -113,6 +113,9 @@ fn control_with(
         (nonce(), proof())
             .prop_map(|(nonce, proof)| Control::Challenge(Challenge { nonce, proof })),
         proof().prop_map(|proof| Control::Auth { proof }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(count, sum)| Control::Digest(UserDigest { count, sum })),
+        Just(Control::Resync),
     ]
 }
 
@@ -264,10 +267,12 @@ fn variant_index(control: &Control) -> usize {
         Control::Resend { .. } => 12,
         Control::Challenge(_) => 13,
         Control::Auth { .. } => 14,
+        Control::Digest(_) => 15,
+        Control::Resync => 16,
     }
 }
 
-const CONTROL_VARIANTS: usize = 15;
+const CONTROL_VARIANTS: usize = 17;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -596,6 +601,18 @@ fn documented_examples() {
 
     let error = Frame::Control(Control::error(ErrorCode::DuplicateServer, "dup"));
     assert_eq!(hex(&error.to_bytes(1024).unwrap()), "00 00 00 07 00 02 01 03 64 75 70");
+
+    // The digest of the set {bob, al}: XXH3-64 of each name, summed.
+    let digest = UserDigest::of(&[user("bob"), user("al")]);
+    assert_eq!(digest.count, 2);
+    assert_eq!(format!("{:016x}", digest.sum), "64dbf82bf07f59d2");
+    let digest = Frame::Control(Control::Digest(digest));
+    assert_eq!(
+        hex(&digest.to_bytes(1024).unwrap()),
+        "00 00 00 0c 00 0f 02 fd d2 59 7f f0 2b f8 db 64"
+    );
+    let resync = Frame::Control(Control::Resync);
+    assert_eq!(hex(&resync.to_bytes(1024).unwrap()), "00 00 00 02 00 10");
 }
 
 /// `route` names the first thing wrong: an unknown kind, then a control frame, then a short header.
