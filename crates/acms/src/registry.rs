@@ -263,6 +263,12 @@ impl Registry {
         self.users.insert(user, server).filter(|&previous| previous != server)
     }
 
+    /// Records `user` as online on `server` unless another AS has them: a resync confirms the
+    /// users an AS had, and must not take back one who moved.
+    pub(crate) fn claim(&self, server: ServerId, user: UserId) {
+        self.users.entry(user).or_insert(server);
+    }
+
     /// Takes `user` off the directory if `server` still owns them: a user who moved to another AS
     /// meanwhile stays where they are.
     pub(crate) fn logout(&self, server: ServerId, user: &str) {
