@@ -294,3 +294,65 @@ async fn a_server_that_stops_reading_costs_the_hub_at_most_its_pending_limit() {
     assert_eq!(slow.server_id(), ServerId(3));
     slow.close().await;
 }
+
+type Peer = tokio_util::codec::Framed<tokio::net::TcpStream, acms_protocol::Codec>;
+
+async fn next_frame(peer: &mut Peer) -> Option<acms_protocol::Frame> {
+    use futures_util::StreamExt;
+    let frame = tokio::time::timeout(PATIENCE, peer.next()).await.expect("a frame in time");
+    frame.map(|raw: Result<acms_protocol::RawFrame, _>| raw.unwrap().decode().unwrap())
+}
+
+/// A user id over 255 bytes in a `Login` is refused with a message that names the limit; only
+/// that connection closes, and the servers around it carry on.
+#[tokio::test]
+async fn an_over_long_user_id_in_a_login_is_refused_clearly() {
+    use acms_protocol::{Codec, Control, ErrorCode, Frame, Hello, PROTOCOL_VERSION};
+    use futures_util::SinkExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::Framed;
+
+    let hub = acms_tests::TestHub::start().await;
+    let a = TestServer::start(0, hub.addr).await;
+    let mut b = TestServer::start(1, hub.addr).await;
+    a.login(&["alice"]).await;
+    b.login(&["bob"]).await;
+
+    let stream = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let mut peer = Framed::new(stream, Codec::default());
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        server_id: ServerId(9),
+        client_addr: "127.0.0.1:7000".into(),
+        epoch: 1,
+        nonce: None,
+    };
+    peer.send(Frame::Control(Control::Hello(hello))).await.unwrap();
+    assert!(matches!(next_frame(&mut peer).await, Some(Frame::Control(Control::Welcome(_)))));
+    assert!(matches!(next_frame(&mut peer).await, Some(Frame::Control(Control::Servers { .. }))));
+    // Login { users: [256 × "m"] }, encoded by hand: the library cannot make such an id.
+    let mut body = vec![0x00, 3, 1, 0xfb];
+    body.extend_from_slice(&256u16.to_le_bytes());
+    body.extend_from_slice(&[b'm'; 256]);
+    let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&body);
+    peer.get_mut().write_all(&wire).await.unwrap();
+    match next_frame(&mut peer).await {
+        Some(Frame::Control(Control::Error { code, message })) => {
+            assert_eq!(code, ErrorCode::Malformed, "{message}");
+            assert!(message.contains("user id is 256 bytes long, the limit is 255"), "{message}");
+        }
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    assert_eq!(next_frame(&mut peer).await, None, "closed after the error");
+
+    assert_eq!(hub.hub.stats().protocol_errors, 1);
+    assert_eq!(hub.hub.registry().user_count(), 2);
+    a.cluster
+        .send_to_user(&user("alice"), &user("bob"), Bytes::from_static(b"still here"))
+        .await
+        .unwrap();
+    let event = b.next_event().await;
+    let Event::Message { payload, .. } = event else { panic!("{event:?}") };
+    assert_eq!(&payload[..], b"still here");
+}
