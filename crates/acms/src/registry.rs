@@ -442,6 +442,17 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_confirms_or_fills_in_but_never_moves_a_user() {
+        let registry = Registry::default();
+        registry.login(ServerId(1), user("bob"));
+        registry.login(ServerId(2), user("bob"));
+        registry.claim(ServerId(1), user("bob"));
+        assert_eq!(registry.locate("bob"), Some(ServerId(2)), "a resync does not take bob back");
+        registry.claim(ServerId(1), user("carol"));
+        assert_eq!(registry.locate("carol"), Some(ServerId(1)), "nobody had carol");
+    }
+
+    #[test]
     fn relay_to_a_full_queue_closes_that_server() {
         let registry = Registry::default();
         let (outbox, _inbox) = Outbox::new(4, 2);
