@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use acms_protocol::{
     Ack, Challenge, Codec, Control, DataKind, ErrorCode, Frame, FrameKind, HANDSHAKE_MAX_FRAME_LEN,
     Hello, LENGTH_PREFIX_LEN, Nonce, PROTOCOL_VERSION, ProtocolError, Prover, RawFrame, Route,
-    ServerEpoch, ServerId, UserId, Welcome,
+    ServerEpoch, ServerId, UserDigest, UserId, Welcome,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -110,8 +110,16 @@ struct Connection {
     client_verified: bool,
     /// Set once registered.
     server: Option<ServerId>,
-    /// The users this AS has online, so they leave the directory with it.
+    /// The users this AS has online, so they leave the directory with it: the hub's record of
+    /// what the AS claims. A user who moved to another AS since stays in it while this AS still
+    /// claims them (the directory lists them under the other AS only), so the digests agree.
     users: HashSet<UserId>,
+    /// The digest of `users`, kept in step with it, compared with the AS's `Digest`.
+    digest: UserDigest,
+    /// The record being replaced, after a `Resync` and until the snapshot that answers it is
+    /// done; `Digest`s are not compared meanwhile, as those sent before the AS saw the `Resync`
+    /// are still on their way.
+    resyncing: Option<HashSet<UserId>>,
     /// Users of this AS's previous connection, kept in the directory until its snapshot is done.
     stale_users: HashSet<UserId>,
     /// The AS said `Bye`: it leaves for good, with no grace to come back.
@@ -205,6 +213,8 @@ pub(crate) async fn serve(
         client_verified,
         server: None,
         users: HashSet::new(),
+        digest: UserDigest::default(),
+        resyncing: None,
         stale_users: HashSet::new(),
         leaving: false,
         holding_from: None,
@@ -682,12 +692,7 @@ impl Connection {
                 Control::Ping { token } => self.send(Control::Pong { token }),
                 Control::Pong { .. } => Ok(()),
                 Control::SnapshotDone => {
-                    let server = self.server();
-                    for user in std::mem::take(&mut self.stale_users) {
-                        if !self.users.contains(&user) {
-                            self.shared.registry.logout(server, user.as_str());
-                        }
-                    }
+                    self.handle_snapshot_done();
                     // This server's users are in the directory now: frames held for them as
                     // unclaimed are sent again at once, not at the end of the settle window.
                     // After a failover every server registers in it, so this is what lets traffic
@@ -695,6 +700,7 @@ impl Connection {
                     ask_to_resend(&self.shared, self.shared.registry.take_unclaimed());
                     Ok(())
                 }
+                Control::Digest(digest) => self.handle_digest(digest),
                 Control::Resent { server: target } => {
                     self.shared.registry.resent(self.server(), target);
                     Ok(())
@@ -716,9 +722,13 @@ impl Connection {
                     ErrorCode::Malformed,
                     "handshake message after the handshake",
                 )),
-                Control::Servers { .. } | Control::ServerUp { .. } | Control::Resend { .. } => Err(
-                    Close::refused(ErrorCode::Malformed, "only the hub sends server announcements"),
-                ),
+                Control::Servers { .. }
+                | Control::ServerUp { .. }
+                | Control::Resend { .. }
+                | Control::Resync => Err(Close::refused(
+                    ErrorCode::Malformed,
+                    "only the hub sends server announcements and resync requests",
+                )),
             },
         }
     }
@@ -770,6 +780,10 @@ impl Connection {
     /// Puts users in the directory. One that would take this AS past `max_users_per_server`
     /// closes the connection: a well-behaved AS never sends it, as it knows the limit from
     /// `Welcome` and refuses such a login itself.
+    ///
+    /// While a resync runs, a user the replaced record already had is only claimed back if nobody
+    /// else has them: they may have moved to another AS since, and a resync must not move them
+    /// back (the AS keeps claiming them, and its record keeps them, until it logs them out).
     fn handle_login(&mut self, users: Vec<UserId>) -> Result<(), Close> {
         let server = self.server();
         let limit = self.shared.config.max_users_per_server;
@@ -780,10 +794,14 @@ impl Connection {
                     format!("a login past this hub's limit of {limit} users per server"),
                 ));
             }
-            if let Some(previous) = self.shared.registry.login(server, user.clone()) {
+            if self.resyncing.as_ref().is_some_and(|old| old.contains(&user)) {
+                self.shared.registry.claim(server, user.clone());
+            } else if let Some(previous) = self.shared.registry.login(server, user.clone()) {
                 info!(%user, from = %previous, "user moved to this server");
             }
-            self.users.insert(user);
+            if self.users.insert(user.clone()) {
+                self.digest.insert(user.as_str());
+            }
         }
         Ok(())
     }
@@ -791,10 +809,53 @@ impl Connection {
     fn handle_logout(&mut self, users: &[UserId]) {
         let server = self.server();
         for user in users {
-            if self.users.remove(user) {
+            let recorded = self.users.remove(user);
+            if recorded {
+                self.digest.remove(user.as_str());
+            }
+            let replaced = self.resyncing.as_mut().is_some_and(|old| old.remove(user));
+            if recorded || replaced {
                 self.shared.registry.logout(server, user.as_str());
             }
         }
+    }
+
+    /// Ends a snapshot: users of the previous connection, or of the record a resync replaced,
+    /// that the AS did not send again are offline.
+    fn handle_snapshot_done(&mut self) {
+        let server = self.server();
+        let mut gone = std::mem::take(&mut self.stale_users);
+        if let Some(old) = self.resyncing.take() {
+            gone.extend(old);
+            info!(users = self.users.len(), "resync done");
+        }
+        for user in gone {
+            if !self.users.contains(&user) {
+                self.shared.registry.logout(server, user.as_str());
+            }
+        }
+    }
+
+    /// Compares the AS's digest of its users with the hub's record; on a difference, asks the AS
+    /// for its whole set again and starts a new record, keeping the old one until the snapshot is
+    /// done so that users present in both never leave the directory.
+    fn handle_digest(&mut self, theirs: UserDigest) -> Result<(), Close> {
+        if self.resyncing.is_some() {
+            return Ok(());
+        }
+        self.shared.stats.digest();
+        if theirs == self.digest {
+            return Ok(());
+        }
+        self.shared.stats.resync();
+        warn!(
+            users = self.digest.count,
+            claimed = theirs.count,
+            "the hub's record of this app server's users has drifted from its digest; resyncing"
+        );
+        self.resyncing = Some(std::mem::take(&mut self.users));
+        self.digest = UserDigest::default();
+        self.send(Control::Resync)
     }
 
     fn server(&self) -> ServerId {
@@ -885,6 +946,7 @@ impl Connection {
         let server = self.server.take()?;
         let mut users = std::mem::take(&mut self.users);
         users.extend(std::mem::take(&mut self.stale_users));
+        users.extend(self.resyncing.take().unwrap_or_default());
         let departure = self.shared.registry.depart(server, users, grace)?;
         Some((server, departure))
     }

@@ -263,6 +263,12 @@ impl Registry {
         self.users.insert(user, server).filter(|&previous| previous != server)
     }
 
+    /// Records `user` as online on `server` unless another AS has them: a resync confirms the
+    /// users an AS had, and must not take back one who moved.
+    pub(crate) fn claim(&self, server: ServerId, user: UserId) {
+        self.users.entry(user).or_insert(server);
+    }
+
     /// Takes `user` off the directory if `server` still owns them: a user who moved to another AS
     /// meanwhile stays where they are.
     pub(crate) fn logout(&self, server: ServerId, user: &str) {
@@ -433,6 +439,17 @@ mod tests {
         registry.depart(ServerId(1), HashSet::from([alice, bob]), false);
         assert_eq!(registry.locate("alice"), None);
         assert_eq!(registry.locate("bob"), Some(ServerId(2)));
+    }
+
+    #[test]
+    fn a_claim_confirms_or_fills_in_but_never_moves_a_user() {
+        let registry = Registry::default();
+        registry.login(ServerId(1), user("bob"));
+        registry.login(ServerId(2), user("bob"));
+        registry.claim(ServerId(1), user("bob"));
+        assert_eq!(registry.locate("bob"), Some(ServerId(2)), "a resync does not take bob back");
+        registry.claim(ServerId(1), user("carol"));
+        assert_eq!(registry.locate("carol"), Some(ServerId(1)), "nobody had carol");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct Stats {
     refused_connections: AtomicU64,
     unauthorized: AtomicU64,
     too_many_users: AtomicU64,
+    digests: AtomicU64,
+    resyncs: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -40,6 +42,11 @@ pub struct StatsSnapshot {
     pub unauthorized: u64,
     /// AS disconnected for passing `max_users_per_server`.
     pub too_many_users: u64,
+    /// Digests of their users that AS sent and the hub compared with its record.
+    pub digests: u64,
+    /// Times an AS's digest of its users differed from the hub's record and the hub asked it to
+    /// send its users again (see docs/RELIABILITY.md, "Registry drift").
+    pub resyncs: u64,
 }
 
 impl Stats {
@@ -76,6 +83,14 @@ impl Stats {
         self.too_many_users.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn digest(&self) {
+        self.digests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn resync(&self) {
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
@@ -88,6 +103,8 @@ impl Stats {
             refused_connections: self.refused_connections.load(Ordering::Relaxed),
             unauthorized: self.unauthorized.load(Ordering::Relaxed),
             too_many_users: self.too_many_users.load(Ordering::Relaxed),
+            digests: self.digests.load(Ordering::Relaxed),
+            resyncs: self.resyncs.load(Ordering::Relaxed),
         }
     }
 }

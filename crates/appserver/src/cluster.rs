@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use acms_protocol::{Data, DataKind, ErrorCode, Secret, ServerId, UserId};
+use acms_protocol::{Data, DataKind, ErrorCode, Secret, ServerId, UserDigest, UserId};
 use bytes::Bytes;
 use dashmap::DashSet;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -17,6 +17,18 @@ use crate::tls::ClientTls;
 /// This server's online users. Every send looks its recipient up here, so the hash is a fast,
 /// randomly seeded one.
 pub(crate) type LocalUsers = DashSet<UserId, foldhash::fast::RandomState>;
+
+/// The digest of this server's users and the number of logins and logouts that changed it.
+///
+/// Changed together with [`LocalUsers`], under its lock, so the link can tell when the hub has
+/// been told of every change the digest reflects (the snapshot, then each `Login` and `Logout`
+/// carries its change number) and only then send the digest: a digest sent while a login is
+/// still queued would differ from the hub's record for no fault of either.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) digest: UserDigest,
+    pub(crate) changes: u64,
+}
 
 /// What arrives for the users of this server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +222,7 @@ pub struct ClusterBuilder {
     pub(crate) tls: Option<ClientTls>,
     pub(crate) keepalive_interval: Duration,
     pub(crate) keepalive_timeout: Duration,
+    pub(crate) digest_interval: Duration,
 }
 
 impl ClusterBuilder {
@@ -288,6 +301,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// How often the server sends the hub a digest of its users, so that a hub whose record has
+    /// drifted asks for them all again (default 10 s; at least 1 ms).
+    pub fn digest_interval(mut self, interval: Duration) -> Self {
+        self.digest_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
     /// Connects to the hub over TLS (when its transfer port has `[transfer.tls]`).
     pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
@@ -303,6 +323,7 @@ impl ClusterBuilder {
         let (events, event_rx) = mpsc::channel(self.event_capacity);
         let (state_tx, state) = watch::channel(LinkState::Connecting);
         let local = Arc::new(LocalUsers::default());
+        let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
         let max_users = Arc::new(AtomicUsize::new(usize::MAX));
         let shutdown = CancellationToken::new();
         let credit = Arc::new(Semaphore::new(self.retransmit_buffer));
@@ -319,6 +340,7 @@ impl ClusterBuilder {
             events.clone(),
             state_tx,
             local.clone(),
+            tally.clone(),
             max_users.clone(),
             hub.clone(),
             shutdown.clone(),
@@ -330,6 +352,7 @@ impl ClusterBuilder {
             credit,
             credit_cap: self.retransmit_buffer,
             local,
+            tally,
             max_users,
             commands,
             events,
@@ -362,6 +385,8 @@ struct Inner {
     credit_cap: usize,
     /// This server's online users: the source of truth the hub is rebuilt from.
     local: Arc<LocalUsers>,
+    /// The digest of `local`, changed under this lock together with it.
+    tally: Arc<std::sync::Mutex<Tally>>,
     /// The hub's limit on this server's users, from its last `Welcome` (no limit before one).
     max_users: Arc<AtomicUsize>,
     commands: mpsc::Sender<Command>,
@@ -395,6 +420,7 @@ impl Cluster {
             tls: None,
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(3),
+            digest_interval: Duration::from_secs(10),
         }
     }
 
@@ -413,18 +439,30 @@ impl Cluster {
         if self.inner.local.len() >= max && !self.inner.local.contains(&user) {
             return Err(ClusterError::TooManyUsers { max });
         }
-        if self.inner.local.insert(user.clone()) {
-            self.command(Command::Login(user)).await?;
-        }
-        Ok(())
+        let change = {
+            let mut tally = self.inner.tally.lock().expect("tally lock");
+            if !self.inner.local.insert(user.clone()) {
+                return Ok(());
+            }
+            tally.digest.insert(user.as_str());
+            tally.changes += 1;
+            tally.changes
+        };
+        self.command(Command::Login(user, change)).await
     }
 
     /// Marks `user` as gone from this server and tells the hub.
     pub async fn logout(&self, user: &UserId) -> Result<(), ClusterError> {
-        if self.inner.local.remove(user).is_some() {
-            self.command(Command::Logout(user.clone())).await?;
-        }
-        Ok(())
+        let change = {
+            let mut tally = self.inner.tally.lock().expect("tally lock");
+            if self.inner.local.remove(user).is_none() {
+                return Ok(());
+            }
+            tally.digest.remove(user.as_str());
+            tally.changes += 1;
+            tally.changes
+        };
+        self.command(Command::Logout(user.clone(), change)).await
     }
 
     /// Whether `user` is online on this server.

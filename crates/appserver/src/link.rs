@@ -29,7 +29,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers, Outcome};
+use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers, Outcome, Tally};
 use crate::outgoing::Outgoing;
 use crate::reliable::{Received, SEQ_AT, Unacked};
 use crate::tls::{self, ClientTls, ReadHalf, WriteHalf};
@@ -53,8 +53,10 @@ pub(crate) fn charge(len: usize, cap: usize) -> u32 {
 /// What a [`crate::Cluster`] handle asks of its connection task.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Login(UserId),
-    Logout(UserId),
+    /// With the change number the login got in [`Tally`].
+    Login(UserId, u64),
+    /// With the change number the logout got in [`Tally`].
+    Logout(UserId, u64),
     Data {
         data: Data,
         receipt: Option<oneshot::Sender<Outcome>>,
@@ -154,6 +156,7 @@ enum Step<'a> {
     Read(io::Result<bool>),
     /// A keepalive deadline passed.
     Tick,
+    Digest,
 }
 
 pub(crate) struct Link {
@@ -179,6 +182,14 @@ pub(crate) struct Link {
     events: mpsc::Sender<Vec<Event>>,
     state: watch::Sender<LinkState>,
     local: Arc<LocalUsers>,
+    tally: Arc<std::sync::Mutex<Tally>>,
+    digest_interval: Duration,
+    /// The change number of `tally` the last snapshot reflects.
+    snapshot_mark: u64,
+    /// Logins and logouts numbered after `snapshot_mark` that the hub has been told of since.
+    told_since_mark: u64,
+    /// A digest is due, waiting until the hub has been told of every change it reflects.
+    digest_due: bool,
     shutdown: CancellationToken,
     /// `flush` calls waiting for the `Pong` with their token (or a later one).
     flushes: VecDeque<(u64, oneshot::Sender<()>)>,
@@ -215,6 +226,7 @@ impl Link {
         events: mpsc::Sender<Vec<Event>>,
         state: watch::Sender<LinkState>,
         local: Arc<LocalUsers>,
+        tally: Arc<std::sync::Mutex<Tally>>,
         max_users: Arc<AtomicUsize>,
         connected_hub: Arc<std::sync::Mutex<Option<String>>>,
         shutdown: CancellationToken,
@@ -243,6 +255,11 @@ impl Link {
             events,
             state,
             local,
+            tally,
+            digest_interval: config.digest_interval,
+            snapshot_mark: 0,
+            told_since_mark: 0,
+            digest_due: false,
             shutdown,
             flushes: VecDeque::new(),
             next_token: 0,
@@ -478,6 +495,9 @@ impl Link {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let (shutdown, events) = (self.shutdown.clone(), self.events.clone());
         let (mut last_read, mut last_write) = (Instant::now(), Instant::now());
+        let start = tokio::time::Instant::now() + self.digest_interval;
+        let mut digests = tokio::time::interval_at(start, self.digest_interval);
+        digests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let ping_at = last_write + self.keepalive_interval;
             let silent_at = last_read + self.keepalive_timeout;
@@ -492,6 +512,7 @@ impl Link {
                 count = self.commands.recv_many(&mut batch, MAX_BATCH), if out.len() < MAX_PENDING_OUT => Step::Commands(count),
                 read = reader.read_more(), if self.pending_events.is_none() => Step::Read(read),
                 _ = tokio::time::sleep_until(ping_at.min(silent_at)) => Step::Tick,
+                _ = digests.tick() => Step::Digest,
             };
             match step {
                 Step::Wrote(written) => {
@@ -551,6 +572,11 @@ impl Link {
                         self.encode_command(&mut out, command)?;
                     }
                     self.unstage(&mut out);
+                    self.encode_digest_if_due(&mut out)?;
+                }
+                Step::Digest => {
+                    self.digest_due = true;
+                    self.encode_digest_if_due(&mut out)?;
                 }
                 Step::Read(read) => {
                     if !read? {
@@ -630,13 +656,37 @@ impl Link {
         true
     }
 
+    /// The digest of the users, once the hub has been told of every login and logout it
+    /// reflects; until then it stays due, and is tried again after the next commands.
+    fn encode_digest_if_due(&mut self, out: &mut Outgoing) -> Result<(), ProtocolError> {
+        if !self.digest_due {
+            return Ok(());
+        }
+        let digest = {
+            let tally = self.tally.lock().expect("tally lock");
+            if tally.changes.wrapping_sub(self.snapshot_mark) != self.told_since_mark {
+                return Ok(());
+            }
+            tally.digest
+        };
+        self.digest_due = false;
+        self.encode(out, Control::Digest(digest))
+    }
+
     /// The whole user set as `Login` batches that each fit in a frame.
     fn encode_snapshot(&mut self, out: &mut Outgoing) -> Result<(), ProtocolError> {
         // Each id costs its length plus at most a few bytes of bincode length.
         let budget = self.send_limit / 2;
         let mut users = Vec::new();
         let mut size = 0;
-        let snapshot: Vec<UserId> = self.local.iter().map(|user| user.key().clone()).collect();
+        // Taken under the tally's lock, so the snapshot reflects exactly the changes numbered up
+        // to the mark; logins and logouts queued with later numbers follow it.
+        let snapshot: Vec<UserId> = {
+            let tally = self.tally.lock().expect("tally lock");
+            self.snapshot_mark = tally.changes;
+            self.told_since_mark = 0;
+            self.local.iter().map(|user| user.key().clone()).collect()
+        };
         for user in snapshot {
             size += user.as_str().len() + 3;
             users.push(user);
@@ -657,8 +707,14 @@ impl Link {
         command: Command,
     ) -> Result<(), ProtocolError> {
         match command {
-            Command::Login(user) => self.encode(out, Control::Login { users: vec![user] }),
-            Command::Logout(user) => self.encode(out, Control::Logout { users: vec![user] }),
+            Command::Login(user, change) => {
+                self.told(change);
+                self.encode(out, Control::Login { users: vec![user] })
+            }
+            Command::Logout(user, change) => {
+                self.told(change);
+                self.encode(out, Control::Logout { users: vec![user] })
+            }
             Command::Data { data, receipt } if data.encoded_len() > self.send_limit => {
                 // Fits our limit but not the hub's: hand it back rather than break the link.
                 warn!(
@@ -700,6 +756,13 @@ impl Link {
                 self.flushes.push_back((token, done));
                 self.encode(out, Control::Ping { token })
             }
+        }
+    }
+
+    /// Counts a login or logout the hub is being told of, unless the snapshot had it already.
+    fn told(&mut self, change: u64) {
+        if change > self.snapshot_mark {
+            self.told_since_mark += 1;
         }
     }
 
@@ -765,6 +828,11 @@ impl Link {
                 Control::Resend { from } => {
                     debug!(from, "sending again what the hub held");
                     self.resend(out, from);
+                }
+                Control::Resync => {
+                    info!(users = self.local.len(), "hub asked for this server's users again");
+                    self.encode_snapshot(out)?;
+                    self.encode(out, Control::SnapshotDone)?;
                 }
                 Control::Error { code, message } => {
                     return Err(SessionError::Refused { code, message });

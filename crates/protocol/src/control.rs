@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::MAX_FRAME_LEN_CEILING;
 use crate::auth::{Nonce, Proof};
+use crate::digest::UserDigest;
 use crate::error::ProtocolError;
 use crate::ids::{ServerId, UserId};
 
@@ -29,17 +30,20 @@ pub enum Control {
         /// What went wrong, for programs.
         code: ErrorCode,
         /// What went wrong, for people.
+        #[serde(deserialize_with = "bounded::string")]
         message: String,
     },
     /// AS to hub: these users are now online on the sending AS. After a (re)connect the AS sends
     /// its whole user set as a series of these: the snapshot.
     Login {
         /// The users, in one batch.
+        #[serde(deserialize_with = "bounded::seq")]
         users: Vec<UserId>,
     },
     /// AS to hub: these users left the sending AS.
     Logout {
         /// The users, in one batch.
+        #[serde(deserialize_with = "bounded::seq")]
         users: Vec<UserId>,
     },
     /// Either direction: asks for a `Pong` with the same token once every earlier frame on this
@@ -63,6 +67,7 @@ pub enum Control {
     /// from them can be told apart from frames of their earlier lives.
     Servers {
         /// Every other registered AS.
+        #[serde(deserialize_with = "bounded::seq")]
         servers: Vec<ServerEpoch>,
     },
     /// Hub to AS: another AS registered, or registered again after losing its connection.
@@ -101,6 +106,14 @@ pub enum Control {
     PeerStatus,
     /// Hub to hub, the answer to `PeerStatus`: whether this hub is the active one of its cluster.
     HubStatus(HubStatus),
+    /// AS to hub, every digest interval once the hub has been told of every login and logout so
+    /// far: the digest of the AS's user set. The hub compares it with its record of the AS's users
+    /// and answers `Resync` if they differ.
+    Digest(UserDigest),
+    /// Hub to AS: the hub's record of the AS's users differs from the AS's digest. The AS sends
+    /// its whole user set again (`Login` batches, then `SnapshotDone`), and the hub replaces its
+    /// record with it.
+    Resync,
 }
 
 /// What a hub tells the other hubs of its cluster, so that exactly one is active.
@@ -135,6 +148,7 @@ pub struct Hello {
     /// The id the AS registers under.
     pub server_id: ServerId,
     /// Where the AS's own clients connect to it, as it wants the cluster to advertise.
+    #[serde(deserialize_with = "bounded::string")]
     pub client_addr: String,
     /// Chosen at process start and kept across reconnects (see [`ServerEpoch`]).
     pub epoch: u64,
@@ -185,6 +199,65 @@ pub enum ErrorCode {
     Unauthorized,
     /// The AS would have more users online than the hub allows one server.
     TooManyUsers,
+}
+
+/// Decoding that allocates only for data the input holds, never for what a length field claims.
+///
+/// bincode decodes a `String` by allocating the claimed length and then reading into it, and
+/// serde's `Vec` reserves room for up to 1 MiB of elements from the claimed count: a frame of a
+/// few bytes could make the hub allocate megabytes before the decode fails. Here a string is
+/// borrowed from the input (bincode checks the input holds it) and copied once, and a list grows
+/// with the elements actually decoded.
+mod bounded {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+
+    pub(super) fn string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+        struct Text;
+
+        impl Visitor<'_> for Text {
+            type Value = String;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<String, E> {
+                Ok(text.to_owned())
+            }
+        }
+
+        deserializer.deserialize_str(Text)
+    }
+
+    pub(super) fn seq<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        struct List<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for List<T> {
+            type Value = Vec<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                // The size hint is the peer's claim: ignored.
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(items)
+            }
+        }
+
+        deserializer.deserialize_seq(List(PhantomData))
+    }
 }
 
 /// Bincode settings shared by both ends; the limit bounds what a length claim may allocate.

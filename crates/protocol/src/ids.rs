@@ -129,9 +129,25 @@ impl Serialize for UserId {
 }
 
 impl<'de> Deserialize<'de> for UserId {
+    /// Asks for a `str` rather than a `String`: bincode then borrows it from the received frame
+    /// after checking the frame holds it, so a length field cannot make the decoder allocate a
+    /// buffer before the id is found too long. The id is checked, then copied once.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::new(&name).map_err(serde::de::Error::custom)
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = UserId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a user id of 1 to {} bytes of UTF-8", UserId::MAX_LEN)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<UserId, E> {
+                UserId::new(name).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_str(Visitor)
     }
 }
 

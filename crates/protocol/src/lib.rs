@@ -12,6 +12,7 @@
 //! - [`ids`]: [`ServerId`] and [`UserId`], validated identifiers.
 //! - [`frame`]: [`FrameKind`], the routing header ([`Route`]), owned [`Frame`]s and [`RawFrame`]s.
 //! - [`control`]: [`Control`] messages and their bincode encoding.
+//! - [`digest`]: [`UserDigest`], the size and hash of a user set that both ends compare.
 //! - [`auth`]: the shared [`Secret`], [`Nonce`]s and [`Proof`]s of the handshake (HMAC-SHA256).
 //! - [`codec`]: [`Codec`], the length-delimited `Decoder`/`Encoder`.
 //! - [`error`]: [`ProtocolError`], what can go wrong.
@@ -20,6 +21,7 @@
 pub mod auth;
 pub mod codec;
 pub mod control;
+pub mod digest;
 pub mod error;
 pub mod frame;
 pub mod ids;
@@ -27,6 +29,7 @@ pub mod ids;
 pub use auth::{BadProof, Nonce, Proof, Prover, Secret, SecretError};
 pub use codec::Codec;
 pub use control::{Challenge, Control, ErrorCode, Hello, HubStatus, ServerEpoch, Welcome};
+pub use digest::UserDigest;
 pub use error::ProtocolError;
 pub use frame::{Ack, Data, DataKind, Frame, FrameKind, RawFrame, Route, SeqRange};
 pub use ids::{ServerId, UserId, UserIdError};

@@ -3,7 +3,7 @@
 use acms_protocol::{
     Ack, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, HubStatus,
     LENGTH_PREFIX_LEN, MAX_FRAME_LEN_CEILING, Nonce, Proof, ProtocolError, Prover, RawFrame,
-    Secret, SeqRange, ServerEpoch, ServerId, UserId, Welcome,
+    Secret, SeqRange, ServerEpoch, ServerId, UserDigest, UserId, Welcome,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use proptest::collection::vec;
@@ -122,6 +122,9 @@ fn control_with(
                 id
             })
         ),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(count, sum)| Control::Digest(UserDigest { count, sum })),
+        Just(Control::Resync),
     ]
 }
 
@@ -275,10 +278,12 @@ fn variant_index(control: &Control) -> usize {
         Control::Auth { .. } => 14,
         Control::PeerStatus => 15,
         Control::HubStatus(_) => 16,
+        Control::Digest(_) => 17,
+        Control::Resync => 18,
     }
 }
 
-const CONTROL_VARIANTS: usize = 17;
+const CONTROL_VARIANTS: usize = 19;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -607,6 +612,18 @@ fn documented_examples() {
 
     let error = Frame::Control(Control::error(ErrorCode::DuplicateServer, "dup"));
     assert_eq!(hex(&error.to_bytes(1024).unwrap()), "00 00 00 07 00 02 01 03 64 75 70");
+
+    // The digest of the set {bob, al}: XXH3-64 of each name, summed.
+    let digest = UserDigest::of(&[user("bob"), user("al")]);
+    assert_eq!(digest.count, 2);
+    assert_eq!(format!("{:016x}", digest.sum), "64dbf82bf07f59d2");
+    let digest = Frame::Control(Control::Digest(digest));
+    assert_eq!(
+        hex(&digest.to_bytes(1024).unwrap()),
+        "00 00 00 0c 00 11 02 fd d2 59 7f f0 2b f8 db 64"
+    );
+    let resync = Frame::Control(Control::Resync);
+    assert_eq!(hex(&resync.to_bytes(1024).unwrap()), "00 00 00 02 00 12");
 }
 
 /// `route` names the first thing wrong: an unknown kind, then a control frame, then a short header.
