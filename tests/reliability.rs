@@ -177,6 +177,51 @@ async fn a_receiver_cut_off_as_a_slow_consumer_gets_everything_when_it_returns()
     assert!(hub.hub.stats().held > 0 || hub.hub.stats().slow_consumers > 0);
 }
 
+/// A sender the hub stops reading from (its receiver is slow) keeps its link: the hub's idle
+/// writer pings it, so its keepalive sees a live hub however long the pushback lasts.
+#[tokio::test]
+async fn a_sender_held_back_by_pushback_keeps_its_link() {
+    let config = HubConfig {
+        high_water_bytes: 32 * 1024,
+        max_stall: Duration::from_secs(1),
+        keepalive_interval: Duration::from_millis(50),
+        ..HubConfig::default()
+    };
+    let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let keepalive = (Duration::from_millis(50), Duration::from_millis(250));
+    let (sender, _sender_events) = Cluster::builder(ServerId(0), hub.addr.to_string())
+        .keepalive(keepalive.0, keepalive.1)
+        .start();
+    wait_link(&sender, LinkState::Connected).await;
+    sender.login(user("alice")).await.unwrap();
+    // A receiver whose app does not read.
+    let (receiver, _events) =
+        Cluster::builder(ServerId(1), hub.addr.to_string()).event_capacity(1).start();
+    wait_link(&receiver, LinkState::Connected).await;
+    receiver.login(user("bob")).await.unwrap();
+    receiver.flush().await.unwrap();
+
+    let mut link = sender.link_state();
+    link.mark_unchanged();
+    let sending = tokio::spawn({
+        let sender = sender.clone();
+        async move {
+            for seq in 0..5_000 {
+                sender
+                    .send_to_user(&user("alice"), &user("bob"), numbered(seq, 1024))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    // The hub stalls the sender for `max_stall`, four times the sender's keepalive timeout, then
+    // cuts the receiver off.
+    let stats = hub.hub.clone();
+    eventually("the receiver cut off", || stats.stats().slow_consumers > 0).await;
+    assert!(!link.has_changed().unwrap(), "the sender lost its link: {:?}", *link.borrow());
+    sending.abort();
+}
+
 #[tokio::test]
 async fn receipts_tell_delivered_offline_and_timed_out() {
     let hub = TestHub::start().await;

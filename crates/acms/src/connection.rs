@@ -183,7 +183,11 @@ pub(crate) async fn serve(
     let (reader, writer, client_verified) = match &shared.tls {
         None => {
             let (read_half, write_half) = stream.into_split();
-            (ReadHalf::Plain(read_half), tokio::spawn(write_loop(inbox, write_half)), false)
+            (
+                ReadHalf::Plain(read_half),
+                tokio::spawn(write_loop(inbox, write_half, shared.config.keepalive_interval)),
+                false,
+            )
         }
         Some(tls) => {
             let Some(stream) =
@@ -193,7 +197,11 @@ pub(crate) async fn serve(
             };
             let client_verified = stream.get_ref().1.peer_certificates().is_some();
             let (read_half, write_half) = tokio::io::split(stream);
-            (ReadHalf::Tls(read_half), tokio::spawn(write_loop(inbox, write_half)), client_verified)
+            (
+                ReadHalf::Tls(read_half),
+                tokio::spawn(write_loop(inbox, write_half, shared.config.keepalive_interval)),
+                client_verified,
+            )
         }
     };
     let grace = shared.config.shutdown_grace;
@@ -614,6 +622,7 @@ impl Connection {
             max_frame_len: self.codec.max_frame_len() as u32,
             max_users: u32::try_from(self.shared.config.max_users_per_server).unwrap_or(u32::MAX),
         }))?;
+        self.outbox.keep_alive();
         let peers = self.shared.registry.peers(id);
         let servers = peers.iter().map(|peer| ServerEpoch { id: peer.id, epoch: peer.epoch });
         self.send(Control::Servers { servers: servers.collect() })?;

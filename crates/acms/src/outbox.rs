@@ -13,7 +13,9 @@
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use acms_protocol::{Control, Frame, HANDSHAKE_MAX_FRAME_LEN};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
@@ -41,6 +43,8 @@ struct Level {
     closed: std::sync::atomic::AtomicBool,
     /// Notified when the writer brings `pending` under the high water, and when it ends.
     room: Notify,
+    /// Set once the peer is registered: from then on an idle writer sends keepalive pings.
+    keepalive: std::sync::atomic::AtomicBool,
 }
 
 /// Why a frame was not queued.
@@ -58,6 +62,12 @@ pub enum PushError {
 }
 
 impl Outbox {
+    /// Lets the writer send keepalive pings when idle; only once the peer is registered, since
+    /// a ping in the middle of the handshake would be taken for a wrong answer.
+    pub fn keep_alive(&self) {
+        self.level.keepalive.store(true, Ordering::Relaxed);
+    }
+
     /// A queue that holds at most `limit` bytes and asks feeders to pause above `high_water`,
     /// and its receiving end for [`write_loop`].
     pub fn new(limit: usize, high_water: usize) -> (Self, Inbox) {
@@ -144,10 +154,35 @@ impl Drop for Inbox {
 
 /// Writes queued frames until every [`Outbox`] of the queue is dropped and the queue is drained,
 /// then shuts the write side down. Returns the first write error.
-pub async fn write_loop<W: AsyncWrite + Unpin>(mut inbox: Inbox, mut writer: W) -> io::Result<()> {
+///
+/// After `keepalive` with nothing to write it writes a `Ping`: the peer then always has something
+/// to read from a live hub, even while the hub has stopped reading from it (pushback), so its
+/// keepalive timeout measures the hub's liveness, not the pace of other servers.
+pub async fn write_loop<W: AsyncWrite + Unpin>(
+    mut inbox: Inbox,
+    mut writer: W,
+    keepalive: Duration,
+) -> io::Result<()> {
+    let ping = Frame::Control(Control::Ping { token: 0 })
+        .to_bytes(HANDSHAKE_MAX_FRAME_LEN)
+        .expect("a ping fits any frame limit");
     let mut received = Vec::with_capacity(MAX_BATCHES);
     let mut batch = Batch::default();
-    while inbox.rx.recv_many(&mut received, MAX_BATCHES).await > 0 {
+    loop {
+        let count = tokio::select! {
+            count = inbox.rx.recv_many(&mut received, MAX_BATCHES) => count,
+            _ = tokio::time::sleep(keepalive) => {
+                if !inbox.level.keepalive.load(Ordering::Relaxed) {
+                    continue;
+                }
+                writer.write_all(&ping).await?;
+                writer.flush().await?;
+                continue;
+            }
+        };
+        if count == 0 {
+            break;
+        }
         let bytes = batch.start(received.drain(..).flatten());
         while batch.has_remaining() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -253,7 +288,7 @@ mod tests {
         let (outbox, inbox) = Outbox::new(usize::MAX, usize::MAX);
         // A 7-byte pipe forces partial vectored writes inside frames.
         let (near, mut far) = tokio::io::duplex(7);
-        let writer = tokio::spawn(write_loop(inbox, near));
+        let writer = tokio::spawn(write_loop(inbox, near, Duration::from_secs(60)));
         let mut expected = Vec::new();
         for i in 0..2000u32 {
             let frame = Bytes::from(format!("frame {i};"));
@@ -273,7 +308,7 @@ mod tests {
         outbox.push(Bytes::from(vec![0; 300])).unwrap();
         assert!(outbox.above_high_water());
         let (near, mut far) = tokio::io::duplex(64);
-        let writer = tokio::spawn(write_loop(inbox, near));
+        let writer = tokio::spawn(write_loop(inbox, near, Duration::from_secs(60)));
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
             async move { outbox.drained().await }
