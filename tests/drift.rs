@@ -10,21 +10,13 @@ use std::time::Duration;
 
 use acms_appserver::{LinkState, ServerId};
 use acms_protocol::{
-    Codec, Control, Frame, FrameKind, Hello, PROTOCOL_VERSION, RawFrame, UserDigest, UserId,
-    Welcome,
+    Codec, Control, Frame, FrameKind, Hello, PROTOCOL_VERSION, UserDigest, UserId, Welcome,
 };
-use acms_tests::{PATIENCE, TestHub, TestServer, builder, eventually, user};
+use acms_tests::{PATIENCE, Peer, TestHub, TestServer, builder, eventually, next_frame, user};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, FramedRead};
-
-type Peer = Framed<TcpStream, Codec>;
-
-async fn next_frame(peer: &mut Peer) -> Option<Frame> {
-    let next = tokio::time::timeout(PATIENCE, peer.next()).await.expect("a frame in time");
-    next.map(|raw: Result<RawFrame, _>| raw.expect("valid frame").decode().expect("decodable"))
-}
 
 fn users(names: &[&str]) -> Vec<UserId> {
     names.iter().map(|name| user(name)).collect()

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use acms::{Hub, HubConfig, ServerTls};
 use acms_appserver::{Cluster, ClusterBuilder, Event, Events, LinkState, ServerId, UserId};
-use tokio::net::TcpListener;
+use acms_protocol::{Codec, Control, Frame, RawFrame};
+use futures_util::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 /// How long any test waits for something that should happen in milliseconds.
@@ -139,5 +142,21 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     while !condition() {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A peer that speaks frames by hand: a fake hub, or a hostile or hand-driven app server.
+pub type Peer = Framed<TcpStream, Codec>;
+
+/// The peer's next frame within [`PATIENCE`], `None` once it closed. Keepalive pings are skipped:
+/// both sides send them when idle, so on a slow machine one may come between any two frames.
+pub async fn next_frame(peer: &mut Peer) -> Option<Frame> {
+    loop {
+        let next = tokio::time::timeout(PATIENCE, peer.next()).await.expect("a frame in time");
+        let frame = next
+            .map(|raw: Result<RawFrame, _>| raw.expect("valid frame").decode().expect("decodable"));
+        if !matches!(frame, Some(Frame::Control(Control::Ping { .. }))) {
+            return frame;
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use acms_appserver::{Cluster, Event, Events, LinkState, ServerId};
-use acms_tests::{PATIENCE, TestServer, builder, user, wait_link};
+use acms_tests::{PATIENCE, TestServer, builder, next_frame, user, wait_link};
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -293,14 +293,6 @@ async fn a_server_that_stops_reading_costs_the_hub_at_most_its_pending_limit() {
     assert!(growth < bound, "the hub grew by {growth} bytes, over {bound}");
     assert_eq!(slow.server_id(), ServerId(3));
     slow.close().await;
-}
-
-type Peer = tokio_util::codec::Framed<tokio::net::TcpStream, acms_protocol::Codec>;
-
-async fn next_frame(peer: &mut Peer) -> Option<acms_protocol::Frame> {
-    use futures_util::StreamExt;
-    let frame = tokio::time::timeout(PATIENCE, peer.next()).await.expect("a frame in time");
-    frame.map(|raw: Result<acms_protocol::RawFrame, _>| raw.unwrap().decode().unwrap())
 }
 
 /// A user id over 255 bytes in a `Login` is refused with a message that names the limit; only

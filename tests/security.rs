@@ -6,12 +6,11 @@ use std::time::Duration;
 use acms::{HubConfig, ServerTls};
 use acms_appserver::{ClientTls, ClusterError, Event, LinkState, Secret};
 use acms_protocol::{
-    Codec, Control, ErrorCode, Frame, Hello, Nonce, PROTOCOL_VERSION, Prover, RawFrame, ServerId,
-    UserId,
+    Codec, Control, ErrorCode, Frame, Hello, Nonce, PROTOCOL_VERSION, Prover, ServerId, UserId,
 };
-use acms_tests::{PATIENCE, TestHub, TestServer, builder, eventually, user};
+use acms_tests::{PATIENCE, Peer, TestHub, TestServer, builder, eventually, next_frame, user};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -38,8 +37,6 @@ fn message(from: &str, to: &str, text: &'static str) -> Event {
 // Raw protocol peers
 // ---------------------------------------------------------------------------------------------
 
-type Peer = Framed<TcpStream, Codec>;
-
 async fn raw_peer(hub: &TestHub) -> Peer {
     Framed::new(TcpStream::connect(hub.addr).await.unwrap(), Codec::default())
 }
@@ -52,11 +49,6 @@ fn hello(id: u32, nonce: Option<Nonce>) -> Frame {
         epoch: 1,
         nonce,
     }))
-}
-
-async fn next_frame(peer: &mut Peer) -> Option<Frame> {
-    let next = tokio::time::timeout(PATIENCE, peer.next()).await.expect("a frame in time");
-    next.map(|raw: Result<RawFrame, _>| raw.expect("valid frame").decode().expect("decodable"))
 }
 
 /// Reads the hub's error frame, expects `code`, then expects the connection to close; returns
