@@ -148,8 +148,9 @@ async fn a_logout_lost_on_the_way_is_repaired_by_the_next_digest() {
 }
 
 /// Servers that did nothing wrong never resync, while users come, go and move between servers: a
-/// user who logs in on a second server is listed under that one only, and the first server's
-/// record keeps them, as the first server still does, so neither digest flaps.
+/// user who logs in on a second server is listed under that one only, and the first server is
+/// told to end its session (policy `replace`); it logs the user out like any logout, so its
+/// record and its digest change together and neither digest flaps.
 #[tokio::test]
 async fn digests_agree_through_churn_and_a_user_who_moves() {
     let hub = TestHub::start().await;
@@ -172,7 +173,8 @@ async fn digests_agree_through_churn_and_a_user_who_moves() {
     s0.login(&["mover"]).await;
     s1.login(&["mover"]).await;
     assert_eq!(hub.hub.registry().locate("mover"), Some(ServerId(1)));
-    assert!(s0.cluster.is_local("mover") && s1.cluster.is_local("mover"));
+    eventually("the kick of the older session", || !s0.cluster.is_local("mover")).await;
+    assert!(s1.cluster.is_local("mover"));
 
     let checked = hub.hub.stats().digests;
     eventually("digests from both servers", || hub.hub.stats().digests >= checked + 20).await;

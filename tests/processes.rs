@@ -374,3 +374,80 @@ async fn the_secret_from_the_environment_lets_only_the_right_server_in() {
     let log = hub.exits_cleanly().await;
     assert_stopped_cleanly("acms", &log);
 }
+
+/// Presence and a login conflict through the real programs: `/who` finds users on either server
+/// or offline, `--friends` prints online and offline lines, and a second login of the same user
+/// on the other server kicks the first client, which prints why and exits, while messages go to
+/// the new one.
+#[tokio::test]
+async fn who_friends_and_a_kick_through_the_real_programs() {
+    let mut hub = Proc::start("acms", &program("acms"), &["--transfer", "127.0.0.1:0"]);
+    let ready = hub
+        .stderr
+        .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
+        .await;
+    let transfer = field_addr(&ready, "transfer").to_string();
+    let mut servers = Vec::new();
+    let mut listen = Vec::new();
+    for id in 0..2 {
+        let args = ["--id", &id.to_string(), "--listen", "127.0.0.1:0", "--acms", &transfer];
+        let mut server =
+            Proc::start(&format!("im-server {id}"), &program("examples/im-server"), &args);
+        let started = server
+            .stderr
+            .wait_for("`im-server started`", |line| line.contains("im-server started"))
+            .await;
+        listen.push(field_addr(&started, "listen").to_string());
+        server
+            .stderr
+            .wait_for("`connected to hub`", |line| line.contains("connected to hub"))
+            .await;
+        servers.push(server);
+    }
+    let client = |name: &str, server: &str, extra: &[&str]| {
+        let mut args = vec!["--server", server, "--user", name];
+        args.extend_from_slice(extra);
+        Proc::start(name, &program("im-client"), &args)
+    };
+    let logged_in = |line: &str| line.starts_with("logged in as ");
+
+    // alice on server 0 has bob as a friend, who is not online yet.
+    let mut alice = client("alice", &listen[0], &["--friends", "bob"]);
+    alice.stderr.wait_for("alice's login", logged_in).await;
+    alice.stderr.wait_for("bob offline", |line| line == "offline: bob").await;
+
+    let mut bob = client("bob", &listen[1], &[]);
+    bob.stderr.wait_for("bob's login", logged_in).await;
+    alice.stderr.wait_for("bob online", |line| line == "online: bob (server 1)").await;
+
+    alice.say("/who bob").await;
+    alice.stderr.wait_for("where bob is", |line| line == "bob is online on server 1").await;
+    alice.say("/who carol").await;
+    alice.stderr.wait_for("carol offline", |line| line == "carol is offline").await;
+    alice.say("/who alice").await;
+    alice.stderr.wait_for("where alice is", |line| line == "alice is online on server 0").await;
+
+    // bob logs in again, on server 0: the older session is kicked and told why.
+    let mut new_bob = client("bob", &listen[0], &[]);
+    new_bob.stderr.wait_for("the new bob's login", logged_in).await;
+    bob.stderr.wait_for("the kick", |line| line == "kicked: bob logged in on server 0").await;
+    bob.exits_cleanly().await;
+    alice.stderr.wait_for("bob moved", |line| line == "online: bob (server 0)").await;
+
+    alice.say("@bob are you the new one?").await;
+    assert_eq!(new_bob.stdout.next("alice's message").await, "alice: are you the new one?");
+
+    for client in [&mut alice, &mut new_bob] {
+        client.say("/quit").await;
+        client.exits_cleanly().await;
+    }
+    for server in &mut servers {
+        server.terminate().await;
+        let log = server.exits_cleanly().await;
+        assert_stopped_cleanly("im-server", &log);
+    }
+    hub.terminate().await;
+    let log = hub.exits_cleanly().await;
+    assert_stopped_cleanly("acms", &log);
+    assert!(bob.stdout.until_closed().await.is_empty(), "the kicked bob got no message");
+}

@@ -79,9 +79,23 @@ pub struct HubConfig {
     /// closed: the bound on noticing a silent network cut.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// What happens when a user logs in on a second AS while online on another.
+    pub login_conflict: LoginConflict,
     /// TLS on the transfer port. The `acms` binary reads these files and hands the result to
     /// [`crate::Hub::with_tls`]; the library itself reads no file.
     pub tls: Option<TlsFiles>,
+}
+
+/// The policy for a user who logs in on a second AS while online on another.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LoginConflict {
+    /// The newer session wins: the directory moves to the new AS, and the older AS is sent
+    /// `Kick` for the user, which ends that session.
+    #[default]
+    Replace,
+    /// Every session stays: a message for the user reaches each AS they are online on.
+    Multi,
 }
 
 /// PEM files of the transfer port's TLS (`[transfer.tls]`).
@@ -115,6 +129,7 @@ impl Default for HubConfig {
             peers: Vec::new(),
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(3),
+            login_conflict: LoginConflict::Replace,
             tls: None,
         }
     }
@@ -171,6 +186,13 @@ mod tests {
         let err = Config::from_toml("[transfer.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n")
             .unwrap_err();
         assert!(err.to_string().contains("ca"), "{err}");
+    }
+
+    #[test]
+    fn login_conflict_is_read() {
+        let config = Config::from_toml("[transfer]\nlogin_conflict = \"multi\"\n").unwrap();
+        assert_eq!(config.transfer.login_conflict, LoginConflict::Multi);
+        assert!(Config::from_toml("[transfer]\nlogin_conflict = \"both\"\n").is_err());
     }
 
     #[test]

@@ -31,7 +31,8 @@ use tracing::{Span, debug, info, warn};
 use crate::auth::admit_without_secret;
 use crate::config::HubConfig;
 use crate::outbox::{Outbox, PushError, write_loop};
-use crate::registry::{Registry, RelayError, Relayed, ServerInfo};
+use crate::presence::{self, Watches};
+use crate::registry::{Change, Departure, Placed, Registry, RelayError, Relayed, ServerInfo};
 use crate::standby::Standby;
 use crate::stats::Stats;
 use crate::tls::{self, ReadHalf, Refusal, ServerTls};
@@ -44,6 +45,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     pub(crate) tls: Option<ServerTls>,
     pub(crate) standby: Standby,
+    pub(crate) watches: Watches,
 }
 
 /// Why a connection ended.
@@ -128,6 +130,8 @@ struct Connection {
     /// sequence number. Every later frame is dropped too until the AS sends again from there
     /// (its stream goes back to a number no greater), so nothing overtakes the dropped frame.
     holding_from: Option<u64>,
+    /// The users this AS watches, so its watches leave with it.
+    watching: HashSet<UserId>,
 }
 
 /// What a connection turned out to be once its handshake was done.
@@ -226,6 +230,7 @@ pub(crate) async fn serve(
         stale_users: HashSet::new(),
         leaving: false,
         holding_from: None,
+        watching: HashSet::new(),
     };
     let close = conn.run().await;
     // A peer that stopped reading would hold its writer for the whole grace period.
@@ -251,8 +256,9 @@ pub(crate) async fn serve(
 /// frames to it were held to send them again: they are now undeliverable.
 async fn expire_later(shared: Arc<Shared>, server: ServerId, departure: u64) {
     tokio::time::sleep(shared.config.reconnect_grace).await;
-    if let Some(held) = shared.registry.expire(server, departure) {
+    if let Some((held, changes)) = shared.registry.expire(server, departure) {
         info!(%server, "app server did not come back in time; its users are offline");
+        presence::announce(&shared, changes);
         ask_to_resend(&shared, held);
     }
 }
@@ -341,7 +347,7 @@ fn claimed_by(server: ServerId, claimed: ServerId, what: &str) -> Result<(), Clo
 }
 
 /// A control frame as bytes; control frames the hub makes always fit its own limit.
-fn control_frame(shared: &Shared, control: Control) -> Bytes {
+pub(crate) fn control_frame(shared: &Shared, control: Control) -> Bytes {
     Frame::Control(control).to_bytes(shared.config.max_frame_len).unwrap_or_default()
 }
 
@@ -477,7 +483,20 @@ impl Connection {
                         Some(_) => self.holding_from = None,
                         None => {}
                     }
-                    let target = self.shared.registry.locate(route.recipient);
+                    let target = match self.shared.registry.route(route.recipient) {
+                        // Rare: a user online on several AS (policy `multi`).
+                        Some(owner) if owner.multi => {
+                            let targets = self.shared.registry.sessions(route.recipient);
+                            if targets.len() > 1 {
+                                self.end_run();
+                                let frame = self.read_buf.split_to(len).freeze();
+                                self.stage_copies(frame, seq, &targets);
+                                continue;
+                            }
+                            targets.first().copied()
+                        }
+                        owner => owner.map(|owner| owner.server),
+                    };
                     if target.is_none() || target != self.run.target {
                         self.end_run();
                     }
@@ -526,6 +545,29 @@ impl Connection {
                 staged.first_seq = staged.first_seq.or(first_seq);
             }
             None => self.staged.push(Staged { target, chunks: vec![chunk], frames, first_seq }),
+        }
+    }
+
+    /// Stages one data frame for each of several AS, as the same bytes: the recipient has a
+    /// session on each (policy `multi`). The origin releases a frame on the first ack, so the
+    /// other copies are not sent again after a hub failure (docs/RELIABILITY.md, "Several
+    /// sessions"); telling the origin `Copies { seq, count }` here, so that it waits for every
+    /// ack, is what closes that gap.
+    fn stage_copies(&mut self, frame: Bytes, seq: u64, targets: &[ServerId]) {
+        for &target in targets {
+            match self.staged.iter_mut().find(|staged| staged.target == target) {
+                Some(staged) => {
+                    staged.chunks.push(frame.clone());
+                    staged.frames += 1;
+                    staged.first_seq = staged.first_seq.or(Some(seq));
+                }
+                None => self.staged.push(Staged {
+                    target,
+                    chunks: vec![frame.clone()],
+                    frames: 1,
+                    first_seq: Some(seq),
+                }),
+            }
         }
     }
 
@@ -718,6 +760,18 @@ impl Connection {
                     self.leaving = true;
                     Ok(())
                 }
+                Control::Locate { token, user } => {
+                    let server = self.shared.registry.locate(user.as_str());
+                    self.send(Control::Located { token, server })
+                }
+                Control::Watch { users } => self.handle_watch(users),
+                Control::Unwatch { users } => {
+                    for user in users {
+                        self.shared.watches.unwatch(self.server(), user.as_str());
+                        self.watching.remove(&user);
+                    }
+                    Ok(())
+                }
                 Control::Error { code, message } => {
                     warn!(?code, %message, "app server reported an error");
                     Err(Close::PeerClosed)
@@ -734,9 +788,12 @@ impl Connection {
                 Control::Servers { .. }
                 | Control::ServerUp { .. }
                 | Control::Resend { .. }
-                | Control::Resync => Err(Close::refused(
+                | Control::Resync
+                | Control::Located { .. }
+                | Control::Presence { .. }
+                | Control::Kick { .. } => Err(Close::refused(
                     ErrorCode::Malformed,
-                    "only the hub sends server announcements and resync requests",
+                    "only the hub sends server announcements, resync requests, presence and kicks",
                 )),
             },
         }
@@ -803,10 +860,32 @@ impl Connection {
                     format!("a login past this hub's limit of {limit} users per server"),
                 ));
             }
-            if self.resyncing.as_ref().is_some_and(|old| old.contains(&user)) {
-                self.shared.registry.claim(server, user.clone());
-            } else if let Some(previous) = self.shared.registry.login(server, user.clone()) {
-                info!(%user, from = %previous, "user moved to this server");
+            // A user the AS had before (its last connection, or the record a resync replaces)
+            // is confirmed, not logged in anew: they may have logged in elsewhere since.
+            let confirm = self.stale_users.contains(&user)
+                || self.resyncing.as_ref().is_some_and(|old| old.contains(&user));
+            let registry = &self.shared.registry;
+            let placed = if confirm {
+                registry.claim(server, user.clone())
+            } else {
+                registry.login(server, user.clone())
+            };
+            match placed {
+                Placed::Already => {}
+                Placed::Online | Placed::Joined => {
+                    let change = Change { user: user.clone(), server: Some(server) };
+                    presence::announce(&self.shared, [change]);
+                }
+                Placed::Moved(previous) => {
+                    info!(%user, from = %previous, "user moved to this server; kicking the older session");
+                    self.kick(previous, &user, server);
+                    let change = Change { user: user.clone(), server: Some(server) };
+                    presence::announce(&self.shared, [change]);
+                }
+                Placed::Lost(owner) => {
+                    info!(%user, %owner, "user logged in elsewhere meanwhile; kicking this session");
+                    self.kick(server, &user, owner);
+                }
             }
             if self.users.insert(user.clone()) {
                 self.digest.insert(user.as_str());
@@ -824,7 +903,8 @@ impl Connection {
             }
             let replaced = self.resyncing.as_mut().is_some_and(|old| old.remove(user));
             if recorded || replaced {
-                self.shared.registry.logout(server, user.as_str());
+                let change = self.shared.registry.logout(server, user.as_str());
+                presence::announce(&self.shared, change);
             }
         }
     }
@@ -840,9 +920,41 @@ impl Connection {
         }
         for user in gone {
             if !self.users.contains(&user) {
-                self.shared.registry.logout(server, user.as_str());
+                let change = self.shared.registry.logout(server, user.as_str());
+                presence::announce(&self.shared, change);
             }
         }
+    }
+
+    /// Tells `target` to end its session of `user`, who is now on `winner` (policy `replace`).
+    /// If `target` cannot be told now (its connection is closing), its snapshot will claim the
+    /// user when it comes back, lose, and be told then.
+    fn kick(&self, target: ServerId, user: &UserId, winner: ServerId) {
+        let reason = format!("{user} logged in on server {winner}");
+        let kick = control_frame(&self.shared, Control::Kick { user: user.clone(), reason });
+        if let Some(outbox) = self.shared.registry.outbox(target) {
+            let _ = outbox.push(kick);
+        }
+    }
+
+    /// Adds watches and answers each with the user's current place, so the AS starts right.
+    /// The watch list of one AS is bounded like its users, by `max_users_per_server`.
+    fn handle_watch(&mut self, users: Vec<UserId>) -> Result<(), Close> {
+        let server = self.server();
+        let limit = self.shared.config.max_users_per_server;
+        for user in users {
+            if self.watching.len() >= limit && !self.watching.contains(&user) {
+                return Err(Close::refused(
+                    ErrorCode::TooManyUsers,
+                    format!("a watch past this hub's limit of {limit} watched users per server"),
+                ));
+            }
+            self.shared.watches.watch(server, user.clone());
+            self.watching.insert(user.clone());
+            let located = self.shared.registry.locate(user.as_str());
+            self.send(Control::Presence { user, server: located })?;
+        }
+        Ok(())
     }
 
     /// Compares the AS's digest of its users with the hub's record; on a difference, asks the AS
@@ -953,10 +1065,18 @@ impl Connection {
         // Frames relayed from now on are held or bounce, and senders paused on this queue resume.
         self.outbox.close();
         let server = self.server.take()?;
+        for user in std::mem::take(&mut self.watching) {
+            self.shared.watches.unwatch(server, user.as_str());
+        }
         let mut users = std::mem::take(&mut self.users);
         users.extend(std::mem::take(&mut self.stale_users));
         users.extend(self.resyncing.take().unwrap_or_default());
-        let departure = self.shared.registry.depart(server, users, grace)?;
-        Some((server, departure))
+        match self.shared.registry.depart(server, users, grace) {
+            Departure::Away(departure) => Some((server, departure)),
+            Departure::Gone(changes) => {
+                presence::announce(&self.shared, changes);
+                None
+            }
+        }
     }
 }

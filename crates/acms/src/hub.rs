@@ -36,9 +36,10 @@ impl Hub {
     }
 
     fn with_optional_tls(config: HubConfig, tls: Option<ServerTls>) -> Self {
-        let registry = Registry::new(config.settle);
+        let registry = Registry::new(config.settle).with_login_conflict(config.login_conflict);
         let standby = Standby::new(config.peers.clone());
-        let shared = Shared { config, registry, stats: Default::default(), tls, standby };
+        let watches = Default::default();
+        let shared = Shared { config, registry, stats: Default::default(), tls, standby, watches };
         Self { shared: Arc::new(shared) }
     }
 

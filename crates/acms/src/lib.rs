@@ -13,6 +13,7 @@
 //! - `connection`: one AS connection: handshake, reader loop, frame handling.
 //! - [`outbox`]: the byte-bounded queue in front of each connection and its batching writer task.
 //! - [`registry`]: the AS registry and the user directory, behind synchronous methods.
+//! - `presence`: which AS watch which users, and the `Presence` pushes to them.
 //! - [`stats`]: counters of what the hub relayed and refused.
 //! - [`standby`]: hot standby: which hub of a cluster is active, and the peer watchers.
 
@@ -21,13 +22,14 @@ pub mod config;
 mod connection;
 pub mod hub;
 pub mod outbox;
+mod presence;
 pub mod registry;
 pub mod standby;
 pub mod stats;
 pub mod tls;
 
 pub use acms_protocol::Secret;
-pub use config::{Config, HubConfig, LogFormat, TlsFiles};
+pub use config::{Config, HubConfig, LogFormat, LoginConflict, TlsFiles};
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};
 pub use standby::Standby;

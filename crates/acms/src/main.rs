@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use acms::{Config, Hub, LogFormat, Secret, ServerTls, TlsFiles};
+use acms::{Config, Hub, LogFormat, LoginConflict, Secret, ServerTls, TlsFiles};
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -27,6 +27,10 @@ struct Args {
     /// refuses app servers while one of them is active [default: none, always active].
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<String>>,
+    /// A user logging in on a second app server: `replace` kicks the older session, `multi`
+    /// keeps both [default: replace].
+    #[arg(long, value_enum)]
+    login_conflict: Option<LoginConflict>,
     /// Log line format [default: plain]; RUST_LOG sets the level.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -60,6 +64,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(peers) = args.peers {
         config.transfer.peers = peers.into_iter().filter(|peer| !peer.is_empty()).collect();
+    }
+    if let Some(policy) = args.login_conflict {
+        config.transfer.login_conflict = policy;
     }
     if let Some(value) = std::env::var_os(SECRET_VAR) {
         let value =

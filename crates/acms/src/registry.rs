@@ -16,6 +16,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::LoginConflict;
 use crate::outbox::{Outbox, PushError};
 
 /// What the cluster knows of one registered AS.
@@ -71,6 +72,48 @@ impl ServerEntry {
 /// A fast, randomly seeded hash: every relayed frame costs one directory lookup.
 type Hasher = foldhash::fast::RandomState;
 
+/// Where a user is online: the directory's value, copied out on every relayed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Owner {
+    /// The AS the user logged in on last.
+    pub(crate) server: ServerId,
+    /// The user also has sessions on other AS (policy `multi`): see [`Registry::sessions`].
+    pub(crate) multi: bool,
+}
+
+/// What a login or claim did to the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placed {
+    /// The user was already online on this AS.
+    Already,
+    /// The user was online nowhere and now is on this AS.
+    Online,
+    /// Policy `replace`: the user moved here from this AS, whose session must end.
+    Moved(ServerId),
+    /// Policy `multi`: the user keeps their other sessions and has one here too.
+    Joined,
+    /// A claim (resync, or snapshot after a reconnect) lost to a newer login on this AS: policy
+    /// `replace` keeps the user there, and the claiming AS's session must end.
+    Lost(ServerId),
+}
+
+/// A user whose place in the directory changed, for the AS that watch them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub(crate) user: UserId,
+    /// Where they are now; `None` when online nowhere.
+    pub(crate) server: Option<ServerId>,
+}
+
+/// What [`Registry::depart`] did.
+#[derive(Debug)]
+pub(crate) enum Departure {
+    /// The AS is away, with this departure number, until it comes back or the grace ends.
+    Away(u64),
+    /// The AS and its users are gone; these users changed place.
+    Gone(Vec<Change>),
+}
+
 /// Registered AS and the users online on them.
 ///
 /// The registry also keeps what exactly-once delivery needs from the hub (docs/RELIABILITY.md):
@@ -80,7 +123,12 @@ type Hasher = foldhash::fast::RandomState;
 #[derive(Debug)]
 pub struct Registry {
     servers: DashMap<ServerId, ServerEntry, Hasher>,
-    users: DashMap<UserId, ServerId, Hasher>,
+    users: DashMap<UserId, Owner, Hasher>,
+    /// Every AS of the users online on more than one (policy `multi`), the last login last. Only
+    /// read for a user whose [`Owner::multi`] is set, and changed only under that user's entry in
+    /// `users`, so the relay of everybody else never touches it.
+    sessions: DashMap<UserId, Vec<ServerId>, Hasher>,
+    conflict: LoginConflict,
     settle: Duration,
     /// When the settle window ends; set by the first registration.
     settle_ends: OnceLock<Instant>,
@@ -149,11 +197,19 @@ impl Registry {
         Self {
             servers: DashMap::default(),
             users: DashMap::default(),
+            sessions: DashMap::default(),
+            conflict: LoginConflict::default(),
             settle,
             settle_ends: OnceLock::new(),
             unclaimed: Mutex::default(),
             departures: AtomicU64::new(0),
         }
+    }
+
+    /// The same registry with another login-conflict policy.
+    pub fn with_login_conflict(mut self, conflict: LoginConflict) -> Self {
+        self.conflict = conflict;
+        self
     }
 
     /// Registers an AS, unless another live connection holds its id. An AS that is away comes
@@ -224,31 +280,31 @@ impl Registry {
     /// Takes an AS off the cluster. With a grace, it stays registered but away, its users in
     /// the directory, until [`Registry::expire`] with the returned number; without one, it and
     /// its users are gone at once.
-    pub(crate) fn depart(&self, id: ServerId, users: HashSet<UserId>, grace: bool) -> Option<u64> {
+    pub(crate) fn depart(&self, id: ServerId, users: HashSet<UserId>, grace: bool) -> Departure {
         if grace && let Some(mut entry) = self.servers.get_mut(&id) {
             let departure = self.departures.fetch_add(1, Ordering::Relaxed);
             entry.attached = None;
             entry.away = Some((departure, users));
-            return Some(departure);
+            return Departure::Away(departure);
         }
         self.servers.remove(&id);
-        for user in &users {
-            self.logout(id, user.as_str());
-        }
-        None
+        Departure::Gone(users.iter().filter_map(|user| self.logout(id, user.as_str())).collect())
     }
 
     /// Ends the grace of an AS that is still away since `departure`: it and its users leave the
     /// cluster. Returns the origins whose frames to it were dropped, to be asked to send again
-    /// (the hub now answers those frames with `Undeliverable`).
-    pub(crate) fn expire(&self, id: ServerId, departure: u64) -> Option<HashMap<ServerId, u64>> {
+    /// (the hub now answers those frames with `Undeliverable`), and the users who changed place.
+    pub(crate) fn expire(
+        &self,
+        id: ServerId,
+        departure: u64,
+    ) -> Option<(HashMap<ServerId, u64>, Vec<Change>)> {
         let (_, entry) = self.servers.remove_if(&id, |_, entry| {
             entry.away.as_ref().is_some_and(|(number, _)| *number == departure)
         })?;
-        for user in entry.away.iter().flat_map(|(_, users)| users) {
-            self.logout(id, user.as_str());
-        }
-        Some(entry.held)
+        let users = entry.away.iter().flat_map(|(_, users)| users);
+        let changes = users.filter_map(|user| self.logout(id, user.as_str())).collect();
+        Some((entry.held, changes))
     }
 
     /// The origin has sent again what the `ServerUp` of `target` asked for.
@@ -258,21 +314,94 @@ impl Registry {
         }
     }
 
-    /// Records `user` as online on `server`, returning the AS that had them before, if another.
-    pub(crate) fn login(&self, server: ServerId, user: UserId) -> Option<ServerId> {
-        self.users.insert(user, server).filter(|&previous| previous != server)
+    /// Records `user` as online on `server`: a new login. A user online on another AS moves here
+    /// (policy `replace`) or keeps both sessions (`multi`).
+    pub(crate) fn login(&self, server: ServerId, user: UserId) -> Placed {
+        self.place(server, user, false)
     }
 
-    /// Records `user` as online on `server` unless another AS has them: a resync confirms the
-    /// users an AS had, and must not take back one who moved.
-    pub(crate) fn claim(&self, server: ServerId, user: UserId) {
-        self.users.entry(user).or_insert(server);
+    /// Records `user` as online on `server` unless another AS has them: a resync, or the snapshot
+    /// of an AS back from a broken connection, confirms the users the AS had, and must not take
+    /// back one who logged in elsewhere since (policy `replace`; `multi` adds a session).
+    pub(crate) fn claim(&self, server: ServerId, user: UserId) -> Placed {
+        self.place(server, user, true)
     }
 
-    /// Takes `user` off the directory if `server` still owns them: a user who moved to another AS
-    /// meanwhile stays where they are.
-    pub(crate) fn logout(&self, server: ServerId, user: &str) {
-        self.users.remove_if(user, |_, &owner| owner == server);
+    fn place(&self, server: ServerId, user: UserId, claim: bool) -> Placed {
+        let mut slot = match self.users.entry(user) {
+            Entry::Vacant(slot) => {
+                slot.insert(Owner { server, multi: false });
+                return Placed::Online;
+            }
+            Entry::Occupied(slot) if slot.get().server == server => return Placed::Already,
+            Entry::Occupied(slot) => slot,
+        };
+        let owner = *slot.get();
+        match self.conflict {
+            LoginConflict::Replace if claim => Placed::Lost(owner.server),
+            LoginConflict::Replace => {
+                slot.insert(Owner { server, multi: false });
+                Placed::Moved(owner.server)
+            }
+            LoginConflict::Multi => {
+                // Under the user's entry: nobody else changes their sessions meanwhile.
+                let mut sessions =
+                    self.sessions.entry(slot.key().clone()).or_insert_with(|| vec![owner.server]);
+                if sessions.contains(&server) {
+                    return Placed::Already;
+                }
+                sessions.push(server);
+                slot.insert(Owner { server, multi: true });
+                Placed::Joined
+            }
+        }
+    }
+
+    /// Takes `user`'s session on `server` off the directory: a user who moved to another AS
+    /// meanwhile stays where they are. Returns where the user is now if that changed.
+    pub(crate) fn logout(&self, server: ServerId, user: &str) -> Option<Change> {
+        let removed = self.users.remove_if(user, |_, owner| owner.server == server && !owner.multi);
+        if let Some((user, _)) = removed {
+            return Some(Change { user, server: None });
+        }
+        let mut slot = self.users.get_mut(user)?;
+        if !slot.multi {
+            return None;
+        }
+        let Entry::Occupied(mut sessions) = self.sessions.entry(slot.key().clone()) else {
+            return None;
+        };
+        let before = sessions.get().len();
+        sessions.get_mut().retain(|&other| other != server);
+        let left = sessions.get();
+        let primary = *left.last()?;
+        if left.len() == before {
+            return None;
+        }
+        let multi = left.len() > 1;
+        if !multi {
+            sessions.remove();
+        }
+        let moved = slot.server != primary;
+        *slot = Owner { server: primary, multi };
+        moved.then(|| Change { user: slot.key().clone(), server: Some(primary) })
+    }
+
+    /// Where a frame for `user` goes; one lookup, on every relayed frame.
+    #[inline]
+    pub(crate) fn route(&self, user: &str) -> Option<Owner> {
+        self.users.get(user).map(|owner| *owner)
+    }
+
+    /// Every AS `user` is online on (policy `multi`), the last login last.
+    pub fn sessions(&self, user: &str) -> Vec<ServerId> {
+        let Some(owner) = self.users.get(user) else {
+            return Vec::new();
+        };
+        if !owner.multi {
+            return vec![owner.server];
+        }
+        self.sessions.get(user).map(|sessions| sessions.clone()).unwrap_or_default()
     }
 
     /// Queues whole frames from `origin` for `server`, in order, never waiting. A server over its
@@ -369,9 +498,9 @@ impl Registry {
         Some(self.servers.get(&server)?.attached.as_ref()?.outbox.clone())
     }
 
-    /// The AS `user` is online on, if any.
+    /// The AS `user` is online on (with several, the one they logged in on last), if any.
     pub fn locate(&self, user: &str) -> Option<ServerId> {
-        self.users.get(user).map(|owner| *owner)
+        self.users.get(user).map(|owner| owner.server)
     }
 
     /// Every registered AS, by id, including those away within their grace.
@@ -435,7 +564,7 @@ mod tests {
         registry.login(ServerId(1), alice.clone());
         registry.login(ServerId(1), bob.clone());
         // bob moved to server 2 before server 1 noticed.
-        assert_eq!(registry.login(ServerId(2), bob.clone()), Some(ServerId(1)));
+        assert_eq!(registry.login(ServerId(2), bob.clone()), Placed::Moved(ServerId(1)));
         registry.depart(ServerId(1), HashSet::from([alice, bob]), false);
         assert_eq!(registry.locate("alice"), None);
         assert_eq!(registry.locate("bob"), Some(ServerId(2)));
@@ -446,10 +575,35 @@ mod tests {
         let registry = Registry::default();
         registry.login(ServerId(1), user("bob"));
         registry.login(ServerId(2), user("bob"));
-        registry.claim(ServerId(1), user("bob"));
+        assert_eq!(registry.claim(ServerId(1), user("bob")), Placed::Lost(ServerId(2)));
         assert_eq!(registry.locate("bob"), Some(ServerId(2)), "a resync does not take bob back");
-        registry.claim(ServerId(1), user("carol"));
+        assert_eq!(registry.claim(ServerId(1), user("carol")), Placed::Online);
         assert_eq!(registry.locate("carol"), Some(ServerId(1)), "nobody had carol");
+    }
+
+    #[test]
+    fn multi_keeps_every_session_and_the_last_login_is_where_the_user_is() {
+        let registry = Registry::default().with_login_conflict(LoginConflict::Multi);
+        let bob = user("bob");
+        assert_eq!(registry.login(ServerId(1), bob.clone()), Placed::Online);
+        assert_eq!(registry.route("bob"), Some(Owner { server: ServerId(1), multi: false }));
+        assert_eq!(registry.login(ServerId(2), bob.clone()), Placed::Joined);
+        assert_eq!(registry.login(ServerId(3), bob.clone()), Placed::Joined);
+        assert_eq!(registry.claim(ServerId(1), bob.clone()), Placed::Already);
+        assert_eq!(registry.route("bob"), Some(Owner { server: ServerId(3), multi: true }));
+        assert_eq!(registry.sessions("bob"), [ServerId(1), ServerId(2), ServerId(3)]);
+        assert_eq!(registry.user_count(), 1);
+
+        // Leaving an older session moves nobody; leaving the last one moves the user back.
+        assert_eq!(registry.logout(ServerId(1), "bob"), None);
+        assert_eq!(registry.logout(ServerId(4), "bob"), None, "never on server 4");
+        let moved = Change { user: bob.clone(), server: Some(ServerId(2)) };
+        assert_eq!(registry.logout(ServerId(3), "bob"), Some(moved));
+        assert_eq!(registry.route("bob"), Some(Owner { server: ServerId(2), multi: false }));
+        assert_eq!(registry.sessions("bob"), [ServerId(2)]);
+        assert!(registry.sessions.is_empty(), "a single session needs no second map");
+        assert_eq!(registry.logout(ServerId(2), "bob"), Some(Change { user: bob, server: None }));
+        assert_eq!(registry.locate("bob"), None);
     }
 
     #[test]
@@ -477,7 +631,11 @@ mod tests {
         let alice = user("alice");
         registry.register(info(2), 0, outbox.clone(), CancellationToken::new()).unwrap();
         registry.login(ServerId(2), alice.clone());
-        let departure = registry.depart(ServerId(2), HashSet::from([alice.clone()]), true);
+        let Departure::Away(departure) =
+            registry.depart(ServerId(2), HashSet::from([alice.clone()]), true)
+        else {
+            panic!("server 2 is registered: it goes away");
+        };
         assert_eq!(registry.locate("alice"), Some(ServerId(2)), "kept while away");
         let frame = || vec![Bytes::from_static(b"f")];
         for seq in [40, 30, 50] {
@@ -491,7 +649,7 @@ mod tests {
         let back = registry.register(info(2), 0, outbox, CancellationToken::new()).unwrap();
         assert_eq!(back.resend, HashMap::from([(ServerId(1), 0)]));
         assert_eq!(back.stale_users, HashSet::from([alice.clone()]));
-        assert_eq!(registry.expire(ServerId(2), departure.unwrap()), None, "not away any more");
+        assert_eq!(registry.expire(ServerId(2), departure), None, "not away any more");
         let blocked = registry.relay_batch(ServerId(1), ServerId(2), Some(60), frame());
         assert!(matches!(blocked, Ok(Relayed::Held)));
         registry.resent(ServerId(1), ServerId(2));
@@ -499,11 +657,15 @@ mod tests {
         assert!(matches!(queued, Ok(Relayed::Queued(None))));
 
         // Away again, and the grace ends: the server and its users are gone.
-        let departure = registry.depart(ServerId(2), HashSet::from([alice]), true).unwrap();
+        let Departure::Away(departure) =
+            registry.depart(ServerId(2), HashSet::from([alice.clone()]), true)
+        else {
+            panic!("server 2 is registered: it goes away");
+        };
         let _ = registry.relay_batch(ServerId(3), ServerId(2), Some(9), frame());
         assert_eq!(
             registry.expire(ServerId(2), departure),
-            Some(HashMap::from([(ServerId(3), 9)]))
+            Some((HashMap::from([(ServerId(3), 9)]), vec![Change { user: alice, server: None }]))
         );
         assert_eq!(registry.locate("alice"), None);
         assert_eq!(registry.servers().len(), 1, "only server 1 is left");

@@ -1,9 +1,9 @@
 //! `im-server`: a small IM server that embeds the ACMS `Cluster` handle, the example to copy.
 //!
-//! Clients speak the line protocol of `acms-client` (`LOGIN`, `SEND`, `QUIT`). Each client gets a
-//! task and a bounded queue of lines to write; one task takes the cluster's events and puts each
-//! message in its recipient's queue. Whether the recipient is here or on another server is the
-//! cluster's business, not this file's.
+//! Clients speak the line protocol of `acms-client` (`LOGIN`, `SEND`, `WHO`, `WATCH`, `QUIT`).
+//! Each client gets a task and a bounded queue of lines to write; one task takes the cluster's
+//! events and puts each message, presence change or kick in its client's queue. Whether the
+//! recipient is here or on another server is the cluster's business, not this file's.
 //!
 //! The shared secret comes from `ACMS_SECRET` (or `secret` in the config file); TLS to the hub
 //! from `--tls-ca` and its companions.
@@ -110,6 +110,9 @@ impl Default for Config {
 /// The queue of lines to write to each logged-in client.
 type Sessions = Arc<DashMap<UserId, mpsc::Sender<ServerLine>>>;
 
+/// For each watched user, the local clients who have them as a friend.
+type Friends = Arc<DashMap<UserId, Vec<UserId>>>;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -161,7 +164,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let (cluster, events) = builder.start();
     let sessions = Sessions::default();
-    tokio::spawn(route_events(events, sessions.clone()));
+    let friends = Friends::default();
+    tokio::spawn(route_events(events, sessions.clone(), friends.clone()));
 
     let clients = TaskTracker::new();
     let config = Arc::new(config);
@@ -176,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
         let session = serve_client(
             stream,
             cluster.clone(),
-            sessions.clone(),
+            (sessions.clone(), friends.clone()),
             config.clone(),
             shutdown.clone(),
         );
@@ -209,10 +213,21 @@ fn load_tls(tls: &TlsConfig, acms: &str) -> anyhow::Result<ClientTls> {
     ClientTls::from_pem(&ca, name, client).context("bad TLS settings")
 }
 
-/// Hands every message the cluster delivers to this server to its recipient's session.
-async fn route_events(mut events: acms_appserver::Events, sessions: Sessions) {
+/// Hands every message the cluster delivers to this server to its recipient's session, a
+/// watched user's presence to the clients who have them as a friend, and a kick to its client.
+async fn route_events(mut events: acms_appserver::Events, sessions: Sessions, friends: Friends) {
     while let Some(event) = events.recv().await {
         let (user, line) = match event {
+            Event::Presence { user, server } => {
+                let watchers = friends.get(&user).map(|watchers| watchers.clone());
+                let line =
+                    ServerLine::Presence { user: user.to_string(), server: server.map(|id| id.0) };
+                for watcher in watchers.into_iter().flatten() {
+                    deliver(&sessions, watcher, line.clone());
+                }
+                continue;
+            }
+            Event::Kicked { user, reason } => (user, ServerLine::Kicked { reason }),
             Event::Message { from, to, payload } => {
                 (to, ServerLine::Message { from: from.to_string(), text: text(&payload) })
             }
@@ -221,15 +236,20 @@ async fn route_events(mut events: acms_appserver::Events, sessions: Sessions) {
             }
             _ => continue,
         };
-        let Some(session) = sessions.get(&user).map(|session| session.clone()) else {
-            warn!(%user, "message for a user who left this server; dropped");
-            continue;
-        };
-        if session.try_send(line).is_err() {
-            // A client that does not read cannot hold up everyone else's deliveries.
-            warn!(%user, "client is not reading; disconnecting it");
-            sessions.remove_if(&user, |_, current| current.same_channel(&session));
-        }
+        deliver(&sessions, user, line);
+    }
+}
+
+/// Puts a line in a client's queue, never waiting.
+fn deliver(sessions: &Sessions, user: UserId, line: ServerLine) {
+    let Some(session) = sessions.get(&user).map(|session| session.clone()) else {
+        warn!(%user, "message for a user who left this server; dropped");
+        return;
+    };
+    if session.try_send(line).is_err() {
+        // A client that does not read cannot hold up everyone else's deliveries.
+        warn!(%user, "client is not reading; disconnecting it");
+        sessions.remove_if(&user, |_, current| current.same_channel(&session));
     }
 }
 
@@ -241,7 +261,7 @@ fn text(payload: &[u8]) -> String {
 async fn serve_client(
     stream: TcpStream,
     cluster: Cluster,
-    sessions: Sessions,
+    (sessions, friends): (Sessions, Friends),
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) {
@@ -275,10 +295,15 @@ async fn serve_client(
         && lines.send(ServerLine::Ok { server: config.id }.to_string()).await.is_ok()
     {
         info!(%user, "logged in");
-        let result = chat(&mut lines, &mut inbox, &cluster, &user, &shutdown).await;
+        let result = chat(&mut lines, &mut inbox, &cluster, &user, &friends, &shutdown).await;
         info!(%user, ?result, "logged out");
     }
+    // The cluster keeps watching: another client here may add the same friend at any moment,
+    // and an unwatch racing that watch could lose it. The hub only pushes changes.
+    friends.iter_mut().for_each(|mut watchers| watchers.retain(|watcher| *watcher != user));
+    friends.retain(|_, watchers| !watchers.is_empty());
     sessions.remove(&user);
+    // A no-op after a kick: the cluster already logged the user out here.
     let _ = cluster.logout(&user).await;
 }
 
@@ -301,8 +326,12 @@ async fn chat(
     inbox: &mut mpsc::Receiver<ServerLine>,
     cluster: &Cluster,
     user: &UserId,
+    friends: &Friends,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    // What this client was last told of each friend: presence comes again after reconnects and
+    // for every watch, and the client hears only changes.
+    let mut known = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -310,12 +339,47 @@ async fn chat(
                 return Ok(());
             }
             // Closed when the session was dropped for not reading.
-            line = inbox.recv() => lines.send(line.context("too slow: disconnected")?.to_string()).await?,
+            line = inbox.recv() => match line.context("too slow: disconnected")? {
+                line @ ServerLine::Kicked { .. } => {
+                    lines.send(line.to_string()).await?;
+                    return Ok(());
+                }
+                ServerLine::Presence { user: friend, server } => {
+                    if known.insert(friend.clone(), server) != Some(server) {
+                        lines.send(ServerLine::Presence { user: friend, server }.to_string()).await?;
+                    }
+                }
+                line => lines.send(line.to_string()).await?,
+            },
             line = lines.next() => match ClientLine::parse(&line.context("client left")??) {
                 Ok(ClientLine::Send { to, text }) => match UserId::new(&to) {
                     Ok(to) => { cluster.send_to_user(user, &to, text.into()).await?; }
                     Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
                 },
+                Ok(ClientLine::Who { user: name }) => {
+                    let line = match UserId::new(&name) {
+                        Ok(who) => ServerLine::Located { user: name, server: cluster.locate(&who).await?.map(|id| id.0) },
+                        Err(err) => ServerLine::Error { reason: err.to_string() },
+                    };
+                    lines.send(line.to_string()).await?;
+                }
+                Ok(ClientLine::Watch { users }) => {
+                    let mut watched = Vec::new();
+                    for name in users {
+                        match UserId::new(&name) {
+                            Ok(friend) => watched.push(friend),
+                            Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+                        }
+                    }
+                    for friend in &watched {
+                        let mut watchers = friends.entry(friend.clone()).or_default();
+                        if !watchers.contains(user) {
+                            watchers.push(user.clone());
+                        }
+                    }
+                    // The cluster answers with each friend's current state.
+                    cluster.watch(watched).await?;
+                }
                 Ok(ClientLine::Quit) => return Ok(()),
                 Ok(ClientLine::Login { .. }) => lines.send(ServerLine::Error { reason: "already logged in".into() }.to_string()).await?,
                 Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,

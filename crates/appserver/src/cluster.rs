@@ -56,6 +56,26 @@ pub enum Event {
         /// The bytes that were not delivered.
         payload: Bytes,
     },
+    /// A watched user ([`Cluster::watch`]) came online, went offline or moved; also sent once
+    /// when the watch starts, and again after a reconnect to the hub, so treat it as the user's
+    /// current state rather than as a change. An AS that dies takes its users offline only once
+    /// its reconnect grace is over, so a short link blip is not reported.
+    Presence {
+        /// The watched user.
+        user: UserId,
+        /// The server they are online on now (with several sessions, the last one they logged
+        /// in on); `None` when they are online nowhere.
+        server: Option<ServerId>,
+    },
+    /// The hub ended a session of this server: the user logged in on another server and the
+    /// hub's login-conflict policy is `replace`. The user is already logged out here; the app
+    /// should tell their client why and close it.
+    Kicked {
+        /// The user who is no longer online here.
+        user: UserId,
+        /// Why, for people.
+        reason: String,
+    },
 }
 
 /// The receiving end of a cluster's events.
@@ -641,6 +661,34 @@ impl Cluster {
         let (done, wait) = oneshot::channel();
         self.command(Command::Flush(done)).await?;
         wait.await.map_err(|_| ClusterError::Closed)
+    }
+
+    /// Which server `user` is online on, or `None` when online nowhere. A user of this server is
+    /// answered here; any other question goes to the hub (waiting across reconnects), which
+    /// answers from its directory: with several sessions (policy `multi`), the last login's.
+    pub async fn locate(&self, user: &UserId) -> Result<Option<ServerId>, ClusterError> {
+        if self.is_local(user.as_str()) {
+            return Ok(Some(self.inner.server_id));
+        }
+        let (answer, wait) = oneshot::channel();
+        self.command(Command::Locate(user.clone(), answer)).await?;
+        wait.await.map_err(|_| ClusterError::Closed)
+    }
+
+    /// Subscribes this server to the presence of `users` (a friends list): an
+    /// [`Event::Presence`] with each one's current state arrives at once, then another whenever
+    /// one comes online, goes offline or moves. The hub pushes them to the servers watching
+    /// that user only. The watch list survives reconnects.
+    pub async fn watch(&self, users: impl IntoIterator<Item = UserId>) -> Result<(), ClusterError> {
+        self.command(Command::Watch(users.into_iter().collect())).await
+    }
+
+    /// Ends the watch of `users`; users not watched are ignored.
+    pub async fn unwatch(
+        &self,
+        users: impl IntoIterator<Item = UserId>,
+    ) -> Result<(), ClusterError> {
+        self.command(Command::Unwatch(users.into_iter().collect())).await
     }
 
     /// The address of the hub this server is registered with, while it is connected.

@@ -64,6 +64,10 @@ pub(crate) enum Command {
     /// Data frames the caller already encoded, back to back, sequence numbers still to be given.
     Encoded(BytesMut),
     Flush(oneshot::Sender<()>),
+    /// Asks the hub where a user is.
+    Locate(UserId, oneshot::Sender<Option<ServerId>>),
+    Watch(Vec<UserId>),
+    Unwatch(Vec<UserId>),
 }
 
 /// The read half of the hub connection with its buffer: frames are decoded from whole reads.
@@ -214,6 +218,10 @@ pub(crate) struct Link {
     credit_cap: usize,
     /// Room of answered messages not yet given back to `credit`.
     released: usize,
+    /// `locate` calls waiting for their `Located`, by token; asked again after a reconnect.
+    locates: std::collections::HashMap<u64, (UserId, oneshot::Sender<Option<ServerId>>)>,
+    /// The users this server watches: sent again to every hub it connects to.
+    watched: std::collections::HashSet<UserId>,
 }
 
 impl Link {
@@ -275,6 +283,8 @@ impl Link {
             credit,
             credit_cap: config.retransmit_buffer,
             released: 0,
+            locates: Default::default(),
+            watched: Default::default(),
         }
     }
 
@@ -479,7 +489,16 @@ impl Link {
     ) -> Result<Closed, SessionError> {
         let mut out = Outgoing::default();
         self.encode_snapshot(&mut out)?;
+        // Watches are soft state on the hub too: the new one hears them with the snapshot.
+        let watched: Vec<UserId> = self.watched.iter().cloned().collect();
+        self.encode_batches(&mut out, watched, |users| Control::Watch { users })?;
         self.encode(&mut out, Control::SnapshotDone)?;
+        // Questions the last hub may not have answered.
+        let locates: Vec<_> =
+            self.locates.iter().map(|(&token, (user, _))| (token, user.clone())).collect();
+        for (token, user) in locates {
+            self.encode(&mut out, Control::Locate { token, user })?;
+        }
         // Whatever the last hub did not get answered is sent again; receivers drop duplicates.
         self.resend(&mut out, 0);
         if !self.flushes.is_empty() {
@@ -676,9 +695,6 @@ impl Link {
     /// The whole user set as `Login` batches that each fit in a frame.
     fn encode_snapshot(&mut self, out: &mut Outgoing) -> Result<(), ProtocolError> {
         // Each id costs its length plus at most a few bytes of bincode length.
-        let budget = self.send_limit / 2;
-        let mut users = Vec::new();
-        let mut size = 0;
         // Taken under the tally's lock, so the snapshot reflects exactly the changes numbered up
         // to the mark; logins and logouts queued with later numbers follow it.
         let snapshot: Vec<UserId> = {
@@ -687,16 +703,30 @@ impl Link {
             self.told_since_mark = 0;
             self.local.iter().map(|user| user.key().clone()).collect()
         };
-        for user in snapshot {
+        self.encode_batches(out, snapshot, |users| Control::Login { users })
+    }
+
+    /// A list of users as messages made by `message`, in batches that each fit in a frame.
+    fn encode_batches(
+        &mut self,
+        out: &mut Outgoing,
+        all: Vec<UserId>,
+        message: impl Fn(Vec<UserId>) -> Control,
+    ) -> Result<(), ProtocolError> {
+        // Each id costs its length plus at most a few bytes of bincode length.
+        let budget = self.send_limit / 2;
+        let mut users = Vec::new();
+        let mut size = 0;
+        for user in all {
             size += user.as_str().len() + 3;
             users.push(user);
             if size >= budget {
-                self.encode(out, Control::Login { users: std::mem::take(&mut users) })?;
+                self.encode(out, message(std::mem::take(&mut users)))?;
                 size = 0;
             }
         }
         if !users.is_empty() {
-            self.encode(out, Control::Login { users })?;
+            self.encode(out, message(users))?;
         }
         Ok(())
     }
@@ -756,7 +786,50 @@ impl Link {
                 self.flushes.push_back((token, done));
                 self.encode(out, Control::Ping { token })
             }
+            Command::Locate(user, answer) => {
+                let token = self.token();
+                self.locates.insert(token, (user.clone(), answer));
+                self.encode(out, Control::Locate { token, user })
+            }
+            Command::Watch(users) => {
+                self.watched.extend(users.iter().cloned());
+                // Sent even for users already watched: the hub answers with their place, which
+                // a second part of the app watching them may be waiting for.
+                self.encode_batches(out, users, |users| Control::Watch { users })
+            }
+            Command::Unwatch(users) => {
+                let users: Vec<_> =
+                    users.into_iter().filter(|user| self.watched.remove(user)).collect();
+                self.encode_batches(out, users, |users| Control::Unwatch { users })
+            }
         }
+    }
+
+    /// The hub ended this server's session of `user` (login-conflict policy `replace`): the user
+    /// leaves like any logout, so the hub's record and this server's digest stay equal, and the
+    /// app hears why.
+    fn handle_kick(
+        &mut self,
+        user: UserId,
+        reason: String,
+        out: &mut Outgoing,
+        events: &mut Vec<Event>,
+    ) -> Result<(), ProtocolError> {
+        let change = {
+            let mut tally = self.tally.lock().expect("tally lock");
+            if self.local.remove(&user).is_none() {
+                debug!(%user, "kick for a user no longer online here");
+                return Ok(());
+            }
+            tally.digest.remove(user.as_str());
+            tally.changes += 1;
+            tally.changes
+        };
+        info!(%user, %reason, "user kicked by the hub");
+        self.told(change);
+        self.encode(out, Control::Logout { users: vec![user.clone()] })?;
+        events.push(Event::Kicked { user, reason });
+        Ok(())
     }
 
     /// Counts a login or logout the hub is being told of, unless the snapshot had it already.
@@ -834,6 +907,13 @@ impl Link {
                     self.encode_snapshot(out)?;
                     self.encode(out, Control::SnapshotDone)?;
                 }
+                Control::Located { token, server } => {
+                    if let Some((_, answer)) = self.locates.remove(&token) {
+                        let _ = answer.send(server);
+                    }
+                }
+                Control::Presence { user, server } => events.push(Event::Presence { user, server }),
+                Control::Kick { user, reason } => self.handle_kick(user, reason, out, events)?,
                 Control::Error { code, message } => {
                     return Err(SessionError::Refused { code, message });
                 }

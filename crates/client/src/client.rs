@@ -66,6 +66,18 @@ impl ImClient {
         Ok(())
     }
 
+    /// Asks where `user` is; the answer comes as a [`ServerLine::Located`].
+    pub async fn who(&mut self, user: &str) -> Result<(), ClientError> {
+        self.lines.send(ClientLine::Who { user: user.to_owned() }.to_string()).await?;
+        Ok(())
+    }
+
+    /// Watches `users` (a friends list); their states come as [`ServerLine::Presence`] lines.
+    pub async fn watch(&mut self, users: &[String]) -> Result<(), ClientError> {
+        self.lines.send(ClientLine::Watch { users: users.to_vec() }.to_string()).await?;
+        Ok(())
+    }
+
     /// Says goodbye and waits for the server to close the connection.
     pub async fn quit(mut self) -> Result<(), ClientError> {
         self.lines.send(ClientLine::Quit.to_string()).await?;

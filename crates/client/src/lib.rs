@@ -7,11 +7,16 @@
 //! | --- | --- | --- |
 //! | client → server | `LOGIN <user>` | first line: who this client is |
 //! | client → server | `SEND <user> <text>` | send text to a user on any server |
+//! | client → server | `WHO <user>` | where is user? |
+//! | client → server | `WATCH <user> [<user>...]` | tell me when these users come and go |
 //! | client → server | `QUIT` | leave |
 //! | server → client | `OK <server-id>` | logged in on that server |
 //! | server → client | `MSG <from> <text>` | a message arrived |
 //! | server → client | `UNDELIVERABLE <to> <text>` | a message could not be delivered |
 //! | server → client | `ERR <reason>` | a request failed, or the server is closing this client |
+//! | server → client | `LOCATED <user> <server-id>\|offline` | the answer to `WHO` |
+//! | server → client | `PRESENCE <user> <server-id>\|offline` | a watched user's state, now and on each change |
+//! | server → client | `KICKED <reason>` | the user logged in elsewhere; the server closes this client |
 //!
 //! # Layout
 //! - [`line`]: [`ClientLine`] and [`ServerLine`], parsing and formatting.

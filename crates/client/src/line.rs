@@ -19,6 +19,17 @@ pub enum ClientLine {
     },
     /// Leave.
     Quit,
+    /// Where is `user`? Answered by [`ServerLine::Located`].
+    Who {
+        /// The user asked about.
+        user: String,
+    },
+    /// Tell me when these users come online or go offline (a friends list): answered by one
+    /// [`ServerLine::Presence`] per user now, and another on each change.
+    Watch {
+        /// The users to watch, at least one.
+        users: Vec<String>,
+    },
 }
 
 /// A line the IM server sends to a client.
@@ -45,6 +56,25 @@ pub enum ServerLine {
     },
     /// A request failed, or the server is closing the connection.
     Error {
+        /// Why, for the user.
+        reason: String,
+    },
+    /// The answer to [`ClientLine::Who`].
+    Located {
+        /// The user asked about.
+        user: String,
+        /// The server they are online on; `None` when offline.
+        server: Option<u32>,
+    },
+    /// A watched user's state: online on a server, or offline.
+    Presence {
+        /// The watched user.
+        user: String,
+        /// The server they are online on; `None` when offline.
+        server: Option<u32>,
+    },
+    /// The user logged in elsewhere and this session ends; the server closes the connection.
+    Kicked {
         /// Why, for the user.
         reason: String,
     },
@@ -81,7 +111,15 @@ impl ClientLine {
                 (to, text) => Ok(Self::Send { to: to.to_owned(), text: text.to_owned() }),
             },
             "QUIT" => Ok(Self::Quit),
-            _ => Err(bad(line, "expected LOGIN, SEND or QUIT")),
+            "WHO" if !rest.is_empty() && !rest.contains(' ') => {
+                Ok(Self::Who { user: rest.to_owned() })
+            }
+            "WHO" => Err(bad(line, "WHO takes one user name")),
+            "WATCH" => match rest.split(' ').filter(|user| !user.is_empty()).collect::<Vec<_>>() {
+                users if users.is_empty() => Err(bad(line, "WATCH takes one or more user names")),
+                users => Ok(Self::Watch { users: users.into_iter().map(str::to_owned).collect() }),
+            },
+            _ => Err(bad(line, "expected LOGIN, SEND, WHO, WATCH or QUIT")),
         }
     }
 }
@@ -92,6 +130,8 @@ impl fmt::Display for ClientLine {
             Self::Login { user } => write!(f, "LOGIN {user}"),
             Self::Send { to, text } => write!(f, "SEND {to} {text}"),
             Self::Quit => f.write_str("QUIT"),
+            Self::Who { user } => write!(f, "WHO {user}"),
+            Self::Watch { users } => write!(f, "WATCH {}", users.join(" ")),
         }
     }
 }
@@ -114,7 +154,12 @@ impl ServerLine {
                 (to, text) => Ok(Self::Undeliverable { to: to.to_owned(), text: text.to_owned() }),
             },
             "ERR" => Ok(Self::Error { reason: rest.to_owned() }),
-            _ => Err(bad(line, "expected OK, MSG, UNDELIVERABLE or ERR")),
+            "LOCATED" => place(line, rest).map(|(user, server)| Self::Located { user, server }),
+            "PRESENCE" => place(line, rest).map(|(user, server)| Self::Presence { user, server }),
+            "KICKED" => Ok(Self::Kicked { reason: rest.to_owned() }),
+            _ => {
+                Err(bad(line, "expected OK, MSG, UNDELIVERABLE, ERR, LOCATED, PRESENCE or KICKED"))
+            }
         }
     }
 }
@@ -126,8 +171,38 @@ impl fmt::Display for ServerLine {
             Self::Message { from, text } => write!(f, "MSG {from} {text}"),
             Self::Undeliverable { to, text } => write!(f, "UNDELIVERABLE {to} {text}"),
             Self::Error { reason } => write!(f, "ERR {reason}"),
+            Self::Located { user, server } => write!(f, "LOCATED {user} {}", Place(*server)),
+            Self::Presence { user, server } => write!(f, "PRESENCE {user} {}", Place(*server)),
+            Self::Kicked { reason } => write!(f, "KICKED {reason}"),
         }
     }
+}
+
+/// A user's place on the wire: a server id, or `offline`.
+struct Place(Option<u32>);
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(server) => write!(f, "{server}"),
+            None => f.write_str("offline"),
+        }
+    }
+}
+
+/// Parses `<user> <server>|offline`.
+fn place(line: &str, rest: &str) -> Result<(String, Option<u32>), LineError> {
+    let (user, place) = word(rest);
+    let server = match place {
+        "offline" => None,
+        id => Some(
+            id.parse().map_err(|_| bad(line, "expected a user and a server id or `offline`"))?,
+        ),
+    };
+    if user.is_empty() {
+        return Err(bad(line, "expected a user and a server id or `offline`"));
+    }
+    Ok((user.to_owned(), server))
 }
 
 #[cfg(test)]
@@ -141,6 +216,8 @@ mod tests {
             ClientLine::Send { to: "bob".into(), text: "hello there".into() },
             ClientLine::Send { to: "bob".into(), text: String::new() },
             ClientLine::Quit,
+            ClientLine::Who { user: "bob".into() },
+            ClientLine::Watch { users: vec!["bob".into(), "carol".into()] },
         ];
         for line in client {
             assert_eq!(ClientLine::parse(&line.to_string()), Ok(line));
@@ -150,6 +227,11 @@ mod tests {
             ServerLine::Message { from: "alice".into(), text: "hi  you".into() },
             ServerLine::Undeliverable { to: "carol".into(), text: "x".into() },
             ServerLine::Error { reason: "no such user".into() },
+            ServerLine::Located { user: "bob".into(), server: Some(2) },
+            ServerLine::Located { user: "bob".into(), server: None },
+            ServerLine::Presence { user: "carol".into(), server: Some(0) },
+            ServerLine::Presence { user: "carol".into(), server: None },
+            ServerLine::Kicked { reason: "bob logged in on server 1".into() },
         ];
         for line in server {
             assert_eq!(ServerLine::parse(&line.to_string()), Ok(line));
@@ -158,10 +240,21 @@ mod tests {
 
     #[test]
     fn bad_lines_are_refused() {
-        for line in ["", "HELLO", "LOGIN", "LOGIN two words", "SEND", "SEND  text"] {
+        for line in [
+            "",
+            "HELLO",
+            "LOGIN",
+            "LOGIN two words",
+            "SEND",
+            "SEND  text",
+            "WHO",
+            "WHO a b",
+            "WATCH",
+            "WATCH  ",
+        ] {
             assert!(ClientLine::parse(line).is_err(), "{line:?}");
         }
-        for line in ["", "OK x", "MSG", "NOPE 1"] {
+        for line in ["", "OK x", "MSG", "NOPE 1", "LOCATED bob", "PRESENCE bob x", "LOCATED  1"] {
             assert!(ServerLine::parse(line).is_err(), "{line:?}");
         }
     }

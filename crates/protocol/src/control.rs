@@ -114,6 +114,51 @@ pub enum Control {
     /// its whole user set again (`Login` batches, then `SnapshotDone`), and the hub replaces its
     /// record with it.
     Resync,
+    /// AS to hub: asks where `user` is online; answered by `Located` with the same token.
+    Locate {
+        /// Echoed in the answer.
+        token: u64,
+        /// Whom to look for.
+        user: UserId,
+    },
+    /// Hub to AS, the answer to `Locate`: the AS the user is online on (with several sessions,
+    /// the one they logged in on last), or `None` when online nowhere.
+    Located {
+        /// The token of the `Locate`.
+        token: u64,
+        /// Where the user is.
+        server: Option<ServerId>,
+    },
+    /// AS to hub: tell this AS when any of these users comes online, goes offline or moves. The
+    /// hub answers each with its current `Presence` at once. An AS sends its whole watch list
+    /// again after every (re)connect, before `SnapshotDone`.
+    Watch {
+        /// The users to watch.
+        #[serde(deserialize_with = "bounded::seq")]
+        users: Vec<UserId>,
+    },
+    /// AS to hub: stop watching these users.
+    Unwatch {
+        /// The users no longer watched.
+        #[serde(deserialize_with = "bounded::seq")]
+        users: Vec<UserId>,
+    },
+    /// Hub to the AS that watch `user`: where the user is now online, or `None` for offline.
+    Presence {
+        /// The watched user.
+        user: UserId,
+        /// Where they are now.
+        server: Option<ServerId>,
+    },
+    /// Hub to AS: `user` logged in on another AS and the hub's policy is `replace`: this AS must
+    /// end its session (it answers with a `Logout` for the user, as for any logout).
+    Kick {
+        /// The user whose session ends here.
+        user: UserId,
+        /// Why, for people.
+        #[serde(deserialize_with = "bounded::string")]
+        reason: String,
+    },
 }
 
 /// What a hub tells the other hubs of its cluster, so that exactly one is active.

@@ -100,7 +100,7 @@ fn control_with(
         ),
         (error_code(), text(max_text)).prop_map(|(code, message)| Control::Error { code, message }),
         vec(users.clone(), 0..max_users).prop_map(|users| Control::Login { users }),
-        vec(users, 0..max_users).prop_map(|users| Control::Logout { users }),
+        vec(users.clone(), 0..max_users).prop_map(|users| Control::Logout { users }),
         any::<u64>().prop_map(|token| Control::Ping { token }),
         any::<u64>().prop_map(|token| Control::Pong { token }),
         Just(Control::Bye),
@@ -125,6 +125,14 @@ fn control_with(
         (any::<u64>(), any::<u64>())
             .prop_map(|(count, sum)| Control::Digest(UserDigest { count, sum })),
         Just(Control::Resync),
+        (any::<u64>(), users.clone()).prop_map(|(token, user)| Control::Locate { token, user }),
+        (any::<u64>(), proptest::option::of(any::<u32>()))
+            .prop_map(|(token, server)| Control::Located { token, server: server.map(ServerId) }),
+        vec(users.clone(), 0..max_users).prop_map(|users| Control::Watch { users }),
+        vec(users.clone(), 0..max_users).prop_map(|users| Control::Unwatch { users }),
+        (users.clone(), proptest::option::of(any::<u32>()))
+            .prop_map(|(user, server)| Control::Presence { user, server: server.map(ServerId) }),
+        (users, text(max_text)).prop_map(|(user, reason)| Control::Kick { user, reason }),
     ]
 }
 
@@ -280,10 +288,16 @@ fn variant_index(control: &Control) -> usize {
         Control::HubStatus(_) => 16,
         Control::Digest(_) => 17,
         Control::Resync => 18,
+        Control::Locate { .. } => 19,
+        Control::Located { .. } => 20,
+        Control::Watch { .. } => 21,
+        Control::Unwatch { .. } => 22,
+        Control::Presence { .. } => 23,
+        Control::Kick { .. } => 24,
     }
 }
 
-const CONTROL_VARIANTS: usize = 19;
+const CONTROL_VARIANTS: usize = 25;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -624,6 +638,22 @@ fn documented_examples() {
     );
     let resync = Frame::Control(Control::Resync);
     assert_eq!(hex(&resync.to_bytes(1024).unwrap()), "00 00 00 02 00 12");
+
+    let locate = Frame::Control(Control::Locate { token: 1, user: user("bob") });
+    assert_eq!(hex(&locate.to_bytes(1024).unwrap()), "00 00 00 07 00 13 01 03 62 6f 62");
+    let located = Frame::Control(Control::Located { token: 1, server: Some(ServerId(7)) });
+    assert_eq!(hex(&located.to_bytes(1024).unwrap()), "00 00 00 05 00 14 01 01 07");
+    let watch = Frame::Control(Control::Watch { users: vec![user("bob"), user("al")] });
+    assert_eq!(hex(&watch.to_bytes(1024).unwrap()), "00 00 00 0a 00 15 02 03 62 6f 62 02 61 6c");
+    let unwatch = Frame::Control(Control::Unwatch { users: vec![user("al")] });
+    assert_eq!(hex(&unwatch.to_bytes(1024).unwrap()), "00 00 00 06 00 16 01 02 61 6c");
+    let presence = Frame::Control(Control::Presence { user: user("bob"), server: None });
+    assert_eq!(hex(&presence.to_bytes(1024).unwrap()), "00 00 00 07 00 17 03 62 6f 62 00");
+    let kick = Frame::Control(Control::Kick { user: user("bob"), reason: "moved".into() });
+    assert_eq!(
+        hex(&kick.to_bytes(1024).unwrap()),
+        "00 00 00 0c 00 18 03 62 6f 62 05 6d 6f 76 65 64"
+    );
 }
 
 /// `route` names the first thing wrong: an unknown kind, then a control frame, then a short header.

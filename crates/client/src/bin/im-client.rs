@@ -1,8 +1,11 @@
 //! `im-client`: chat through the example IM server from a terminal or a pipe.
 //!
-//! Reads commands from stdin, one per line: `@user text` sends text to user; `/quit` leaves (so
-//! does the end of stdin). Every received message is printed on stdout as `sender: text`; status
-//! and errors go to stderr, so stdout can be piped to another program.
+//! Reads commands from stdin, one per line: `@user text` sends text to user; `/who user` tells
+//! whether user is online and on which server; `/quit` leaves (so does the end of stdin). Every
+//! received message is printed on stdout as `sender: text`; status and errors go to stderr, so
+//! stdout can be piped to another program. With `--friends a,b`, a line `online: a (server 1)` or
+//! `offline: a` tells each friend's state at the start and whenever it changes. A client whose
+//! user logs in elsewhere (and is kicked by the hub's `replace` policy) prints why and exits.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -22,6 +25,9 @@ struct Args {
     /// Your user name (no spaces).
     #[arg(long)]
     user: String,
+    /// Users to hear about when they come online or go offline, separated by commas.
+    #[arg(long, value_delimiter = ',')]
+    friends: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,18 +49,30 @@ async fn chat(args: Args) -> anyhow::Result<()> {
         client.server(),
         args.server
     );
+    let friends: Vec<String> = args.friends.into_iter().filter(|name| !name.is_empty()).collect();
+    if !friends.is_empty() {
+        client.watch(&friends).await?;
+    }
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
             line = stdin.next_line() => match line?.as_deref().map(str::trim) {
                 None | Some("/quit") => break,
                 Some("") => {}
+                Some(command) if command.starts_with("/who") => match command.split_whitespace().collect::<Vec<_>>()[..] {
+                    ["/who", user] => client.who(user).await?,
+                    _ => eprintln!("usage: `/who user` tells whether user is online and where"),
+                },
                 Some(command) => match command.strip_prefix('@').and_then(|rest| rest.split_once(' ')) {
                     Some((to, text)) if !to.is_empty() => client.send(to, text).await?,
-                    _ => eprintln!("usage: `@user text` sends text to user, `/quit` leaves"),
+                    _ => eprintln!("usage: `@user text` sends text to user, `/who user` finds user, `/quit` leaves"),
                 },
             },
             line = client.recv() => match line {
+                Ok(Some(ServerLine::Kicked { reason })) => {
+                    eprintln!("kicked: {reason}");
+                    return Ok(());
+                }
                 Ok(Some(line)) => show(&line)?,
                 Ok(None) => {
                     eprintln!("server closed the connection");
@@ -81,7 +99,15 @@ fn show(line: &ServerLine) -> anyhow::Result<()> {
             eprintln!("not delivered to {to} (offline): {text}")
         }
         ServerLine::Error { reason } => eprintln!("error: {reason}"),
-        ServerLine::Ok { .. } => {}
+        ServerLine::Located { user, server: Some(server) } => {
+            eprintln!("{user} is online on server {server}")
+        }
+        ServerLine::Located { user, server: None } => eprintln!("{user} is offline"),
+        ServerLine::Presence { user, server: Some(server) } => {
+            eprintln!("online: {user} (server {server})")
+        }
+        ServerLine::Presence { user, server: None } => eprintln!("offline: {user}"),
+        ServerLine::Ok { .. } | ServerLine::Kicked { .. } => {}
     }
     Ok(())
 }

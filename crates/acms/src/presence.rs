@@ -1,0 +1,86 @@
+//! Presence watches: which AS want to hear when which users come online, go offline or move, and
+//! the `Presence` pushes that tell them.
+//!
+//! Soft state like the directory (DESIGN.md, principle 1): an AS sends its whole watch list again
+//! after every (re)connect, and its watches leave with its connection. The directory itself stays
+//! the only record of where users are; a watch just names who is told of its changes.
+
+use acms_protocol::{Control, ServerId, UserId};
+use dashmap::DashMap;
+use tracing::warn;
+
+use crate::connection::{Shared, control_frame};
+use crate::outbox::PushError;
+use crate::registry::Change;
+
+/// The AS watching each user. Consulted on logins and logouts, never on the relay path.
+#[derive(Debug, Default)]
+pub(crate) struct Watches {
+    by_user: DashMap<UserId, Vec<ServerId>, foldhash::fast::RandomState>,
+}
+
+impl Watches {
+    /// `server` watches `user`; watching twice is watching once.
+    pub(crate) fn watch(&self, server: ServerId, user: UserId) {
+        let mut watchers = self.by_user.entry(user).or_default();
+        if !watchers.contains(&server) {
+            watchers.push(server);
+        }
+    }
+
+    /// `server` no longer watches `user`.
+    pub(crate) fn unwatch(&self, server: ServerId, user: &str) {
+        if let Some(mut watchers) = self.by_user.get_mut(user) {
+            watchers.retain(|&watcher| watcher != server);
+        }
+        self.by_user.remove_if(user, |_, watchers| watchers.is_empty());
+    }
+
+    /// The AS watching `user`.
+    fn watchers(&self, user: &str) -> Vec<ServerId> {
+        self.by_user.get(user).map(|watchers| watchers.clone()).unwrap_or_default()
+    }
+}
+
+/// Tells the AS watching each changed user where that user is now. A watcher whose queue is
+/// full is disconnected (the slow-consumer rule): when it comes back it watches again and hears
+/// the current state, so nothing is missed for good.
+pub(crate) fn announce(shared: &Shared, changes: impl IntoIterator<Item = Change>) {
+    for Change { user, server } in changes {
+        let watchers = shared.watches.watchers(user.as_str());
+        if watchers.is_empty() {
+            continue;
+        }
+        let frame = control_frame(shared, Control::Presence { user, server });
+        for watcher in watchers {
+            let Some(outbox) = shared.registry.outbox(watcher) else {
+                continue;
+            };
+            if let Err(PushError::Full { pending }) = outbox.push(frame.clone()) {
+                shared.stats.slow_consumer();
+                warn!(slow_server = %watcher, pending, "slow consumer: disconnecting it");
+                shared.registry.close(watcher);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watches_are_a_set_per_user_and_leave_no_empty_entries() {
+        let watches = Watches::default();
+        let bob = UserId::new("bob").unwrap();
+        watches.watch(ServerId(1), bob.clone());
+        watches.watch(ServerId(1), bob.clone());
+        watches.watch(ServerId(2), bob.clone());
+        assert_eq!(watches.watchers("bob"), [ServerId(1), ServerId(2)]);
+        watches.unwatch(ServerId(1), "bob");
+        watches.unwatch(ServerId(3), "carol");
+        assert_eq!(watches.watchers("bob"), [ServerId(2)]);
+        watches.unwatch(ServerId(2), "bob");
+        assert!(watches.by_user.is_empty());
+    }
+}
