@@ -13,6 +13,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::HubConfig;
 use crate::connection::{self, Shared};
+use crate::groups::Groups;
 use crate::registry::Registry;
 use crate::standby::{self, Standby};
 use crate::stats::StatsSnapshot;
@@ -38,7 +39,8 @@ impl Hub {
     fn with_optional_tls(config: HubConfig, tls: Option<ServerTls>) -> Self {
         let registry = Registry::new(config.settle);
         let standby = Standby::new(config.peers.clone());
-        let shared = Shared { config, registry, stats: Default::default(), tls, standby };
+        let groups = Groups::default();
+        let shared = Shared { config, registry, groups, stats: Default::default(), tls, standby };
         Self { shared: Arc::new(shared) }
     }
 
@@ -50,6 +52,11 @@ impl Hub {
     /// Registered servers and online users.
     pub fn registry(&self) -> &Registry {
         &self.shared.registry
+    }
+
+    /// Which servers have members of which group.
+    pub fn groups(&self) -> &Groups {
+        &self.shared.groups
     }
 
     /// Whether this hub is the active one of its cluster, and what it tells its peers.

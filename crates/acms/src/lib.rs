@@ -13,12 +13,14 @@
 //! - `connection`: one AS connection: handshake, reader loop, frame handling.
 //! - [`outbox`]: the byte-bounded queue in front of each connection and its batching writer task.
 //! - [`registry`]: the AS registry and the user directory, behind synchronous methods.
+//! - [`groups`]: which servers have members of which group.
 //! - [`stats`]: counters of what the hub relayed and refused.
 //! - [`standby`]: hot standby: which hub of a cluster is active, and the peer watchers.
 
 mod auth;
 pub mod config;
 mod connection;
+pub mod groups;
 pub mod hub;
 pub mod outbox;
 pub mod registry;
@@ -28,6 +30,7 @@ pub mod tls;
 
 pub use acms_protocol::Secret;
 pub use config::{Config, HubConfig, LogFormat, TlsFiles};
+pub use groups::Groups;
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};
 pub use standby::Standby;
