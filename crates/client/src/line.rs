@@ -19,6 +19,29 @@ pub enum ClientLine {
     },
     /// Leave.
     Quit,
+    /// Send `text` to every online user but this one.
+    All {
+        /// The message.
+        text: String,
+    },
+    /// Join a group (a room); answered with `JOINED` once every server can reach this user
+    /// through it.
+    Join {
+        /// The group: no spaces.
+        group: String,
+    },
+    /// Leave a group; answered with `LEFT`.
+    Leave {
+        /// The group.
+        group: String,
+    },
+    /// Send `text` to every member of `group` but this user.
+    Group {
+        /// The group.
+        group: String,
+        /// The message.
+        text: String,
+    },
 }
 
 /// A line the IM server sends to a client.
@@ -47,6 +70,32 @@ pub enum ServerLine {
     Error {
         /// Why, for the user.
         reason: String,
+    },
+    /// A message to a group this client is a member of.
+    Group {
+        /// The group.
+        group: String,
+        /// Who sent it.
+        from: String,
+        /// What they wrote.
+        text: String,
+    },
+    /// A message to every online user.
+    Broadcast {
+        /// Who sent it.
+        from: String,
+        /// What they wrote.
+        text: String,
+    },
+    /// This client is a member of `group` now.
+    Joined {
+        /// The group.
+        group: String,
+    },
+    /// This client left `group`.
+    Left {
+        /// The group.
+        group: String,
     },
 }
 
@@ -81,7 +130,17 @@ impl ClientLine {
                 (to, text) => Ok(Self::Send { to: to.to_owned(), text: text.to_owned() }),
             },
             "QUIT" => Ok(Self::Quit),
-            _ => Err(bad(line, "expected LOGIN, SEND or QUIT")),
+            "ALL" => Ok(Self::All { text: rest.to_owned() }),
+            "JOIN" | "LEAVE" if rest.is_empty() || rest.contains(' ') => {
+                Err(bad(line, "JOIN and LEAVE take one group name without spaces"))
+            }
+            "JOIN" => Ok(Self::Join { group: rest.to_owned() }),
+            "LEAVE" => Ok(Self::Leave { group: rest.to_owned() }),
+            "GROUP" => match word(rest) {
+                ("", _) => Err(bad(line, "GROUP takes a group and a text")),
+                (group, text) => Ok(Self::Group { group: group.to_owned(), text: text.to_owned() }),
+            },
+            _ => Err(bad(line, "expected LOGIN, SEND, ALL, JOIN, LEAVE, GROUP or QUIT")),
         }
     }
 }
@@ -92,6 +151,10 @@ impl fmt::Display for ClientLine {
             Self::Login { user } => write!(f, "LOGIN {user}"),
             Self::Send { to, text } => write!(f, "SEND {to} {text}"),
             Self::Quit => f.write_str("QUIT"),
+            Self::All { text } => write!(f, "ALL {text}"),
+            Self::Join { group } => write!(f, "JOIN {group}"),
+            Self::Leave { group } => write!(f, "LEAVE {group}"),
+            Self::Group { group, text } => write!(f, "GROUP {group} {text}"),
         }
     }
 }
@@ -114,7 +177,27 @@ impl ServerLine {
                 (to, text) => Ok(Self::Undeliverable { to: to.to_owned(), text: text.to_owned() }),
             },
             "ERR" => Ok(Self::Error { reason: rest.to_owned() }),
-            _ => Err(bad(line, "expected OK, MSG, UNDELIVERABLE or ERR")),
+            "GMSG" => match (word(rest), word(word(rest).1)) {
+                (("", _), _) | (_, ("", _)) => {
+                    Err(bad(line, "GMSG takes a group, a sender and a text"))
+                }
+                ((group, _), (from, text)) => Ok(Self::Group {
+                    group: group.to_owned(),
+                    from: from.to_owned(),
+                    text: text.to_owned(),
+                }),
+            },
+            "BCAST" => match word(rest) {
+                ("", _) => Err(bad(line, "BCAST takes a sender and a text")),
+                (from, text) => {
+                    Ok(Self::Broadcast { from: from.to_owned(), text: text.to_owned() })
+                }
+            },
+            "JOINED" if !rest.is_empty() => Ok(Self::Joined { group: rest.to_owned() }),
+            "LEFT" if !rest.is_empty() => Ok(Self::Left { group: rest.to_owned() }),
+            _ => {
+                Err(bad(line, "expected OK, MSG, GMSG, BCAST, JOINED, LEFT, UNDELIVERABLE or ERR"))
+            }
         }
     }
 }
@@ -126,6 +209,10 @@ impl fmt::Display for ServerLine {
             Self::Message { from, text } => write!(f, "MSG {from} {text}"),
             Self::Undeliverable { to, text } => write!(f, "UNDELIVERABLE {to} {text}"),
             Self::Error { reason } => write!(f, "ERR {reason}"),
+            Self::Group { group, from, text } => write!(f, "GMSG {group} {from} {text}"),
+            Self::Broadcast { from, text } => write!(f, "BCAST {from} {text}"),
+            Self::Joined { group } => write!(f, "JOINED {group}"),
+            Self::Left { group } => write!(f, "LEFT {group}"),
         }
     }
 }
@@ -141,6 +228,10 @@ mod tests {
             ClientLine::Send { to: "bob".into(), text: "hello there".into() },
             ClientLine::Send { to: "bob".into(), text: String::new() },
             ClientLine::Quit,
+            ClientLine::All { text: "to all of you".into() },
+            ClientLine::Join { group: "room".into() },
+            ClientLine::Leave { group: "room".into() },
+            ClientLine::Group { group: "room".into(), text: "hi room".into() },
         ];
         for line in client {
             assert_eq!(ClientLine::parse(&line.to_string()), Ok(line));
@@ -150,6 +241,10 @@ mod tests {
             ServerLine::Message { from: "alice".into(), text: "hi  you".into() },
             ServerLine::Undeliverable { to: "carol".into(), text: "x".into() },
             ServerLine::Error { reason: "no such user".into() },
+            ServerLine::Group { group: "room".into(), from: "al".into(), text: "hi  room".into() },
+            ServerLine::Broadcast { from: "al".into(), text: "hi all".into() },
+            ServerLine::Joined { group: "room".into() },
+            ServerLine::Left { group: "room".into() },
         ];
         for line in server {
             assert_eq!(ServerLine::parse(&line.to_string()), Ok(line));
@@ -158,10 +253,20 @@ mod tests {
 
     #[test]
     fn bad_lines_are_refused() {
-        for line in ["", "HELLO", "LOGIN", "LOGIN two words", "SEND", "SEND  text"] {
+        for line in [
+            "",
+            "HELLO",
+            "LOGIN",
+            "LOGIN two words",
+            "SEND",
+            "SEND  text",
+            "JOIN",
+            "JOIN a b",
+            "GROUP",
+        ] {
             assert!(ClientLine::parse(line).is_err(), "{line:?}");
         }
-        for line in ["", "OK x", "MSG", "NOPE 1"] {
+        for line in ["", "OK x", "MSG", "NOPE 1", "GMSG room", "BCAST", "JOINED"] {
             assert!(ServerLine::parse(line).is_err(), "{line:?}");
         }
     }
