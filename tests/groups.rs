@@ -291,7 +291,11 @@ async fn group_messages_are_exactly_once_when_the_hub_dies_mid_stream() {
     const COUNT: u32 = 10_000;
     let (doomed, addr) = start_doomed_hub("127.0.0.1:0".parse().unwrap());
     let start = |id| TestServer::start_with(builder(id, addr), LinkState::Connected);
-    let (sender, mut s2, mut s3) = (start(1).await, start(2).await, start(3).await);
+    // Server 3 is not read until the hub died, and stops reading the hub as soon as its app is
+    // behind: its acks wait, so the sender still holds much of the stream when the hub dies.
+    let slow = builder(3, addr).event_capacity(1);
+    let (sender, mut s2) = (start(1).await, start(2).await);
+    let mut s3 = TestServer::start_with(slow, LinkState::Connected).await;
     sender.login(&["a1"]).await;
     s2.login(&["b1", "b2"]).await;
     s3.login(&["c1"]).await;
@@ -341,5 +345,5 @@ async fn group_messages_are_exactly_once_when_the_hub_dies_mid_stream() {
     sending.await.unwrap();
     let extra = tokio::time::timeout(Duration::from_millis(300), s2.events.recv()).await;
     assert!(extra.is_err(), "duplicate after the stream: {extra:?}");
-    assert!(hub.hub.stats().group_copies_out > 0, "part of the stream crossed the new hub");
+    assert!(hub.hub.stats().group_copies_out > 0, "part of the stream was sent again");
 }
