@@ -451,3 +451,81 @@ async fn who_friends_and_a_kick_through_the_real_programs() {
     assert_stopped_cleanly("acms", &log);
     assert!(bob.stdout.until_closed().await.is_empty(), "the kicked bob got no message");
 }
+
+/// Groups and broadcast through the real programs: `/join`, `#ROOM text` and `/all text` typed
+/// into `im-client`s on two `im-server`s.
+#[tokio::test]
+async fn rooms_and_messages_to_all_across_two_servers() {
+    let mut hub = Proc::start("acms", &program("acms"), &["--transfer", "127.0.0.1:0"]);
+    let ready = hub
+        .stderr
+        .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
+        .await;
+    let transfer = field_addr(&ready, "transfer").to_string();
+    let mut servers = Vec::new();
+    let mut listen = Vec::new();
+    for id in ["0", "1"] {
+        let args = ["--id", id, "--listen", "127.0.0.1:0", "--acms", &transfer];
+        let mut server =
+            Proc::start(&format!("im-server {id}"), &program("examples/im-server"), &args);
+        let started = server
+            .stderr
+            .wait_for("`im-server started`", |line| line.contains("im-server started"))
+            .await;
+        listen.push(field_addr(&started, "listen").to_string());
+        server
+            .stderr
+            .wait_for("`connected to hub`", |line| line.contains("connected to hub"))
+            .await;
+        servers.push(server);
+    }
+
+    // alice and carol on server 0, bob on server 1.
+    let client = |user: &str, server: &str| {
+        Proc::start(user, &program("im-client"), &["--server", server, "--user", user])
+    };
+    let mut alice = client("alice", &listen[0]);
+    let mut bob = client("bob", &listen[1]);
+    let mut carol = client("carol", &listen[0]);
+    for user in [&mut alice, &mut bob, &mut carol] {
+        user.stderr.wait_for("the login", |line| line.starts_with("logged in as ")).await;
+    }
+
+    // alice and bob join the room; carol does not.
+    for user in [&mut alice, &mut bob] {
+        user.say("/join room").await;
+        user.stderr.wait_for("`joined #room`", |line| line == "joined #room").await;
+    }
+    alice.say("#room hello room").await;
+    assert_eq!(bob.stdout.next("the room's message").await, "#room alice: hello room");
+
+    // To everyone online but the sender, on both servers.
+    bob.say("/all hi everyone").await;
+    assert_eq!(alice.stdout.next("bob's message to all").await, "* bob: hi everyone");
+    assert_eq!(carol.stdout.next("bob's message to all").await, "* bob: hi everyone");
+
+    // Once bob left the room, its messages no longer reach him.
+    bob.say("/leave room").await;
+    bob.stderr.wait_for("`left #room`", |line| line == "left #room").await;
+    alice.say("#room anyone?").await;
+    alice.say("@bob done").await;
+    assert_eq!(bob.stdout.next("alice's last message").await, "alice: done");
+
+    for user in [&mut alice, &mut bob, &mut carol] {
+        user.say("/quit").await;
+        user.exits_cleanly().await;
+    }
+    for server in &mut servers {
+        server.terminate().await;
+        let log = server.exits_cleanly().await;
+        assert_stopped_cleanly(&server.name.clone(), &log);
+    }
+    hub.terminate().await;
+    let log = hub.exits_cleanly().await;
+    assert_stopped_cleanly("acms", &log);
+
+    // Nobody got anything twice, nor anything meant for others; the sender never got its own.
+    assert_eq!(alice.stdout.until_closed().await, ["* bob: hi everyone"]);
+    assert_eq!(bob.stdout.until_closed().await, ["#room alice: hello room", "alice: done"]);
+    assert_eq!(carol.stdout.until_closed().await, ["* bob: hi everyone"]);
+}

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use acms_protocol::{
-    Ack, Challenge, Codec, Control, DataKind, ErrorCode, Frame, FrameKind, HANDSHAKE_MAX_FRAME_LEN,
-    Hello, LENGTH_PREFIX_LEN, Nonce, PROTOCOL_VERSION, ProtocolError, Prover, RawFrame, Route,
-    ServerEpoch, ServerId, UserDigest, UserId, Welcome,
+    Ack, Challenge, Codec, Control, DataKind, ErrorCode, Frame, FrameKind, GroupId,
+    HANDSHAKE_MAX_FRAME_LEN, Hello, LENGTH_PREFIX_LEN, Nonce, PROTOCOL_VERSION, ProtocolError,
+    Prover, RawFrame, Route, ServerEpoch, ServerId, UserDigest, UserId, Welcome,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,11 +30,12 @@ use tracing::{Span, debug, info, warn};
 
 use crate::auth::admit_without_secret;
 use crate::config::HubConfig;
+use crate::groups::Groups;
 use crate::outbox::{Outbox, PushError, write_loop};
 use crate::presence::{self, Watches};
 use crate::registry::{Change, Departure, Placed, Registry, RelayError, Relayed, ServerInfo};
 use crate::standby::Standby;
-use crate::stats::Stats;
+use crate::stats::{FanOut, Stats};
 use crate::tls::{self, ReadHalf, Refusal, ServerTls};
 
 /// What every connection of a hub shares.
@@ -42,6 +43,7 @@ use crate::tls::{self, ReadHalf, Refusal, ServerTls};
 pub(crate) struct Shared {
     pub(crate) config: HubConfig,
     pub(crate) registry: Registry,
+    pub(crate) groups: Groups,
     pub(crate) stats: Stats,
     pub(crate) tls: Option<ServerTls>,
     pub(crate) standby: Standby,
@@ -132,6 +134,9 @@ struct Connection {
     holding_from: Option<u64>,
     /// The users this AS watches, so its watches leave with it.
     watching: HashSet<UserId>,
+    /// The groups named since registration, or since a `Resync`, until the snapshot is done:
+    /// the AS's groups not among them are then gone.
+    snapshot_groups: Option<HashSet<GroupId>>,
 }
 
 /// What a connection turned out to be once its handshake was done.
@@ -231,6 +236,7 @@ pub(crate) async fn serve(
         leaving: false,
         holding_from: None,
         watching: HashSet::new(),
+        snapshot_groups: None,
     };
     let close = conn.run().await;
     // A peer that stopped reading would hold its writer for the whole grace period.
@@ -259,7 +265,17 @@ async fn expire_later(shared: Arc<Shared>, server: ServerId, departure: u64) {
     if let Some((held, changes)) = shared.registry.expire(server, departure) {
         info!(%server, "app server did not come back in time; its users are offline");
         presence::announce(&shared, changes);
+        server_down(&shared, server);
         ask_to_resend(&shared, held);
+    }
+}
+
+/// A server left the cluster for good: its groups go, and the others are told, so that none
+/// waits any longer for its acknowledgement of a group, broadcast or server frame.
+fn server_down(shared: &Shared, server: ServerId) {
+    shared.groups.remove_server(server);
+    for peer in shared.registry.peers(server) {
+        let _ = peer.outbox.push(control_frame(shared, Control::ServerDown { server }));
     }
 }
 
@@ -513,6 +529,7 @@ impl Connection {
                         }
                     }
                 }
+                FrameKind::Data(kind) if kind.fans_out() => self.fan_out(len)?,
                 FrameKind::Ack => {
                     let (target, from) = Ack::route(body)?;
                     claimed_by(server, from, "ack")?;
@@ -538,6 +555,11 @@ impl Connection {
             return;
         };
         let chunk = self.read_buf.split_to(len).freeze();
+        self.stage(target, chunk, frames, first_seq);
+    }
+
+    /// Adds whole frames to what is handed to `target` after this read, after what it has already.
+    fn stage(&mut self, target: ServerId, chunk: Bytes, frames: usize, first_seq: Option<u64>) {
         match self.staged.iter_mut().find(|staged| staged.target == target) {
             Some(staged) => {
                 staged.chunks.push(chunk);
@@ -551,24 +573,68 @@ impl Connection {
     /// Stages one data frame for each of several AS, as the same bytes: the recipient has a
     /// session on each (policy `multi`). The origin releases a frame on the first ack, so the
     /// other copies are not sent again after a hub failure (docs/RELIABILITY.md, "Several
-    /// sessions"); telling the origin `Copies { seq, count }` here, so that it waits for every
-    /// ack, is what closes that gap.
+    /// sessions"); telling the origin `Copies` here, as group fan-out does, so that it waits for
+    /// every ack, is what closes that gap.
     fn stage_copies(&mut self, frame: Bytes, seq: u64, targets: &[ServerId]) {
         for &target in targets {
-            match self.staged.iter_mut().find(|staged| staged.target == target) {
-                Some(staged) => {
-                    staged.chunks.push(frame.clone());
-                    staged.frames += 1;
-                    staged.first_seq = staged.first_seq.or(Some(seq));
-                }
-                None => self.staged.push(Staged {
-                    target,
-                    chunks: vec![frame.clone()],
-                    frames: 1,
-                    first_seq: Some(seq),
-                }),
-            }
+            self.stage(target, frame.clone(), 1, Some(seq));
         }
+    }
+
+    /// Forwards the group, broadcast or server frame of `len` bytes at the start of the unrouted
+    /// buffer to each server that needs it, as the same bytes, in order with the origin's other
+    /// frames to that server; and tells the origin which servers those are (`Copies`), so that it
+    /// keeps the frame until each has acknowledged it. The origin is never among them: it serves
+    /// its own users.
+    ///
+    /// In the settle window after a hub start the hub cannot know every member or server yet, as
+    /// some may not have sent their snapshot: the frame is held like a unicast frame for a user
+    /// nobody has, and its origin sends it again when the directory is complete.
+    fn fan_out(&mut self, len: usize) -> Result<(), Close> {
+        self.end_run();
+        let server = self.server();
+        let route = Route::parse(&self.read_buf[LENGTH_PREFIX_LEN..len])?;
+        claimed_by(server, route.origin, "frame")?;
+        let seq = route.seq;
+        match self.holding_from {
+            Some(from) if seq > from => {
+                self.shared.stats.held(1);
+                self.read_buf.advance(len);
+                return Ok(());
+            }
+            Some(_) => self.holding_from = None,
+            None => {}
+        }
+        let registry = &self.shared.registry;
+        let (counter, targets) = match route.kind {
+            DataKind::Group | DataKind::GroupExceptSender => {
+                (FanOut::Group, self.shared.groups.servers_of(route.recipient, server))
+            }
+            DataKind::Server => match route.target_server() {
+                Some(target) if target == server || !registry.is_registered(target) => {
+                    (FanOut::Server, Vec::new())
+                }
+                Some(target) => (FanOut::Server, vec![target]),
+                None => (FanOut::Server, registry.server_ids(server)),
+            },
+            _ => (FanOut::Broadcast, registry.server_ids(server)),
+        };
+        // A server message for a server known now needs nobody else's snapshot.
+        let known = route.kind == DataKind::Server
+            && !targets.is_empty()
+            && route.target_server().is_some();
+        if !known && registry.hold_unclaimed(server, seq) {
+            self.holding_from = Some(seq);
+            self.shared.stats.held(1);
+            self.read_buf.advance(len);
+            return Ok(());
+        }
+        let frame = self.read_buf.split_to(len).freeze();
+        for &target in &targets {
+            self.stage(target, frame.clone(), 1, Some(seq));
+        }
+        self.shared.stats.fanned_out(counter, targets.len());
+        self.send(Control::Copies { seq, servers: targets })
     }
 
     /// The next handshake message, reading as needed under the small handshake frame limit.
@@ -648,6 +714,7 @@ impl Connection {
             .map_err(|err| Close::refused(ErrorCode::DuplicateServer, err.to_string()))?;
         self.server = Some(id);
         self.stale_users = registration.stale_users;
+        self.snapshot_groups = Some(HashSet::new());
         // It may have gone standby since the check above, and closed its servers before this one.
         self.check_active()?;
         info!(
@@ -732,7 +799,8 @@ impl Connection {
         match raw.kind()? {
             FrameKind::Data(_) | FrameKind::Ack => Err(Close::refused(
                 ErrorCode::Malformed,
-                "only unicast and ack frames go from an app server to the hub",
+                "only unicast, group, broadcast, server and ack frames go from an app server to \
+                 the hub",
             )),
             FrameKind::Control => match Control::decode(&raw.body()[1..])? {
                 Control::Login { users } => self.handle_login(users),
@@ -742,6 +810,14 @@ impl Connection {
                 }
                 Control::Ping { token } => self.send(Control::Pong { token }),
                 Control::Pong { .. } => Ok(()),
+                Control::Join { groups } => {
+                    self.handle_join(groups);
+                    Ok(())
+                }
+                Control::Leave { groups } => {
+                    self.handle_leave(&groups);
+                    Ok(())
+                }
                 Control::SnapshotDone => {
                     self.handle_snapshot_done();
                     // This server's users are in the directory now: frames held for them as
@@ -791,9 +867,12 @@ impl Connection {
                 | Control::Resync
                 | Control::Located { .. }
                 | Control::Presence { .. }
-                | Control::Kick { .. } => Err(Close::refused(
+                | Control::Kick { .. }
+                | Control::Copies { .. }
+                | Control::ServerDown { .. } => Err(Close::refused(
                     ErrorCode::Malformed,
-                    "only the hub sends server announcements, resync requests, presence and kicks",
+                    "only the hub sends server announcements, resync requests, presence, kicks \
+                     and copy lists",
                 )),
             },
         }
@@ -909,10 +988,35 @@ impl Connection {
         }
     }
 
+    /// Records the groups this AS now has members of.
+    fn handle_join(&mut self, groups: Vec<GroupId>) {
+        let server = self.server();
+        for group in groups {
+            if let Some(kept) = self.snapshot_groups.as_mut() {
+                kept.insert(group.clone());
+            }
+            self.shared.groups.join(server, group);
+        }
+    }
+
+    /// Records the groups this AS no longer has members of.
+    fn handle_leave(&mut self, groups: &[GroupId]) {
+        let server = self.server();
+        for group in groups {
+            if let Some(kept) = self.snapshot_groups.as_mut() {
+                kept.remove(group);
+            }
+            self.shared.groups.leave(server, group.as_str());
+        }
+    }
+
     /// Ends a snapshot: users of the previous connection, or of the record a resync replaced,
     /// that the AS did not send again are offline.
     fn handle_snapshot_done(&mut self) {
         let server = self.server();
+        if let Some(kept) = self.snapshot_groups.take() {
+            self.shared.groups.retain(server, &kept);
+        }
         let mut gone = std::mem::take(&mut self.stale_users);
         if let Some(old) = self.resyncing.take() {
             gone.extend(old);
@@ -975,6 +1079,7 @@ impl Connection {
             "the hub's record of this app server's users has drifted from its digest; resyncing"
         );
         self.resyncing = Some(std::mem::take(&mut self.users));
+        self.snapshot_groups = Some(HashSet::new());
         self.digest = UserDigest::default();
         self.send(Control::Resync)
     }
@@ -1075,6 +1180,7 @@ impl Connection {
             Departure::Away(departure) => Some((server, departure)),
             Departure::Gone(changes) => {
                 presence::announce(&self.shared, changes);
+                server_down(&self.shared, server);
                 None
             }
         }

@@ -13,6 +13,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::HubConfig;
 use crate::connection::{self, Shared};
+use crate::groups::Groups;
 use crate::registry::Registry;
 use crate::standby::{self, Standby};
 use crate::stats::StatsSnapshot;
@@ -39,7 +40,9 @@ impl Hub {
         let registry = Registry::new(config.settle).with_login_conflict(config.login_conflict);
         let standby = Standby::new(config.peers.clone());
         let watches = Default::default();
-        let shared = Shared { config, registry, stats: Default::default(), tls, standby, watches };
+        let groups = Groups::default();
+        let shared =
+            Shared { config, registry, groups, stats: Default::default(), tls, standby, watches };
         Self { shared: Arc::new(shared) }
     }
 
@@ -51,6 +54,11 @@ impl Hub {
     /// Registered servers and online users.
     pub fn registry(&self) -> &Registry {
         &self.shared.registry
+    }
+
+    /// Which servers have members of which group.
+    pub fn groups(&self) -> &Groups {
+        &self.shared.groups
     }
 
     /// Whether this hub is the active one of its cluster, and what it tells its peers.

@@ -14,12 +14,14 @@
 //! - [`outbox`]: the byte-bounded queue in front of each connection and its batching writer task.
 //! - [`registry`]: the AS registry and the user directory, behind synchronous methods.
 //! - `presence`: which AS watch which users, and the `Presence` pushes to them.
+//! - [`groups`]: which servers have members of which group.
 //! - [`stats`]: counters of what the hub relayed and refused.
 //! - [`standby`]: hot standby: which hub of a cluster is active, and the peer watchers.
 
 mod auth;
 pub mod config;
 mod connection;
+pub mod groups;
 pub mod hub;
 pub mod outbox;
 mod presence;
@@ -30,6 +32,7 @@ pub mod tls;
 
 pub use acms_protocol::Secret;
 pub use config::{Config, HubConfig, LogFormat, LoginConflict, TlsFiles};
+pub use groups::Groups;
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};
 pub use standby::Standby;

@@ -470,7 +470,8 @@ impl Registry {
         self.settle_ends.get().copied()
     }
 
-    fn settling(&self) -> bool {
+    /// Whether the settle window after the hub's first registration is still open.
+    pub(crate) fn settling(&self) -> bool {
         self.settle_ends.get().is_some_and(|ends| Instant::now() < *ends)
     }
 
@@ -508,6 +509,17 @@ impl Registry {
         let mut servers: Vec<_> = self.servers.iter().map(|entry| entry.info.clone()).collect();
         servers.sort_by_key(|info| info.id);
         servers
+    }
+
+    /// The ids of every registered AS but `except`, including those away within their grace:
+    /// the servers a broadcast goes to.
+    pub(crate) fn server_ids(&self, except: ServerId) -> Vec<ServerId> {
+        self.servers.iter().map(|entry| *entry.key()).filter(|&id| id != except).collect()
+    }
+
+    /// Whether `server` is registered, connected or away within its grace.
+    pub fn is_registered(&self, server: ServerId) -> bool {
+        self.servers.contains_key(&server)
     }
 
     /// Whether `server` is registered and connected now.

@@ -16,6 +16,22 @@ pub struct Stats {
     too_many_users: AtomicU64,
     digests: AtomicU64,
     resyncs: AtomicU64,
+    fan_out: [FanOutCounters; 3],
+}
+
+/// Frames in and copies out of one fan-out kind.
+#[derive(Debug, Default)]
+struct FanOutCounters {
+    frames_in: AtomicU64,
+    copies_out: AtomicU64,
+}
+
+/// The fan-out kinds counted apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FanOut {
+    Group = 0,
+    Broadcast = 1,
+    Server = 2,
 }
 
 /// A copy of the counters at one moment.
@@ -47,6 +63,19 @@ pub struct StatsSnapshot {
     /// Times an AS's digest of its users differed from the hub's record and the hub asked it to
     /// send its users again (see docs/RELIABILITY.md, "Registry drift").
     pub resyncs: u64,
+    /// Group frames received from app servers.
+    pub group_frames_in: u64,
+    /// Copies of them forwarded: one per other server with members, never one per member
+    /// (a copy for a server that is away is held, and counted here too).
+    pub group_copies_out: u64,
+    /// Broadcast frames received from app servers.
+    pub broadcast_frames_in: u64,
+    /// Copies of them forwarded, one per other server.
+    pub broadcast_copies_out: u64,
+    /// Server messages received from app servers.
+    pub server_frames_in: u64,
+    /// Copies of them forwarded, one per server addressed.
+    pub server_copies_out: u64,
 }
 
 impl Stats {
@@ -91,6 +120,13 @@ impl Stats {
         self.resyncs.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A group, broadcast or server frame came in and was forwarded to `copies` servers.
+    pub(crate) fn fanned_out(&self, kind: FanOut, copies: usize) {
+        let counters = &self.fan_out[kind as usize];
+        counters.frames_in.fetch_add(1, Ordering::Relaxed);
+        counters.copies_out.fetch_add(copies as u64, Ordering::Relaxed);
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
@@ -105,6 +141,12 @@ impl Stats {
             too_many_users: self.too_many_users.load(Ordering::Relaxed),
             digests: self.digests.load(Ordering::Relaxed),
             resyncs: self.resyncs.load(Ordering::Relaxed),
+            group_frames_in: self.fan_out[0].frames_in.load(Ordering::Relaxed),
+            group_copies_out: self.fan_out[0].copies_out.load(Ordering::Relaxed),
+            broadcast_frames_in: self.fan_out[1].frames_in.load(Ordering::Relaxed),
+            broadcast_copies_out: self.fan_out[1].copies_out.load(Ordering::Relaxed),
+            server_frames_in: self.fan_out[2].frames_in.load(Ordering::Relaxed),
+            server_copies_out: self.fan_out[2].copies_out.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! `im-server`: a small IM server that embeds the ACMS `Cluster` handle, the example to copy.
 //!
-//! Clients speak the line protocol of `acms-client` (`LOGIN`, `SEND`, `WHO`, `WATCH`, `QUIT`).
-//! Each client gets a task and a bounded queue of lines to write; one task takes the cluster's
-//! events and puts each message, presence change or kick in its client's queue. Whether the
-//! recipient is here or on another server is the cluster's business, not this file's.
+//! Clients speak the line protocol of `acms-client` (`LOGIN`, `SEND`, `ALL`, `JOIN`, `LEAVE`,
+//! `GROUP`, `WHO`, `WATCH`, `QUIT`). Each client gets a task and a bounded queue of lines to write;
+//! one task takes the cluster's events and puts each message, presence change or kick in its
+//! recipients' queues. Whether the recipients are here or on other servers, and who is in which
+//! group, is the cluster's business, not this file's.
 //!
 //! The shared secret comes from `ACMS_SECRET` (or `secret` in the config file); TLS to the hub
 //! from `--tls-ca` and its companions.
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use acms_appserver::{ClientTls, Cluster, Event, Secret, ServerId, UserId};
+use acms_appserver::{ClientTls, Cluster, Event, GroupId, Secret, ServerId, UserId};
 use acms_client::{ClientLine, MAX_LINE_LEN, ServerLine};
 use anyhow::Context;
 use clap::Parser;
@@ -217,7 +218,7 @@ fn load_tls(tls: &TlsConfig, acms: &str) -> anyhow::Result<ClientTls> {
 /// watched user's presence to the clients who have them as a friend, and a kick to its client.
 async fn route_events(mut events: acms_appserver::Events, sessions: Sessions, friends: Friends) {
     while let Some(event) = events.recv().await {
-        let (user, line) = match event {
+        let (users, line) = match event {
             Event::Presence { user, server } => {
                 let watchers = friends.get(&user).map(|watchers| watchers.clone());
                 let line =
@@ -227,20 +228,33 @@ async fn route_events(mut events: acms_appserver::Events, sessions: Sessions, fr
                 }
                 continue;
             }
-            Event::Kicked { user, reason } => (user, ServerLine::Kicked { reason }),
+            Event::Kicked { user, reason } => (vec![user], ServerLine::Kicked { reason }),
             Event::Message { from, to, payload } => {
-                (to, ServerLine::Message { from: from.to_string(), text: text(&payload) })
+                (vec![to], ServerLine::Message { from: from.to_string(), text: text(&payload) })
             }
             Event::Undeliverable { from, to, payload } => {
-                (from, ServerLine::Undeliverable { to: to.to_string(), text: text(&payload) })
+                (vec![from], ServerLine::Undeliverable { to: to.to_string(), text: text(&payload) })
+            }
+            Event::GroupMessage { group, from, to, payload } => {
+                let (group, from) = (group.to_string(), from.to_string());
+                (to, ServerLine::Group { group, from, text: text(&payload) })
+            }
+            Event::Broadcast { from, to, payload } => {
+                (to, ServerLine::Broadcast { from: from.to_string(), text: text(&payload) })
+            }
+            Event::ServerMessage { from, payload } => {
+                info!(%from, text = text(&payload), "message from another server");
+                continue;
             }
             _ => continue,
         };
-        deliver(&sessions, user, line);
+        for user in users {
+            deliver(&sessions, user, line.clone());
+        }
     }
 }
 
-/// Puts a line in a client's queue, never waiting.
+/// Puts `line` in `user`'s queue.
 fn deliver(sessions: &Sessions, user: UserId, line: ServerLine) {
     let Some(session) = sessions.get(&user).map(|session| session.clone()) else {
         warn!(%user, "message for a user who left this server; dropped");
@@ -380,12 +394,41 @@ async fn chat(
                     // The cluster answers with each friend's current state.
                     cluster.watch(watched).await?;
                 }
+                Ok(ClientLine::All { text }) => { cluster.broadcast(user, text.into(), true).await?; }
+                Ok(ClientLine::Group { group, text }) => match GroupId::new(&group) {
+                    Ok(group) => { cluster.send_to_group(user, &group, text.into(), true).await?; }
+                    Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+                },
+                Ok(ClientLine::Join { group }) => lines.send(membership(cluster, user, &group, true).await?.to_string()).await?,
+                Ok(ClientLine::Leave { group }) => lines.send(membership(cluster, user, &group, false).await?.to_string()).await?,
                 Ok(ClientLine::Quit) => return Ok(()),
                 Ok(ClientLine::Login { .. }) => lines.send(ServerLine::Error { reason: "already logged in".into() }.to_string()).await?,
                 Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
             },
         }
     }
+}
+
+/// Joins or leaves `group`, answering once the hub has it, so that a message sent to the group
+/// from any server after the answer reaches the user.
+async fn membership(
+    cluster: &Cluster,
+    user: &UserId,
+    group: &str,
+    join: bool,
+) -> anyhow::Result<ServerLine> {
+    let group = match GroupId::new(group) {
+        Ok(group) => group,
+        Err(err) => return Ok(ServerLine::Error { reason: err.to_string() }),
+    };
+    if join {
+        cluster.join(&group, user).await?;
+    } else {
+        cluster.leave(&group, user).await?;
+    }
+    cluster.flush().await?;
+    let group = group.to_string();
+    Ok(if join { ServerLine::Joined { group } } else { ServerLine::Left { group } })
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM. The handlers are in place when this returns,

@@ -4,13 +4,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use acms_protocol::{Data, DataKind, ErrorCode, Secret, ServerId, UserDigest, UserId};
+use acms_protocol::{
+    Data, DataKind, EVERYONE, ErrorCode, GroupId, Secret, ServerId, UserDigest, UserId,
+};
 use bytes::Bytes;
 use dashmap::DashSet;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::groups::LocalGroups;
 use crate::link::{Command, Link, charge};
 use crate::tls::ClientTls;
 
@@ -75,6 +78,34 @@ pub enum Event {
         user: UserId,
         /// Why, for people.
         reason: String,
+    },
+    /// A message to a group, for its members on this server (sent from this server or another):
+    /// one event per message, listing them.
+    GroupMessage {
+        /// The group it was sent to.
+        group: GroupId,
+        /// Who sent it.
+        from: UserId,
+        /// The group's members on this server it is for (the sender left out if they asked).
+        to: Vec<UserId>,
+        /// The sender's bytes, as they were sent.
+        payload: Bytes,
+    },
+    /// A message to every user of the cluster, for those on this server: one event per message.
+    Broadcast {
+        /// Who sent it.
+        from: UserId,
+        /// The users of this server it is for (the sender left out if they asked).
+        to: Vec<UserId>,
+        /// The sender's bytes, as they were sent.
+        payload: Bytes,
+    },
+    /// A message from another server (or this one) for this server itself, not its users.
+    ServerMessage {
+        /// The server that sent it.
+        from: ServerId,
+        /// Its bytes, as they were sent.
+        payload: Bytes,
     },
 }
 
@@ -174,6 +205,14 @@ pub enum Outcome {
     /// No answer within the time asked for. The message is not given up: it stays in the
     /// retransmit buffer and may still be delivered, exactly once.
     TimedOut,
+    /// A group, broadcast or server message was acknowledged by every other server the hub
+    /// forwarded it to (those that left the cluster meanwhile aside); members on this server had
+    /// it at once.
+    Reached {
+        /// How many other servers it reached: those with members of the group, every other
+        /// server for a broadcast, and the one (or every other) server for a server message.
+        servers: u32,
+    },
 }
 
 /// The outcome of a message, to be awaited.
@@ -216,6 +255,12 @@ pub enum ClusterError {
         len: usize,
         /// The limit in force.
         max: usize,
+    },
+    /// Only a user online on this server can join or leave a group here.
+    #[error("{user} is not online on this server")]
+    NotLocal {
+        /// The user.
+        user: UserId,
     },
     /// The login would pass the hub's limit on users per server (`max_users_per_server`).
     #[error("this server already has {max} users online, the hub's limit per server")]
@@ -343,6 +388,7 @@ impl ClusterBuilder {
         let (events, event_rx) = mpsc::channel(self.event_capacity);
         let (state_tx, state) = watch::channel(LinkState::Connecting);
         let local = Arc::new(LocalUsers::default());
+        let groups = Arc::new(std::sync::Mutex::new(LocalGroups::default()));
         let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
         let max_users = Arc::new(AtomicUsize::new(usize::MAX));
         let shutdown = CancellationToken::new();
@@ -363,6 +409,7 @@ impl ClusterBuilder {
             tally.clone(),
             max_users.clone(),
             hub.clone(),
+            groups.clone(),
             shutdown.clone(),
         );
         let task = tokio::spawn(link.run());
@@ -373,6 +420,7 @@ impl ClusterBuilder {
             credit_cap: self.retransmit_buffer,
             local,
             tally,
+            groups,
             max_users,
             commands,
             events,
@@ -407,6 +455,8 @@ struct Inner {
     local: Arc<LocalUsers>,
     /// The digest of `local`, changed under this lock together with it.
     tally: Arc<std::sync::Mutex<Tally>>,
+    /// The local members of each group, shared with the link.
+    groups: Arc<std::sync::Mutex<LocalGroups>>,
     /// The hub's limit on this server's users, from its last `Welcome` (no limit before one).
     max_users: Arc<AtomicUsize>,
     commands: mpsc::Sender<Command>,
@@ -482,7 +532,151 @@ impl Cluster {
             tally.changes += 1;
             tally.changes
         };
-        self.command(Command::Logout(user.clone(), change)).await
+        // After the user left `local`, so a `join` racing with this logout cannot leave them in
+        // a group (it checks `local` under the groups' lock).
+        let emptied = self.inner.groups.lock().expect("groups lock").remove_user(user);
+        self.command(Command::Logout(user.clone(), change)).await?;
+        for group in emptied {
+            self.command(Command::Group(group)).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes local user `user` a member of `group`, until they leave it or log out. The hub
+    /// learns only that this server has members of the group, when it gets its first.
+    pub async fn join(&self, group: &GroupId, user: &UserId) -> Result<(), ClusterError> {
+        let first = {
+            let mut groups = self.inner.groups.lock().expect("groups lock");
+            if !self.inner.local.contains(user) {
+                return Err(ClusterError::NotLocal { user: user.clone() });
+            }
+            groups.join(group, user)
+        };
+        if first {
+            self.command(Command::Group(group.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes `user` out of `group`; a user who is not a member changes nothing.
+    pub async fn leave(&self, group: &GroupId, user: &UserId) -> Result<(), ClusterError> {
+        let last = self.inner.groups.lock().expect("groups lock").leave(group, user);
+        if last {
+            self.command(Command::Group(group.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// The groups local user `user` is a member of.
+    pub fn groups_of(&self, user: &UserId) -> Vec<GroupId> {
+        self.inner.groups.lock().expect("groups lock").groups_of(user.as_str())
+    }
+
+    /// Sends `payload` from `from` to every member of `group` on every server, exactly once
+    /// each, but `from` when `exclude_sender`. Members here get it at once as an
+    /// [`Event::GroupMessage`]; one copy goes through the hub to each other server with members,
+    /// which hands it to its own. Kept for retransmission until every one of those servers has
+    /// it, like a message to a user (docs/RELIABILITY.md). The [`Receipt`] tells how many
+    /// servers it reached. A group with no members anywhere is no error.
+    pub async fn send_to_group(
+        &self,
+        from: &UserId,
+        group: &GroupId,
+        payload: Bytes,
+        exclude_sender: bool,
+    ) -> Result<Receipt, ClusterError> {
+        let except = exclude_sender.then_some(from.as_str());
+        let members =
+            self.inner.groups.lock().expect("groups lock").members(group.as_str(), except);
+        let local = (!members.is_empty()).then(|| Event::GroupMessage {
+            group: group.clone(),
+            from: from.clone(),
+            to: members,
+            payload: payload.clone(),
+        });
+        let kind = if exclude_sender { DataKind::GroupExceptSender } else { DataKind::Group };
+        let recipient = UserId::new(group.as_str()).expect("a group id is a valid name");
+        self.fan_out(kind, recipient, from.clone(), payload, local).await
+    }
+
+    /// Sends `payload` from `from` to every online user of the cluster, exactly once each, but
+    /// `from` when `exclude_sender`. Users here get it at once as an [`Event::Broadcast`]; one
+    /// copy goes through the hub to each other server, which hands it to its own users.
+    pub async fn broadcast(
+        &self,
+        from: &UserId,
+        payload: Bytes,
+        exclude_sender: bool,
+    ) -> Result<Receipt, ClusterError> {
+        let to: Vec<UserId> = self
+            .inner
+            .local
+            .iter()
+            .filter(|user| !(exclude_sender && user.key() == from))
+            .map(|user| user.key().clone())
+            .collect();
+        let local = (!to.is_empty()).then(|| Event::Broadcast {
+            from: from.clone(),
+            to,
+            payload: payload.clone(),
+        });
+        let kind =
+            if exclude_sender { DataKind::BroadcastExceptSender } else { DataKind::Broadcast };
+        let recipient = UserId::new(EVERYONE).expect("a valid name");
+        self.fan_out(kind, recipient, from.clone(), payload, local).await
+    }
+
+    /// Sends `payload` to server `server` itself (not its users), exactly once, as an
+    /// [`Event::ServerMessage`]; to this server, through its own events. The [`Receipt`] says
+    /// `Reached { servers: 0 }` if no such server is in the cluster.
+    pub async fn send_to_server(
+        &self,
+        server: ServerId,
+        payload: Bytes,
+    ) -> Result<Receipt, ClusterError> {
+        let me = self.inner.server_id;
+        if server == me {
+            self.deliver_locally(vec![Event::ServerMessage { from: me, payload }]).await?;
+            return Ok(Receipt(ReceiptInner::Known(Outcome::Reached { servers: 0 })));
+        }
+        let recipient = UserId::new(&server.to_string()).expect("a number is a valid name");
+        self.fan_out(DataKind::Server, recipient, self.server_name(), payload, None).await
+    }
+
+    /// Sends `payload` to every other server of the cluster, exactly once each, as an
+    /// [`Event::ServerMessage`]: cluster-wide events, cache invalidation.
+    pub async fn send_to_all_servers(&self, payload: Bytes) -> Result<Receipt, ClusterError> {
+        let recipient = UserId::new(EVERYONE).expect("a valid name");
+        self.fan_out(DataKind::Server, recipient, self.server_name(), payload, None).await
+    }
+
+    /// This server's id as the sender of its server messages.
+    fn server_name(&self) -> UserId {
+        UserId::new(&self.inner.server_id.to_string()).expect("a number is a valid name")
+    }
+
+    /// Delivers `local` here and queues a frame of `kind` for the hub to fan out.
+    async fn fan_out(
+        &self,
+        kind: DataKind,
+        recipient: UserId,
+        sender: UserId,
+        payload: Bytes,
+        local: Option<Event>,
+    ) -> Result<Receipt, ClusterError> {
+        let data = Data { kind, seq: 0, origin: self.inner.server_id, recipient, sender, payload };
+        let (len, max) = (data.encoded_len(), self.inner.max_frame_len);
+        if len > max {
+            return Err(ClusterError::TooLarge { len, max });
+        }
+        if let Some(event) = local {
+            self.deliver_locally(vec![event]).await?;
+        }
+        let (receipt, rx) = oneshot::channel();
+        self.take_credit(charge(acms_protocol::LENGTH_PREFIX_LEN + len, self.inner.credit_cap))
+            .await?;
+        self.command(Command::Data { data, receipt: Some(receipt) }).await?;
+        Ok(Receipt(ReceiptInner::Waiting(rx)))
     }
 
     /// Whether `user` is online on this server.

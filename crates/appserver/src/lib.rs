@@ -40,16 +40,18 @@
 //!   batched writes, reconnects, retransmission.
 //! - `reliable`: the bookkeeping of exactly-once delivery: frames not yet acknowledged, duplicate
 //!   suppression, acks owed.
+//! - `groups`: the local members of each group, and group frames waiting for acknowledgements.
 //! - [`tls`]: [`ClientTls`], optional TLS to the hub.
 #![warn(missing_docs)]
 
 pub mod cluster;
+mod groups;
 mod link;
 mod outgoing;
 mod reliable;
 pub mod tls;
 
-pub use acms_protocol::{ErrorCode, Secret, SecretError, ServerId, UserId, UserIdError};
+pub use acms_protocol::{ErrorCode, GroupId, Secret, SecretError, ServerId, UserId, UserIdError};
 pub use cluster::{
     BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outcome,
     Outgoing, Receipt, Route,

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use acms_protocol::{
-    Ack, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, LENGTH_PREFIX_LEN,
-    Nonce, PROTOCOL_VERSION, ProtocolError, Prover, RawFrame, Secret, ServerId, UserId, Welcome,
+    Ack, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, GroupId, Hello,
+    LENGTH_PREFIX_LEN, Nonce, PROTOCOL_VERSION, ProtocolError, Prover, RawFrame, Secret, ServerId,
+    UserId, Welcome,
 };
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers, Outcome, Tally};
+use crate::groups::{Awaited, LocalGroups};
 use crate::outgoing::Outgoing;
 use crate::reliable::{Received, SEQ_AT, Unacked};
 use crate::tls::{self, ClientTls, ReadHalf, WriteHalf};
@@ -68,6 +70,8 @@ pub(crate) enum Command {
     Locate(UserId, oneshot::Sender<Option<ServerId>>),
     Watch(Vec<UserId>),
     Unwatch(Vec<UserId>),
+    /// The group's local membership changed between none and some: tell the hub how it is now.
+    Group(GroupId),
 }
 
 /// The read half of the hub connection with its buffer: frames are decoded from whole reads.
@@ -222,6 +226,14 @@ pub(crate) struct Link {
     locates: std::collections::HashMap<u64, (UserId, oneshot::Sender<Option<ServerId>>)>,
     /// The users this server watches: sent again to every hub it connects to.
     watched: std::collections::HashSet<UserId>,
+    /// The local members of each group, shared with the handles.
+    groups: Arc<std::sync::Mutex<LocalGroups>>,
+    /// Group, broadcast and server frames sent, by sequence number, until every server they went
+    /// to acknowledged them. Unicast frames are never here, so their acks pay one `is_empty`.
+    awaited: std::collections::HashMap<u64, Awaited, foldhash::fast::RandomState>,
+    /// The other servers in the cluster, as the hub announced them: a server the hub names in a
+    /// `Copies` after saying it is down will never acknowledge.
+    live: std::collections::HashSet<ServerId>,
 }
 
 impl Link {
@@ -237,6 +249,7 @@ impl Link {
         tally: Arc<std::sync::Mutex<Tally>>,
         max_users: Arc<AtomicUsize>,
         connected_hub: Arc<std::sync::Mutex<Option<String>>>,
+        groups: Arc<std::sync::Mutex<LocalGroups>>,
         shutdown: CancellationToken,
     ) -> Self {
         let backoff = ExponentialBuilder::default()
@@ -285,6 +298,9 @@ impl Link {
             released: 0,
             locates: Default::default(),
             watched: Default::default(),
+            groups,
+            awaited: Default::default(),
+            live: Default::default(),
         }
     }
 
@@ -665,6 +681,9 @@ impl Link {
         let Some(len) = self.unacked.take(seq) else {
             return false;
         };
+        if !self.awaited.is_empty() {
+            self.awaited.remove(&seq);
+        }
         // Given back once per read (`release_credit`): the semaphore takes a lock per call.
         self.released += charge(len, self.credit_cap) as usize;
         if !self.receipts.is_empty()
@@ -728,6 +747,22 @@ impl Link {
         if !users.is_empty() {
             self.encode(out, message(users))?;
         }
+        // The groups with local members, before `SnapshotDone`: the hub drops the others.
+        let groups: Vec<GroupId> =
+            self.groups.lock().expect("groups lock").groups().cloned().collect();
+        let mut batch = Vec::new();
+        size = 0;
+        for group in groups {
+            size += group.as_str().len() + 3;
+            batch.push(group);
+            if size >= budget {
+                self.encode(out, Control::Join { groups: std::mem::take(&mut batch) })?;
+                size = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.encode(out, Control::Join { groups: batch })?;
+        }
         Ok(())
     }
 
@@ -754,6 +789,13 @@ impl Link {
                 );
                 let len = LENGTH_PREFIX_LEN + data.encoded_len();
                 self.credit.add_permits(charge(len, self.credit_cap) as usize);
+                if data.kind.fans_out() {
+                    // No user to hand it back to: the receipt and the log say it went nowhere.
+                    if let Some(receipt) = receipt {
+                        let _ = receipt.send(Outcome::Reached { servers: 0 });
+                    }
+                    return Ok(());
+                }
                 if let Some(receipt) = receipt {
                     let _ = receipt.send(Outcome::Offline);
                 }
@@ -763,6 +805,9 @@ impl Link {
             }
             Command::Data { mut data, receipt } => {
                 data.seq = self.seq();
+                if data.kind.fans_out() {
+                    self.awaited.insert(data.seq, Awaited::default());
+                }
                 if let Some(receipt) = receipt {
                     self.receipts.insert(data.seq, receipt);
                 }
@@ -801,6 +846,16 @@ impl Link {
                 let users: Vec<_> =
                     users.into_iter().filter(|user| self.watched.remove(user)).collect();
                 self.encode_batches(out, users, |users| Control::Unwatch { users })
+            }
+            Command::Group(group) => {
+                // The membership as it is now, not as it was when queued: of racing joins and
+                // leaves, the last one told decides, and it tells the truth.
+                let joined = self.groups.lock().expect("groups lock").has_members(group.as_str());
+                let groups = vec![group];
+                self.encode(
+                    out,
+                    if joined { Control::Join { groups } } else { Control::Leave { groups } },
+                )
             }
         }
     }
@@ -869,9 +924,28 @@ impl Link {
                     events.push(self.event(&raw, DataKind::Undeliverable)?);
                 }
             }
+            FrameKind::Data(kind) if kind.fans_out() => {
+                let route = raw.route()?;
+                if self.received.receive(route.origin, route.seq)
+                    && let Some(event) = self.fanned_out_event(&raw)?
+                {
+                    events.push(event);
+                }
+            }
+            FrameKind::Data(_) => {
+                return Err(SessionError::Unexpected("a data kind only sent to the hub"));
+            }
             FrameKind::Ack => {
-                for range in Ack::decode(raw.body())?.ranges {
+                let ack = Ack::decode(raw.body())?;
+                for range in ack.ranges {
                     for seq in range.seqs() {
+                        if !self.awaited.is_empty()
+                            && let Some(awaited) = self.awaited.get_mut(&seq)
+                        {
+                            awaited.ack(ack.from);
+                            self.settle_if_reached(seq);
+                            continue;
+                        }
                         self.settle(seq, Outcome::Delivered { sessions: 1 });
                     }
                 }
@@ -886,12 +960,15 @@ impl Link {
                 }
                 Control::Ping { token } => self.encode(out, Control::Pong { token })?,
                 Control::Servers { servers } => {
+                    self.live.clear();
                     for server in servers {
                         self.received.epoch(server.id, server.epoch);
+                        self.live.insert(server.id);
                     }
                 }
                 Control::ServerUp { server, resend_from } => {
                     self.received.epoch(server.id, server.epoch);
+                    self.live.insert(server.id);
                     if let Some(from) = resend_from {
                         debug!(server = %server.id, from, "sending again what the hub held");
                         self.encode(out, Control::Resent { server: server.id })?;
@@ -901,6 +978,24 @@ impl Link {
                 Control::Resend { from } => {
                     debug!(from, "sending again what the hub held");
                     self.resend(out, from);
+                }
+                Control::Copies { seq, servers } => {
+                    if let Some(awaited) = self.awaited.get_mut(&seq) {
+                        awaited.copies(servers, &self.live);
+                        self.settle_if_reached(seq);
+                    }
+                }
+                Control::ServerDown { server } => {
+                    debug!(%server, "server left the cluster");
+                    self.live.remove(&server);
+                    let mut reached = Vec::new();
+                    for (&seq, awaited) in &mut self.awaited {
+                        awaited.server_down(server);
+                        reached.extend(awaited.reached().map(|_| seq));
+                    }
+                    for seq in reached {
+                        self.settle_if_reached(seq);
+                    }
                 }
                 Control::Resync => {
                     info!(users = self.local.len(), "hub asked for this server's users again");
@@ -923,14 +1018,55 @@ impl Link {
         Ok(())
     }
 
+    /// Settles a group, broadcast or server frame once every server it went to acknowledged it.
+    fn settle_if_reached(&mut self, seq: u64) {
+        if let Some(servers) = self.awaited.get(&seq).and_then(Awaited::reached) {
+            self.settle(seq, Outcome::Reached { servers });
+        }
+    }
+
+    /// The app's event of a group, broadcast or server frame from another server: for the local
+    /// members it is for, if any.
+    fn fanned_out_event(&mut self, raw: &RawFrame) -> Result<Option<Event>, ProtocolError> {
+        let route = raw.route()?;
+        let payload = raw.as_bytes().slice(LENGTH_PREFIX_LEN + route.payload_offset..);
+        let except = route.kind.excludes_sender().then_some(route.sender);
+        let event = match route.kind {
+            DataKind::Server => {
+                return Ok(Some(Event::ServerMessage { from: route.origin, payload }));
+            }
+            DataKind::Group | DataKind::GroupExceptSender => {
+                let to = self.groups.lock().expect("groups lock").members(route.recipient, except);
+                if to.is_empty() {
+                    return Ok(None);
+                }
+                let group = GroupId::new(route.recipient)?;
+                Event::GroupMessage { group, from: UserId::new(route.sender)?, to, payload }
+            }
+            _ => {
+                let to: Vec<UserId> = self
+                    .local
+                    .iter()
+                    .filter(|user| Some(user.key().as_str()) != except)
+                    .map(|user| user.key().clone())
+                    .collect();
+                if to.is_empty() {
+                    return Ok(None);
+                }
+                Event::Broadcast { from: UserId::new(route.sender)?, to, payload }
+            }
+        };
+        Ok(Some(event))
+    }
+
     /// Makes the app's event of a data frame, sharing the ids it already holds.
     fn event(&mut self, raw: &RawFrame, kind: DataKind) -> Result<Event, ProtocolError> {
         let route = raw.route()?;
         let payload =
             raw.as_bytes().slice(acms_protocol::LENGTH_PREFIX_LEN + route.payload_offset..);
         let (local, remote) = match kind {
-            DataKind::Unicast => (route.recipient, route.sender),
             DataKind::Undeliverable => (route.sender, route.recipient),
+            _ => (route.recipient, route.sender),
         };
         let local = UserId::new(local)?;
         let remote = match &self.last_sender {
@@ -942,8 +1078,8 @@ impl Link {
             }
         };
         Ok(match kind {
-            DataKind::Unicast => Event::Message { from: remote, to: local, payload },
             DataKind::Undeliverable => Event::Undeliverable { from: local, to: remote, payload },
+            _ => Event::Message { from: remote, to: local, payload },
         })
     }
 

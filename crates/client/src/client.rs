@@ -68,13 +68,36 @@ impl ImClient {
 
     /// Asks where `user` is; the answer comes as a [`ServerLine::Located`].
     pub async fn who(&mut self, user: &str) -> Result<(), ClientError> {
-        self.lines.send(ClientLine::Who { user: user.to_owned() }.to_string()).await?;
-        Ok(())
+        self.request(ClientLine::Who { user: user.to_owned() }).await
     }
 
     /// Watches `users` (a friends list); their states come as [`ServerLine::Presence`] lines.
     pub async fn watch(&mut self, users: &[String]) -> Result<(), ClientError> {
-        self.lines.send(ClientLine::Watch { users: users.to_vec() }.to_string()).await?;
+        self.request(ClientLine::Watch { users: users.to_vec() }).await
+    }
+
+    /// Sends `text` to every online user but this one.
+    pub async fn broadcast(&mut self, text: &str) -> Result<(), ClientError> {
+        self.request(ClientLine::All { text: text.to_owned() }).await
+    }
+
+    /// Joins `group`; the server answers `Joined` once it is in effect cluster-wide.
+    pub async fn join(&mut self, group: &str) -> Result<(), ClientError> {
+        self.request(ClientLine::Join { group: group.to_owned() }).await
+    }
+
+    /// Leaves `group`; the server answers `Left`.
+    pub async fn leave(&mut self, group: &str) -> Result<(), ClientError> {
+        self.request(ClientLine::Leave { group: group.to_owned() }).await
+    }
+
+    /// Sends `text` to every member of `group` but this user.
+    pub async fn send_to_group(&mut self, group: &str, text: &str) -> Result<(), ClientError> {
+        self.request(ClientLine::Group { group: group.to_owned(), text: text.to_owned() }).await
+    }
+
+    async fn request(&mut self, line: ClientLine) -> Result<(), ClientError> {
+        self.lines.send(line.to_string()).await?;
         Ok(())
     }
 

@@ -30,6 +30,29 @@ pub enum ClientLine {
         /// The users to watch, at least one.
         users: Vec<String>,
     },
+    /// Send `text` to every online user but this one.
+    All {
+        /// The message.
+        text: String,
+    },
+    /// Join a group (a room); answered with `JOINED` once every server can reach this user
+    /// through it.
+    Join {
+        /// The group: no spaces.
+        group: String,
+    },
+    /// Leave a group; answered with `LEFT`.
+    Leave {
+        /// The group.
+        group: String,
+    },
+    /// Send `text` to every member of `group` but this user.
+    Group {
+        /// The group.
+        group: String,
+        /// The message.
+        text: String,
+    },
 }
 
 /// A line the IM server sends to a client.
@@ -78,6 +101,32 @@ pub enum ServerLine {
         /// Why, for the user.
         reason: String,
     },
+    /// A message to a group this client is a member of.
+    Group {
+        /// The group.
+        group: String,
+        /// Who sent it.
+        from: String,
+        /// What they wrote.
+        text: String,
+    },
+    /// A message to every online user.
+    Broadcast {
+        /// Who sent it.
+        from: String,
+        /// What they wrote.
+        text: String,
+    },
+    /// This client is a member of `group` now.
+    Joined {
+        /// The group.
+        group: String,
+    },
+    /// This client left `group`.
+    Left {
+        /// The group.
+        group: String,
+    },
 }
 
 /// A line that is not part of the protocol.
@@ -119,7 +168,19 @@ impl ClientLine {
                 users if users.is_empty() => Err(bad(line, "WATCH takes one or more user names")),
                 users => Ok(Self::Watch { users: users.into_iter().map(str::to_owned).collect() }),
             },
-            _ => Err(bad(line, "expected LOGIN, SEND, WHO, WATCH or QUIT")),
+            "ALL" => Ok(Self::All { text: rest.to_owned() }),
+            "JOIN" | "LEAVE" if rest.is_empty() || rest.contains(' ') => {
+                Err(bad(line, "JOIN and LEAVE take one group name without spaces"))
+            }
+            "JOIN" => Ok(Self::Join { group: rest.to_owned() }),
+            "LEAVE" => Ok(Self::Leave { group: rest.to_owned() }),
+            "GROUP" => match word(rest) {
+                ("", _) => Err(bad(line, "GROUP takes a group and a text")),
+                (group, text) => Ok(Self::Group { group: group.to_owned(), text: text.to_owned() }),
+            },
+            _ => {
+                Err(bad(line, "expected LOGIN, SEND, ALL, JOIN, LEAVE, GROUP, WHO, WATCH or QUIT"))
+            }
         }
     }
 }
@@ -132,6 +193,10 @@ impl fmt::Display for ClientLine {
             Self::Quit => f.write_str("QUIT"),
             Self::Who { user } => write!(f, "WHO {user}"),
             Self::Watch { users } => write!(f, "WATCH {}", users.join(" ")),
+            Self::All { text } => write!(f, "ALL {text}"),
+            Self::Join { group } => write!(f, "JOIN {group}"),
+            Self::Leave { group } => write!(f, "LEAVE {group}"),
+            Self::Group { group, text } => write!(f, "GROUP {group} {text}"),
         }
     }
 }
@@ -157,9 +222,28 @@ impl ServerLine {
             "LOCATED" => place(line, rest).map(|(user, server)| Self::Located { user, server }),
             "PRESENCE" => place(line, rest).map(|(user, server)| Self::Presence { user, server }),
             "KICKED" => Ok(Self::Kicked { reason: rest.to_owned() }),
-            _ => {
-                Err(bad(line, "expected OK, MSG, UNDELIVERABLE, ERR, LOCATED, PRESENCE or KICKED"))
-            }
+            "GMSG" => match (word(rest), word(word(rest).1)) {
+                (("", _), _) | (_, ("", _)) => {
+                    Err(bad(line, "GMSG takes a group, a sender and a text"))
+                }
+                ((group, _), (from, text)) => Ok(Self::Group {
+                    group: group.to_owned(),
+                    from: from.to_owned(),
+                    text: text.to_owned(),
+                }),
+            },
+            "BCAST" => match word(rest) {
+                ("", _) => Err(bad(line, "BCAST takes a sender and a text")),
+                (from, text) => {
+                    Ok(Self::Broadcast { from: from.to_owned(), text: text.to_owned() })
+                }
+            },
+            "JOINED" if !rest.is_empty() => Ok(Self::Joined { group: rest.to_owned() }),
+            "LEFT" if !rest.is_empty() => Ok(Self::Left { group: rest.to_owned() }),
+            _ => Err(bad(
+                line,
+                "expected OK, MSG, GMSG, BCAST, JOINED, LEFT, UNDELIVERABLE, ERR, LOCATED, PRESENCE or KICKED",
+            )),
         }
     }
 }
@@ -174,6 +258,10 @@ impl fmt::Display for ServerLine {
             Self::Located { user, server } => write!(f, "LOCATED {user} {}", Place(*server)),
             Self::Presence { user, server } => write!(f, "PRESENCE {user} {}", Place(*server)),
             Self::Kicked { reason } => write!(f, "KICKED {reason}"),
+            Self::Group { group, from, text } => write!(f, "GMSG {group} {from} {text}"),
+            Self::Broadcast { from, text } => write!(f, "BCAST {from} {text}"),
+            Self::Joined { group } => write!(f, "JOINED {group}"),
+            Self::Left { group } => write!(f, "LEFT {group}"),
         }
     }
 }
@@ -218,6 +306,10 @@ mod tests {
             ClientLine::Quit,
             ClientLine::Who { user: "bob".into() },
             ClientLine::Watch { users: vec!["bob".into(), "carol".into()] },
+            ClientLine::All { text: "to all of you".into() },
+            ClientLine::Join { group: "room".into() },
+            ClientLine::Leave { group: "room".into() },
+            ClientLine::Group { group: "room".into(), text: "hi room".into() },
         ];
         for line in client {
             assert_eq!(ClientLine::parse(&line.to_string()), Ok(line));
@@ -232,6 +324,10 @@ mod tests {
             ServerLine::Presence { user: "carol".into(), server: Some(0) },
             ServerLine::Presence { user: "carol".into(), server: None },
             ServerLine::Kicked { reason: "bob logged in on server 1".into() },
+            ServerLine::Group { group: "room".into(), from: "al".into(), text: "hi  room".into() },
+            ServerLine::Broadcast { from: "al".into(), text: "hi all".into() },
+            ServerLine::Joined { group: "room".into() },
+            ServerLine::Left { group: "room".into() },
         ];
         for line in server {
             assert_eq!(ServerLine::parse(&line.to_string()), Ok(line));
@@ -251,10 +347,24 @@ mod tests {
             "WHO a b",
             "WATCH",
             "WATCH  ",
+            "JOIN",
+            "JOIN a b",
+            "GROUP",
         ] {
             assert!(ClientLine::parse(line).is_err(), "{line:?}");
         }
-        for line in ["", "OK x", "MSG", "NOPE 1", "LOCATED bob", "PRESENCE bob x", "LOCATED  1"] {
+        for line in [
+            "",
+            "OK x",
+            "MSG",
+            "NOPE 1",
+            "LOCATED bob",
+            "PRESENCE bob x",
+            "LOCATED  1",
+            "GMSG room",
+            "BCAST",
+            "JOINED",
+        ] {
             assert!(ServerLine::parse(line).is_err(), "{line:?}");
         }
     }

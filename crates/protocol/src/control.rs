@@ -1,5 +1,5 @@
-//! Control messages: registration, user logins and logouts, keepalive, errors, and the status
-//! hubs of one cluster exchange.
+//! Control messages: registration, user logins and logouts, group memberships, keepalive, errors,
+//! and the status hubs of one cluster exchange.
 //!
 //! They are rare next to data frames, so they are plain serde types encoded with bincode (standard
 //! configuration, with a size limit). Bytes after a decoded message are ignored, which lets a later
@@ -12,7 +12,7 @@ use crate::MAX_FRAME_LEN_CEILING;
 use crate::auth::{Nonce, Proof};
 use crate::digest::UserDigest;
 use crate::error::ProtocolError;
-use crate::ids::{ServerId, UserId};
+use crate::ids::{GroupId, ServerId, UserId};
 
 /// A control message, in either direction.
 ///
@@ -158,6 +158,36 @@ pub enum Control {
         /// Why, for people.
         #[serde(deserialize_with = "bounded::string")]
         reason: String,
+    },
+    /// AS to hub: the sending AS now has members in these groups. Sent when a group gets its
+    /// first local member, and for every group with members in the snapshot after `Hello` (before
+    /// `SnapshotDone`); a group the hub already has for the AS is no change.
+    Join {
+        /// The groups, in one batch.
+        #[serde(deserialize_with = "bounded::seq")]
+        groups: Vec<GroupId>,
+    },
+    /// AS to hub: the sending AS no longer has members in these groups.
+    Leave {
+        /// The groups, in one batch.
+        #[serde(deserialize_with = "bounded::seq")]
+        groups: Vec<GroupId>,
+    },
+    /// Hub to AS: the servers the hub forwarded the receiving AS's group, broadcast or server
+    /// frame `seq` to. The AS keeps the frame until each of them acknowledged it (or is gone);
+    /// a frame sent again gets a new list, which replaces the old one.
+    Copies {
+        /// The frame's sequence number.
+        seq: u64,
+        /// The servers it was forwarded to; empty when nobody needs it.
+        #[serde(deserialize_with = "bounded::seq")]
+        servers: Vec<ServerId>,
+    },
+    /// Hub to AS: a server left the cluster for good (it said `Bye`, or its reconnect grace
+    /// ended). No acknowledgement will come from it.
+    ServerDown {
+        /// The server that left.
+        server: ServerId,
     },
 }
 

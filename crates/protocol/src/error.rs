@@ -41,6 +41,10 @@ pub enum ProtocolError {
     /// A control message could not be encoded.
     #[error("cannot encode control message: {0}")]
     Encode(#[from] bincode::error::EncodeError),
+    /// The recipient field does not fit the frame's kind (a broadcast not addressed to `*`, a
+    /// server message not addressed to a server id or `*`).
+    #[error("invalid recipient: {0}")]
+    Recipient(&'static str),
 }
 
 impl ProtocolError {

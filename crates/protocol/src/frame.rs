@@ -36,7 +36,43 @@ pub enum DataKind {
     /// Hub to the origin AS: the recipient of this unicast frame is not online anywhere, or could
     /// not be reached; the frame comes back whole so the app can store or retry it.
     Undeliverable = 2,
+    /// AS to hub to every other AS with members of the group named by the recipient field; each
+    /// hands it to its own members. The hub answers the origin with `Copies`.
+    Group = 4,
+    /// As [`DataKind::Group`], but not for the sender.
+    GroupExceptSender = 5,
+    /// AS to hub to every other AS, for all their users; the recipient field is `*`. The hub
+    /// answers the origin with `Copies`.
+    Broadcast = 6,
+    /// As [`DataKind::Broadcast`], but not for the sender.
+    BroadcastExceptSender = 7,
+    /// AS to hub to the AS whose id the recipient field holds in decimal, or to every other AS
+    /// for `*`; for the server itself, not its users. The hub answers the origin with `Copies`.
+    Server = 8,
 }
+
+impl DataKind {
+    /// Whether the hub forwards this kind to a set of servers (possibly one or none) and tells the
+    /// origin which with `Copies`, rather than routing it to one user's server.
+    pub fn fans_out(self) -> bool {
+        matches!(
+            self,
+            Self::Group
+                | Self::GroupExceptSender
+                | Self::Broadcast
+                | Self::BroadcastExceptSender
+                | Self::Server
+        )
+    }
+
+    /// Whether the sender is left out of the users it is delivered to.
+    pub fn excludes_sender(self) -> bool {
+        matches!(self, Self::GroupExceptSender | Self::BroadcastExceptSender)
+    }
+}
+
+/// The recipient field of a broadcast, and of a server message for every server.
+pub const EVERYONE: &str = "*";
 
 const CONTROL_TAG: u8 = 0;
 const ACK_TAG: u8 = 3;
@@ -52,6 +88,11 @@ impl FrameKind {
             1 => Self::Data(DataKind::Unicast),
             2 => Self::Data(DataKind::Undeliverable),
             ACK_TAG => Self::Ack,
+            4 => Self::Data(DataKind::Group),
+            5 => Self::Data(DataKind::GroupExceptSender),
+            6 => Self::Data(DataKind::Broadcast),
+            7 => Self::Data(DataKind::BroadcastExceptSender),
+            8 => Self::Data(DataKind::Server),
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -100,7 +141,23 @@ impl<'a> Route<'a> {
         let origin = ServerId(buf.get_u32());
         let recipient = take_name(&mut buf)?;
         let sender = take_name(&mut buf)?;
+        match kind {
+            DataKind::Broadcast | DataKind::BroadcastExceptSender if recipient != EVERYONE => {
+                return Err(ProtocolError::Recipient("a broadcast is addressed to `*`"));
+            }
+            DataKind::Server if recipient != EVERYONE && recipient.parse::<u32>().is_err() => {
+                return Err(ProtocolError::Recipient(
+                    "a server message is addressed to a server id in decimal, or `*`",
+                ));
+            }
+            _ => {}
+        }
         Ok(Self { kind, seq, origin, recipient, sender, payload_offset: body.len() - buf.len() })
+    }
+
+    /// The server a [`DataKind::Server`] frame is for: `None` for every server.
+    pub fn target_server(&self) -> Option<ServerId> {
+        self.recipient.parse().ok().map(ServerId)
     }
 }
 

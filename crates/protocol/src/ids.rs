@@ -1,4 +1,4 @@
-//! Identifiers of app servers and users.
+//! Identifiers of app servers, users and groups.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -151,6 +151,53 @@ impl<'de> Deserialize<'de> for UserId {
     }
 }
 
+/// Names one group (a room, a channel) of the cluster. The same rules as a [`UserId`]: 1 to
+/// [`UserId::MAX_LEN`] bytes of UTF-8, since it travels in the same field of the routing header.
+///
+/// Hashes and compares as a `str`, like [`UserId`], so maps keyed by it can be searched with a
+/// name borrowed from a frame.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GroupId(UserId);
+
+impl GroupId {
+    /// Validates `name` and makes a group id of it.
+    pub fn new(name: &str) -> Result<Self, UserIdError> {
+        UserId::new(name).map(Self)
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl FromStr for GroupId {
+    type Err = UserIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl Borrow<str> for GroupId {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +210,15 @@ mod tests {
             UserId::new(&"x".repeat(UserId::MAX_LEN + 1)),
             Err(UserIdError::TooLong(UserId::MAX_LEN + 1))
         );
+    }
+
+    #[test]
+    fn group_id_has_the_rules_of_a_user_id_and_is_found_by_str() {
+        assert_eq!(GroupId::new(""), Err(UserIdError::Empty));
+        assert!(GroupId::new(&"x".repeat(UserId::MAX_LEN + 1)).is_err());
+        let mut set = std::collections::HashSet::new();
+        set.insert(GroupId::new("room").unwrap());
+        assert!(set.contains("room"));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! This crate does no I/O: it has no runtime and no sockets, only the tokio-util codec traits.
 //!
 //! # Layout
-//! - [`ids`]: [`ServerId`] and [`UserId`], validated identifiers.
+//! - [`ids`]: [`ServerId`], [`UserId`] and [`GroupId`], validated identifiers.
 //! - [`frame`]: [`FrameKind`], the routing header ([`Route`]), owned [`Frame`]s and [`RawFrame`]s.
 //! - [`control`]: [`Control`] messages and their bincode encoding.
 //! - [`digest`]: [`UserDigest`], the size and hash of a user set that both ends compare.
@@ -31,8 +31,8 @@ pub use codec::Codec;
 pub use control::{Challenge, Control, ErrorCode, Hello, HubStatus, ServerEpoch, Welcome};
 pub use digest::UserDigest;
 pub use error::ProtocolError;
-pub use frame::{Ack, Data, DataKind, Frame, FrameKind, RawFrame, Route, SeqRange};
-pub use ids::{ServerId, UserId, UserIdError};
+pub use frame::{Ack, Data, DataKind, EVERYONE, Frame, FrameKind, RawFrame, Route, SeqRange};
+pub use ids::{GroupId, ServerId, UserId, UserIdError};
 
 /// Version of this protocol; a peer speaking another version is refused during the handshake.
 pub const PROTOCOL_VERSION: u16 = 2;

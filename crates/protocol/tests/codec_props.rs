@@ -1,9 +1,9 @@
 //! Property tests of the frame codec: round trips, arbitrary split points, hostile input and limits.
 
 use acms_protocol::{
-    Ack, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, Hello, HubStatus,
-    LENGTH_PREFIX_LEN, MAX_FRAME_LEN_CEILING, Nonce, Proof, ProtocolError, Prover, RawFrame,
-    Secret, SeqRange, ServerEpoch, ServerId, UserDigest, UserId, Welcome,
+    Ack, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, GroupId, Hello,
+    HubStatus, LENGTH_PREFIX_LEN, MAX_FRAME_LEN_CEILING, Nonce, Proof, ProtocolError, Prover,
+    RawFrame, Secret, SeqRange, ServerEpoch, ServerId, UserDigest, UserId, Welcome,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use proptest::collection::vec;
@@ -133,7 +133,17 @@ fn control_with(
         (users.clone(), proptest::option::of(any::<u32>()))
             .prop_map(|(user, server)| Control::Presence { user, server: server.map(ServerId) }),
         (users, text(max_text)).prop_map(|(user, reason)| Control::Kick { user, reason }),
+        vec(group_id(), 0..max_users).prop_map(|groups| Control::Join { groups }),
+        vec(group_id(), 0..max_users).prop_map(|groups| Control::Leave { groups }),
+        (any::<u64>(), vec(any::<u32>().prop_map(ServerId), 0..max_users))
+            .prop_map(|(seq, servers)| Control::Copies { seq, servers }),
+        any::<u32>().prop_map(|id| Control::ServerDown { server: ServerId(id) }),
     ]
+}
+
+/// Group ids: the rules of user ids, short ones.
+fn group_id() -> BoxedStrategy<GroupId> {
+    short_user_id().prop_map(|name| GroupId::new(name.as_str()).unwrap()).boxed()
 }
 
 fn server_epoch() -> impl Strategy<Value = ServerEpoch> {
@@ -158,7 +168,26 @@ fn proof() -> impl Strategy<Value = Proof> {
 }
 
 fn data_kind() -> impl Strategy<Value = DataKind> {
-    prop_oneof![Just(DataKind::Unicast), Just(DataKind::Undeliverable)]
+    prop_oneof![
+        4 => Just(DataKind::Unicast),
+        2 => Just(DataKind::Undeliverable),
+        1 => Just(DataKind::Group),
+        1 => Just(DataKind::GroupExceptSender),
+        1 => Just(DataKind::Broadcast),
+        1 => Just(DataKind::BroadcastExceptSender),
+        1 => Just(DataKind::Server),
+    ]
+}
+
+/// The recipient field a kind requires: `*` for a broadcast, a server id or `*` for a server
+/// message (by the parity of `seq`), any name otherwise.
+fn recipient_for(kind: DataKind, seq: u64, name: UserId) -> UserId {
+    match kind {
+        DataKind::Broadcast | DataKind::BroadcastExceptSender => UserId::new("*").unwrap(),
+        DataKind::Server if seq % 2 == 0 => UserId::new("*").unwrap(),
+        DataKind::Server => UserId::new(&(seq % 1000).to_string()).unwrap(),
+        _ => name,
+    }
 }
 
 fn payload(max: usize) -> impl Strategy<Value = Bytes> {
@@ -175,7 +204,7 @@ fn data_with(users: BoxedStrategy<UserId>, max_payload: usize) -> impl Strategy<
             kind,
             seq,
             origin: ServerId(origin),
-            recipient,
+            recipient: recipient_for(kind, seq, recipient),
             sender,
             payload,
         },
@@ -294,10 +323,14 @@ fn variant_index(control: &Control) -> usize {
         Control::Unwatch { .. } => 22,
         Control::Presence { .. } => 23,
         Control::Kick { .. } => 24,
+        Control::Join { .. } => 25,
+        Control::Leave { .. } => 26,
+        Control::Copies { .. } => 27,
+        Control::ServerDown { .. } => 28,
     }
 }
 
-const CONTROL_VARIANTS: usize = 25;
+const CONTROL_VARIANTS: usize = 29;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -503,11 +536,13 @@ fn frame_strategy_covers_every_variant() {
     let mut controls = [false; CONTROL_VARIANTS];
     let (mut unicast, mut undeliverable, mut multibyte, mut longest) = (false, false, false, false);
     let mut acks = false;
+    let mut kinds = std::collections::HashSet::new();
     for _ in 0..2000 {
         match strategy.new_tree(&mut runner).unwrap().current() {
             Frame::Control(control) => controls[variant_index(&control)] = true,
             Frame::Ack(_) => acks = true,
             Frame::Data(data) => {
+                kinds.insert(data.kind as u8);
                 unicast |= data.kind == DataKind::Unicast;
                 undeliverable |= data.kind == DataKind::Undeliverable;
                 for name in [&data.recipient, &data.sender] {
@@ -519,6 +554,7 @@ fn frame_strategy_covers_every_variant() {
     }
     assert_eq!(controls, [true; CONTROL_VARIANTS], "control variants seen");
     assert!(unicast && undeliverable && multibyte && longest && acks);
+    assert_eq!(kinds.len(), 7, "every data kind seen: {kinds:?}");
 }
 
 #[test]
@@ -654,6 +690,52 @@ fn documented_examples() {
         hex(&kick.to_bytes(1024).unwrap()),
         "00 00 00 0c 00 18 03 62 6f 62 05 6d 6f 76 65 64"
     );
+    // Groups, broadcast and server messages.
+    let group = Frame::Data(Data {
+        kind: DataKind::Group,
+        seq: 2,
+        origin: ServerId(7),
+        recipient: user("room"),
+        sender: user("al"),
+        payload: Bytes::from_static(b"hi"),
+    });
+    assert_eq!(
+        hex(&group.to_bytes(1024).unwrap()),
+        "00 00 00 17 04 00 00 00 00 00 00 00 02 00 00 00 07 04 72 6f 6f 6d 02 61 6c 68 69"
+    );
+    let join = Frame::Control(Control::Join { groups: vec![GroupId::new("room").unwrap()] });
+    assert_eq!(hex(&join.to_bytes(1024).unwrap()), "00 00 00 08 00 19 01 04 72 6f 6f 6d");
+    let copies =
+        Frame::Control(Control::Copies { seq: 2, servers: vec![ServerId(8), ServerId(9)] });
+    assert_eq!(hex(&copies.to_bytes(1024).unwrap()), "00 00 00 06 00 1b 02 02 08 09");
+    let down = Frame::Control(Control::ServerDown { server: ServerId(9) });
+    assert_eq!(hex(&down.to_bytes(1024).unwrap()), "00 00 00 03 00 1c 09");
+}
+
+/// A broadcast names `*` and a server message a server id or `*`; anything else is refused.
+#[test]
+fn fan_out_kinds_check_their_recipient() {
+    let frame = |kind, recipient: &str| {
+        let data = Data {
+            kind,
+            seq: 1,
+            origin: ServerId(7),
+            recipient: UserId::new(recipient).unwrap(),
+            sender: UserId::new("al").unwrap(),
+            payload: Bytes::new(),
+        };
+        Frame::Data(data).to_bytes(1024).map(|bytes| RawFrame::from_bytes(bytes).unwrap())
+    };
+    assert!(frame(DataKind::Broadcast, "*").unwrap().route().is_ok());
+    let wrong = frame(DataKind::BroadcastExceptSender, "bob").unwrap();
+    assert!(matches!(wrong.route(), Err(ProtocolError::Recipient(_))));
+    let server = frame(DataKind::Server, "12").unwrap();
+    assert_eq!(server.route().unwrap().target_server(), Some(ServerId(12)));
+    assert_eq!(frame(DataKind::Server, "*").unwrap().route().unwrap().target_server(), None);
+    let wrong = frame(DataKind::Server, "twelve").unwrap();
+    assert!(matches!(wrong.route(), Err(ProtocolError::Recipient(_))));
+    let group = frame(DataKind::GroupExceptSender, "room").unwrap();
+    assert!(group.route().unwrap().kind.excludes_sender());
 }
 
 /// `route` names the first thing wrong: an unknown kind, then a control frame, then a short header.

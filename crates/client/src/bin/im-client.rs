@@ -1,11 +1,14 @@
 //! `im-client`: chat through the example IM server from a terminal or a pipe.
 //!
-//! Reads commands from stdin, one per line: `@user text` sends text to user; `/who user` tells
-//! whether user is online and on which server; `/quit` leaves (so does the end of stdin). Every
-//! received message is printed on stdout as `sender: text`; status and errors go to stderr, so
-//! stdout can be piped to another program. With `--friends a,b`, a line `online: a (server 1)` or
-//! `offline: a` tells each friend's state at the start and whenever it changes. A client whose
-//! user logs in elsewhere (and is kicked by the hub's `replace` policy) prints why and exits.
+//! Reads commands from stdin, one per line: `@user text` sends text to user; `/all text` to every
+//! online user but you; `/join ROOM` and `/leave ROOM` join and leave a group, `#ROOM text` sends
+//! to its members; `/who user` tells whether user is online and on which server; `/quit` leaves
+//! (so does the end of stdin). Every received message is printed on stdout: `sender: text`,
+//! `#ROOM sender: text` for a group, `* sender: text` for a message to all. Status and errors go
+//! to stderr, so stdout can be piped to another program. With `--friends a,b`, a line
+//! `online: a (server 1)` or `offline: a` tells each friend's state at the start and whenever it
+//! changes. A client whose user logs in elsewhere (and is kicked by the hub's `replace` policy)
+//! prints why and exits.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -44,7 +47,7 @@ async fn chat(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot log in to {} as {}", args.server, args.user))?;
     eprintln!(
-        "logged in as {} on server {} ({}); type `@user text` to send, `/quit` to leave",
+        "logged in as {} on server {} ({}); type `@user text` to send, `/quit` to leave, `/help` for more",
         args.user,
         client.server(),
         args.server
@@ -59,14 +62,7 @@ async fn chat(args: Args) -> anyhow::Result<()> {
             line = stdin.next_line() => match line?.as_deref().map(str::trim) {
                 None | Some("/quit") => break,
                 Some("") => {}
-                Some(command) if command.starts_with("/who") => match command.split_whitespace().collect::<Vec<_>>()[..] {
-                    ["/who", user] => client.who(user).await?,
-                    _ => eprintln!("usage: `/who user` tells whether user is online and where"),
-                },
-                Some(command) => match command.strip_prefix('@').and_then(|rest| rest.split_once(' ')) {
-                    Some((to, text)) if !to.is_empty() => client.send(to, text).await?,
-                    _ => eprintln!("usage: `@user text` sends text to user, `/who user` finds user, `/quit` leaves"),
-                },
+                Some(command) => run(&mut client, command).await?,
             },
             line = client.recv() => match line {
                 Ok(Some(ServerLine::Kicked { reason })) => {
@@ -87,6 +83,28 @@ async fn chat(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+const USAGE: &str = "`@user text` sends text to user, `/all text` to everyone online, `/join ROOM` \
+                     and `/leave ROOM` join and leave a group, `#ROOM text` sends to its members, \
+                     `/who user` finds user, `/quit` leaves";
+
+/// Runs one command typed by the user.
+async fn run(client: &mut ImClient, command: &str) -> anyhow::Result<()> {
+    let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
+    let rest = rest.trim();
+    match verb {
+        "/all" if !rest.is_empty() => client.broadcast(rest).await?,
+        "/join" if !rest.is_empty() && !rest.contains(' ') => client.join(rest).await?,
+        "/leave" if !rest.is_empty() && !rest.contains(' ') => client.leave(rest).await?,
+        "/who" if !rest.is_empty() && !rest.contains(' ') => client.who(rest).await?,
+        _ => match verb.split_at_checked(1) {
+            Some(("@", to)) if !to.is_empty() => client.send(to, rest).await?,
+            Some(("#", group)) if !group.is_empty() => client.send_to_group(group, rest).await?,
+            _ => eprintln!("usage: {USAGE}"),
+        },
+    }
+    Ok(())
+}
+
 /// Prints one line from the server: messages on stdout, the rest on stderr.
 fn show(line: &ServerLine) -> anyhow::Result<()> {
     match line {
@@ -98,6 +116,18 @@ fn show(line: &ServerLine) -> anyhow::Result<()> {
         ServerLine::Undeliverable { to, text } => {
             eprintln!("not delivered to {to} (offline): {text}")
         }
+        ServerLine::Group { group, from, text } => {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "#{group} {from}: {text}")?;
+            stdout.flush()?;
+        }
+        ServerLine::Broadcast { from, text } => {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "* {from}: {text}")?;
+            stdout.flush()?;
+        }
+        ServerLine::Joined { group } => eprintln!("joined #{group}"),
+        ServerLine::Left { group } => eprintln!("left #{group}"),
         ServerLine::Error { reason } => eprintln!("error: {reason}"),
         ServerLine::Located { user, server: Some(server) } => {
             eprintln!("{user} is online on server {server}")
