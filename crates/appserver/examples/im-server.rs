@@ -1,9 +1,10 @@
 //! `im-server`: a small IM server that embeds the ACMS `Cluster` handle, the example to copy.
 //!
-//! Clients speak the line protocol of `acms-client` (`LOGIN`, `SEND`, `QUIT`). Each client gets a
-//! task and a bounded queue of lines to write; one task takes the cluster's events and puts each
-//! message in its recipient's queue. Whether the recipient is here or on another server is the
-//! cluster's business, not this file's.
+//! Clients speak the line protocol of `acms-client` (`LOGIN`, `SEND`, `FILE`, `QUIT`). Each
+//! client gets a task and a bounded queue of lines to write; one task takes the cluster's events
+//! and puts each message in its recipient's queue. Whether the recipient is here or on another
+//! server is the cluster's business, not this file's. File transfers are relayed unread, as
+//! tagged payloads (`acms_client::transfer`); their flow control is end to end between clients.
 //!
 //! The shared secret comes from `ACMS_SECRET` (or `secret` in the config file); TLS to the hub
 //! from `--tls-ca` and its companions.
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use acms_appserver::{ClientTls, Cluster, Event, Secret, ServerId, UserId};
-use acms_client::{ClientLine, MAX_LINE_LEN, ServerLine};
+use acms_client::{ClientLine, MAX_LINE_LEN, ServerLine, transfer};
 use anyhow::Context;
 use clap::Parser;
 use dashmap::DashMap;
@@ -213,12 +214,21 @@ fn load_tls(tls: &TlsConfig, acms: &str) -> anyhow::Result<ClientTls> {
 async fn route_events(mut events: acms_appserver::Events, sessions: Sessions) {
     while let Some(event) = events.recv().await {
         let (user, line) = match event {
-            Event::Message { from, to, payload } => {
-                (to, ServerLine::Message { from: from.to_string(), text: text(&payload) })
-            }
-            Event::Undeliverable { from, to, payload } => {
-                (from, ServerLine::Undeliverable { to: to.to_string(), text: text(&payload) })
-            }
+            Event::Message { from, to, payload } => match transfer::from_payload(&payload) {
+                None => (to, ServerLine::Message { from: from.to_string(), text: text(&payload) }),
+                Some(Ok(body)) => (to, ServerLine::File { from: from.to_string(), body: body.into() }),
+                Some(Err(_)) => {
+                    warn!(%from, %to, "file-transfer payload is not UTF-8; dropped");
+                    continue;
+                }
+            },
+            Event::Undeliverable { from, to, payload } => match transfer::from_payload(&payload) {
+                None => (from, ServerLine::Undeliverable { to: to.to_string(), text: text(&payload) }),
+                Some(body) => {
+                    let body = body.unwrap_or_default().into();
+                    (from, ServerLine::FileUndeliverable { to: to.to_string(), body })
+                }
+            },
             _ => continue,
         };
         let Some(session) = sessions.get(&user).map(|session| session.clone()) else {
@@ -314,6 +324,11 @@ async fn chat(
             line = lines.next() => match ClientLine::parse(&line.context("client left")??) {
                 Ok(ClientLine::Send { to, text }) => match UserId::new(&to) {
                     Ok(to) => { cluster.send_to_user(user, &to, text.into()).await?; }
+                    Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+                },
+                // Relayed unread: the transfer is the two clients' business (acms_client::transfer).
+                Ok(ClientLine::File { to, body }) => match UserId::new(&to) {
+                    Ok(to) => { cluster.send_to_user(user, &to, transfer::payload(&body)).await?; }
                     Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
                 },
                 Ok(ClientLine::Quit) => return Ok(()),

@@ -12,13 +12,18 @@
 //! | server → client | `MSG <from> <text>` | a message arrived |
 //! | server → client | `UNDELIVERABLE <to> <text>` | a message could not be delivered |
 //! | server → client | `ERR <reason>` | a request failed, or the server is closing this client |
+//! | client → server | `FILE <user> <message>` | a file-transfer message for a user, relayed unread |
+//! | server → client | `FILE <from> <message>` | a file-transfer message from a user |
+//! | server → client | `FILE-UNDELIVERABLE <to> <message>` | a file-transfer message came back: offline |
 //!
 //! # Layout
 //! - [`line`]: [`ClientLine`] and [`ServerLine`], parsing and formatting.
 //! - [`client`]: [`ImClient`], connect, log in, send, receive.
+//! - [`transfer`]: file transfer between two clients: messages, flow control, files on disk.
 
 pub mod client;
 pub mod line;
+pub mod transfer;
 
 pub use client::{ClientError, ImClient};
 pub use line::{ClientLine, LineError, ServerLine};

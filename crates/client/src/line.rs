@@ -19,6 +19,13 @@ pub enum ClientLine {
     },
     /// Leave.
     Quit,
+    /// A file-transfer message for `to`, relayed unread by the server (see [`crate::transfer`]).
+    File {
+        /// The peer of the transfer.
+        to: String,
+        /// The transfer message, as [`crate::transfer::FileMessage`] formats it.
+        body: String,
+    },
 }
 
 /// A line the IM server sends to a client.
@@ -48,6 +55,20 @@ pub enum ServerLine {
         /// Why, for the user.
         reason: String,
     },
+    /// A file-transfer message from `from` (see [`crate::transfer`]).
+    File {
+        /// The peer of the transfer.
+        from: String,
+        /// The transfer message, as the peer's client formatted it.
+        body: String,
+    },
+    /// A file-transfer message this client sent could not be delivered: `to` is offline.
+    FileUndeliverable {
+        /// Whom it was for.
+        to: String,
+        /// The transfer message.
+        body: String,
+    },
 }
 
 /// A line that is not part of the protocol.
@@ -58,7 +79,7 @@ pub struct LineError {
     reason: &'static str,
 }
 
-fn bad(line: &str, reason: &'static str) -> LineError {
+pub(crate) fn bad(line: &str, reason: &'static str) -> LineError {
     LineError { line: line.chars().take(80).collect(), reason }
 }
 
@@ -81,7 +102,11 @@ impl ClientLine {
                 (to, text) => Ok(Self::Send { to: to.to_owned(), text: text.to_owned() }),
             },
             "QUIT" => Ok(Self::Quit),
-            _ => Err(bad(line, "expected LOGIN, SEND or QUIT")),
+            "FILE" => match word(rest) {
+                ("", _) | (_, "") => Err(bad(line, "FILE takes a user and a transfer message")),
+                (to, body) => Ok(Self::File { to: to.to_owned(), body: body.to_owned() }),
+            },
+            _ => Err(bad(line, "expected LOGIN, SEND, QUIT or FILE")),
         }
     }
 }
@@ -92,6 +117,7 @@ impl fmt::Display for ClientLine {
             Self::Login { user } => write!(f, "LOGIN {user}"),
             Self::Send { to, text } => write!(f, "SEND {to} {text}"),
             Self::Quit => f.write_str("QUIT"),
+            Self::File { to, body } => write!(f, "FILE {to} {body}"),
         }
     }
 }
@@ -114,7 +140,17 @@ impl ServerLine {
                 (to, text) => Ok(Self::Undeliverable { to: to.to_owned(), text: text.to_owned() }),
             },
             "ERR" => Ok(Self::Error { reason: rest.to_owned() }),
-            _ => Err(bad(line, "expected OK, MSG, UNDELIVERABLE or ERR")),
+            "FILE" => match word(rest) {
+                ("", _) | (_, "") => Err(bad(line, "FILE takes a sender and a transfer message")),
+                (from, body) => Ok(Self::File { from: from.to_owned(), body: body.to_owned() }),
+            },
+            "FILE-UNDELIVERABLE" => match word(rest) {
+                ("", _) | (_, "") => {
+                    Err(bad(line, "FILE-UNDELIVERABLE takes a recipient and a transfer message"))
+                }
+                (to, body) => Ok(Self::FileUndeliverable { to: to.to_owned(), body: body.to_owned() }),
+            },
+            _ => Err(bad(line, "expected OK, MSG, UNDELIVERABLE, ERR, FILE or FILE-UNDELIVERABLE")),
         }
     }
 }
@@ -126,6 +162,8 @@ impl fmt::Display for ServerLine {
             Self::Message { from, text } => write!(f, "MSG {from} {text}"),
             Self::Undeliverable { to, text } => write!(f, "UNDELIVERABLE {to} {text}"),
             Self::Error { reason } => write!(f, "ERR {reason}"),
+            Self::File { from, body } => write!(f, "FILE {from} {body}"),
+            Self::FileUndeliverable { to, body } => write!(f, "FILE-UNDELIVERABLE {to} {body}"),
         }
     }
 }
@@ -141,6 +179,7 @@ mod tests {
             ClientLine::Send { to: "bob".into(), text: "hello there".into() },
             ClientLine::Send { to: "bob".into(), text: String::new() },
             ClientLine::Quit,
+            ClientLine::File { to: "bob".into(), body: "ack 7 3".into() },
         ];
         for line in client {
             assert_eq!(ClientLine::parse(&line.to_string()), Ok(line));
@@ -150,6 +189,8 @@ mod tests {
             ServerLine::Message { from: "alice".into(), text: "hi  you".into() },
             ServerLine::Undeliverable { to: "carol".into(), text: "x".into() },
             ServerLine::Error { reason: "no such user".into() },
+            ServerLine::File { from: "alice".into(), body: "offer 7 10 a b.txt".into() },
+            ServerLine::FileUndeliverable { to: "bob".into(), body: "chunk 7 0 AAEC".into() },
         ];
         for line in server {
             assert_eq!(ServerLine::parse(&line.to_string()), Ok(line));
@@ -158,10 +199,10 @@ mod tests {
 
     #[test]
     fn bad_lines_are_refused() {
-        for line in ["", "HELLO", "LOGIN", "LOGIN two words", "SEND", "SEND  text"] {
+        for line in ["", "HELLO", "LOGIN", "LOGIN two words", "SEND", "SEND  text", "FILE bob", "FILE  x"] {
             assert!(ClientLine::parse(line).is_err(), "{line:?}");
         }
-        for line in ["", "OK x", "MSG", "NOPE 1"] {
+        for line in ["", "OK x", "MSG", "NOPE 1", "FILE alice", "FILE-UNDELIVERABLE"] {
             assert!(ServerLine::parse(line).is_err(), "{line:?}");
         }
     }

@@ -1,16 +1,23 @@
 //! `im-client`: chat through the example IM server from a terminal or a pipe.
 //!
-//! Reads commands from stdin, one per line: `@user text` sends text to user; `/quit` leaves (so
-//! does the end of stdin). Every received message is printed on stdout as `sender: text`; status
-//! and errors go to stderr, so stdout can be piped to another program.
+//! Reads commands from stdin, one per line: `@user text` sends text to user; `/file user path`
+//! sends a file; `/quit` leaves, cancelling transfers (the end of stdin leaves too, once the
+//! files being sent are through). Every received message is printed on stdout as
+//! `sender: text`; status, progress and errors go to stderr, so stdout can be piped to another
+//! program. Files received go to `--download-dir`.
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use acms_client::transfer::Transfers;
 use acms_client::{ClientError, ImClient, ServerLine};
 use anyhow::Context;
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+const USAGE: &str = "usage: `@user text` sends text to user, `/file user path` sends a file, `/quit` leaves";
 
 /// Interactive client of the example IM server.
 #[derive(Debug, Parser)]
@@ -22,6 +29,12 @@ struct Args {
     /// Your user name (no spaces).
     #[arg(long)]
     user: String,
+    /// Where files sent to you are written; an existing file is never replaced.
+    #[arg(long, default_value = ".")]
+    download_dir: PathBuf,
+    /// How long a file transfer waits for its peer before it fails (e.g. `15s`, `500ms`).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    file_timeout: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,27 +56,65 @@ async fn chat(args: Args) -> anyhow::Result<()> {
         client.server(),
         args.server
     );
+    let (mut transfers, mut outbox) = Transfers::new(args.download_dir, args.file_timeout);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    loop {
+    let mut reading = true;
+    // Leaves at `/quit`, or at the end of stdin once the files being sent are through.
+    while reading || transfers.sending() > 0 {
         tokio::select! {
-            line = stdin.next_line() => match line?.as_deref().map(str::trim) {
-                None | Some("/quit") => break,
+            line = stdin.next_line(), if reading => match line?.as_deref().map(str::trim) {
+                None => reading = false,
+                Some("/quit") => break,
                 Some("") => {}
-                Some(command) => match command.strip_prefix('@').and_then(|rest| rest.split_once(' ')) {
-                    Some((to, text)) if !to.is_empty() => client.send(to, text).await?,
-                    _ => eprintln!("usage: `@user text` sends text to user, `/quit` leaves"),
-                },
+                Some(command) => {
+                    if let Some(rest) = command.strip_prefix("/file ") {
+                        match rest.trim().split_once(' ') {
+                            Some((to, path)) if !to.is_empty() && !path.trim().is_empty() => {
+                                let path = PathBuf::from(path.trim());
+                                transfers.progress().suspend(|| {
+                                    eprintln!("sending {} to {to}", path.display())
+                                });
+                                transfers.send_file(to, path);
+                            }
+                            _ => eprintln!("{USAGE}"),
+                        }
+                    } else {
+                        match command.strip_prefix('@').and_then(|rest| rest.split_once(' ')) {
+                            Some((to, text)) if !to.is_empty() => client.send(to, text).await?,
+                            _ => eprintln!("{USAGE}"),
+                        }
+                    }
+                }
             },
             line = client.recv() => match line {
-                Ok(Some(line)) => show(&line)?,
+                Ok(Some(ServerLine::File { from, body })) => {
+                    if let Err(err) = transfers.handle(&from, &body) {
+                        transfers.progress().suspend(|| eprintln!("from {from}: {err}"));
+                    }
+                }
+                Ok(Some(ServerLine::FileUndeliverable { to, body })) => {
+                    if let Err(err) = transfers.handle_undeliverable(&to, &body) {
+                        transfers.progress().suspend(|| eprintln!("for {to}: {err}"));
+                    }
+                }
+                Ok(Some(line)) => transfers.progress().suspend(|| show(&line))?,
                 Ok(None) => {
+                    transfers.shutdown("connection closed").await;
                     eprintln!("server closed the connection");
                     return Ok(());
                 }
                 Err(err @ ClientError::Line(_)) => eprintln!("{err}"),
                 Err(err) => return Err(err.into()),
             },
+            Some((to, message)) = outbox.recv() => client.send_file(&to, &message.to_string()).await?,
+            Some(finished) = transfers.next_finished(), if transfers.running() > 0 => {
+                transfers.progress().suspend(|| eprintln!("{finished}"));
+            }
         }
+    }
+    let reason = format!("{} left", args.user);
+    for (to, message) in transfers.shutdown(&reason).await {
+        client.send_file(&to, &message.to_string()).await?;
     }
     client.quit().await?;
     Ok(())
@@ -81,7 +132,7 @@ fn show(line: &ServerLine) -> anyhow::Result<()> {
             eprintln!("not delivered to {to} (offline): {text}")
         }
         ServerLine::Error { reason } => eprintln!("error: {reason}"),
-        ServerLine::Ok { .. } => {}
+        ServerLine::Ok { .. } | ServerLine::File { .. } | ServerLine::FileUndeliverable { .. } => {}
     }
     Ok(())
 }
