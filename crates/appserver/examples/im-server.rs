@@ -216,14 +216,18 @@ async fn route_events(mut events: acms_appserver::Events, sessions: Sessions) {
         let (user, line) = match event {
             Event::Message { from, to, payload } => match transfer::from_payload(&payload) {
                 None => (to, ServerLine::Message { from: from.to_string(), text: text(&payload) }),
-                Some(Ok(body)) => (to, ServerLine::File { from: from.to_string(), body: body.into() }),
+                Some(Ok(body)) => {
+                    (to, ServerLine::File { from: from.to_string(), body: body.into() })
+                }
                 Some(Err(_)) => {
                     warn!(%from, %to, "file-transfer payload is not UTF-8; dropped");
                     continue;
                 }
             },
             Event::Undeliverable { from, to, payload } => match transfer::from_payload(&payload) {
-                None => (from, ServerLine::Undeliverable { to: to.to_string(), text: text(&payload) }),
+                None => {
+                    (from, ServerLine::Undeliverable { to: to.to_string(), text: text(&payload) })
+                }
                 Some(body) => {
                     let body = body.unwrap_or_default().into();
                     (from, ServerLine::FileUndeliverable { to: to.to_string(), body })

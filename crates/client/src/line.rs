@@ -148,7 +148,9 @@ impl ServerLine {
                 ("", _) | (_, "") => {
                     Err(bad(line, "FILE-UNDELIVERABLE takes a recipient and a transfer message"))
                 }
-                (to, body) => Ok(Self::FileUndeliverable { to: to.to_owned(), body: body.to_owned() }),
+                (to, body) => {
+                    Ok(Self::FileUndeliverable { to: to.to_owned(), body: body.to_owned() })
+                }
             },
             _ => Err(bad(line, "expected OK, MSG, UNDELIVERABLE, ERR, FILE or FILE-UNDELIVERABLE")),
         }
@@ -199,7 +201,9 @@ mod tests {
 
     #[test]
     fn bad_lines_are_refused() {
-        for line in ["", "HELLO", "LOGIN", "LOGIN two words", "SEND", "SEND  text", "FILE bob", "FILE  x"] {
+        for line in
+            ["", "HELLO", "LOGIN", "LOGIN two words", "SEND", "SEND  text", "FILE bob", "FILE  x"]
+        {
             assert!(ClientLine::parse(line).is_err(), "{line:?}");
         }
         for line in ["", "OK x", "MSG", "NOPE 1", "FILE alice", "FILE-UNDELIVERABLE"] {

@@ -273,7 +273,7 @@ impl TransferError {
     }
 
     /// Whether the peer already knows (it ended the transfer, or cannot be reached).
-    fn from_peer(&self) -> bool {
+    fn peer_knows(&self) -> bool {
         matches!(self, Self::Offline(_) | Self::Aborted { .. })
     }
 }
@@ -413,8 +413,7 @@ impl Transfers {
         self.tasks.spawn(async move {
             let result = peer.run(send(&peer, &path, &name, rx, &bar)).await;
             bar.finish_and_clear();
-            let finished =
-                Finished { direction: Direction::Send, peer: peer.name, name, result };
+            let finished = Finished { direction: Direction::Send, peer: peer.name, name, result };
             (key, finished)
         });
     }
@@ -430,7 +429,7 @@ impl Transfers {
         );
         match message {
             FileMessage::Offer { id, size, name } => match self.receiving.entry(key.clone()) {
-                Entry::Occupied(_) => self.reply(from, id, "duplicate transfer id"),
+                Entry::Occupied(_) => Self::reply(&self.out, from, id, "duplicate transfer id"),
                 Entry::Vacant(slot) => {
                     let (tx, rx) = mpsc::channel(WINDOW as usize + 4);
                     slot.insert(tx);
@@ -447,20 +446,21 @@ impl Transfers {
             }
             message => {
                 let map = if to_sender { &mut self.sending } else { &mut self.receiving };
-                match map.get(&key) {
-                    Some(task) => {
-                        if task.try_send(Reply::Message(message)).is_err() {
-                            // Full: the peer ignored the window. Dropping the task's inbox
-                            // ends it with an error.
-                            map.remove(&key);
-                        }
-                    }
+                let overrun = match map.get(&key) {
+                    Some(task) => task.try_send(Reply::Message(message)).is_err(),
                     // Finished or never started here: tell the peer so it stops at once,
                     // unless this was the last word of a transfer that just ended.
-                    None if !matches!(message, FileMessage::Done { .. }) => {
-                        self.reply(from, key.1, "no such transfer")
+                    None => {
+                        if !matches!(message, FileMessage::Done { .. }) {
+                            Self::reply(&self.out, from, key.1, "no such transfer");
+                        }
+                        false
                     }
-                    None => {}
+                };
+                if overrun {
+                    // The peer ignored the window. Dropping the task's inbox ends it with an
+                    // error.
+                    map.remove(&key);
                 }
             }
         }
@@ -525,9 +525,11 @@ impl Transfers {
         });
     }
 
-    fn reply(&self, to: &str, id: u64, reason: &str) {
+    /// Turns a peer's message away; apart from `self` so it can be called while a map of
+    /// transfers is borrowed.
+    fn reply(out: &mpsc::Sender<(String, FileMessage)>, to: &str, id: u64, reason: &str) {
         // Best effort: a full outbox means the connection is busy with live transfers.
-        let _ = self.out.try_send((to.to_owned(), FileMessage::Abort { id, reason: reason.into() }));
+        let _ = out.try_send((to.to_owned(), FileMessage::Abort { id, reason: reason.into() }));
     }
 
     fn bar(&self, message: String) -> ProgressBar {
@@ -559,7 +561,9 @@ impl Peer {
     /// the peer end the transfer here.
     async fn next(&self, inbox: &mut mpsc::Receiver<Reply>) -> Result<FileMessage, TransferError> {
         match tokio::time::timeout(self.timeout, inbox.recv()).await {
-            Err(_) => Err(TransferError::Stalled { peer: self.name.clone(), timeout: self.timeout }),
+            Err(_) => {
+                Err(TransferError::Stalled { peer: self.name.clone(), timeout: self.timeout })
+            }
             // The connection dropped this transfer's inbox: it overflowed.
             Ok(None) => Err(TransferError::Overrun(self.name.clone())),
             Ok(Some(reply)) => self.classify(reply),
@@ -583,7 +587,7 @@ impl Peer {
     ) -> Result<Summary, TransferError> {
         let result = transfer.await;
         if let Err(err) = &result {
-            if !err.from_peer() {
+            if !err.peer_knows() {
                 self.send(FileMessage::Abort { id: self.id, reason: err.to_string() }).await;
             }
         }
@@ -606,7 +610,8 @@ async fn send(
     bar: &ProgressBar,
 ) -> Result<Summary, TransferError> {
     let shown = path.display();
-    let mut file = File::open(path).await.map_err(TransferError::io(format!("cannot open {shown}")))?;
+    let mut file =
+        File::open(path).await.map_err(TransferError::io(format!("cannot open {shown}")))?;
     let meta = file.metadata().await.map_err(TransferError::io(format!("cannot stat {shown}")))?;
     if !meta.is_file() {
         return Err(TransferError::Io {
@@ -704,11 +709,7 @@ async fn receive(
     let id = peer.id;
     let (part, mut file) = PartFile::create(dir, name).await?;
     progress.suspend(|| {
-        eprintln!(
-            "receiving {name} ({size} bytes) from {} into {}",
-            peer.name,
-            part.path.display()
-        )
+        eprintln!("receiving {name} ({size} bytes) from {} into {}", peer.name, part.path.display())
     });
     peer.send(FileMessage::Accept { id }).await;
     let mut hasher = Sha256::new();

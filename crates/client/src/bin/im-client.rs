@@ -17,7 +17,8 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const USAGE: &str = "usage: `@user text` sends text to user, `/file user path` sends a file, `/quit` leaves";
+const USAGE: &str =
+    "usage: `@user text` sends text to user, `/file user path` sends a file, `/quit` leaves";
 
 /// Interactive client of the example IM server.
 #[derive(Debug, Parser)]
