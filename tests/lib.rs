@@ -1,6 +1,8 @@
 //! Helpers for the cross-crate tests: a hub on an ephemeral port that stops when dropped, app
 //! servers built on the `Cluster` handle, and waits on events with generous deadlines.
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

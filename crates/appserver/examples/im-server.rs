@@ -1,10 +1,11 @@
 //! `im-server`: a small IM server that embeds the ACMS `Cluster` handle, the example to copy.
 //!
 //! Clients speak the line protocol of `acms-client` (`LOGIN`, `SEND`, `ALL`, `JOIN`, `LEAVE`,
-//! `GROUP`, `WHO`, `WATCH`, `QUIT`). Each client gets a task and a bounded queue of lines to write;
-//! one task takes the cluster's events and puts each message, presence change or kick in its
-//! recipients' queues. Whether the recipients are here or on other servers, and who is in which
-//! group, is the cluster's business, not this file's.
+//! `GROUP`, `WHO`, `WATCH`, `FILE`, `QUIT`). Each client gets a task and a bounded queue of lines
+//! to write; one task takes the cluster's events and puts each message, presence change or kick in
+//! its recipients' queues. Whether the recipients are here or on other servers, and who is in which
+//! group, is the cluster's business, not this file's. File transfers are relayed unread, as tagged
+//! payloads (`acms_client::transfer`); their flow control is end to end between clients.
 //!
 //! The shared secret comes from `ACMS_SECRET` (or `secret` in the config file); TLS to the hub
 //! from `--tls-ca` and its companions.
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use acms_appserver::{ClientTls, Cluster, Event, GroupId, Secret, ServerId, UserId};
-use acms_client::{ClientLine, MAX_LINE_LEN, ServerLine};
+use acms_client::{ClientLine, MAX_LINE_LEN, ServerLine, transfer};
 use anyhow::Context;
 use clap::Parser;
 use dashmap::DashMap;
@@ -229,12 +230,28 @@ async fn route_events(mut events: acms_appserver::Events, sessions: Sessions, fr
                 continue;
             }
             Event::Kicked { user, reason } => (vec![user], ServerLine::Kicked { reason }),
-            Event::Message { from, to, payload } => {
-                (vec![to], ServerLine::Message { from: from.to_string(), text: text(&payload) })
-            }
-            Event::Undeliverable { from, to, payload } => {
-                (vec![from], ServerLine::Undeliverable { to: to.to_string(), text: text(&payload) })
-            }
+            Event::Message { from, to, payload } => match transfer::from_payload(&payload) {
+                None => {
+                    (vec![to], ServerLine::Message { from: from.to_string(), text: text(&payload) })
+                }
+                Some(Ok(body)) => {
+                    (vec![to], ServerLine::File { from: from.to_string(), body: body.into() })
+                }
+                Some(Err(_)) => {
+                    warn!(%from, %to, "file-transfer payload is not UTF-8; dropped");
+                    continue;
+                }
+            },
+            Event::Undeliverable { from, to, payload } => match transfer::from_payload(&payload) {
+                None => (
+                    vec![from],
+                    ServerLine::Undeliverable { to: to.to_string(), text: text(&payload) },
+                ),
+                Some(body) => {
+                    let body = body.unwrap_or_default().into();
+                    (vec![from], ServerLine::FileUndeliverable { to: to.to_string(), body })
+                }
+            },
             Event::GroupMessage { group, from, to, payload } => {
                 let (group, from) = (group.to_string(), from.to_string());
                 (to, ServerLine::Group { group, from, text: text(&payload) })
@@ -401,6 +418,11 @@ async fn chat(
                 },
                 Ok(ClientLine::Join { group }) => lines.send(membership(cluster, user, &group, true).await?.to_string()).await?,
                 Ok(ClientLine::Leave { group }) => lines.send(membership(cluster, user, &group, false).await?.to_string()).await?,
+                // Relayed unread: the transfer is the two clients' business (acms_client::transfer).
+                Ok(ClientLine::File { to, body }) => match UserId::new(&to) {
+                    Ok(to) => { cluster.send_to_user(user, &to, transfer::payload(&body)).await?; }
+                    Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+                },
                 Ok(ClientLine::Quit) => return Ok(()),
                 Ok(ClientLine::Login { .. }) => lines.send(ServerLine::Error { reason: "already logged in".into() }.to_string()).await?,
                 Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,

@@ -101,6 +101,13 @@ impl ImClient {
         Ok(())
     }
 
+    /// Sends file-transfer message `body` to `to` (see [`crate::transfer`]).
+    pub async fn send_file(&mut self, to: &str, body: &str) -> Result<(), ClientError> {
+        // As `ClientLine::File` formats it, without copying a chunk's body into one first.
+        self.lines.send(format!("FILE {to} {body}")).await?;
+        Ok(())
+    }
+
     /// Says goodbye and waits for the server to close the connection.
     pub async fn quit(mut self) -> Result<(), ClientError> {
         self.lines.send(ClientLine::Quit.to_string()).await?;

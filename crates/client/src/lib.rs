@@ -17,13 +17,18 @@
 //! | server → client | `LOCATED <user> <server-id>\|offline` | the answer to `WHO` |
 //! | server → client | `PRESENCE <user> <server-id>\|offline` | a watched user's state, now and on each change |
 //! | server → client | `KICKED <reason>` | the user logged in elsewhere; the server closes this client |
+//! | client → server | `FILE <user> <message>` | a file-transfer message for a user, relayed unread |
+//! | server → client | `FILE <from> <message>` | a file-transfer message from a user |
+//! | server → client | `FILE-UNDELIVERABLE <to> <message>` | a file-transfer message came back: offline |
 //!
 //! # Layout
 //! - [`line`]: [`ClientLine`] and [`ServerLine`], parsing and formatting.
 //! - [`client`]: [`ImClient`], connect, log in, send, receive.
+//! - [`transfer`]: file transfer between two clients: messages, flow control, files on disk.
 
 pub mod client;
 pub mod line;
+pub mod transfer;
 
 pub use client::{ClientError, ImClient};
 pub use line::{ClientLine, LineError, ServerLine};

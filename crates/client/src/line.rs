@@ -53,6 +53,13 @@ pub enum ClientLine {
         /// The message.
         text: String,
     },
+    /// A file-transfer message for `to`, relayed unread by the server (see [`crate::transfer`]).
+    File {
+        /// The peer of the transfer.
+        to: String,
+        /// The transfer message, as [`crate::transfer::FileMessage`] formats it.
+        body: String,
+    },
 }
 
 /// A line the IM server sends to a client.
@@ -127,6 +134,20 @@ pub enum ServerLine {
         /// The group.
         group: String,
     },
+    /// A file-transfer message from `from` (see [`crate::transfer`]).
+    File {
+        /// The peer of the transfer.
+        from: String,
+        /// The transfer message, as the peer's client formatted it.
+        body: String,
+    },
+    /// A file-transfer message this client sent could not be delivered: `to` is offline.
+    FileUndeliverable {
+        /// Whom it was for.
+        to: String,
+        /// The transfer message.
+        body: String,
+    },
 }
 
 /// A line that is not part of the protocol.
@@ -137,7 +158,7 @@ pub struct LineError {
     reason: &'static str,
 }
 
-fn bad(line: &str, reason: &'static str) -> LineError {
+pub(crate) fn bad(line: &str, reason: &'static str) -> LineError {
     LineError { line: line.chars().take(80).collect(), reason }
 }
 
@@ -178,9 +199,14 @@ impl ClientLine {
                 ("", _) => Err(bad(line, "GROUP takes a group and a text")),
                 (group, text) => Ok(Self::Group { group: group.to_owned(), text: text.to_owned() }),
             },
-            _ => {
-                Err(bad(line, "expected LOGIN, SEND, ALL, JOIN, LEAVE, GROUP, WHO, WATCH or QUIT"))
-            }
+            "FILE" => match word(rest) {
+                ("", _) | (_, "") => Err(bad(line, "FILE takes a user and a transfer message")),
+                (to, body) => Ok(Self::File { to: to.to_owned(), body: body.to_owned() }),
+            },
+            _ => Err(bad(
+                line,
+                "expected LOGIN, SEND, ALL, JOIN, LEAVE, GROUP, WHO, WATCH, FILE or QUIT",
+            )),
         }
     }
 }
@@ -197,6 +223,7 @@ impl fmt::Display for ClientLine {
             Self::Join { group } => write!(f, "JOIN {group}"),
             Self::Leave { group } => write!(f, "LEAVE {group}"),
             Self::Group { group, text } => write!(f, "GROUP {group} {text}"),
+            Self::File { to, body } => write!(f, "FILE {to} {body}"),
         }
     }
 }
@@ -240,9 +267,22 @@ impl ServerLine {
             },
             "JOINED" if !rest.is_empty() => Ok(Self::Joined { group: rest.to_owned() }),
             "LEFT" if !rest.is_empty() => Ok(Self::Left { group: rest.to_owned() }),
+            "FILE" => match word(rest) {
+                ("", _) | (_, "") => Err(bad(line, "FILE takes a sender and a transfer message")),
+                (from, body) => Ok(Self::File { from: from.to_owned(), body: body.to_owned() }),
+            },
+            "FILE-UNDELIVERABLE" => match word(rest) {
+                ("", _) | (_, "") => {
+                    Err(bad(line, "FILE-UNDELIVERABLE takes a recipient and a transfer message"))
+                }
+                (to, body) => {
+                    Ok(Self::FileUndeliverable { to: to.to_owned(), body: body.to_owned() })
+                }
+            },
             _ => Err(bad(
                 line,
-                "expected OK, MSG, GMSG, BCAST, JOINED, LEFT, UNDELIVERABLE, ERR, LOCATED, PRESENCE or KICKED",
+                "expected OK, MSG, GMSG, BCAST, JOINED, LEFT, UNDELIVERABLE, ERR, LOCATED, PRESENCE, \
+                 KICKED, FILE or FILE-UNDELIVERABLE",
             )),
         }
     }
@@ -262,6 +302,8 @@ impl fmt::Display for ServerLine {
             Self::Broadcast { from, text } => write!(f, "BCAST {from} {text}"),
             Self::Joined { group } => write!(f, "JOINED {group}"),
             Self::Left { group } => write!(f, "LEFT {group}"),
+            Self::File { from, body } => write!(f, "FILE {from} {body}"),
+            Self::FileUndeliverable { to, body } => write!(f, "FILE-UNDELIVERABLE {to} {body}"),
         }
     }
 }
@@ -310,6 +352,7 @@ mod tests {
             ClientLine::Join { group: "room".into() },
             ClientLine::Leave { group: "room".into() },
             ClientLine::Group { group: "room".into(), text: "hi room".into() },
+            ClientLine::File { to: "bob".into(), body: "ack 7 3".into() },
         ];
         for line in client {
             assert_eq!(ClientLine::parse(&line.to_string()), Ok(line));
@@ -328,6 +371,8 @@ mod tests {
             ServerLine::Broadcast { from: "al".into(), text: "hi all".into() },
             ServerLine::Joined { group: "room".into() },
             ServerLine::Left { group: "room".into() },
+            ServerLine::File { from: "alice".into(), body: "offer 7 10 a b.txt".into() },
+            ServerLine::FileUndeliverable { to: "bob".into(), body: "chunk 7 0 AAEC".into() },
         ];
         for line in server {
             assert_eq!(ServerLine::parse(&line.to_string()), Ok(line));
@@ -350,6 +395,8 @@ mod tests {
             "JOIN",
             "JOIN a b",
             "GROUP",
+            "FILE bob",
+            "FILE  x",
         ] {
             assert!(ClientLine::parse(line).is_err(), "{line:?}");
         }
@@ -364,6 +411,8 @@ mod tests {
             "GMSG room",
             "BCAST",
             "JOINED",
+            "FILE alice",
+            "FILE-UNDELIVERABLE",
         ] {
             assert!(ServerLine::parse(line).is_err(), "{line:?}");
         }

@@ -2,17 +2,21 @@
 //!
 //! Reads commands from stdin, one per line: `@user text` sends text to user; `/all text` to every
 //! online user but you; `/join ROOM` and `/leave ROOM` join and leave a group, `#ROOM text` sends
-//! to its members; `/who user` tells whether user is online and on which server; `/quit` leaves
-//! (so does the end of stdin). Every received message is printed on stdout: `sender: text`,
-//! `#ROOM sender: text` for a group, `* sender: text` for a message to all. Status and errors go
-//! to stderr, so stdout can be piped to another program. With `--friends a,b`, a line
-//! `online: a (server 1)` or `offline: a` tells each friend's state at the start and whenever it
-//! changes. A client whose user logs in elsewhere (and is kicked by the hub's `replace` policy)
-//! prints why and exits.
+//! to its members; `/who user` tells whether user is online and on which server; `/file user
+//! path` sends a file; `/quit` leaves, cancelling transfers (the end of stdin leaves too, once the
+//! files being sent are through). Every received message is printed on stdout: `sender: text`,
+//! `#ROOM sender: text` for a group, `* sender: text` for a message to all. Status, progress and
+//! errors go to stderr, so stdout can be piped to another program. Files received go to
+//! `--download-dir`. With `--friends a,b`, a line `online: a (server 1)` or `offline: a` tells
+//! each friend's state at the start and whenever it changes. A client whose user logs in
+//! elsewhere (and is kicked by the hub's `replace` policy) prints why and exits.
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use acms_client::transfer::Transfers;
 use acms_client::{ClientError, ImClient, ServerLine};
 use anyhow::Context;
 use clap::Parser;
@@ -31,6 +35,12 @@ struct Args {
     /// Users to hear about when they come online or go offline, separated by commas.
     #[arg(long, value_delimiter = ',')]
     friends: Vec<String>,
+    /// Where files sent to you are written; an existing file is never replaced.
+    #[arg(long, default_value = ".")]
+    download_dir: PathBuf,
+    /// How long a file transfer waits for its peer before it fails (e.g. `15s`, `500ms`).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    file_timeout: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,28 +66,66 @@ async fn chat(args: Args) -> anyhow::Result<()> {
     if !friends.is_empty() {
         client.watch(&friends).await?;
     }
+    let (mut transfers, mut outbox) = Transfers::new(args.download_dir, args.file_timeout);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    loop {
+    let mut reading = true;
+    // Leaves at `/quit`, or at the end of stdin once the files being sent are through.
+    while reading || transfers.sending() > 0 {
         tokio::select! {
-            line = stdin.next_line() => match line?.as_deref().map(str::trim) {
-                None | Some("/quit") => break,
+            line = stdin.next_line(), if reading => match line?.as_deref().map(str::trim) {
+                None => reading = false,
+                Some("/quit") => break,
                 Some("") => {}
-                Some(command) => run(&mut client, command).await?,
+                Some(command) => {
+                    if let Some(rest) = command.strip_prefix("/file ") {
+                        match rest.trim().split_once(' ') {
+                            Some((to, path)) if !to.is_empty() && !path.trim().is_empty() => {
+                                let path = PathBuf::from(path.trim());
+                                transfers.progress().suspend(|| {
+                                    eprintln!("sending {} to {to}", path.display())
+                                });
+                                transfers.send_file(to, path);
+                            }
+                            _ => eprintln!("usage: {USAGE}"),
+                        }
+                    } else {
+                        run(&mut client, command).await?;
+                    }
+                }
             },
             line = client.recv() => match line {
                 Ok(Some(ServerLine::Kicked { reason })) => {
-                    eprintln!("kicked: {reason}");
+                    transfers.progress().suspend(|| eprintln!("kicked: {reason}"));
                     return Ok(());
                 }
-                Ok(Some(line)) => show(&line)?,
+                Ok(Some(ServerLine::File { from, body })) => {
+                    if let Err(err) = transfers.handle(&from, &body) {
+                        transfers.progress().suspend(|| eprintln!("from {from}: {err}"));
+                    }
+                }
+                Ok(Some(ServerLine::FileUndeliverable { to, body })) => {
+                    if let Err(err) = transfers.handle_undeliverable(&to, &body) {
+                        transfers.progress().suspend(|| eprintln!("for {to}: {err}"));
+                    }
+                }
+                Ok(Some(line)) => transfers.progress().suspend(|| show(&line))?,
                 Ok(None) => {
+                    transfers.shutdown("connection closed").await;
                     eprintln!("server closed the connection");
                     return Ok(());
                 }
                 Err(err @ ClientError::Line(_)) => eprintln!("{err}"),
                 Err(err) => return Err(err.into()),
             },
+            Some((to, message)) = outbox.recv() => client.send_file(&to, &message.to_string()).await?,
+            Some(finished) = transfers.next_finished(), if transfers.running() > 0 => {
+                transfers.progress().suspend(|| eprintln!("{finished}"));
+            }
         }
+    }
+    let reason = format!("{} left", args.user);
+    for (to, message) in transfers.shutdown(&reason).await {
+        client.send_file(&to, &message.to_string()).await?;
     }
     client.quit().await?;
     Ok(())
@@ -85,7 +133,7 @@ async fn chat(args: Args) -> anyhow::Result<()> {
 
 const USAGE: &str = "`@user text` sends text to user, `/all text` to everyone online, `/join ROOM` \
                      and `/leave ROOM` join and leave a group, `#ROOM text` sends to its members, \
-                     `/who user` finds user, `/quit` leaves";
+                     `/who user` finds user, `/file user path` sends a file, `/quit` leaves";
 
 /// Runs one command typed by the user.
 async fn run(client: &mut ImClient, command: &str) -> anyhow::Result<()> {
@@ -137,7 +185,10 @@ fn show(line: &ServerLine) -> anyhow::Result<()> {
             eprintln!("online: {user} (server {server})")
         }
         ServerLine::Presence { user, server: None } => eprintln!("offline: {user}"),
-        ServerLine::Ok { .. } | ServerLine::Kicked { .. } => {}
+        ServerLine::Ok { .. }
+        | ServerLine::Kicked { .. }
+        | ServerLine::File { .. }
+        | ServerLine::FileUndeliverable { .. } => {}
     }
     Ok(())
 }

@@ -1,0 +1,264 @@
+//! Real programs as child processes: start them, feed their stdin, wait for lines of their
+//! output with a deadline, and kill them when the test ends.
+//!
+//! The programs are not built by the tests: `cargo build --workspace --bins --examples` first
+//! (`scripts/test.sh` does).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout, timeout_at};
+
+/// How long any wait lasts before the test fails: programs start and answer in milliseconds, but
+/// a loaded CI machine may be slow to start a process.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The path of a program of the workspace, relative to `target/<profile>`.
+///
+/// The test executable is `target/<profile>/deps/processes-HASH`, so the programs are in its
+/// grandparent directory.
+pub fn program(relative: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in target/<profile>/deps");
+    let path = dir.join(relative);
+    if !path.is_file() {
+        panic!(
+            "{} is missing: build the programs first: cargo build --workspace --bins --examples",
+            path.display()
+        );
+    }
+    path
+}
+
+/// The lines of one output stream of a child, read by a background task so that the pipe never
+/// fills up, whether or not the test is waiting on it.
+pub struct Lines {
+    name: String,
+    rx: mpsc::UnboundedReceiver<String>,
+    /// Every line received so far, shown when a wait fails.
+    seen: Vec<String>,
+}
+
+impl Lines {
+    /// Starts reading `stream`, labelled `name` in the test output.
+    pub fn read(name: String, stream: impl AsyncRead + Unpin + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let label = name.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                // Captured by the test harness, shown when the test fails.
+                eprintln!("[{label}] {line}");
+                // Keep draining even if nobody listens any more.
+                let _ = tx.send(line);
+            }
+        });
+        Self { name, rx, seen: Vec::new() }
+    }
+
+    /// Waits for the next line that `matches` and returns it; lines before it are skipped.
+    pub async fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(line)) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Ok(None) => {
+                    panic!("{} closed before {what}; it said:\n{}", self.name, self.seen.join("\n"))
+                }
+                Err(_) => panic!(
+                    "no {what} on {} within {PATIENCE:?}; it said:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The next line, whatever it is.
+    pub async fn next(&mut self, what: &str) -> String {
+        self.wait_for(what, |_| true).await
+    }
+
+    /// Every line until the stream closes (the child exited), including those already seen.
+    pub async fn until_closed(&mut self) -> &[String] {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(line)) => self.seen.push(line),
+                Ok(None) => return &self.seen,
+                Err(_) => panic!("{} still open after {PATIENCE:?}", self.name),
+            }
+        }
+    }
+}
+
+/// A running program with its stdin held open and its output read line by line. Killed when
+/// dropped, so a failed test leaves no process behind.
+pub struct Proc {
+    name: String,
+    child: Child,
+    stdin: ChildStdin,
+    /// What the program writes on stdout.
+    pub stdout: Lines,
+    /// What the program writes on stderr.
+    pub stderr: Lines,
+}
+
+impl Proc {
+    /// Starts `program` with `args`, without `ACMS_SECRET`.
+    pub fn start(name: &str, program: &Path, args: &[&str]) -> Self {
+        Self::start_with_secret(name, program, args, None)
+    }
+
+    /// Starts a program with `ACMS_SECRET` set to `secret`, or unset.
+    pub fn start_with_secret(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        secret: Option<&str>,
+    ) -> Self {
+        let mut command = Command::new(program);
+        match secret {
+            Some(secret) => command.env("ACMS_SECRET", secret),
+            None => command.env_remove("ACMS_SECRET"),
+        };
+        let mut child = command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", program.display()));
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout =
+            Lines::read(format!("{name} stdout"), child.stdout.take().expect("piped stdout"));
+        let stderr =
+            Lines::read(format!("{name} stderr"), child.stderr.take().expect("piped stderr"));
+        Self { name: name.to_owned(), child, stdin, stdout, stderr }
+    }
+
+    /// Writes one line to the program's stdin.
+    pub async fn say(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap_or_else(|err| panic!("cannot write to {}: {err}", self.name));
+        self.stdin.flush().await.expect("flush stdin");
+    }
+
+    /// Sends SIGTERM.
+    pub async fn terminate(&self) {
+        let pid = self.child.id().unwrap_or_else(|| panic!("{} already exited", self.name));
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} ({}) failed", self.name);
+    }
+
+    /// Waits until the program exits.
+    pub async fn exit_status(&mut self) -> ExitStatus {
+        timeout(PATIENCE, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} still running after {PATIENCE:?}; it said:\n{}",
+                    self.name,
+                    self.stderr.seen.join("\n")
+                )
+            })
+            .expect("wait for child")
+    }
+
+    /// Waits until the program exits, asserts it exited with status 0, and returns everything it
+    /// wrote on stderr.
+    pub async fn exits_cleanly(&mut self) -> Vec<String> {
+        let status = self.exit_status().await;
+        let stderr = self.stderr.until_closed().await.to_vec();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} exited with {status}; it said:\n{}",
+            self.name,
+            stderr.join("\n")
+        );
+        stderr
+    }
+}
+
+/// The address following `key=` in a log line (`transfer=127.0.0.1:41234 ...`).
+pub fn field_addr(line: &str, key: &str) -> SocketAddr {
+    let needle = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(&needle))
+        .and_then(|value| value.trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("no address after `{needle}` in {line:?}"))
+}
+
+/// Checks a daemon's log after a clean stop: the signal was handled, it said it stopped, and
+/// nothing went wrong on the way.
+pub fn assert_stopped_cleanly(name: &str, log: &[String]) {
+    let said = |text: &str| log.iter().any(|line| line.contains(text));
+    assert!(
+        said("signal received; shutting down"),
+        "{name} did not log the signal; it said:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        log.last().is_some_and(|line| line.trim_end().ends_with("stopped")),
+        "{name} did not log `stopped` last; it said:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        !said(" ERROR ") && !said("panicked"),
+        "{name} logged an error; it said:\n{}",
+        log.join("\n")
+    );
+}
+
+impl Proc {
+    /// The name the program was started under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The process id, while the program runs.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_else(|| panic!("{} already exited", self.name))
+    }
+
+    /// Kills the program with SIGKILL, as a crash would end it, and waits until it is gone.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap_or_else(|err| panic!("cannot kill {}: {err}", self.name));
+    }
+
+    /// The peak resident memory of the program so far (`VmHWM` of /proc/PID/status), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|err| panic!("cannot read the status of {} ({pid}): {err}", self.name));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or_else(|| panic!("no VmHWM in the status of {} ({pid})", self.name))
+    }
+}
