@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +15,7 @@ use std::time::Duration;
 
 use acms_appserver::{Cluster, Event, Events, LinkState, Outgoing, ServerId};
 use acms_protocol::{Codec, Control, Frame, HubStatus};
+use acms_tests::process::program;
 use acms_tests::{PATIENCE, user, wait_link};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -28,15 +28,6 @@ use tokio_util::codec::Decoder;
 
 /// App servers in every scenario.
 const SERVERS: u32 = 3;
-
-/// The `acms` program, next to the test executable's directory (`target/<profile>/deps/..`).
-fn acms_program() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
-    let path = dir.join("acms");
-    assert!(path.is_file(), "{} is missing: cargo build --workspace --bins", path.display());
-    path
-}
 
 /// A free port on 127.0.0.1. The hubs of a cluster must know each other's addresses before
 /// they start, and a restarted hub must come back on its own, so the port is chosen first.
@@ -56,7 +47,7 @@ impl HubProc {
     /// Starts `acms` on `addr` with the cluster `peers`, and waits until it listens.
     async fn start(name: &str, addr: SocketAddr, peers: &[SocketAddr]) -> Self {
         let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
-        let mut child = Command::new(acms_program())
+        let mut child = Command::new(program("acms"))
             .args(["--transfer", &addr.to_string(), "--peers", &peers.join(",")])
             .env("RUST_LOG", "info")
             .env_remove("ACMS_SECRET")

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use acms::HubConfig;
 use acms_appserver::{Event, Events, GroupId, LinkState, Outcome, ServerId};
+use acms_tests::stream::start_doomed_hub;
 use acms_tests::{PATIENCE, TestHub, TestServer, builder, eventually, user, wait_link};
 use bytes::Bytes;
 
@@ -270,20 +271,6 @@ async fn expect_group_stream(events: &mut Events, count: u32, members: &BTreeSet
     }
     let extra = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
     assert!(extra.is_err(), "duplicate after the stream: {extra:?}");
-}
-
-/// A hub on a runtime of its own, killed by the test without any goodbye.
-fn start_doomed_hub(addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    runtime.spawn(async move {
-        let hub = TestHub::start_with(HubConfig::default(), addr).await;
-        tx.send(hub.addr).unwrap();
-        std::future::pending::<()>().await;
-        drop(hub);
-    });
-    let addr = rx.recv_timeout(PATIENCE).expect("hub started");
-    (runtime, addr)
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! servers built on the `Cluster` handle, and waits on events with generous deadlines.
 
 pub mod process;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::time::Duration;

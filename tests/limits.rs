@@ -6,13 +6,15 @@
 //! started with a config file that sets its limits, on port 0. The app servers are the real
 //! library in this process. Memory is the hub's resident set, read from `/proc/PID/status`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use acms_appserver::{Cluster, Event, Events, LinkState, ServerId};
+use acms_appserver::{Cluster, Event, LinkState, ServerId};
+use acms_tests::process::program;
+use acms_tests::stream::{expect_stream, number, numbered};
 use acms_tests::{PATIENCE, TestServer, builder, next_frame, user, wait_link};
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -32,15 +34,6 @@ const PAIR_COUNT: u32 = 15_000;
 const SLOW_COUNT: u32 = 10_000;
 /// Messages sent every 10 ms by each paced sender.
 const PER_TICK: u32 = 50;
-
-/// The path of a program of the workspace: the test executable is in `target/<profile>/deps`.
-fn program(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let dir = exe.parent().and_then(Path::parent).expect("in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(path.is_file(), "{} is missing: cargo build --workspace --bins", path.display());
-    path
-}
 
 /// The hub process, killed when dropped; its log lines arrive on `lines` (and are echoed, so a
 /// failing test shows them).
@@ -119,40 +112,6 @@ fn transfer_addr(line: &str) -> String {
         .find_map(|token| token.strip_prefix("transfer="))
         .map(|value| value.trim_matches('"').to_owned())
         .unwrap_or_else(|| panic!("no transfer address in {line:?}"))
-}
-
-fn numbered(seq: u32, size: usize) -> Bytes {
-    let mut text = seq.to_string().into_bytes();
-    text.resize(size.max(text.len()), b' ');
-    Bytes::from(text)
-}
-
-fn number(payload: &[u8]) -> u32 {
-    std::str::from_utf8(payload).unwrap().trim_end().parse().unwrap()
-}
-
-/// Receives messages `0..count` from `from`, asserting each arrives once and in order, and that
-/// nothing trails them.
-async fn expect_stream(events: &mut Events, from: &str, count: u32) {
-    let mut next = 0;
-    while next < count {
-        let batch = tokio::time::timeout(PATIENCE * 3, events.recv_batch())
-            .await
-            .unwrap_or_else(|_| panic!("stalled after {next} of {count} messages from {from}"))
-            .expect("events open");
-        for event in batch {
-            match event {
-                Event::Message { from: sender, payload, .. } if sender.as_str() == from => {
-                    let got = number(&payload);
-                    assert_eq!(got, next, "message {got} from {from} arrived where {next} was due");
-                    next += 1;
-                }
-                other => panic!("unexpected event {other:?}"),
-            }
-        }
-    }
-    let extra = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
-    assert!(extra.is_err(), "unexpected event after the stream from {from}: {extra:?}");
 }
 
 /// Sends messages `0..count` from `from` to `to`, `PER_TICK` every 10 ms.

@@ -2,63 +2,13 @@
 //! hub that dies mid-stream and a receiver that is cut off and comes back; receipts and the
 //! retransmit buffer's bound.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use acms::HubConfig;
-use acms_appserver::{Cluster, Event, Events, LinkState, Outcome, ServerId};
+use acms_appserver::{Cluster, Event, LinkState, Outcome, ServerId};
+use acms_tests::stream::{expect_stream, number, numbered, start_doomed_hub};
 use acms_tests::{PATIENCE, TestHub, TestServer, eventually, user, wait_link};
 use bytes::Bytes;
-
-/// Messages of one stream: "seq" as text, padded to `size` bytes.
-fn numbered(seq: u32, size: usize) -> Bytes {
-    let mut text = seq.to_string().into_bytes();
-    text.resize(size.max(text.len()), b' ');
-    Bytes::from(text)
-}
-
-fn number(payload: &[u8]) -> u32 {
-    std::str::from_utf8(payload).unwrap().trim_end().parse().unwrap()
-}
-
-/// Receives until message `count - 1`, asserting each arrives once and in order.
-async fn expect_stream(events: &mut Events, count: u32) {
-    let mut next = 0;
-    while next < count {
-        let batch = tokio::time::timeout(PATIENCE * 3, events.recv_batch())
-            .await
-            .unwrap_or_else(|_| panic!("stalled after {next} of {count} messages"))
-            .expect("events open");
-        for event in batch {
-            match event {
-                Event::Message { payload, .. } => {
-                    let got = number(&payload);
-                    assert_eq!(got, next, "message {got} arrived where {next} was due");
-                    next += 1;
-                }
-                other => panic!("unexpected event {other:?}"),
-            }
-        }
-    }
-    // Nothing more: no duplicate trails the stream.
-    let extra = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
-    assert!(extra.is_err(), "unexpected event after the stream: {extra:?}");
-}
-
-/// A hub on a runtime of its own, so the test can kill it without any goodbye: its sockets
-/// close as a killed process's would, and whatever it had queued is lost.
-fn start_doomed_hub(addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    runtime.spawn(async move {
-        let hub = TestHub::start_with(HubConfig::default(), addr).await;
-        tx.send(hub.addr).unwrap();
-        std::future::pending::<()>().await;
-        drop(hub);
-    });
-    let addr = rx.recv_timeout(PATIENCE).expect("hub started");
-    (runtime, addr)
-}
 
 #[tokio::test]
 async fn nothing_is_lost_or_duplicated_when_the_hub_dies_mid_stream() {
@@ -136,7 +86,7 @@ async fn frames_held_for_a_user_not_yet_back_are_not_overtaken() {
     // Bob is back; the second half must not overtake the first, which comes again later.
     receiver.login(&["bob"]).await;
     send(HALF..2 * HALF).await;
-    expect_stream(&mut receiver.events, 2 * HALF).await;
+    expect_stream(&mut receiver.events, "alice", 2 * HALF).await;
 }
 
 #[tokio::test]
@@ -172,7 +122,7 @@ async fn a_receiver_cut_off_as_a_slow_consumer_gets_everything_when_it_returns()
     eventually("the receiver cut off as a slow consumer", || stats.stats().slow_consumers > 0)
         .await;
     // Now the app reads again: every message, once, in order.
-    expect_stream(&mut events, COUNT).await;
+    expect_stream(&mut events, "alice", COUNT).await;
     sending.await.unwrap();
     assert!(hub.hub.stats().held > 0 || hub.hub.stats().slow_consumers > 0);
 }
