@@ -312,3 +312,46 @@ async fn rooms_and_messages_to_all_across_two_servers() {
     assert_eq!(bob.stdout.until_closed().await, ["#room alice: hello room", "alice: done"]);
     assert_eq!(carol.stdout.until_closed().await, ["* bob: hi everyone"]);
 }
+
+/// A program whose log reader went away (its stderr pipe closed, as when piped into `head`) still
+/// stops on SIGTERM: the shutdown does not wait on a log line that can no longer be written.
+#[tokio::test]
+async fn programs_stop_on_sigterm_after_their_log_pipe_closed() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::process::Command;
+
+    async fn start_and_orphan_stderr(
+        program: &std::path::Path,
+        args: &[&str],
+    ) -> tokio::process::Child {
+        let mut child = Command::new(program)
+            .args(args)
+            .env_remove("ACMS_SECRET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the program");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let first = tokio::time::timeout(acms_tests::PATIENCE, stderr.next_line()).await;
+        assert!(matches!(first, Ok(Ok(Some(_)))), "no first log line: {first:?}");
+        // The reader goes away; every later log line meets a closed pipe.
+        drop(stderr);
+        child
+    }
+
+    let mut hub = start_and_orphan_stderr(&program("acms"), &["--transfer", "127.0.0.1:0"]).await;
+    let mut server = start_and_orphan_stderr(
+        &program("examples/im-server"),
+        &["--id", "0", "--listen", "127.0.0.1:0", "--acms", "127.0.0.1:1"],
+    )
+    .await;
+    for child in [&mut server, &mut hub] {
+        let pid = child.id().expect("still running").to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("run kill");
+        assert!(killed.success());
+        let exited = tokio::time::timeout(acms_tests::PATIENCE, child.wait()).await;
+        assert!(exited.is_ok(), "still running {:?} after SIGTERM", acms_tests::PATIENCE);
+    }
+}

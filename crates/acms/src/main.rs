@@ -147,8 +147,10 @@ fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        tracing::info!("signal received; shutting down");
+        // Cancelled before anything is logged: a log line to a closed stderr must not keep the
+        // process from stopping.
         token.cancel();
+        tracing::info!("signal received; shutting down");
     });
     Ok(shutdown)
 }

@@ -466,8 +466,10 @@ fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        info!("signal received; shutting down");
+        // Cancelled before anything is logged: a log line to a closed stderr must not keep the
+        // process from stopping.
         token.cancel();
+        info!("signal received; shutting down");
     });
     Ok(shutdown)
 }
