@@ -127,6 +127,9 @@ fn init_tracing(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr closed) is lost quietly: reporting it on
+        // stderr as well would panic the task that logged.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Plain => builder.init(),
@@ -147,10 +150,8 @@ fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        // Cancelled before anything is logged: a log line to a closed stderr must not keep the
-        // process from stopping.
-        token.cancel();
         tracing::info!("signal received; shutting down");
+        token.cancel();
     });
     Ok(shutdown)
 }

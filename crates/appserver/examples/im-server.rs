@@ -145,6 +145,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr closed) is lost quietly: reporting it on
+        // stderr as well would panic the task that logged.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
@@ -466,10 +469,8 @@ fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        // Cancelled before anything is logged: a log line to a closed stderr must not keep the
-        // process from stopping.
-        token.cancel();
         info!("signal received; shutting down");
+        token.cancel();
     });
     Ok(shutdown)
 }
