@@ -2,18 +2,28 @@
 //! users spread over them, through real sockets on 127.0.0.1. A server whose connection breaks
 //! is played by a raw protocol peer, so that the break is a real one, without a `Bye`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use acms::{HubConfig, LoginConflict};
-use acms_appserver::{Event, LinkState, Outcome, ServerId};
+use acms_appserver::{Event, Events, LinkState, Outcome, Route, ServerId};
 use acms_protocol::{Codec, Control, Frame, Hello, PROTOCOL_VERSION};
-use acms_tests::{PATIENCE, Peer, TestHub, TestServer, builder, eventually, next_frame, user};
+use acms_tests::{
+    PATIENCE, Peer, TestHub, TestServer, builder, eventually, next_frame, user, wait_link,
+};
+use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+/// A hub with policy `conflict` and a short settle window: under `multi` a unicast frame waits
+/// for the end of the window, as these hubs start fresh with nothing to resync.
 fn hub_config(conflict: LoginConflict) -> HubConfig {
-    HubConfig { login_conflict: conflict, ..HubConfig::default() }
+    HubConfig {
+        login_conflict: conflict,
+        settle: Duration::from_millis(100),
+        ..HubConfig::default()
+    }
 }
 
 async fn start_hub(config: HubConfig) -> TestHub {
@@ -179,7 +189,8 @@ async fn replace_kicks_the_older_session_and_messages_go_to_the_new_one() {
 }
 
 /// Policy `multi`: a user online on two servers gets a unicast on both, one copy relayed to
-/// each; when one session ends the other stays reachable, and nothing resyncs.
+/// each, and the receipt waits for both; when one session ends the other stays reachable, and
+/// nothing resyncs.
 #[tokio::test]
 async fn multi_reaches_every_session_and_a_logout_keeps_the_other() {
     let hub = start_hub(hub_config(LoginConflict::Multi)).await;
@@ -195,7 +206,7 @@ async fn multi_reaches_every_session_and_a_logout_keeps_the_other() {
     let receipt = s0.cluster.send_with_receipt(&alice, &user("bob"), "both".into()).await.unwrap();
     assert_eq!(s1.next_event().await, message("alice", "bob", "both"));
     assert_eq!(s2.next_event().await, message("alice", "bob", "both"));
-    assert_eq!(receipt.outcome(PATIENCE).await, Outcome::Delivered { sessions: 1 });
+    assert_eq!(receipt.outcome(PATIENCE).await, Outcome::Delivered { sessions: 2 });
     assert_eq!(hub.hub.stats().relayed_frames, relayed + 2, "one copy per server");
 
     s2.cluster.logout(&user("bob")).await.unwrap();
@@ -212,4 +223,166 @@ async fn multi_reaches_every_session_and_a_logout_keeps_the_other() {
     let checked = hub.hub.stats().digests;
     eventually("digests from every server", || hub.hub.stats().digests >= checked + 15).await;
     assert_eq!(hub.hub.stats().resyncs, 0);
+}
+
+/// The next event is `expected`, and nothing follows it within a moment: no copy came twice.
+async fn expect_last(server: &mut TestServer, expected: Event) {
+    assert_eq!(server.next_event().await, expected);
+    let extra = tokio::time::timeout(Duration::from_millis(300), server.events.recv()).await;
+    assert!(extra.is_err(), "unexpected event after {expected:?}: {extra:?}");
+}
+
+/// Bob on servers 0 and 1 (policy `multi`), alice on 0 and carol on 2; returns once both of
+/// bob's servers know that he is shared.
+async fn bob_on_two_servers(hub: &TestHub) -> [TestServer; 3] {
+    let servers = three_servers(hub).await;
+    servers[0].login(&["alice", "bob"]).await;
+    servers[1].login(&["bob", "bill"]).await;
+    servers[2].login(&["carol"]).await;
+    assert_eq!(hub.hub.registry().sessions("bob"), [ServerId(0), ServerId(1)]);
+    for server in &servers[..2] {
+        eventually("bob known as shared", || server.cluster.shared_users() == 1).await;
+    }
+    assert_eq!(servers[2].cluster.shared_users(), 0);
+    servers
+}
+
+/// Policy `multi`: a message from a server that holds one of the recipient's sessions reaches
+/// the others too, and one from a third server reaches both; each session gets each message
+/// once, and the receipt counts every session.
+#[tokio::test]
+async fn multi_delivers_to_every_session_once_from_a_sharing_server_and_from_another() {
+    let hub = start_hub(hub_config(LoginConflict::Multi)).await;
+    let [mut s0, mut s1, mut s2] = bob_on_two_servers(&hub).await;
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+
+    let receipt = s0.cluster.send_with_receipt(&alice, &bob, "from 0".into()).await.unwrap();
+    assert_eq!(receipt.outcome(PATIENCE).await, Outcome::Delivered { sessions: 2 });
+    assert_eq!(s0.next_event().await, message("alice", "bob", "from 0"));
+    assert_eq!(s1.next_event().await, message("alice", "bob", "from 0"));
+
+    let relayed = hub.hub.stats().relayed_frames;
+    let receipt = s2.cluster.send_with_receipt(&carol, &bob, "from 2".into()).await.unwrap();
+    assert_eq!(receipt.outcome(PATIENCE).await, Outcome::Delivered { sessions: 2 });
+    assert_eq!(hub.hub.stats().relayed_frames, relayed + 2, "one copy per server");
+    expect_last(&mut s0, message("carol", "bob", "from 2")).await;
+    expect_last(&mut s1, message("carol", "bob", "from 2")).await;
+
+    // A batch from the sharing server reaches both sessions too, once each.
+    let batch = [acms_appserver::Outgoing { from: alice, to: bob, payload: "batch".into() }];
+    let routes = s0.cluster.send_batch(batch).await.unwrap();
+    assert_eq!((routes.local, routes.hub), (1, 1));
+    expect_last(&mut s0, message("alice", "bob", "batch")).await;
+    expect_last(&mut s1, message("alice", "bob", "batch")).await;
+    let extra = tokio::time::timeout(Duration::from_millis(100), s2.events.recv()).await;
+    assert!(extra.is_err(), "nothing for server 2: {extra:?}");
+}
+
+/// Policy `multi`: once one of two sessions ends, the server with the other stops sending that
+/// user's messages through the hub (it is told), and nothing reaches the ended session.
+#[tokio::test]
+async fn multi_after_a_logout_messages_stay_where_the_last_session_is() {
+    let hub = start_hub(hub_config(LoginConflict::Multi)).await;
+    let [mut s0, mut s1, s2] = bob_on_two_servers(&hub).await;
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+
+    s1.cluster.logout(&bob).await.unwrap();
+    s1.cluster.flush().await.unwrap();
+    assert_eq!(hub.hub.registry().sessions("bob"), [ServerId(0)]);
+    eventually("server 0 told bob is no longer shared", || s0.cluster.shared_users() == 0).await;
+    assert_eq!(s1.cluster.shared_users(), 0, "nothing left for a user who logged out");
+
+    let relayed = hub.hub.stats().relayed_frames;
+    let route = s0.cluster.send_to_user(&alice, &bob, "local only".into()).await.unwrap();
+    assert_eq!(route, Route::Local);
+    let receipt = s2.cluster.send_with_receipt(&carol, &bob, "from 2".into()).await.unwrap();
+    assert_eq!(receipt.outcome(PATIENCE).await, Outcome::Delivered { sessions: 1 });
+    assert_eq!(hub.hub.stats().relayed_frames, relayed + 1, "nothing from server 0 crossed");
+    assert_eq!(s0.next_event().await, message("alice", "bob", "local only"));
+    expect_last(&mut s0, message("carol", "bob", "from 2")).await;
+    // Server 1 heard nothing for bob: the next thing it hears is a message for bill.
+    s2.cluster.send_to_user(&carol, &user("bill"), "bill".into()).await.unwrap();
+    expect_last(&mut s1, message("carol", "bill", "bill")).await;
+}
+
+/// A multi hub on a runtime of its own, killed by the test without any goodbye.
+fn start_doomed_hub(config: HubConfig, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let hub = TestHub::start_with(config, addr).await;
+        tx.send(hub.addr).unwrap();
+        std::future::pending::<()>().await;
+        drop(hub);
+    });
+    let addr = rx.recv_timeout(PATIENCE).expect("hub started");
+    (runtime, addr)
+}
+
+/// Receives messages numbered from `from` until `count - 1`, asserting each arrives once and in
+/// order, then that nothing follows.
+async fn expect_numbered(events: &mut Events, from: u32, count: u32, who: &str) {
+    let mut next = from;
+    while next < count {
+        let batch = tokio::time::timeout(PATIENCE * 3, events.recv_batch())
+            .await
+            .unwrap_or_else(|_| panic!("{who} stalled at {next} of {count}"))
+            .expect("events open");
+        for event in batch {
+            let Event::Message { payload, .. } = event else { panic!("{who}: {event:?}") };
+            let got: u32 = std::str::from_utf8(&payload).unwrap().parse().unwrap();
+            assert_eq!(got, next, "{who}: message {got} arrived where {next} was due");
+            next += 1;
+        }
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
+    assert!(extra.is_err(), "{who}: duplicate after the stream: {extra:?}");
+}
+
+/// Policy `multi`: a stream to a user with two sessions, from a third server, survives the hub
+/// dying mid-stream; each session gets every message exactly once, in order.
+#[tokio::test]
+async fn multi_sessions_get_every_message_once_when_the_hub_dies_mid_stream() {
+    const COUNT: u32 = 10_000;
+    let config = HubConfig { login_conflict: LoginConflict::Multi, ..HubConfig::default() };
+    let (doomed, addr) = start_doomed_hub(config.clone(), "127.0.0.1:0".parse().unwrap());
+    let start = |id| TestServer::start_with(builder(id, addr), LinkState::Connected);
+    // Server 1 stops reading the hub as soon as its app is behind: its acks wait, so the sender
+    // still holds much of the stream when the hub dies.
+    let slow = builder(1, addr).event_capacity(1);
+    let mut s0 = start(0).await;
+    let mut s1 = TestServer::start_with(slow, LinkState::Connected).await;
+    let sender = start(2).await;
+    s0.login(&["bob"]).await;
+    s1.login(&["bob"]).await;
+    sender.login(&["carol"]).await;
+
+    let cluster = sender.cluster.clone();
+    let sending = tokio::spawn(async move {
+        for seq in 0..COUNT {
+            let payload = Bytes::from(seq.to_string());
+            cluster.send_to_user(&user("carol"), &user("bob"), payload).await.unwrap();
+        }
+    });
+    let mut seen = 0;
+    while seen < COUNT / 4 {
+        let batch = tokio::time::timeout(PATIENCE * 3, s0.events.recv_batch()).await.unwrap();
+        for event in batch.unwrap() {
+            let Event::Message { payload, .. } = event else { panic!("{event:?}") };
+            assert_eq!(std::str::from_utf8(&payload).unwrap(), seen.to_string());
+            seen += 1;
+        }
+    }
+    doomed.shutdown_background();
+    wait_link(&s0.cluster, LinkState::Connecting).await;
+    let hub = TestHub::start_with(config, addr).await;
+
+    tokio::join!(
+        expect_numbered(&mut s0.events, seen, COUNT, "server 0"),
+        expect_numbered(&mut s1.events, 0, COUNT, "server 1"),
+    );
+    sending.await.unwrap();
+    let mut sessions = hub.hub.registry().sessions("bob");
+    sessions.sort();
+    assert_eq!(sessions, [ServerId(0), ServerId(1)]);
 }

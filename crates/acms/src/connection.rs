@@ -137,6 +137,9 @@ struct Connection {
     /// The groups named since registration, or since a `Resync`, until the snapshot is done:
     /// the AS's groups not among them are then gone.
     snapshot_groups: Option<HashSet<GroupId>>,
+    /// Policy `multi` and the settle window may still be open: unicast frames are held in it.
+    /// Cleared the first time the window is found closed, so later frames pay one test.
+    multi_settling: bool,
 }
 
 /// What a connection turned out to be once its handshake was done.
@@ -221,7 +224,6 @@ pub(crate) async fn serve(
         run: Run::default(),
         staged: Vec::new(),
         backed_up: Vec::new(),
-        shared,
         outbox,
         closer: shutdown.child_token(),
         shutdown,
@@ -237,6 +239,8 @@ pub(crate) async fn serve(
         holding_from: None,
         watching: HashSet::new(),
         snapshot_groups: None,
+        multi_settling: shared.registry.multi(),
+        shared,
     };
     let close = conn.run().await;
     // A peer that stopped reading would hold its writer for the whole grace period.
@@ -262,9 +266,9 @@ pub(crate) async fn serve(
 /// frames to it were held to send them again: they are now undeliverable.
 async fn expire_later(shared: Arc<Shared>, server: ServerId, departure: u64) {
     tokio::time::sleep(shared.config.reconnect_grace).await;
-    if let Some((held, changes)) = shared.registry.expire(server, departure) {
+    if let Some((held, left)) = shared.registry.expire(server, departure) {
         info!(%server, "app server did not come back in time; its users are offline");
-        presence::announce(&shared, changes);
+        presence::left(&shared, left);
         server_down(&shared, server);
         ask_to_resend(&shared, held);
     }
@@ -499,6 +503,18 @@ impl Connection {
                         Some(_) => self.holding_from = None,
                         None => {}
                     }
+                    // Policy `multi`, in the settle window: the user may have sessions on servers
+                    // that have not sent their snapshot yet, so the frame waits, like a group's.
+                    if self.multi_settling {
+                        if self.shared.registry.hold_unclaimed(server, seq) {
+                            self.end_run();
+                            self.holding_from = Some(seq);
+                            self.shared.stats.held(1);
+                            self.read_buf.advance(len);
+                            continue;
+                        }
+                        self.multi_settling = false;
+                    }
                     let target = match self.shared.registry.route(route.recipient) {
                         // Rare: a user online on several AS (policy `multi`).
                         Some(owner) if owner.multi => {
@@ -506,13 +522,21 @@ impl Connection {
                             if targets.len() > 1 {
                                 self.end_run();
                                 let frame = self.read_buf.split_to(len).freeze();
-                                self.stage_copies(frame, seq, &targets);
+                                self.stage_copies(frame, seq, targets)?;
                                 continue;
                             }
                             targets.first().copied()
                         }
                         owner => owner.map(|owner| owner.server),
                     };
+                    if target == Some(server) && self.shared.registry.multi() {
+                        // Policy `multi`: the origin sent a message for its own user through the
+                        // hub, thinking them shared; their only session is here now. It gets the
+                        // frame back (and does not deliver it twice) and learns they are not.
+                        if let Ok(user) = UserId::new(route.recipient) {
+                            presence::tell_shared(&self.shared, server, user, false);
+                        }
+                    }
                     if target.is_none() || target != self.run.target {
                         self.end_run();
                     }
@@ -571,14 +595,22 @@ impl Connection {
     }
 
     /// Stages one data frame for each of several AS, as the same bytes: the recipient has a
-    /// session on each (policy `multi`). The origin releases a frame on the first ack, so the
-    /// other copies are not sent again after a hub failure (docs/RELIABILITY.md, "Several
-    /// sessions"); telling the origin `Copies` here, as group fan-out does, so that it waits for
-    /// every ack, is what closes that gap.
-    fn stage_copies(&mut self, frame: Bytes, seq: u64, targets: &[ServerId]) {
-        for &target in targets {
+    /// session on each (policy `multi`). The origin is told `Copies`, as for group fan-out, on
+    /// its own queue before any copy is handed over, so it keeps the frame until every one of
+    /// those AS acknowledged it (docs/RELIABILITY.md, "Several sessions"). An origin with a
+    /// session of the user delivered it there itself: it gets no copy.
+    fn stage_copies(
+        &mut self,
+        frame: Bytes,
+        seq: u64,
+        mut targets: Vec<ServerId>,
+    ) -> Result<(), Close> {
+        let origin = self.server();
+        targets.retain(|&target| target != origin);
+        for &target in &targets {
             self.stage(target, frame.clone(), 1, Some(seq));
         }
+        self.send(Control::Copies { seq, servers: targets })
     }
 
     /// Forwards the group, broadcast or server frame of `len` bytes at the start of the unrouted
@@ -869,10 +901,11 @@ impl Connection {
                 | Control::Presence { .. }
                 | Control::Kick { .. }
                 | Control::Copies { .. }
-                | Control::ServerDown { .. } => Err(Close::refused(
+                | Control::ServerDown { .. }
+                | Control::Shared { .. } => Err(Close::refused(
                     ErrorCode::Malformed,
-                    "only the hub sends server announcements, resync requests, presence, kicks \
-                     and copy lists",
+                    "only the hub sends server announcements, resync requests, presence, kicks, \
+                     copy lists and shared sessions",
                 )),
             },
         }
@@ -951,7 +984,19 @@ impl Connection {
             };
             match placed {
                 Placed::Already => {}
-                Placed::Online | Placed::Joined => {
+                Placed::Online => {
+                    let change = Change { user: user.clone(), server: Some(server) };
+                    presence::announce(&self.shared, [change]);
+                }
+                Placed::Joined(alone_until_now) => {
+                    // Both sides learn the user is shared; in a snapshot, this AS hears it when
+                    // the snapshot is done, with its other shared users.
+                    if let Some(other) = alone_until_now {
+                        presence::tell_shared(&self.shared, other, user.clone(), true);
+                    }
+                    if self.snapshot_groups.is_none() {
+                        presence::tell_shared(&self.shared, server, user.clone(), true);
+                    }
                     let change = Change { user: user.clone(), server: Some(server) };
                     presence::announce(&self.shared, [change]);
                 }
@@ -982,8 +1027,8 @@ impl Connection {
             }
             let replaced = self.resyncing.as_mut().is_some_and(|old| old.remove(user));
             if recorded || replaced {
-                let change = self.shared.registry.logout(server, user.as_str());
-                presence::announce(&self.shared, change);
+                let left = self.shared.registry.logout(server, user.as_str());
+                presence::left(&self.shared, left);
             }
         }
     }
@@ -1024,8 +1069,18 @@ impl Connection {
         }
         for user in gone {
             if !self.users.contains(&user) {
-                let change = self.shared.registry.logout(server, user.as_str());
-                presence::announce(&self.shared, change);
+                let left = self.shared.registry.logout(server, user.as_str());
+                presence::left(&self.shared, left);
+            }
+        }
+        // The AS forgot which of its users are shared when it reconnected: say it again, now that
+        // the snapshot has put each of its sessions back (policy `multi` only).
+        if self.shared.registry.multi() {
+            for user in &self.users {
+                let sessions = self.shared.registry.sessions(user.as_str());
+                if sessions.len() > 1 && sessions.contains(&server) {
+                    presence::tell_shared(&self.shared, server, user.clone(), true);
+                }
             }
         }
     }
@@ -1178,8 +1233,8 @@ impl Connection {
         users.extend(self.resyncing.take().unwrap_or_default());
         match self.shared.registry.depart(server, users, grace) {
             Departure::Away(departure) => Some((server, departure)),
-            Departure::Gone(changes) => {
-                presence::announce(&self.shared, changes);
+            Departure::Gone(left) => {
+                presence::left(&self.shared, left);
                 server_down(&self.shared, server);
                 None
             }

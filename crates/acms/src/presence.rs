@@ -11,7 +11,7 @@ use tracing::warn;
 
 use crate::connection::{Shared, control_frame};
 use crate::outbox::PushError;
-use crate::registry::Change;
+use crate::registry::{Change, Left};
 
 /// The AS watching each user. Consulted on logins and logouts, never on the relay path.
 #[derive(Debug, Default)]
@@ -62,6 +62,24 @@ pub(crate) fn announce(shared: &Shared, changes: impl IntoIterator<Item = Change
                 shared.registry.close(watcher);
             }
         }
+    }
+}
+
+/// Tells the AS of users who lost sessions what changed: watchers where the users are now, and
+/// the AS of a user's last session that the user has no session elsewhere any more (policy
+/// `multi`), so that it stops sending that user's messages through the hub too.
+pub(crate) fn left(shared: &Shared, left: Left) {
+    announce(shared, left.moved);
+    for (user, server) in left.alone {
+        tell_shared(shared, server, user, false);
+    }
+}
+
+/// Tells `server` whether its user `user` has sessions on other AS too (policy `multi`). An AS
+/// that cannot be told now is told again after its next snapshot, when it is.
+pub(crate) fn tell_shared(shared: &Shared, server: ServerId, user: UserId, elsewhere: bool) {
+    if let Some(outbox) = shared.registry.outbox(server) {
+        let _ = outbox.push(control_frame(shared, Control::Shared { user, elsewhere }));
     }
 }
 

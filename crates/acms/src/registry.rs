@@ -90,8 +90,9 @@ pub(crate) enum Placed {
     Online,
     /// Policy `replace`: the user moved here from this AS, whose session must end.
     Moved(ServerId),
-    /// Policy `multi`: the user keeps their other sessions and has one here too.
-    Joined,
+    /// Policy `multi`: the user keeps their other sessions and has one here too. With the AS
+    /// that had their only session until now, which learns that the user is shared.
+    Joined(Option<ServerId>),
     /// A claim (resync, or snapshot after a reconnect) lost to a newer login on this AS: policy
     /// `replace` keeps the user there, and the claiming AS's session must end.
     Lost(ServerId),
@@ -105,13 +106,30 @@ pub(crate) struct Change {
     pub(crate) server: Option<ServerId>,
 }
 
+/// What taking sessions off the directory changed, for the AS to be told.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Left {
+    /// Users whose place changed, for the AS that watch them.
+    pub(crate) moved: Vec<Change>,
+    /// Users left with one session after having several (policy `multi`), and its AS: that AS
+    /// is told that they have no session elsewhere any more.
+    pub(crate) alone: Vec<(UserId, ServerId)>,
+}
+
+impl Left {
+    fn extend(&mut self, other: Left) {
+        self.moved.extend(other.moved);
+        self.alone.extend(other.alone);
+    }
+}
+
 /// What [`Registry::depart`] did.
 #[derive(Debug)]
 pub(crate) enum Departure {
     /// The AS is away, with this departure number, until it comes back or the grace ends.
     Away(u64),
-    /// The AS and its users are gone; these users changed place.
-    Gone(Vec<Change>),
+    /// The AS and its users are gone; this is what changed for the others.
+    Gone(Left),
 }
 
 /// Registered AS and the users online on them.
@@ -288,7 +306,11 @@ impl Registry {
             return Departure::Away(departure);
         }
         self.servers.remove(&id);
-        Departure::Gone(users.iter().filter_map(|user| self.logout(id, user.as_str())).collect())
+        let mut left = Left::default();
+        for user in &users {
+            left.extend(self.logout(id, user.as_str()));
+        }
+        Departure::Gone(left)
     }
 
     /// Ends the grace of an AS that is still away since `departure`: it and its users leave the
@@ -298,13 +320,15 @@ impl Registry {
         &self,
         id: ServerId,
         departure: u64,
-    ) -> Option<(HashMap<ServerId, u64>, Vec<Change>)> {
+    ) -> Option<(HashMap<ServerId, u64>, Left)> {
         let (_, entry) = self.servers.remove_if(&id, |_, entry| {
             entry.away.as_ref().is_some_and(|(number, _)| *number == departure)
         })?;
-        let users = entry.away.iter().flat_map(|(_, users)| users);
-        let changes = users.filter_map(|user| self.logout(id, user.as_str())).collect();
-        Some((entry.held, changes))
+        let mut left = Left::default();
+        for user in entry.away.iter().flat_map(|(_, users)| users) {
+            left.extend(self.logout(id, user.as_str()));
+        }
+        Some((entry.held, left))
     }
 
     /// The origin has sent again what the `ServerUp` of `target` asked for.
@@ -350,41 +374,53 @@ impl Registry {
                 if sessions.contains(&server) {
                     return Placed::Already;
                 }
+                let alone_until_now = (sessions.len() == 1).then_some(owner.server);
                 sessions.push(server);
                 slot.insert(Owner { server, multi: true });
-                Placed::Joined
+                Placed::Joined(alone_until_now)
             }
         }
     }
 
     /// Takes `user`'s session on `server` off the directory: a user who moved to another AS
-    /// meanwhile stays where they are. Returns where the user is now if that changed.
-    pub(crate) fn logout(&self, server: ServerId, user: &str) -> Option<Change> {
+    /// meanwhile stays where they are. Returns where the user is now if that changed, and the
+    /// AS of their last session if they had several until now.
+    pub(crate) fn logout(&self, server: ServerId, user: &str) -> Left {
+        let mut changed = Left::default();
         let removed = self.users.remove_if(user, |_, owner| owner.server == server && !owner.multi);
         if let Some((user, _)) = removed {
-            return Some(Change { user, server: None });
+            changed.moved.push(Change { user, server: None });
+            return changed;
         }
-        let mut slot = self.users.get_mut(user)?;
+        let Some(mut slot) = self.users.get_mut(user) else { return changed };
         if !slot.multi {
-            return None;
+            return changed;
         }
         let Entry::Occupied(mut sessions) = self.sessions.entry(slot.key().clone()) else {
-            return None;
+            return changed;
         };
         let before = sessions.get().len();
         sessions.get_mut().retain(|&other| other != server);
         let left = sessions.get();
-        let primary = *left.last()?;
+        let Some(&primary) = left.last() else { return changed };
         if left.len() == before {
-            return None;
+            return changed;
         }
         let multi = left.len() > 1;
         if !multi {
             sessions.remove();
+            changed.alone.push((slot.key().clone(), primary));
         }
-        let moved = slot.server != primary;
+        if slot.server != primary {
+            changed.moved.push(Change { user: slot.key().clone(), server: Some(primary) });
+        }
         *slot = Owner { server: primary, multi };
-        moved.then(|| Change { user: slot.key().clone(), server: Some(primary) })
+        changed
+    }
+
+    /// Whether logins may be shared between AS (policy `multi`).
+    pub(crate) fn multi(&self) -> bool {
+        self.conflict == LoginConflict::Multi
     }
 
     /// Where a frame for `user` goes; one lookup, on every relayed frame.
@@ -599,22 +635,27 @@ mod tests {
         let bob = user("bob");
         assert_eq!(registry.login(ServerId(1), bob.clone()), Placed::Online);
         assert_eq!(registry.route("bob"), Some(Owner { server: ServerId(1), multi: false }));
-        assert_eq!(registry.login(ServerId(2), bob.clone()), Placed::Joined);
-        assert_eq!(registry.login(ServerId(3), bob.clone()), Placed::Joined);
+        assert_eq!(registry.login(ServerId(2), bob.clone()), Placed::Joined(Some(ServerId(1))));
+        assert_eq!(registry.login(ServerId(3), bob.clone()), Placed::Joined(None));
         assert_eq!(registry.claim(ServerId(1), bob.clone()), Placed::Already);
         assert_eq!(registry.route("bob"), Some(Owner { server: ServerId(3), multi: true }));
         assert_eq!(registry.sessions("bob"), [ServerId(1), ServerId(2), ServerId(3)]);
         assert_eq!(registry.user_count(), 1);
 
         // Leaving an older session moves nobody; leaving the last one moves the user back.
-        assert_eq!(registry.logout(ServerId(1), "bob"), None);
-        assert_eq!(registry.logout(ServerId(4), "bob"), None, "never on server 4");
+        assert_eq!(registry.logout(ServerId(1), "bob"), Left::default());
+        assert_eq!(registry.logout(ServerId(4), "bob"), Left::default(), "never on server 4");
         let moved = Change { user: bob.clone(), server: Some(ServerId(2)) };
-        assert_eq!(registry.logout(ServerId(3), "bob"), Some(moved));
+        let alone = (bob.clone(), ServerId(2));
+        assert_eq!(
+            registry.logout(ServerId(3), "bob"),
+            Left { moved: vec![moved], alone: vec![alone] }
+        );
         assert_eq!(registry.route("bob"), Some(Owner { server: ServerId(2), multi: false }));
         assert_eq!(registry.sessions("bob"), [ServerId(2)]);
         assert!(registry.sessions.is_empty(), "a single session needs no second map");
-        assert_eq!(registry.logout(ServerId(2), "bob"), Some(Change { user: bob, server: None }));
+        let offline = Change { user: bob, server: None };
+        assert_eq!(registry.logout(ServerId(2), "bob").moved, [offline]);
         assert_eq!(registry.locate("bob"), None);
     }
 
@@ -677,7 +718,10 @@ mod tests {
         let _ = registry.relay_batch(ServerId(3), ServerId(2), Some(9), frame());
         assert_eq!(
             registry.expire(ServerId(2), departure),
-            Some((HashMap::from([(ServerId(3), 9)]), vec![Change { user: alice, server: None }]))
+            Some((
+                HashMap::from([(ServerId(3), 9)]),
+                Left { moved: vec![Change { user: alice, server: None }], alone: Vec::new() }
+            ))
         );
         assert_eq!(registry.locate("alice"), None);
         assert_eq!(registry.servers().len(), 1, "only server 1 is left");

@@ -21,6 +21,43 @@ use crate::tls::ClientTls;
 /// randomly seeded one.
 pub(crate) type LocalUsers = DashSet<UserId, foldhash::fast::RandomState>;
 
+/// This server's users who also have sessions on other servers (policy `multi`), as the hub
+/// says with `Shared`. A message from here to one of them is delivered here and sent through the
+/// hub too, which relays it to the other sessions. Soft state: kept across reconnects, said
+/// again by the hub after each snapshot, and corrected by it when found stale.
+///
+/// Every send to a local user asks it, so the count is read first: with no shared user, as
+/// under policy `replace`, that is the whole cost.
+#[derive(Debug, Default)]
+pub(crate) struct SharedUsers {
+    count: AtomicUsize,
+    users: std::sync::Mutex<std::collections::HashSet<UserId>>,
+}
+
+impl SharedUsers {
+    /// Whether `user` has sessions on other servers too.
+    pub(crate) fn contains(&self, user: &str) -> bool {
+        self.count.load(Ordering::Acquire) != 0
+            && self.users.lock().expect("shared users lock").contains(user)
+    }
+
+    /// Records whether `user` has sessions elsewhere.
+    pub(crate) fn set(&self, user: UserId, elsewhere: bool) {
+        let mut users = self.users.lock().expect("shared users lock");
+        if elsewhere {
+            users.insert(user);
+        } else {
+            users.remove(user.as_str());
+        }
+        self.count.store(users.len(), Ordering::Release);
+    }
+
+    /// How many there are.
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
 /// The digest of this server's users and the number of logins and logouts that changed it.
 ///
 /// Changed together with [`LocalUsers`], under its lock, so the link can tell when the hub has
@@ -154,9 +191,10 @@ pub struct Outgoing {
 /// How the messages of one [`Cluster::send_batch`] left.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchRoutes {
-    /// Delivered to this server's events, not through the hub.
+    /// Delivered to this server's events.
     pub local: usize,
-    /// Queued for the hub.
+    /// Queued for the hub. A message for a local user with sessions on other servers too
+    /// (policy `multi`) counts here and in `local`.
     pub hub: usize,
 }
 
@@ -188,7 +226,9 @@ enum Wait {
 pub enum Route {
     /// The recipient is on this server: delivered to this server's events, not through the hub.
     Local,
-    /// Queued for the hub, which relays it to the recipient's server.
+    /// Queued for the hub, which relays it to the recipient's server; or, for a user of this
+    /// server who also has sessions on others (policy `multi`), delivered to this server's events
+    /// and queued for the hub, which relays it to those other sessions.
     Hub,
 }
 
@@ -196,8 +236,9 @@ pub enum Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Handed to the recipient's server (or, for a local recipient, to this server's events).
+    /// Under policy `multi`, settled once every server with a session of the recipient has it.
     Delivered {
-        /// How many sessions of the recipient got it.
+        /// How many sessions of the recipient got it: one per server, this one included.
         sessions: u32,
     },
     /// The recipient is online nowhere; an [`Event::Undeliverable`] brings the payload back.
@@ -388,6 +429,7 @@ impl ClusterBuilder {
         let (events, event_rx) = mpsc::channel(self.event_capacity);
         let (state_tx, state) = watch::channel(LinkState::Connecting);
         let local = Arc::new(LocalUsers::default());
+        let shared = Arc::new(SharedUsers::default());
         let groups = Arc::new(std::sync::Mutex::new(LocalGroups::default()));
         let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
         let max_users = Arc::new(AtomicUsize::new(usize::MAX));
@@ -410,6 +452,7 @@ impl ClusterBuilder {
             max_users.clone(),
             hub.clone(),
             groups.clone(),
+            shared.clone(),
             shutdown.clone(),
         );
         let task = tokio::spawn(link.run());
@@ -419,6 +462,7 @@ impl ClusterBuilder {
             credit,
             credit_cap: self.retransmit_buffer,
             local,
+            shared,
             tally,
             groups,
             max_users,
@@ -453,6 +497,8 @@ struct Inner {
     credit_cap: usize,
     /// This server's online users: the source of truth the hub is rebuilt from.
     local: Arc<LocalUsers>,
+    /// The local users with sessions on other servers too, kept by the link.
+    shared: Arc<SharedUsers>,
     /// The digest of `local`, changed under this lock together with it.
     tally: Arc<std::sync::Mutex<Tally>>,
     /// The local members of each group, shared with the link.
@@ -675,7 +721,7 @@ impl Cluster {
         let (receipt, rx) = oneshot::channel();
         self.take_credit(charge(acms_protocol::LENGTH_PREFIX_LEN + len, self.inner.credit_cap))
             .await?;
-        self.command(Command::Data { data, receipt: Some(receipt) }).await?;
+        self.command(Command::Data { data, receipt: Some(receipt), here: false }).await?;
         Ok(Receipt(ReceiptInner::Waiting(rx)))
     }
 
@@ -687,6 +733,12 @@ impl Cluster {
     /// Number of users online on this server.
     pub fn local_users(&self) -> usize {
         self.inner.local.len()
+    }
+
+    /// Number of users of this server that the hub says also have sessions on other servers
+    /// (policy `multi`): messages to them from here go through the hub too. For monitoring.
+    pub fn shared_users(&self) -> usize {
+        self.inner.shared.len()
     }
 
     /// Sends `payload` from `from` to `to`, wherever `to` is.
@@ -741,14 +793,12 @@ impl Cluster {
         receipt: Option<oneshot::Sender<Outcome>>,
         wait: Wait,
     ) -> Result<Route, ClusterError> {
-        if self.is_local(to.as_str()) {
+        let here = self.is_local(to.as_str());
+        if here && !self.inner.shared.contains(to.as_str()) {
             let event = Event::Message { from: from.clone(), to: to.clone(), payload };
             match wait {
                 Wait::Yes => self.deliver_locally(vec![event]).await?,
-                Wait::No => self.inner.events.try_send(vec![event]).map_err(|err| match err {
-                    mpsc::error::TrySendError::Full(_) => ClusterError::Full,
-                    mpsc::error::TrySendError::Closed(_) => ClusterError::Closed,
-                })?,
+                Wait::No => self.try_deliver_locally(vec![event])?,
             }
             return Ok(Route::Local);
         }
@@ -765,10 +815,19 @@ impl Cluster {
             return Err(ClusterError::TooLarge { len, max });
         }
         let charge = charge(acms_protocol::LENGTH_PREFIX_LEN + len, self.inner.credit_cap);
-        let command = Command::Data { data, receipt };
+        // A local user with sessions elsewhere: delivered here, and through the hub to the others.
+        let local = here.then(|| Event::Message {
+            from: from.clone(),
+            to: to.clone(),
+            payload: data.payload.clone(),
+        });
+        let command = Command::Data { data, receipt, here };
         match wait {
             Wait::Yes => {
                 self.take_credit(charge).await?;
+                if let Some(event) = local {
+                    self.deliver_locally(vec![event]).await?;
+                }
                 self.command(command).await?;
             }
             Wait::No => {
@@ -781,11 +840,23 @@ impl Cluster {
                     mpsc::error::TrySendError::Full(()) => ClusterError::Full,
                     mpsc::error::TrySendError::Closed(()) => ClusterError::Closed,
                 })?;
+                if let Some(event) = local {
+                    // Nothing is sent if this fails: the credit and the permit go back.
+                    self.try_deliver_locally(vec![event])?;
+                }
                 credit.forget();
                 permit.send(command);
             }
         }
         Ok(Route::Hub)
+    }
+
+    /// Hands events to the app at once, or fails with [`ClusterError::Full`].
+    fn try_deliver_locally(&self, events: Vec<Event>) -> Result<(), ClusterError> {
+        self.inner.events.try_send(events).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => ClusterError::Full,
+            mpsc::error::TrySendError::Closed(_) => ClusterError::Closed,
+        })
     }
 
     /// Takes room in the retransmit buffer, given back by the link when the message is answered.
@@ -809,10 +880,20 @@ impl Cluster {
         let mut encoded = bytes::BytesMut::new();
         let mut hub = 0;
         let mut charged = 0u32;
+        // Messages for local users with sessions elsewhere: delivered here and, one command
+        // each after the encoded ones, sent through the hub to the other sessions.
+        let mut shared = Vec::new();
         for Outgoing { from, to, payload } in messages {
-            if self.is_local(to.as_str()) {
-                local.push(Event::Message { from, to, payload });
-                continue;
+            let here = self.is_local(to.as_str());
+            if here {
+                local.push(Event::Message {
+                    from: from.clone(),
+                    to: to.clone(),
+                    payload: payload.clone(),
+                });
+                if !self.inner.shared.contains(to.as_str()) {
+                    continue;
+                }
             }
             let data = Data {
                 kind: DataKind::Unicast,
@@ -823,27 +904,39 @@ impl Cluster {
                 payload,
             };
             let len = data.encoded_len();
-            acms_protocol::Frame::Data(data)
-                .encode(max, &mut encoded)
-                .map_err(|_| ClusterError::TooLarge { len, max })?;
+            if len > max {
+                return Err(ClusterError::TooLarge { len, max });
+            }
             charged = charged.saturating_add(charge(
                 acms_protocol::LENGTH_PREFIX_LEN + len,
                 self.inner.credit_cap,
             ));
+            if here {
+                shared.push(data);
+                continue;
+            }
+            acms_protocol::Frame::Data(data)
+                .encode(max, &mut encoded)
+                .map_err(|_| ClusterError::TooLarge { len, max })?;
             hub += 1;
         }
-        let routes = BatchRoutes { local: local.len(), hub };
+        let routes = BatchRoutes { local: local.len(), hub: hub + shared.len() };
+        // The link gives the room back frame by frame, each frame's share.
+        if charged as usize > self.inner.credit_cap {
+            let (len, max) = (encoded.len(), self.inner.credit_cap);
+            return Err(ClusterError::TooLarge { len, max });
+        }
+        if charged > 0 {
+            self.take_credit(charged).await?;
+        }
         if !local.is_empty() {
             self.deliver_locally(local).await?;
         }
         if hub > 0 {
-            // The link gives the room back frame by frame, each frame's share.
-            if charged as usize > self.inner.credit_cap {
-                let (len, max) = (encoded.len(), self.inner.credit_cap);
-                return Err(ClusterError::TooLarge { len, max });
-            }
-            self.take_credit(charged).await?;
             self.command(Command::Encoded(encoded)).await?;
+        }
+        for data in shared {
+            self.command(Command::Data { data, receipt: None, here: true }).await?;
         }
         Ok(routes)
     }

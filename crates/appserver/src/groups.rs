@@ -74,8 +74,9 @@ impl LocalGroups {
     }
 }
 
-/// A frame sent to several servers (group, broadcast, server message): kept until every server
-/// the hub forwarded it to acknowledged it.
+/// A frame sent to several servers (group, broadcast, server message, or a unicast frame for a
+/// user with sessions on several servers): kept until every server the hub forwarded it to
+/// acknowledged it.
 ///
 /// Only the hub knows which servers those are; it says so with `Copies`, on this server's own
 /// connection. By FIFO the `Copies` comes before any of their acks (they are sent after the hub
@@ -89,9 +90,26 @@ pub(crate) struct Awaited {
     servers: Option<Vec<ServerId>>,
     /// The servers that acknowledged the frame so far.
     acked: Vec<ServerId>,
+    /// A unicast frame (policy `multi`), and whether it was delivered on this server too.
+    unicast: Option<bool>,
 }
 
 impl Awaited {
+    /// A unicast frame the hub copied to several servers; `here` when it was also delivered to
+    /// a session on this server.
+    pub(crate) fn unicast(here: bool) -> Self {
+        Self { unicast: Some(here), ..Self::default() }
+    }
+
+    /// Once every server of the list acknowledged the frame, its receipt's outcome.
+    pub(crate) fn outcome(&self) -> Option<crate::Outcome> {
+        let servers = self.reached()?;
+        Some(match self.unicast {
+            Some(here) => crate::Outcome::Delivered { sessions: servers + u32::from(here) },
+            None => crate::Outcome::Reached { servers },
+        })
+    }
+
     /// Records an ack from `server`.
     pub(crate) fn ack(&mut self, server: ServerId) {
         if !self.acked.contains(&server) {
@@ -160,6 +178,22 @@ mod tests {
         assert_eq!(resent.reached(), None, "the new list replaces the old");
         resent.server_down(ServerId(4));
         assert_eq!(resent.reached(), Some(1));
-        assert_eq!(Awaited { servers: Some(Vec::new()), acked: Vec::new() }.reached(), Some(0));
+        let nobody = Awaited { servers: Some(Vec::new()), ..Awaited::default() };
+        assert_eq!(nobody.reached(), Some(0));
+    }
+
+    #[test]
+    fn a_unicast_copied_to_several_servers_counts_sessions() {
+        let live: HashSet<_> = [ServerId(2), ServerId(3)].into();
+        let mut awaited = Awaited::unicast(true);
+        awaited.copies(vec![ServerId(2), ServerId(3)], &live);
+        awaited.ack(ServerId(2));
+        assert_eq!(awaited.outcome(), None, "server 3 has not acked");
+        awaited.ack(ServerId(3));
+        assert_eq!(awaited.outcome(), Some(crate::Outcome::Delivered { sessions: 3 }));
+        let mut elsewhere = Awaited::unicast(false);
+        elsewhere.copies(vec![ServerId(2)], &live);
+        elsewhere.ack(ServerId(2));
+        assert_eq!(elsewhere.outcome(), Some(crate::Outcome::Delivered { sessions: 1 }));
     }
 }

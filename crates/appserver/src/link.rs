@@ -30,7 +30,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers, Outcome, Tally};
+use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers, Outcome, SharedUsers, Tally};
 use crate::groups::{Awaited, LocalGroups};
 use crate::outgoing::Outgoing;
 use crate::reliable::{Received, SEQ_AT, Unacked};
@@ -62,6 +62,9 @@ pub(crate) enum Command {
     Data {
         data: Data,
         receipt: Option<oneshot::Sender<Outcome>>,
+        /// A unicast message already delivered to a session on this server (its recipient has
+        /// sessions elsewhere too): the hub relays it to the others only.
+        here: bool,
     },
     /// Data frames the caller already encoded, back to back, sequence numbers still to be given.
     Encoded(BytesMut),
@@ -234,6 +237,12 @@ pub(crate) struct Link {
     /// The other servers in the cluster, as the hub announced them: a server the hub names in a
     /// `Copies` after saying it is down will never acknowledge.
     live: std::collections::HashSet<ServerId>,
+    /// The local users with sessions on other servers too, as the hub says (policy `multi`).
+    shared: Arc<SharedUsers>,
+    /// Unicast frames delivered here as well as sent through the hub, until answered: should the
+    /// hub relay one back here (the other sessions ended meanwhile), it is acknowledged and not
+    /// delivered twice.
+    delivered_here: std::collections::HashSet<u64, foldhash::fast::RandomState>,
 }
 
 impl Link {
@@ -250,6 +259,7 @@ impl Link {
         max_users: Arc<AtomicUsize>,
         connected_hub: Arc<std::sync::Mutex<Option<String>>>,
         groups: Arc<std::sync::Mutex<LocalGroups>>,
+        shared: Arc<SharedUsers>,
         shutdown: CancellationToken,
     ) -> Self {
         let backoff = ExponentialBuilder::default()
@@ -301,6 +311,8 @@ impl Link {
             groups,
             awaited: Default::default(),
             live: Default::default(),
+            shared,
+            delivered_here: Default::default(),
         }
     }
 
@@ -504,6 +516,12 @@ impl Link {
         mut writer: WriteHalf,
     ) -> Result<Closed, SessionError> {
         let mut out = Outgoing::default();
+        // Acks owed are sent again for the frames every origin sends again. The shared users
+        // are kept: the hub says again which are once it has the snapshots, and a user no longer
+        // shared costs a message sent through the hub for nothing, which the hub answers with
+        // `Shared { elsewhere: false }`. Forgetting them would leave the other sessions out until
+        // every server with one is back.
+        self.received.forget_owed();
         self.encode_snapshot(&mut out)?;
         // Watches are soft state on the hub too: the new one hears them with the snapshot.
         let watched: Vec<UserId> = self.watched.iter().cloned().collect();
@@ -684,6 +702,9 @@ impl Link {
         if !self.awaited.is_empty() {
             self.awaited.remove(&seq);
         }
+        if !self.delivered_here.is_empty() {
+            self.delivered_here.remove(&seq);
+        }
         // Given back once per read (`release_credit`): the semaphore takes a lock per call.
         self.released += charge(len, self.credit_cap) as usize;
         if !self.receipts.is_empty()
@@ -778,9 +799,10 @@ impl Link {
             }
             Command::Logout(user, change) => {
                 self.told(change);
+                self.shared.set(user.clone(), false);
                 self.encode(out, Control::Logout { users: vec![user] })
             }
-            Command::Data { data, receipt } if data.encoded_len() > self.send_limit => {
+            Command::Data { data, receipt, here } if data.encoded_len() > self.send_limit => {
                 // Fits our limit but not the hub's: hand it back rather than break the link.
                 warn!(
                     len = data.encoded_len(),
@@ -796,6 +818,13 @@ impl Link {
                     }
                     return Ok(());
                 }
+                if here {
+                    // The session here has it; the others cannot get it.
+                    if let Some(receipt) = receipt {
+                        let _ = receipt.send(Outcome::Delivered { sessions: 1 });
+                    }
+                    return Ok(());
+                }
                 if let Some(receipt) = receipt {
                     let _ = receipt.send(Outcome::Offline);
                 }
@@ -803,10 +832,13 @@ impl Link {
                 self.deliver(vec![Event::Undeliverable { from, to, payload }]);
                 Ok(())
             }
-            Command::Data { mut data, receipt } => {
+            Command::Data { mut data, receipt, here } => {
                 data.seq = self.seq();
                 if data.kind.fans_out() {
                     self.awaited.insert(data.seq, Awaited::default());
+                }
+                if here {
+                    self.delivered_here.insert(data.seq);
                 }
                 if let Some(receipt) = receipt {
                     self.receipts.insert(data.seq, receipt);
@@ -880,6 +912,7 @@ impl Link {
             tally.changes += 1;
             tally.changes
         };
+        self.shared.set(user.clone(), false);
         info!(%user, %reason, "user kicked by the hub");
         self.told(change);
         self.encode(out, Control::Logout { users: vec![user.clone()] })?;
@@ -914,7 +947,11 @@ impl Link {
         match raw.kind()? {
             FrameKind::Data(DataKind::Unicast) => {
                 let route = raw.route()?;
-                if self.received.receive(route.origin, route.seq) {
+                if self.received.receive(route.origin, route.seq)
+                    && !(route.origin == self.server_id
+                        && !self.delivered_here.is_empty()
+                        && self.delivered_here.contains(&route.seq))
+                {
                     events.push(self.event(&raw, DataKind::Unicast)?);
                 }
             }
@@ -946,7 +983,11 @@ impl Link {
                             self.settle_if_reached(seq);
                             continue;
                         }
-                        self.settle(seq, Outcome::Delivered { sessions: 1 });
+                        // Delivered here too, and relayed by the hub to one other session.
+                        let also_here = !self.delivered_here.is_empty()
+                            && ack.from != self.server_id
+                            && self.delivered_here.contains(&seq);
+                        self.settle(seq, Outcome::Delivered { sessions: 1 + u32::from(also_here) });
                     }
                 }
             }
@@ -983,6 +1024,25 @@ impl Link {
                     if let Some(awaited) = self.awaited.get_mut(&seq) {
                         awaited.copies(servers, &self.live);
                         self.settle_if_reached(seq);
+                    } else if self.unacked.contains(seq) {
+                        // A unicast frame the hub copied to each server with a session of its
+                        // recipient (policy `multi`): it now waits for all of them, not the
+                        // first ack. None of their acks can have settled it already: the hub
+                        // queues this `Copies` on this connection before it hands any copy over,
+                        // and an ack travels target -> hub -> this same connection, behind it.
+                        // (Acks owed from a server's previous connection, which could overtake
+                        // it, are forgotten when that server reconnects.)
+                        let mut awaited = Awaited::unicast(self.delivered_here.contains(&seq));
+                        awaited.copies(servers, &self.live);
+                        self.awaited.insert(seq, awaited);
+                        self.settle_if_reached(seq);
+                    }
+                }
+                Control::Shared { user, elsewhere } => {
+                    // Only for a user still here: one who left since needs nothing.
+                    if !elsewhere || self.local.contains(&user) {
+                        debug!(%user, elsewhere, "user's sessions on other servers");
+                        self.shared.set(user, elsewhere);
                     }
                 }
                 Control::ServerDown { server } => {
@@ -1018,10 +1078,11 @@ impl Link {
         Ok(())
     }
 
-    /// Settles a group, broadcast or server frame once every server it went to acknowledged it.
+    /// Settles a group, broadcast or server frame, or a unicast frame copied to several
+    /// servers, once every server it went to acknowledged it.
     fn settle_if_reached(&mut self, seq: u64) {
-        if let Some(servers) = self.awaited.get(&seq).and_then(Awaited::reached) {
-            self.settle(seq, Outcome::Reached { servers });
+        if let Some(outcome) = self.awaited.get(&seq).and_then(Awaited::outcome) {
+            self.settle(seq, outcome);
         }
     }
 

@@ -94,6 +94,12 @@ impl Unacked {
         Some(len)
     }
 
+    /// Whether frame `seq` still waits for an answer.
+    pub(crate) fn contains(&self, seq: u64) -> bool {
+        let index = seq.checked_sub(self.base).and_then(|index| usize::try_from(index).ok());
+        index.and_then(|index| self.slots.get(index)).is_some_and(|slot| slot.len > 0)
+    }
+
     /// The frames still waiting, from sequence number `from` on, in order.
     pub(crate) fn from(&self, from: u64) -> impl Iterator<Item = &[u8]> {
         let skip = usize::try_from(from.saturating_sub(self.base)).unwrap_or(usize::MAX);
@@ -170,6 +176,19 @@ impl Received {
         new
     }
 
+    /// Forgets the acks owed, when a new hub connection starts. Every origin sends again all it
+    /// has not had answered once this server is registered (or the hub is new), and duplicates
+    /// are acknowledged again, so nothing waits for these. Sent now, an ack of the last
+    /// connection could reach its origin before the new hub's `Copies` for the frame sent again,
+    /// and settle a frame for a user with several sessions on the first server's word.
+    pub(crate) fn forget_owed(&mut self) {
+        for origin in self.owing.drain(..) {
+            if let Some(known) = self.origins.get_mut(&origin) {
+                known.owed.clear();
+            }
+        }
+    }
+
     /// Encodes every ack owed, from server `me`, into `out`.
     pub(crate) fn encode_acks(&mut self, me: ServerId, max_frame_len: usize, out: &mut BytesMut) {
         for to in self.owing.drain(..) {
@@ -216,7 +235,9 @@ mod tests {
         let frame_len = first.len() / 3;
         unacked.keep(first);
         unacked.keep(chunk(13..15));
+        assert!(unacked.contains(12));
         assert_eq!(unacked.take(12), Some(frame_len));
+        assert!(!unacked.contains(12) && !unacked.contains(9) && !unacked.contains(99));
         assert_eq!(unacked.take(12), None, "answered once");
         assert_eq!(unacked.take(9), None);
         assert_eq!(unacked.take(99), None);
@@ -258,6 +279,11 @@ mod tests {
         let seqs: Vec<u64> = ack.ranges.iter().flat_map(|range| range.seqs()).collect();
         assert_eq!(seqs, [1, 2, 5, 2, 6]);
 
+        received.receive(origin, 7);
+        received.forget_owed();
+        let mut out = BytesMut::new();
+        received.encode_acks(ServerId(2), 1 << 20, &mut out);
+        assert!(out.is_empty(), "acks of the last connection are forgotten");
         received.epoch(origin, 100);
         assert!(!received.receive(origin, 6), "same process: still a duplicate");
         received.epoch(origin, 101);

@@ -189,6 +189,18 @@ pub enum Control {
         /// The server that left.
         server: ServerId,
     },
+    /// Hub to AS, policy `multi`: local user `user` also has sessions on other AS
+    /// (`elsewhere`), or no longer has. While it has, the AS sends that user's messages from its
+    /// own users through the hub as well as delivering them locally, and the hub relays them to
+    /// the other sessions only. Soft state: the hub says it again after each `SnapshotDone` of
+    /// the AS, and answers `elsewhere: false` when it finds such a message for a user whose only
+    /// session is on the sending AS.
+    Shared {
+        /// The local user.
+        user: UserId,
+        /// Whether the user has a session on another AS now.
+        elsewhere: bool,
+    },
 }
 
 /// What a hub tells the other hubs of its cluster, so that exactly one is active.

@@ -132,12 +132,13 @@ fn control_with(
         vec(users.clone(), 0..max_users).prop_map(|users| Control::Unwatch { users }),
         (users.clone(), proptest::option::of(any::<u32>()))
             .prop_map(|(user, server)| Control::Presence { user, server: server.map(ServerId) }),
-        (users, text(max_text)).prop_map(|(user, reason)| Control::Kick { user, reason }),
+        (users.clone(), text(max_text)).prop_map(|(user, reason)| Control::Kick { user, reason }),
         vec(group_id(), 0..max_users).prop_map(|groups| Control::Join { groups }),
         vec(group_id(), 0..max_users).prop_map(|groups| Control::Leave { groups }),
         (any::<u64>(), vec(any::<u32>().prop_map(ServerId), 0..max_users))
             .prop_map(|(seq, servers)| Control::Copies { seq, servers }),
         any::<u32>().prop_map(|id| Control::ServerDown { server: ServerId(id) }),
+        (users, any::<bool>()).prop_map(|(user, elsewhere)| Control::Shared { user, elsewhere }),
     ]
 }
 
@@ -327,10 +328,11 @@ fn variant_index(control: &Control) -> usize {
         Control::Leave { .. } => 26,
         Control::Copies { .. } => 27,
         Control::ServerDown { .. } => 28,
+        Control::Shared { .. } => 29,
     }
 }
 
-const CONTROL_VARIANTS: usize = 29;
+const CONTROL_VARIANTS: usize = 30;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -710,6 +712,8 @@ fn documented_examples() {
     assert_eq!(hex(&copies.to_bytes(1024).unwrap()), "00 00 00 06 00 1b 02 02 08 09");
     let down = Frame::Control(Control::ServerDown { server: ServerId(9) });
     assert_eq!(hex(&down.to_bytes(1024).unwrap()), "00 00 00 03 00 1c 09");
+    let shared = Frame::Control(Control::Shared { user: user("bob"), elsewhere: true });
+    assert_eq!(hex(&shared.to_bytes(1024).unwrap()), "00 00 00 07 00 1d 03 62 6f 62 01");
 }
 
 /// A broadcast names `*` and a server message a server id or `*`; anything else is refused.
