@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use acms_tests::process::{Proc, field_addr, program};
+use acms_tests::process::DemoCluster;
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -20,52 +20,6 @@ const BIG: u64 = 200 * 1024 * 1024;
 /// flight on each hop, and the hub's own queues pause senders past 1 MiB per app server. A
 /// program that held the file, or even a quarter of it, would pass this bound.
 const PEAK_RSS_BOUND: u64 = 48 * 1024 * 1024;
-
-/// A hub and two IM servers; killed when dropped.
-struct Cluster {
-    hub: Proc,
-    servers: Vec<Proc>,
-    /// Where the clients of each server connect.
-    listen: Vec<String>,
-}
-
-impl Cluster {
-    async fn start() -> Self {
-        let mut hub = Proc::start("acms", &program("acms"), &["--transfer", "127.0.0.1:0"]);
-        let ready = hub
-            .stderr
-            .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
-            .await;
-        let transfer = field_addr(&ready, "transfer").to_string();
-        let (mut servers, mut listen) = (Vec::new(), Vec::new());
-        for id in ["0", "1"] {
-            let args = ["--id", id, "--listen", "127.0.0.1:0", "--acms", &transfer];
-            let mut server =
-                Proc::start(&format!("im-server {id}"), &program("examples/im-server"), &args);
-            let started = server
-                .stderr
-                .wait_for("`im-server started`", |line| line.contains("im-server started"))
-                .await;
-            listen.push(field_addr(&started, "listen").to_string());
-            server
-                .stderr
-                .wait_for("`connected to hub`", |line| line.contains("connected to hub"))
-                .await;
-            servers.push(server);
-        }
-        Self { hub, servers, listen }
-    }
-
-    /// Logs `user` in on server `id` with `extra` flags, and waits for the login.
-    async fn client(&self, user: &str, id: usize, extra: &[&str]) -> Proc {
-        let mut args = vec!["--server", &self.listen[id], "--user", user];
-        args.extend_from_slice(extra);
-        let mut client = Proc::start(user, &program("im-client"), &args);
-        let expected = format!("logged in as {user} on server {id} (");
-        client.stderr.wait_for("the login", |line| line.starts_with(&expected)).await;
-        client
-    }
-}
 
 /// Writes `size` pseudo-random bytes from `seed` to `path`; returns their SHA-256 in hex.
 fn random_file(path: &Path, size: u64, seed: u64) -> String {
@@ -131,7 +85,7 @@ async fn a_200_mib_file_crosses_two_servers_intact_in_bounded_memory() {
     // A file of that name is already there: it must be kept, and the new one named apart.
     std::fs::write(downloads.join("big.bin"), b"older file").expect("write file");
 
-    let cluster = Cluster::start().await;
+    let cluster = DemoCluster::start().await;
     let download_dir = downloads.to_str().expect("UTF-8 path");
     let mut bob = cluster.client("bob", 1, &["--download-dir", download_dir]).await;
     let mut alice = cluster.client("alice", 0, &[]).await;
@@ -175,7 +129,7 @@ async fn a_receiver_killed_mid_transfer_ends_the_transfer_with_an_error_at_the_s
     let source = outgoing.join("huge.bin");
     sparse_file(&source, 4 << 30);
 
-    let cluster = Cluster::start().await;
+    let cluster = DemoCluster::start().await;
     let download_dir = downloads.to_str().expect("UTF-8 path");
     let mut bob = cluster.client("bob", 1, &["--download-dir", download_dir]).await;
     let mut alice = cluster.client("alice", 0, &["--file-timeout", "2s"]).await;
@@ -215,7 +169,7 @@ async fn a_sender_that_quits_or_an_offline_recipient_ends_the_transfer_cleanly()
     let source = outgoing.join("huge.bin");
     sparse_file(&source, 4 << 30);
 
-    let cluster = Cluster::start().await;
+    let cluster = DemoCluster::start().await;
     let download_dir = downloads.to_str().expect("UTF-8 path");
     let mut bob = cluster.client("bob", 1, &["--download-dir", download_dir]).await;
     let mut alice = cluster.client("alice", 0, &[]).await;

@@ -262,3 +262,52 @@ impl Proc {
             .unwrap_or_else(|| panic!("no VmHWM in the status of {} ({pid})", self.name))
     }
 }
+
+/// A hub and two IM servers; killed when dropped.
+pub struct DemoCluster {
+    /// The hub.
+    pub hub: Proc,
+    /// The IM servers, with ids 0 and 1.
+    pub servers: Vec<Proc>,
+    /// Where the clients of each server connect.
+    pub listen: Vec<String>,
+}
+
+impl DemoCluster {
+    /// Starts the hub, then the servers, and waits until both are connected to it.
+    pub async fn start() -> Self {
+        let mut hub = Proc::start("acms", &program("acms"), &["--transfer", "127.0.0.1:0"]);
+        let ready = hub
+            .stderr
+            .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
+            .await;
+        let transfer = field_addr(&ready, "transfer").to_string();
+        let (mut servers, mut listen) = (Vec::new(), Vec::new());
+        for id in ["0", "1"] {
+            let args = ["--id", id, "--listen", "127.0.0.1:0", "--acms", &transfer];
+            let mut server =
+                Proc::start(&format!("im-server {id}"), &program("examples/im-server"), &args);
+            let started = server
+                .stderr
+                .wait_for("`im-server started`", |line| line.contains("im-server started"))
+                .await;
+            listen.push(field_addr(&started, "listen").to_string());
+            server
+                .stderr
+                .wait_for("`connected to hub`", |line| line.contains("connected to hub"))
+                .await;
+            servers.push(server);
+        }
+        Self { hub, servers, listen }
+    }
+
+    /// Logs `user` in on server `id` with `extra` flags, and waits for the login.
+    pub async fn client(&self, user: &str, id: usize, extra: &[&str]) -> Proc {
+        let mut args = vec!["--server", &self.listen[id], "--user", user];
+        args.extend_from_slice(extra);
+        let mut client = Proc::start(user, &program("im-client"), &args);
+        let expected = format!("logged in as {user} on server {id} (");
+        client.stderr.wait_for("the login", |line| line.starts_with(&expected)).await;
+        client
+    }
+}

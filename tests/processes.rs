@@ -5,7 +5,7 @@
 //! (`scripts/test.sh` does). Every port is 0; the actual ones are read from the log lines. Every
 //! wait is on a line appearing, with a generous deadline; every child is killed if the test fails.
 
-use acms_tests::process::{Proc, assert_stopped_cleanly, field_addr, program};
+use acms_tests::process::{DemoCluster, Proc, assert_stopped_cleanly, field_addr, program};
 
 #[tokio::test]
 async fn chat_across_two_servers_then_clean_shutdown() {
@@ -164,29 +164,7 @@ async fn the_secret_from_the_environment_lets_only_the_right_server_in() {
 /// the new one.
 #[tokio::test]
 async fn who_friends_and_a_kick_through_the_real_programs() {
-    let mut hub = Proc::start("acms", &program("acms"), &["--transfer", "127.0.0.1:0"]);
-    let ready = hub
-        .stderr
-        .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
-        .await;
-    let transfer = field_addr(&ready, "transfer").to_string();
-    let mut servers = Vec::new();
-    let mut listen = Vec::new();
-    for id in 0..2 {
-        let args = ["--id", &id.to_string(), "--listen", "127.0.0.1:0", "--acms", &transfer];
-        let mut server =
-            Proc::start(&format!("im-server {id}"), &program("examples/im-server"), &args);
-        let started = server
-            .stderr
-            .wait_for("`im-server started`", |line| line.contains("im-server started"))
-            .await;
-        listen.push(field_addr(&started, "listen").to_string());
-        server
-            .stderr
-            .wait_for("`connected to hub`", |line| line.contains("connected to hub"))
-            .await;
-        servers.push(server);
-    }
+    let DemoCluster { mut hub, mut servers, listen } = DemoCluster::start().await;
     let client = |name: &str, server: &str, extra: &[&str]| {
         let mut args = vec!["--server", server, "--user", name];
         args.extend_from_slice(extra);
@@ -239,29 +217,7 @@ async fn who_friends_and_a_kick_through_the_real_programs() {
 /// into `im-client`s on two `im-server`s.
 #[tokio::test]
 async fn rooms_and_messages_to_all_across_two_servers() {
-    let mut hub = Proc::start("acms", &program("acms"), &["--transfer", "127.0.0.1:0"]);
-    let ready = hub
-        .stderr
-        .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
-        .await;
-    let transfer = field_addr(&ready, "transfer").to_string();
-    let mut servers = Vec::new();
-    let mut listen = Vec::new();
-    for id in ["0", "1"] {
-        let args = ["--id", id, "--listen", "127.0.0.1:0", "--acms", &transfer];
-        let mut server =
-            Proc::start(&format!("im-server {id}"), &program("examples/im-server"), &args);
-        let started = server
-            .stderr
-            .wait_for("`im-server started`", |line| line.contains("im-server started"))
-            .await;
-        listen.push(field_addr(&started, "listen").to_string());
-        server
-            .stderr
-            .wait_for("`connected to hub`", |line| line.contains("connected to hub"))
-            .await;
-        servers.push(server);
-    }
+    let DemoCluster { mut hub, mut servers, listen } = DemoCluster::start().await;
 
     // alice and carol on server 0, bob on server 1.
     let client = |user: &str, server: &str| {
