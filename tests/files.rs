@@ -31,7 +31,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Self {
-        let mut hub = Proc::start("acms", &program("acms"), &["--transfer", "127.0.0.1:0"]);
+        let mut hub = Proc::start(
+            "acms",
+            &program("acms"),
+            &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        );
         let ready = hub
             .stderr
             .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))

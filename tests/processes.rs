@@ -14,7 +14,8 @@ async fn chat_across_two_servers_then_clean_shutdown() {
     let client_bin = program("im-client");
 
     // The hub.
-    let mut hub = Proc::start("acms", &acms_bin, &["--transfer", "127.0.0.1:0"]);
+    let mut hub =
+        Proc::start("acms", &acms_bin, &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
     let ready = hub
         .stderr
         .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
@@ -110,7 +111,7 @@ async fn the_secret_from_the_environment_lets_only_the_right_server_in() {
     let mut hub = Proc::start_with_secret(
         "acms",
         &program("acms"),
-        &["--transfer", "127.0.0.1:0"],
+        &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
         Some(SECRET),
     );
     let ready = hub
@@ -164,7 +165,11 @@ async fn the_secret_from_the_environment_lets_only_the_right_server_in() {
 /// the new one.
 #[tokio::test]
 async fn who_friends_and_a_kick_through_the_real_programs() {
-    let mut hub = Proc::start("acms", &program("acms"), &["--transfer", "127.0.0.1:0"]);
+    let mut hub = Proc::start(
+        "acms",
+        &program("acms"),
+        &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+    );
     let ready = hub
         .stderr
         .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
@@ -239,7 +244,11 @@ async fn who_friends_and_a_kick_through_the_real_programs() {
 /// into `im-client`s on two `im-server`s.
 #[tokio::test]
 async fn rooms_and_messages_to_all_across_two_servers() {
-    let mut hub = Proc::start("acms", &program("acms"), &["--transfer", "127.0.0.1:0"]);
+    let mut hub = Proc::start(
+        "acms",
+        &program("acms"),
+        &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+    );
     let ready = hub
         .stderr
         .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))

@@ -90,6 +90,12 @@ impl Hub {
         self.shared.pushes.waiting()
     }
 
+    /// The epoch of this hub process, announced to every AS as that of the origin
+    /// [`ServerId::HUB`](acms_protocol::ServerId::HUB), which numbers the hub's own pushes.
+    pub fn push_epoch(&self) -> u64 {
+        self.shared.pushes.epoch()
+    }
+
     pub(crate) fn relay_metrics(&self) -> &crate::metrics::RelayMetrics {
         &self.shared.metrics
     }
