@@ -403,6 +403,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct PushBody {
     /// The sender the recipient sees: a user id, 1 to 255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
     pub from: String,
     /// The message as text.
     pub payload: Option<String>,
