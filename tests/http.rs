@@ -16,6 +16,7 @@ pub const TOKEN: &str = "admin-token-for-the-tests";
 
 /// An admin API for `hub` on an ephemeral port; stopped when dropped.
 pub struct TestAdmin {
+    /// Where it listens.
     pub addr: SocketAddr,
     shutdown: CancellationToken,
 }
@@ -53,9 +54,11 @@ impl Drop for TestAdmin {
 /// An HTTP response.
 #[derive(Debug)]
 pub struct Reply {
+    /// The status code.
     pub status: u16,
     /// Header names in lower case, with their values.
     pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
     pub body: String,
 }
 

@@ -253,6 +253,7 @@ pub struct ServerView {
     pub messages_out_per_second: Option<f64>,
     /// Bytes waiting in its outbound queue at the hub; null while it is away.
     pub queue_bytes: Option<u64>,
+    /// Active, draining (load reports and drain come later), or away within its grace.
     pub state: ServerState,
     /// When it registered, in seconds since the Unix epoch.
     pub connected_since: f64,
@@ -345,6 +346,7 @@ pub struct UserEntry {
 /// A page of online users, by id.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserPage {
+    /// Up to `limit` users, by id.
     pub users: Vec<UserEntry>,
     /// Pass as `after` for the next page; null on the last page.
     pub next: Option<String>,
@@ -444,6 +446,7 @@ pub enum PushStatus {
 /// The answer to a push.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PushAnswer {
+    /// Delivered or offline.
     pub status: PushStatus,
     /// The servers that acknowledged it.
     pub servers: Vec<u32>,
@@ -454,10 +457,9 @@ async fn push(
     state: &AppState,
     kind: DataKind,
     recipient: UserId,
-    body: PushBody,
+    (from, payload): (UserId, Bytes),
     targets: Vec<ServerId>,
 ) -> ApiResult<PushAnswer> {
-    let (from, payload) = body.parse()?;
     let shared = state.hub.shared();
     let max = shared.config.max_frame_len;
     let pushed = shared
@@ -504,10 +506,9 @@ async fn push_to_user(
 ) -> ApiResult<PushAnswer> {
     let Path(id) = id?;
     let user = user_id(&id)?;
-    let Json(body) = body?;
+    let body = body?.0.parse()?;
     let targets = state.hub.registry().sessions(user.as_str());
     if targets.is_empty() {
-        body.parse()?;
         state.hub.shared().stats.undeliverable();
         return Ok(Json(PushAnswer { status: PushStatus::Offline, servers: Vec::new() }));
     }
@@ -534,7 +535,7 @@ async fn push_to_group(
     let Path(id) = id?;
     let group =
         GroupId::new(&id).map_err(|err| ApiError::bad_request(format!("bad group id: {err}")))?;
-    let Json(body) = body?;
+    let body = body?.0.parse()?;
     let targets = state.hub.groups().servers_of(group.as_str(), ServerId::HUB);
     state.hub.shared().stats.fanned_out(FanOut::Group, targets.len());
     let recipient = user_id(group.as_str())?;
@@ -556,7 +557,7 @@ async fn broadcast(
     State(state): State<AppState>,
     body: Result<Json<PushBody>, JsonRejection>,
 ) -> ApiResult<PushAnswer> {
-    let Json(body) = body?;
+    let body = body?.0.parse()?;
     let targets = state.hub.registry().server_ids(ServerId::HUB);
     state.hub.shared().stats.fanned_out(FanOut::Broadcast, targets.len());
     push(&state, DataKind::Broadcast, user_id(EVERYONE)?, body, targets).await
