@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: builds the programs the end-to-end tests start as processes, then
-# the documentation examples, then every test of the workspace in parallel.
+# Runs the whole test suite: installs what the tests need (cargo-nextest, schemathesis), builds
+# the programs the end-to-end tests start as processes, then runs the documentation examples and
+# every test of the workspace in parallel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
+fi
+
+# schemathesis (PyPI) for the admin API's contract test, tests/schemathesis.rs. `--user` puts it
+# in ~/.local/bin, where the test also looks.
+if ! command -v schemathesis >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/schemathesis" ]; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-pip >/dev/null
+    fi
+    python3 -m pip install --user --quiet schemathesis \
+        || python3 -m pip install --user --quiet --break-system-packages schemathesis
 fi
 
 cargo build --workspace --bins --examples

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use acms_appserver::{Cluster, Event, Events, LinkState, Outgoing, ServerId};
 use acms_protocol::{Codec, Control, Frame, HubStatus};
-use acms_tests::process::program;
+use acms_tests::process::{ADMIN_TOKEN, program};
 use acms_tests::{PATIENCE, user, wait_link};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -49,6 +49,8 @@ impl HubProc {
         let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
         let mut child = Command::new(program("acms"))
             .args(["--transfer", &addr.to_string(), "--peers", &peers.join(",")])
+            .args(["--admin", "127.0.0.1:0"])
+            .env("ACMS_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
             .env_remove("ACMS_SECRET")
             .stdin(Stdio::null())

@@ -1,6 +1,7 @@
 //! Helpers for the cross-crate tests: a hub on an ephemeral port that stops when dropped, app
 //! servers built on the `Cluster` handle, and waits on events with generous deadlines.
 
+pub mod http;
 pub mod process;
 pub mod stream;
 

@@ -14,6 +14,9 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 
+/// The admin API token every program started here gets (`ACMS_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// How long any wait lasts before the test fails: programs start and answer in milliseconds, but
 /// a loaded CI machine may be slow to start a process.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -131,6 +134,8 @@ impl Proc {
         secret: Option<&str>,
     ) -> Self {
         let mut command = Command::new(program);
+        // An `acms` given no token would generate one and write it to a file.
+        command.env("ACMS_ADMIN_TOKEN", ADMIN_TOKEN);
         match secret {
             Some(secret) => command.env("ACMS_SECRET", secret),
             None => command.env_remove("ACMS_SECRET"),
@@ -276,7 +281,11 @@ pub struct DemoCluster {
 impl DemoCluster {
     /// Starts the hub, then the servers, and waits until both are connected to it.
     pub async fn start() -> Self {
-        let mut hub = Proc::start("acms", &program("acms"), &["--transfer", "127.0.0.1:0"]);
+        let mut hub = Proc::start(
+            "acms",
+            &program("acms"),
+            &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        );
         let ready = hub
             .stderr
             .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))

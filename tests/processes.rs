@@ -14,7 +14,8 @@ async fn chat_across_two_servers_then_clean_shutdown() {
     let client_bin = program("im-client");
 
     // The hub.
-    let mut hub = Proc::start("acms", &acms_bin, &["--transfer", "127.0.0.1:0"]);
+    let mut hub =
+        Proc::start("acms", &acms_bin, &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
     let ready = hub
         .stderr
         .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
@@ -110,7 +111,7 @@ async fn the_secret_from_the_environment_lets_only_the_right_server_in() {
     let mut hub = Proc::start_with_secret(
         "acms",
         &program("acms"),
-        &["--transfer", "127.0.0.1:0"],
+        &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
         Some(SECRET),
     );
     let ready = hub
@@ -283,6 +284,7 @@ async fn programs_stop_on_sigterm_after_their_log_pipe_closed() {
         let mut child = Command::new(program)
             .args(args)
             .env_remove("ACMS_SECRET")
+            .env("ACMS_ADMIN_TOKEN", acms_tests::process::ADMIN_TOKEN)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -297,7 +299,11 @@ async fn programs_stop_on_sigterm_after_their_log_pipe_closed() {
         child
     }
 
-    let mut hub = start_and_orphan_stderr(&program("acms"), &["--transfer", "127.0.0.1:0"]).await;
+    let mut hub = start_and_orphan_stderr(
+        &program("acms"),
+        &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+    )
+    .await;
     let mut server = start_and_orphan_stderr(
         &program("examples/im-server"),
         &["--id", "0", "--listen", "127.0.0.1:0", "--acms", "127.0.0.1:1"],

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use acms_protocol::Secret;
+
+use crate::admin::AdminToken;
 use serde::Deserialize;
 
 /// The whole configuration file of the `acms` daemon.
@@ -14,8 +16,38 @@ use serde::Deserialize;
 pub struct Config {
     /// The transfer port the app servers connect to.
     pub transfer: HubConfig,
+    /// The admin HTTP API and `/metrics`.
+    pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Settings of the admin HTTP API (`[admin]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin API listens; loopback by default.
+    pub addr: SocketAddr,
+    /// The bearer token for routes that change state; `ACMS_ADMIN_TOKEN` overrides it. With none,
+    /// the daemon generates one at start and writes it to `token_file`.
+    pub token: Option<AdminToken>,
+    /// Where a generated token is written (mode 0600). By default `acms-admin-PORT.token` in
+    /// `$XDG_RUNTIME_DIR`, or in the temporary directory.
+    pub token_file: Option<PathBuf>,
+    /// How long a push waits for the recipient's server to acknowledge it.
+    #[serde(with = "humantime_serde")]
+    pub push_timeout: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            addr: crate::admin::DEFAULT_ADDR,
+            token: None,
+            token_file: None,
+            push_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Config {
@@ -193,6 +225,21 @@ mod tests {
         let config = Config::from_toml("[transfer]\nlogin_conflict = \"multi\"\n").unwrap();
         assert_eq!(config.transfer.login_conflict, LoginConflict::Multi);
         assert!(Config::from_toml("[transfer]\nlogin_conflict = \"both\"\n").is_err());
+    }
+
+    #[test]
+    fn admin_settings_are_read_and_the_token_is_never_shown() {
+        let text = "[admin]\naddr = \"127.0.0.1:9\"\ntoken = \"abcdefghijklmnopqrstuvwxyz\"\n";
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.admin.addr.port(), 9);
+        assert_eq!(
+            config.admin.token.as_ref().map(AdminToken::expose),
+            Some("abcdefghijklmnopqrstuvwxyz")
+        );
+        assert!(!format!("{config:?}").contains("abcdefghijklmnop"));
+        let err = Config::from_toml("[admin]\ntoken = \"short\"\n").unwrap_err();
+        assert!(err.to_string().contains("16 to 256"), "{err}");
+        assert_eq!(Config::default().admin.addr.to_string(), "127.0.0.1:11000");
     }
 
     #[test]

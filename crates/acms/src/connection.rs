@@ -31,8 +31,10 @@ use tracing::{Span, debug, info, warn};
 use crate::auth::admit_without_secret;
 use crate::config::HubConfig;
 use crate::groups::Groups;
+use crate::metrics::{RelayMetrics, SAMPLE_EVERY};
 use crate::outbox::{Outbox, PushError, write_loop};
 use crate::presence::{self, Watches};
+use crate::push::Pushes;
 use crate::registry::{Change, Departure, Placed, Registry, RelayError, Relayed, ServerInfo};
 use crate::standby::Standby;
 use crate::stats::{FanOut, Stats};
@@ -48,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) tls: Option<ServerTls>,
     pub(crate) standby: Standby,
     pub(crate) watches: Watches,
+    pub(crate) pushes: Pushes,
+    pub(crate) metrics: RelayMetrics,
 }
 
 /// Why a connection ended.
@@ -140,6 +144,8 @@ struct Connection {
     /// Policy `multi` and the settle window may still be open: unicast frames are held in it.
     /// Cleared the first time the window is found closed, so later frames pay one test.
     multi_settling: bool,
+    /// Socket reads so far, for sampling the relay latency.
+    reads: u32,
 }
 
 /// What a connection turned out to be once its handshake was done.
@@ -239,6 +245,7 @@ pub(crate) async fn serve(
         holding_from: None,
         watching: HashSet::new(),
         snapshot_groups: None,
+        reads: 0,
         multi_settling: shared.registry.multi(),
         shared,
     };
@@ -385,9 +392,14 @@ impl Connection {
             if let Err(close) = self.read_more().await {
                 return close;
             }
+            self.reads = self.reads.wrapping_add(1);
+            let sampled = (self.reads % SAMPLE_EVERY == 0).then(std::time::Instant::now);
             let handled = self.handle_buffered();
             // Hand over what was staged even when a later frame broke the protocol.
             let flushed = self.flush_staged();
+            if let Some(started) = sampled {
+                self.shared.metrics.relay_latency(started.elapsed());
+            }
             if let Err(close) = handled.and(flushed) {
                 return close;
             }
@@ -557,6 +569,14 @@ impl Connection {
                 FrameKind::Ack => {
                     let (target, from) = Ack::route(body)?;
                     claimed_by(server, from, "ack")?;
+                    if target == ServerId::HUB {
+                        // Acks of the hub's own pushes end here.
+                        self.end_run();
+                        let ack = Ack::decode(&self.read_buf[LENGTH_PREFIX_LEN..len])?;
+                        self.shared.pushes.acked(&ack);
+                        self.read_buf.advance(len);
+                        continue;
+                    }
                     if Some(target) != self.run.target {
                         self.end_run();
                     }
@@ -729,6 +749,12 @@ impl Connection {
             ));
         }
         Span::current().record("server", hello.server_id.0);
+        if hello.server_id == ServerId::HUB {
+            return Err(Close::refused(
+                ErrorCode::Malformed,
+                format!("server id {} is reserved for the hub itself", ServerId::HUB),
+            ));
+        }
         self.check_secret(&hello, &mut codec).await?;
         self.check_active()?;
         let info = ServerInfo {
@@ -765,8 +791,11 @@ impl Connection {
         }))?;
         self.outbox.keep_alive();
         let peers = self.shared.registry.peers(id);
+        let hub = ServerEpoch { id: ServerId::HUB, epoch: self.shared.pushes.epoch() };
         let servers = peers.iter().map(|peer| ServerEpoch { id: peer.id, epoch: peer.epoch });
-        self.send(Control::Servers { servers: servers.collect() })?;
+        self.send(Control::Servers { servers: servers.chain([hub]).collect() })?;
+        // The AS knows the hub's epoch now: the hub's own pushes may reach it.
+        self.shared.registry.resent(ServerId::HUB, id);
         let server = ServerEpoch { id, epoch: hello.epoch };
         for peer in peers {
             let resend_from = registration.resend.get(&peer.id).copied();

@@ -41,8 +41,17 @@ impl Hub {
         let standby = Standby::new(config.peers.clone());
         let watches = Default::default();
         let groups = Groups::default();
-        let shared =
-            Shared { config, registry, groups, stats: Default::default(), tls, standby, watches };
+        let shared = Shared {
+            config,
+            registry,
+            groups,
+            stats: Default::default(),
+            tls,
+            standby,
+            watches,
+            pushes: Default::default(),
+            metrics: Default::default(),
+        };
         Self { shared: Arc::new(shared) }
     }
 
@@ -69,6 +78,30 @@ impl Hub {
     /// What the hub has relayed and refused so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
+    }
+
+    /// Bytes waiting in the outbound queue of `server`, if it is connected.
+    pub fn queue_depth(&self, server: acms_protocol::ServerId) -> Option<usize> {
+        self.shared.registry.outbox(server).map(|outbox| outbox.pending())
+    }
+
+    /// Pushes from outside the cluster waiting for their acknowledgement.
+    pub fn pushes_waiting(&self) -> usize {
+        self.shared.pushes.waiting()
+    }
+
+    /// The epoch of this hub process, announced to every AS as that of the origin
+    /// [`ServerId::HUB`](acms_protocol::ServerId::HUB), which numbers the hub's own pushes.
+    pub fn push_epoch(&self) -> u64 {
+        self.shared.pushes.epoch()
+    }
+
+    pub(crate) fn relay_metrics(&self) -> &crate::metrics::RelayMetrics {
+        &self.shared.metrics
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Accepts AS on `listener` until `shutdown` is cancelled, then closes every connection,

@@ -6,6 +6,9 @@
 //! persisted and a restart loses nothing the AS still hold.
 //!
 //! # Layout
+//! - [`admin`]: the admin HTTP API (JSON, bearer token, OpenAPI document) and `/metrics`.
+//! - [`metrics`]: the Prometheus text rendering of the hub's counters.
+//! - `push`: frames the hub originates itself (pushes from the admin API) and their acks.
 //! - [`config`]: settings with their defaults, read from TOML by the binary.
 //! - `auth`: who may join a hub that has no shared secret (the loopback rule).
 //! - [`tls`]: optional TLS on the transfer port ([`ServerTls`]).
@@ -18,20 +21,24 @@
 //! - [`stats`]: counters of what the hub relayed and refused.
 //! - [`standby`]: hot standby: which hub of a cluster is active, and the peer watchers.
 
+pub mod admin;
 mod auth;
 pub mod config;
 mod connection;
 pub mod groups;
 pub mod hub;
+pub mod metrics;
 pub mod outbox;
 mod presence;
+mod push;
 pub mod registry;
 pub mod standby;
 pub mod stats;
 pub mod tls;
 
 pub use acms_protocol::Secret;
-pub use config::{Config, HubConfig, LogFormat, LoginConflict, TlsFiles};
+pub use admin::{AdminSettings, AdminToken};
+pub use config::{AdminConfig, Config, HubConfig, LogFormat, LoginConflict, TlsFiles};
 pub use groups::Groups;
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};

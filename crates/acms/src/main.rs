@@ -1,12 +1,15 @@
 //! The `acms` daemon: parses flags, loads the optional config file, the secret (`ACMS_SECRET`) and
-//! the TLS files, sets up logging, raises its open-file limit, binds the transfer port and runs
-//! the hub until SIGINT or SIGTERM.
+//! the TLS files and the admin token (`ACMS_ADMIN_TOKEN`, or one it generates and writes to a
+//! file), sets up logging, raises its open-file limit, binds the transfer port and the admin
+//! HTTP API and runs both until SIGINT or SIGTERM.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use acms::{Config, Hub, LogFormat, LoginConflict, Secret, ServerTls, TlsFiles};
+use acms::{
+    AdminSettings, AdminToken, Config, Hub, LogFormat, LoginConflict, Secret, ServerTls, TlsFiles,
+};
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -23,6 +26,9 @@ struct Args {
     /// Address app servers connect to [default: 0.0.0.0:12000].
     #[arg(long)]
     transfer: Option<SocketAddr>,
+    /// Address of the admin HTTP API and /metrics [default: 127.0.0.1:11000].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
     /// The other hubs of this cluster (their transfer addresses), for hot standby: this hub
     /// refuses app servers while one of them is active [default: none, always active].
     #[arg(long, value_delimiter = ',')]
@@ -48,6 +54,9 @@ struct Args {
 /// The environment variable that holds the shared secret; it overrides `transfer.secret`.
 const SECRET_VAR: &str = "ACMS_SECRET";
 
+/// The environment variable that holds the admin API's bearer token; it overrides `admin.token`.
+const ADMIN_TOKEN_VAR: &str = "ACMS_ADMIN_TOKEN";
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = match &args.config {
@@ -61,6 +70,16 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(transfer) = args.transfer {
         config.transfer.listen = transfer;
+    }
+    if let Some(admin) = args.admin {
+        config.admin.addr = admin;
+    }
+    if let Some(value) = std::env::var_os(ADMIN_TOKEN_VAR) {
+        let value =
+            value.into_string().map_err(|_| anyhow::anyhow!("{ADMIN_TOKEN_VAR} is not UTF-8"))?;
+        config.admin.token = Some(
+            AdminToken::new(value).with_context(|| format!("{ADMIN_TOKEN_VAR} is not usable"))?,
+        );
     }
     if let Some(peers) = args.peers {
         config.transfer.peers = peers.into_iter().filter(|peer| !peer.is_empty()).collect();
@@ -93,14 +112,65 @@ fn main() -> anyhow::Result<()> {
         let listener = TcpListener::bind(config.transfer.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.transfer.listen))?;
+        let admin_listener = TcpListener::bind(config.admin.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin API)", config.admin.addr))?;
+        let token = match config.admin.token.clone() {
+            Some(token) => token,
+            None => generate_token(&config.admin, admin_listener.local_addr()?.port())?,
+        };
+        let settings = AdminSettings { token, push_timeout: config.admin.push_timeout };
         let hub = match tls {
             Some(tls) => Hub::with_tls(config.transfer, tls),
             None => Hub::new(config.transfer),
         };
-        hub.serve(listener, shutdown).await?;
+        let admin = tokio::spawn(acms::admin::serve(
+            admin_listener,
+            hub.clone(),
+            settings,
+            shutdown.clone(),
+        ));
+        let served = hub.serve(listener, shutdown.clone()).await;
+        // The admin API stops with the hub, whatever stopped the hub.
+        shutdown.cancel();
+        served?;
+        admin.await.context("admin API task")?.context("admin API")?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Makes a token for a hub that was given none, writes it to a file only this user can read, and
+/// logs where: the API is never open by default, and the token never appears in a log.
+fn generate_token(config: &acms::AdminConfig, port: u16) -> anyhow::Result<AdminToken> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config.token_file.clone().unwrap_or_else(|| {
+        let dir =
+            std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+        dir.join(format!("acms-admin-{port}.token"))
+    });
+    let token = AdminToken::generate();
+    // A file left by an earlier run (or planted by someone else) is replaced, not reused.
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("cannot replace {}", path.display()));
+        }
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+    writeln!(file, "{}", token.expose())
+        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+    tracing::warn!(
+        file = %path.display(),
+        "no admin token set (ACMS_ADMIN_TOKEN or admin.token): generated one and wrote it to this file"
+    );
+    Ok(token)
 }
 
 /// Reads the PEM files of the transfer port's TLS.

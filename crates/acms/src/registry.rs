@@ -285,7 +285,8 @@ impl Registry {
         }
         registration.resend.remove(&id);
         if let Some(mut entry) = self.servers.get_mut(&id) {
-            entry.blocked = registration.resend.keys().copied().collect();
+            // The hub's own pushes wait until the AS has been told the hub's epoch.
+            entry.blocked = registration.resend.keys().copied().chain([ServerId::HUB]).collect();
         }
         // This AS sends everything it has not had acknowledged once it is registered; nobody
         // needs to wait for a `Resent` from it.
@@ -561,6 +562,45 @@ impl Registry {
     /// Whether `server` is registered and connected now.
     pub fn is_connected(&self, server: ServerId) -> bool {
         self.servers.get(&server).is_some_and(|entry| entry.attached.is_some())
+    }
+
+    /// How many users the directory lists on each server (their last login, under `multi`).
+    pub fn user_counts(&self) -> HashMap<ServerId, usize> {
+        let mut counts = HashMap::new();
+        for owner in self.users.iter() {
+            *counts.entry(owner.server).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Up to `limit` online users with ids after `after`, in id order, with the server they
+    /// logged in on last; only those on `server` if given. One pass over the directory, keeping
+    /// the `limit` smallest ids.
+    pub fn users_page(
+        &self,
+        server: Option<ServerId>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(UserId, ServerId)> {
+        let mut page = std::collections::BTreeMap::new();
+        for entry in self.users.iter() {
+            let owner = *entry.value();
+            if server.is_some_and(|server| server != owner.server)
+                || after.is_some_and(|after| entry.key().as_str() <= after)
+            {
+                continue;
+            }
+            if page.len() == limit {
+                match page.last_key_value() {
+                    Some((last, _)) if entry.key() < last => {
+                        page.pop_last();
+                    }
+                    _ => continue,
+                }
+            }
+            page.insert(entry.key().clone(), owner.server);
+        }
+        page.into_iter().collect()
     }
 
     /// Number of users online in the cluster.

@@ -50,6 +50,9 @@ impl Broker {
         let mut command = Command::new(bin);
         command
             .args(["--transfer", &format!("127.0.0.1:{port}"), "--log-format", "plain"])
+            // The admin API on any free port, with a token so none is generated and written.
+            .args(["--admin", "127.0.0.1:0"])
+            .env("ACMS_ADMIN_TOKEN", "acms-bench-admin-token")
             .env("RUST_LOG", "info");
         let (child, line) = spawn_and_wait(command, log, |line| {
             let at = line.find("accepting app servers")?;

@@ -12,6 +12,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[serde(transparent)]
 pub struct ServerId(pub u32);
 
+impl ServerId {
+    /// The origin of frames the hub itself sends (pushes from its admin API): reserved, never
+    /// an app server's id. The hub announces its epoch under this id in `Servers`, numbers its
+    /// frames like an AS, and consumes the acks the receivers send to it.
+    pub const HUB: ServerId = ServerId(u32::MAX);
+}
+
 impl fmt::Display for ServerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
