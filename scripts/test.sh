@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what the tests need (cargo-nextest, schemathesis), builds
-# the programs the end-to-end tests start as processes, then runs the documentation examples and
-# every test of the workspace in parallel.
+# Runs the whole test suite: installs what the tests need (cargo-nextest, schemathesis, chromium),
+# builds the programs the end-to-end tests start as processes, then runs the documentation
+# examples and every test of the workspace in parallel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,14 @@ if ! command -v schemathesis >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/schemat
     fi
     python3 -m pip install --user --quiet schemathesis \
         || python3 -m pip install --user --quiet --break-system-packages schemathesis
+fi
+
+# Debian's chromium, headless, renders the dashboard in tests/dashboard.rs.
+if ! command -v chromium >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
 
 cargo build --workspace --bins --examples

@@ -117,6 +117,7 @@ pub async fn serve(
 pub fn router(hub: Hub, settings: AdminSettings) -> Router {
     // Room for a payload of a whole frame as base64, and the JSON around it.
     let body_limit = hub.config().max_frame_len * 4 / 3 + 64 * 1024;
+    let dashboard = crate::dashboard::router(hub.clone());
     let state = AppState { hub, settings };
     let read = Router::new()
         .route("/api/servers", get(list_servers))
@@ -134,6 +135,7 @@ pub fn router(hub: Hub, settings: AdminSettings) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+        .merge(dashboard)
 }
 
 /// A JSON error: `{"error": "..."}` with a 4xx (or 503/504) status.
@@ -385,7 +387,9 @@ async fn list_users(
 #[utoipa::path(get, path = "/api/openapi.json", tag = "read",
     responses((status = 200, description = "this document", content_type = "application/json")))]
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut document = ApiDoc::openapi();
+    document.merge(crate::dashboard::DashboardDoc::openapi());
+    Json(document)
 }
 
 /// The hub's metrics, in the Prometheus text format.
@@ -651,6 +655,7 @@ impl Modify for BearerScheme {
 /// true.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/servers"),
+    ("get", "/api/summary"),
     ("get", "/api/users"),
     ("get", "/api/users/{id}"),
     ("get", "/api/openapi.json"),

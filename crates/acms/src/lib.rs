@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`admin`]: the admin HTTP API (JSON, bearer token, OpenAPI document) and `/metrics`.
+//! - [`dashboard`]: the live dashboard page at `GET /` (embedded) and `GET /api/summary`.
 //! - [`metrics`]: the Prometheus text rendering of the hub's counters.
 //! - `push`: frames the hub originates itself (pushes from the admin API) and their acks.
 //! - [`config`]: settings with their defaults, read from TOML by the binary.
@@ -25,6 +26,7 @@ pub mod admin;
 mod auth;
 pub mod config;
 mod connection;
+pub mod dashboard;
 pub mod groups;
 pub mod hub;
 pub mod metrics;
