@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`admin`]: the admin HTTP API (JSON, bearer token, OpenAPI document) and `/metrics`.
+//! - [`assign`]: which app server a new client should use, by the configured policy.
 //! - [`metrics`]: the Prometheus text rendering of the hub's counters.
 //! - `push`: frames the hub originates itself (pushes from the admin API) and their acks.
 //! - [`config`]: settings with their defaults, read from TOML by the binary.
@@ -22,6 +23,7 @@
 //! - [`standby`]: hot standby: which hub of a cluster is active, and the peer watchers.
 
 pub mod admin;
+pub mod assign;
 mod auth;
 pub mod config;
 mod connection;
@@ -38,7 +40,10 @@ pub mod tls;
 
 pub use acms_protocol::Secret;
 pub use admin::{AdminSettings, AdminToken};
-pub use config::{AdminConfig, Config, HubConfig, LogFormat, LoginConflict, TlsFiles};
+pub use assign::Policy as AssignPolicy;
+pub use config::{
+    AdminConfig, AssignConfig, Config, HubConfig, LogFormat, LoginConflict, TlsFiles,
+};
 pub use groups::Groups;
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};
