@@ -410,7 +410,8 @@ impl ClusterBuilder {
     }
 
     /// How often the server reports its load (users, CPU, memory, message rates) to the hub,
-    /// which assigns new clients by the latest reports (default 5 s; at least 1 ms).
+    /// which assigns new clients by the latest reports (default 5 s, the first one interval after
+    /// connecting; at least 1 ms).
     pub fn load_interval(mut self, interval: Duration) -> Self {
         self.load_interval = interval.max(Duration::from_millis(1));
         self

@@ -560,8 +560,9 @@ impl Link {
         let start = tokio::time::Instant::now() + self.digest_interval;
         let mut digests = tokio::time::interval_at(start, self.digest_interval);
         digests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first report goes out at once: a hub that just came up can assign by it.
-        let mut loads = tokio::time::interval(self.load_interval);
+        // The first report one interval in, once CPU use has a span to be measured over.
+        let start = tokio::time::Instant::now() + self.load_interval;
+        let mut loads = tokio::time::interval_at(start, self.load_interval);
         loads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let ping_at = last_write + self.keepalive_interval;
