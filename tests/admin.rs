@@ -1,13 +1,14 @@
 //! The admin HTTP API over a real socket, with a hub and two app servers: every route, the bearer
 //! token, bad input answered with JSON 4xx, pagination, pushes reaching users on any server,
-//! kicks, /metrics, and the OpenAPI document kept true to the router.
+//! kicks, load reports and assignment, /metrics, and the OpenAPI document kept true to the router.
 
 use std::time::Duration;
 
+use acms::AssignPolicy;
 use acms::admin::ROUTES;
-use acms_appserver::{Event, GroupId};
+use acms_appserver::{Event, GroupId, LinkState};
 use acms_tests::http::{Reply, TOKEN, TestAdmin, request};
-use acms_tests::{PATIENCE, TestHub, TestServer, eventually, user};
+use acms_tests::{PATIENCE, TestHub, TestServer, builder, eventually, user};
 use bytes::Bytes;
 
 /// A hub with its admin API, server 1 (alice) and server 2 (bob, carol).
@@ -60,7 +61,6 @@ async fn read_routes_list_servers_and_users_and_page_through_them() {
     assert_eq!((servers[1]["id"].as_u64(), servers[1]["users"].as_u64()), (Some(2), Some(2)));
     assert_eq!(servers[1]["client_addr"], "127.0.0.1:6002");
     assert_eq!(servers[1]["state"], "active");
-    assert!(servers[1]["cpu_percent"].is_null(), "null until load reports exist");
     assert!(servers[1]["connected_since"].as_f64().unwrap() > 1.0e9);
 
     let bob = admin.get("/api/users/bob").await.json();
@@ -381,4 +381,60 @@ async fn the_openapi_document_describes_every_route_the_router_serves() {
         (scheme["type"].as_str(), scheme["scheme"].as_str()),
         (Some("http"), Some("bearer"))
     );
+}
+
+/// A server reporting its load every 50 ms, declaring `capacity` clients.
+async fn reporting(id: u32, hub: &TestHub, capacity: u32) -> TestServer {
+    let builder = builder(id, hub.addr).load_interval(Duration::from_millis(50)).capacity(capacity);
+    TestServer::start_with(builder, LinkState::Connected).await
+}
+
+#[tokio::test]
+async fn load_reports_fill_the_server_list_and_assignment_skips_full_servers() {
+    let hub = TestHub::start().await;
+    let admin = TestAdmin::start_with(&hub.hub, PATIENCE, AssignPolicy::MinUsers).await;
+    let empty = admin.get("/api/assign").await;
+    assert_eq!(empty.status, 503, "{}", empty.body);
+    assert!(empty.json()["error"].is_string());
+
+    // Server 1 has the fewest users but is at its capacity of one.
+    let one = reporting(1, &hub, 1).await;
+    let two = reporting(2, &hub, 100).await;
+    one.login(&["alice"]).await;
+    two.login(&["bob", "carol"]).await;
+    hub.wait_for(2, 3).await;
+    eventually("reports counting every user", || {
+        let servers = hub.hub.registry().servers();
+        let users: Vec<_> = servers.iter().map(|info| info.load.map(|load| load.users)).collect();
+        users == [Some(1), Some(2)]
+    })
+    .await;
+
+    let servers = admin.get("/api/servers").await;
+    assert_eq!(servers.status, 200, "{}", servers.body);
+    let servers = servers.json();
+    for (server, capacity) in servers.as_array().expect("an array").iter().zip([1, 100]) {
+        assert!(server["cpu_percent"].as_f64().is_some_and(|cpu| cpu >= 0.0), "{server}");
+        assert!(server["memory_bytes"].as_u64().is_some_and(|bytes| bytes > 0), "{server}");
+        assert!(server["messages_in_per_second"].is_number(), "{server}");
+        assert!(server["messages_out_per_second"].is_number(), "{server}");
+        assert_eq!(server["capacity"], capacity, "{server}");
+    }
+
+    let answer = admin.get("/api/assign?key=alice").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json(), serde_json::json!({"server": 2, "client_addr": "127.0.0.1:6002"}));
+    let long = admin.get(&format!("/api/assign?key={}", "k".repeat(257))).await;
+    assert_eq!(long.status, 400, "{}", long.body);
+
+    // Affinity: a key keeps its server, and there is no affinity without a key.
+    let affinity = TestAdmin::start_with(&hub.hub, PATIENCE, AssignPolicy::Affinity).await;
+    assert_eq!(affinity.get("/api/assign").await.status, 400);
+    one.cluster.logout(&user("alice")).await.unwrap();
+    hub.wait_for(2, 2).await;
+    let first = affinity.get("/api/assign?key=team-7").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    for _ in 0..5 {
+        assert_eq!(affinity.get("/api/assign?key=team-7").await.json(), first.json());
+    }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use acms::{AdminSettings, AdminToken, Hub};
+use acms::{AdminSettings, AdminToken, AssignPolicy, Hub};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -24,10 +24,16 @@ pub struct TestAdmin {
 impl TestAdmin {
     /// Serves the admin API of `hub`, with [`TOKEN`], on 127.0.0.1.
     pub async fn start(hub: &Hub, push_timeout: Duration) -> Self {
+        Self::start_with(hub, push_timeout, AssignPolicy::default()).await
+    }
+
+    /// As [`TestAdmin::start`], assigning servers by `assign`.
+    pub async fn start_with(hub: &Hub, push_timeout: Duration, assign: AssignPolicy) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let settings = AdminSettings { token: AdminToken::new(TOKEN).unwrap(), push_timeout };
+        let settings =
+            AdminSettings { token: AdminToken::new(TOKEN).unwrap(), push_timeout, assign };
         tokio::spawn(acms::admin::serve(listener, hub.clone(), settings, shutdown.clone()));
         Self { addr, shutdown }
     }

@@ -272,6 +272,8 @@ impl Proc {
 pub struct DemoCluster {
     /// The hub.
     pub hub: Proc,
+    /// The hub's admin API.
+    pub admin: SocketAddr,
     /// The IM servers, with ids 0 and 1.
     pub servers: Vec<Proc>,
     /// Where the clients of each server connect.
@@ -286,11 +288,23 @@ impl DemoCluster {
             &program("acms"),
             &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
         );
-        let ready = hub
-            .stderr
-            .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
-            .await;
-        let transfer = field_addr(&ready, "transfer").to_string();
+        // The two listeners log in either order.
+        let (mut transfer, mut admin) = (None, None);
+        while transfer.is_none() || admin.is_none() {
+            let line = hub
+                .stderr
+                .wait_for("the hub's two listeners", |line| {
+                    line.contains("accepting app servers")
+                        || line.contains("admin HTTP API listening")
+                })
+                .await;
+            if line.contains("accepting app servers") {
+                transfer = Some(field_addr(&line, "transfer").to_string());
+            } else {
+                admin = Some(field_addr(&line, "admin"));
+            }
+        }
+        let (transfer, admin) = (transfer.unwrap(), admin.unwrap());
         let (mut servers, mut listen) = (Vec::new(), Vec::new());
         for id in ["0", "1"] {
             let args = ["--id", id, "--listen", "127.0.0.1:0", "--acms", &transfer];
@@ -307,7 +321,7 @@ impl DemoCluster {
                 .await;
             servers.push(server);
         }
-        Self { hub, servers, listen }
+        Self { hub, admin, servers, listen }
     }
 
     /// Logs `user` in on server `id` with `extra` flags, and waits for the login.

@@ -165,7 +165,7 @@ async fn the_secret_from_the_environment_lets_only_the_right_server_in() {
 /// the new one.
 #[tokio::test]
 async fn who_friends_and_a_kick_through_the_real_programs() {
-    let DemoCluster { mut hub, mut servers, listen } = DemoCluster::start().await;
+    let DemoCluster { mut hub, mut servers, listen, .. } = DemoCluster::start().await;
     let client = |name: &str, server: &str, extra: &[&str]| {
         let mut args = vec!["--server", server, "--user", name];
         args.extend_from_slice(extra);
@@ -218,7 +218,7 @@ async fn who_friends_and_a_kick_through_the_real_programs() {
 /// into `im-client`s on two `im-server`s.
 #[tokio::test]
 async fn rooms_and_messages_to_all_across_two_servers() {
-    let DemoCluster { mut hub, mut servers, listen } = DemoCluster::start().await;
+    let DemoCluster { mut hub, mut servers, listen, .. } = DemoCluster::start().await;
 
     // alice and carol on server 0, bob on server 1.
     let client = |user: &str, server: &str| {
@@ -316,4 +316,26 @@ async fn programs_stop_on_sigterm_after_their_log_pipe_closed() {
         let exited = tokio::time::timeout(acms_tests::PATIENCE, child.wait()).await;
         assert!(exited.is_ok(), "still running {:?} after SIGTERM", acms_tests::PATIENCE);
     }
+}
+
+/// `im-client --acms-http` with no `--server` asks the hub and lands on the server it assigns:
+/// with the default policy `min-users`, the one without alice.
+#[tokio::test]
+async fn a_client_without_a_server_lands_where_the_hub_assigns() {
+    let cluster = DemoCluster::start().await;
+    let mut alice = cluster.client("alice", 0, &[]).await;
+    let acms_http = format!("http://{}", cluster.admin);
+    let args = ["--acms-http", acms_http.as_str(), "--user", "carol"];
+    let mut carol = Proc::start("carol", &program("im-client"), &args);
+    carol
+        .stderr
+        .wait_for("carol's assignment", |line| line.starts_with("the hub assigned server 1 ("))
+        .await;
+    carol
+        .stderr
+        .wait_for("carol's login", |line| line.starts_with("logged in as carol on server 1 ("))
+        .await;
+    // And she is reachable there.
+    alice.say("@carol hello").await;
+    assert_eq!(carol.stdout.next("alice's message").await, "alice: hello");
 }

@@ -3,10 +3,13 @@
 //! TOKEN`. Bad input gets a JSON error with a 4xx status, never a 500.
 //!
 //! The router is built from sections ([`router`]): read routes, pushes and kicks, metrics and the
-//! OpenAPI document. Load reports, assignment and drain add their own section the same way.
+//! OpenAPI document. `GET /api/assign` is a read route: it answers from the servers' latest load
+//! reports by the configured policy ([`crate::assign`]).
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use acms_protocol::{Control, DataKind, EVERYONE, GroupId, ServerId, UserId};
@@ -25,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::assign::{Candidate, Policy};
 use crate::connection::control_frame;
 use crate::hub::Hub;
 use crate::stats::FanOut;
@@ -92,12 +96,16 @@ pub struct AdminSettings {
     pub token: AdminToken,
     /// How long a push waits for the recipient's server to acknowledge it before answering 504.
     pub push_timeout: Duration,
+    /// How `GET /api/assign` picks a server.
+    pub assign: Policy,
 }
 
 #[derive(Debug, Clone)]
 struct AppState {
     hub: Hub,
     settings: AdminSettings,
+    /// Advanced by every assignment, for `round-robin`.
+    turn: Arc<AtomicU64>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` is cancelled.
@@ -118,9 +126,10 @@ pub fn router(hub: Hub, settings: AdminSettings) -> Router {
     // Room for a payload of a whole frame as base64, and the JSON around it.
     let body_limit = hub.config().max_frame_len * 4 / 3 + 64 * 1024;
     let dashboard = crate::dashboard::router(hub.clone());
-    let state = AppState { hub, settings };
+    let state = AppState { hub, settings, turn: Arc::default() };
     let read = Router::new()
         .route("/api/servers", get(list_servers))
+        .route("/api/assign", get(assign))
         .route("/api/users", get(list_users))
         .route("/api/users/{id}", get(find_user))
         .route("/api/openapi.json", get(openapi_json))
@@ -249,13 +258,17 @@ pub struct ServerView {
     pub cpu_percent: Option<f64>,
     /// Resident memory in bytes, from its load reports; null until it sends them.
     pub memory_bytes: Option<u64>,
-    /// Messages per second it sends, from its load reports; null until it sends them.
+    /// Messages per second the hub delivered to it, from its load reports; null until it sends
+    /// them.
     pub messages_in_per_second: Option<f64>,
-    /// Messages per second it receives, from its load reports; null until it sends them.
+    /// Messages per second it sent through the hub, from its load reports; null until it sends
+    /// them.
     pub messages_out_per_second: Option<f64>,
+    /// Most clients it declares it takes, from its load reports; null when it declares none.
+    pub capacity: Option<u32>,
     /// Bytes waiting in its outbound queue at the hub; null while it is away.
     pub queue_bytes: Option<u64>,
-    /// Active, draining (load reports and drain come later), or away within its grace.
+    /// Active, draining (drain comes later), or away within its grace.
     pub state: ServerState,
     /// When it registered, in seconds since the Unix epoch.
     pub connected_since: f64,
@@ -274,10 +287,11 @@ async fn list_servers(State(state): State<AppState>) -> Json<Vec<ServerView>> {
             client_addr: info.client_addr,
             peer_addr: info.peer_addr.to_string(),
             users: counts.get(&info.id).copied().unwrap_or(0) as u64,
-            cpu_percent: None,
-            memory_bytes: None,
-            messages_in_per_second: None,
-            messages_out_per_second: None,
+            cpu_percent: info.load.map(|load| f64::from(load.cpu_centipercent) / 100.0),
+            memory_bytes: info.load.map(|load| load.memory_bytes),
+            messages_in_per_second: info.load.map(|load| f64::from(load.msgs_in_per_s)),
+            messages_out_per_second: info.load.map(|load| f64::from(load.msgs_out_per_s)),
+            capacity: info.load.and_then(|load| load.capacity),
             queue_bytes: queue.map(|bytes| bytes as u64),
             state: if queue.is_some() { ServerState::Active } else { ServerState::Away },
             connected_since: info
@@ -287,6 +301,68 @@ async fn list_servers(State(state): State<AppState>) -> Json<Vec<ServerView>> {
         }
     });
     Json(servers.collect())
+}
+
+/// `GET /api/assign` parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AssignQuery {
+    /// What the client groups by (a team or group id; the user name will do): policy `affinity`
+    /// needs it and sends every client with the same key to the same server. Up to 256 bytes.
+    pub key: Option<String>,
+}
+
+/// The server a new client should use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssignAnswer {
+    /// Its id.
+    pub server: u32,
+    /// Where the client connects.
+    pub client_addr: String,
+}
+
+/// Longest assignment key accepted.
+const MAX_ASSIGN_KEY: usize = 256;
+
+/// The server a new client should use, by the hub's assignment policy: never one that is away,
+/// draining, or at its declared capacity.
+#[utoipa::path(get, path = "/api/assign", tag = "read", params(AssignQuery),
+    responses(
+        (status = 200, description = "the chosen server", body = AssignAnswer),
+        (status = 400, description = "bad key, or none where policy `affinity` needs one", body = ErrorBody),
+        (status = 503, description = "no server can take a client", body = ErrorBody)))]
+async fn assign(
+    State(state): State<AppState>,
+    query: Result<Query<AssignQuery>, QueryRejection>,
+) -> Result<Json<AssignAnswer>, ApiError> {
+    let Query(query) = query?;
+    let key = query.key.unwrap_or_default();
+    if key.len() > MAX_ASSIGN_KEY {
+        return Err(ApiError::bad_request(format!("key longer than {MAX_ASSIGN_KEY} bytes")));
+    }
+    let policy = state.settings.assign;
+    if policy == Policy::Affinity && key.is_empty() {
+        return Err(ApiError::bad_request("policy affinity needs a key"));
+    }
+    let registry = state.hub.registry();
+    let counts = registry.user_counts();
+    let servers = registry.servers();
+    let candidates: Vec<Candidate> = servers
+        .iter()
+        .map(|info| Candidate {
+            id: info.id,
+            users: counts.get(&info.id).copied().unwrap_or(0) as u64,
+            load: info.load,
+            active: state.hub.queue_depth(info.id).is_some(),
+        })
+        .collect();
+    let turn = state.turn.fetch_add(1, Ordering::Relaxed);
+    let chosen = crate::assign::choose(policy, &candidates, &key, turn)
+        .and_then(|id| servers.into_iter().find(|info| info.id == id))
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no app server can take a client")
+        })?;
+    Ok(Json(AssignAnswer { server: chosen.id.0, client_addr: chosen.client_addr }))
 }
 
 /// Where one user is online.
@@ -632,8 +708,8 @@ async fn kick_user(
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ACMS admin API", description = "Servers, users, pushes, kicks and metrics of an ACMS hub. Routes that change state need `Authorization: Bearer TOKEN`."),
-    paths(list_servers, list_users, find_user, openapi_json, metrics, push_to_user, push_to_group, broadcast, kick_user),
-    components(schemas(ErrorBody, ServerView, ServerState, UserView, UserEntry, UserPage, PushBody, PushStatus, PushAnswer, KickBody, KickAnswer)),
+    paths(list_servers, assign, list_users, find_user, openapi_json, metrics, push_to_user, push_to_group, broadcast, kick_user),
+    components(schemas(ErrorBody, AssignAnswer, ServerView, ServerState, UserView, UserEntry, UserPage, PushBody, PushStatus, PushAnswer, KickBody, KickAnswer)),
     modifiers(&BearerScheme)
 )]
 pub struct ApiDoc;
@@ -656,6 +732,7 @@ impl Modify for BearerScheme {
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/servers"),
     ("get", "/api/summary"),
+    ("get", "/api/assign"),
     ("get", "/api/users"),
     ("get", "/api/users/{id}"),
     ("get", "/api/openapi.json"),

@@ -18,6 +18,8 @@ pub struct Config {
     pub transfer: HubConfig,
     /// The admin HTTP API and `/metrics`.
     pub admin: AdminConfig,
+    /// How `GET /api/assign` picks a server for a new client.
+    pub assign: AssignConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -48,6 +50,14 @@ impl Default for AdminConfig {
             push_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// Settings of server assignment (`[assign]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssignConfig {
+    /// `min-users` (default), `min-cpu`, `round-robin`, `weighted` or `affinity`.
+    pub policy: crate::assign::Policy,
 }
 
 impl Config {

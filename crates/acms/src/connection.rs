@@ -762,6 +762,7 @@ impl Connection {
             client_addr: hello.client_addr,
             peer_addr: self.peer,
             connected_at: SystemTime::now(),
+            load: None,
         };
         let client_addr = info.client_addr.clone();
         let id = info.id;
@@ -889,6 +890,10 @@ impl Connection {
                     Ok(())
                 }
                 Control::Digest(digest) => self.handle_digest(digest),
+                Control::Load(load) => {
+                    self.shared.registry.report_load(self.server(), load);
+                    Ok(())
+                }
                 Control::Resent { server: target } => {
                     self.shared.registry.resent(self.server(), target);
                     Ok(())

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`admin`]: the admin HTTP API (JSON, bearer token, OpenAPI document) and `/metrics`.
+//! - [`assign`]: which app server a new client should use, by the configured policy.
 //! - [`dashboard`]: the live dashboard page at `GET /` (embedded) and `GET /api/summary`.
 //! - [`metrics`]: the Prometheus text rendering of the hub's counters.
 //! - `push`: frames the hub originates itself (pushes from the admin API) and their acks.
@@ -23,6 +24,7 @@
 //! - [`standby`]: hot standby: which hub of a cluster is active, and the peer watchers.
 
 pub mod admin;
+pub mod assign;
 mod auth;
 pub mod config;
 mod connection;
@@ -40,7 +42,10 @@ pub mod tls;
 
 pub use acms_protocol::Secret;
 pub use admin::{AdminSettings, AdminToken};
-pub use config::{AdminConfig, Config, HubConfig, LogFormat, LoginConflict, TlsFiles};
+pub use assign::Policy as AssignPolicy;
+pub use config::{
+    AdminConfig, AssignConfig, Config, HubConfig, LogFormat, LoginConflict, TlsFiles,
+};
 pub use groups::Groups;
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};

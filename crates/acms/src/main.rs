@@ -119,7 +119,11 @@ fn main() -> anyhow::Result<()> {
             Some(token) => token,
             None => generate_token(&config.admin, admin_listener.local_addr()?.port())?,
         };
-        let settings = AdminSettings { token, push_timeout: config.admin.push_timeout };
+        let settings = AdminSettings {
+            token,
+            push_timeout: config.admin.push_timeout,
+            assign: config.assign.policy,
+        };
         let hub = match tls {
             Some(tls) => Hub::with_tls(config.transfer, tls),
             None => Hub::new(config.transfer),

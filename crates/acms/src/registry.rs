@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use acms_protocol::{ServerId, UserId};
+use acms_protocol::{Load, ServerId, UserId};
 use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -30,6 +30,8 @@ pub struct ServerInfo {
     pub peer_addr: SocketAddr,
     /// When it registered.
     pub connected_at: SystemTime,
+    /// Its latest load report; `None` until the first arrives.
+    pub load: Option<Load>,
 }
 
 /// The connection of a registered AS.
@@ -548,6 +550,13 @@ impl Registry {
         servers
     }
 
+    /// Keeps `load` as the latest report of server `id`, if it is registered.
+    pub(crate) fn report_load(&self, id: ServerId, load: Load) {
+        if let Some(mut entry) = self.servers.get_mut(&id) {
+            entry.info.load = Some(load);
+        }
+    }
+
     /// The ids of every registered AS but `except`, including those away within their grace:
     /// the servers a broadcast goes to.
     pub(crate) fn server_ids(&self, except: ServerId) -> Vec<ServerId> {
@@ -624,7 +633,29 @@ mod tests {
             client_addr: format!("127.0.0.1:{}", 6000 + id),
             peer_addr: SocketAddr::from(([127, 0, 0, 1], 50000)),
             connected_at: SystemTime::now(),
+            load: None,
         }
+    }
+
+    #[test]
+    fn the_latest_load_report_is_kept() {
+        let registry = Registry::default();
+        let (outbox, _inbox) = Outbox::new(1024, 512);
+        registry.register(info(1), 1, outbox, CancellationToken::new()).unwrap();
+        assert_eq!(registry.servers()[0].load, None);
+        let load = |users| Load {
+            users,
+            cpu_centipercent: 100,
+            memory_bytes: 1 << 20,
+            msgs_in_per_s: 0,
+            msgs_out_per_s: 0,
+            capacity: None,
+        };
+        registry.report_load(ServerId(1), load(3));
+        registry.report_load(ServerId(1), load(5));
+        registry.report_load(ServerId(2), load(9));
+        assert_eq!(registry.servers()[0].load, Some(load(5)));
+        assert_eq!(registry.servers().len(), 1);
     }
 
     fn user(name: &str) -> UserId {

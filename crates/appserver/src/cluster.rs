@@ -329,6 +329,8 @@ pub struct ClusterBuilder {
     pub(crate) keepalive_interval: Duration,
     pub(crate) keepalive_timeout: Duration,
     pub(crate) digest_interval: Duration,
+    pub(crate) load_interval: Duration,
+    pub(crate) capacity: Option<u32>,
 }
 
 impl ClusterBuilder {
@@ -404,6 +406,22 @@ impl ClusterBuilder {
     /// keeps secrets (the demo server uses `ACMS_SECRET`).
     pub fn secret(mut self, secret: Secret) -> Self {
         self.secret = Some(secret);
+        self
+    }
+
+    /// How often the server reports its load (users, CPU, memory, message rates) to the hub,
+    /// which assigns new clients by the latest reports (default 5 s, the first one interval after
+    /// connecting; at least 1 ms).
+    pub fn load_interval(mut self, interval: Duration) -> Self {
+        self.load_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The most clients this server takes, declared to the hub in its load reports: the hub's
+    /// `weighted` assignment fills servers in proportion to it, and never sends a new client to a
+    /// server at it. Undeclared by default.
+    pub fn capacity(mut self, clients: u32) -> Self {
+        self.capacity = Some(clients);
         self
     }
 
@@ -537,6 +555,8 @@ impl Cluster {
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(3),
             digest_interval: Duration::from_secs(10),
+            load_interval: Duration::from_secs(5),
+            capacity: None,
         }
     }
 

@@ -40,6 +40,7 @@
 //!   batched writes, reconnects, retransmission.
 //! - `reliable`: the bookkeeping of exactly-once delivery: frames not yet acknowledged, duplicate
 //!   suppression, acks owed.
+//! - `load`: the load reports the link sends every load interval (CPU, memory, message rates).
 //! - `groups`: the local members of each group, and group frames waiting for acknowledgements.
 //! - [`tls`]: [`ClientTls`], optional TLS to the hub.
 #![warn(missing_docs)]
@@ -47,6 +48,7 @@
 pub mod cluster;
 mod groups;
 mod link;
+mod load;
 mod outgoing;
 mod reliable;
 pub mod tls;

@@ -32,6 +32,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers, Outcome, SharedUsers, Tally};
 use crate::groups::{Awaited, LocalGroups};
+use crate::load::LoadSampler;
 use crate::outgoing::Outgoing;
 use crate::reliable::{Received, SEQ_AT, Unacked};
 use crate::tls::{self, ClientTls, ReadHalf, WriteHalf};
@@ -168,6 +169,7 @@ enum Step<'a> {
     /// A keepalive deadline passed.
     Tick,
     Digest,
+    Load,
 }
 
 pub(crate) struct Link {
@@ -195,6 +197,10 @@ pub(crate) struct Link {
     local: Arc<LocalUsers>,
     tally: Arc<std::sync::Mutex<Tally>>,
     digest_interval: Duration,
+    load_interval: Duration,
+    load: LoadSampler,
+    /// Messages delivered to the app from the hub since start, for the load reports.
+    msgs_in: u64,
     /// The change number of `tally` the last snapshot reflects.
     snapshot_mark: u64,
     /// Logins and logouts numbered after `snapshot_mark` that the hub has been told of since.
@@ -288,6 +294,9 @@ impl Link {
             local,
             tally,
             digest_interval: config.digest_interval,
+            load_interval: config.load_interval,
+            load: LoadSampler::new(config.capacity),
+            msgs_in: 0,
             snapshot_mark: 0,
             told_since_mark: 0,
             digest_due: false,
@@ -551,6 +560,10 @@ impl Link {
         let start = tokio::time::Instant::now() + self.digest_interval;
         let mut digests = tokio::time::interval_at(start, self.digest_interval);
         digests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first report one interval in, once CPU use has a span to be measured over.
+        let start = tokio::time::Instant::now() + self.load_interval;
+        let mut loads = tokio::time::interval_at(start, self.load_interval);
+        loads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let ping_at = last_write + self.keepalive_interval;
             let silent_at = last_read + self.keepalive_timeout;
@@ -566,6 +579,7 @@ impl Link {
                 read = reader.read_more(), if self.pending_events.is_none() => Step::Read(read),
                 _ = tokio::time::sleep_until(ping_at.min(silent_at)) => Step::Tick,
                 _ = digests.tick() => Step::Digest,
+                _ = loads.tick() => Step::Load,
             };
             match step {
                 Step::Wrote(written) => {
@@ -631,6 +645,12 @@ impl Link {
                     self.digest_due = true;
                     self.encode_digest_if_due(&mut out)?;
                 }
+                Step::Load => {
+                    // Every data frame sent took a sequence number.
+                    let sent = self.next_seq - 1;
+                    let load = self.load.sample(self.local.len(), self.msgs_in, sent);
+                    self.encode(&mut out, Control::Load(load))?;
+                }
                 Step::Read(read) => {
                     if !read? {
                         return Err(SessionError::HubClosed);
@@ -652,6 +672,8 @@ impl Link {
         while let Some(raw) = reader.decode()? {
             self.handle_frame(raw, out, &mut events)?;
         }
+        let messages = events.iter().filter(|event| matches!(event, Event::Message { .. }));
+        self.msgs_in += messages.count() as u64;
         // Acks go out once the app has the messages; while it is behind they wait with them.
         if events.is_empty() || self.deliver(events) {
             self.received.encode_acks(self.server_id, self.send_limit, out.tail());

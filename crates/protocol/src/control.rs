@@ -201,6 +201,28 @@ pub enum Control {
         /// Whether the user has a session on another AS now.
         elsewhere: bool,
     },
+    /// AS to hub, every load interval: how busy the AS is, for the hub's choice of a server for
+    /// new clients. The hub keeps the latest report of each AS.
+    Load(Load),
+}
+
+/// A load report (see [`Control::Load`]). Whole numbers, so reports compare exactly and encode
+/// small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    /// Users online on the AS.
+    pub users: u32,
+    /// CPU use of the AS process, in hundredths of a percent of one core (may pass 10,000 on
+    /// several cores).
+    pub cpu_centipercent: u32,
+    /// Resident memory of the AS process, in bytes.
+    pub memory_bytes: u64,
+    /// Messages per second delivered to the AS from the hub, over the last interval.
+    pub msgs_in_per_s: u32,
+    /// Messages per second the AS sent through the hub, over the last interval.
+    pub msgs_out_per_s: u32,
+    /// Most clients the AS declares it takes; `None` when it declares no limit.
+    pub capacity: Option<u32>,
 }
 
 /// What a hub tells the other hubs of its cluster, so that exactly one is active.

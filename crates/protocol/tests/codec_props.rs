@@ -2,7 +2,7 @@
 
 use acms_protocol::{
     Ack, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, GroupId, Hello,
-    HubStatus, LENGTH_PREFIX_LEN, MAX_FRAME_LEN_CEILING, Nonce, Proof, ProtocolError, Prover,
+    HubStatus, LENGTH_PREFIX_LEN, Load, MAX_FRAME_LEN_CEILING, Nonce, Proof, ProtocolError, Prover,
     RawFrame, Secret, SeqRange, ServerEpoch, ServerId, UserDigest, UserId, Welcome,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -139,6 +139,18 @@ fn control_with(
             .prop_map(|(seq, servers)| Control::Copies { seq, servers }),
         any::<u32>().prop_map(|id| Control::ServerDown { server: ServerId(id) }),
         (users, any::<bool>()).prop_map(|(user, elsewhere)| Control::Shared { user, elsewhere }),
+        (any::<[u32; 5]>(), any::<u64>(), any::<Option<u32>>()).prop_map(
+            |(n, memory_bytes, capacity)| {
+                Control::Load(Load {
+                    users: n[0],
+                    cpu_centipercent: n[1],
+                    memory_bytes,
+                    msgs_in_per_s: n[2],
+                    msgs_out_per_s: n[3] ^ n[4],
+                    capacity,
+                })
+            }
+        ),
     ]
 }
 
@@ -329,10 +341,11 @@ fn variant_index(control: &Control) -> usize {
         Control::Copies { .. } => 27,
         Control::ServerDown { .. } => 28,
         Control::Shared { .. } => 29,
+        Control::Load(_) => 30,
     }
 }
 
-const CONTROL_VARIANTS: usize = 30;
+const CONTROL_VARIANTS: usize = 31;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -714,6 +727,18 @@ fn documented_examples() {
     assert_eq!(hex(&down.to_bytes(1024).unwrap()), "00 00 00 03 00 1c 09");
     let shared = Frame::Control(Control::Shared { user: user("bob"), elsewhere: true });
     assert_eq!(hex(&shared.to_bytes(1024).unwrap()), "00 00 00 07 00 1d 03 62 6f 62 01");
+    let load = Frame::Control(Control::Load(Load {
+        users: 3,
+        cpu_centipercent: 1250,
+        memory_bytes: 1000,
+        msgs_in_per_s: 5,
+        msgs_out_per_s: 7,
+        capacity: Some(100),
+    }));
+    assert_eq!(
+        hex(&load.to_bytes(1024).unwrap()),
+        "00 00 00 0d 00 1e 03 fb e2 04 fb e8 03 05 07 01 64"
+    );
 }
 
 /// A broadcast names `*` and a server message a server id or `*`; anything else is refused.

@@ -10,6 +10,9 @@
 //! `--download-dir`. With `--friends a,b`, a line `online: a (server 1)` or `offline: a` tells
 //! each friend's state at the start and whenever it changes. A client whose user logs in
 //! elsewhere (and is kicked by the hub's `replace` policy) prints why and exits.
+//!
+//! With `--acms-http URL` (the hub's admin API) and no `--server`, the client asks the hub which
+//! server to use (`GET /api/assign`, keyed by `--key` or the user name) and connects to it.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -26,9 +29,17 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Address of the IM server to log in to.
-    #[arg(long, default_value = "127.0.0.1:6000")]
-    server: SocketAddr,
+    /// Address of the IM server to log in to (default 127.0.0.1:6000, unless `--acms-http`).
+    #[arg(long)]
+    server: Option<SocketAddr>,
+    /// The hub's admin API (e.g. `http://127.0.0.1:11000`): without `--server`, ask it which
+    /// server to use.
+    #[arg(long)]
+    acms_http: Option<String>,
+    /// What the hub assigns by (a team or group id, for its `affinity` policy); the user name
+    /// by default.
+    #[arg(long)]
+    key: Option<String>,
     /// Your user name (no spaces).
     #[arg(long)]
     user: String,
@@ -52,15 +63,54 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// The answer of `GET /api/assign`.
+#[derive(Debug, serde::Deserialize)]
+struct Assigned {
+    server: u32,
+    client_addr: String,
+}
+
+/// Asks the hub's admin API at `base` which server to use. Blocking: run it off the runtime.
+fn assigned(base: &str, key: &str) -> anyhow::Result<Assigned> {
+    let url = format!("{}/api/assign", base.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.get(&url).query("key", key).call()?;
+    if !response.status().is_success() {
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        anyhow::bail!("{} answered {}: {}", url, response.status(), body.trim());
+    }
+    Ok(response.body_mut().read_json()?)
+}
+
+/// The server to log in to: `--server`, else the hub's answer, else the default.
+async fn server_addr(args: &Args) -> anyhow::Result<String> {
+    match (args.server, &args.acms_http) {
+        (Some(server), _) => Ok(server.to_string()),
+        (None, Some(base)) => {
+            let (base, key) = (base.clone(), args.key.clone().unwrap_or_else(|| args.user.clone()));
+            let answer = tokio::task::spawn_blocking(move || assigned(&base, &key))
+                .await?
+                .context("cannot ask the hub which server to use")?;
+            eprintln!("the hub assigned server {} ({})", answer.server, answer.client_addr);
+            Ok(answer.client_addr)
+        }
+        (None, None) => Ok("127.0.0.1:6000".to_owned()),
+    }
+}
+
 async fn chat(args: Args) -> anyhow::Result<()> {
-    let mut client = ImClient::connect(args.server, &args.user)
+    let server = server_addr(&args).await?;
+    let mut client = ImClient::connect(server.as_str(), &args.user)
         .await
-        .with_context(|| format!("cannot log in to {} as {}", args.server, args.user))?;
+        .with_context(|| format!("cannot log in to {server} as {}", args.user))?;
     eprintln!(
-        "logged in as {} on server {} ({}); type `@user text` to send, `/quit` to leave, `/help` for more",
+        "logged in as {} on server {} ({server}); type `@user text` to send, `/quit` to leave, `/help` for more",
         args.user,
         client.server(),
-        args.server
     );
     let friends: Vec<String> = args.friends.into_iter().filter(|name| !name.is_empty()).collect();
     if !friends.is_empty() {
