@@ -339,3 +339,77 @@ async fn a_client_without_a_server_lands_where_the_hub_assigns() {
     alice.say("@carol hello").await;
     assert_eq!(carol.stdout.next("alice's message").await, "alice: hello");
 }
+
+/// A drain through the admin API: bob's client on server 1 moves to server 0 by itself while
+/// alice streams numbered messages to him, and he gets every one exactly once. Server 1 then
+/// shows `drained` and is never assigned.
+#[tokio::test]
+async fn a_drained_servers_client_moves_and_loses_no_message() {
+    use acms_tests::http::request;
+    use acms_tests::process::ADMIN_TOKEN;
+
+    const COUNT: usize = 200;
+    let cluster = DemoCluster::start().await;
+    let mut alice = cluster.client("alice", 0, &[]).await;
+    let mut bob = cluster.client("bob", 1, &[]).await;
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+
+    // Refused without the token, and for a server that does not exist.
+    let refused = request(cluster.admin, "POST", "/api/servers/1/drain", &[], None).await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    let unknown = request(cluster.admin, "POST", "/api/servers/7/drain", &auth, None).await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+
+    // Half the stream before the drain, half while bob moves.
+    for n in 1..=COUNT / 2 {
+        alice.say(&format!("@bob {n}")).await;
+    }
+    let drained = request(cluster.admin, "POST", "/api/servers/1/drain", &auth, None).await;
+    assert_eq!(drained.status, 200, "{drained:?}");
+    let answer = drained.json();
+    assert_eq!(answer["server"], 1, "{answer}");
+    assert_eq!(answer["target"].as_str(), Some(cluster.listen[0].as_str()), "{answer}");
+    for n in COUNT / 2 + 1..=COUNT {
+        alice.say(&format!("@bob {n}")).await;
+    }
+
+    bob.stderr.wait_for("bob's move", |line| line.starts_with("moved to server 0 (")).await;
+    let mut received = Vec::new();
+    while received.len() < COUNT {
+        let line = bob.stdout.next("alice's messages").await;
+        let n: usize = line
+            .strip_prefix("alice: ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        received.push(n);
+    }
+    let mut sorted = received.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, (1..=COUNT).collect::<Vec<_>>(), "every message once: {received:?}");
+
+    // bob is on server 0 now: a message after the move reaches him there.
+    alice.say("@bob after").await;
+    assert_eq!(bob.stdout.next("the message after the move").await, "alice: after");
+
+    // Server 1 has no users left: drained.
+    let deadline = tokio::time::Instant::now() + acms_tests::process::PATIENCE;
+    loop {
+        let servers = request(cluster.admin, "GET", "/api/servers", &[], None).await.json();
+        let state = servers[1]["state"].as_str().map(str::to_owned);
+        if state.as_deref() == Some("drained") {
+            assert_eq!(servers[0]["state"], "active", "{servers}");
+            break;
+        }
+        assert_eq!(state.as_deref(), Some("draining"), "{servers}");
+        assert!(tokio::time::Instant::now() < deadline, "server 1 never drained: {servers}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Emptier than server 0, yet never assigned.
+    for key in ["carol", "dave", "erin", "frank"] {
+        let path = format!("/api/assign?key={key}");
+        let assigned = request(cluster.admin, "GET", &path, &[], None).await.json();
+        assert_eq!(assigned["server"], 0, "{key}: {assigned}");
+    }
+}

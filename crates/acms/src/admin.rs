@@ -139,6 +139,7 @@ pub fn router(hub: Hub, settings: AdminSettings) -> Router {
         .route("/api/users/{id}/kick", post(kick_user))
         .route("/api/groups/{id}/messages", post(push_to_group))
         .route("/api/broadcast", post(broadcast))
+        .route("/api/servers/{id}/drain", post(drain_server))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     read.merge(write)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -237,8 +238,10 @@ fn user_id(text: &str) -> Result<UserId, ApiError> {
 pub enum ServerState {
     /// Connected and taking clients.
     Active,
-    /// Connected, and taking no new clients while its users leave.
+    /// Drained by an operator: taking no new clients while its users move away.
     Draining,
+    /// Draining, and no users left: it can be stopped.
+    Drained,
     /// Its connection broke; it stays registered, its users online, for its reconnect grace.
     Away,
 }
@@ -268,7 +271,7 @@ pub struct ServerView {
     pub capacity: Option<u32>,
     /// Bytes waiting in its outbound queue at the hub; null while it is away.
     pub queue_bytes: Option<u64>,
-    /// Active, draining (drain comes later), or away within its grace.
+    /// Active, draining, drained (draining with no users left), or away within its grace.
     pub state: ServerState,
     /// When it registered, in seconds since the Unix epoch.
     pub connected_since: f64,
@@ -282,18 +285,19 @@ async fn list_servers(State(state): State<AppState>) -> Json<Vec<ServerView>> {
     let counts = registry.user_counts();
     let servers = registry.servers().into_iter().map(|info| {
         let queue = state.hub.queue_depth(info.id);
+        let users = counts.get(&info.id).copied().unwrap_or(0) as u64;
         ServerView {
             id: info.id.0,
             client_addr: info.client_addr,
             peer_addr: info.peer_addr.to_string(),
-            users: counts.get(&info.id).copied().unwrap_or(0) as u64,
+            users,
             cpu_percent: info.load.map(|load| f64::from(load.cpu_centipercent) / 100.0),
             memory_bytes: info.load.map(|load| load.memory_bytes),
             messages_in_per_second: info.load.map(|load| f64::from(load.msgs_in_per_s)),
             messages_out_per_second: info.load.map(|load| f64::from(load.msgs_out_per_s)),
             capacity: info.load.and_then(|load| load.capacity),
             queue_bytes: queue.map(|bytes| bytes as u64),
-            state: if queue.is_some() { ServerState::Active } else { ServerState::Away },
+            state: server_state(queue.is_some(), info.draining, users),
             connected_since: info
                 .connected_at
                 .duration_since(UNIX_EPOCH)
@@ -301,6 +305,16 @@ async fn list_servers(State(state): State<AppState>) -> Json<Vec<ServerView>> {
         }
     });
     Json(servers.collect())
+}
+
+/// A server's state: away wins, since an away server's users wait for it whatever else holds.
+fn server_state(connected: bool, draining: bool, users: u64) -> ServerState {
+    match (connected, draining, users) {
+        (false, _, _) => ServerState::Away,
+        (true, false, _) => ServerState::Active,
+        (true, true, 0) => ServerState::Drained,
+        (true, true, _) => ServerState::Draining,
+    }
 }
 
 /// `GET /api/assign` parameters.
@@ -344,6 +358,14 @@ async fn assign(
     if policy == Policy::Affinity && key.is_empty() {
         return Err(ApiError::bad_request("policy affinity needs a key"));
     }
+    let chosen = choose_server(&state, &key).ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no app server can take a client")
+    })?;
+    Ok(Json(AssignAnswer { server: chosen.id.0, client_addr: chosen.client_addr }))
+}
+
+/// The server the hub's policy picks for a client with `key`, if any can take one.
+fn choose_server(state: &AppState, key: &str) -> Option<crate::registry::ServerInfo> {
     let registry = state.hub.registry();
     let counts = registry.user_counts();
     let servers = registry.servers();
@@ -353,16 +375,12 @@ async fn assign(
             id: info.id,
             users: counts.get(&info.id).copied().unwrap_or(0) as u64,
             load: info.load,
-            active: state.hub.queue_depth(info.id).is_some(),
+            active: state.hub.queue_depth(info.id).is_some() && !info.draining,
         })
         .collect();
     let turn = state.turn.fetch_add(1, Ordering::Relaxed);
-    let chosen = crate::assign::choose(policy, &candidates, &key, turn)
+    crate::assign::choose(state.settings.assign, &candidates, key, turn)
         .and_then(|id| servers.into_iter().find(|info| info.id == id))
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no app server can take a client")
-        })?;
-    Ok(Json(AssignAnswer { server: chosen.id.0, client_addr: chosen.client_addr }))
 }
 
 /// Where one user is online.
@@ -701,6 +719,54 @@ async fn kick_user(
     Ok(Json(KickAnswer { servers }))
 }
 
+/// The answer to a drain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DrainAnswer {
+    /// The drained server.
+    pub server: u32,
+    /// Its state now: draining, or drained if it has no users.
+    pub state: ServerState,
+    /// Where its clients were told to reconnect; null when no other server can take them.
+    pub target: Option<String>,
+}
+
+/// Drains an app server (a rolling upgrade): the hub assigns it no new clients, and tells it to
+/// send its clients to the server assignment picks. `GET /api/servers` shows it `drained` once
+/// it has no users left. Draining a draining server tells it again.
+#[utoipa::path(post, path = "/api/servers/{id}/drain", tag = "write",
+    params(("id" = u32, Path, description = "server id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the server was told to drain", body = DrainAnswer),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "no or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "no such server", body = ErrorBody),
+        (status = 503, description = "the server is away; drain it once it is back", body = ErrorBody)))]
+async fn drain_server(
+    State(state): State<AppState>,
+    id: Result<Path<u32>, PathRejection>,
+) -> ApiResult<DrainAnswer> {
+    let Path(id) = id?;
+    let server = ServerId(id);
+    let shared = state.hub.shared();
+    if !shared.registry.is_registered(server) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no server {id}")));
+    }
+    let Some(outbox) = shared.registry.outbox(server) else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("server {id} is away")));
+    };
+    shared.registry.drain(server);
+    // Chosen after the mark, so the drained server is never its own target.
+    let target = choose_server(&state, "").map(|info| info.client_addr);
+    let drain = control_frame(shared, Control::Drain { target: target.clone() });
+    if outbox.push(drain).is_err() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("server {id} is away")));
+    }
+    let users = shared.registry.user_counts().get(&server).copied().unwrap_or(0) as u64;
+    tracing::info!(%server, ?target, "server drained through the admin API");
+    Ok(Json(DrainAnswer { server: id, state: server_state(true, true, users), target }))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The OpenAPI document
 
@@ -708,8 +774,8 @@ async fn kick_user(
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ACMS admin API", description = "Servers, users, pushes, kicks and metrics of an ACMS hub. Routes that change state need `Authorization: Bearer TOKEN`."),
-    paths(list_servers, assign, list_users, find_user, openapi_json, metrics, push_to_user, push_to_group, broadcast, kick_user),
-    components(schemas(ErrorBody, AssignAnswer, ServerView, ServerState, UserView, UserEntry, UserPage, PushBody, PushStatus, PushAnswer, KickBody, KickAnswer)),
+    paths(list_servers, assign, list_users, find_user, openapi_json, metrics, push_to_user, push_to_group, broadcast, kick_user, drain_server),
+    components(schemas(ErrorBody, AssignAnswer, ServerView, ServerState, UserView, UserEntry, UserPage, PushBody, PushStatus, PushAnswer, KickBody, KickAnswer, DrainAnswer)),
     modifiers(&BearerScheme)
 )]
 pub struct ApiDoc;
@@ -741,6 +807,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/users/{id}/kick"),
     ("post", "/api/groups/{id}/messages"),
     ("post", "/api/broadcast"),
+    ("post", "/api/servers/{id}/drain"),
 ];
 
 /// The address the admin API listens on by default: loopback only.

@@ -763,6 +763,7 @@ impl Connection {
             peer_addr: self.peer,
             connected_at: SystemTime::now(),
             load: None,
+            draining: false,
         };
         let client_addr = info.client_addr.clone();
         let id = info.id;
@@ -936,10 +937,11 @@ impl Connection {
                 | Control::Kick { .. }
                 | Control::Copies { .. }
                 | Control::ServerDown { .. }
-                | Control::Shared { .. } => Err(Close::refused(
+                | Control::Shared { .. }
+                | Control::Drain { .. } => Err(Close::refused(
                     ErrorCode::Malformed,
                     "only the hub sends server announcements, resync requests, presence, kicks, \
-                     copy lists and shared sessions",
+                     copy lists, shared sessions and drains",
                 )),
             },
         }

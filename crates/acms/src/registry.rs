@@ -32,6 +32,9 @@ pub struct ServerInfo {
     pub connected_at: SystemTime,
     /// Its latest load report; `None` until the first arrives.
     pub load: Option<Load>,
+    /// An operator drains it: it gets no new clients. A server that registers again (restarted
+    /// after its upgrade) is active again.
+    pub draining: bool,
 }
 
 /// The connection of a registered AS.
@@ -557,6 +560,11 @@ impl Registry {
         }
     }
 
+    /// Marks server `id` draining; false if it is not registered.
+    pub(crate) fn drain(&self, id: ServerId) -> bool {
+        self.servers.get_mut(&id).map(|mut entry| entry.info.draining = true).is_some()
+    }
+
     /// The ids of every registered AS but `except`, including those away within their grace:
     /// the servers a broadcast goes to.
     pub(crate) fn server_ids(&self, except: ServerId) -> Vec<ServerId> {
@@ -634,7 +642,18 @@ mod tests {
             peer_addr: SocketAddr::from(([127, 0, 0, 1], 50000)),
             connected_at: SystemTime::now(),
             load: None,
+            draining: false,
         }
+    }
+    #[test]
+    fn a_drain_marks_a_registered_server_only() {
+        let registry = Registry::new(Duration::ZERO);
+        assert!(!registry.drain(ServerId(1)), "unknown server");
+        let (outbox, _inbox) = Outbox::new(1024, 512);
+        registry.register(info(1), 1, outbox, CancellationToken::new()).unwrap();
+        assert!(!registry.servers()[0].draining);
+        assert!(registry.drain(ServerId(1)));
+        assert!(registry.servers()[0].draining);
     }
 
     #[test]

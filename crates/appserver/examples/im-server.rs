@@ -262,6 +262,16 @@ async fn route_events(mut events: acms_appserver::Events, sessions: Sessions, fr
             Event::Broadcast { from, to, payload } => {
                 (to, ServerLine::Broadcast { from: from.to_string(), text: text(&payload) })
             }
+            Event::Drain { target: Some(addr) } => {
+                // Every client moves; the hub kicks each session here once it logged in there.
+                let users: Vec<UserId> = sessions.iter().map(|entry| entry.key().clone()).collect();
+                info!(users = users.len(), %addr, "draining: clients move");
+                (users, ServerLine::Move { addr })
+            }
+            Event::Drain { target: None } => {
+                warn!("draining, but no other server can take clients: they stay");
+                continue;
+            }
             Event::ServerMessage { from, payload } => {
                 info!(%from, text = text(&payload), "message from another server");
                 continue;

@@ -116,6 +116,15 @@ pub enum Event {
         /// Why, for people.
         reason: String,
     },
+    /// An operator drains this server (a rolling upgrade): the hub assigns it no new clients.
+    /// The app should tell its clients to reconnect to `target`; each one that logs in there
+    /// is kicked here by the hub's `replace` policy, after every message routed here for them,
+    /// so none is lost.
+    Drain {
+        /// The client address of the server the hub's assignment picks; `None` when no other
+        /// server can take clients.
+        target: Option<String>,
+    },
     /// A message to a group, for its members on this server (sent from this server or another):
     /// one event per message, listing them.
     GroupMessage {

@@ -1091,6 +1091,10 @@ impl Link {
                 }
                 Control::Presence { user, server } => events.push(Event::Presence { user, server }),
                 Control::Kick { user, reason } => self.handle_kick(user, reason, out, events)?,
+                Control::Drain { target } => {
+                    info!(?target, "the hub drains this server");
+                    events.push(Event::Drain { target });
+                }
                 Control::Error { code, message } => {
                     return Err(SessionError::Refused { code, message });
                 }

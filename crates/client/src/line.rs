@@ -108,6 +108,12 @@ pub enum ServerLine {
         /// Why, for the user.
         reason: String,
     },
+    /// The server is drained: log in at `addr` (a client address, `host:port`), then read this
+    /// connection until the server closes it (after `KICKED`), so nothing sent here is missed.
+    Move {
+        /// Where to reconnect.
+        addr: String,
+    },
     /// A message to a group this client is a member of.
     Group {
         /// The group.
@@ -249,6 +255,10 @@ impl ServerLine {
             "LOCATED" => place(line, rest).map(|(user, server)| Self::Located { user, server }),
             "PRESENCE" => place(line, rest).map(|(user, server)| Self::Presence { user, server }),
             "KICKED" => Ok(Self::Kicked { reason: rest.to_owned() }),
+            "MOVE" if !rest.is_empty() && !rest.contains(' ') => {
+                Ok(Self::Move { addr: rest.to_owned() })
+            }
+            "MOVE" => Err(bad(line, "MOVE takes one address")),
             "GMSG" => match (word(rest), word(word(rest).1)) {
                 (("", _), _) | (_, ("", _)) => {
                     Err(bad(line, "GMSG takes a group, a sender and a text"))
@@ -298,6 +308,7 @@ impl fmt::Display for ServerLine {
             Self::Located { user, server } => write!(f, "LOCATED {user} {}", Place(*server)),
             Self::Presence { user, server } => write!(f, "PRESENCE {user} {}", Place(*server)),
             Self::Kicked { reason } => write!(f, "KICKED {reason}"),
+            Self::Move { addr } => write!(f, "MOVE {addr}"),
             Self::Group { group, from, text } => write!(f, "GMSG {group} {from} {text}"),
             Self::Broadcast { from, text } => write!(f, "BCAST {from} {text}"),
             Self::Joined { group } => write!(f, "JOINED {group}"),
@@ -367,6 +378,7 @@ mod tests {
             ServerLine::Presence { user: "carol".into(), server: Some(0) },
             ServerLine::Presence { user: "carol".into(), server: None },
             ServerLine::Kicked { reason: "bob logged in on server 1".into() },
+            ServerLine::Move { addr: "127.0.0.1:6001".into() },
             ServerLine::Group { group: "room".into(), from: "al".into(), text: "hi  room".into() },
             ServerLine::Broadcast { from: "al".into(), text: "hi all".into() },
             ServerLine::Joined { group: "room".into() },
@@ -404,6 +416,8 @@ mod tests {
             "",
             "OK x",
             "MSG",
+            "MOVE",
+            "MOVE a b",
             "NOPE 1",
             "LOCATED bob",
             "PRESENCE bob x",

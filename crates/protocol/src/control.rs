@@ -204,6 +204,14 @@ pub enum Control {
     /// AS to hub, every load interval: how busy the AS is, for the hub's choice of a server for
     /// new clients. The hub keeps the latest report of each AS.
     Load(Load),
+    /// Hub to AS: an operator drains this AS (a rolling upgrade). The hub assigns it no new
+    /// clients; the AS should send its clients to `target`, the client address of the server
+    /// the hub's assignment picks (`None` when no other server can take them).
+    Drain {
+        /// Where the clients should reconnect.
+        #[serde(deserialize_with = "bounded::opt_string")]
+        target: Option<String>,
+    },
 }
 
 /// A load report (see [`Control::Load`]). Whole numbers, so reports compare exactly and encode
@@ -339,6 +347,33 @@ mod bounded {
         }
 
         deserializer.deserialize_str(Text)
+    }
+
+    pub(super) fn opt_string<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<String>, D::Error> {
+        struct MaybeText;
+
+        impl<'de> Visitor<'de> for MaybeText {
+            type Value = Option<String>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an optional string")
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<Option<String>, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                inner: D,
+            ) -> Result<Option<String>, D::Error> {
+                string(inner).map(Some)
+            }
+        }
+
+        deserializer.deserialize_option(MaybeText)
     }
 
     pub(super) fn seq<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>

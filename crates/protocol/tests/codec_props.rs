@@ -151,6 +151,7 @@ fn control_with(
                 })
             }
         ),
+        proptest::option::of(text(max_text)).prop_map(|target| Control::Drain { target }),
     ]
 }
 
@@ -342,10 +343,11 @@ fn variant_index(control: &Control) -> usize {
         Control::ServerDown { .. } => 28,
         Control::Shared { .. } => 29,
         Control::Load(_) => 30,
+        Control::Drain { .. } => 31,
     }
 }
 
-const CONTROL_VARIANTS: usize = 31;
+const CONTROL_VARIANTS: usize = 32;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -739,6 +741,8 @@ fn documented_examples() {
         hex(&load.to_bytes(1024).unwrap()),
         "00 00 00 0d 00 1e 03 fb e2 04 fb e8 03 05 07 01 64"
     );
+    let drain = Frame::Control(Control::Drain { target: Some("h:1".into()) });
+    assert_eq!(hex(&drain.to_bytes(1024).unwrap()), "00 00 00 07 00 1f 01 03 68 3a 31");
 }
 
 /// A broadcast names `*` and a server message a server id or `*`; anything else is refused.

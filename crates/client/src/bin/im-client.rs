@@ -9,7 +9,8 @@
 //! errors go to stderr, so stdout can be piped to another program. Files received go to
 //! `--download-dir`. With `--friends a,b`, a line `online: a (server 1)` or `offline: a` tells
 //! each friend's state at the start and whenever it changes. A client whose user logs in
-//! elsewhere (and is kicked by the hub's `replace` policy) prints why and exits.
+//! elsewhere (and is kicked by the hub's `replace` policy) prints why and exits; one whose server
+//! is drained (told `MOVE ADDR`) logs in at ADDR and carries on there, missing no message.
 //!
 //! With `--acms-http URL` (the hub's admin API) and no `--server`, the client asks the hub which
 //! server to use (`GET /api/assign`, keyed by `--key` or the user name) and connects to it.
@@ -148,6 +149,19 @@ async fn chat(args: Args) -> anyhow::Result<()> {
                     transfers.progress().suspend(|| eprintln!("kicked: {reason}"));
                     return Ok(());
                 }
+                Ok(Some(ServerLine::Move { addr })) => {
+                    match ImClient::connect(addr.as_str(), &args.user).await {
+                        Ok(moved) => {
+                            let old = std::mem::replace(&mut client, moved);
+                            finish(old, &mut transfers).await?;
+                            if !friends.is_empty() {
+                                client.watch(&friends).await?;
+                            }
+                            eprintln!("moved to server {} ({addr})", client.server());
+                        }
+                        Err(err) => eprintln!("cannot move to {addr}: {err}; staying"),
+                    }
+                }
                 Ok(Some(ServerLine::File { from, body })) => {
                     if let Err(err) = transfers.handle(&from, &body) {
                         transfers.progress().suspend(|| eprintln!("from {from}: {err}"));
@@ -179,6 +193,38 @@ async fn chat(args: Args) -> anyhow::Result<()> {
     }
     client.quit().await?;
     Ok(())
+}
+
+/// How long a drained server may take to end the old session once the client logged in on the
+/// new one; past it (a hub policy other than `replace` keeps both) the client leaves it.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shows what the old connection of a move still brings, until its server closes it: messages
+/// routed there before the login on the new server arrive only there.
+async fn finish(mut old: ImClient, transfers: &mut Transfers) -> anyhow::Result<()> {
+    let reading = async {
+        loop {
+            match old.recv().await {
+                Ok(Some(ServerLine::Kicked { .. } | ServerLine::Move { .. })) => {}
+                Ok(Some(ServerLine::File { from, body })) => {
+                    if let Err(err) = transfers.handle(&from, &body) {
+                        transfers.progress().suspend(|| eprintln!("from {from}: {err}"));
+                    }
+                }
+                Ok(Some(line)) => transfers.progress().suspend(|| show(&line))?,
+                Ok(None) => return Ok::<(), anyhow::Error>(()),
+                Err(err @ ClientError::Line(_)) => eprintln!("{err}"),
+                Err(_) => return Ok(()),
+            }
+        }
+    };
+    match tokio::time::timeout(MOVE_TIMEOUT, reading).await {
+        Ok(result) => result,
+        Err(_) => {
+            eprintln!("the old server kept the session; leaving it");
+            Ok(())
+        }
+    }
 }
 
 const USAGE: &str = "`@user text` sends text to user, `/all text` to everyone online, `/join ROOM` \
@@ -236,6 +282,7 @@ fn show(line: &ServerLine) -> anyhow::Result<()> {
         }
         ServerLine::Presence { user, server: None } => eprintln!("offline: {user}"),
         ServerLine::Ok { .. }
+        | ServerLine::Move { .. }
         | ServerLine::Kicked { .. }
         | ServerLine::File { .. }
         | ServerLine::FileUndeliverable { .. } => {}
