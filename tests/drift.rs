@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use acms_appserver::{LinkState, ServerId};
 use acms_protocol::{
-    Codec, Control, Frame, FrameKind, Hello, PROTOCOL_VERSION, UserDigest, UserId, Welcome,
+    Codec, Control, Frame, FrameKind, PROTOCOL_VERSION, UserDigest, UserId, Welcome,
 };
-use acms_tests::{PATIENCE, Peer, TestHub, TestServer, builder, eventually, next_frame, user};
+use acms_tests::{
+    PATIENCE, Peer, TestHub, TestServer, builder, eventually, next_frame, raw_hello, user,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -28,15 +30,7 @@ fn control(control: Control) -> Frame {
 
 /// Registers a raw peer as server `id` and reads the hub's `Welcome` and `Servers`.
 async fn register(hub: &TestHub, id: u32) -> Peer {
-    let mut peer = Framed::new(TcpStream::connect(hub.addr).await.unwrap(), Codec::default());
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        server_id: ServerId(id),
-        client_addr: "127.0.0.1:7000".into(),
-        epoch: 1,
-        nonce: None,
-    };
-    peer.send(control(Control::Hello(hello))).await.unwrap();
+    let mut peer = raw_hello(hub.addr, id).await;
     let welcome = next_frame(&mut peer).await;
     assert!(matches!(welcome, Some(Frame::Control(Control::Welcome(_)))), "{welcome:?}");
     let servers = next_frame(&mut peer).await;

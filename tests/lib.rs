@@ -164,3 +164,19 @@ pub async fn next_frame(peer: &mut Peer) -> Option<Frame> {
         }
     }
 }
+
+/// Connects a raw peer to the hub at `addr` and sends the `Hello` of server `id` (no secret,
+/// epoch 1); the hub's answer is the caller's to read.
+pub async fn raw_hello(addr: SocketAddr, id: u32) -> Peer {
+    use futures_util::SinkExt;
+    let mut peer = Framed::new(TcpStream::connect(addr).await.expect("connect"), Codec::default());
+    let hello = acms_protocol::Hello {
+        version: acms_protocol::PROTOCOL_VERSION,
+        server_id: ServerId(id),
+        client_addr: "127.0.0.1:7000".into(),
+        epoch: 1,
+        nonce: None,
+    };
+    peer.send(Frame::Control(Control::Hello(hello))).await.expect("send Hello");
+    peer
+}

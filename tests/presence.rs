@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use acms::{HubConfig, LoginConflict};
 use acms_appserver::{Event, Events, LinkState, Outcome, Route, ServerId};
-use acms_protocol::{Codec, Control, Frame, Hello, PROTOCOL_VERSION};
+use acms_protocol::{Control, Frame};
 use acms_tests::{
-    PATIENCE, Peer, TestHub, TestServer, builder, eventually, next_frame, user, wait_link,
+    PATIENCE, Peer, TestHub, TestServer, builder, eventually, next_frame, raw_hello, user,
+    wait_link,
 };
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
 /// A hub with policy `conflict` and a short settle window: under `multi` a unicast frame waits
 /// for the end of the window, as these hubs start fresh with nothing to resync.
@@ -51,15 +50,7 @@ fn message(from: &str, to: &str, text: &'static str) -> Event {
 
 /// Registers a raw peer as server `id`, with `users` online, and reads its `Welcome`.
 async fn raw_server(hub: &TestHub, id: u32, users: &[&str]) -> Peer {
-    let mut peer = Framed::new(TcpStream::connect(hub.addr).await.unwrap(), Codec::default());
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        server_id: ServerId(id),
-        client_addr: "127.0.0.1:7000".into(),
-        epoch: 1,
-        nonce: None,
-    };
-    peer.send(Frame::Control(Control::Hello(hello))).await.unwrap();
+    let mut peer = raw_hello(hub.addr, id).await;
     let welcome = next_frame(&mut peer).await;
     assert!(matches!(welcome, Some(Frame::Control(Control::Welcome(_)))), "{welcome:?}");
     let users = users.iter().map(|name| user(name)).collect();

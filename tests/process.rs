@@ -283,28 +283,8 @@ pub struct DemoCluster {
 impl DemoCluster {
     /// Starts the hub, then the servers, and waits until both are connected to it.
     pub async fn start() -> Self {
-        let mut hub = Proc::start(
-            "acms",
-            &program("acms"),
-            &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
-        );
-        // The two listeners log in either order.
-        let (mut transfer, mut admin) = (None, None);
-        while transfer.is_none() || admin.is_none() {
-            let line = hub
-                .stderr
-                .wait_for("the hub's two listeners", |line| {
-                    line.contains("accepting app servers")
-                        || line.contains("admin HTTP API listening")
-                })
-                .await;
-            if line.contains("accepting app servers") {
-                transfer = Some(field_addr(&line, "transfer").to_string());
-            } else {
-                admin = Some(field_addr(&line, "admin"));
-            }
-        }
-        let (transfer, admin) = (transfer.unwrap(), admin.unwrap());
+        let (hub, transfer, admin) = start_hub().await;
+        let transfer = transfer.to_string();
         let (mut servers, mut listen) = (Vec::new(), Vec::new());
         for id in ["0", "1"] {
             let args = ["--id", id, "--listen", "127.0.0.1:0", "--acms", &transfer];
@@ -333,4 +313,29 @@ impl DemoCluster {
         client.stderr.wait_for("the login", |line| line.starts_with(&expected)).await;
         client
     }
+}
+
+/// Starts `acms` with both ports on 0; returns it with its transfer and admin addresses, read
+/// from its log (the two listeners log in either order).
+pub async fn start_hub() -> (Proc, SocketAddr, SocketAddr) {
+    let mut hub = Proc::start(
+        "acms",
+        &program("acms"),
+        &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+    );
+    let (mut transfer, mut admin) = (None, None);
+    while transfer.is_none() || admin.is_none() {
+        let line = hub
+            .stderr
+            .wait_for("the hub's two listeners", |line| {
+                line.contains("accepting app servers") || line.contains("admin HTTP API listening")
+            })
+            .await;
+        if line.contains("accepting app servers") {
+            transfer = Some(field_addr(&line, "transfer"));
+        } else {
+            admin = Some(field_addr(&line, "admin"));
+        }
+    }
+    (hub, transfer.unwrap(), admin.unwrap())
 }

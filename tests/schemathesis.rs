@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use acms_tests::process::{ADMIN_TOKEN, Proc, field_addr, program};
+use acms_tests::process::{ADMIN_TOKEN, start_hub};
 use acms_tests::{TestServer, user};
 use tokio::process::Command;
 
@@ -28,29 +28,17 @@ fn schemathesis() -> Option<PathBuf> {
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let Some(schemathesis) = schemathesis() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must have schemathesis: .ci/run installs it");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have schemathesis: scripts/test.sh installs it"
+        );
         eprintln!(
             "SKIPPED: schemathesis is not installed (python3 -m pip install --user schemathesis); \
-             .ci/run installs it"
+             scripts/test.sh installs it"
         );
         return;
     };
-    let mut hub = Proc::start(
-        "acms",
-        &program("acms"),
-        &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
-    );
-    // The two ports are logged by two tasks, in either order.
-    let (mut transfer, mut admin) = (None, None);
-    while transfer.is_none() || admin.is_none() {
-        let line = hub.stderr.next("the transfer and admin ports").await;
-        if line.contains("accepting app servers") {
-            transfer = Some(field_addr(&line, "transfer"));
-        } else if line.contains("admin HTTP API listening") {
-            admin = Some(field_addr(&line, "admin"));
-        }
-    }
-    let (transfer, admin) = (transfer.unwrap(), admin.unwrap());
+    let (mut hub, transfer, admin) = start_hub().await;
 
     let one = TestServer::start(1, transfer).await;
     let two = TestServer::start(2, transfer).await;
