@@ -318,11 +318,14 @@ impl DemoCluster {
 /// Starts `acms` with both ports on 0; returns it with its transfer and admin addresses, read
 /// from its log (the two listeners log in either order).
 pub async fn start_hub() -> (Proc, SocketAddr, SocketAddr) {
-    let mut hub = Proc::start(
-        "acms",
-        &program("acms"),
-        &["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
-    );
+    start_hub_with(&[]).await
+}
+
+/// [`start_hub`] with more arguments (`--config FILE`, ...).
+pub async fn start_hub_with(extra: &[&str]) -> (Proc, SocketAddr, SocketAddr) {
+    let mut args = vec!["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut hub = Proc::start("acms", &program("acms"), &args);
     let (mut transfer, mut admin) = (None, None);
     while transfer.is_none() || admin.is_none() {
         let line = hub

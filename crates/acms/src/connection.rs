@@ -30,6 +30,7 @@ use tracing::{Span, debug, info, warn};
 
 use crate::auth::admit_without_secret;
 use crate::config::HubConfig;
+use crate::forwarded::Marks;
 use crate::groups::Groups;
 use crate::metrics::{RelayMetrics, SAMPLE_EVERY};
 use crate::outbox::{Outbox, PushError, write_loop};
@@ -107,6 +108,8 @@ struct Connection {
     staged: Vec<Staged>,
     /// Destinations above their high water after the last hand-over: read nothing until they drain.
     backed_up: Vec<(ServerId, Outbox)>,
+    /// What this AS forwarded to each destination's connection, as recorded there.
+    marks: Marks,
     outbox: Outbox,
     /// Cancelled by hub shutdown or by the slow-consumer rule.
     closer: CancellationToken,
@@ -164,7 +167,8 @@ struct Run {
     len: usize,
     /// Data frames in the run; acks are not counted.
     frames: usize,
-    /// Sequence number of the first data frame (acks have none).
+    /// Lowest sequence number of its data frames (acks have none). Usually the first, but an
+    /// origin sending again goes back to a lower number within one read.
     first_seq: Option<u64>,
 }
 
@@ -174,7 +178,16 @@ impl Run {
         self.target = Some(target);
         self.len += len;
         self.frames += usize::from(seq.is_some());
-        self.first_seq = self.first_seq.or(seq);
+        self.first_seq = lowest(self.first_seq, seq);
+    }
+}
+
+/// The lower of two optional sequence numbers.
+#[inline]
+fn lowest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -230,6 +243,7 @@ pub(crate) async fn serve(
         run: Run::default(),
         staged: Vec::new(),
         backed_up: Vec::new(),
+        marks: Marks::default(),
         outbox,
         closer: shutdown.child_token(),
         shutdown,
@@ -270,7 +284,8 @@ pub(crate) async fn serve(
 }
 
 /// Ends the grace of an AS that went away, unless it came back, and asks the servers whose
-/// frames to it were held to send them again: they are now undeliverable.
+/// frames to it were held, or in flight when its connection broke, to send them again: they now
+/// reach their recipients elsewhere, or come back undeliverable.
 async fn expire_later(shared: Arc<Shared>, server: ServerId, departure: u64) {
     tokio::time::sleep(shared.config.reconnect_grace).await;
     if let Some((held, left)) = shared.registry.expire(server, departure) {
@@ -608,7 +623,7 @@ impl Connection {
             Some(staged) => {
                 staged.chunks.push(chunk);
                 staged.frames += frames;
-                staged.first_seq = staged.first_seq.or(first_seq);
+                staged.first_seq = lowest(staged.first_seq, first_seq);
             }
             None => self.staged.push(Staged { target, chunks: vec![chunk], frames, first_seq }),
         }
@@ -954,7 +969,8 @@ impl Connection {
         for Staged { target, chunks, frames, first_seq } in std::mem::take(&mut self.staged) {
             let shared = &self.shared;
             let bytes: usize = chunks.iter().map(Bytes::len).sum();
-            match shared.registry.relay_batch(origin, target, first_seq, chunks) {
+            let marks = Some(&mut self.marks);
+            match shared.registry.relay_batch(origin, target, first_seq, chunks, marks) {
                 Ok(Relayed::Queued(backed_up)) => {
                     shared.stats.relayed(frames, bytes);
                     self.backed_up.extend(backed_up.map(|outbox| (target, outbox)));
@@ -1269,9 +1285,16 @@ impl Connection {
         users.extend(self.resyncing.take().unwrap_or_default());
         match self.shared.registry.depart(server, users, grace) {
             Departure::Away(departure) => Some((server, departure)),
-            Departure::Gone(left) => {
+            Departure::Gone { left, forwarded } => {
                 presence::left(&self.shared, left);
                 server_down(&self.shared, server);
+                // An AS that said `Bye` may have left frames unread in its queue or socket: their
+                // origins send them again, to reach their recipients elsewhere or come back
+                // undeliverable. Not on a hub shutdown: the origins send everything again to the
+                // next hub, where the recipients' servers will be back.
+                if self.leaving {
+                    ask_to_resend(&self.shared, forwarded);
+                }
                 None
             }
         }

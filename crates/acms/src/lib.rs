@@ -18,6 +18,8 @@
 //! - `connection`: one AS connection: handshake, reader loop, frame handling.
 //! - [`outbox`]: the byte-bounded queue in front of each connection and its batching writer task.
 //! - [`registry`]: the AS registry and the user directory, behind synchronous methods.
+//! - `forwarded`: the lowest sequence number each origin forwarded to each AS connection, for
+//!   the frames in flight to a server that leaves for good.
 //! - `presence`: which AS watch which users, and the `Presence` pushes to them.
 //! - [`groups`]: which servers have members of which group.
 //! - [`stats`]: counters of what the hub relayed and refused.
@@ -29,6 +31,7 @@ mod auth;
 pub mod config;
 mod connection;
 pub mod dashboard;
+mod forwarded;
 pub mod groups;
 pub mod hub;
 pub mod metrics;

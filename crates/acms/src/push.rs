@@ -85,7 +85,8 @@ impl Pushes {
         state.last_seq = seq;
         let mut pushed = Pushed { seq, servers: Vec::new(), unavailable: Vec::new(), acked };
         for &target in targets {
-            match registry.relay_batch(ServerId::HUB, target, Some(seq), vec![frame.clone()]) {
+            match registry.relay_batch(ServerId::HUB, target, Some(seq), vec![frame.clone()], None)
+            {
                 Ok(Relayed::Queued(_)) => pushed.servers.push(target),
                 Ok(Relayed::Held) | Err(_) => pushed.unavailable.push(target),
             }

@@ -17,6 +17,7 @@ use dashmap::mapref::entry::Entry;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LoginConflict;
+use crate::forwarded::{Forwarded, Marks, lower as hold};
 use crate::outbox::{Outbox, PushError};
 
 /// What the cluster knows of one registered AS.
@@ -43,6 +44,9 @@ struct Attached {
     outbox: Outbox,
     /// Cancels the AS's connection, for the slow-consumer rule.
     closer: CancellationToken,
+    /// What each origin forwarded to this connection: if the AS does not come back, those
+    /// origins send again what is unacknowledged, as it may have died with the connection.
+    forwarded: Forwarded,
 }
 
 #[derive(Debug)]
@@ -55,9 +59,10 @@ struct ServerEntry {
     /// Users of a connection that broke, kept in the directory until the AS comes back (and
     /// confirms them with its snapshot) or the grace ends; with the departure's number.
     away: Option<(u64, HashSet<UserId>)>,
-    /// Origins whose frames to this AS were dropped while it was away, with the first sequence
-    /// number dropped: if it does not come back, they send again from there and the frames
-    /// bounce. (If it does, every server sends again everything not acknowledged.)
+    /// Origins whose frames to this AS were dropped while it was away, or forwarded to the
+    /// connection that broke, with the lowest sequence number: if it does not come back, they
+    /// send again from there, and the frames reach their recipient elsewhere or bounce. (If it
+    /// does, every server sends again everything not acknowledged.)
     held: HashMap<ServerId, u64>,
     /// Origins asked to send again whose `Resent` has not arrived: their frames to this AS are
     /// dropped meanwhile, so they cannot overtake the frames sent again.
@@ -133,8 +138,14 @@ impl Left {
 pub(crate) enum Departure {
     /// The AS is away, with this departure number, until it comes back or the grace ends.
     Away(u64),
-    /// The AS and its users are gone; this is what changed for the others.
-    Gone(Left),
+    /// The AS and its users are gone.
+    Gone {
+        /// What changed for the others.
+        left: Left,
+        /// By origin, the lowest sequence number it forwarded to the AS's connection: the
+        /// origins send again from there what is unacknowledged.
+        forwarded: HashMap<ServerId, u64>,
+    },
 }
 
 /// Registered AS and the users online on them.
@@ -247,7 +258,7 @@ impl Registry {
         let id = info.id;
         let first = self.settle_ends.set(Instant::now() + self.settle).is_ok();
         let mut registration = Registration { first, ..Registration::default() };
-        let attached = Some(Attached { outbox, closer });
+        let attached = Some(Attached { outbox, closer, forwarded: Forwarded::new() });
         match self.servers.entry(id) {
             Entry::Occupied(mut slot) => {
                 let entry = slot.get_mut();
@@ -307,21 +318,33 @@ impl Registry {
     pub(crate) fn depart(&self, id: ServerId, users: HashSet<UserId>, grace: bool) -> Departure {
         if grace && let Some(mut entry) = self.servers.get_mut(&id) {
             let departure = self.departures.fetch_add(1, Ordering::Relaxed);
-            entry.attached = None;
+            // What was forwarded to the broken connection counts as held: sent again if the AS
+            // does not come back. Nothing more is forwarded to it: the relay that found it
+            // attached held the same shard lock, and the record with it.
+            let forwarded = entry.attached.take().map(|attached| attached.forwarded.take());
+            for (origin, seq) in forwarded.unwrap_or_default() {
+                hold(&mut entry.held, origin, seq);
+            }
             entry.away = Some((departure, users));
             return Departure::Away(departure);
         }
-        self.servers.remove(&id);
+        let forwarded = self
+            .servers
+            .remove(&id)
+            .and_then(|(_, entry)| entry.attached)
+            .map(|attached| attached.forwarded.take())
+            .unwrap_or_default();
         let mut left = Left::default();
         for user in &users {
             left.extend(self.logout(id, user.as_str()));
         }
-        Departure::Gone(left)
+        Departure::Gone { left, forwarded }
     }
 
     /// Ends the grace of an AS that is still away since `departure`: it and its users leave the
-    /// cluster. Returns the origins whose frames to it were dropped, to be asked to send again
-    /// (the hub now answers those frames with `Undeliverable`), and the users who changed place.
+    /// cluster. Returns the origins whose frames to it were dropped or in flight, to be asked to
+    /// send again (the hub now routes those frames to where their recipients are, or answers them
+    /// with `Undeliverable`), and the users who changed place.
     pub(crate) fn expire(
         &self,
         id: ServerId,
@@ -447,14 +470,16 @@ impl Registry {
     }
 
     /// Queues whole frames from `origin` for `server`, in order, never waiting. A server over its
-    /// queue limit is told to disconnect (the slow-consumer rule). `first_seq` is the sequence
-    /// number of the first data frame among them, remembered if they must be held.
+    /// queue limit is told to disconnect (the slow-consumer rule). `first_seq` is the lowest
+    /// sequence number of the data frames among them, remembered if they must be held, and, if
+    /// they are queued, noted through the origin's `marks` as forwarded to this connection.
     pub(crate) fn relay_batch(
         &self,
         origin: ServerId,
         server: ServerId,
         first_seq: Option<u64>,
         frames: Vec<Bytes>,
+        marks: Option<&mut Marks>,
     ) -> Result<Relayed, RelayError> {
         let Some(entry) = self.servers.get(&server) else {
             return Err(RelayError::Gone(frames));
@@ -469,7 +494,12 @@ impl Registry {
         }
         let outbox = &attached.outbox;
         match outbox.push_batch(frames) {
-            Ok(()) => Ok(Relayed::Queued(outbox.above_high_water().then(|| outbox.clone()))),
+            Ok(()) => {
+                if let (Some(marks), Some(seq)) = (marks, first_seq) {
+                    marks.note(server, &attached.forwarded, origin, seq);
+                }
+                Ok(Relayed::Queued(outbox.above_high_water().then(|| outbox.clone())))
+            }
             // The connection is closing: the server is about to be away.
             Err((PushError::Closed, _)) => {
                 drop(entry);
@@ -626,11 +656,6 @@ impl Registry {
     }
 }
 
-/// Remembers the first sequence number held for `origin`.
-fn hold(held: &mut HashMap<ServerId, u64>, origin: ServerId, seq: u64) {
-    held.entry(origin).and_modify(|first| *first = (*first).min(seq)).or_insert(seq);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,9 +781,9 @@ mod tests {
         let token = CancellationToken::new();
         registry.register(info(2), 0, outbox, token.clone()).unwrap();
         let frames = |text: &'static str| vec![Bytes::from_static(text.as_bytes())];
-        let relay = |frames| registry.relay_batch(ServerId(1), ServerId(2), Some(1), frames);
+        let relay = |frames| registry.relay_batch(ServerId(1), ServerId(2), Some(1), frames, None);
         assert_eq!(
-            registry.relay_batch(ServerId(1), ServerId(3), Some(1), frames("x")).err(),
+            registry.relay_batch(ServerId(1), ServerId(3), Some(1), frames("x"), None).err(),
             Some(RelayError::Gone(frames("x")))
         );
         assert!(matches!(relay(frames("1234")), Ok(Relayed::Queued(Some(_)))));
@@ -782,7 +807,7 @@ mod tests {
         assert_eq!(registry.locate("alice"), Some(ServerId(2)), "kept while away");
         let frame = || vec![Bytes::from_static(b"f")];
         for seq in [40, 30, 50] {
-            let held = registry.relay_batch(ServerId(1), ServerId(2), Some(seq), frame());
+            let held = registry.relay_batch(ServerId(1), ServerId(2), Some(seq), frame(), None);
             assert!(matches!(held, Ok(Relayed::Held)));
         }
         // Back within the grace: every connected server sends again all it has not had
@@ -793,10 +818,10 @@ mod tests {
         assert_eq!(back.resend, HashMap::from([(ServerId(1), 0)]));
         assert_eq!(back.stale_users, HashSet::from([alice.clone()]));
         assert_eq!(registry.expire(ServerId(2), departure), None, "not away any more");
-        let blocked = registry.relay_batch(ServerId(1), ServerId(2), Some(60), frame());
+        let blocked = registry.relay_batch(ServerId(1), ServerId(2), Some(60), frame(), None);
         assert!(matches!(blocked, Ok(Relayed::Held)));
         registry.resent(ServerId(1), ServerId(2));
-        let queued = registry.relay_batch(ServerId(1), ServerId(2), Some(61), frame());
+        let queued = registry.relay_batch(ServerId(1), ServerId(2), Some(61), frame(), None);
         assert!(matches!(queued, Ok(Relayed::Queued(None))));
 
         // Away again, and the grace ends: the server and its users are gone.
@@ -805,7 +830,7 @@ mod tests {
         else {
             panic!("server 2 is registered: it goes away");
         };
-        let _ = registry.relay_batch(ServerId(3), ServerId(2), Some(9), frame());
+        let _ = registry.relay_batch(ServerId(3), ServerId(2), Some(9), frame(), None);
         assert_eq!(
             registry.expire(ServerId(2), departure),
             Some((
@@ -815,6 +840,41 @@ mod tests {
         );
         assert_eq!(registry.locate("alice"), None);
         assert_eq!(registry.servers().len(), 1, "only server 1 is left");
+    }
+
+    #[test]
+    fn frames_in_flight_to_a_server_that_does_not_come_back_are_sent_again() {
+        let registry = Registry::default();
+        let frame = || vec![Bytes::from_static(b"f")];
+        let (outbox, _inbox) = Outbox::new(1024, 512);
+        registry.register(info(2), 0, outbox.clone(), CancellationToken::new()).unwrap();
+        let mut marks = [Marks::default(), Marks::default()];
+        for (index, origin, seq) in [(0, 1, 40), (1, 3, 7), (0, 1, 41)] {
+            let marks = Some(&mut marks[index]);
+            let queued =
+                registry.relay_batch(ServerId(origin), ServerId(2), Some(seq), frame(), marks);
+            assert!(matches!(queued, Ok(Relayed::Queued(None))));
+        }
+        // The connection breaks with those frames in its queue; one more is held while away.
+        let Departure::Away(departure) = registry.depart(ServerId(2), HashSet::new(), true) else {
+            panic!("server 2 is registered: it goes away");
+        };
+        let held =
+            registry.relay_batch(ServerId(3), ServerId(2), Some(8), frame(), Some(&mut marks[1]));
+        assert!(matches!(held, Ok(Relayed::Held)));
+        let (resend, _) = registry.expire(ServerId(2), departure).expect("still away");
+        assert_eq!(resend, HashMap::from([(ServerId(1), 40), (ServerId(3), 7)]));
+
+        // Back as a new server, which then says `Bye` with frames in its queue.
+        registry.register(info(2), 1, outbox, CancellationToken::new()).unwrap();
+        let queued =
+            registry.relay_batch(ServerId(1), ServerId(2), Some(90), frame(), Some(&mut marks[0]));
+        assert!(matches!(queued, Ok(Relayed::Queued(None))));
+        let Departure::Gone { forwarded, .. } = registry.depart(ServerId(2), HashSet::new(), false)
+        else {
+            panic!("no grace: server 2 is gone");
+        };
+        assert_eq!(forwarded, HashMap::from([(ServerId(1), 90)]), "only the last connection's");
     }
 
     #[test]
