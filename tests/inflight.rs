@@ -8,14 +8,16 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use acms_appserver::{Cluster, Event, Events, Outcome, Receipt};
+use acms::HubConfig;
+use acms_appserver::{Cluster, Event, Events, LinkState, Outcome, Receipt};
 use acms_client::{ImClient, ServerLine};
 use acms_tests::process::{Proc, field_addr, program, start_hub_with};
 use acms_tests::stream::{number, numbered};
-use acms_tests::{PATIENCE, TestServer, eventually, user};
+use acms_tests::{PATIENCE, TestHub, TestServer, builder, eventually, user};
 use tokio::time::MissedTickBehavior;
 
 /// The hub's settings: a receiver silent for 1 s is cut off, and gone for good 2 s later.
@@ -49,9 +51,9 @@ fn collect_undeliverable(mut events: Events) -> Arc<Mutex<Vec<u32>>> {
     back
 }
 
-/// Sends messages `0..COUNT` from alice to bob with receipts, paced, calling `tick` after each
-/// burst; returns the receipts.
-async fn stream_with_receipts(cluster: &Cluster, mut tick: impl FnMut()) -> Vec<Receipt> {
+/// Sends messages `0..COUNT` from alice to bob with receipts, paced, calling `tick` with the
+/// number sent so far after each burst; returns the receipts.
+async fn stream_with_receipts(cluster: &Cluster, mut tick: impl FnMut(usize)) -> Vec<Receipt> {
     let (alice, bob) = (user("alice"), user("bob"));
     let mut ticks = tokio::time::interval(Duration::from_millis(10));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -66,7 +68,7 @@ async fn stream_with_receipts(cluster: &Cluster, mut tick: impl FnMut()) -> Vec<
                 .expect("send with receipt");
             receipts.push(receipt);
         }
-        tick();
+        tick(receipts.len());
     }
     receipts
 }
@@ -172,7 +174,7 @@ async fn a_receiver_frozen_past_its_grace_leaves_no_receipt_pending() {
     // Mid-stream, once bob has had some, the receiver freezes and stays frozen.
     let mut stopped = false;
     let cluster = sender.cluster.clone();
-    let receipts = stream_with_receipts(&cluster, || {
+    let receipts = stream_with_receipts(&cluster, |_| {
         if !stopped && received.lock().unwrap().len() >= STOP_AT {
             stopped = true;
             let pid = receiver.pid();
@@ -210,5 +212,64 @@ async fn a_receiver_frozen_past_its_grace_leaves_no_receipt_pending() {
     // SIGKILL ends it stopped: resumed, it would read what its socket still held.
     receiver.kill().await;
     reader.abort();
+    sender.cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_says_bye_with_frames_queued_leaves_no_receipt_pending() {
+    // No slow-consumer cut-off: the receiver must leave by `Bye`, not be disconnected.
+    let config = HubConfig {
+        settle: Duration::from_millis(100),
+        max_stall: PATIENCE * 6,
+        ..HubConfig::default()
+    };
+    let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    // One batch of events in its queue at most: once the app stops reading, so does the library.
+    let receiver = builder(2, hub.addr).event_capacity(1);
+    let mut receiver = TestServer::start_with(receiver, LinkState::Connected).await;
+    receiver.login(&["bob"]).await;
+    let sender = TestServer::start(1, hub.addr).await;
+    sender.login(&["alice"]).await;
+    hub.wait_for(2, 2).await;
+    let back = collect_undeliverable(sender.events);
+
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stream = tokio::spawn({
+        let (cluster, sent) = (sender.cluster.clone(), sent.clone());
+        async move { stream_with_receipts(&cluster, |count| sent.store(count, Ordering::Relaxed)).await }
+    });
+    // The receiving app takes some, then stops reading: what follows waits in its library, in
+    // the sockets and in the hub's queue for it when it leaves.
+    let mut received = Vec::new();
+    while received.len() < STOP_AT {
+        let batch = tokio::time::timeout(PATIENCE, receiver.events.recv_batch())
+            .await
+            .expect("messages in time")
+            .expect("events open");
+        for event in batch {
+            if let Event::Message { payload, .. } = event {
+                received.push(number(&payload));
+            }
+        }
+    }
+    let more = STOP_AT * 3;
+    eventually("the stream to go on", || sent.load(Ordering::Relaxed) >= more).await;
+    receiver.cluster.close().await;
+
+    let receipts = stream.await.expect("stream task");
+    let outcomes = outcomes(receipts, PATIENCE * 3).await;
+    let offline = outcomes.iter().filter(|outcome| **outcome == Outcome::Offline).count();
+    eventually("every undeliverable event", || back.lock().unwrap().len() >= offline).await;
+    let back = back.lock().unwrap().clone();
+    let offline = check_outcomes(&outcomes, &back, &received);
+    assert!(!offline.is_empty(), "nothing was in flight to the server that left");
+    let taken_back = received.iter().filter(|seq| offline.contains(seq)).count();
+    assert_eq!(taken_back, 0, "messages the app had came back undeliverable");
+    eprintln!(
+        "the app took {} before it stopped reading; {} came back undeliverable; {} delivered",
+        received.len(),
+        offline.len(),
+        outcomes.len() - offline.len(),
+    );
     sender.cluster.close().await;
 }
