@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use acms::HubConfig;
-use acms_appserver::{Cluster, Event, Events, LinkState, Outcome, Receipt};
+use acms_appserver::{Cluster, Event, Events, GroupId, LinkState, Outcome, Receipt, ServerId};
 use acms_client::{ImClient, ServerLine};
 use acms_tests::process::{Proc, field_addr, program, start_hub_with};
 use acms_tests::stream::{number, numbered};
@@ -51,22 +51,35 @@ fn collect_undeliverable(mut events: Events) -> Arc<Mutex<Vec<u32>>> {
     back
 }
 
-/// Sends messages `0..COUNT` from alice to bob with receipts, paced, calling `tick` with the
-/// number sent so far after each burst; returns the receipts.
-async fn stream_with_receipts(cluster: &Cluster, mut tick: impl FnMut(usize)) -> Vec<Receipt> {
-    let (alice, bob) = (user("alice"), user("bob"));
+/// Where a stream goes.
+#[derive(Clone, Copy)]
+enum To {
+    /// To bob, with a receipt each.
+    Bob,
+    /// To the group `room`.
+    Room,
+}
+
+/// Sends messages `0..COUNT` from alice, paced, calling `tick` with the number sent so far after
+/// each burst; returns their receipts.
+async fn stream_with_receipts(
+    cluster: &Cluster,
+    to: To,
+    mut tick: impl FnMut(usize),
+) -> Vec<Receipt> {
+    let (alice, bob, room) = (user("alice"), user("bob"), GroupId::new("room").unwrap());
     let mut ticks = tokio::time::interval(Duration::from_millis(10));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut receipts = Vec::with_capacity(COUNT as usize);
     while receipts.len() < COUNT as usize {
         ticks.tick().await;
         for _ in 0..PER_TICK {
-            let seq = receipts.len() as u32;
-            let receipt = cluster
-                .send_with_receipt(&alice, &bob, numbered(seq, 0))
-                .await
-                .expect("send with receipt");
-            receipts.push(receipt);
+            let payload = numbered(receipts.len() as u32, 0);
+            let receipt = match to {
+                To::Bob => cluster.send_with_receipt(&alice, &bob, payload).await,
+                To::Room => cluster.send_to_group(&alice, &room, payload, true).await,
+            };
+            receipts.push(receipt.expect("send"));
         }
         tick(receipts.len());
     }
@@ -174,7 +187,7 @@ async fn a_receiver_frozen_past_its_grace_leaves_no_receipt_pending() {
     // Mid-stream, once bob has had some, the receiver freezes and stays frozen.
     let mut stopped = false;
     let cluster = sender.cluster.clone();
-    let receipts = stream_with_receipts(&cluster, |_| {
+    let receipts = stream_with_receipts(&cluster, To::Bob, |_| {
         if !stopped && received.lock().unwrap().len() >= STOP_AT {
             stopped = true;
             let pid = receiver.pid();
@@ -236,7 +249,10 @@ async fn a_receiver_that_says_bye_with_frames_queued_leaves_no_receipt_pending()
     let sent = Arc::new(AtomicUsize::new(0));
     let stream = tokio::spawn({
         let (cluster, sent) = (sender.cluster.clone(), sent.clone());
-        async move { stream_with_receipts(&cluster, |count| sent.store(count, Ordering::Relaxed)).await }
+        async move {
+            stream_with_receipts(&cluster, To::Bob, |count| sent.store(count, Ordering::Relaxed))
+                .await
+        }
     });
     // The receiving app takes some, then stops reading: what follows waits in its library, in
     // the sockets and in the hub's queue for it when it leaves.
@@ -271,5 +287,97 @@ async fn a_receiver_that_says_bye_with_frames_queued_leaves_no_receipt_pending()
         offline.len(),
         outcomes.len() - offline.len(),
     );
+    sender.cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_queued_to_a_server_that_says_bye_resolve_and_reach_the_others_once() {
+    let config = HubConfig {
+        settle: Duration::from_millis(100),
+        max_stall: PATIENCE * 6,
+        ..HubConfig::default()
+    };
+    let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let room = GroupId::new("room").unwrap();
+    // bob's server leaves with group messages queued to it; carol's stays.
+    let leaving = builder(2, hub.addr).event_capacity(1);
+    let mut leaving = TestServer::start_with(leaving, LinkState::Connected).await;
+    let staying = TestServer::start(3, hub.addr).await;
+    let sender = TestServer::start(1, hub.addr).await;
+    for (server, name) in [(&leaving, "bob"), (&staying, "carol"), (&sender, "alice")] {
+        server.login(&[name]).await;
+        server.cluster.join(&room, &user(name)).await.expect("join");
+        server.cluster.flush().await.expect("flush");
+    }
+    hub.wait_for(3, 3).await;
+    eventually("both servers in the group", || {
+        hub.hub.groups().servers_of("room", ServerId(1)).len() == 2
+    })
+    .await;
+    let mut sender_events = sender.events;
+    // carol's app reads all along, up to a marker from alice: frames from one origin to one
+    // server arrive in order, so a duplicate of any group message would come before it.
+    let marker = numbered(u32::MAX, 0);
+    let carol = tokio::spawn({
+        let (mut events, marker) = (staying.events, marker.clone());
+        async move {
+            let mut got = Vec::new();
+            while let Some(batch) = events.recv_batch().await {
+                for event in batch {
+                    match event {
+                        Event::GroupMessage { payload, .. } => got.push(number(&payload)),
+                        Event::Message { payload, .. } if payload == marker => return got,
+                        other => panic!("unexpected event at carol's server: {other:?}"),
+                    }
+                }
+            }
+            panic!("carol's events ended before the marker");
+        }
+    });
+
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stream = tokio::spawn({
+        let (cluster, sent) = (sender.cluster.clone(), sent.clone());
+        async move {
+            stream_with_receipts(&cluster, To::Room, |count| sent.store(count, Ordering::Relaxed))
+                .await
+        }
+    });
+    let mut taken = 0;
+    while taken < STOP_AT {
+        let batch = tokio::time::timeout(PATIENCE, leaving.events.recv_batch())
+            .await
+            .expect("messages in time")
+            .expect("events open");
+        taken += batch.iter().filter(|event| matches!(event, Event::GroupMessage { .. })).count();
+    }
+    let more = STOP_AT * 3;
+    eventually("the stream to go on", || sent.load(Ordering::Relaxed) >= more).await;
+    leaving.cluster.close().await;
+
+    let receipts = stream.await.expect("stream task");
+    let outcomes = outcomes(receipts, PATIENCE * 3).await;
+    let unsettled: Vec<(usize, &Outcome)> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, outcome)| !matches!(outcome, Outcome::Reached { servers: 1 | 2 }))
+        .collect();
+    assert!(
+        unsettled.is_empty(),
+        "{} of {COUNT} group messages not settled: first {:?}, last {:?}",
+        unsettled.len(),
+        unsettled.first(),
+        unsettled.last()
+    );
+    sender.cluster.send_to_user(&user("alice"), &user("carol"), marker).await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, carol).await.expect("the marker in time");
+    let got = got.expect("carol's reader");
+    assert!(got.iter().copied().eq(0..COUNT), "carol did not get 0..{COUNT} once each, in order");
+    let undeliverable = tokio::time::timeout(Duration::ZERO, sender_events.recv()).await;
+    assert!(
+        !matches!(undeliverable, Ok(Some(Event::Undeliverable { .. }))),
+        "a group message came back undeliverable: a group is not a person"
+    );
+    staying.cluster.close().await;
     sender.cluster.close().await;
 }
