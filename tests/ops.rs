@@ -113,3 +113,95 @@ async fn the_wrong_method_on_a_route_gets_405_with_a_json_error_and_allow() {
     assert!(message.contains("GET"), "{message}");
 }
 
+// ---------------------------------------------------------------------------------------------
+// The generated admin token
+// ---------------------------------------------------------------------------------------------
+
+/// Starts `acms` with no admin token in its environment and both ports on 0; returns it with
+/// its admin address.
+async fn hub_without_token(args: &[&str], env: &[(&str, Option<&str>)]) -> (Proc, String) {
+    let mut all = vec!["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let mut hub = Proc::start_env("acms", &program("acms"), &all, env);
+    let line = hub
+        .stderr
+        .wait_for("`admin HTTP API listening`", |line| line.contains("admin HTTP API listening"))
+        .await;
+    (hub, field_addr(&line, "admin").to_string())
+}
+
+/// The status of a kick of a user nobody has, with `token`: 404 if the token is right, 401 if
+/// not.
+async fn kick_status(admin: &str, token: &str) -> u16 {
+    let auth = format!("Bearer {token}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let addr = admin.parse().unwrap();
+    request(addr, "POST", "/api/users/nobody/kick", &headers, Some("{}")).await.status
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("the token file").permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn a_generated_admin_token_stays_the_same_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    let config = dir.path().join("acms.toml");
+    std::fs::write(&config, format!("[admin]\ntoken_file = \"{}\"\n", token_file.display()))
+        .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+
+    let mut tokens: Vec<String> = Vec::new();
+    for run in 0..2 {
+        let (mut hub, admin) = hub_without_token(&args, &[]).await;
+        let token = std::fs::read_to_string(&token_file).expect("the token file").trim().to_owned();
+        assert_eq!(mode(&token_file), 0o600, "run {run}");
+        assert_eq!(kick_status(&admin, &token).await, 404, "run {run}: the token opens the API");
+        if let Some(first) = tokens.first() {
+            assert_eq!(kick_status(&admin, first).await, 404, "the first run's token still works");
+        }
+        tokens.push(token);
+        hub.terminate().await;
+        hub.exits_cleanly().await;
+        assert!(token_file.exists(), "run {run}: the token file stays for the next start");
+    }
+    assert_eq!(tokens[0], tokens[1], "the token changed across a restart");
+
+    // A file others may read is not trusted: the hub says what to do instead of starting.
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .unwrap();
+    let all = [
+        "--config",
+        config.to_str().unwrap(),
+        "--transfer",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let mut hub = Proc::start_env("acms", &program("acms"), &all, &[]);
+    let status = hub.exit_status().await;
+    let said = hub.stderr.until_closed().await.join("\n");
+    assert!(!status.success(), "the hub started with a readable token file; it said:\n{said}");
+    assert!(said.contains("chmod 600"), "{said}");
+}
+
+#[tokio::test]
+async fn the_token_file_of_an_ephemeral_admin_port_is_removed_when_the_hub_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime_dir = dir.path().to_str().unwrap();
+    let (mut hub, admin) = hub_without_token(&[], &[("XDG_RUNTIME_DIR", Some(runtime_dir))]).await;
+    let port = admin.rsplit(':').next().unwrap();
+    let token_file = dir.path().join(format!("acms-admin-{port}.token"));
+    let token = std::fs::read_to_string(&token_file).expect("the token file").trim().to_owned();
+    assert_eq!(mode(&token_file), 0o600);
+    assert_eq!(kick_status(&admin, &token).await, 404);
+
+    hub.terminate().await;
+    hub.exits_cleanly().await;
+    let left: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
