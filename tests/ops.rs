@@ -205,3 +205,51 @@ async fn the_token_file_of_an_ephemeral_admin_port_is_removed_when_the_hub_stops
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
+// ---------------------------------------------------------------------------------------------
+// The address im-server advertises
+// ---------------------------------------------------------------------------------------------
+
+/// Starts an `im-server` with `args` joined to the hub at `transfer`; returns it with its
+/// `im-server started` line, once it is connected.
+async fn im_server(name: &str, transfer: &str, args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["--acms", transfer];
+    all.extend_from_slice(args);
+    let mut server = Proc::start(name, &program("examples/im-server"), &all);
+    let started = server
+        .stderr
+        .wait_for("`im-server started`", |line| line.contains("im-server started"))
+        .await;
+    server.stderr.wait_for("`connected to hub`", |line| line.contains("connected to hub")).await;
+    (server, started)
+}
+
+#[tokio::test]
+async fn im_server_tells_clients_the_advertised_address_and_never_0_0_0_0() {
+    let (_hub, transfer, admin) = start_hub().await;
+    let transfer = transfer.to_string();
+    let advertised = "im.example.com:6000";
+    let (_named, _) = im_server(
+        "im-server 0",
+        &transfer,
+        &["--id", "0", "--listen", "127.0.0.1:0", "--advertise", advertised],
+    )
+    .await;
+    let (_anywhere, started) =
+        im_server("im-server 1", &transfer, &["--id", "1", "--listen", "0.0.0.0:0"]).await;
+    let listen = field_addr(&started, "listen");
+    let loopback = format!("127.0.0.1:{}", listen.port());
+    assert_eq!(field_addr(&started, "advertise").to_string(), loopback, "{started}");
+
+    let servers = request(admin, "GET", "/api/servers", &[], None).await.json();
+    let addrs: Vec<&str> =
+        servers.as_array().unwrap().iter().map(|s| s["client_addr"].as_str().unwrap()).collect();
+    assert_eq!(addrs, [advertised, loopback.as_str()]);
+
+    // A drain of server 1 tells its clients (MOVE) to go to the address server 0 advertised.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let drained =
+        request(admin, "POST", "/api/servers/1/drain", &[("Authorization", &auth)], None).await;
+    assert_eq!(drained.status, 200, "{drained:?}");
+    assert_eq!(drained.json()["target"], advertised);
+}
+
