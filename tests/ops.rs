@@ -253,3 +253,116 @@ async fn im_server_tells_clients_the_advertised_address_and_never_0_0_0_0() {
     assert_eq!(drained.json()["target"], advertised);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Client certificates
+// ---------------------------------------------------------------------------------------------
+
+/// A CA; a hub certificate for localhost; client certificates for clientAuth and, wrongly,
+/// serverAuth only. PEM, as files in `dir` too.
+struct Pki {
+    ca: String,
+    client: (String, String),
+    server_only: (String, String),
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>, purpose| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![purpose];
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let hub = leaf(vec!["localhost".into()], ExtendedKeyUsagePurpose::ServerAuth);
+        let client = leaf(vec!["app-server".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        let server_only = leaf(vec!["app-server".into()], ExtendedKeyUsagePurpose::ServerAuth);
+        for (name, text) in [("ca.pem", ca.pem()), ("hub.pem", hub.0), ("hub.key", hub.1)] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        Self { ca: ca.pem(), client, server_only }
+    }
+
+    fn tls(&self, (cert, key): &(String, String)) -> ClientTls {
+        let client = Some((cert.as_bytes(), key.as_bytes()));
+        ClientTls::from_pem(self.ca.as_bytes(), "localhost", client).unwrap()
+    }
+}
+
+#[test]
+fn a_client_certificate_without_extensions_is_refused_naming_the_client_certificate() {
+    // Made as many guides make one: `openssl x509 -req` with no extension file, which gives an
+    // X.509 version 1 certificate.
+    let cert = include_str!("fixtures/v1-client.pem");
+    let key = include_str!("fixtures/v1-client.key");
+    let ca = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
+    let err =
+        ClientTls::from_pem(ca.as_bytes(), "localhost", Some((cert.as_bytes(), key.as_bytes())))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("client certificate"), "{err}");
+    assert!(err.contains("version 1") && err.contains("clientAuth"), "{err}");
+    assert!(!err.contains("peer"), "{err}");
+
+    // The same file as the hub's certificate is refused naming the hub certificate.
+    let hub_err =
+        ServerTls::from_pem(cert.as_bytes(), key.as_bytes(), None).unwrap_err().to_string();
+    assert!(hub_err.contains("hub certificate") && hub_err.contains("version 1"), "{hub_err}");
+}
+
+#[tokio::test]
+async fn the_hub_says_why_a_client_certificate_is_refused_and_how_a_server_was_admitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (cert, key, ca) = (file("hub.pem"), file("hub.key"), file("ca.pem"));
+    let args = [
+        "--transfer",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+    ];
+    let mut hub = Proc::start("acms", &program("acms"), &args);
+    let line = hub
+        .stderr
+        .wait_for("`accepting app servers`", |line| line.contains("accepting app servers"))
+        .await;
+    let transfer = field_addr(&line, "transfer");
+
+    // A certificate for servers only: refused, and the hub's log says what it lacks.
+    let refused = LinkState::Refused(ErrorCode::Unauthorized);
+    let _wrong =
+        TestServer::start_with(builder(1, transfer).tls(pki.tls(&pki.server_only)), refused).await;
+    let said =
+        hub.stderr.wait_for("the refusal", |line| line.contains("TLS handshake failed")).await;
+    assert!(said.contains("client certificate was refused"), "{said}");
+    assert!(said.contains("clientAuth"), "{said}");
+    assert!(!said.contains("peer certificate"), "{said}");
+
+    // A right one, from loopback: the log says the certificate let it in.
+    let _right = TestServer::start_with(
+        builder(2, transfer).tls(pki.tls(&pki.client)),
+        LinkState::Connected,
+    )
+    .await;
+    let registered = hub
+        .stderr
+        .wait_for("the registration", |line| line.contains("app server registered"))
+        .await;
+    assert!(registered.contains("admitted=certificate"), "{registered}");
+}
