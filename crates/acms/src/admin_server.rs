@@ -63,7 +63,7 @@ pub(crate) async fn serve(
     let tracker = TaskTracker::new();
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(limits.max_connections.saturating_mul(4)));
-    // Whether the cap is being hit: said once when it starts, not once per connection.
+    // Whether the cap is being hit: said once when it starts, not once per refused connection.
     let mut at_cap = false;
     loop {
         let (stream, peer) = tokio::select! {
@@ -94,7 +94,10 @@ pub(crate) async fn serve(
             }
             continue;
         };
-        at_cap = false;
+        // Said again only once the flood has eased, not at every slot that frees up under it.
+        if at_cap && open.available_permits() >= limits.max_connections / 2 {
+            at_cap = false;
+        }
         tracker.spawn(serve_connection(
             stream,
             peer,
