@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use acms::{AdminSettings, AdminToken, AssignPolicy, Hub};
+use acms::{AdminSettings, AdminToken, AssignPolicy, HttpLimits, Hub};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,22 @@ impl TestAdmin {
         let settings =
             AdminSettings { token: AdminToken::new(TOKEN).unwrap(), push_timeout, assign };
         tokio::spawn(acms::admin::serve(listener, hub.clone(), settings, shutdown.clone()));
+        Self { addr, shutdown }
+    }
+
+    /// As [`TestAdmin::start`], with the HTTP server's `limits`.
+    pub async fn start_limited(hub: &Hub, limits: HttpLimits) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let settings = AdminSettings {
+            token: AdminToken::new(TOKEN).unwrap(),
+            push_timeout: Duration::from_secs(5),
+            assign: AssignPolicy::default(),
+        };
+        let serve =
+            acms::admin::serve_with(listener, hub.clone(), settings, limits, shutdown.clone());
+        tokio::spawn(serve);
         Self { addr, shutdown }
     }
 

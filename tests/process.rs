@@ -133,13 +133,31 @@ impl Proc {
         args: &[&str],
         secret: Option<&str>,
     ) -> Self {
-        let mut command = Command::new(program);
         // An `acms` given no token would generate one and write it to a file.
-        command.env("ACMS_ADMIN_TOKEN", ADMIN_TOKEN);
-        match secret {
-            Some(secret) => command.env("ACMS_SECRET", secret),
-            None => command.env_remove("ACMS_SECRET"),
-        };
+        Self::start_env(
+            name,
+            program,
+            args,
+            &[("ACMS_ADMIN_TOKEN", Some(ADMIN_TOKEN)), ("ACMS_SECRET", secret)],
+        )
+    }
+
+    /// Starts a program with each variable of `env` set to its value, or removed for `None`;
+    /// `ACMS_ADMIN_TOKEN` and `ACMS_SECRET` are removed unless `env` sets them.
+    pub fn start_env(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Self {
+        let mut command = Command::new(program);
+        command.env_remove("ACMS_ADMIN_TOKEN").env_remove("ACMS_SECRET");
+        for (key, value) in env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
         let mut child = command
             .args(args)
             .env("RUST_LOG", "info")

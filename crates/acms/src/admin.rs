@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::admin_server::HttpLimits;
 use crate::assign::{Candidate, Policy};
 use crate::connection::control_frame;
 use crate::hub::Hub;
@@ -108,17 +109,28 @@ struct AppState {
     turn: Arc<AtomicU64>,
 }
 
-/// Serves the admin API on `listener` until `shutdown` is cancelled.
+/// Serves the admin API on `listener` until `shutdown` is cancelled, with the default
+/// [`HttpLimits`].
 pub async fn serve(
     listener: TcpListener,
     hub: Hub,
     settings: AdminSettings,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, hub, settings, HttpLimits::default(), shutdown).await
+}
+
+/// Serves the admin API on `listener` within `limits` (header deadline, connection cap) until
+/// `shutdown` is cancelled.
+pub async fn serve_with(
+    listener: TcpListener,
+    hub: Hub,
+    settings: AdminSettings,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     tracing::info!(admin = %listener.local_addr()?, "admin HTTP API listening");
-    axum::serve(listener, router(hub, settings))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    crate::admin_server::serve(listener, router(hub, settings), limits, shutdown).await
 }
 
 /// The admin API's routes, each section a router of its own merged here.
@@ -134,18 +146,42 @@ pub fn router(hub: Hub, settings: AdminSettings) -> Router {
         .route("/api/users/{id}", get(find_user))
         .route("/api/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics));
+    // The token guards each POST handler, not the route: another method gets its 405 (with
+    // `Allow`) whoever asks, rather than a 401 for a request the route would never take.
+    let token = middleware::from_fn_with_state(state.clone(), require_token);
     let write = Router::new()
-        .route("/api/users/{id}/messages", post(push_to_user))
-        .route("/api/users/{id}/kick", post(kick_user))
-        .route("/api/groups/{id}/messages", post(push_to_group))
-        .route("/api/broadcast", post(broadcast))
-        .route("/api/servers/{id}/drain", post(drain_server))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    read.merge(write)
+        .route("/api/users/{id}/messages", post(push_to_user).route_layer(token.clone()))
+        .route("/api/users/{id}/kick", post(kick_user).route_layer(token.clone()))
+        .route("/api/groups/{id}/messages", post(push_to_group).route_layer(token.clone()))
+        .route("/api/broadcast", post(broadcast).route_layer(token.clone()))
+        .route("/api/servers/{id}/drain", post(drain_server).route_layer(token));
+    let api = read
+        .merge(write)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
-        .merge(dashboard)
+        .merge(dashboard);
+    // Around the whole router: axum adds the `Allow` header of a 405 as the answer leaves a
+    // route, so only out here can the error body name the methods.
+    Router::new().fallback_service(api).layer(middleware::map_response(explain_wrong_method))
+}
+
+/// Gives axum's bare `405` (a known path, another method) a JSON error body like every other
+/// error of the API, keeping its `Allow` header.
+async fn explain_wrong_method(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let message = match allow.as_ref().and_then(|allow| allow.to_str().ok()) {
+        Some(allowed) => format!("method not allowed here; this route takes {allowed}"),
+        None => "method not allowed here".to_owned(),
+    };
+    let mut answer = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, message).into_response();
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
 }
 
 /// A JSON error: `{"error": "..."}` with a 4xx (or 503/504) status.

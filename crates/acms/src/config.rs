@@ -33,12 +33,30 @@ pub struct AdminConfig {
     /// The bearer token for routes that change state; `ACMS_ADMIN_TOKEN` overrides it. With none,
     /// the daemon generates one at start and writes it to `token_file`.
     pub token: Option<AdminToken>,
-    /// Where a generated token is written (mode 0600). By default `acms-admin-PORT.token` in
-    /// `$XDG_RUNTIME_DIR`, or in the temporary directory.
+    /// Where a generated token is kept (mode 0600), and read back at the next start so the token
+    /// stays the same. By default `acms-admin-PORT.token` in `$XDG_RUNTIME_DIR`, or in the
+    /// temporary directory.
     pub token_file: Option<PathBuf>,
     /// How long a push waits for the recipient's server to acknowledge it.
     #[serde(with = "humantime_serde")]
     pub push_timeout: Duration,
+    /// How long a connection has to send a complete request header (at connect, and between
+    /// requests on a kept-alive connection) before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Most admin connections open at once; more are answered `503` and closed.
+    pub max_connections: usize,
+}
+
+impl AdminConfig {
+    /// The HTTP server's limits; shutdown waits for open requests as long as for app servers.
+    pub fn limits(&self, shutdown_grace: Duration) -> crate::HttpLimits {
+        crate::HttpLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            shutdown_grace,
+        }
+    }
 }
 
 impl Default for AdminConfig {
@@ -48,6 +66,8 @@ impl Default for AdminConfig {
             token: None,
             token_file: None,
             push_timeout: Duration::from_secs(5),
+            header_read_timeout: crate::HttpLimits::default().header_read_timeout,
+            max_connections: crate::HttpLimits::default().max_connections,
         }
     }
 }
@@ -250,6 +270,12 @@ mod tests {
         let err = Config::from_toml("[admin]\ntoken = \"short\"\n").unwrap_err();
         assert!(err.to_string().contains("16 to 256"), "{err}");
         assert_eq!(Config::default().admin.addr.to_string(), "127.0.0.1:11000");
+        let text = "[admin]\nheader_read_timeout = \"2s\"\nmax_connections = 7\n";
+        let limits = Config::from_toml(text).unwrap().admin.limits(Duration::from_secs(1));
+        assert_eq!(
+            (limits.header_read_timeout, limits.max_connections),
+            (Duration::from_secs(2), 7)
+        );
     }
 
     #[test]

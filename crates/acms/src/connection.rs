@@ -28,7 +28,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info, warn};
 
-use crate::auth::admit_without_secret;
+use crate::auth::{Admission, admit_without_secret};
 use crate::config::HubConfig;
 use crate::forwarded::Marks;
 use crate::groups::Groups;
@@ -352,7 +352,8 @@ async fn accept_tls(
         }
         Refusal::Failed(err) => {
             shared.stats.unauthorized();
-            warn!(error = %err, "TLS handshake failed; closing connection");
+            let error = crate::tls::explain_failure(&err);
+            warn!(%error, "TLS handshake failed; closing connection");
             None
         }
         Refusal::NotTls(mut stream) => {
@@ -770,7 +771,7 @@ impl Connection {
                 format!("server id {} is reserved for the hub itself", ServerId::HUB),
             ));
         }
-        self.check_secret(&hello, &mut codec).await?;
+        let admission = self.check_secret(&hello, &mut codec).await?;
         self.check_active()?;
         let info = ServerInfo {
             id: hello.server_id,
@@ -795,7 +796,7 @@ impl Connection {
         info!(
             %client_addr,
             returning = !self.stale_users.is_empty(),
-            authenticated = self.shared.config.secret.is_some(),
+            admitted = %admission,
             "app server registered"
         );
         if registration.first {
@@ -832,8 +833,9 @@ impl Connection {
 
     /// The shared-secret part of the handshake: with a secret on both sides, the hub proves it
     /// over the AS's nonce and challenges the AS with its own; with none on either, the loopback
-    /// rule. A secret on one side only is refused, so a misconfiguration shows at once.
-    async fn check_secret(&mut self, hello: &Hello, codec: &mut Codec) -> Result<(), Close> {
+    /// rule. A secret on one side only is refused, so a misconfiguration shows at once. Says how
+    /// the server was admitted.
+    async fn check_secret(&mut self, hello: &Hello, codec: &mut Codec) -> Result<Admission, Close> {
         let secret = self.shared.config.secret.clone();
         match (secret, hello.nonce) {
             (Some(secret), Some(as_nonce)) => {
@@ -844,6 +846,7 @@ impl Connection {
                 match self.handshake_message(codec).await? {
                     Control::Auth { proof } => secret
                         .verify(Prover::AppServer, server, &as_nonce, &nonce, &proof)
+                        .map(|()| Admission::by_secret(self.client_verified))
                         .map_err(|_| {
                             Close::refused(
                                 ErrorCode::Unauthorized,

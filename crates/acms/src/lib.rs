@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`admin`]: the admin HTTP API (JSON, bearer token, OpenAPI document) and `/metrics`.
+//! - [`admin_server`]: the admin API's HTTP server: header-read deadline, connection cap.
 //! - [`assign`]: which app server a new client should use, by the configured policy.
 //! - [`dashboard`]: the live dashboard page at `GET /` (embedded) and `GET /api/summary`.
 //! - [`metrics`]: the Prometheus text rendering of the hub's counters.
@@ -26,6 +27,7 @@
 //! - [`standby`]: hot standby: which hub of a cluster is active, and the peer watchers.
 
 pub mod admin;
+pub mod admin_server;
 pub mod assign;
 mod auth;
 pub mod config;
@@ -45,6 +47,7 @@ pub mod tls;
 
 pub use acms_protocol::Secret;
 pub use admin::{AdminSettings, AdminToken};
+pub use admin_server::HttpLimits;
 pub use assign::Policy as AssignPolicy;
 pub use config::{
     AdminConfig, AssignConfig, Config, HubConfig, LogFormat, LoginConflict, TlsFiles,

@@ -1,6 +1,6 @@
 //! The `acms` daemon: parses flags, loads the optional config file, the secret (`ACMS_SECRET`) and
-//! the TLS files and the admin token (`ACMS_ADMIN_TOKEN`, or one it generates and writes to a
-//! file), sets up logging, raises its open-file limit, binds the transfer port and the admin
+//! the TLS files and the admin token (`ACMS_ADMIN_TOKEN`, or one kept in a file, generated at
+//! the first start), sets up logging, raises its open-file limit, binds the transfer port and the admin
 //! HTTP API and runs both until SIGINT or SIGTERM.
 
 use std::io::IsTerminal;
@@ -115,48 +115,124 @@ fn main() -> anyhow::Result<()> {
         let admin_listener = TcpListener::bind(config.admin.addr)
             .await
             .with_context(|| format!("cannot listen on {} (admin API)", config.admin.addr))?;
-        let token = match config.admin.token.clone() {
-            Some(token) => token,
-            None => generate_token(&config.admin, admin_listener.local_addr()?.port())?,
+        let (token, token_file) = match config.admin.token.clone() {
+            Some(token) => (token, None),
+            None => {
+                let file = TokenFile::open(&config.admin, admin_listener.local_addr()?.port())?;
+                (file.token.clone(), Some(file))
+            }
         };
         let settings = AdminSettings {
             token,
             push_timeout: config.admin.push_timeout,
             assign: config.assign.policy,
         };
+        let limits = config.admin.limits(config.transfer.shutdown_grace);
         let hub = match tls {
             Some(tls) => Hub::with_tls(config.transfer, tls),
             None => Hub::new(config.transfer),
         };
-        let admin = tokio::spawn(acms::admin::serve(
+        let admin = tokio::spawn(acms::admin::serve_with(
             admin_listener,
             hub.clone(),
             settings,
+            limits,
             shutdown.clone(),
         ));
         let served = hub.serve(listener, shutdown.clone()).await;
         // The admin API stops with the hub, whatever stopped the hub.
         shutdown.cancel();
+        let admin = admin.await;
+        if let Some(file) = token_file {
+            file.close();
+        }
         served?;
-        admin.await.context("admin API task")?.context("admin API")?;
+        admin.context("admin API task")?.context("admin API")?;
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-/// Makes a token for a hub that was given none, writes it to a file only this user can read, and
-/// logs where: the API is never open by default, and the token never appears in a log.
-fn generate_token(config: &acms::AdminConfig, port: u16) -> anyhow::Result<AdminToken> {
+/// The admin token of a hub that was given none, and the file that keeps it.
+struct TokenFile {
+    token: AdminToken,
+    path: PathBuf,
+    /// Made for this run only (an ephemeral admin port): removed when the hub stops.
+    per_run: bool,
+}
+
+impl TokenFile {
+    /// Reads the token kept in the file from an earlier run, or makes one and writes it to a file
+    /// only this user can read, and logs where: the API is never open by default, the token never
+    /// appears in a log, and it stays the same across restarts until the file is deleted.
+    fn open(config: &acms::AdminConfig, port: u16) -> anyhow::Result<Self> {
+        let per_run = config.token_file.is_none() && config.addr.port() == 0;
+        let path = config.token_file.clone().unwrap_or_else(|| {
+            let dir =
+                std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+            dir.join(format!("acms-admin-{port}.token"))
+        });
+        if !per_run && let Some(token) = read_token(&path)? {
+            tracing::info!(file = %path.display(), "admin token read from its file");
+            return Ok(Self { token, path, per_run });
+        }
+        let token = AdminToken::generate();
+        write_token(&path, &token)?;
+        tracing::warn!(
+            file = %path.display(),
+            "no admin token set (ACMS_ADMIN_TOKEN or admin.token): generated one and wrote it to this file"
+        );
+        Ok(Self { token, path, per_run })
+    }
+
+    /// Removes a per-run file once the hub has stopped; a kept file stays for the next start.
+    fn close(self) {
+        if self.per_run
+            && let Err(err) = std::fs::remove_file(&self.path)
+        {
+            tracing::warn!(file = %self.path.display(), error = %err, "cannot remove the admin token file");
+        }
+    }
+}
+
+/// The token kept at `path`, or `None` if there is no file. A file this user does not own, that
+/// others may read, or that holds no valid token is an error: reusing it could hand the API to
+/// whoever wrote it, and replacing it silently would change the operators' token.
+fn read_token(path: &std::path::Path) -> anyhow::Result<Option<AdminToken>> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {shown}")),
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !metadata.file_type().is_file() || metadata.uid() != me {
+        anyhow::bail!(
+            "the admin token file {shown} is not a regular file owned by this user: remove it \
+             (a new token is then generated) or set admin.token_file"
+        );
+    }
+    if metadata.mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "the admin token file {shown} may be read by other users (mode {:o}): `chmod 600` it, \
+             or remove it to generate a new token",
+            metadata.mode() & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
+    let token = AdminToken::new(text.trim()).with_context(|| {
+        format!("the admin token file {shown} holds no usable token: fix it, or remove it to generate a new one")
+    })?;
+    Ok(Some(token))
+}
+
+/// Writes `token` to a new file at `path` with mode 0600, replacing any file there.
+fn write_token(path: &std::path::Path, token: &AdminToken) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = config.token_file.clone().unwrap_or_else(|| {
-        let dir =
-            std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
-        dir.join(format!("acms-admin-{port}.token"))
-    });
-    let token = AdminToken::generate();
-    // A file left by an earlier run (or planted by someone else) is replaced, not reused.
-    match std::fs::remove_file(&path) {
+    match std::fs::remove_file(path) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
             return Err(err).with_context(|| format!("cannot replace {}", path.display()));
         }
@@ -166,15 +242,10 @@ fn generate_token(config: &acms::AdminConfig, port: u16) -> anyhow::Result<Admin
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
     writeln!(file, "{}", token.expose())
-        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
-    tracing::warn!(
-        file = %path.display(),
-        "no admin token set (ACMS_ADMIN_TOKEN or admin.token): generated one and wrote it to this file"
-    );
-    Ok(token)
+        .with_context(|| format!("cannot write the admin token to {}", path.display()))
 }
 
 /// Reads the PEM files of the transfer port's TLS.

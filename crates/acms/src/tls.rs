@@ -59,6 +59,70 @@ pub enum TlsError {
     /// The client CA cannot verify client certificates.
     #[error("client CA refused: {0}")]
     ClientCa(#[from] rustls::server::VerifierBuilderError),
+    /// The hub's own certificate cannot be used, and why.
+    #[error("the hub certificate cannot be used: {0}")]
+    HubCertificate(String),
+}
+
+/// Whether rustls refused a certificate for being X.509 version 1, which has no extensions.
+fn is_version_1(refused: &rustls::CertificateError) -> bool {
+    matches!(refused, rustls::CertificateError::Other(other)
+        if matches!(other.0.downcast_ref::<webpki::Error>(), Some(webpki::Error::UnsupportedCertVersion)))
+}
+
+/// Why rustls refused the hub's own certificate, in words that say what to change.
+fn hub_certificate_error(err: rustls::Error) -> TlsError {
+    match &err {
+        rustls::Error::InvalidCertificate(refused) if is_version_1(refused) => {
+            TlsError::HubCertificate(
+                "it is an X.509 version 1 certificate, which carries no extensions: issue a \
+                 version 3 certificate naming the hub (subjectAltName) with the serverAuth \
+                 extended key usage (the README's Security section has a recipe)"
+                    .to_owned(),
+            )
+        }
+        rustls::Error::InvalidCertificate(refused) => {
+            TlsError::HubCertificate(format!("{refused:?}"))
+        }
+        _ => TlsError::Rustls(err),
+    }
+}
+
+/// Why a TLS handshake with an app server failed, for the hub's log: a client certificate
+/// refused says which rule it broke, rather than rustls' words about a "peer".
+pub(crate) fn explain_failure(err: &io::Error) -> String {
+    use rustls::CertificateError as Refused;
+    let Some(failure) = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return err.to_string();
+    };
+    let reason = match failure {
+        rustls::Error::NoCertificatesPresented => {
+            return "the app server presented no client certificate, and this hub requires one \
+                    (tls.client_ca): give it one signed by that CA (--tls-cert, --tls-key)"
+                .to_owned();
+        }
+        rustls::Error::InvalidCertificate(refused) => match refused {
+            refused if is_version_1(refused) => {
+                "it is an X.509 version 1 certificate, which carries no extensions: issue a \
+                 version 3 certificate with the clientAuth extended key usage"
+                    .to_owned()
+            }
+            Refused::UnknownIssuer => {
+                "it is not signed by this hub's client CA (tls.client_ca)".to_owned()
+            }
+            Refused::InvalidPurpose | Refused::InvalidPurposeContext { .. } => {
+                "its extended key usage does not allow clientAuth".to_owned()
+            }
+            Refused::Expired | Refused::ExpiredContext { .. } => "it has expired".to_owned(),
+            Refused::NotValidYet | Refused::NotValidYetContext { .. } => {
+                "it is not valid yet".to_owned()
+            }
+            other => format!("{other:?}"),
+        },
+        other => return other.to_string(),
+    };
+    format!("the app server's client certificate was refused: {reason}")
 }
 
 /// Every certificate in a PEM document, in order.
@@ -99,7 +163,8 @@ impl ServerTls {
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        Ok(Self::new(Arc::new(builder.with_single_cert(chain, key)?)))
+        let config = builder.with_single_cert(chain, key).map_err(hub_certificate_error)?;
+        Ok(Self::new(Arc::new(config)))
     }
 
     /// TLS with a rustls configuration made by the caller.

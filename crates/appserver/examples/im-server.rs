@@ -44,6 +44,11 @@ struct Args {
     /// Where clients connect [default: 0.0.0.0:6000].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// The address clients are told to use for this server (by `GET /api/assign`, and in the
+    /// `MOVE` of a drain): host:port [default: the listen address; for an unspecified listen
+    /// address such as 0.0.0.0, loopback with the listen port, with a warning].
+    #[arg(long)]
+    advertise: Option<String>,
     /// Address of the ACMS hub, or several separated by commas in order of preference (hot
     /// standby) [default: 127.0.0.1:12000].
     #[arg(long)]
@@ -126,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
     config.id = args.id.unwrap_or(config.id);
     config.listen = args.listen.unwrap_or(config.listen);
     config.acms = args.acms.unwrap_or(config.acms);
+    config.advertise = args.advertise.unwrap_or(config.advertise);
     if let Some(value) = std::env::var_os(SECRET_VAR) {
         let value =
             value.into_string().map_err(|_| anyhow::anyhow!("{SECRET_VAR} is not UTF-8"))?;
@@ -156,9 +162,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
-    let advertise =
-        if config.advertise.is_empty() { local.to_string() } else { config.advertise.clone() };
-    info!(id = config.id, listen = %local, acms = %config.acms, "im-server started");
+    let advertise = advertised(&config.advertise, local)?;
+    info!(id = config.id, listen = %local, %advertise, acms = %config.acms, "im-server started");
 
     let mut builder = Cluster::builder(ServerId(config.id), &config.acms).client_addr(advertise);
     if let Some(secret) = config.secret.clone() {
@@ -196,6 +201,37 @@ async fn main() -> anyhow::Result<()> {
     cluster.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// The address clients are told to use: `configured` if set, else the listen address. An
+/// unspecified address (0.0.0.0, ::) is no address a client can connect to: given, it is an
+/// error; as the listen address, loopback with its port is advertised instead, with a warning.
+fn advertised(configured: &str, local: SocketAddr) -> anyhow::Result<String> {
+    if !configured.is_empty() {
+        let unspecified = configured
+            .parse::<SocketAddr>()
+            .is_ok_and(|addr| addr.ip().is_unspecified() || addr.port() == 0);
+        anyhow::ensure!(
+            !unspecified,
+            "--advertise {configured} is no address a client can connect to: give this \
+             server's reachable host and port"
+        );
+        return Ok(configured.to_owned());
+    }
+    if !local.ip().is_unspecified() {
+        return Ok(local.to_string());
+    }
+    let loopback = match local {
+        SocketAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, local.port())),
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, local.port())),
+    };
+    warn!(
+        listen = %local,
+        advertise = %loopback,
+        "listening on an unspecified address: advertising loopback, which only clients on this \
+         machine can use; pass --advertise HOST:PORT (or `advertise` in the config) for others"
+    );
+    Ok(loopback.to_string())
 }
 
 /// Reads the PEM files of `[tls]`; the hub's name defaults to the host part of its address.

@@ -105,9 +105,7 @@ impl Reader {
 enum SessionError {
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
-    #[error(
-        "TLS with the hub failed: {0} (does the hub's transfer port speak TLS, with a certificate this server trusts?)"
-    )]
+    #[error("TLS with the hub failed: {}", tls::explain_failure(.0))]
     Tls(io::Error),
     #[error(
         "the hub could not prove the shared secret: the secrets differ (set the same ACMS_SECRET on both), or this is not the hub"

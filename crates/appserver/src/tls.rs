@@ -58,6 +58,61 @@ pub enum TlsError {
     /// rustls refused the certificates or key.
     #[error("TLS settings refused: {0}")]
     Rustls(#[from] rustls::Error),
+    /// This server's client certificate cannot be used, and why.
+    #[error("the client certificate cannot be used: {0}")]
+    ClientCertificate(String),
+}
+
+/// Why rustls refused this server's own client certificate, in words that say what to change.
+fn client_certificate_error(err: rustls::Error) -> TlsError {
+    use rustls::CertificateError;
+    let rustls::Error::InvalidCertificate(refused) = &err else {
+        return TlsError::Rustls(err);
+    };
+    let reason = match refused {
+        CertificateError::Other(other)
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::UnsupportedCertVersion)
+            ) =>
+        {
+            "it is an X.509 version 1 certificate, which carries no extensions: issue a version 3 \
+             certificate with the clientAuth extended key usage (with openssl: `-addext \
+             extendedKeyUsage=clientAuth` on the request, `-copy_extensions copy` when signing; \
+             the README's Security section has the whole recipe)"
+                .to_owned()
+        }
+        CertificateError::BadEncoding => "it is not a well-formed X.509 certificate".to_owned(),
+        other => format!("{other:?}"),
+    };
+    TlsError::ClientCertificate(reason)
+}
+
+/// What a failed TLS handshake with the hub means, for the link's error: the hub refusing this
+/// server's client certificate, or this server refusing the hub's, told apart.
+pub(crate) fn explain_failure(err: &io::Error) -> String {
+    use rustls::AlertDescription as Alert;
+    match tls_failure(err) {
+        Some(rustls::Error::AlertReceived(
+            alert @ (Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateRequired
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown),
+        )) => format!(
+            "the hub refused this server's client certificate ({alert:?}): it must be signed by \
+             the hub's client CA, be a version 3 certificate and allow clientAuth; the hub's log \
+             says which"
+        ),
+        Some(rustls::Error::InvalidCertificate(refused)) => format!(
+            "the hub's certificate is not trusted ({refused:?}): the CA given to this server \
+             (--tls-ca) must have signed it, and it must name the hub (--tls-server-name)"
+        ),
+        _ => format!(
+            "{err} (does the hub's transfer port speak TLS, with a certificate this server trusts?)"
+        ),
+    }
 }
 
 fn certificates(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -93,7 +148,7 @@ impl ClientTls {
                 let chain = certificates(chain, "the client certificate")?;
                 let key = PrivateKeyDer::from_pem_slice(key)
                     .map_err(|source| TlsError::Pem { what: "the client key", source })?;
-                builder.with_client_auth_cert(chain, key)?
+                builder.with_client_auth_cert(chain, key).map_err(client_certificate_error)?
             }
         };
         Self::new(Arc::new(config), server_name)
