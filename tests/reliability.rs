@@ -227,3 +227,47 @@ async fn a_full_retransmit_buffer_makes_senders_wait_and_try_send_fail() {
     .await;
     assert!(waits.is_err(), "send_to_user must wait while the buffer is full");
 }
+
+/// A message the receiving app refuses goes back to its sender's server as `Undeliverable` with
+/// the reason, exactly once, even when the hub restarts while the refusal is on its way; a
+/// sender on the refusing server itself hears of it without the hub.
+#[tokio::test]
+async fn a_refused_message_goes_back_to_its_sender_once_with_its_reason() {
+    use acms_appserver::UndeliverableReason;
+
+    let hub = TestHub::start().await;
+    let addr = hub.addr;
+    let mut s0 = TestServer::start(0, addr).await;
+    let mut s1 = TestServer::start(1, addr).await;
+    s0.login(&["alice"]).await;
+    s1.login(&["bob", "carol"]).await;
+
+    let receipt =
+        s0.cluster.send_with_receipt(&user("alice"), &user("bob"), "hello".into()).await.unwrap();
+    assert_eq!(receipt.outcome(PATIENCE).await, Outcome::Delivered { sessions: 1 });
+    let Event::Message { from, to, payload } = s1.next_event().await else { panic!() };
+    assert_eq!((from.as_str(), to.as_str(), &payload[..]), ("alice", "bob", &b"hello"[..]));
+
+    // The refusal leaves while the hub is down, and arrives through the next one.
+    hub.stop().await;
+    wait_link(&s1.cluster, LinkState::Connecting).await;
+    s1.cluster.refuse(&from, &to, payload, "too slow").await.unwrap();
+    let _hub = TestHub::start_with(HubConfig::default(), addr).await;
+    let expected = Event::Undeliverable {
+        from: user("alice"),
+        to: user("bob"),
+        payload: Bytes::from_static(b"hello"),
+        reason: UndeliverableReason::Refused("too slow".into()),
+    };
+    assert_eq!(s0.next_event().await, expected);
+    let extra = tokio::time::timeout(Duration::from_millis(300), s0.events.recv()).await;
+    assert!(extra.is_err(), "told twice: {extra:?}");
+
+    // carol and bob share server 1: the refusal of carol's message stays there.
+    s1.cluster.send_to_user(&user("carol"), &user("bob"), "hi".into()).await.unwrap();
+    let Event::Message { from, to, payload } = s1.next_event().await else { panic!() };
+    s1.cluster.refuse(&from, &to, payload, "left the server").await.unwrap();
+    let Event::Undeliverable { from, to, reason, .. } = s1.next_event().await else { panic!() };
+    assert_eq!((from.as_str(), to.as_str()), ("carol", "bob"));
+    assert_eq!(reason, UndeliverableReason::Refused("left the server".into()));
+}

@@ -12,7 +12,7 @@
 //! | client → server | `QUIT` | leave |
 //! | server → client | `OK <server-id>` | logged in on that server |
 //! | server → client | `MSG <from> <text>` | a message arrived |
-//! | server → client | `UNDELIVERABLE <to> <text>` | a message could not be delivered |
+//! | server → client | `UNDELIVERABLE <to> (<reason>) <text>` | a message could not be delivered: `(offline)`, or the recipient's server's reason (`(too slow)`, `(left the server)`) |
 //! | server → client | `ERR <reason>` | a request failed, or the server is closing this client |
 //! | server → client | `LOCATED <user> <server-id>\|offline` | the answer to `WHO` |
 //! | server → client | `PRESENCE <user> <server-id>\|offline` | a watched user's state, now and on each change |
