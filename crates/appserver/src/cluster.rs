@@ -76,8 +76,8 @@ pub(crate) struct Tally {
 pub enum Event {
     /// A message for a user of this server, sent from this server or another.
     ///
-    /// The user may have logged out while it travelled; the app decides what then (store it,
-    /// drop it).
+    /// The user may have logged out while it travelled, or their client may not keep up: the
+    /// app decides what then (store it, or send it back to its sender with [`Cluster::refuse`]).
     Message {
         /// Who sent it.
         from: UserId,

@@ -19,7 +19,7 @@
 //! | server → client | `KICKED <reason>` | the user logged in elsewhere; the server closes this client |
 //! | client → server | `FILE <user> <message>` | a file-transfer message for a user, relayed unread |
 //! | server → client | `FILE <from> <message>` | a file-transfer message from a user |
-//! | server → client | `FILE-UNDELIVERABLE <to> <message>` | a file-transfer message came back: offline |
+//! | server → client | `FILE-UNDELIVERABLE <to> <message>` | a file-transfer message came back: offline, or not delivered by the peer's server |
 //!
 //! # Layout
 //! - [`line`]: [`ClientLine`] and [`ServerLine`], parsing and formatting.
