@@ -95,6 +95,14 @@ impl Lines {
         self.wait_for(what, |_| true).await
     }
 
+    /// The next line, or `None` once the stream closed; waits with no deadline of its own, for
+    /// callers that bound a whole exchange themselves.
+    pub async fn recv(&mut self) -> Option<String> {
+        let line = self.rx.recv().await?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
     /// Every line until the stream closes (the child exited), including those already seen.
     pub async fn until_closed(&mut self) -> &[String] {
         let deadline = Instant::now() + PATIENCE;

@@ -227,3 +227,122 @@ async fn a_full_retransmit_buffer_makes_senders_wait_and_try_send_fail() {
     .await;
     assert!(waits.is_err(), "send_to_user must wait while the buffer is full");
 }
+
+/// A message the receiving app refuses goes back to its sender's server as `Undeliverable` with
+/// the reason, exactly once, even when the hub restarts while the refusal is on its way; a
+/// sender on the refusing server itself hears of it without the hub.
+#[tokio::test]
+async fn a_refused_message_goes_back_to_its_sender_once_with_its_reason() {
+    use acms_appserver::UndeliverableReason;
+
+    let hub = TestHub::start().await;
+    let addr = hub.addr;
+    let mut s0 = TestServer::start(0, addr).await;
+    let mut s1 = TestServer::start(1, addr).await;
+    s0.login(&["alice"]).await;
+    s1.login(&["bob", "carol"]).await;
+
+    let receipt =
+        s0.cluster.send_with_receipt(&user("alice"), &user("bob"), "hello".into()).await.unwrap();
+    assert_eq!(receipt.outcome(PATIENCE).await, Outcome::Delivered { sessions: 1 });
+    let Event::Message { from, to, payload } = s1.next_event().await else { panic!() };
+    assert_eq!((from.as_str(), to.as_str(), &payload[..]), ("alice", "bob", &b"hello"[..]));
+
+    // The refusal leaves while the hub is down, and arrives through the next one.
+    hub.stop().await;
+    wait_link(&s1.cluster, LinkState::Connecting).await;
+    s1.cluster.refuse(&from, &to, payload, "too slow").await.unwrap();
+    let _hub = TestHub::start_with(HubConfig::default(), addr).await;
+    let expected = Event::Undeliverable {
+        from: user("alice"),
+        to: user("bob"),
+        payload: Bytes::from_static(b"hello"),
+        reason: UndeliverableReason::Refused("too slow".into()),
+    };
+    assert_eq!(s0.next_event().await, expected);
+    let extra = tokio::time::timeout(Duration::from_millis(300), s0.events.recv()).await;
+    assert!(extra.is_err(), "told twice: {extra:?}");
+
+    // carol and bob share server 1: the refusal of carol's message stays there.
+    s1.cluster.send_to_user(&user("carol"), &user("bob"), "hi".into()).await.unwrap();
+    let Event::Message { from, to, payload } = s1.next_event().await else { panic!() };
+    s1.cluster.refuse(&from, &to, payload, "left the server").await.unwrap();
+    let Event::Undeliverable { from, to, reason, .. } = s1.next_event().await else { panic!() };
+    assert_eq!((from.as_str(), to.as_str()), ("carol", "bob"));
+    assert_eq!(reason, UndeliverableReason::Refused("left the server".into()));
+}
+
+/// Bad input on the way back: a refusal whose reason breaks the documented layout is
+/// acknowledged, logged and dropped, and the next one still arrives; a refusal for a sender who
+/// is online nowhere any more comes back to the refusing server, which only logs it.
+#[tokio::test]
+async fn malformed_or_unreturnable_refusals_break_nothing() {
+    use acms_appserver::UndeliverableReason;
+    use acms_protocol::{Control, Data, DataKind, Frame, Refusal};
+    use acms_tests::{next_frame, raw_hello};
+    use futures_util::SinkExt;
+
+    // No settle window: a frame for a user online nowhere comes back at once, not held.
+    let config = HubConfig { settle: Duration::ZERO, ..HubConfig::default() };
+    let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let mut s0 = TestServer::start(0, hub.addr).await;
+    let mut s1 = TestServer::start(1, hub.addr).await;
+    s0.login(&["alice"]).await;
+    s1.login(&["bob"]).await;
+
+    // A hand-driven server 5 with carol: a refusal whose reason is longer than its payload, then
+    // a good one.
+    let mut peer = raw_hello(hub.addr, 5).await;
+    let welcome = next_frame(&mut peer).await;
+    assert!(matches!(welcome, Some(Frame::Control(Control::Welcome(_)))), "{welcome:?}");
+    peer.send(Frame::Control(Control::Login { users: vec![user("carol")] })).await.unwrap();
+    peer.send(Frame::Control(Control::SnapshotDone)).await.unwrap();
+    let refused = |seq, payload| {
+        Frame::Data(Data {
+            kind: DataKind::Refused,
+            seq,
+            origin: ServerId(5),
+            recipient: user("alice"),
+            sender: user("carol"),
+            payload,
+        })
+    };
+    peer.send(refused(1, Bytes::from_static(b"\x00\x09short"))).await.unwrap();
+    let good = Refusal::new("gone", Bytes::from_static(b"hi")).encode();
+    peer.send(refused(2, good)).await.unwrap();
+    let expected = Event::Undeliverable {
+        from: user("alice"),
+        to: user("carol"),
+        payload: Bytes::from_static(b"hi"),
+        reason: UndeliverableReason::Refused("gone".into()),
+    };
+    assert_eq!(s0.next_event().await, expected);
+    // Both acknowledged: the malformed one is not sent again forever.
+    let mut acked = Vec::new();
+    while acked.len() < 2 {
+        if let Some(Frame::Ack(ack)) = next_frame(&mut peer).await {
+            acked.extend(ack.ranges.iter().flat_map(|range| range.seqs()));
+        }
+    }
+    assert_eq!(acked, [1, 2]);
+
+    // alice leaves before bob's server refuses her message: it cannot go back.
+    s0.cluster.send_to_user(&user("alice"), &user("bob"), "first".into()).await.unwrap();
+    let Event::Message { from, to, payload } = s1.next_event().await else { panic!() };
+    s0.cluster.logout(&user("alice")).await.unwrap();
+    s0.cluster.flush().await.unwrap();
+    s1.cluster.refuse(&from, &to, payload, "too slow").await.unwrap();
+    s1.cluster.flush().await.unwrap();
+    // Back again: only what is refused from now on reaches her.
+    s0.login(&["alice"]).await;
+    s0.cluster.send_to_user(&user("alice"), &user("bob"), "second".into()).await.unwrap();
+    let Event::Message { from, to, payload } = s1.next_event().await else { panic!() };
+    s1.cluster.refuse(&from, &to, payload, "too slow").await.unwrap();
+    let Event::Undeliverable { payload, .. } = s0.next_event().await else { panic!() };
+    assert_eq!(&payload[..], b"second");
+    for server in [&mut s0, &mut s1] {
+        let extra = tokio::time::timeout(Duration::from_millis(300), server.events.recv()).await;
+        assert!(extra.is_err(), "unexpected event: {extra:?}");
+    }
+    assert_eq!(*s1.cluster.link_state().borrow(), LinkState::Connected);
+}

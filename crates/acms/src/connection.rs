@@ -517,7 +517,9 @@ impl Connection {
             let frame = &self.read_buf[start..start + len];
             let body = &frame[LENGTH_PREFIX_LEN..];
             match FrameKind::from_tag(body[0])? {
-                FrameKind::Data(DataKind::Unicast) => {
+                // A refused message goes back to its sender exactly as a message goes to its
+                // recipient: the recipient field names them.
+                FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
                     let route = Route::parse(body)?;
                     claimed_by(server, route.origin, "frame")?;
                     let seq = route.seq;
@@ -990,15 +992,15 @@ impl Connection {
         result
     }
 
-    /// Returns unicast frames to this AS as undeliverable; each chunk holds whole frames. Acks
-    /// among them are dropped: their origin sends its frames again and gets new ones.
+    /// Returns unicast (and refused) frames to this AS as undeliverable; each chunk holds whole
+    /// frames. Acks among them are dropped: their origin sends its frames again and gets new ones.
     fn bounce(&mut self, chunks: &[Bytes]) -> Result<(), Close> {
         let mut back = Vec::new();
         for chunk in chunks {
             let mut chunk = chunk.clone();
             while !chunk.is_empty() {
                 let frame = RawFrame::split_first(&mut chunk)?;
-                if frame.kind()? == FrameKind::Data(DataKind::Unicast) {
+                if matches!(frame.kind()?, FrameKind::Data(DataKind::Unicast | DataKind::Refused)) {
                     self.shared.stats.undeliverable();
                     back.push(frame.with_data_kind(DataKind::Undeliverable)?.into_bytes());
                 }

@@ -4,8 +4,11 @@
 //! `GROUP`, `WHO`, `WATCH`, `FILE`, `QUIT`). Each client gets a task and a bounded queue of lines
 //! to write; one task takes the cluster's events and puts each message, presence change or kick in
 //! its recipients' queues. Whether the recipients are here or on other servers, and who is in which
-//! group, is the cluster's business, not this file's. File transfers are relayed unread, as tagged
-//! payloads (`acms_client::transfer`); their flow control is end to end between clients.
+//! group, is the cluster's business, not this file's. A message that cannot be written to its
+//! client (the user left, the client does not keep up, the server stops) goes back to its sender
+//! with `Cluster::refuse`: none is dropped with only a log line. File transfers are relayed
+//! unread, as tagged payloads (`acms_client::transfer`); their flow control is end to end between
+//! clients.
 //!
 //! The shared secret comes from `ACMS_SECRET` (or `secret` in the config file); TLS to the hub
 //! from `--tls-ca` and its companions.
@@ -18,9 +21,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use acms_appserver::{ClientTls, Cluster, Event, GroupId, Secret, ServerId, UserId};
+use acms_appserver::{ClientTls, Cluster, Event, GroupId, LinkState, Secret, ServerId, UserId};
 use acms_client::{ClientLine, MAX_LINE_LEN, ServerLine, transfer};
 use anyhow::Context;
+use bytes::Bytes;
 use clap::Parser;
 use dashmap::DashMap;
 use futures_util::{SinkExt, StreamExt};
@@ -30,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LinesCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 /// Example IM server of an ACMS cluster.
 #[derive(Debug, Parser)]
@@ -81,8 +85,15 @@ struct Config {
     advertise: String,
     #[serde(with = "humantime_serde")]
     login_timeout: Duration,
-    /// Lines that may wait for one slow client before it is disconnected.
+    /// How long a login may wait for the hub before the client is told it is unreachable.
+    #[serde(with = "humantime_serde")]
+    hub_login_timeout: Duration,
+    /// Lines that may wait for one client.
     client_queue: usize,
+    /// How long a line waits for room in a full client queue before the client is disconnected
+    /// as too slow: a burst (the backlog after a hub restart) slows deliveries instead.
+    #[serde(with = "humantime_serde")]
+    client_grace: Duration,
     /// The secret shared with the hub; none by default.
     secret: Option<Secret>,
     /// TLS to the hub; plain TCP by default.
@@ -107,7 +118,9 @@ impl Default for Config {
             acms: "127.0.0.1:12000".into(),
             advertise: String::new(),
             login_timeout: Duration::from_secs(10),
+            hub_login_timeout: Duration::from_secs(10),
             client_queue: 1024,
+            client_grace: Duration::from_secs(1),
             secret: None,
             tls: None,
         }
@@ -115,7 +128,17 @@ impl Default for Config {
 }
 
 /// The queue of lines to write to each logged-in client.
-type Sessions = Arc<DashMap<UserId, mpsc::Sender<ServerLine>>>;
+type Sessions = Arc<DashMap<UserId, mpsc::Sender<Outbound>>>;
+
+/// A line for one client and, for a message, its sender and bytes: what `Cluster::refuse` needs
+/// to send it back should it never be written.
+struct Outbound {
+    line: ServerLine,
+    message: Option<(UserId, Bytes)>,
+}
+
+/// How long a stopping server waits for its clients and the hub link before it exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// For each watched user, the local clients who have them as a friend.
 type Friends = Arc<DashMap<UserId, Vec<UserId>>>;
@@ -175,7 +198,9 @@ async fn main() -> anyhow::Result<()> {
     let (cluster, events) = builder.start();
     let sessions = Sessions::default();
     let friends = Friends::default();
-    tokio::spawn(route_events(events, sessions.clone(), friends.clone()));
+    let router =
+        Router { cluster: cluster.clone(), sessions: sessions.clone(), grace: config.client_grace };
+    tokio::spawn(route_events(events, router, friends.clone()));
 
     let clients = TaskTracker::new();
     let config = Arc::new(config);
@@ -197,8 +222,14 @@ async fn main() -> anyhow::Result<()> {
         clients.spawn(session.instrument(info_span!("client", %peer)));
     }
     clients.close();
-    clients.wait().await;
-    cluster.close().await;
+    // Whatever a client or the hub link still waits for, the server stops in bounded time.
+    let stopped = async {
+        clients.wait().await;
+        cluster.close().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
+        warn!(grace = ?SHUTDOWN_GRACE, "clients or the hub link did not finish in time; stopping anyway");
+    }
     info!("stopped");
     Ok(())
 }
@@ -256,7 +287,8 @@ fn load_tls(tls: &TlsConfig, acms: &str) -> anyhow::Result<ClientTls> {
 
 /// Hands every message the cluster delivers to this server to its recipient's session, a
 /// watched user's presence to the clients who have them as a friend, and a kick to its client.
-async fn route_events(mut events: acms_appserver::Events, sessions: Sessions, friends: Friends) {
+async fn route_events(mut events: acms_appserver::Events, router: Router, friends: Friends) {
+    let cluster = &router.cluster;
     while let Some(event) = events.recv().await {
         let (users, line) = match event {
             Event::Presence { user, server } => {
@@ -264,33 +296,41 @@ async fn route_events(mut events: acms_appserver::Events, sessions: Sessions, fr
                 let line =
                     ServerLine::Presence { user: user.to_string(), server: server.map(|id| id.0) };
                 for watcher in watchers.into_iter().flatten() {
-                    deliver(&sessions, watcher, line.clone());
+                    let out = Outbound { line: line.clone(), message: None };
+                    router.deliver(watcher, out).await;
                 }
                 continue;
             }
             Event::Kicked { user, reason } => (vec![user], ServerLine::Kicked { reason }),
-            Event::Message { from, to, payload } => match transfer::from_payload(&payload) {
-                None => {
-                    (vec![to], ServerLine::Message { from: from.to_string(), text: text(&payload) })
+            Event::Message { from, to, payload } => {
+                let line = match transfer::from_payload(&payload) {
+                    None => ServerLine::Message { from: from.to_string(), text: text(&payload) },
+                    Some(Ok(body)) => {
+                        ServerLine::File { from: from.to_string(), body: body.into() }
+                    }
+                    Some(Err(_)) => {
+                        warn!(%from, %to, "file-transfer payload is not UTF-8; refused");
+                        refuse(cluster, &to, Some((from, payload)), "not a valid file transfer")
+                            .await;
+                        continue;
+                    }
+                };
+                router.deliver(to, Outbound { line, message: Some((from, payload)) }).await;
+                continue;
+            }
+            Event::Undeliverable { from, to, payload, reason } => {
+                match transfer::from_payload(&payload) {
+                    None => {
+                        let (to, reason, text) =
+                            (to.to_string(), reason.to_string(), text(&payload));
+                        (vec![from], ServerLine::Undeliverable { to, reason, text })
+                    }
+                    Some(body) => {
+                        let body = body.unwrap_or_default().into();
+                        (vec![from], ServerLine::FileUndeliverable { to: to.to_string(), body })
+                    }
                 }
-                Some(Ok(body)) => {
-                    (vec![to], ServerLine::File { from: from.to_string(), body: body.into() })
-                }
-                Some(Err(_)) => {
-                    warn!(%from, %to, "file-transfer payload is not UTF-8; dropped");
-                    continue;
-                }
-            },
-            Event::Undeliverable { from, to, payload } => match transfer::from_payload(&payload) {
-                None => (
-                    vec![from],
-                    ServerLine::Undeliverable { to: to.to_string(), text: text(&payload) },
-                ),
-                Some(body) => {
-                    let body = body.unwrap_or_default().into();
-                    (vec![from], ServerLine::FileUndeliverable { to: to.to_string(), body })
-                }
-            },
+            }
             Event::GroupMessage { group, from, to, payload } => {
                 let (group, from) = (group.to_string(), from.to_string());
                 (to, ServerLine::Group { group, from, text: text(&payload) })
@@ -300,7 +340,8 @@ async fn route_events(mut events: acms_appserver::Events, sessions: Sessions, fr
             }
             Event::Drain { target: Some(addr) } => {
                 // Every client moves; the hub kicks each session here once it logged in there.
-                let users: Vec<UserId> = sessions.iter().map(|entry| entry.key().clone()).collect();
+                let users: Vec<UserId> =
+                    router.sessions.iter().map(|entry| entry.key().clone()).collect();
                 info!(users = users.len(), %addr, "draining: clients move");
                 (users, ServerLine::Move { addr })
             }
@@ -315,21 +356,50 @@ async fn route_events(mut events: acms_appserver::Events, sessions: Sessions, fr
             _ => continue,
         };
         for user in users {
-            deliver(&sessions, user, line.clone());
+            router.deliver(user, Outbound { line: line.clone(), message: None }).await;
         }
     }
 }
 
-/// Puts `line` in `user`'s queue.
-fn deliver(sessions: &Sessions, user: UserId, line: ServerLine) {
-    let Some(session) = sessions.get(&user).map(|session| session.clone()) else {
-        warn!(%user, "message for a user who left this server; dropped");
-        return;
-    };
-    if session.try_send(line).is_err() {
-        // A client that does not read cannot hold up everyone else's deliveries.
+/// What the events task needs to put lines in the clients' queues.
+struct Router {
+    cluster: Cluster,
+    sessions: Sessions,
+    grace: Duration,
+}
+
+impl Router {
+    /// Puts a line in `user`'s queue, waiting up to the grace for room; a message that cannot
+    /// be queued goes back to its sender.
+    async fn deliver(&self, user: UserId, out: Outbound) {
+        let Some(session) = self.sessions.get(&user).map(|session| session.clone()) else {
+            return refuse(&self.cluster, &user, out.message, "left the server").await;
+        };
+        let out = match session.try_send(out) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(out)) => out,
+            Err(mpsc::error::TrySendError::Closed(out)) => {
+                return refuse(&self.cluster, &user, out.message, "left the server").await;
+            }
+        };
+        if let Ok(Ok(permit)) = tokio::time::timeout(self.grace, session.reserve()).await {
+            return permit.send(out);
+        }
+        // A client that does not read cannot hold up everyone else's deliveries for long.
         warn!(%user, "client is not reading; disconnecting it");
-        sessions.remove_if(&user, |_, current| current.same_channel(&session));
+        self.sessions.remove_if(&user, |_, current| current.same_channel(&session));
+        refuse(&self.cluster, &user, out.message, "too slow").await;
+    }
+}
+
+/// Sends a message for `to` that will not be written back to its sender, with `reason`.
+async fn refuse(cluster: &Cluster, to: &UserId, message: Option<(UserId, Bytes)>, reason: &str) {
+    let Some((from, payload)) = message else {
+        // Presence, group and broadcast lines have no single sender to tell.
+        return warn!(user = %to, reason, "line for a client that cannot take it; dropped");
+    };
+    if let Err(err) = cluster.refuse(&from, to, payload, reason).await {
+        error!(%from, %to, error = %err, "cannot send an undelivered message back");
     }
 }
 
@@ -346,14 +416,18 @@ async fn serve_client(
     shutdown: CancellationToken,
 ) {
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_LEN));
-    let user = match login(&mut lines, &config).await {
+    let user = tokio::select! {
+        _ = shutdown.cancelled() => Err("server is shutting down".to_owned()),
+        user = login(&mut lines, &config) => user,
+    };
+    let user = match user {
         Ok(user) => user,
         Err(reason) => {
             let _ = lines.send(ServerLine::Error { reason }.to_string()).await;
             return;
         }
     };
-    let (queue, mut inbox) = mpsc::channel(config.client_queue);
+    let (queue, mut inbox) = mpsc::channel::<Outbound>(config.client_queue);
     match sessions.entry(user.clone()) {
         dashmap::Entry::Vacant(slot) => slot.insert(queue),
         dashmap::Entry::Occupied(_) => {
@@ -366,25 +440,57 @@ async fn serve_client(
             return;
         }
     };
-    // Reachable from every server once the hub has the login.
-    let joined = async {
-        cluster.login(user.clone()).await?;
-        cluster.flush().await
-    };
-    if joined.await.is_ok()
-        && lines.send(ServerLine::Ok { server: config.id }.to_string()).await.is_ok()
-    {
-        info!(%user, "logged in");
-        let result = chat(&mut lines, &mut inbox, &cluster, &user, &friends, &shutdown).await;
-        info!(%user, ?result, "logged out");
+    match join(&cluster, &user, &config, &shutdown).await {
+        Ok(()) if lines.send(ServerLine::Ok { server: config.id }.to_string()).await.is_ok() => {
+            info!(%user, "logged in");
+            let result = chat(&mut lines, &mut inbox, &cluster, &user, &friends, &shutdown).await;
+            info!(%user, ?result, "logged out");
+        }
+        Ok(()) => {}
+        Err(reason) => {
+            warn!(%user, %reason, "login failed");
+            let _ = lines.send(ServerLine::Error { reason }.to_string()).await;
+        }
     }
     // The cluster keeps watching: another client here may add the same friend at any moment,
     // and an unwatch racing that watch could lose it. The hub only pushes changes.
     friends.iter_mut().for_each(|mut watchers| watchers.retain(|watcher| *watcher != user));
     friends.retain(|_, watchers| !watchers.is_empty());
     sessions.remove(&user);
+    // Messages queued and never written go back to their senders.
+    inbox.close();
+    while let Ok(Outbound { message, .. }) = inbox.try_recv() {
+        refuse(&cluster, &user, message, "left the server").await;
+    }
     // A no-op after a kick: the cluster already logged the user out here.
     let _ = cluster.logout(&user).await;
+}
+
+/// Makes `user` reachable from every server: done once the hub has the login. Fails when the
+/// hub does not have it within `hub_login_timeout`, or the server stops meanwhile.
+async fn join(
+    cluster: &Cluster,
+    user: &UserId,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    if *cluster.link_state().borrow() != LinkState::Connected {
+        info!(%user, "login waits for the hub");
+    }
+    let joined = async {
+        cluster.login(user.clone()).await?;
+        cluster.flush().await
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => Err("server is shutting down".into()),
+        joined = tokio::time::timeout(config.hub_login_timeout, joined) => match joined {
+            Ok(result) => result.map_err(|err| err.to_string()),
+            Err(_) => Err(format!(
+                "the cluster's hub did not answer within {:?}; try again later",
+                config.hub_login_timeout
+            )),
+        },
+    }
 }
 
 async fn login(
@@ -403,7 +509,7 @@ async fn login(
 
 async fn chat(
     lines: &mut Framed<TcpStream, LinesCodec>,
-    inbox: &mut mpsc::Receiver<ServerLine>,
+    inbox: &mut mpsc::Receiver<Outbound>,
     cluster: &Cluster,
     user: &UserId,
     friends: &Friends,
@@ -419,17 +525,22 @@ async fn chat(
                 return Ok(());
             }
             // Closed when the session was dropped for not reading.
-            line = inbox.recv() => match line.context("too slow: disconnected")? {
-                line @ ServerLine::Kicked { .. } => {
+            out = inbox.recv() => match out.context("too slow: disconnected")? {
+                Outbound { line: line @ ServerLine::Kicked { .. }, .. } => {
                     lines.send(line.to_string()).await?;
                     return Ok(());
                 }
-                ServerLine::Presence { user: friend, server } => {
+                Outbound { line: ServerLine::Presence { user: friend, server }, .. } => {
                     if known.insert(friend.clone(), server) != Some(server) {
                         lines.send(ServerLine::Presence { user: friend, server }.to_string()).await?;
                     }
                 }
-                line => lines.send(line.to_string()).await?,
+                Outbound { line, message } => {
+                    if let Err(err) = lines.send(line.to_string()).await {
+                        refuse(cluster, user, message, "left the server").await;
+                        return Err(err.into());
+                    }
+                }
             },
             line = lines.next() => match ClientLine::parse(&line.context("client left")??) {
                 Ok(ClientLine::Send { to, text }) => match UserId::new(&to) {

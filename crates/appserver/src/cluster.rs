@@ -76,8 +76,8 @@ pub(crate) struct Tally {
 pub enum Event {
     /// A message for a user of this server, sent from this server or another.
     ///
-    /// The user may have logged out while it travelled; the app decides what then (store it,
-    /// drop it).
+    /// The user may have logged out while it travelled, or their client may not keep up: the
+    /// app decides what then (store it, or send it back to its sender with [`Cluster::refuse`]).
     Message {
         /// Who sent it.
         from: UserId,
@@ -86,15 +86,19 @@ pub enum Event {
         /// The sender's bytes, as they were sent.
         payload: Bytes,
     },
-    /// A message this server sent that could not be delivered: the recipient is online nowhere,
-    /// or their server could not take it. The payload comes back so the app can store it.
+    /// A message sent from this server that did not reach its recipient: they are online
+    /// nowhere, the message is over the hub's frame limit, or their server's app refused it
+    /// ([`Cluster::refuse`]) after it arrived there. The payload comes back so the app can tell
+    /// the sender, store it or retry.
     Undeliverable {
-        /// Who sent it (a user of this server).
+        /// Who sent it (a user of this server, or one who was when it was sent).
         from: UserId,
         /// Whom it was for.
         to: UserId,
         /// The bytes that were not delivered.
         payload: Bytes,
+        /// Why.
+        reason: UndeliverableReason,
     },
     /// A watched user ([`Cluster::watch`]) came online, went offline or moved; also sent once
     /// when the watch starts, and again after a reconnect to the hub, so treat it as the user's
@@ -153,6 +157,30 @@ pub enum Event {
         /// Its bytes, as they were sent.
         payload: Bytes,
     },
+}
+
+/// Why a message came back as [`Event::Undeliverable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UndeliverableReason {
+    /// The recipient is online nowhere: the hub had nobody to route it to.
+    Offline,
+    /// The message fits this server's frame limit but not the hub's.
+    TooLarge,
+    /// The recipient's server received it and its app refused it with this reason (the user
+    /// had left that server, their client could not keep up): [`Cluster::refuse`]. That server
+    /// had acknowledged it, so the sender's [`Receipt`] said `Delivered` before this came.
+    Refused(String),
+}
+
+impl std::fmt::Display for UndeliverableReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Offline => f.write_str("offline"),
+            Self::TooLarge => f.write_str("too large"),
+            Self::Refused(reason) => f.write_str(reason),
+        }
+    }
 }
 
 /// The receiving end of a cluster's events.
@@ -244,8 +272,11 @@ pub enum Route {
 /// What became of a message sent with [`Cluster::send_with_receipt`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Handed to the recipient's server (or, for a local recipient, to this server's events).
-    /// Under policy `multi`, settled once every server with a session of the recipient has it.
+    /// Handed to the recipient's server's app (or, for a local recipient, to this server's
+    /// events). Under policy `multi`, settled once every server with a session of the recipient
+    /// has it. That app may still fail to hand it to the user's client and refuse it
+    /// ([`Cluster::refuse`]): an [`Event::Undeliverable`] with reason
+    /// [`UndeliverableReason::Refused`] then follows; the receipt is not revisited.
     Delivered {
         /// How many sessions of the recipient got it: one per server, this one included.
         sessions: u32,
@@ -463,6 +494,7 @@ impl ClusterBuilder {
         let shutdown = CancellationToken::new();
         let credit = Arc::new(Semaphore::new(self.retransmit_buffer));
         let hub = Arc::new(std::sync::Mutex::new(None));
+        let refusing = Arc::new(AtomicUsize::new(0));
         // Only equality matters: a restarted process must not reuse its predecessor's epoch.
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -480,6 +512,7 @@ impl ClusterBuilder {
             hub.clone(),
             groups.clone(),
             shared.clone(),
+            refusing.clone(),
             shutdown.clone(),
         );
         let task = tokio::spawn(link.run());
@@ -497,6 +530,7 @@ impl ClusterBuilder {
             events,
             state,
             hub,
+            refusing,
             task: std::sync::Mutex::new(Some(task)),
             shutdown: shutdown.clone(),
             _cancel_on_drop: shutdown.drop_guard(),
@@ -512,16 +546,16 @@ impl ClusterBuilder {
 /// it has sent what was queued.
 #[derive(Debug, Clone)]
 pub struct Cluster {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     server_id: ServerId,
     max_frame_len: usize,
     /// Free bytes of the retransmit buffer.
     credit: Arc<Semaphore>,
-    credit_cap: usize,
+    pub(crate) credit_cap: usize,
     /// This server's online users: the source of truth the hub is rebuilt from.
     local: Arc<LocalUsers>,
     /// The local users with sessions on other servers too, kept by the link.
@@ -537,6 +571,8 @@ struct Inner {
     state: watch::Receiver<LinkState>,
     /// The hub connected to, set by the link.
     hub: Arc<std::sync::Mutex<Option<String>>>,
+    /// Bytes of refused messages on their way back and not yet acknowledged, kept by the link.
+    pub(crate) refusing: Arc<AtomicUsize>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
     shutdown: CancellationToken,
     _cancel_on_drop: DropGuard,
@@ -1031,7 +1067,7 @@ impl Cluster {
         self.inner.events.send(events).await.map_err(|_| ClusterError::Closed)
     }
 
-    async fn command(&self, command: Command) -> Result<(), ClusterError> {
+    pub(crate) async fn command(&self, command: Command) -> Result<(), ClusterError> {
         self.inner.commands.send(command).await.map_err(|_| ClusterError::Closed)
     }
 }

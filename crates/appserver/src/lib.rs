@@ -27,7 +27,7 @@
 //! while let Some(event) = events.recv().await {
 //!     match event {
 //!         Event::Message { from, to, payload } => println!("{from} -> {to}: {payload:?}"),
-//!         Event::Undeliverable { to, .. } => println!("{to} is offline"),
+//!         Event::Undeliverable { to, reason, .. } => println!("not delivered to {to}: {reason}"),
 //!         _ => {}
 //!     }
 //! }
@@ -36,6 +36,8 @@
 //!
 //! # Layout
 //! - [`cluster`]: [`Cluster`], its [`ClusterBuilder`], [`Event`]s and errors.
+//! - `refuse`: [`Cluster::refuse`], a message this server's app could not deliver going back
+//!   to its sender.
 //! - `link`: the task that owns the hub connection: handshake and authentication, snapshot,
 //!   batched writes, reconnects, retransmission.
 //! - `reliable`: the bookkeeping of exactly-once delivery: frames not yet acknowledged, duplicate
@@ -50,12 +52,13 @@ mod groups;
 mod link;
 mod load;
 mod outgoing;
+mod refuse;
 mod reliable;
 pub mod tls;
 
 pub use acms_protocol::{ErrorCode, GroupId, Secret, SecretError, ServerId, UserId, UserIdError};
 pub use cluster::{
     BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outcome,
-    Outgoing, Receipt, Route,
+    Outgoing, Receipt, Route, UndeliverableReason,
 };
 pub use tls::{ClientTls, TlsError};

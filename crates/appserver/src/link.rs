@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use acms_protocol::{
     Ack, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, GroupId, Hello,
-    LENGTH_PREFIX_LEN, Nonce, PROTOCOL_VERSION, ProtocolError, Prover, RawFrame, Secret, ServerId,
-    UserId, Welcome,
+    LENGTH_PREFIX_LEN, Nonce, PROTOCOL_VERSION, ProtocolError, Prover, RawFrame, Refusal, Secret,
+    ServerId, UserId, Welcome,
 };
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
@@ -30,7 +30,9 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::{ClusterBuilder, Event, LinkState, LocalUsers, Outcome, SharedUsers, Tally};
+use crate::cluster::{
+    ClusterBuilder, Event, LinkState, LocalUsers, Outcome, SharedUsers, Tally, UndeliverableReason,
+};
 use crate::groups::{Awaited, LocalGroups};
 use crate::load::LoadSampler;
 use crate::outgoing::Outgoing;
@@ -69,6 +71,13 @@ pub(crate) enum Command {
     },
     /// Data frames the caller already encoded, back to back, sequence numbers still to be given.
     Encoded(BytesMut),
+    /// A message the app could not deliver to its local recipient `to`, going back to `from`.
+    Refuse {
+        from: UserId,
+        to: UserId,
+        payload: Bytes,
+        reason: String,
+    },
     Flush(oneshot::Sender<()>),
     /// Asks the hub where a user is.
     Locate(UserId, oneshot::Sender<Option<ServerId>>),
@@ -247,6 +256,10 @@ pub(crate) struct Link {
     /// hub relay one back here (the other sessions ended meanwhile), it is acknowledged and not
     /// delivered twice.
     delivered_here: std::collections::HashSet<u64, foldhash::fast::RandomState>,
+    /// Refused frames sent and not yet answered; they take no retransmit credit, but count in
+    /// `refusing`, shared with the handles, which stop refusing past the buffer's size.
+    refusals: std::collections::HashSet<u64, foldhash::fast::RandomState>,
+    refusing: Arc<AtomicUsize>,
 }
 
 impl Link {
@@ -264,6 +277,7 @@ impl Link {
         connected_hub: Arc<std::sync::Mutex<Option<String>>>,
         groups: Arc<std::sync::Mutex<LocalGroups>>,
         shared: Arc<SharedUsers>,
+        refusing: Arc<AtomicUsize>,
         shutdown: CancellationToken,
     ) -> Self {
         let backoff = ExponentialBuilder::default()
@@ -320,6 +334,8 @@ impl Link {
             live: Default::default(),
             shared,
             delivered_here: Default::default(),
+            refusals: Default::default(),
+            refusing,
         }
     }
 
@@ -725,8 +741,12 @@ impl Link {
         if !self.delivered_here.is_empty() {
             self.delivered_here.remove(&seq);
         }
-        // Given back once per read (`release_credit`): the semaphore takes a lock per call.
-        self.released += charge(len, self.credit_cap) as usize;
+        if !self.refusals.is_empty() && self.refusals.remove(&seq) {
+            self.refusing.fetch_sub(len, Ordering::AcqRel);
+        } else {
+            // Given back once per read (`release_credit`): the semaphore takes a lock per call.
+            self.released += charge(len, self.credit_cap) as usize;
+        }
         if !self.receipts.is_empty()
             && let Some(receipt) = self.receipts.remove(&seq)
         {
@@ -849,7 +869,8 @@ impl Link {
                     let _ = receipt.send(Outcome::Offline);
                 }
                 let Data { recipient: to, sender: from, payload, .. } = data;
-                self.deliver(vec![Event::Undeliverable { from, to, payload }]);
+                let reason = UndeliverableReason::TooLarge;
+                self.hand_over(vec![Event::Undeliverable { from, to, payload, reason }]);
                 Ok(())
             }
             Command::Data { mut data, receipt, here } => {
@@ -864,6 +885,9 @@ impl Link {
                     self.receipts.insert(data.seq, receipt);
                 }
                 Frame::Data(data).encode(self.send_limit, &mut self.staging)
+            }
+            Command::Refuse { from, to, payload, reason } => {
+                self.encode_refusal(from, to, payload, reason)
             }
             Command::Encoded(mut frames) => {
                 self.unstage(out);
@@ -976,9 +1000,34 @@ impl Link {
                 }
             }
             FrameKind::Data(DataKind::Undeliverable) => {
+                let seq = raw.route()?.seq;
+                let refusal = !self.refusals.is_empty() && self.refusals.contains(&seq);
                 // A frame sent again may come back twice: the app hears of it once.
-                if self.settle(raw.route()?.seq, Outcome::Offline) {
-                    events.push(self.event(&raw, DataKind::Undeliverable)?);
+                if self.settle(seq, Outcome::Offline) {
+                    if refusal {
+                        let route = raw.route()?;
+                        warn!(
+                            sender = route.recipient,
+                            recipient = route.sender,
+                            "a message refused here cannot go back: its sender is online nowhere"
+                        );
+                    } else {
+                        events.push(self.event(&raw, DataKind::Undeliverable)?);
+                    }
+                }
+            }
+            FrameKind::Data(DataKind::Refused) => {
+                let route = raw.route()?;
+                if self.received.receive(route.origin, route.seq) {
+                    match self.refused_event(&raw) {
+                        Ok(event) => events.push(event),
+                        // Acknowledged all the same: sent again, it would be as bad.
+                        Err(err) => warn!(
+                            origin = %route.origin,
+                            error = %err,
+                            "a refused message came back malformed; dropped"
+                        ),
+                    }
                 }
             }
             FrameKind::Data(kind) if kind.fans_out() => {
@@ -1163,9 +1212,77 @@ impl Link {
             }
         };
         Ok(match kind {
-            DataKind::Undeliverable => Event::Undeliverable { from: local, to: remote, payload },
+            DataKind::Undeliverable => Event::Undeliverable {
+                from: local,
+                to: remote,
+                payload,
+                reason: UndeliverableReason::Offline,
+            },
             _ => Event::Message { from: remote, to: local, payload },
         })
+    }
+
+    /// The app's event of a message refused by its recipient's server: the recipient field
+    /// names the original sender (a user of this server), the sender field whom it was for.
+    fn refused_event(&self, raw: &RawFrame) -> Result<Event, ProtocolError> {
+        let route = raw.route()?;
+        let payload = raw.as_bytes().slice(LENGTH_PREFIX_LEN + route.payload_offset..);
+        let Refusal { reason, payload } = Refusal::decode(&payload)?;
+        Ok(Event::Undeliverable {
+            from: UserId::new(route.recipient)?,
+            to: UserId::new(route.sender)?,
+            payload,
+            reason: UndeliverableReason::Refused(reason),
+        })
+    }
+
+    /// Sends a message the app refused back to its sender: to this server's events if the
+    /// sender is here, else as a `Refused` frame, numbered and kept like any data frame.
+    fn encode_refusal(
+        &mut self,
+        from: UserId,
+        to: UserId,
+        payload: Bytes,
+        reason: String,
+    ) -> Result<(), ProtocolError> {
+        if self.local.contains(&from) {
+            let reason = UndeliverableReason::Refused(Refusal::new(&reason, Bytes::new()).reason);
+            self.hand_over(vec![Event::Undeliverable { from, to, payload, reason }]);
+            return Ok(());
+        }
+        let mut refusal = Refusal::new(&reason, payload);
+        let mut data = Data {
+            kind: DataKind::Refused,
+            seq: 0,
+            origin: self.server_id,
+            recipient: from,
+            sender: to,
+            payload: Bytes::new(),
+        };
+        // The message itself fitted; its reason is cut to fit too.
+        if !refusal.fit(self.send_limit.saturating_sub(data.encoded_len())) {
+            error!(
+                sender = %data.recipient,
+                recipient = %data.sender,
+                "a refused message at the frame limit cannot carry its reason back; dropped"
+            );
+            return Ok(());
+        }
+        data.payload = refusal.encode();
+        data.seq = self.seq();
+        self.refusals.insert(data.seq);
+        self.refusing.fetch_add(LENGTH_PREFIX_LEN + data.encoded_len(), Ordering::AcqRel);
+        Frame::Data(data).encode(self.send_limit, &mut self.staging)
+    }
+
+    /// Hands events to the app after any already waiting for room, without waiting itself.
+    fn hand_over(&mut self, mut events: Vec<Event>) {
+        match &mut self.pending_events {
+            Some(pending) => pending.append(&mut events),
+            None => {
+                self.deliver(events);
+            }
+        }
     }
 
     /// Hands events to the app, or parks them (and stops reading) while the app is behind.

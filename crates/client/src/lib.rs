@@ -12,14 +12,14 @@
 //! | client → server | `QUIT` | leave |
 //! | server → client | `OK <server-id>` | logged in on that server |
 //! | server → client | `MSG <from> <text>` | a message arrived |
-//! | server → client | `UNDELIVERABLE <to> <text>` | a message could not be delivered |
+//! | server → client | `UNDELIVERABLE <to> (<reason>) <text>` | a message could not be delivered: `(offline)`, or the recipient's server's reason (`(too slow)`, `(left the server)`) |
 //! | server → client | `ERR <reason>` | a request failed, or the server is closing this client |
 //! | server → client | `LOCATED <user> <server-id>\|offline` | the answer to `WHO` |
 //! | server → client | `PRESENCE <user> <server-id>\|offline` | a watched user's state, now and on each change |
 //! | server → client | `KICKED <reason>` | the user logged in elsewhere; the server closes this client |
 //! | client → server | `FILE <user> <message>` | a file-transfer message for a user, relayed unread |
 //! | server → client | `FILE <from> <message>` | a file-transfer message from a user |
-//! | server → client | `FILE-UNDELIVERABLE <to> <message>` | a file-transfer message came back: offline |
+//! | server → client | `FILE-UNDELIVERABLE <to> <message>` | a file-transfer message came back: offline, or not delivered by the peer's server |
 //!
 //! # Layout
 //! - [`line`]: [`ClientLine`] and [`ServerLine`], parsing and formatting.

@@ -81,6 +81,8 @@ pub enum ServerLine {
     Undeliverable {
         /// Whom it was for.
         to: String,
+        /// Why (`offline`, `too slow`, ...), with no `)` and no line break.
+        reason: String,
         /// What it said.
         text: String,
     },
@@ -247,10 +249,19 @@ impl ServerLine {
                 ("", _) => Err(bad(line, "MSG takes a sender and a text")),
                 (from, text) => Ok(Self::Message { from: from.to_owned(), text: text.to_owned() }),
             },
-            "UNDELIVERABLE" => match word(rest) {
-                ("", _) => Err(bad(line, "UNDELIVERABLE takes a recipient and a text")),
-                (to, text) => Ok(Self::Undeliverable { to: to.to_owned(), text: text.to_owned() }),
-            },
+            "UNDELIVERABLE" => {
+                let usage = "UNDELIVERABLE takes a recipient, a (reason) and a text";
+                let (to, rest) = word(rest);
+                let (reason, text) = rest
+                    .strip_prefix('(')
+                    .and_then(|rest| rest.split_once(')'))
+                    .ok_or_else(|| bad(line, usage))?;
+                if to.is_empty() {
+                    return Err(bad(line, usage));
+                }
+                let (to, reason) = (to.to_owned(), reason.to_owned());
+                Ok(Self::Undeliverable { to, reason, text: text.trim_start().to_owned() })
+            }
             "ERR" => Ok(Self::Error { reason: rest.to_owned() }),
             "LOCATED" => place(line, rest).map(|(user, server)| Self::Located { user, server }),
             "PRESENCE" => place(line, rest).map(|(user, server)| Self::Presence { user, server }),
@@ -303,7 +314,11 @@ impl fmt::Display for ServerLine {
         match self {
             Self::Ok { server } => write!(f, "OK {server}"),
             Self::Message { from, text } => write!(f, "MSG {from} {text}"),
-            Self::Undeliverable { to, text } => write!(f, "UNDELIVERABLE {to} {text}"),
+            Self::Undeliverable { to, reason, text } => {
+                // The reason ends at the first `)`: any other would cut it short.
+                let reason = reason.replace(')', "]").replace(['\r', '\n'], " ");
+                write!(f, "UNDELIVERABLE {to} ({reason}) {text}")
+            }
             Self::Error { reason } => write!(f, "ERR {reason}"),
             Self::Located { user, server } => write!(f, "LOCATED {user} {}", Place(*server)),
             Self::Presence { user, server } => write!(f, "PRESENCE {user} {}", Place(*server)),
@@ -371,7 +386,11 @@ mod tests {
         let server = [
             ServerLine::Ok { server: 3 },
             ServerLine::Message { from: "alice".into(), text: "hi  you".into() },
-            ServerLine::Undeliverable { to: "carol".into(), text: "x".into() },
+            ServerLine::Undeliverable {
+                to: "carol".into(),
+                reason: "too slow".into(),
+                text: "x".into(),
+            },
             ServerLine::Error { reason: "no such user".into() },
             ServerLine::Located { user: "bob".into(), server: Some(2) },
             ServerLine::Located { user: "bob".into(), server: None },
@@ -427,6 +446,8 @@ mod tests {
             "JOINED",
             "FILE alice",
             "FILE-UNDELIVERABLE",
+            "UNDELIVERABLE carol x",
+            "UNDELIVERABLE carol (offline x",
         ] {
             assert!(ServerLine::parse(line).is_err(), "{line:?}");
         }

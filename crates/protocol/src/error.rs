@@ -45,6 +45,9 @@ pub enum ProtocolError {
     /// server message not addressed to a server id or `*`).
     #[error("invalid recipient: {0}")]
     Recipient(&'static str),
+    /// The payload of a refused message does not hold a reason as documented.
+    #[error("malformed refusal: {0}")]
+    Refusal(&'static str),
 }
 
 impl ProtocolError {

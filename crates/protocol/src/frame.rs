@@ -49,6 +49,13 @@ pub enum DataKind {
     /// AS to hub to the AS whose id the recipient field holds in decimal, or to every other AS
     /// for `*`; for the server itself, not its users. The hub answers the origin with `Copies`.
     Server = 8,
+    /// AS to hub to AS: a unicast message the recipient's server handed to its app, which could
+    /// not deliver it (the user left, the client is too slow), going back to its sender. The
+    /// recipient field names the original sender, the sender field the original recipient, and
+    /// the payload is a [`crate::Refusal`]: the reason, then the original payload. Routed like
+    /// `Unicast`, to wherever the original sender is online, and returned as `Undeliverable` when
+    /// they are online nowhere.
+    Refused = 9,
 }
 
 impl DataKind {
@@ -93,6 +100,7 @@ impl FrameKind {
             6 => Self::Data(DataKind::Broadcast),
             7 => Self::Data(DataKind::BroadcastExceptSender),
             8 => Self::Data(DataKind::Server),
+            9 => Self::Data(DataKind::Refused),
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`ids`]: [`ServerId`], [`UserId`] and [`GroupId`], validated identifiers.
 //! - [`frame`]: [`FrameKind`], the routing header ([`Route`]), owned [`Frame`]s and [`RawFrame`]s.
+//! - [`refusal`]: [`Refusal`], the payload of a refused message on its way back to its sender.
 //! - [`control`]: [`Control`] messages and their bincode encoding.
 //! - [`digest`]: [`UserDigest`], the size and hash of a user set that both ends compare.
 //! - [`auth`]: the shared [`Secret`], [`Nonce`]s and [`Proof`]s of the handshake (HMAC-SHA256).
@@ -25,6 +26,7 @@ pub mod digest;
 pub mod error;
 pub mod frame;
 pub mod ids;
+pub mod refusal;
 
 pub use auth::{BadProof, Nonce, Proof, Prover, Secret, SecretError};
 pub use codec::Codec;
@@ -33,6 +35,7 @@ pub use digest::UserDigest;
 pub use error::ProtocolError;
 pub use frame::{Ack, Data, DataKind, EVERYONE, Frame, FrameKind, RawFrame, Route, SeqRange};
 pub use ids::{GroupId, ServerId, UserId, UserIdError};
+pub use refusal::Refusal;
 
 /// Version of this protocol; a peer speaking another version is refused during the handshake.
 pub const PROTOCOL_VERSION: u16 = 2;

@@ -190,6 +190,7 @@ fn data_kind() -> impl Strategy<Value = DataKind> {
         1 => Just(DataKind::Broadcast),
         1 => Just(DataKind::BroadcastExceptSender),
         1 => Just(DataKind::Server),
+        1 => Just(DataKind::Refused),
     ]
 }
 
@@ -571,7 +572,7 @@ fn frame_strategy_covers_every_variant() {
     }
     assert_eq!(controls, [true; CONTROL_VARIANTS], "control variants seen");
     assert!(unicast && undeliverable && multibyte && longest && acks);
-    assert_eq!(kinds.len(), 7, "every data kind seen: {kinds:?}");
+    assert_eq!(kinds.len(), 8, "every data kind seen: {kinds:?}");
 }
 
 #[test]
@@ -603,6 +604,20 @@ fn documented_examples() {
     assert_eq!(
         hex(&unicast.to_bytes(1024).unwrap()),
         "00 00 00 16 01 00 00 00 00 00 00 00 01 00 00 00 07 03 62 6f 62 02 61 6c 68 69"
+    );
+
+    // bob's server (AS 9) could not deliver it and sends it back to al, with the reason.
+    let refused = Frame::Data(Data {
+        kind: DataKind::Refused,
+        seq: 1,
+        origin: ServerId(9),
+        recipient: user("al"),
+        sender: user("bob"),
+        payload: acms_protocol::Refusal::new("slow", Bytes::from_static(b"hi")).encode(),
+    });
+    assert_eq!(
+        hex(&refused.to_bytes(1024).unwrap()),
+        "00 00 00 1c 09 00 00 00 00 00 00 00 01 00 00 00 09 02 61 6c 03 62 6f 62 00 04 73 6c 6f 77 68 69"
     );
 
     let hello = Frame::Control(Control::Hello(Hello {

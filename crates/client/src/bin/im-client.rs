@@ -10,11 +10,14 @@
 //! `--download-dir`. With `--friends a,b`, a line `online: a (server 1)` or `offline: a` tells
 //! each friend's state at the start and whenever it changes. A client whose user logs in
 //! elsewhere (and is kicked by the hub's `replace` policy) prints why and exits; one whose server
-//! is drained (told `MOVE ADDR`) logs in at ADDR and carries on there, missing no message.
+//! is drained (told `MOVE ADDR`) logs in at ADDR, joins its groups again there, and carries on,
+//! missing no message sent to it (a group message sent while it moves may be missed). A login
+//! that is refused or not answered within 30 s ends the client with the reason.
 //!
 //! With `--acms-http URL` (the hub's admin API) and no `--server`, the client asks the hub which
 //! server to use (`GET /api/assign`, keyed by `--key` or the user name) and connects to it.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,11 +106,24 @@ async fn server_addr(args: &Args) -> anyhow::Result<String> {
     }
 }
 
+/// How long a login may take before the client gives up: the server answers within its own
+/// `hub_login_timeout` when the hub is unreachable, so this only catches a server that hangs.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connects to `server` and logs in as `user`, within [`LOGIN_TIMEOUT`].
+async fn log_in(server: &str, user: &str) -> anyhow::Result<ImClient> {
+    match tokio::time::timeout(LOGIN_TIMEOUT, ImClient::connect(server, user)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(err)) => anyhow::bail!("cannot log in to {server} as {user}: {err}"),
+        Err(_) => {
+            anyhow::bail!("cannot log in to {server} as {user}: no answer in {LOGIN_TIMEOUT:?}")
+        }
+    }
+}
+
 async fn chat(args: Args) -> anyhow::Result<()> {
     let server = server_addr(&args).await?;
-    let mut client = ImClient::connect(server.as_str(), &args.user)
-        .await
-        .with_context(|| format!("cannot log in to {server} as {}", args.user))?;
+    let mut client = log_in(&server, &args.user).await?;
     eprintln!(
         "logged in as {} on server {} ({server}); type `@user text` to send, `/quit` to leave, `/help` for more",
         args.user,
@@ -120,6 +136,8 @@ async fn chat(args: Args) -> anyhow::Result<()> {
     let (mut transfers, mut outbox) = Transfers::new(args.download_dir, args.file_timeout);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut reading = true;
+    // The groups this client is in, joined again after a move.
+    let mut groups = BTreeSet::new();
     // Leaves at `/quit`, or at the end of stdin once the files being sent are through.
     while reading || transfers.sending() > 0 {
         tokio::select! {
@@ -150,17 +168,26 @@ async fn chat(args: Args) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 Ok(Some(ServerLine::Move { addr })) => {
-                    match ImClient::connect(addr.as_str(), &args.user).await {
+                    match log_in(&addr, &args.user).await {
                         Ok(moved) => {
                             let old = std::mem::replace(&mut client, moved);
                             finish(old, &mut transfers).await?;
+                            rejoin(&mut client, &groups, &mut transfers).await?;
                             if !friends.is_empty() {
                                 client.watch(&friends).await?;
                             }
                             eprintln!("moved to server {} ({addr})", client.server());
                         }
-                        Err(err) => eprintln!("cannot move to {addr}: {err}; staying"),
+                        Err(err) => eprintln!("{err:#}; staying"),
                     }
+                }
+                Ok(Some(line @ (ServerLine::Joined { .. } | ServerLine::Left { .. }))) => {
+                    match &line {
+                        ServerLine::Joined { group } => groups.insert(group.clone()),
+                        ServerLine::Left { group } => groups.remove(group),
+                        _ => false,
+                    };
+                    transfers.progress().suspend(|| show(&line))?;
                 }
                 Ok(Some(ServerLine::File { from, body })) => {
                     if let Err(err) = transfers.handle(&from, &body) {
@@ -227,6 +254,38 @@ async fn finish(mut old: ImClient, transfers: &mut Transfers) -> anyhow::Result<
     }
 }
 
+/// Joins `groups` on the server the client just moved to, and waits until each is in effect, so
+/// the move is only announced once the client hears its groups again. Lines that arrive
+/// meanwhile are shown as usual.
+async fn rejoin(
+    client: &mut ImClient,
+    groups: &BTreeSet<String>,
+    transfers: &mut Transfers,
+) -> anyhow::Result<()> {
+    for group in groups {
+        client.join(group).await?;
+    }
+    let mut waiting = groups.len();
+    while waiting > 0 {
+        match client.recv().await? {
+            Some(ServerLine::Joined { group }) if groups.contains(&group) => waiting -= 1,
+            Some(ServerLine::Error { reason }) => {
+                // One answer per join: a refused join answers with an error.
+                eprintln!("error: {reason}");
+                waiting -= 1;
+            }
+            Some(ServerLine::File { from, body }) => {
+                if let Err(err) = transfers.handle(&from, &body) {
+                    transfers.progress().suspend(|| eprintln!("from {from}: {err}"));
+                }
+            }
+            Some(line) => transfers.progress().suspend(|| show(&line))?,
+            None => anyhow::bail!("the new server closed the connection"),
+        }
+    }
+    Ok(())
+}
+
 const USAGE: &str = "`@user text` sends text to user, `/all text` to everyone online, `/join ROOM` \
                      and `/leave ROOM` join and leave a group, `#ROOM text` sends to its members, \
                      `/who user` finds user, `/file user path` sends a file, `/quit` leaves";
@@ -257,8 +316,8 @@ fn show(line: &ServerLine) -> anyhow::Result<()> {
             writeln!(stdout, "{from}: {text}")?;
             stdout.flush()?;
         }
-        ServerLine::Undeliverable { to, text } => {
-            eprintln!("not delivered to {to} (offline): {text}")
+        ServerLine::Undeliverable { to, reason, text } => {
+            eprintln!("not delivered to {to} ({reason}): {text}")
         }
         ServerLine::Group { group, from, text } => {
             let mut stdout = std::io::stdout().lock();
