@@ -996,8 +996,22 @@ impl Link {
             }
             FrameKind::Ack => {
                 let ack = Ack::decode(raw.body())?;
-                for range in ack.ranges {
-                    for seq in range.seqs() {
+                // Runs the peer chose: walked only where they cover frames still waiting here
+                // (group, broadcast and server frames in `awaited` wait there too), each once.
+                if let Some(range) =
+                    ack.ranges.iter().find(|range| range.seqs().end > self.next_seq)
+                {
+                    warn!(
+                        from = %ack.from,
+                        first = range.first,
+                        count = range.count,
+                        next_seq = self.next_seq,
+                        "ack names numbers this server never sent; only those outstanding count"
+                    );
+                }
+                let covered = ack.covered(self.unacked.outstanding());
+                for range in covered {
+                    for seq in range {
                         if !self.awaited.is_empty()
                             && let Some(awaited) = self.awaited.get_mut(&seq)
                         {

@@ -45,6 +45,14 @@ pub enum ProtocolError {
     /// server message not addressed to a server id or `*`).
     #[error("invalid recipient: {0}")]
     Recipient(&'static str),
+    /// An ack holds a run no sender could have sent: empty, or past the last sequence number.
+    #[error("ack run of {count} numbers from {first} is impossible")]
+    AckRun {
+        /// The first number the run claims.
+        first: u64,
+        /// How many numbers it claims.
+        count: u32,
+    },
 }
 
 impl ProtocolError {
