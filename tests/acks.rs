@@ -9,7 +9,7 @@ use std::time::Duration;
 use acms_protocol::{Ack, Control, Data, DataKind, Frame, SeqRange, ServerId};
 use acms_tests::http::{Reply, request};
 use acms_tests::process::{ADMIN_TOKEN, Proc, program, start_hub};
-use acms_tests::{PATIENCE, Peer, next_frame, raw_hello, user};
+use acms_tests::{Peer, next_frame, raw_hello, user};
 use futures_util::SinkExt;
 
 /// How soon a receiver must answer after the hostile ack: generous for a debug build on a busy

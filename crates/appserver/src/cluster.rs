@@ -318,6 +318,12 @@ pub enum ClusterError {
         /// The limit in force.
         max: usize,
     },
+    /// The join would pass the hub's limit on groups per server (`max_groups_per_server`).
+    #[error("this server already has members in {max} groups, the hub's limit per server")]
+    TooManyGroups {
+        /// The limit in force.
+        max: usize,
+    },
 }
 
 /// Settings of a [`Cluster`], with defaults for all but the server id and hub address.
@@ -618,12 +624,18 @@ impl Cluster {
     }
 
     /// Makes local user `user` a member of `group`, until they leave it or log out. The hub
-    /// learns only that this server has members of the group, when it gets its first.
+    /// learns only that this server has members of the group, when it gets its first. A join
+    /// that would give this server members in more groups than the hub allows one server
+    /// (`max_groups_per_server`, announced when it connects) is refused here, before the hub
+    /// would close the connection over it.
     pub async fn join(&self, group: &GroupId, user: &UserId) -> Result<(), ClusterError> {
         let first = {
             let mut groups = self.inner.groups.lock().expect("groups lock");
             if !self.inner.local.contains(user) {
                 return Err(ClusterError::NotLocal { user: user.clone() });
+            }
+            if let Some(max) = groups.full_for(group.as_str()) {
+                return Err(ClusterError::TooManyGroups { max });
             }
             groups.join(group, user)
         };

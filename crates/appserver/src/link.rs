@@ -139,7 +139,10 @@ impl SessionError {
             Self::Refused { code, .. }
                 if matches!(
                     code,
-                    ErrorCode::Unauthorized | ErrorCode::VersionMismatch | ErrorCode::TooManyUsers
+                    ErrorCode::Unauthorized
+                        | ErrorCode::VersionMismatch
+                        | ErrorCode::TooManyUsers
+                        | ErrorCode::TooManyGroups
                 ) =>
             {
                 LinkState::Refused(*code)
@@ -477,6 +480,8 @@ impl Link {
         self.send_limit = self.codec.max_frame_len().min(hub_limit);
         let max_users = usize::try_from(welcome.max_users).unwrap_or(usize::MAX);
         self.max_users.store(max_users, Ordering::Relaxed);
+        let max_groups = usize::try_from(welcome.max_groups).unwrap_or(usize::MAX);
+        self.groups.lock().expect("groups lock").set_limit(max_groups);
     }
 
     async fn write_control<S: AsyncWrite + Unpin>(

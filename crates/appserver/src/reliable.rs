@@ -266,6 +266,8 @@ mod tests {
     }
 
     #[test]
+    // A list of ranges holding one range is what is meant here.
+    #[allow(clippy::single_range_in_vec_init)]
     fn an_ack_is_walked_only_over_the_frames_outstanding() {
         let mut unacked = Unacked::default();
         assert!(unacked.outstanding().is_empty(), "nothing sent, nothing to settle");

@@ -527,6 +527,8 @@ mod tests {
     }
 
     #[test]
+    // A list of ranges holding one range is what is meant here.
+    #[allow(clippy::single_range_in_vec_init)]
     fn covered_runs_are_clipped_sorted_and_merged() {
         let run = |first, count| SeqRange { first, count };
         let ranges = vec![run(50, 5), run(1, u32::MAX), run(1, u32::MAX), run(12, 3), run(3, 2)];
