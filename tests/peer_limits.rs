@@ -94,3 +94,21 @@ async fn the_library_refuses_a_join_past_the_hubs_limit() {
     })
     .await;
 }
+
+/// The watch list is held to the hub's limit on users per server: the library refuses a watch
+/// past it as a whole, and the hub, which enforces it too, never sees one.
+#[tokio::test]
+async fn the_library_refuses_a_watch_past_the_hubs_limit() {
+    let config = HubConfig { max_users_per_server: 2, ..HubConfig::default() };
+    let hub = TestHub::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let server = TestServer::start(1, hub.addr).await;
+    server.cluster.watch([user("a"), user("b"), user("a")]).await.unwrap();
+    let refused = server.cluster.watch([user("b"), user("c")]).await;
+    assert!(matches!(refused, Err(ClusterError::TooManyWatches { max: 2 })), "{refused:?}");
+    server.cluster.watch([user("b")]).await.expect("a user watched already costs nothing more");
+    server.cluster.unwatch([user("a"), user("z")]).await.unwrap();
+    server.cluster.watch([user("c")]).await.expect("room again after an unwatch");
+    tokio::time::timeout(PATIENCE, server.cluster.flush()).await.unwrap().unwrap();
+    assert_eq!(*server.cluster.link_state().borrow(), LinkState::Connected);
+    assert_eq!(hub.hub.stats().protocol_errors, 0);
+}

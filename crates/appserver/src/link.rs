@@ -237,7 +237,7 @@ pub(crate) struct Link {
     /// `locate` calls waiting for their `Located`, by token; asked again after a reconnect.
     locates: std::collections::HashMap<u64, (UserId, oneshot::Sender<Option<ServerId>>)>,
     /// The users this server watches: sent again to every hub it connects to.
-    watched: std::collections::HashSet<UserId>,
+    watched: Arc<std::sync::Mutex<std::collections::HashSet<UserId>>>,
     /// The local members of each group, shared with the handles.
     groups: Arc<std::sync::Mutex<LocalGroups>>,
     /// Group, broadcast and server frames sent, by sequence number, until every server they went
@@ -268,6 +268,7 @@ impl Link {
         max_users: Arc<AtomicUsize>,
         connected_hub: Arc<std::sync::Mutex<Option<String>>>,
         groups: Arc<std::sync::Mutex<LocalGroups>>,
+        watched: Arc<std::sync::Mutex<std::collections::HashSet<UserId>>>,
         shared: Arc<SharedUsers>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -319,7 +320,7 @@ impl Link {
             credit_cap: config.retransmit_buffer,
             released: 0,
             locates: Default::default(),
-            watched: Default::default(),
+            watched,
             groups,
             awaited: Default::default(),
             live: Default::default(),
@@ -538,7 +539,8 @@ impl Link {
         self.received.forget_owed();
         self.encode_snapshot(&mut out)?;
         // Watches are soft state on the hub too: the new one hears them with the snapshot.
-        let watched: Vec<UserId> = self.watched.iter().cloned().collect();
+        let watched: Vec<UserId> =
+            self.watched.lock().expect("watched lock").iter().cloned().collect();
         self.encode_batches(&mut out, watched, |users| Control::Watch { users })?;
         self.encode(&mut out, Control::SnapshotDone)?;
         // Questions the last hub may not have answered.
@@ -896,14 +898,12 @@ impl Link {
                 self.encode(out, Control::Locate { token, user })
             }
             Command::Watch(users) => {
-                self.watched.extend(users.iter().cloned());
-                // Sent even for users already watched: the hub answers with their place, which
+                // In `watched` already (the handle put them there). Sent even for users already watched: the hub answers with their place, which
                 // a second part of the app watching them may be waiting for.
                 self.encode_batches(out, users, |users| Control::Watch { users })
             }
             Command::Unwatch(users) => {
-                let users: Vec<_> =
-                    users.into_iter().filter(|user| self.watched.remove(user)).collect();
+                // Only those that were watched: the handle took them out of `watched`.
                 self.encode_batches(out, users, |users| Control::Unwatch { users })
             }
             Command::Group(group) => {
