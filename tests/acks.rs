@@ -1,15 +1,17 @@
 //! Acks whose runs claim far more than was ever sent, from an authenticated but hostile app
 //! server: they cost what they cover of what is outstanding, never their claimed length. Both
 //! the hub and the app server are real processes (`cargo build --workspace --bins --examples`
-//! first), so that a receiver stuck in a loop cannot stall the test's own clock.
+//! first), so that a receiver stuck in a loop cannot stall the test's own clock. A run no sender
+//! could have sent is refused by the hub, which needs no process of its own to show it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use acms_protocol::{Ack, Control, Data, DataKind, Frame, SeqRange, ServerId};
+use acms_appserver::LinkState;
+use acms_protocol::{Ack, Control, Data, DataKind, ErrorCode, Frame, SeqRange, ServerId};
 use acms_tests::http::{Reply, request};
 use acms_tests::process::{ADMIN_TOKEN, Proc, program, start_hub};
-use acms_tests::{Peer, next_frame, raw_hello, user};
+use acms_tests::{PATIENCE, Peer, TestHub, TestServer, next_frame, raw_hello, user};
 use futures_util::SinkExt;
 
 /// How soon a receiver must answer after the hostile ack: generous for a debug build on a busy
@@ -128,4 +130,25 @@ async fn an_ack_to_the_hub_claiming_billions_of_numbers_does_not_stall_it() {
         .expect("push task");
     assert_eq!(answer.json()["status"], "delivered", "{}", answer.body);
     servers_answer_in_time(admin, "after the push").await;
+}
+
+#[tokio::test]
+async fn an_ack_with_an_impossible_run_is_refused_and_only_its_sender_is_closed() {
+    let hub = TestHub::start().await;
+    let server = TestServer::start(1, hub.addr).await;
+    for (id, first, count) in [(2, 5, 0), (3, u64::MAX, 1)] {
+        let mut peer = register(hub.addr, id).await;
+        let ranges = vec![SeqRange { first: 1, count: 1 }, SeqRange { first, count }];
+        peer.send(Frame::Ack(Ack { to: ServerId(1), from: ServerId(id), ranges })).await.unwrap();
+        match next_frame(&mut peer).await {
+            Some(Frame::Control(Control::Error { code, message })) => {
+                assert_eq!(code, ErrorCode::Malformed, "{message}");
+                assert!(message.contains("impossible"), "{message}");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        assert_eq!(next_frame(&mut peer).await, None, "closed");
+    }
+    tokio::time::timeout(PATIENCE, server.cluster.flush()).await.unwrap().unwrap();
+    assert_eq!(*server.cluster.link_state().borrow(), LinkState::Connected);
 }
