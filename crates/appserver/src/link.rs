@@ -1017,6 +1017,10 @@ impl Link {
                 let covered = ack.covered(self.unacked.outstanding());
                 for range in covered {
                     for seq in range {
+                        // A number answered already costs one look at its slot, no more.
+                        if !self.unacked.contains(seq) {
+                            continue;
+                        }
                         if !self.awaited.is_empty()
                             && let Some(awaited) = self.awaited.get_mut(&seq)
                         {
