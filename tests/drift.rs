@@ -194,7 +194,12 @@ async fn a_server_sends_its_digest_and_answers_resync_with_its_whole_set() {
     let (stream, _) = tokio::time::timeout(PATIENCE, fake.accept()).await.unwrap().unwrap();
     let mut hub = Framed::new(stream, Codec::default());
     assert!(matches!(next_frame(&mut hub).await, Some(Frame::Control(Control::Hello(_)))));
-    let welcome = Welcome { version: PROTOCOL_VERSION, max_frame_len: 4096, max_users: 10_000 };
+    let welcome = Welcome {
+        version: PROTOCOL_VERSION,
+        max_frame_len: 4096,
+        max_users: 10_000,
+        max_groups: 10_000,
+    };
     hub.send(control(Control::Welcome(welcome))).await.unwrap();
 
     /// Reads `Login`s up to `SnapshotDone`, and returns the set they named.

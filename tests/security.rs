@@ -437,7 +437,12 @@ async fn a_frame_over_the_servers_limit_from_the_hub_drops_the_link_which_reconn
             tokio::time::timeout(PATIENCE, fake.accept()).await.expect("a connection").unwrap();
         let mut peer = Framed::new(stream, Codec::default());
         assert!(matches!(next_frame(&mut peer).await, Some(Frame::Control(Control::Hello(_)))));
-        let welcome = Welcome { version: PROTOCOL_VERSION, max_frame_len: 1 << 20, max_users: 10 };
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            max_frame_len: 1 << 20,
+            max_users: 10,
+            max_groups: 10,
+        };
         peer.send(Frame::Control(Control::Welcome(welcome))).await.unwrap();
         // The server's snapshot: no users, then its end.
         let done = next_frame(&mut peer).await;

@@ -107,6 +107,9 @@ pub struct HubConfig {
     /// Most users one AS may have online. A `Login` past it closes that AS's connection with
     /// `TooManyUsers`; the AS library refuses such a login itself before it is sent.
     pub max_users_per_server: usize,
+    /// Most groups one AS may have members in. A `Join` past it closes that AS's connection with
+    /// `TooManyGroups`; the AS library refuses such a join itself before it is sent.
+    pub max_groups_per_server: usize,
     /// Bytes waiting in one AS's outbound queue above which the servers sending to it are paused
     /// (the hub stops reading from them) until it drains.
     pub high_water_bytes: usize,
@@ -182,6 +185,7 @@ impl Default for HubConfig {
             handshake_timeout: Duration::from_secs(5),
             max_connections: 1024,
             max_users_per_server: 1_000_000,
+            max_groups_per_server: 100_000,
             high_water_bytes: 1 << 20,
             max_stall: Duration::from_secs(5),
             max_pending_bytes: 64 << 20,

@@ -808,6 +808,7 @@ impl Connection {
             version: PROTOCOL_VERSION,
             max_frame_len: self.codec.max_frame_len() as u32,
             max_users: u32::try_from(self.shared.config.max_users_per_server).unwrap_or(u32::MAX),
+            max_groups: u32::try_from(self.shared.config.max_groups_per_server).unwrap_or(u32::MAX),
         }))?;
         self.outbox.keep_alive();
         let peers = self.shared.registry.peers(id);
@@ -893,10 +894,7 @@ impl Connection {
                 }
                 Control::Ping { token } => self.send(Control::Pong { token }),
                 Control::Pong { .. } => Ok(()),
-                Control::Join { groups } => {
-                    self.handle_join(groups);
-                    Ok(())
-                }
+                Control::Join { groups } => self.handle_join(groups),
                 Control::Leave { groups } => {
                     self.handle_leave(&groups);
                     Ok(())
@@ -1090,15 +1088,39 @@ impl Connection {
         }
     }
 
-    /// Records the groups this AS now has members of.
-    fn handle_join(&mut self, groups: Vec<GroupId>) {
+    /// Records the groups this AS now has members of. One that would take it past
+    /// `max_groups_per_server` closes the connection: a well-behaved AS never sends it, as it
+    /// knows the limit from `Welcome` and refuses such a join itself.
+    ///
+    /// While a snapshot replaces the groups of the last connection, the limit counts the groups
+    /// named since it began, so the old set and the new one together stay under twice the limit
+    /// until the snapshot is done and the old set goes.
+    fn handle_join(&mut self, groups: Vec<GroupId>) -> Result<(), Close> {
         let server = self.server();
+        let limit = self.shared.config.max_groups_per_server;
+        let refused = || {
+            Close::refused(
+                ErrorCode::TooManyGroups,
+                format!("a join past this hub's limit of {limit} groups per server"),
+            )
+        };
         for group in groups {
-            if let Some(kept) = self.snapshot_groups.as_mut() {
-                kept.insert(group.clone());
+            match self.snapshot_groups.as_mut() {
+                Some(kept) => {
+                    if kept.len() >= limit && !kept.contains(&group) {
+                        return Err(refused());
+                    }
+                    kept.insert(group.clone());
+                    self.shared.groups.join(server, group);
+                }
+                None => {
+                    if !self.shared.groups.join_within(server, group, limit) {
+                        return Err(refused());
+                    }
+                }
             }
-            self.shared.groups.join(server, group);
         }
+        Ok(())
     }
 
     /// Records the groups this AS no longer has members of.

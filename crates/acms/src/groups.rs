@@ -25,18 +25,36 @@ pub struct Groups {
 impl Groups {
     /// Records that `server` has members of `group`; no change if it had already.
     pub(crate) fn join(&self, server: ServerId, group: GroupId) {
-        if !self.by_server.entry(server).or_default().insert(group.clone()) {
-            return;
+        self.join_within(server, group, usize::MAX);
+    }
+
+    /// As [`Groups::join`], unless that would give `server` more than `limit` groups: then
+    /// nothing changes and the answer is false.
+    pub(crate) fn join_within(&self, server: ServerId, group: GroupId, limit: usize) -> bool {
+        {
+            let mut groups = self.by_server.entry(server).or_default();
+            if groups.contains(&group) {
+                return true;
+            }
+            if groups.len() >= limit {
+                return false;
+            }
+            groups.insert(group.clone());
         }
         let mut servers = self.servers.entry(group).or_default();
         if !servers.contains(&server) {
             servers.push(server);
         }
+        true
     }
 
     /// Records that `server` has no more members of `group`.
     pub(crate) fn leave(&self, server: ServerId, group: &str) {
-        let left = self.by_server.get_mut(&server).is_some_and(|mut groups| groups.remove(group));
+        let left = self.by_server.get_mut(&server).is_some_and(|mut groups| {
+            let left = groups.remove(group);
+            shrink_set(&mut groups);
+            left
+        });
         if left {
             self.forget(server, group);
         }
@@ -49,6 +67,7 @@ impl Groups {
             Some(mut groups) => {
                 let gone = groups.iter().filter(|group| !kept.contains(*group)).cloned().collect();
                 groups.retain(|group| kept.contains(group));
+                shrink_set(&mut groups);
                 gone
             }
             None => return,
@@ -56,6 +75,7 @@ impl Groups {
         for group in gone {
             self.forget(server, group.as_str());
         }
+        self.shrink();
     }
 
     /// Takes every membership of a server that left the cluster.
@@ -63,6 +83,22 @@ impl Groups {
         let Some((_, groups)) = self.by_server.remove(&server) else { return };
         for group in groups {
             self.forget(server, group.as_str());
+        }
+        self.shrink();
+    }
+
+    /// Gives back the room of groups that are gone. A hash map keeps its capacity when entries
+    /// leave: without this, the hub would hold the table of the most groups it ever had (a
+    /// server that joined a million groups and left would leave a table for a million behind).
+    /// Called after bulk removals only, and only when three quarters of the room is unused, so
+    /// its cost is spread over the removals that made it worthwhile.
+    fn shrink(&self) {
+        let roomy = |len: usize, capacity: usize| len * 4 < capacity;
+        if roomy(self.servers.len(), self.servers.capacity())
+            || roomy(self.by_server.len(), self.by_server.capacity())
+        {
+            self.servers.shrink_to_fit();
+            self.by_server.shrink_to_fit();
         }
     }
 
@@ -88,6 +124,24 @@ impl Groups {
     /// Whether no group has members anywhere.
     pub fn is_empty(&self) -> bool {
         self.servers.is_empty()
+    }
+
+    /// Number of groups `server` has members of, as far as the hub knows.
+    pub fn count_of(&self, server: ServerId) -> usize {
+        self.by_server.get(&server).map_or(0, |groups| groups.len())
+    }
+
+    /// Groups the hub has room for without growing its tables: after a server with many groups
+    /// leaves, this falls back near [`Groups::len`].
+    pub fn capacity(&self) -> usize {
+        self.servers.capacity()
+    }
+}
+
+/// Gives back the room of a server's group set once three quarters of it is unused.
+fn shrink_set(groups: &mut HashSet<GroupId>) {
+    if groups.len() * 4 < groups.capacity() {
+        groups.shrink_to_fit();
     }
 }
 
@@ -120,6 +174,31 @@ mod tests {
         assert_eq!(groups.servers_of("hall", c), [b]);
         assert_eq!(groups.len(), 1, "an empty group is forgotten");
 
+        groups.remove_server(b);
+        assert!(groups.is_empty());
+    }
+
+    #[test]
+    fn a_server_is_held_to_its_limit_and_the_room_of_its_groups_goes_with_it() {
+        let groups = Groups::default();
+        let (a, b) = (ServerId(1), ServerId(2));
+        for n in 0..10 {
+            assert!(groups.join_within(a, group(&format!("g{n}")), 10));
+        }
+        assert!(!groups.join_within(a, group("one-more"), 10), "past the limit");
+        assert!(groups.join_within(a, group("g3"), 10), "a group it has is no change");
+        assert!(groups.join_within(b, group("one-more"), 10), "the limit is per server");
+        assert_eq!((groups.count_of(a), groups.count_of(b), groups.len()), (10, 1, 11));
+        groups.leave(a, "g0");
+        assert!(groups.join_within(a, group("g10"), 10), "room again after a leave");
+
+        for n in 0..50_000 {
+            groups.join(a, group(&format!("many{n}")));
+        }
+        assert!(groups.capacity() >= 50_000);
+        groups.remove_server(a);
+        assert_eq!((groups.len(), groups.count_of(a)), (1, 0));
+        assert!(groups.capacity() < 1_000, "room kept: {}", groups.capacity());
         groups.remove_server(b);
         assert!(groups.is_empty());
     }

@@ -73,6 +73,11 @@ pub fn render(hub: &Hub) -> String {
         "Users online in the cluster",
         gauge(registry_now.user_count()),
     );
+    registry.register(
+        "groups",
+        "Groups with members on some app server",
+        gauge(hub.groups().len()),
+    );
 
     let frames = Family::<Labels, Counter>::default();
     let frame_counts = [

@@ -8,13 +8,14 @@
 //! sequence order (the receiver's invariant, docs/RELIABILITY.md). The hub does not send a push
 //! again: a push whose ack does not come in time is reported as timed out, never repeated.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use acms_protocol::{Ack, Data, DataKind, Frame, ProtocolError, ServerId, UserId};
 use bytes::Bytes;
 use tokio::sync::oneshot;
+use tracing::warn;
 
 use crate::registry::{Registry, Relayed};
 
@@ -28,7 +29,8 @@ pub(crate) struct Pushes {
 #[derive(Debug, Default)]
 struct State {
     last_seq: u64,
-    waiting: HashMap<u64, Waiting>,
+    /// Ordered, so an ack's runs find what they cover by range, never number by number.
+    waiting: BTreeMap<u64, Waiting>,
 }
 
 /// A pushed frame not yet acknowledged by every server it was queued for.
@@ -100,18 +102,33 @@ impl Pushes {
         Ok(pushed)
     }
 
-    /// An AS acknowledged frames of the hub's.
+    /// An AS acknowledged frames of the hub's. The runs are the AS's claim: each is looked up
+    /// by range among the pushes waiting, so an ack costs what it covers of them, never the
+    /// count it claims. Numbers the hub never sent are ignored, with a warning.
     pub(crate) fn acked(&self, ack: &Ack) {
         let mut state = self.state.lock().expect("pushes lock");
-        for range in &ack.ranges {
-            for seq in range.seqs() {
-                let Some(waiting) = state.waiting.get_mut(&seq) else { continue };
+        let sent = 1..state.last_seq + 1;
+        if let Some(range) = ack.ranges.iter().find(|range| range.seqs().end > sent.end) {
+            warn!(
+                from = %ack.from,
+                first = range.first,
+                count = range.count,
+                last_seq = state.last_seq,
+                "ack names pushes this hub never sent; only those waiting count"
+            );
+        }
+        let mut done = Vec::new();
+        for range in ack.covered(sent) {
+            for (&seq, waiting) in state.waiting.range_mut(range) {
                 waiting.servers.remove(&ack.from);
-                if waiting.servers.is_empty()
-                    && let Some(waiting) = state.waiting.remove(&seq)
-                {
-                    let _ = waiting.done.send(());
+                if waiting.servers.is_empty() {
+                    done.push(seq);
                 }
+            }
+        }
+        for seq in done {
+            if let Some(waiting) = state.waiting.remove(&seq) {
+                let _ = waiting.done.send(());
             }
         }
     }
@@ -158,5 +175,35 @@ mod tests {
         // An ack for a number nobody waits for is ignored.
         let ranges = vec![SeqRange { first: 1, count: 2 }];
         pushes.acked(&Ack { to: ServerId::HUB, from: ServerId(1), ranges });
+    }
+
+    #[test]
+    fn acks_settle_the_pushes_their_runs_cover_whatever_length_they_claim() {
+        let pushes = Pushes::default();
+        let mut answers = Vec::new();
+        {
+            let mut state = pushes.state.lock().unwrap();
+            state.last_seq = 6;
+            for (seq, servers) in [(3, vec![ServerId(1), ServerId(2)]), (5, vec![ServerId(1)])] {
+                let (done, acked) = oneshot::channel();
+                let servers = servers.into_iter().collect();
+                state.waiting.insert(seq, Waiting { servers, done });
+                answers.push(acked);
+            }
+        }
+        // Billions of numbers, over and over, from before the first push to past the last.
+        let huge = SeqRange { first: 1, count: u32::MAX };
+        let ranges = vec![huge; 64];
+        pushes.acked(&Ack { to: ServerId::HUB, from: ServerId(1), ranges });
+        assert!(answers[1].try_recv().is_ok(), "push 5 went to server 1 only");
+        assert!(answers[0].try_recv().is_err(), "push 3 still waits for server 2");
+        assert_eq!(pushes.waiting(), 1);
+        let ranges = vec![SeqRange { first: 4, count: u32::MAX }];
+        pushes.acked(&Ack { to: ServerId::HUB, from: ServerId(2), ranges });
+        assert_eq!(pushes.waiting(), 1, "a run past push 3 does not settle it");
+        let ranges = vec![SeqRange { first: 3, count: 1 }];
+        pushes.acked(&Ack { to: ServerId::HUB, from: ServerId(2), ranges });
+        assert!(answers[0].try_recv().is_ok());
+        assert_eq!(pushes.waiting(), 0);
     }
 }

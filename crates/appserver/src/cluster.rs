@@ -349,6 +349,19 @@ pub enum ClusterError {
         /// The limit in force.
         max: usize,
     },
+    /// The watch would take this server's watch list past the hub's limit
+    /// (`max_users_per_server`, which bounds watched users as it bounds online ones).
+    #[error("this server already watches {max} users, the hub's limit per server")]
+    TooManyWatches {
+        /// The limit in force.
+        max: usize,
+    },
+    /// The join would pass the hub's limit on groups per server (`max_groups_per_server`).
+    #[error("this server already has members in {max} groups, the hub's limit per server")]
+    TooManyGroups {
+        /// The limit in force.
+        max: usize,
+    },
 }
 
 /// Settings of a [`Cluster`], with defaults for all but the server id and hub address.
@@ -489,6 +502,7 @@ impl ClusterBuilder {
         let local = Arc::new(LocalUsers::default());
         let shared = Arc::new(SharedUsers::default());
         let groups = Arc::new(std::sync::Mutex::new(LocalGroups::default()));
+        let watched = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
         let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
         let max_users = Arc::new(AtomicUsize::new(usize::MAX));
         let shutdown = CancellationToken::new();
@@ -511,6 +525,7 @@ impl ClusterBuilder {
             max_users.clone(),
             hub.clone(),
             groups.clone(),
+            watched.clone(),
             shared.clone(),
             refusing.clone(),
             shutdown.clone(),
@@ -525,6 +540,7 @@ impl ClusterBuilder {
             shared,
             tally,
             groups,
+            watched,
             max_users,
             commands,
             events,
@@ -564,7 +580,11 @@ pub(crate) struct Inner {
     tally: Arc<std::sync::Mutex<Tally>>,
     /// The local members of each group, shared with the link.
     groups: Arc<std::sync::Mutex<LocalGroups>>,
-    /// The hub's limit on this server's users, from its last `Welcome` (no limit before one).
+    /// The users this server watches, shared with the link, which sends them again to every
+    /// hub it connects to.
+    watched: Arc<std::sync::Mutex<std::collections::HashSet<UserId>>>,
+    /// The hub's limit on this server's users, from its last `Welcome` (no limit before one);
+    /// its watch list is held to the same figure.
     max_users: Arc<AtomicUsize>,
     commands: mpsc::Sender<Command>,
     events: mpsc::Sender<Vec<Event>>,
@@ -654,12 +674,18 @@ impl Cluster {
     }
 
     /// Makes local user `user` a member of `group`, until they leave it or log out. The hub
-    /// learns only that this server has members of the group, when it gets its first.
+    /// learns only that this server has members of the group, when it gets its first. A join
+    /// that would give this server members in more groups than the hub allows one server
+    /// (`max_groups_per_server`, announced when it connects) is refused here, before the hub
+    /// would close the connection over it.
     pub async fn join(&self, group: &GroupId, user: &UserId) -> Result<(), ClusterError> {
         let first = {
             let mut groups = self.inner.groups.lock().expect("groups lock");
             if !self.inner.local.contains(user) {
                 return Err(ClusterError::NotLocal { user: user.clone() });
+            }
+            if let Some(max) = groups.full_for(group.as_str()) {
+                return Err(ClusterError::TooManyGroups { max });
             }
             groups.join(group, user)
         };
@@ -1030,9 +1056,22 @@ impl Cluster {
     /// Subscribes this server to the presence of `users` (a friends list): an
     /// [`Event::Presence`] with each one's current state arrives at once, then another whenever
     /// one comes online, goes offline or moves. The hub pushes them to the servers watching
-    /// that user only. The watch list survives reconnects.
+    /// that user only. The watch list survives reconnects. A watch that would take the list
+    /// past the hub's limit (`max_users_per_server`, the same as for users) is refused here, as
+    /// a whole, before the hub would close the connection over it.
     pub async fn watch(&self, users: impl IntoIterator<Item = UserId>) -> Result<(), ClusterError> {
-        self.command(Command::Watch(users.into_iter().collect())).await
+        let users: Vec<UserId> = users.into_iter().collect();
+        {
+            let mut watched = self.inner.watched.lock().expect("watched lock");
+            let max = self.inner.max_users.load(Ordering::Relaxed);
+            let new: std::collections::HashSet<&UserId> =
+                users.iter().filter(|user| !watched.contains(*user)).collect();
+            if watched.len().saturating_add(new.len()) > max {
+                return Err(ClusterError::TooManyWatches { max });
+            }
+            watched.extend(users.iter().cloned());
+        }
+        self.command(Command::Watch(users)).await
     }
 
     /// Ends the watch of `users`; users not watched are ignored.
@@ -1040,7 +1079,14 @@ impl Cluster {
         &self,
         users: impl IntoIterator<Item = UserId>,
     ) -> Result<(), ClusterError> {
-        self.command(Command::Unwatch(users.into_iter().collect())).await
+        let users: Vec<UserId> = {
+            let mut watched = self.inner.watched.lock().expect("watched lock");
+            users.into_iter().filter(|user| watched.remove(user)).collect()
+        };
+        if users.is_empty() {
+            return Ok(());
+        }
+        self.command(Command::Unwatch(users)).await
     }
 
     /// The address of the hub this server is registered with, while it is connected.

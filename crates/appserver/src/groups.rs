@@ -11,9 +11,23 @@ use acms_protocol::{GroupId, ServerId, UserId};
 pub(crate) struct LocalGroups {
     members: HashMap<GroupId, HashSet<UserId>>,
     of_user: HashMap<UserId, HashSet<GroupId>>,
+    /// Most groups this server may have members in: the hub's limit, from its `Welcome`.
+    limit: Option<usize>,
 }
 
 impl LocalGroups {
+    /// Takes the hub's limit on the groups one server may have members in.
+    pub(crate) fn set_limit(&mut self, max: usize) {
+        self.limit = Some(max);
+    }
+
+    /// The hub's limit, if a member joining `group` would take this server past it: a group
+    /// with local members already costs the hub nothing more.
+    pub(crate) fn full_for(&self, group: &str) -> Option<usize> {
+        let max = self.limit?;
+        (self.members.len() >= max && !self.members.contains_key(group)).then_some(max)
+    }
+
     /// Adds `user` to `group`; returns whether the group had no local member before (the hub is
     /// then to be told).
     pub(crate) fn join(&mut self, group: &GroupId, user: &UserId) -> bool {

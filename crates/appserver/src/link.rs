@@ -146,7 +146,10 @@ impl SessionError {
             Self::Refused { code, .. }
                 if matches!(
                     code,
-                    ErrorCode::Unauthorized | ErrorCode::VersionMismatch | ErrorCode::TooManyUsers
+                    ErrorCode::Unauthorized
+                        | ErrorCode::VersionMismatch
+                        | ErrorCode::TooManyUsers
+                        | ErrorCode::TooManyGroups
                 ) =>
             {
                 LinkState::Refused(*code)
@@ -241,7 +244,7 @@ pub(crate) struct Link {
     /// `locate` calls waiting for their `Located`, by token; asked again after a reconnect.
     locates: std::collections::HashMap<u64, (UserId, oneshot::Sender<Option<ServerId>>)>,
     /// The users this server watches: sent again to every hub it connects to.
-    watched: std::collections::HashSet<UserId>,
+    watched: Arc<std::sync::Mutex<std::collections::HashSet<UserId>>>,
     /// The local members of each group, shared with the handles.
     groups: Arc<std::sync::Mutex<LocalGroups>>,
     /// Group, broadcast and server frames sent, by sequence number, until every server they went
@@ -276,6 +279,7 @@ impl Link {
         max_users: Arc<AtomicUsize>,
         connected_hub: Arc<std::sync::Mutex<Option<String>>>,
         groups: Arc<std::sync::Mutex<LocalGroups>>,
+        watched: Arc<std::sync::Mutex<std::collections::HashSet<UserId>>>,
         shared: Arc<SharedUsers>,
         refusing: Arc<AtomicUsize>,
         shutdown: CancellationToken,
@@ -328,7 +332,7 @@ impl Link {
             credit_cap: config.retransmit_buffer,
             released: 0,
             locates: Default::default(),
-            watched: Default::default(),
+            watched,
             groups,
             awaited: Default::default(),
             live: Default::default(),
@@ -491,6 +495,8 @@ impl Link {
         self.send_limit = self.codec.max_frame_len().min(hub_limit);
         let max_users = usize::try_from(welcome.max_users).unwrap_or(usize::MAX);
         self.max_users.store(max_users, Ordering::Relaxed);
+        let max_groups = usize::try_from(welcome.max_groups).unwrap_or(usize::MAX);
+        self.groups.lock().expect("groups lock").set_limit(max_groups);
     }
 
     async fn write_control<S: AsyncWrite + Unpin>(
@@ -547,7 +553,8 @@ impl Link {
         self.received.forget_owed();
         self.encode_snapshot(&mut out)?;
         // Watches are soft state on the hub too: the new one hears them with the snapshot.
-        let watched: Vec<UserId> = self.watched.iter().cloned().collect();
+        let watched: Vec<UserId> =
+            self.watched.lock().expect("watched lock").iter().cloned().collect();
         self.encode_batches(&mut out, watched, |users| Control::Watch { users })?;
         self.encode(&mut out, Control::SnapshotDone)?;
         // Questions the last hub may not have answered.
@@ -913,14 +920,12 @@ impl Link {
                 self.encode(out, Control::Locate { token, user })
             }
             Command::Watch(users) => {
-                self.watched.extend(users.iter().cloned());
-                // Sent even for users already watched: the hub answers with their place, which
+                // In `watched` already (the handle put them there). Sent even for users already watched: the hub answers with their place, which
                 // a second part of the app watching them may be waiting for.
                 self.encode_batches(out, users, |users| Control::Watch { users })
             }
             Command::Unwatch(users) => {
-                let users: Vec<_> =
-                    users.into_iter().filter(|user| self.watched.remove(user)).collect();
+                // Only those that were watched: the handle took them out of `watched`.
                 self.encode_batches(out, users, |users| Control::Unwatch { users })
             }
             Command::Group(group) => {
@@ -1043,8 +1048,26 @@ impl Link {
             }
             FrameKind::Ack => {
                 let ack = Ack::decode(raw.body())?;
-                for range in ack.ranges {
-                    for seq in range.seqs() {
+                // Runs the peer chose: walked only where they cover frames still waiting here
+                // (group, broadcast and server frames in `awaited` wait there too), each once.
+                if let Some(range) =
+                    ack.ranges.iter().find(|range| range.seqs().end > self.next_seq)
+                {
+                    warn!(
+                        from = %ack.from,
+                        first = range.first,
+                        count = range.count,
+                        next_seq = self.next_seq,
+                        "ack names numbers this server never sent; only those outstanding count"
+                    );
+                }
+                let covered = ack.covered(self.unacked.outstanding());
+                for range in covered {
+                    for seq in range {
+                        // A number answered already costs one look at its slot, no more.
+                        if !self.unacked.contains(seq) {
+                            continue;
+                        }
                         if !self.awaited.is_empty()
                             && let Some(awaited) = self.awaited.get_mut(&seq)
                         {

@@ -94,6 +94,12 @@ impl Unacked {
         Some(len)
     }
 
+    /// The sequence numbers from the oldest frame still waiting to the newest kept: an ack
+    /// settles nothing outside them, so its runs are clipped to them before they are walked.
+    pub(crate) fn outstanding(&self) -> std::ops::Range<u64> {
+        self.base..self.base + self.slots.len() as u64
+    }
+
     /// Whether frame `seq` still waits for an answer.
     pub(crate) fn contains(&self, seq: u64) -> bool {
         let index = seq.checked_sub(self.base).and_then(|index| usize::try_from(index).ok());
@@ -257,6 +263,32 @@ mod tests {
         unacked.keep(chunk(15..16));
         assert_eq!(seqs(unacked.from(0)), [15]);
         assert_eq!(unacked.take(15), Some(frame_len));
+    }
+
+    #[test]
+    // A list of ranges holding one range is what is meant here.
+    #[allow(clippy::single_range_in_vec_init)]
+    fn an_ack_is_walked_only_over_the_frames_outstanding() {
+        let mut unacked = Unacked::default();
+        assert!(unacked.outstanding().is_empty(), "nothing sent, nothing to settle");
+        unacked.keep(chunk(10..15));
+        unacked.take(10);
+        unacked.take(12);
+        assert_eq!(unacked.outstanding(), 11..15);
+        // Billions of numbers claimed, many times over, around and past what was sent.
+        let runs = [SeqRange { first: 1, count: u32::MAX }; 64];
+        let mut ranges = runs.to_vec();
+        ranges.push(SeqRange { first: u64::MAX - u64::from(u32::MAX), count: u32::MAX });
+        let ack = Ack { to: ServerId(1), from: ServerId(2), ranges };
+        let covered = ack.covered(unacked.outstanding());
+        assert_eq!(covered, [11..15]);
+        let walked: Vec<u64> = covered.into_iter().flatten().collect();
+        let settled: Vec<u64> =
+            walked.iter().copied().filter(|&seq| unacked.take(seq).is_some()).collect();
+        assert_eq!(walked.len(), 4, "the walk is as long as what was outstanding");
+        assert_eq!(settled, [11, 13, 14]);
+        assert_eq!(unacked.len(), 0);
+        assert!(unacked.outstanding().is_empty());
     }
 
     #[test]

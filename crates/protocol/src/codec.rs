@@ -127,6 +127,7 @@ mod tests {
                 version: 1,
                 max_frame_len: 1024,
                 max_users: 10,
+                max_groups: 20,
             })),
             Frame::Control(Control::Challenge(Challenge {
                 nonce: Nonce([1; 32]),

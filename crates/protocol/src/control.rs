@@ -292,6 +292,8 @@ pub struct Welcome {
     pub max_frame_len: u32,
     /// Most users the hub lets this AS have online at once.
     pub max_users: u32,
+    /// Most groups the hub lets this AS have members in at once.
+    pub max_groups: u32,
 }
 
 /// Why a connection is refused or closed.
@@ -316,6 +318,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// The AS would have more users online than the hub allows one server.
     TooManyUsers,
+    /// The AS would have members in more groups than the hub allows one server.
+    TooManyGroups,
 }
 
 /// Decoding that allocates only for data the input holds, never for what a length field claims.

@@ -48,6 +48,14 @@ pub enum ProtocolError {
     /// The payload of a refused message does not hold a reason as documented.
     #[error("malformed refusal: {0}")]
     Refusal(&'static str),
+    /// An ack holds a run no sender could have sent: empty, or past the last sequence number.
+    #[error("ack run of {count} numbers from {first} is impossible")]
+    AckRun {
+        /// The first number the run claims.
+        first: u64,
+        /// How many numbers it claims.
+        count: u32,
+    },
 }
 
 impl ProtocolError {

@@ -189,9 +189,23 @@ pub struct SeqRange {
 }
 
 impl SeqRange {
-    /// The numbers of the run.
+    /// The numbers of the run (cut short at `u64::MAX`, which no sender reaches).
+    ///
+    /// A peer chooses `count`: walk [`SeqRange::clip`] of it to what is outstanding, never this.
     pub fn seqs(self) -> std::ops::Range<u64> {
-        self.first..self.first + u64::from(self.count)
+        self.first..self.first.saturating_add(u64::from(self.count))
+    }
+
+    /// The numbers of the run that lie in `outstanding`, the numbers its receiver still waits
+    /// on: an ack costs what it covers of those, never the length it claims.
+    pub fn clip(self, outstanding: std::ops::Range<u64>) -> std::ops::Range<u64> {
+        let seqs = self.seqs();
+        seqs.start.max(outstanding.start)..seqs.end.min(outstanding.end)
+    }
+
+    /// Whether a sender could have sent the run: it holds a number, and its last is a `u64`.
+    fn is_possible(self) -> bool {
+        self.count > 0 && self.first.checked_add(u64::from(self.count)).is_some()
     }
 }
 
@@ -216,7 +230,9 @@ const ACK_HEADER_LEN: usize = 1 + 4 + 4;
 const ACK_RANGE_LEN: usize = 8 + 4;
 
 impl Ack {
-    /// Reads the two server ids of an ack `body` in place, as the hub does to route it.
+    /// Reads the two server ids of an ack `body` in place, as the hub does to route it, and
+    /// checks that each run is one a sender could have sent (see [`ProtocolError::AckRun`]): the
+    /// hub refuses an impossible ack rather than forward it.
     pub fn route(body: &[u8]) -> Result<(ServerId, ServerId), ProtocolError> {
         if body.first() != Some(&ACK_TAG) {
             return Err(ProtocolError::NotData);
@@ -224,8 +240,40 @@ impl Ack {
         if body.len() < ACK_HEADER_LEN || (body.len() - ACK_HEADER_LEN) % ACK_RANGE_LEN != 0 {
             return Err(ProtocolError::Truncated);
         }
+        if let Some(range) = Self::runs(body).find(|range| !range.is_possible()) {
+            return Err(ProtocolError::AckRun { first: range.first, count: range.count });
+        }
         let mut buf = &body[1..];
         Ok((ServerId(buf.get_u32()), ServerId(buf.get_u32())))
+    }
+
+    /// The runs of an ack `body` whose length `route` checked.
+    fn runs(body: &[u8]) -> impl Iterator<Item = SeqRange> + '_ {
+        body[ACK_HEADER_LEN..]
+            .chunks_exact(ACK_RANGE_LEN)
+            .map(|mut range| SeqRange { first: range.get_u64(), count: range.get_u32() })
+    }
+
+    /// The numbers this ack names that lie in `outstanding` (those its receiver still waits
+    /// on), as sorted ranges that neither overlap nor touch. Walking them visits each
+    /// outstanding number at most once, however many runs the ack repeats and however long
+    /// they claim to be: an ack costs its receiver what it covers of what is outstanding.
+    pub fn covered(&self, outstanding: std::ops::Range<u64>) -> Vec<std::ops::Range<u64>> {
+        let mut covered: Vec<_> = self
+            .ranges
+            .iter()
+            .map(|range| range.clip(outstanding.clone()))
+            .filter(|range| !range.is_empty())
+            .collect();
+        covered.sort_unstable_by_key(|range| range.start);
+        let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(covered.len());
+        for range in covered {
+            match merged.last_mut() {
+                Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+                _ => merged.push(range),
+            }
+        }
+        merged
     }
 
     /// Length of the body of this ack as one frame.
@@ -236,11 +284,7 @@ impl Ack {
     /// Decodes an ack `body` (after the length prefix).
     pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
         let (to, from) = Self::route(body)?;
-        let ranges = body[ACK_HEADER_LEN..]
-            .chunks_exact(ACK_RANGE_LEN)
-            .map(|mut range| SeqRange { first: range.get_u64(), count: range.get_u32() })
-            .collect();
-        Ok(Self { to, from, ranges })
+        Ok(Self { to, from, ranges: Self::runs(body).collect() })
     }
 
     /// Appends this ack, length prefix included, to `dst`; many ranges are split over several
@@ -457,5 +501,51 @@ impl RawFrame {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(ranges: Vec<SeqRange>) -> BytesMut {
+        let mut out = BytesMut::new();
+        Ack { to: ServerId(1), from: ServerId(2), ranges }.encode(1 << 20, &mut out);
+        out.split_off(LENGTH_PREFIX_LEN)
+    }
+
+    #[test]
+    fn runs_no_sender_could_send_are_refused_and_runs_are_clipped_to_what_is_outstanding() {
+        let huge = SeqRange { first: 5, count: u32::MAX };
+        assert_eq!(Ack::route(&body(vec![huge])).unwrap(), (ServerId(1), ServerId(2)));
+        assert_eq!(huge.clip(10..20), 10..20);
+        assert_eq!(huge.clip(0..7), 5..7);
+        assert!(huge.clip(1..5).is_empty());
+        assert!(SeqRange { first: 30, count: 2 }.clip(10..20).is_empty());
+
+        for (first, count) in [(5, 0), (u64::MAX, 1), (u64::MAX - 10, 12)] {
+            let impossible = body(vec![SeqRange { first: 1, count: 1 }, SeqRange { first, count }]);
+            assert!(
+                matches!(Ack::route(&impossible), Err(ProtocolError::AckRun { .. })),
+                "{first} {count}"
+            );
+            assert!(Ack::decode(&impossible).is_err());
+        }
+        assert_eq!(SeqRange { first: u64::MAX - 1, count: 9 }.seqs(), u64::MAX - 1..u64::MAX);
+    }
+
+    #[test]
+    // A list of ranges holding one range is what is meant here.
+    #[allow(clippy::single_range_in_vec_init)]
+    fn covered_runs_are_clipped_sorted_and_merged() {
+        let run = |first, count| SeqRange { first, count };
+        let ranges = vec![run(50, 5), run(1, u32::MAX), run(1, u32::MAX), run(12, 3), run(3, 2)];
+        let ack = Ack { to: ServerId(1), from: ServerId(2), ranges };
+        assert_eq!(ack.covered(10..20), [10..20], "billions claimed, ten outstanding");
+        let ranges = vec![run(15, 2), run(3, 2), run(12, 3), run(30, 1), run(5, 1), run(99, 1)];
+        let ack = Ack { to: ServerId(1), from: ServerId(2), ranges };
+        assert_eq!(ack.covered(4..31), [4..6, 12..17, 30..31]);
+        assert!(ack.covered(100..200).is_empty());
+        assert!(ack.covered(7..7).is_empty());
     }
 }

@@ -67,6 +67,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::Unavailable),
         Just(ErrorCode::Unauthorized),
         Just(ErrorCode::TooManyUsers),
+        Just(ErrorCode::TooManyGroups),
     ]
 }
 
@@ -91,11 +92,12 @@ fn control_with(
                     nonce,
                 })
             }),
-        (any::<u16>(), any::<u32>(), any::<u32>()).prop_map(
-            |(version, max_frame_len, max_users)| Control::Welcome(Welcome {
+        (any::<u16>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(version, max_frame_len, max_users, max_groups)| Control::Welcome(Welcome {
                 version,
                 max_frame_len,
-                max_users
+                max_users,
+                max_groups,
             })
         ),
         (error_code(), text(max_text)).prop_map(|(code, message)| Control::Error { code, message }),
@@ -165,7 +167,9 @@ fn server_epoch() -> impl Strategy<Value = ServerEpoch> {
 }
 
 fn ack(max_ranges: usize) -> impl Strategy<Value = Ack> {
-    let range = (any::<u64>(), 1..=u32::MAX).prop_map(|(first, count)| SeqRange { first, count });
+    // Runs a sender could have sent: not empty, ending within a u64.
+    let firsts = 0..=u64::MAX - u64::from(u32::MAX);
+    let range = (firsts, 1..=u32::MAX).prop_map(|(first, count)| SeqRange { first, count });
     (any::<u32>(), any::<u32>(), vec(range, 0..max_ranges)).prop_map(|(to, from, ranges)| Ack {
         to: ServerId(to),
         from: ServerId(from),
@@ -670,10 +674,11 @@ fn documented_examples() {
         version: 2,
         max_frame_len: 1 << 20,
         max_users: 1_000_000,
+        max_groups: 100_000,
     }));
     assert_eq!(
         hex(&welcome.to_bytes(1024).unwrap()),
-        "00 00 00 0d 00 01 02 fc 00 00 10 00 fc 40 42 0f 00"
+        "00 00 00 12 00 01 02 fc 00 00 10 00 fc 40 42 0f 00 fc a0 86 01 00"
     );
 
     let ack = Frame::Ack(Ack {
