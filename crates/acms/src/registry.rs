@@ -576,6 +576,11 @@ impl Registry {
         self.servers.contains_key(&server)
     }
 
+    /// How many AS are connected now: registrations that are live, not away within their grace.
+    pub fn connected_count(&self) -> usize {
+        self.servers.iter().filter(|entry| entry.attached.is_some()).count()
+    }
+
     /// Whether `server` is registered and connected now.
     pub fn is_connected(&self, server: ServerId) -> bool {
         self.servers.get(&server).is_some_and(|entry| entry.attached.is_some())
