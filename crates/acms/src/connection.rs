@@ -762,10 +762,17 @@ impl Connection {
         };
         let client_addr = info.client_addr.clone();
         let id = info.id;
+        let welcome = Frame::Control(Control::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            max_frame_len: self.codec.max_frame_len() as u32,
+            max_users: u32::try_from(self.shared.config.max_users_per_server).unwrap_or(u32::MAX),
+        }))
+        .to_bytes(self.codec.max_frame_len())?;
+        // Queued by the registry before another connection can push to this AS.
         let registration = self
             .shared
             .registry
-            .register(info, hello.epoch, self.outbox.clone(), self.closer.clone())
+            .register(info, hello.epoch, self.outbox.clone(), self.closer.clone(), Some(welcome))
             .map_err(|err| Close::refused(ErrorCode::DuplicateServer, err.to_string()))?;
         self.server = Some(id);
         self.stale_users = registration.stale_users;
@@ -781,11 +788,6 @@ impl Connection {
         if registration.first {
             tokio::spawn(end_settle(self.shared.clone()));
         }
-        self.send(Control::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
-            max_frame_len: self.codec.max_frame_len() as u32,
-            max_users: u32::try_from(self.shared.config.max_users_per_server).unwrap_or(u32::MAX),
-        }))?;
         self.outbox.keep_alive();
         let peers = self.shared.registry.peers(id);
         let hub = ServerEpoch { id: ServerId::HUB, epoch: self.shared.pushes.epoch() };

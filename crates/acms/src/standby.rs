@@ -131,9 +131,16 @@ struct State {
     seen: Vec<Seen>,
     /// The latest heartbeat.
     beat: Instant,
-    /// Since a pause, until every peer was heard from again: the hub counts none of its servers,
-    /// as those registered before the pause may have moved on.
+    /// Since a pause, for at least `stall` and until every peer was heard from again: the hub
+    /// counts none of its servers, as those registered before the pause may have moved on, and
+    /// their dead connections (even AS handshakes abandoned in its accept queue) take a moment
+    /// to be read to their end.
     resuming: bool,
+    /// When the latest pause was noticed.
+    resumed_at: Instant,
+    /// Pauses noticed so far: what a watcher learns in answer to a question asked before the
+    /// latest pause is stale.
+    pauses: u64,
 }
 
 impl Standby {
@@ -145,8 +152,13 @@ impl Standby {
             .map_or(0, |since| since.as_nanos() as u64);
         let random = Nonce::random().0;
         let id = u64::from_le_bytes(random[..8].try_into().expect("8 bytes"));
-        let state =
-            State { seen: vec![Seen::Unknown; peers.len()], beat: Instant::now(), resuming: false };
+        let state = State {
+            seen: vec![Seen::Unknown; peers.len()],
+            beat: Instant::now(),
+            resuming: false,
+            resumed_at: Instant::now(),
+            pauses: 0,
+        };
         Self {
             rank: Rank { started, id },
             active: AtomicBool::new(peers.is_empty()),
@@ -227,6 +239,8 @@ impl Standby {
             "this hub was paused or starved longer than keepalive_timeout: counting none of its app servers until every peer hub has answered again"
         );
         state.resuming = true;
+        state.resumed_at = now;
+        state.pauses += 1;
         for seen in &mut state.seen {
             if *seen != Seen::Myself {
                 *seen = Seen::Unknown;
@@ -245,10 +259,16 @@ impl Standby {
         }
     }
 
-    /// Records what was learnt of peer `index` and decides again; `servers` are this hub's live
+    /// The pauses noticed so far, for a watcher to note when it asks a question.
+    fn pauses(&self) -> u64 {
+        self.state.lock().expect("standby lock").pauses
+    }
+
+    /// Records what was learnt of peer `index`, in answer to a question asked when
+    /// [`Self::pauses`] was `asked`, and decides again; `servers` are this hub's live
     /// registrations.
-    fn update(&self, index: usize, now: Seen, servers: usize) -> Option<Change> {
-        self.update_at(index, now, servers, Instant::now())
+    fn update(&self, index: usize, now: Seen, servers: usize, asked: u64) -> Option<Change> {
+        self.update_at(index, now, servers, asked, Instant::now())
     }
 
     fn update_at(
@@ -256,18 +276,25 @@ impl Standby {
         index: usize,
         learnt: Seen,
         servers: usize,
+        asked: u64,
         now: Instant,
     ) -> Option<Change> {
         let mut state = self.state.lock().expect("standby lock");
-        if self.wake(&mut state, now) {
-            // Learnt before the pause, or across it: stale.
+        if self.wake(&mut state, now) || asked != state.pauses {
+            // Asked before the latest pause: stale, though it may have arrived after it (a
+            // link that the peer closed meanwhile, an answer read late).
             return None;
         }
         state.seen[index] = learnt;
         if state.seen.contains(&Seen::Unknown) {
             return None;
         }
-        state.resuming = false;
+        if state.resuming {
+            if now.saturating_duration_since(state.resumed_at) < self.stall {
+                return None;
+            }
+            state.resuming = false;
+        }
         let seen = &state.seen;
         let views: Vec<PeerView> = seen
             .iter()
@@ -334,15 +361,16 @@ pub(crate) async fn watch(shared: Arc<Shared>, index: usize, shutdown: Cancellat
     let interval = shared.config.keepalive_interval;
     let mut reachable = None;
     loop {
+        let mut asked = shared.standby.pauses();
         let ended = tokio::select! {
             _ = shutdown.cancelled() => return,
-            ended = probe(&shared, index, &addr, &mut reachable) => ended,
+            ended = probe(&shared, index, &addr, &mut reachable, &mut asked) => ended,
         };
         if reachable != Some(false) {
             warn!(peer = %addr, error = %ended, "peer hub unreachable");
             reachable = Some(false);
         }
-        report(&shared, index, Seen::Unreachable);
+        report(&shared, index, Seen::Unreachable, asked);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
@@ -358,6 +386,7 @@ async fn probe(
     index: usize,
     addr: &str,
     reachable: &mut Option<bool>,
+    asked: &mut u64,
 ) -> PeerError {
     let timeout = shared.config.keepalive_timeout;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -397,7 +426,7 @@ async fn probe(
             info!(peer = %addr, active = status.active, servers = status.servers, myself = seen == Seen::Myself, "peer hub reachable");
             *reachable = Some(true);
         }
-        report(shared, index, seen);
+        report(shared, index, seen, *asked);
         if seen == Seen::Myself {
             // Nothing to watch; the slot stays known and never counts as a peer.
             std::future::pending::<()>().await;
@@ -408,6 +437,7 @@ async fn probe(
         };
         match read {
             None => {
+                *asked = shared.standby.pauses();
                 if let Err(err) = write_control(&mut writer, Control::PeerStatus).await {
                     return err;
                 }
@@ -478,9 +508,9 @@ async fn next_control(
 }
 
 /// Records what was learnt of a peer and acts on a change of role.
-fn report(shared: &Shared, index: usize, seen: Seen) {
+fn report(shared: &Shared, index: usize, seen: Seen, asked: u64) {
     let servers = shared.registry.connected_count();
-    match shared.standby.update(index, seen, servers) {
+    match shared.standby.update(index, seen, servers, asked) {
         Some(Change::BecameActive) => {
             info!(servers, "this hub is now active: accepting app servers")
         }
@@ -549,12 +579,12 @@ mod tests {
     fn a_hub_waits_for_every_peer_before_it_decides() {
         let standby = Standby::new(vec!["a".into(), "b".into()], STALL);
         assert!(!standby.is_active());
-        assert_eq!(standby.update(0, Seen::Unreachable, 0), None);
+        assert_eq!(standby.update(0, Seen::Unreachable, 0, 0), None);
         assert!(!standby.is_active(), "peer b not tried yet");
-        assert_eq!(standby.update(1, Seen::Myself, 0), Some(Change::BecameActive));
+        assert_eq!(standby.update(1, Seen::Myself, 0, 0), Some(Change::BecameActive));
         assert!(standby.is_active());
         let rival = peer(true, 5, standby.rank);
-        assert_eq!(standby.update(0, Seen::Reachable(rival), 1), Some(Change::Yielded));
+        assert_eq!(standby.update(0, Seen::Reachable(rival), 1, 0), Some(Change::Yielded));
         assert!(standby.refusal().contains("the active hub is a"), "{}", standby.refusal());
     }
 
@@ -562,21 +592,33 @@ mod tests {
     fn a_paused_hub_counts_no_servers_until_every_peer_answered_again() {
         let standby = Standby::new(vec!["a".into(), "b".into()], STALL);
         let start = Instant::now();
-        assert_eq!(standby.update_at(0, Seen::Myself, 0, start), None);
-        assert_eq!(standby.update_at(1, Seen::Unreachable, 3, start), Some(Change::BecameActive));
+        assert_eq!(standby.update_at(0, Seen::Myself, 0, 0, start), None);
+        let update = standby.update_at(1, Seen::Unreachable, 3, 0, start);
+        assert_eq!(update, Some(Change::BecameActive));
         assert_eq!(standby.status_at(3, start).servers, 3);
         assert_eq!(standby.active_hub().as_deref(), Some("a"));
 
         // Paused for 10 s: what is learnt first is stale, and its servers count for nothing.
         let resumed = start + Duration::from_secs(10);
-        assert_eq!(standby.update_at(1, Seen::Unreachable, 3, resumed), None);
+        assert_eq!(standby.update_at(1, Seen::Unreachable, 3, 0, resumed), None);
         assert!(standby.is_resuming());
+        // So is an answer to a question asked before the pause, whenever it is read.
+        let later = resumed + Duration::from_millis(10);
+        assert_eq!(standby.update_at(1, Seen::Unreachable, 3, 0, later), None);
+        assert!(standby.is_resuming());
+        assert_eq!(standby.pauses(), 1);
         let status = standby.status_at(3, resumed);
         assert_eq!((status.active, status.servers), (true, 0));
-        // The peer took over meanwhile and has the servers: this hub leaves them there.
+        // The peer took over meanwhile and has the servers. For a keepalive timeout after the
+        // pause the hub still decides nothing, while its dead connections are read to their end.
         let rival = peer(true, 3, NEW);
         let later = resumed + Duration::from_secs(1);
-        assert_eq!(standby.update_at(1, Seen::Reachable(rival), 0, later), Some(Change::Yielded));
+        assert_eq!(standby.update_at(1, Seen::Reachable(rival), 3, 1, later), None);
+        assert_eq!(standby.status_at(3, later).servers, 0);
+        // Then it leaves the servers where they went.
+        let later = resumed + STALL + Duration::from_secs(1);
+        let update = standby.update_at(1, Seen::Reachable(rival), 0, 1, later);
+        assert_eq!(update, Some(Change::Yielded));
         assert!(!standby.is_resuming());
         assert_eq!(standby.active_hub().as_deref(), Some("b"));
         assert!(standby.refusal().contains("the active hub is b"), "{}", standby.refusal());
@@ -586,7 +628,8 @@ mod tests {
     fn heartbeats_keep_a_quiet_hub_from_looking_paused() {
         let standby = Standby::new(vec!["a".into()], STALL);
         let start = Instant::now();
-        assert_eq!(standby.update_at(0, Seen::Unreachable, 0, start), Some(Change::BecameActive));
+        let update = standby.update_at(0, Seen::Unreachable, 0, 0, start);
+        assert_eq!(update, Some(Change::BecameActive));
         for second in 1..=10 {
             standby.beat(start + Duration::from_secs(second));
         }
