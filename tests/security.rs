@@ -259,8 +259,9 @@ async fn idle_unauthenticated_sockets_are_closed_at_the_deadline_while_servers_c
 }
 
 /// 1,100 connections that open with `PeerStatus` and repeat it every second, as a peer hub's
-/// status link would, are held to the handshake deadline like any unauthenticated connection
-/// (there are more of them than `max_connections`), and a new app server registers meanwhile.
+/// status link once did, are held to the handshake deadline like any unauthenticated connection
+/// (here they are refused at once: a status link must open with an authenticated `PeerHello`),
+/// though there are more of them than `max_connections`; a new app server registers meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_status_floods_are_closed_within_the_handshake_deadline_and_servers_still_register() {
     const FLOOD: usize = 1100;

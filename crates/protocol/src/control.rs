@@ -251,7 +251,8 @@ pub struct Load {
 pub struct HubStatus {
     /// The hub accepts registrations (it is active), or refuses them (standby).
     pub active: bool,
-    /// App servers registered with it: of two active hubs, the one with fewer yields.
+    /// App servers connected to it now (none while it resumes from a pause): of two active
+    /// hubs, the one with fewer yields.
     pub servers: u32,
     /// When the hub process started (nanoseconds since the Unix epoch): of two hubs otherwise
     /// equal, the older one is preferred.
