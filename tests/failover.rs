@@ -585,7 +585,15 @@ async fn a_paused_primary_does_not_pull_its_servers_back() {
 async fn a_standby_says_so_and_names_the_active_hub() {
     let (primary, standby, addrs) = cluster_of_two().await;
     let active = addrs[0].to_string();
-    let hub = standby.get("/api/hub").await;
+    // A standby from its start, it names the active hub once it has asked it.
+    let deadline = Instant::now() + PATIENCE;
+    let hub = loop {
+        let hub = standby.get("/api/hub").await;
+        if !hub["active_hub"].is_null() || Instant::now() > deadline {
+            break hub;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(hub["role"], "standby", "{hub}");
     assert_eq!(hub["active_hub"], active.as_str(), "{hub}");
     let summary = standby.get("/api/summary").await;
