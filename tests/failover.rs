@@ -49,8 +49,19 @@ struct HubProc {
 impl HubProc {
     /// Starts `acms` on `addr` with the cluster `peers`, and waits until it listens.
     async fn start(name: &str, addr: SocketAddr, peers: &[SocketAddr]) -> Self {
+        Self::start_with(name, addr, peers, "").await
+    }
+
+    /// As [`Self::start`], with `toml` as its configuration file (the flags win over it).
+    async fn start_with(name: &str, addr: SocketAddr, peers: &[SocketAddr], toml: &str) -> Self {
         let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
-        let mut child = Command::new(program("acms"))
+        let mut command = Command::new(program("acms"));
+        let config = tempfile::NamedTempFile::new().expect("a config file");
+        if !toml.is_empty() {
+            std::fs::write(config.path(), toml).expect("write the config file");
+            command.arg("--config").arg(config.path());
+        }
+        let mut child = command
             .args(["--transfer", &addr.to_string(), "--peers", &peers.join(",")])
             .args(["--admin", "127.0.0.1:0"])
             .env("ACMS_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -74,6 +85,8 @@ impl HubProc {
         });
         let admin = "127.0.0.1:0".parse().expect("an address");
         let mut hub = Self { addr, admin, child, lines };
+        // Read at start; the file may go once the hub listens.
+        let _config = config;
         let (mut transfer, mut admin) = (false, None);
         while !transfer || admin.is_none() {
             let line = hub.wait_line("").await;
@@ -547,7 +560,15 @@ fn moves(cluster: &Cluster) -> Arc<Mutex<Vec<LinkState>>> {
 /// stay on the standby (no move back, no flapping) and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_primary_does_not_pull_its_servers_back() {
-    let (mut primary, _standby, addrs) = cluster_of_two().await;
+    // A server that tries the paused primary again waits out its handshake timeout (3 s) in the
+    // primary's accept queue before it reaches the standby: a settle window longer than that
+    // holds frames for its users meanwhile rather than returning them undeliverable.
+    let addrs = vec![free_addr(), free_addr()];
+    let settle = "[transfer]\nsettle = \"6s\"\n";
+    let mut primary = HubProc::start_with("primary", addrs[0], &addrs, settle).await;
+    wait_status(addrs[0], true, 0).await;
+    let _standby = HubProc::start_with("standby", addrs[1], &addrs, settle).await;
+    wait_status(addrs[1], false, 0).await;
     let traffic = Traffic::start(&addrs, 5).await;
     traffic.wait_received(3_000).await;
     primary.signal("STOP").await;
