@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use acms_appserver::{Cluster, Event, Events, LinkState, Outgoing, ServerId};
-use acms_protocol::{Codec, Control, Frame, HubStatus};
-use acms_tests::process::{ADMIN_TOKEN, program};
+use acms_protocol::{Codec, Control, Frame, HubStatus, PROTOCOL_VERSION, PeerHello};
+use acms_tests::http::request;
+use acms_tests::process::{ADMIN_TOKEN, field_addr, program};
 use acms_tests::{PATIENCE, user, wait_link};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -39,6 +40,8 @@ fn free_addr() -> SocketAddr {
 /// A running `acms` process; killed when dropped.
 struct HubProc {
     addr: SocketAddr,
+    /// Its admin HTTP API.
+    admin: SocketAddr,
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
 }
@@ -46,8 +49,19 @@ struct HubProc {
 impl HubProc {
     /// Starts `acms` on `addr` with the cluster `peers`, and waits until it listens.
     async fn start(name: &str, addr: SocketAddr, peers: &[SocketAddr]) -> Self {
+        Self::start_with(name, addr, peers, "").await
+    }
+
+    /// As [`Self::start`], with `toml` as its configuration file (the flags win over it).
+    async fn start_with(name: &str, addr: SocketAddr, peers: &[SocketAddr], toml: &str) -> Self {
         let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
-        let mut child = Command::new(program("acms"))
+        let mut command = Command::new(program("acms"));
+        let config = tempfile::NamedTempFile::new().expect("a config file");
+        if !toml.is_empty() {
+            std::fs::write(config.path(), toml).expect("write the config file");
+            command.arg("--config").arg(config.path());
+        }
+        let mut child = command
             .args(["--transfer", &addr.to_string(), "--peers", &peers.join(",")])
             .args(["--admin", "127.0.0.1:0"])
             .env("ACMS_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -69,9 +83,38 @@ impl HubProc {
                 let _ = tx.send(line);
             }
         });
-        let mut hub = Self { addr, child, lines };
-        hub.wait_line("accepting app servers").await;
+        let admin = "127.0.0.1:0".parse().expect("an address");
+        let mut hub = Self { addr, admin, child, lines };
+        // Read at start; the file may go once the hub listens.
+        let _config = config;
+        let (mut transfer, mut admin) = (false, None);
+        while !transfer || admin.is_none() {
+            let line = hub.wait_line("").await;
+            if line.contains("admin HTTP API listening") {
+                admin = Some(field_addr(&line, "admin"));
+            }
+            transfer |= line.contains("accepting app servers");
+        }
+        hub.admin = admin.expect("the admin address");
         hub
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to this process, by its id.
+    async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the hub is running");
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// `GET path` on its admin API, as JSON.
+    async fn get(&self, path: &str) -> serde_json::Value {
+        let reply = request(self.admin, "GET", path, &[], None).await;
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
+        reply.json()
     }
 
     /// Waits for a log line containing `text`.
@@ -97,7 +140,9 @@ impl HubProc {
 async fn status(addr: SocketAddr) -> Option<HubStatus> {
     let ask = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
-        let bytes = Frame::Control(Control::PeerStatus).to_bytes(4096).ok()?;
+        // No secret on these hubs: a loopback peer is admitted without one.
+        let hello = PeerHello { version: PROTOCOL_VERSION, nonce: None };
+        let bytes = Frame::Control(Control::PeerHello(hello)).to_bytes(4096).ok()?;
         stream.write_all(&bytes).await.ok()?;
         let (mut buf, mut codec) = (BytesMut::new(), Codec::new(4096));
         loop {
@@ -493,4 +538,189 @@ async fn a_silent_cut_is_noticed_by_keepalives() {
     // The path is whole again for new connections: the server comes back by itself.
     wait_link(&cluster, LinkState::Connected).await;
     cluster.close().await;
+}
+
+/// Sends a server's link-state changes from now on into a vector, to tell whether it moved.
+fn moves(cluster: &Cluster) -> Arc<Mutex<Vec<LinkState>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut link = cluster.link_state();
+    link.borrow_and_update();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while link.changed().await.is_ok() {
+            let state = *link.borrow_and_update();
+            record.lock().unwrap().push(state);
+        }
+    });
+    seen
+}
+
+/// A primary paused (SIGSTOP) long enough for its servers to move to the standby, then resumed
+/// (SIGCONT): it must not count the registrations that died while it was paused, so the servers
+/// stay on the standby (no move back, no flapping) and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_primary_does_not_pull_its_servers_back() {
+    // A server that tries the paused primary again waits out its handshake timeout (3 s) in the
+    // primary's accept queue before it reaches the standby: a settle window longer than that
+    // holds frames for its users meanwhile rather than returning them undeliverable.
+    let addrs = vec![free_addr(), free_addr()];
+    let settle = "[transfer]\nsettle = \"6s\"\n";
+    let mut primary = HubProc::start_with("primary", addrs[0], &addrs, settle).await;
+    wait_status(addrs[0], true, 0).await;
+    let _standby = HubProc::start_with("standby", addrs[1], &addrs, settle).await;
+    wait_status(addrs[1], false, 0).await;
+    let traffic = Traffic::start(&addrs, 5).await;
+    traffic.wait_received(3_000).await;
+    primary.signal("STOP").await;
+    let standby_addr = addrs[1].to_string();
+    acms_tests::eventually("every server on the standby", || {
+        traffic.hubs().iter().all(|hub| hub.as_deref() == Some(standby_addr.as_str()))
+    })
+    .await;
+    wait_status(addrs[1], true, SERVERS).await;
+    let moved: Vec<_> = traffic.clusters.iter().map(moves).collect();
+
+    primary.signal("CONT").await;
+    // The primary is heard from again, and finds the hub that took over.
+    primary.wait_line("peer hub reachable").await;
+    wait_status(addrs[0], false, 0).await;
+    for _ in 0..4 {
+        traffic.wait_received(3_000).await;
+        assert_eq!(
+            status(addrs[1]).await.map(|status| (status.active, status.servers)),
+            Some((true, SERVERS)),
+            "the standby keeps every server"
+        );
+        let hubs = traffic.hubs();
+        assert!(hubs.iter().all(|hub| hub.as_deref() == Some(standby_addr.as_str())), "{hubs:?}");
+    }
+    let moved: Vec<Vec<LinkState>> =
+        moved.iter().map(|seen| seen.lock().unwrap().clone()).collect();
+    assert!(moved.iter().all(Vec::is_empty), "servers moved after the primary resumed: {moved:?}");
+    traffic.finish().await;
+}
+
+/// A standby's admin API says it is a standby and names the active hub; the active hub says it
+/// is active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_says_so_and_names_the_active_hub() {
+    let (primary, standby, addrs) = cluster_of_two().await;
+    let active = addrs[0].to_string();
+    // A standby from its start, it names the active hub once it has asked it.
+    let deadline = Instant::now() + PATIENCE;
+    let hub = loop {
+        let hub = standby.get("/api/hub").await;
+        if !hub["active_hub"].is_null() || Instant::now() > deadline {
+            break hub;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(hub["role"], "standby", "{hub}");
+    assert_eq!(hub["active_hub"], active.as_str(), "{hub}");
+    let summary = standby.get("/api/summary").await;
+    assert_eq!(
+        (summary["role"].as_str(), summary["active_hub"].as_str()),
+        (Some("standby"), Some(active.as_str())),
+        "{summary}"
+    );
+    let hub = primary.get("/api/hub").await;
+    assert_eq!(
+        (hub["role"].as_str(), hub["active_hub"].as_str()),
+        (Some("active"), Some(active.as_str())),
+        "{hub}"
+    );
+    let peers = hub["peers"].as_array().expect("a list of peers");
+    assert_eq!(peers.len(), 2, "{hub}");
+    let metrics = request(standby.admin, "GET", "/metrics", &[], None).await;
+    assert!(metrics.body.contains("acms_hub_active 0"), "{}", metrics.body);
+    let metrics = request(primary.admin, "GET", "/metrics", &[], None).await;
+    assert!(metrics.body.contains("acms_hub_active 1"), "{}", metrics.body);
+}
+
+/// Accepts connections for `target` but closes each at once until opened, then forwards them:
+/// holds an app server back from a hub for as long as a test needs.
+struct Gate {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+}
+
+impl Gate {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gate");
+        let addr = listener.local_addr().expect("gate addr");
+        let open = Arc::new(AtomicBool::new(false));
+        let is_open = open.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if !is_open.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(target).await else { continue };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                let never = Arc::new(AtomicU64::new(0));
+                tokio::spawn(pipe(in_read, out_write, 0, never.clone()));
+                tokio::spawn(pipe(out_read, in_write, 0, never));
+            }
+        });
+        Self { addr, open }
+    }
+}
+
+/// The next presence event of `events`, skipping others.
+async fn next_presence(events: &mut Events) -> (String, Option<ServerId>) {
+    loop {
+        let event = timeout(PATIENCE, events.recv()).await.expect("an event in time");
+        if let Some(Event::Presence { user, server }) = event {
+            return (user.as_str().to_owned(), server);
+        }
+    }
+}
+
+/// A watcher whose server reaches the new hub before the watched user's server does hears no
+/// false `offline` for that user: bob's server is only moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_hears_no_false_offline_across_a_failover() {
+    let (mut primary, _standby, addrs) = cluster_of_two().await;
+    let start = |id: u32, hubs: Vec<String>| {
+        Cluster::builder(ServerId(id), "")
+            .hubs(hubs)
+            .client_addr(format!("127.0.0.1:{}", 7100 + id))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
+            .start()
+    };
+    let (watcher, mut events) = start(0, addrs.iter().map(ToString::to_string).collect());
+    // Bob's server reaches the standby only through a gate the test opens.
+    let gate = Gate::start(addrs[1]).await;
+    let (bobs, _bob_events) = start(1, vec![addrs[0].to_string(), gate.addr.to_string()]);
+    wait_link(&watcher, LinkState::Connected).await;
+    wait_link(&bobs, LinkState::Connected).await;
+    bobs.login(user("bob")).await.expect("login");
+    timeout(PATIENCE, bobs.flush()).await.expect("flush in time").expect("flush");
+    watcher.watch([user("bob")]).await.expect("watch");
+    assert_eq!(next_presence(&mut events).await, ("bob".to_owned(), Some(ServerId(1))));
+
+    primary.kill().await;
+    let standby_addr = addrs[1].to_string();
+    acms_tests::eventually("the watcher on the standby", || {
+        watcher.hub().as_deref() == Some(standby_addr.as_str())
+    })
+    .await;
+    // The new hub has the watcher's watch (a flush waits for the hub's answer to all before it)
+    // before bob's server could register there.
+    timeout(PATIENCE, watcher.flush()).await.expect("flush in time").expect("flush");
+    gate.open.store(true, Ordering::SeqCst);
+    let gate_addr = gate.addr.to_string();
+    acms_tests::eventually("bob's server on the standby", || {
+        bobs.hub().as_deref() == Some(gate_addr.as_str())
+    })
+    .await;
+    let seen = next_presence(&mut events).await;
+    assert_eq!(
+        seen,
+        ("bob".to_owned(), Some(ServerId(1))),
+        "bob is reported offline while his server moves"
+    );
+    watcher.close().await;
+    bobs.close().await;
 }

@@ -258,6 +258,104 @@ async fn idle_unauthenticated_sockets_are_closed_at_the_deadline_while_servers_c
     hub.wait_for(2, 2).await;
 }
 
+/// 1,100 connections that open with `PeerStatus` and repeat it every second, as a peer hub's
+/// status link once did, are held to the handshake deadline like any unauthenticated connection
+/// (here they are refused at once: a status link must open with an authenticated `PeerHello`),
+/// though there are more of them than `max_connections`; a new app server registers meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_status_floods_are_closed_within_the_handshake_deadline_and_servers_still_register() {
+    const FLOOD: usize = 1100;
+    rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit");
+    // No secret and no peers: the loopback rule, the case every default hub is in.
+    let config = HubConfig { handshake_timeout: Duration::from_millis(500), ..hub_config(None) };
+    let hub = start_hub(config).await;
+    let ask = Frame::Control(Control::PeerStatus).to_bytes(4096).unwrap();
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        let mut socket = TcpStream::connect(hub.addr).await.expect("connect a flooding socket");
+        socket.write_all(&ask).await.expect("send PeerStatus");
+        let ask = ask.clone();
+        // Asks again every second until the hub closes the socket; true once it did.
+        flood.push(tokio::spawn(async move {
+            let asking = async {
+                let mut scratch = vec![0; 4096];
+                loop {
+                    tokio::select! {
+                        read = socket.read(&mut scratch) => match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        },
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                            if socket.write_all(&ask).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            // Longer than the server below waits to register: the flood outlasts that wait.
+            tokio::time::timeout(2 * PATIENCE, asking).await.is_ok()
+        }));
+    }
+    // A new server gets a slot once the flood's are taken back.
+    let server = TestServer::start(1, hub.addr).await;
+    server.login(&["alice"]).await;
+    let mut closed = 0;
+    for socket in flood {
+        closed += usize::from(socket.await.unwrap());
+    }
+    assert_eq!(closed, FLOOD, "every PeerStatus-only connection is closed");
+    assert!(hub.hub.stats().refused_connections >= FLOOD as u64);
+    hub.wait_for(1, 1).await;
+}
+
+/// A peer hub's status link authenticates like an app server: a hub with the cluster's secret
+/// watches another (and finds it active), a hub with another secret is refused and counts the
+/// peer unreachable, and links past `max_peer_links` are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_hubs_prove_the_secret_and_count_against_their_own_limit() {
+    let config = HubConfig { max_peer_links: 1, ..hub_config(Some(SECRET)) };
+    let active = start_hub(config).await;
+    let peers = vec![active.addr.to_string()];
+    let watcher = start_hub(HubConfig { peers: peers.clone(), ..hub_config(Some(SECRET)) }).await;
+    let standby = watcher.hub.standby();
+    eventually("the watcher to find the active hub", || {
+        standby.active_hub() == Some(active.addr.to_string())
+    })
+    .await;
+    assert!(!standby.is_active());
+
+    // Another secret: refused by the hub it watches, which it therefore counts unreachable.
+    let stranger =
+        start_hub(HubConfig { peers, ..hub_config(Some("another cluster's secret")) }).await;
+    eventually("the stranger to give up on the peer", || stranger.hub.standby().is_active()).await;
+    assert_eq!(
+        stranger.hub.standby().peers(),
+        [(active.addr.to_string(), acms::standby::Seen::Unreachable)]
+    );
+    eventually("the refusals counted", || active.hub.stats().unauthorized >= 1).await;
+    assert_eq!(standby.active_hub(), Some(active.addr.to_string()), "the right one still watches");
+
+    // A loopback hub with no secret, one peer link allowed: the second is refused.
+    let open = start_hub(HubConfig { max_peer_links: 1, ..hub_config(None) }).await;
+    let peer_hello = Frame::Control(Control::PeerHello(acms_protocol::PeerHello {
+        version: PROTOCOL_VERSION,
+        nonce: None,
+    }));
+    let mut first = raw_peer(&open).await;
+    first.send(peer_hello.clone()).await.unwrap();
+    let answer = next_frame(&mut first).await;
+    assert!(matches!(answer, Some(Frame::Control(Control::HubStatus(_)))), "{answer:?}");
+    let mut second = raw_peer(&open).await;
+    second.send(peer_hello).await.unwrap();
+    let reason = expect_refusal(&mut second, ErrorCode::Unavailable).await;
+    assert!(reason.contains("max_peer_links"), "{reason}");
+    // A status request on the first link is still answered.
+    first.send(Frame::Control(Control::PeerStatus)).await.unwrap();
+    let answer = next_frame(&mut first).await;
+    assert!(matches!(answer, Some(Frame::Control(Control::HubStatus(_)))), "{answer:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // TLS
 // ---------------------------------------------------------------------------------------------

@@ -834,6 +834,7 @@ impl Modify for BearerScheme {
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/servers"),
     ("get", "/api/summary"),
+    ("get", "/api/hub"),
     ("get", "/api/assign"),
     ("get", "/api/users"),
     ("get", "/api/users/{id}"),

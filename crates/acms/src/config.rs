@@ -136,6 +136,9 @@ pub struct HubConfig {
     /// (docs/FAILOVER.md). Empty: the hub is alone and always active. The hub's own address may be
     /// listed too, so every hub can share one list; it recognises and skips itself.
     pub peers: Vec<String>,
+    /// Most peer hubs' status links open at once (each peer of a cluster keeps one). A peer hub
+    /// past it is refused, with a log line; its links are authenticated like app servers first.
+    pub max_peer_links: usize,
     /// How often a hub asks each peer for its status.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
@@ -193,6 +196,7 @@ impl Default for HubConfig {
             settle: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
             peers: Vec::new(),
+            max_peer_links: 16,
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(3),
             login_conflict: LoginConflict::Replace,

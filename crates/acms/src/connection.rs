@@ -9,6 +9,8 @@
 //! `Hello`, then the shared-secret challenge (or, with no secret, the loopback rule), all within
 //! one deadline and under a small frame limit.
 
+mod peer;
+
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use acms_protocol::{
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) watches: Watches,
     pub(crate) pushes: Pushes,
     pub(crate) metrics: RelayMetrics,
+    /// The peer hubs' status links open now, at most `max_peer_links`.
+    pub(crate) peer_links: Arc<Semaphore>,
 }
 
 /// Why a connection ended.
@@ -121,6 +126,8 @@ struct Connection {
     client_verified: bool,
     /// Set once registered.
     server: Option<ServerId>,
+    /// The connection opened with `PeerHello`: a peer hub, not an app server.
+    peer_hub: bool,
     /// The users this AS has online, so they leave the directory with it: the hub's record of
     /// what the AS claims. A user who moved to another AS since stays in it while this AS still
     /// claims them (the directory lists them under the other AS only), so the digests agree.
@@ -155,8 +162,9 @@ struct Connection {
 enum Opened {
     /// A registered app server.
     Server,
-    /// A peer hub watching this one; the codec of the handshake stays in force.
-    Peer(Codec),
+    /// A peer hub watching this one; the codec of the handshake stays in force, and the
+    /// peer-link slot is held as long as the link.
+    Peer(Codec, OwnedSemaphorePermit),
 }
 
 /// Frames routed to one server that still lie at the start of the read buffer.
@@ -251,6 +259,7 @@ pub(crate) async fn serve(
         handshake_deadline,
         client_verified,
         server: None,
+        peer_hub: false,
         users: HashSet::new(),
         digest: UserDigest::default(),
         resyncing: None,
@@ -312,6 +321,7 @@ async fn end_settle(shared: Arc<Shared>) {
         tokio::time::sleep_until(ends.into()).await;
     }
     ask_to_resend(&shared, shared.registry.take_unclaimed());
+    presence::settled(&shared);
 }
 
 fn ask_to_resend(shared: &Shared, held: std::collections::HashMap<ServerId, u64>) {
@@ -398,7 +408,7 @@ impl Connection {
     async fn run(&mut self) -> Close {
         match self.handshake().await {
             Ok(Opened::Server) => {}
-            Ok(Opened::Peer(codec)) => return self.answer_peer(codec).await,
+            Ok(Opened::Peer(codec, _slot)) => return self.answer_peer(codec).await,
             Err(close) => return close,
         }
         loop {
@@ -448,31 +458,6 @@ impl Connection {
             Close::Standby
         } else {
             Close::SlowConsumer
-        }
-    }
-
-    /// Answers a peer hub's status requests until it goes away or falls silent: the link it
-    /// watches this hub over (docs/FAILOVER.md). Nothing else is accepted on it.
-    async fn answer_peer(&mut self, mut codec: Codec) -> Close {
-        debug!("peer hub watching this hub");
-        let timeout = self.shared.config.keepalive_timeout;
-        loop {
-            let status = self.shared.standby.status(self.shared.registry.servers().len());
-            if let Err(close) = self.send(Control::HubStatus(status)) {
-                return close;
-            }
-            match tokio::time::timeout(timeout, self.handshake_message(&mut codec)).await {
-                Err(_) => return Close::Idle,
-                Ok(Ok(Control::PeerStatus)) => {}
-                Ok(Ok(_)) => {
-                    return Close::refused(
-                        ErrorCode::Malformed,
-                        "a peer hub's link carries only PeerStatus",
-                    );
-                }
-                Ok(Err(Close::PeerClosed)) => return Close::PeerHub,
-                Ok(Err(close)) => return close,
-            }
         }
     }
 
@@ -731,8 +716,8 @@ impl Connection {
         }
     }
 
-    /// Authenticates and registers the AS, all within the handshake deadline; or finds a peer
-    /// hub asking for this hub's status.
+    /// Authenticates and registers the AS, or authenticates a peer hub asking for this hub's
+    /// status, all within the handshake deadline, whatever the peer sends.
     async fn handshake(&mut self) -> Result<Opened, Close> {
         let timeout = self.shared.config.handshake_timeout;
         match tokio::time::timeout_at(self.handshake_deadline, self.authenticate()).await {
@@ -748,7 +733,17 @@ impl Connection {
         let mut codec = Codec::new(HANDSHAKE_MAX_FRAME_LEN.min(self.codec.max_frame_len()));
         let hello = match self.handshake_message(&mut codec).await? {
             Control::Hello(hello) => hello,
-            Control::PeerStatus => return Ok(Opened::Peer(codec)),
+            Control::PeerHello(hello) => {
+                let slot = self.authenticate_peer(hello, &mut codec).await?;
+                return Ok(Opened::Peer(codec, slot));
+            }
+            Control::PeerStatus => {
+                return Err(Close::refused(
+                    ErrorCode::Unauthorized,
+                    "PeerStatus before PeerHello: a peer hub authenticates first, as an app \
+                     server does (docs/FAILOVER.md)",
+                ));
+            }
             _ => {
                 return Err(Close::refused(
                     ErrorCode::Unauthorized,
@@ -785,10 +780,18 @@ impl Connection {
         };
         let client_addr = info.client_addr.clone();
         let id = info.id;
+        let welcome = Frame::Control(Control::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            max_frame_len: self.codec.max_frame_len() as u32,
+            max_users: u32::try_from(self.shared.config.max_users_per_server).unwrap_or(u32::MAX),
+            max_groups: u32::try_from(self.shared.config.max_groups_per_server).unwrap_or(u32::MAX),
+        }))
+        .to_bytes(self.codec.max_frame_len())?;
+        // Queued by the registry before another connection can push to this AS.
         let registration = self
             .shared
             .registry
-            .register(info, hello.epoch, self.outbox.clone(), self.closer.clone())
+            .register(info, hello.epoch, self.outbox.clone(), self.closer.clone(), Some(welcome))
             .map_err(|err| Close::refused(ErrorCode::DuplicateServer, err.to_string()))?;
         self.server = Some(id);
         self.stale_users = registration.stale_users;
@@ -804,12 +807,6 @@ impl Connection {
         if registration.first {
             tokio::spawn(end_settle(self.shared.clone()));
         }
-        self.send(Control::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
-            max_frame_len: self.codec.max_frame_len() as u32,
-            max_users: u32::try_from(self.shared.config.max_users_per_server).unwrap_or(u32::MAX),
-            max_groups: u32::try_from(self.shared.config.max_groups_per_server).unwrap_or(u32::MAX),
-        }))?;
         self.outbox.keep_alive();
         let peers = self.shared.registry.peers(id);
         let hub = ServerEpoch { id: ServerId::HUB, epoch: self.shared.pushes.epoch() };
@@ -942,6 +939,7 @@ impl Connection {
                 | Control::Challenge(_)
                 | Control::Auth { .. }
                 | Control::PeerStatus
+                | Control::PeerHello(_)
                 | Control::HubStatus(_) => Err(Close::refused(
                     ErrorCode::Malformed,
                     "handshake message after the handshake",
@@ -1190,6 +1188,13 @@ impl Connection {
             self.shared.watches.watch(server, user.clone());
             self.watching.insert(user.clone());
             let located = self.shared.registry.locate(user.as_str());
+            // Offline in the settle window may only mean "not resynced yet": held until it ends.
+            if located.is_none()
+                && self.shared.registry.settling()
+                && self.shared.watches.hold_offline(server, user.clone())
+            {
+                continue;
+            }
             self.send(Control::Presence { user, server: located })?;
         }
         Ok(())
@@ -1267,7 +1272,9 @@ impl Connection {
                 if code == ErrorCode::Unauthorized {
                     stats.unauthorized();
                 }
-                if code == ErrorCode::Unavailable && self.server.is_none() {
+                if self.peer_hub {
+                    warn!(?code, %reason, "refusing peer hub");
+                } else if code == ErrorCode::Unavailable && self.server.is_none() {
                     // A standby turning app servers away is doing its job.
                     info!(?code, %reason, "refusing app server");
                 } else {

@@ -1,6 +1,8 @@
 //! The live dashboard at `GET /`: one HTML page with its CSS and JS inline, compiled into the
 //! binary so an operator needs nothing but the hub (no CDN, no files beside it). The page polls
 //! `GET /api/servers` and `GET /api/summary` and keeps the last ten minutes for its charts.
+//! `GET /api/hub` tells whether this hub is the active one of its cluster or a standby, and
+//! which hub is active: a standby's cluster looks empty, and that is why.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,13 +15,18 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::hub::Hub;
+use crate::standby::{Role, Seen};
 
 /// The page: markup, styles and script in one file.
 const PAGE: &str = include_str!("../assets/dashboard.html");
 
 /// The dashboard's routes. They only read, so they need no token.
 pub fn router(hub: Hub) -> Router {
-    Router::new().route("/", get(page)).route("/api/summary", get(summary)).with_state(hub)
+    Router::new()
+        .route("/", get(page))
+        .route("/api/summary", get(summary))
+        .route("/api/hub", get(hub_view))
+        .with_state(hub)
 }
 
 async fn page() -> Response {
@@ -37,6 +44,12 @@ async fn page() -> Response {
 pub struct Summary {
     /// When this was taken, in seconds since the Unix epoch, to divide counter deltas by.
     pub time: f64,
+    /// Whether this hub accepts app servers (`active`) or refuses them (`standby`): a standby's
+    /// cluster is empty because the servers are on the active hub.
+    pub role: HubRole,
+    /// The active hub's address as listed in `peers` (this hub's own when it is active and
+    /// listed); null while a standby is still deciding, or for a hub with no peers.
+    pub active_hub: Option<String>,
     /// Registered app servers, connected or away within their grace.
     pub servers: u64,
     /// Of those, the ones connected now.
@@ -64,6 +77,8 @@ async fn summary(State(hub): State<Hub>) -> Json<Summary> {
     let time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |now| now.as_secs_f64());
     Json(Summary {
         time,
+        role: hub.standby().role().into(),
+        active_hub: hub.standby().active_hub(),
         servers: servers.len() as u64,
         connected: connected as u64,
         users: registry.user_count() as u64,
@@ -74,7 +89,100 @@ async fn summary(State(hub): State<Hub>) -> Json<Summary> {
     })
 }
 
+/// Whether a hub accepts app servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HubRole {
+    /// Accepts app servers.
+    Active,
+    /// Refuses them: another hub of the cluster is active (docs/FAILOVER.md).
+    Standby,
+}
+
+impl From<Role> for HubRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Active => Self::Active,
+            Role::Standby => Self::Standby,
+        }
+    }
+}
+
+/// What a hub knows of one of its configured peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// Not asked yet (or not since this hub was paused).
+    Unknown,
+    /// Did not answer, or refused this hub.
+    Unreachable,
+    /// This hub's own address.
+    Myself,
+    /// Answered: it accepts app servers.
+    Active,
+    /// Answered: it refuses them.
+    Standby,
+}
+
+/// One configured peer hub.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeerHubView {
+    /// Its address, as configured in `peers`.
+    pub addr: String,
+    /// What this hub knows of it.
+    pub state: PeerState,
+    /// The live app servers it reported; null unless it answered.
+    pub servers: Option<u32>,
+}
+
+/// This hub's place in its cluster.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HubView {
+    /// Active or standby.
+    pub role: HubRole,
+    /// The active hub's address as listed in `peers` (see [`Summary::active_hub`]).
+    pub active_hub: Option<String>,
+    /// App servers connected to this hub now.
+    pub servers: u64,
+    /// This hub was paused (or starved) past `keepalive_timeout` and has not yet heard from
+    /// every peer again; meanwhile it counts none of its servers.
+    pub resuming: bool,
+    /// Every configured peer hub, in the configured order; empty for a hub alone.
+    pub peers: Vec<PeerHubView>,
+}
+
+/// Whether this hub is active or standby, which hub is active, and what it knows of its peers.
+#[utoipa::path(get, path = "/api/hub", tag = "read",
+    responses((status = 200, description = "this hub's role in its cluster", body = HubView)))]
+async fn hub_view(State(hub): State<Hub>) -> Json<HubView> {
+    let standby = hub.standby();
+    let peers = standby
+        .peers()
+        .into_iter()
+        .map(|(addr, seen)| {
+            let (state, servers) = match seen {
+                Seen::Unknown => (PeerState::Unknown, None),
+                Seen::Unreachable => (PeerState::Unreachable, None),
+                Seen::Myself => (PeerState::Myself, None),
+                Seen::Reachable(view) if view.active => (PeerState::Active, Some(view.servers)),
+                Seen::Reachable(view) => (PeerState::Standby, Some(view.servers)),
+            };
+            PeerHubView { addr, state, servers }
+        })
+        .collect();
+    Json(HubView {
+        role: standby.role().into(),
+        active_hub: standby.active_hub(),
+        servers: hub.registry().connected_count() as u64,
+        resuming: standby.is_resuming(),
+        peers,
+    })
+}
+
 /// The dashboard's part of the OpenAPI document, merged into the admin API's.
 #[derive(OpenApi)]
-#[openapi(paths(summary), components(schemas(Summary)))]
+#[openapi(
+    paths(summary, hub_view),
+    components(schemas(Summary, HubRole, HubView, PeerHubView, PeerState))
+)]
 pub struct DashboardDoc;

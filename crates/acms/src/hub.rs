@@ -38,7 +38,8 @@ impl Hub {
 
     fn with_optional_tls(config: HubConfig, tls: Option<ServerTls>) -> Self {
         let registry = Registry::new(config.settle).with_login_conflict(config.login_conflict);
-        let standby = Standby::new(config.peers.clone());
+        let standby = Standby::new(config.peers.clone(), config.keepalive_timeout);
+        let peer_links = Arc::new(Semaphore::new(config.max_peer_links));
         let watches = Default::default();
         let groups = Groups::default();
         let shared = Shared {
@@ -51,6 +52,7 @@ impl Hub {
             watches,
             pushes: Default::default(),
             metrics: Default::default(),
+            peer_links,
         };
         Self { shared: Arc::new(shared) }
     }
@@ -129,6 +131,7 @@ impl Hub {
             );
         }
         if !config.peers.is_empty() {
+            tracker.spawn(standby::heartbeat(self.shared.clone(), shutdown.clone()));
             info!(peers = ?config.peers, "standby until the peer hubs are asked which one is active");
         }
         let slots = Arc::new(Semaphore::new(config.max_connections));

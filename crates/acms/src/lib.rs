@@ -9,14 +9,16 @@
 //! - [`admin`]: the admin HTTP API (JSON, bearer token, OpenAPI document) and `/metrics`.
 //! - [`admin_server`]: the admin API's HTTP server: header-read deadline, connection cap.
 //! - [`assign`]: which app server a new client should use, by the configured policy.
-//! - [`dashboard`]: the live dashboard page at `GET /` (embedded) and `GET /api/summary`.
+//! - [`dashboard`]: the live dashboard page at `GET /` (embedded), `GET /api/summary` and
+//!   `GET /api/hub` (active or standby, and which hub is active).
 //! - [`metrics`]: the Prometheus text rendering of the hub's counters.
 //! - `push`: frames the hub originates itself (pushes from the admin API) and their acks.
 //! - [`config`]: settings with their defaults, read from TOML by the binary.
 //! - `auth`: who may join a hub that has no shared secret (the loopback rule).
 //! - [`tls`]: optional TLS on the transfer port ([`ServerTls`]).
 //! - [`hub`]: [`Hub`], the accept loop with its connection cap and graceful shutdown.
-//! - `connection`: one AS connection: handshake, reader loop, frame handling.
+//! - `connection`: one AS connection: handshake, reader loop, frame handling; its `peer`
+//!   submodule serves a peer hub's authenticated status link.
 //! - [`outbox`]: the byte-bounded queue in front of each connection and its batching writer task.
 //! - [`registry`]: the AS registry and the user directory, behind synchronous methods.
 //! - `forwarded`: the lowest sequence number each origin forwarded to each AS connection, for

@@ -69,6 +69,11 @@ pub fn render(hub: &Hub) -> String {
         gauge(servers.len()),
     );
     registry.register(
+        "hub_active",
+        "1 while this hub is the active one of its cluster and accepts app servers, 0 while standby",
+        gauge(usize::from(hub.standby().is_active())),
+    );
+    registry.register(
         "users_online",
         "Users online in the cluster",
         gauge(registry_now.user_count()),

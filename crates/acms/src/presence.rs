@@ -4,6 +4,14 @@
 //! Soft state like the directory (DESIGN.md, principle 1): an AS sends its whole watch list again
 //! after every (re)connect, and its watches leave with its connection. The directory itself stays
 //! the only record of where users are; a watch just names who is told of its changes.
+//!
+//! In the settle window after a hub's first registration (a start, or a failover to it) the
+//! directory is still filling: a watched user nobody has yet may be on a server that has not
+//! resynced. The answer `offline` to a watch is then held until the window ends, and sent only if
+//! still true, so a user whose server is moving is never reported offline to their watchers.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use acms_protocol::{Control, ServerId, UserId};
 use dashmap::DashMap;
@@ -17,6 +25,16 @@ use crate::registry::{Change, Left};
 #[derive(Debug, Default)]
 pub(crate) struct Watches {
     by_user: DashMap<UserId, Vec<ServerId>, foldhash::fast::RandomState>,
+    held: Mutex<Held>,
+}
+
+/// Answers `offline` held in the settle window.
+#[derive(Debug, Default)]
+struct Held {
+    /// The window ended: nothing is held any more.
+    ended: bool,
+    /// (watcher, watched user), each at most once: bounded by the watches themselves.
+    answers: HashSet<(ServerId, UserId)>,
 }
 
 impl Watches {
@@ -40,6 +58,50 @@ impl Watches {
     fn watchers(&self, user: &str) -> Vec<ServerId> {
         self.by_user.get(user).map(|watchers| watchers.clone()).unwrap_or_default()
     }
+
+    /// Holds the answer `offline` to `server`'s watch of `user` until the settle window ends;
+    /// false if it already has, and the answer is to be sent now.
+    pub(crate) fn hold_offline(&self, server: ServerId, user: UserId) -> bool {
+        let mut held = self.held.lock().expect("held answers lock");
+        if held.ended {
+            return false;
+        }
+        held.answers.insert((server, user));
+        true
+    }
+
+    /// Ends the settle window: the held answers, from now on none.
+    fn end_holding(&self) -> HashSet<(ServerId, UserId)> {
+        let mut held = self.held.lock().expect("held answers lock");
+        held.ended = true;
+        std::mem::take(&mut held.answers)
+    }
+}
+
+/// Sends the answers `offline` held in the settle window that are still true: the watch is still
+/// there and the user is still online nowhere. Those who came online were told by their login.
+pub(crate) fn settled(shared: &Shared) {
+    for (watcher, user) in shared.watches.end_holding() {
+        if !shared.watches.watchers(user.as_str()).contains(&watcher)
+            || shared.registry.locate(user.as_str()).is_some()
+        {
+            continue;
+        }
+        let frame = control_frame(shared, Control::Presence { user, server: None });
+        tell(shared, watcher, frame);
+    }
+}
+
+/// Queues a presence frame for `watcher`, applying the slow-consumer rule.
+fn tell(shared: &Shared, watcher: ServerId, frame: bytes::Bytes) {
+    let Some(outbox) = shared.registry.outbox(watcher) else {
+        return;
+    };
+    if let Err(PushError::Full { pending }) = outbox.push(frame) {
+        shared.stats.slow_consumer();
+        warn!(slow_server = %watcher, pending, "slow consumer: disconnecting it");
+        shared.registry.close(watcher);
+    }
 }
 
 /// Tells the AS watching each changed user where that user is now. A watcher whose queue is
@@ -53,14 +115,7 @@ pub(crate) fn announce(shared: &Shared, changes: impl IntoIterator<Item = Change
         }
         let frame = control_frame(shared, Control::Presence { user, server });
         for watcher in watchers {
-            let Some(outbox) = shared.registry.outbox(watcher) else {
-                continue;
-            };
-            if let Err(PushError::Full { pending }) = outbox.push(frame.clone()) {
-                shared.stats.slow_consumer();
-                warn!(slow_server = %watcher, pending, "slow consumer: disconnecting it");
-                shared.registry.close(watcher);
-            }
+            tell(shared, watcher, frame.clone());
         }
     }
 }
@@ -100,5 +155,16 @@ mod tests {
         assert_eq!(watches.watchers("bob"), [ServerId(2)]);
         watches.unwatch(ServerId(2), "bob");
         assert!(watches.by_user.is_empty());
+    }
+
+    #[test]
+    fn offline_answers_are_held_until_the_window_ends_and_only_then() {
+        let watches = Watches::default();
+        let bob = UserId::new("bob").unwrap();
+        assert!(watches.hold_offline(ServerId(1), bob.clone()));
+        assert!(watches.hold_offline(ServerId(1), bob.clone()));
+        assert_eq!(watches.end_holding().len(), 1, "held once");
+        assert!(!watches.hold_offline(ServerId(2), bob), "after the window, answered at once");
+        assert!(watches.end_holding().is_empty());
     }
 }

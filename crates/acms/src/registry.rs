@@ -247,24 +247,36 @@ impl Registry {
     }
 
     /// Registers an AS, unless another live connection holds its id. An AS that is away comes
-    /// back: its users are kept until its snapshot says otherwise.
+    /// back: its users are kept until its snapshot says otherwise. `welcome`, the AS's first
+    /// frame, is queued before the outbox can be found here, so no push from another connection
+    /// (a `ServerUp` of a server registering at the same moment, a presence change) can come
+    /// before it.
     pub(crate) fn register(
         &self,
         info: ServerInfo,
         epoch: u64,
         outbox: Outbox,
         closer: CancellationToken,
+        welcome: Option<Bytes>,
     ) -> Result<Registration, DuplicateServer> {
         let id = info.id;
+        let welcome = |outbox: &Outbox| {
+            if let Some(frame) = welcome {
+                // A fresh outbox has room for one small frame.
+                let _ = outbox.push(frame);
+            }
+        };
         let first = self.settle_ends.set(Instant::now() + self.settle).is_ok();
         let mut registration = Registration { first, ..Registration::default() };
-        let attached = Some(Attached { outbox, closer, forwarded: Forwarded::new() });
+        let attached =
+            Some(Attached { outbox: outbox.clone(), closer, forwarded: Forwarded::new() });
         match self.servers.entry(id) {
             Entry::Occupied(mut slot) => {
                 let entry = slot.get_mut();
                 if entry.attached.is_some() {
                     return Err(DuplicateServer(id));
                 }
+                welcome(&outbox);
                 registration.stale_users =
                     entry.away.take().map(|(_, users)| users).unwrap_or_default();
                 entry.held.clear();
@@ -281,6 +293,7 @@ impl Registry {
                 }
             }
             Entry::Vacant(slot) => {
+                welcome(&outbox);
                 slot.insert(ServerEntry {
                     info,
                     epoch,
@@ -606,6 +619,11 @@ impl Registry {
         self.servers.contains_key(&server)
     }
 
+    /// How many AS are connected now: registrations that are live, not away within their grace.
+    pub fn connected_count(&self) -> usize {
+        self.servers.iter().filter(|entry| entry.attached.is_some()).count()
+    }
+
     /// Whether `server` is registered and connected now.
     pub fn is_connected(&self, server: ServerId) -> bool {
         self.servers.get(&server).is_some_and(|entry| entry.attached.is_some())
@@ -675,7 +693,7 @@ mod tests {
         let registry = Registry::new(Duration::ZERO);
         assert!(!registry.drain(ServerId(1)), "unknown server");
         let (outbox, _inbox) = Outbox::new(1024, 512);
-        registry.register(info(1), 1, outbox, CancellationToken::new()).unwrap();
+        registry.register(info(1), 1, outbox, CancellationToken::new(), None).unwrap();
         assert!(!registry.servers()[0].draining);
         assert!(registry.drain(ServerId(1)));
         assert!(registry.servers()[0].draining);
@@ -685,7 +703,7 @@ mod tests {
     fn the_latest_load_report_is_kept() {
         let registry = Registry::default();
         let (outbox, _inbox) = Outbox::new(1024, 512);
-        registry.register(info(1), 1, outbox, CancellationToken::new()).unwrap();
+        registry.register(info(1), 1, outbox, CancellationToken::new(), None).unwrap();
         assert_eq!(registry.servers()[0].load, None);
         let load = |users| Load {
             users,
@@ -702,6 +720,25 @@ mod tests {
         assert_eq!(registry.servers().len(), 1);
     }
 
+    #[test]
+    fn the_welcome_is_queued_as_the_server_is_registered_and_only_then() {
+        let registry = Registry::default();
+        let welcome = Bytes::from_static(b"welcome!");
+        let (outbox, _inbox) = Outbox::new(1024, 512);
+        let (token, hello) = (CancellationToken::new(), Some(welcome.clone()));
+        registry.register(info(1), 1, outbox.clone(), token, hello).unwrap();
+        // Queued before the outbox could be found: whatever another connection pushes next
+        // comes after it.
+        assert_eq!(outbox.pending(), welcome.len());
+        assert_eq!(registry.outbox(ServerId(1)).map(|found| found.pending()), Some(8));
+        // A refused registration queues nothing: its refusal is the first frame.
+        let (other, _inbox) = Outbox::new(1024, 512);
+        let refused =
+            registry.register(info(1), 1, other.clone(), CancellationToken::new(), Some(welcome));
+        assert!(refused.is_err());
+        assert_eq!(other.pending(), 0);
+    }
+
     fn user(name: &str) -> UserId {
         UserId::new(name).unwrap()
     }
@@ -711,13 +748,13 @@ mod tests {
         let registry = Registry::default();
         let (outbox, _inbox) = Outbox::new(1024, 512);
         let token = CancellationToken::new();
-        registry.register(info(1), 7, outbox.clone(), token.clone()).unwrap();
+        registry.register(info(1), 7, outbox.clone(), token.clone(), None).unwrap();
         assert_eq!(
-            registry.register(info(1), 7, outbox.clone(), token.clone()).err(),
+            registry.register(info(1), 7, outbox.clone(), token.clone(), None).err(),
             Some(DuplicateServer(ServerId(1)))
         );
         registry.depart(ServerId(1), HashSet::new(), false);
-        registry.register(info(1), 8, outbox, token).unwrap();
+        registry.register(info(1), 8, outbox, token, None).unwrap();
     }
 
     #[test]
@@ -779,7 +816,7 @@ mod tests {
         let registry = Registry::default();
         let (outbox, _inbox) = Outbox::new(4, 2);
         let token = CancellationToken::new();
-        registry.register(info(2), 0, outbox, token.clone()).unwrap();
+        registry.register(info(2), 0, outbox, token.clone(), None).unwrap();
         let frames = |text: &'static str| vec![Bytes::from_static(text.as_bytes())];
         let relay = |frames| registry.relay_batch(ServerId(1), ServerId(2), Some(1), frames, None);
         assert_eq!(
@@ -797,7 +834,7 @@ mod tests {
         let registry = Registry::default();
         let (outbox, _inbox) = Outbox::new(1024, 512);
         let alice = user("alice");
-        registry.register(info(2), 0, outbox.clone(), CancellationToken::new()).unwrap();
+        registry.register(info(2), 0, outbox.clone(), CancellationToken::new(), None).unwrap();
         registry.login(ServerId(2), alice.clone());
         let Departure::Away(departure) =
             registry.depart(ServerId(2), HashSet::from([alice.clone()]), true)
@@ -813,8 +850,8 @@ mod tests {
         // Back within the grace: every connected server sends again all it has not had
         // acknowledged, and is blocked until it has.
         let (other, _other_inbox) = Outbox::new(1024, 512);
-        registry.register(info(1), 0, other, CancellationToken::new()).unwrap();
-        let back = registry.register(info(2), 0, outbox, CancellationToken::new()).unwrap();
+        registry.register(info(1), 0, other, CancellationToken::new(), None).unwrap();
+        let back = registry.register(info(2), 0, outbox, CancellationToken::new(), None).unwrap();
         assert_eq!(back.resend, HashMap::from([(ServerId(1), 0)]));
         assert_eq!(back.stale_users, HashSet::from([alice.clone()]));
         assert_eq!(registry.expire(ServerId(2), departure), None, "not away any more");
@@ -847,7 +884,7 @@ mod tests {
         let registry = Registry::default();
         let frame = || vec![Bytes::from_static(b"f")];
         let (outbox, _inbox) = Outbox::new(1024, 512);
-        registry.register(info(2), 0, outbox.clone(), CancellationToken::new()).unwrap();
+        registry.register(info(2), 0, outbox.clone(), CancellationToken::new(), None).unwrap();
         let mut marks = [Marks::default(), Marks::default()];
         for (index, origin, seq) in [(0, 1, 40), (1, 3, 7), (0, 1, 41)] {
             let marks = Some(&mut marks[index]);
@@ -866,7 +903,7 @@ mod tests {
         assert_eq!(resend, HashMap::from([(ServerId(1), 40), (ServerId(3), 7)]));
 
         // Back as a new server, which then says `Bye` with frames in its queue.
-        registry.register(info(2), 1, outbox, CancellationToken::new()).unwrap();
+        registry.register(info(2), 1, outbox, CancellationToken::new(), None).unwrap();
         let queued =
             registry.relay_batch(ServerId(1), ServerId(2), Some(90), frame(), Some(&mut marks[0]));
         assert!(matches!(queued, Ok(Relayed::Queued(None))));
@@ -882,11 +919,11 @@ mod tests {
         let registry = Registry::new(Duration::from_secs(3600));
         assert!(!registry.hold_unclaimed(ServerId(1), 5), "no window before the first server");
         let (outbox, _inbox) = Outbox::new(1024, 512);
-        let first = registry.register(info(1), 0, outbox.clone(), CancellationToken::new());
+        let first = registry.register(info(1), 0, outbox.clone(), CancellationToken::new(), None);
         assert!(first.unwrap().first);
         assert!(registry.hold_unclaimed(ServerId(1), 5));
         assert!(registry.hold_unclaimed(ServerId(1), 3));
-        let second = registry.register(info(2), 0, outbox, CancellationToken::new()).unwrap();
+        let second = registry.register(info(2), 0, outbox, CancellationToken::new(), None).unwrap();
         assert_eq!(second.resend, HashMap::from([(ServerId(1), 3)]));
         assert_eq!(registry.take_unclaimed(), HashMap::from([(ServerId(1), 3)]));
     }

@@ -1,22 +1,26 @@
 //! Hot standby: which hub of a cluster accepts app servers.
 //!
-//! Each hub with peers keeps one connection to each of them and asks for its [`HubStatus`] every
-//! `keepalive_interval`. A hub is *standby* while it can reach an active peer, and refuses `Hello`
-//! then; it becomes *active* when no reachable peer is. The rule itself is [`decide`], a pure
-//! function; docs/FAILOVER.md explains it.
+//! Each hub with peers keeps one connection to each of them, authenticated like an app server's
+//! (`PeerHello`), and asks for its [`HubStatus`] every `keepalive_interval`. A hub is *standby*
+//! while it can reach an active peer, and refuses `Hello` then; it becomes *active* when no
+//! reachable peer is. The rule itself is [`decide`], a pure function; docs/FAILOVER.md explains
+//! it. Only live registrations count, and a hub that finds it was paused counts none until it
+//! has heard from every peer again, so that it never pulls back the servers that left it.
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use acms_protocol::{
-    Codec, Control, Frame, HANDSHAKE_MAX_FRAME_LEN, HubStatus, Nonce, ProtocolError,
+    Challenge, Codec, Control, ErrorCode, Frame, HANDSHAKE_MAX_FRAME_LEN, HubStatus, Nonce,
+    PROTOCOL_VERSION, PeerHello, ProtocolError, Prover, Secret, ServerId,
 };
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::MissedTickBehavior;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -90,12 +94,15 @@ pub fn decide(active: bool, servers: u32, me: Rank, peers: &[PeerView]) -> Role 
 
 /// What a hub knows of one configured peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
-    /// Not tried yet: the hub stays standby until every peer was tried once.
+pub enum Seen {
+    /// Not tried yet (or not since this hub was paused): the hub decides nothing until every
+    /// peer was tried.
     Unknown,
+    /// It did not answer within `keepalive_timeout`, or refused this hub.
     Unreachable,
     /// The address is this hub's own.
     Myself,
+    /// It answered.
     Reachable(PeerView),
 }
 
@@ -113,20 +120,52 @@ pub struct Standby {
     rank: Rank,
     peers: Vec<String>,
     active: AtomicBool,
-    seen: Mutex<Vec<Seen>>,
+    state: Mutex<State>,
+    /// A gap longer than this between two heartbeats means the process was paused (SIGSTOP, a
+    /// frozen VM) or starved: peers may have counted it dead and taken over meanwhile.
+    stall: Duration,
+}
+
+#[derive(Debug)]
+struct State {
+    seen: Vec<Seen>,
+    /// The latest heartbeat.
+    beat: Instant,
+    /// Since a pause, for at least `stall` and until every peer was heard from again: the hub
+    /// counts none of its servers, as those registered before the pause may have moved on, and
+    /// their dead connections (even AS handshakes abandoned in its accept queue) take a moment
+    /// to be read to their end.
+    resuming: bool,
+    /// When the latest pause was noticed.
+    resumed_at: Instant,
+    /// Pauses noticed so far: what a watcher learns in answer to a question asked before the
+    /// latest pause is stale.
+    pauses: u64,
 }
 
 impl Standby {
     /// A hub with these peers: alone (no peers) it is active at once, otherwise standby until it
-    /// has tried every peer.
-    pub fn new(peers: Vec<String>) -> Self {
+    /// has tried every peer. A gap of more than `stall` between heartbeats counts as a pause.
+    pub fn new(peers: Vec<String>, stall: Duration) -> Self {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos() as u64);
         let random = Nonce::random().0;
         let id = u64::from_le_bytes(random[..8].try_into().expect("8 bytes"));
-        let seen = Mutex::new(vec![Seen::Unknown; peers.len()]);
-        Self { rank: Rank { started, id }, active: AtomicBool::new(peers.is_empty()), peers, seen }
+        let state = State {
+            seen: vec![Seen::Unknown; peers.len()],
+            beat: Instant::now(),
+            resuming: false,
+            resumed_at: Instant::now(),
+            pauses: 0,
+        };
+        Self {
+            rank: Rank { started, id },
+            active: AtomicBool::new(peers.is_empty()),
+            peers,
+            state: Mutex::new(state),
+            stall,
+        }
     }
 
     /// Whether this hub accepts registrations now.
@@ -134,8 +173,43 @@ impl Standby {
         self.active.load(Ordering::Acquire)
     }
 
-    /// The status this hub tells its peers.
+    /// This hub's role now.
+    pub fn role(&self) -> Role {
+        if self.is_active() { Role::Active } else { Role::Standby }
+    }
+
+    /// Since a pause, until every peer was heard from again.
+    pub fn is_resuming(&self) -> bool {
+        self.state.lock().expect("standby lock").resuming
+    }
+
+    /// The configured peers and what this hub knows of each.
+    pub fn peers(&self) -> Vec<(String, Seen)> {
+        let state = self.state.lock().expect("standby lock");
+        self.peers.iter().cloned().zip(state.seen.iter().copied()).collect()
+    }
+
+    /// The address of the active hub of the cluster, as configured in `peers`: a reachable
+    /// active peer for a standby; for an active hub, its own entry of the list when it has one.
+    /// `None` while a standby is still deciding, or for an active hub not in its own list.
+    pub fn active_hub(&self) -> Option<String> {
+        let active = self.is_active();
+        self.peers().into_iter().find_map(|(addr, seen)| match seen {
+            Seen::Myself if active => Some(addr),
+            Seen::Reachable(view) if view.active && !active => Some(addr),
+            _ => None,
+        })
+    }
+
+    /// The status this hub tells its peers, `servers` being its live registrations.
     pub fn status(&self, servers: usize) -> HubStatus {
+        self.status_at(servers, Instant::now())
+    }
+
+    fn status_at(&self, servers: usize, now: Instant) -> HubStatus {
+        let mut state = self.state.lock().expect("standby lock");
+        self.wake(&mut state, now);
+        let servers = if state.resuming { 0 } else { servers };
         HubStatus {
             active: self.is_active(),
             servers: u32::try_from(servers).unwrap_or(u32::MAX),
@@ -144,29 +218,84 @@ impl Standby {
         }
     }
 
+    /// Notes that the hub runs at `now` (its heartbeat task calls this every
+    /// `keepalive_interval`).
+    pub(crate) fn beat(&self, now: Instant) {
+        let mut state = self.state.lock().expect("standby lock");
+        self.wake(&mut state, now);
+    }
+
+    /// Notices a pause: after one, what the hub knew of its peers is stale and its own
+    /// registrations may be dead, so it asks every peer again before it decides and counts none
+    /// of its servers until then. True if a pause ended at this call.
+    fn wake(&self, state: &mut State, now: Instant) -> bool {
+        let gap = now.saturating_duration_since(state.beat);
+        state.beat = state.beat.max(now);
+        if self.peers.is_empty() || gap <= self.stall {
+            return false;
+        }
+        warn!(
+            paused = ?gap,
+            "this hub was paused or starved longer than keepalive_timeout: counting none of its app servers until every peer hub has answered again"
+        );
+        state.resuming = true;
+        state.resumed_at = now;
+        state.pauses += 1;
+        for seen in &mut state.seen {
+            if *seen != Seen::Myself {
+                *seen = Seen::Unknown;
+            }
+        }
+        true
+    }
+
     /// Why a standby refuses an app server, naming the hub to use instead when it knows one.
     pub fn refusal(&self) -> String {
-        let seen = self.seen.lock().expect("standby lock");
-        let active = self
-            .peers
-            .iter()
-            .zip(seen.iter())
-            .find(|(_, seen)| matches!(seen, Seen::Reachable(view) if view.active));
-        match active {
-            Some((addr, _)) => format!("this hub is a standby: the active hub is {addr}"),
+        match self.active_hub() {
+            Some(addr) => format!("this hub is a standby: the active hub is {addr}"),
             None => "this hub is a standby: it is still deciding with its peers which one is \
                      active"
                 .to_owned(),
         }
     }
 
-    /// Records what was learnt of peer `index` and decides again.
-    fn update(&self, index: usize, now: Seen, servers: usize) -> Option<Change> {
-        let mut seen = self.seen.lock().expect("standby lock");
-        seen[index] = now;
-        if seen.contains(&Seen::Unknown) {
+    /// The pauses noticed so far, for a watcher to note when it asks a question.
+    fn pauses(&self) -> u64 {
+        self.state.lock().expect("standby lock").pauses
+    }
+
+    /// Records what was learnt of peer `index`, in answer to a question asked when
+    /// [`Self::pauses`] was `asked`, and decides again; `servers` are this hub's live
+    /// registrations.
+    fn update(&self, index: usize, now: Seen, servers: usize, asked: u64) -> Option<Change> {
+        self.update_at(index, now, servers, asked, Instant::now())
+    }
+
+    fn update_at(
+        &self,
+        index: usize,
+        learnt: Seen,
+        servers: usize,
+        asked: u64,
+        now: Instant,
+    ) -> Option<Change> {
+        let mut state = self.state.lock().expect("standby lock");
+        if self.wake(&mut state, now) || asked != state.pauses {
+            // Asked before the latest pause: stale, though it may have arrived after it (a
+            // link that the peer closed meanwhile, an answer read late).
             return None;
         }
+        state.seen[index] = learnt;
+        if state.seen.contains(&Seen::Unknown) {
+            return None;
+        }
+        if state.resuming {
+            if now.saturating_duration_since(state.resumed_at) < self.stall {
+                return None;
+            }
+            state.resuming = false;
+        }
+        let seen = &state.seen;
         let views: Vec<PeerView> = seen
             .iter()
             .filter_map(|seen| match seen {
@@ -207,6 +336,22 @@ enum PeerError {
     Refused(String),
     #[error("unexpected message from the peer")]
     Unexpected,
+    #[error(
+        "the peer's proof does not match this hub's secret (set the same ACMS_SECRET on every hub)"
+    )]
+    BadProof,
+}
+
+/// Notes every `keepalive_interval` that the hub runs, so that a pause shows as a gap.
+pub(crate) async fn heartbeat(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(shared.config.keepalive_interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => shared.standby.beat(Instant::now()),
+        }
+    }
 }
 
 /// Watches peer `index` until shutdown: one connection at a time, a status request every
@@ -216,15 +361,16 @@ pub(crate) async fn watch(shared: Arc<Shared>, index: usize, shutdown: Cancellat
     let interval = shared.config.keepalive_interval;
     let mut reachable = None;
     loop {
+        let mut asked = shared.standby.pauses();
         let ended = tokio::select! {
             _ = shutdown.cancelled() => return,
-            ended = probe(&shared, index, &addr, &mut reachable) => ended,
+            ended = probe(&shared, index, &addr, &mut reachable, &mut asked) => ended,
         };
         if reachable != Some(false) {
             warn!(peer = %addr, error = %ended, "peer hub unreachable");
             reachable = Some(false);
         }
-        report(&shared, index, Seen::Unreachable);
+        report(&shared, index, Seen::Unreachable, asked);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
@@ -232,13 +378,15 @@ pub(crate) async fn watch(shared: Arc<Shared>, index: usize, shutdown: Cancellat
     }
 }
 
-/// One connection to a peer: asks, reads the answer within `keepalive_timeout`, waits the
-/// interval while watching the socket, so that a peer that dies is noticed at once.
+/// One connection to a peer: authenticates (`PeerHello`), reads each answer within
+/// `keepalive_timeout`, and waits the interval before asking again while watching the socket, so
+/// that a peer that dies is noticed at once.
 async fn probe(
     shared: &Arc<Shared>,
     index: usize,
     addr: &str,
     reachable: &mut Option<bool>,
+    asked: &mut u64,
 ) -> PeerError {
     let timeout = shared.config.keepalive_timeout;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -250,14 +398,14 @@ async fn probe(
     let (mut reader, mut writer) = stream.into_split();
     let mut buf = BytesMut::with_capacity(1024);
     let mut codec = Codec::new(HANDSHAKE_MAX_FRAME_LEN);
-    let ask = match Frame::Control(Control::PeerStatus).to_bytes(HANDSHAKE_MAX_FRAME_LEN) {
-        Ok(ask) => ask,
-        Err(err) => return err.into(),
-    };
+    let secret = shared.config.secret.as_ref();
+    let opened = open(secret, &mut reader, &mut writer, &mut buf, &mut codec);
+    match tokio::time::timeout(timeout, opened).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return err,
+        Err(_) => return PeerError::Silent(timeout),
+    }
     loop {
-        if let Err(err) = writer.write_all(&ask).await {
-            return err.into();
-        }
         let answer =
             tokio::time::timeout(timeout, next_control(&mut reader, &mut buf, &mut codec)).await;
         let status = match answer {
@@ -278,21 +426,66 @@ async fn probe(
             info!(peer = %addr, active = status.active, servers = status.servers, myself = seen == Seen::Myself, "peer hub reachable");
             *reachable = Some(true);
         }
-        report(shared, index, seen);
+        report(shared, index, seen, *asked);
         if seen == Seen::Myself {
             // Nothing to watch; the slot stays known and never counts as a peer.
             std::future::pending::<()>().await;
         }
         let read = tokio::select! {
-            _ = tokio::time::sleep(shared.config.keepalive_interval) => continue,
-            read = reader.read_buf(&mut buf) => read,
+            _ = tokio::time::sleep(shared.config.keepalive_interval) => None,
+            read = reader.read_buf(&mut buf) => Some(read),
         };
-        return match read {
-            Ok(0) => PeerError::Closed,
-            Ok(_) => PeerError::Unexpected,
-            Err(err) => err.into(),
-        };
+        match read {
+            None => {
+                *asked = shared.standby.pauses();
+                if let Err(err) = write_control(&mut writer, Control::PeerStatus).await {
+                    return err;
+                }
+            }
+            Some(Ok(0)) => return PeerError::Closed,
+            Some(Ok(_)) => return PeerError::Unexpected,
+            Some(Err(err)) => return err.into(),
+        }
     }
+}
+
+/// Opens a status link: `PeerHello`, then with a secret the challenge-response, in which this
+/// hub checks the peer's proof before it gives its own (docs/FAILOVER.md).
+async fn open(
+    secret: Option<&Secret>,
+    reader: &mut OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    codec: &mut Codec,
+) -> Result<(), PeerError> {
+    let nonce = secret.map(|_| Nonce::random());
+    write_control(writer, Control::PeerHello(PeerHello { version: PROTOCOL_VERSION, nonce }))
+        .await?;
+    let (Some(secret), Some(ours)) = (secret, nonce) else {
+        return Ok(());
+    };
+    match next_control(reader, buf, codec).await? {
+        Control::Challenge(Challenge { nonce: theirs, proof }) => {
+            if secret.verify(Prover::Watched, ServerId::HUB, &ours, &theirs, &proof).is_err() {
+                let refusal = Control::error(
+                    ErrorCode::Unauthorized,
+                    "the hub's proof does not match the shared secret of the hub watching it",
+                );
+                let _ = write_control(writer, refusal).await;
+                return Err(PeerError::BadProof);
+            }
+            let proof = secret.prove(Prover::Watcher, ServerId::HUB, &ours, &theirs);
+            write_control(writer, Control::Auth { proof }).await
+        }
+        Control::Error { message, .. } => Err(PeerError::Refused(message)),
+        _ => Err(PeerError::Unexpected),
+    }
+}
+
+async fn write_control(writer: &mut OwnedWriteHalf, control: Control) -> Result<(), PeerError> {
+    let bytes = Frame::Control(control).to_bytes(HANDSHAKE_MAX_FRAME_LEN)?;
+    writer.write_all(&bytes).await?;
+    Ok(())
 }
 
 /// The next control message on a peer link.
@@ -315,9 +508,9 @@ async fn next_control(
 }
 
 /// Records what was learnt of a peer and acts on a change of role.
-fn report(shared: &Shared, index: usize, seen: Seen) {
-    let servers = shared.registry.servers().len();
-    match shared.standby.update(index, seen, servers) {
+fn report(shared: &Shared, index: usize, seen: Seen, asked: u64) {
+    let servers = shared.registry.connected_count();
+    match shared.standby.update(index, seen, servers, asked) {
         Some(Change::BecameActive) => {
             info!(servers, "this hub is now active: accepting app servers")
         }
@@ -339,6 +532,7 @@ mod tests {
     use super::*;
 
     const OLD: Rank = Rank { started: 1, id: 5 };
+    const STALL: Duration = Duration::from_secs(3);
     const NEW: Rank = Rank { started: 2, id: 1 };
 
     fn peer(active: bool, servers: u32, rank: Rank) -> PeerView {
@@ -383,14 +577,67 @@ mod tests {
 
     #[test]
     fn a_hub_waits_for_every_peer_before_it_decides() {
-        let standby = Standby::new(vec!["a".into(), "b".into()]);
+        let standby = Standby::new(vec!["a".into(), "b".into()], STALL);
         assert!(!standby.is_active());
-        assert_eq!(standby.update(0, Seen::Unreachable, 0), None);
+        assert_eq!(standby.update(0, Seen::Unreachable, 0, 0), None);
         assert!(!standby.is_active(), "peer b not tried yet");
-        assert_eq!(standby.update(1, Seen::Myself, 0), Some(Change::BecameActive));
+        assert_eq!(standby.update(1, Seen::Myself, 0, 0), Some(Change::BecameActive));
         assert!(standby.is_active());
         let rival = peer(true, 5, standby.rank);
-        assert_eq!(standby.update(0, Seen::Reachable(rival), 1), Some(Change::Yielded));
+        assert_eq!(standby.update(0, Seen::Reachable(rival), 1, 0), Some(Change::Yielded));
         assert!(standby.refusal().contains("the active hub is a"), "{}", standby.refusal());
+    }
+
+    #[test]
+    fn a_paused_hub_counts_no_servers_until_every_peer_answered_again() {
+        let standby = Standby::new(vec!["a".into(), "b".into()], STALL);
+        let start = Instant::now();
+        assert_eq!(standby.update_at(0, Seen::Myself, 0, 0, start), None);
+        let update = standby.update_at(1, Seen::Unreachable, 3, 0, start);
+        assert_eq!(update, Some(Change::BecameActive));
+        assert_eq!(standby.status_at(3, start).servers, 3);
+        assert_eq!(standby.active_hub().as_deref(), Some("a"));
+
+        // Paused for 10 s: what is learnt first is stale, and its servers count for nothing.
+        let resumed = start + Duration::from_secs(10);
+        assert_eq!(standby.update_at(1, Seen::Unreachable, 3, 0, resumed), None);
+        assert!(standby.is_resuming());
+        // So is an answer to a question asked before the pause, whenever it is read.
+        let later = resumed + Duration::from_millis(10);
+        assert_eq!(standby.update_at(1, Seen::Unreachable, 3, 0, later), None);
+        assert!(standby.is_resuming());
+        assert_eq!(standby.pauses(), 1);
+        let status = standby.status_at(3, resumed);
+        assert_eq!((status.active, status.servers), (true, 0));
+        // The peer took over meanwhile and has the servers. For a keepalive timeout after the
+        // pause the hub still decides nothing, while its dead connections are read to their end.
+        let rival = peer(true, 3, NEW);
+        let later = resumed + Duration::from_secs(1);
+        assert_eq!(standby.update_at(1, Seen::Reachable(rival), 3, 1, later), None);
+        assert_eq!(standby.status_at(3, later).servers, 0);
+        // Then it leaves the servers where they went.
+        let later = resumed + STALL + Duration::from_secs(1);
+        let update = standby.update_at(1, Seen::Reachable(rival), 0, 1, later);
+        assert_eq!(update, Some(Change::Yielded));
+        assert!(!standby.is_resuming());
+        assert_eq!(standby.active_hub().as_deref(), Some("b"));
+        assert!(standby.refusal().contains("the active hub is b"), "{}", standby.refusal());
+    }
+
+    #[test]
+    fn heartbeats_keep_a_quiet_hub_from_looking_paused() {
+        let standby = Standby::new(vec!["a".into()], STALL);
+        let start = Instant::now();
+        let update = standby.update_at(0, Seen::Unreachable, 0, 0, start);
+        assert_eq!(update, Some(Change::BecameActive));
+        for second in 1..=10 {
+            standby.beat(start + Duration::from_secs(second));
+        }
+        let status = standby.status_at(2, start + Duration::from_secs(11));
+        assert_eq!((status.active, status.servers), (true, 2));
+        assert!(!standby.is_resuming());
+        // A hub alone never counts as paused: it has nobody to hand its servers to.
+        let alone = Standby::new(Vec::new(), STALL);
+        assert_eq!(alone.status_at(2, start + Duration::from_secs(60)).servers, 2);
     }
 }

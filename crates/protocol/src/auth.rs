@@ -30,6 +30,10 @@ pub const MIN_SECRET_LEN: usize = 16;
 const AS_LABEL: &[u8] = b"acms-v2 app-server-to-hub proof\0";
 /// Domain-separation label of the hub's proof.
 const HUB_LABEL: &[u8] = b"acms-v2 hub-to-app-server proof\0";
+/// Domain-separation label of the proof of a hub asking a peer hub for its status.
+const WATCHER_LABEL: &[u8] = b"acms-v2 hub-watching-peer proof\0";
+/// Domain-separation label of the proof of the hub whose status is asked for.
+const WATCHED_LABEL: &[u8] = b"acms-v2 hub-being-watched proof\0";
 
 /// A fresh random value that one side asks the other to prove the secret over.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +81,10 @@ pub enum Prover {
     AppServer,
     /// The hub proves itself to the app server.
     Hub,
+    /// A hub asking a peer hub for its status proves itself to that peer (`PeerHello`).
+    Watcher,
+    /// The hub whose status is asked for proves itself to the hub asking.
+    Watched,
 }
 
 impl Prover {
@@ -84,6 +92,8 @@ impl Prover {
         match self {
             Self::AppServer => AS_LABEL,
             Self::Hub => HUB_LABEL,
+            Self::Watcher => WATCHER_LABEL,
+            Self::Watched => WATCHED_LABEL,
         }
     }
 }
@@ -237,6 +247,11 @@ mod tests {
             s.prove(Prover::Hub, ServerId(3), &a, &b),
             s.prove(Prover::AppServer, ServerId(3), &a, &b)
         );
+        let proofs = [Prover::AppServer, Prover::Hub, Prover::Watcher, Prover::Watched]
+            .map(|prover| s.prove(prover, ServerId::HUB, &a, &b));
+        for (i, proof) in proofs.iter().enumerate() {
+            assert!(!proofs[i + 1..].contains(proof), "two provers share a proof");
+        }
     }
 
     #[test]

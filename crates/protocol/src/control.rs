@@ -100,9 +100,8 @@ pub enum Control {
         /// HMAC-SHA256 over the server id and both nonces, with the app server's label.
         proof: Proof,
     },
-    /// Hub to hub, instead of `Hello` and then again every keepalive interval on the same
-    /// connection: asks for a [`HubStatus`]. A hub answers it before and without registration,
-    /// as the answer reveals nothing secret (docs/FAILOVER.md).
+    /// Hub to hub, every keepalive interval on a status link once [`PeerHello`] opened it:
+    /// asks for a [`HubStatus`] (docs/FAILOVER.md). Refused as the first frame of a connection.
     PeerStatus,
     /// Hub to hub, the answer to `PeerStatus`: whether this hub is the active one of its cluster.
     HubStatus(HubStatus),
@@ -212,6 +211,20 @@ pub enum Control {
         #[serde(deserialize_with = "bounded::opt_string")]
         target: Option<String>,
     },
+    /// Hub to hub, the first frame of a status link, instead of `Hello`: a peer hub asks to
+    /// watch this one. With a shared secret it carries a nonce and the two hubs prove the secret
+    /// to each other (`Challenge`, `Auth`) as an AS and a hub do; with none, the loopback rule
+    /// applies. The watched hub then answers `HubStatus`, and again for each `PeerStatus`.
+    PeerHello(PeerHello),
+}
+
+/// The opening of a hub-to-hub status link (see [`Control::PeerHello`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHello {
+    /// [`crate::PROTOCOL_VERSION`] of the asking hub.
+    pub version: u16,
+    /// A fresh nonce when the asking hub has a shared secret; `None` when it has none.
+    pub nonce: Option<Nonce>,
 }
 
 /// A load report (see [`Control::Load`]). Whole numbers, so reports compare exactly and encode
@@ -238,7 +251,8 @@ pub struct Load {
 pub struct HubStatus {
     /// The hub accepts registrations (it is active), or refuses them (standby).
     pub active: bool,
-    /// App servers registered with it: of two active hubs, the one with fewer yields.
+    /// App servers connected to it now (none while it resumes from a pause): of two active
+    /// hubs, the one with fewer yields.
     pub servers: u32,
     /// When the hub process started (nanoseconds since the Unix epoch): of two hubs otherwise
     /// equal, the older one is preferred.
@@ -463,7 +477,10 @@ mod tests {
     #[test]
     fn hub_status_messages_keep_their_variant_indices() {
         let status = HubStatus { active: true, servers: 3, started: 7, id: 9 };
-        for (control, index) in [(Control::PeerStatus, 15), (Control::HubStatus(status), 16)] {
+        let hello = Control::PeerHello(PeerHello { version: 2, nonce: Some(Nonce([0x11; 32])) });
+        for (control, index) in
+            [(Control::PeerStatus, 15), (Control::HubStatus(status), 16), (hello, 32)]
+        {
             let mut bytes = BytesMut::new();
             control.encode_into(&mut bytes).unwrap();
             assert_eq!(bytes[0], index, "{control:?}");

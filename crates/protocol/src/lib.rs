@@ -30,7 +30,9 @@ pub mod refusal;
 
 pub use auth::{BadProof, Nonce, Proof, Prover, Secret, SecretError};
 pub use codec::Codec;
-pub use control::{Challenge, Control, ErrorCode, Hello, HubStatus, Load, ServerEpoch, Welcome};
+pub use control::{
+    Challenge, Control, ErrorCode, Hello, HubStatus, Load, PeerHello, ServerEpoch, Welcome,
+};
 pub use digest::UserDigest;
 pub use error::ProtocolError;
 pub use frame::{Ack, Data, DataKind, EVERYONE, Frame, FrameKind, RawFrame, Route, SeqRange};

@@ -2,8 +2,9 @@
 
 use acms_protocol::{
     Ack, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, GroupId, Hello,
-    HubStatus, LENGTH_PREFIX_LEN, Load, MAX_FRAME_LEN_CEILING, Nonce, Proof, ProtocolError, Prover,
-    RawFrame, Secret, SeqRange, ServerEpoch, ServerId, UserDigest, UserId, Welcome,
+    HubStatus, LENGTH_PREFIX_LEN, Load, MAX_FRAME_LEN_CEILING, Nonce, PeerHello, Proof,
+    ProtocolError, Prover, RawFrame, Secret, SeqRange, ServerEpoch, ServerId, UserDigest, UserId,
+    Welcome,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use proptest::collection::vec;
@@ -154,6 +155,8 @@ fn control_with(
             }
         ),
         proptest::option::of(text(max_text)).prop_map(|target| Control::Drain { target }),
+        (any::<u16>(), proptest::option::of(nonce()))
+            .prop_map(|(version, nonce)| Control::PeerHello(PeerHello { version, nonce })),
     ]
 }
 
@@ -349,10 +352,11 @@ fn variant_index(control: &Control) -> usize {
         Control::Shared { .. } => 29,
         Control::Load(_) => 30,
         Control::Drain { .. } => 31,
+        Control::PeerHello(_) => 32,
     }
 }
 
-const CONTROL_VARIANTS: usize = 32;
+const CONTROL_VARIANTS: usize = 33;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -669,6 +673,29 @@ fn documented_examples() {
         hex(&auth.to_bytes(1024).unwrap()),
         format!("00 00 00 22 00 0e {}", hex(&as_proof.0))
     );
+
+    // A peer hub's status link with the same secret and nonces: the same exchange, other labels,
+    // and the server id of the hub itself.
+    let peer_hello = Frame::Control(Control::PeerHello(PeerHello { version: 2, nonce: None }));
+    assert_eq!(hex(&peer_hello.to_bytes(1024).unwrap()), "00 00 00 04 00 20 02 00");
+    let peer_hello =
+        Frame::Control(Control::PeerHello(PeerHello { version: 2, nonce: Some(as_nonce) }));
+    assert_eq!(
+        hex(&peer_hello.to_bytes(1024).unwrap()),
+        format!("00 00 00 24 00 20 02 01 {}", repeat("11", 32))
+    );
+    let watched_proof = secret.prove(Prover::Watched, ServerId::HUB, &as_nonce, &hub_nonce);
+    let watcher_proof = secret.prove(Prover::Watcher, ServerId::HUB, &as_nonce, &hub_nonce);
+    assert_eq!(
+        hex(&watched_proof.0),
+        "47 5b 1b c0 97 db 4c 48 b6 00 3c 3b 2c b0 2f 09 62 b1 23 5e cd ae 26 e1 70 de 98 80 70 27 be 64"
+    );
+    assert_eq!(
+        hex(&watcher_proof.0),
+        "ea 1a c3 48 29 f8 59 76 63 a1 62 d0 12 2e 34 3b 52 83 a8 fd b4 02 14 9c 95 81 d0 59 51 2a d9 c3"
+    );
+    let peer_status = Frame::Control(Control::PeerStatus);
+    assert_eq!(hex(&peer_status.to_bytes(1024).unwrap()), "00 00 00 02 00 0f");
 
     let welcome = Frame::Control(Control::Welcome(Welcome {
         version: 2,
