@@ -209,20 +209,40 @@ async fn a_receiver_frozen_past_its_grace_leaves_no_receipt_pending() {
     let outcomes = outcomes(receipts, PATIENCE * 3).await;
     let offline = outcomes.iter().filter(|outcome| **outcome == Outcome::Offline).count();
     eventually("every undeliverable event", || back.lock().unwrap().len() >= offline).await;
-    let received = received.lock().unwrap().clone();
+    let before_resume = received.lock().unwrap().clone();
     let back = back.lock().unwrap().clone();
-    let offline = check_outcomes(&outcomes, &back, &received);
+    let offline = check_outcomes(&outcomes, &back, &before_resume);
     assert!(!offline.is_empty(), "nothing was in flight to the frozen receiver");
-    let both = received.iter().filter(|seq| offline.contains(seq)).count();
+    let both = before_resume.iter().filter(|seq| offline.contains(seq)).count();
     eprintln!(
         "bob got {} before the freeze; {} came back undeliverable; {} delivered; {both} both \
          (handed to the frozen app, its ack never sent)",
-        received.len(),
+        before_resume.len(),
         offline.len(),
         outcomes.len() - offline.len(),
     );
 
-    // SIGKILL ends it stopped: resumed, it would read what its socket still held.
+    // Resumed, the receiver finds its hub connection silent past its keepalive, and drops it
+    // with what its socket still held: those messages came back to alice already. It connects
+    // again with bob; a marker from alice reaches bob after anything the receiver had left.
+    let pid = receiver.pid().to_string();
+    let status = tokio::process::Command::new("kill").args(["-CONT", &pid]).status().await;
+    assert!(status.expect("run kill").success(), "kill -CONT {pid} failed");
+    receiver.stderr.wait_for("the receiver back", |l| l.contains("connected to hub")).await;
+    wait_located(&sender.cluster, "bob", 2).await;
+    let marker = u32::MAX;
+    sender.cluster.send_to_user(&user("alice"), &user("bob"), numbered(marker, 0)).await.unwrap();
+    eventually("the marker at bob", || received.lock().unwrap().last() == Some(&marker)).await;
+    let received = received.lock().unwrap().clone();
+    let again: Vec<u32> = received.iter().copied().filter(|seq| offline.contains(seq)).collect();
+    assert_eq!(
+        again.len(),
+        both,
+        "once resumed, the receiver handed bob {} messages that had come back undeliverable \
+         (first {:?})",
+        again.len() - both,
+        again.iter().find(|seq| !before_resume.contains(seq))
+    );
     receiver.kill().await;
     reader.abort();
     sender.cluster.close().await;

@@ -177,7 +177,7 @@ struct Run {
     frames: usize,
     /// Lowest sequence number of its data frames (acks have none). Usually the first, but an
     /// origin sending again goes back to a lower number within one read.
-    first_seq: Option<u64>,
+    lowest_seq: Option<u64>,
 }
 
 impl Run {
@@ -186,7 +186,7 @@ impl Run {
         self.target = Some(target);
         self.len += len;
         self.frames += usize::from(seq.is_some());
-        self.first_seq = lowest(self.first_seq, seq);
+        self.lowest_seq = lowest(self.lowest_seq, seq);
     }
 }
 
@@ -205,7 +205,7 @@ struct Staged {
     target: ServerId,
     chunks: Vec<Bytes>,
     frames: usize,
-    first_seq: Option<u64>,
+    lowest_seq: Option<u64>,
 }
 
 /// Serves one AS from its first byte to its last, then takes it and its users out of the cluster.
@@ -597,23 +597,23 @@ impl Connection {
 
     /// Takes the current run of frames out of the read buffer and stages it for its destination.
     fn end_run(&mut self) {
-        let Run { target: Some(target), len, frames, first_seq } = std::mem::take(&mut self.run)
+        let Run { target: Some(target), len, frames, lowest_seq } = std::mem::take(&mut self.run)
         else {
             return;
         };
         let chunk = self.read_buf.split_to(len).freeze();
-        self.stage(target, chunk, frames, first_seq);
+        self.stage(target, chunk, frames, lowest_seq);
     }
 
     /// Adds whole frames to what is handed to `target` after this read, after what it has already.
-    fn stage(&mut self, target: ServerId, chunk: Bytes, frames: usize, first_seq: Option<u64>) {
+    fn stage(&mut self, target: ServerId, chunk: Bytes, frames: usize, lowest_seq: Option<u64>) {
         match self.staged.iter_mut().find(|staged| staged.target == target) {
             Some(staged) => {
                 staged.chunks.push(chunk);
                 staged.frames += frames;
-                staged.first_seq = lowest(staged.first_seq, first_seq);
+                staged.lowest_seq = lowest(staged.lowest_seq, lowest_seq);
             }
-            None => self.staged.push(Staged { target, chunks: vec![chunk], frames, first_seq }),
+            None => self.staged.push(Staged { target, chunks: vec![chunk], frames, lowest_seq }),
         }
     }
 
@@ -967,11 +967,11 @@ impl Connection {
     fn flush_staged(&mut self) -> Result<(), Close> {
         let mut result = Ok(());
         let origin = self.server();
-        for Staged { target, chunks, frames, first_seq } in std::mem::take(&mut self.staged) {
+        for Staged { target, chunks, frames, lowest_seq } in std::mem::take(&mut self.staged) {
             let shared = &self.shared;
             let bytes: usize = chunks.iter().map(Bytes::len).sum();
             let marks = Some(&mut self.marks);
-            match shared.registry.relay_batch(origin, target, first_seq, chunks, marks) {
+            match shared.registry.relay_batch(origin, target, lowest_seq, chunks, marks) {
                 Ok(Relayed::Queued(backed_up)) => {
                     shared.stats.relayed(frames, bytes);
                     self.backed_up.extend(backed_up.map(|outbox| (target, outbox)));

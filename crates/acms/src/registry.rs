@@ -332,8 +332,8 @@ impl Registry {
         if grace && let Some(mut entry) = self.servers.get_mut(&id) {
             let departure = self.departures.fetch_add(1, Ordering::Relaxed);
             // What was forwarded to the broken connection counts as held: sent again if the AS
-            // does not come back. Nothing more is forwarded to it: the relay that found it
-            // attached held the same shard lock, and the record with it.
+            // does not come back. A relay notes what it queued under the shard lock it queued
+            // under, so nothing queued to this connection escapes the record.
             let forwarded = entry.attached.take().map(|attached| attached.forwarded.take());
             for (origin, seq) in forwarded.unwrap_or_default() {
                 hold(&mut entry.held, origin, seq);
@@ -483,14 +483,14 @@ impl Registry {
     }
 
     /// Queues whole frames from `origin` for `server`, in order, never waiting. A server over its
-    /// queue limit is told to disconnect (the slow-consumer rule). `first_seq` is the lowest
+    /// queue limit is told to disconnect (the slow-consumer rule). `lowest_seq` is the lowest
     /// sequence number of the data frames among them, remembered if they must be held, and, if
     /// they are queued, noted through the origin's `marks` as forwarded to this connection.
     pub(crate) fn relay_batch(
         &self,
         origin: ServerId,
         server: ServerId,
-        first_seq: Option<u64>,
+        lowest_seq: Option<u64>,
         frames: Vec<Bytes>,
         marks: Option<&mut Marks>,
     ) -> Result<Relayed, RelayError> {
@@ -499,7 +499,7 @@ impl Registry {
         };
         let Some(attached) = entry.attached.as_ref() else {
             drop(entry);
-            self.hold(origin, server, first_seq);
+            self.hold(origin, server, lowest_seq);
             return Ok(Relayed::Held);
         };
         if !entry.blocked.is_empty() && entry.blocked.contains(&origin) {
@@ -508,7 +508,7 @@ impl Registry {
         let outbox = &attached.outbox;
         match outbox.push_batch(frames) {
             Ok(()) => {
-                if let (Some(marks), Some(seq)) = (marks, first_seq) {
+                if let (Some(marks), Some(seq)) = (marks, lowest_seq) {
                     marks.note(server, &attached.forwarded, origin, seq);
                 }
                 Ok(Relayed::Queued(outbox.above_high_water().then(|| outbox.clone())))
@@ -516,21 +516,21 @@ impl Registry {
             // The connection is closing: the server is about to be away.
             Err((PushError::Closed, _)) => {
                 drop(entry);
-                self.hold(origin, server, first_seq);
+                self.hold(origin, server, lowest_seq);
                 Ok(Relayed::Held)
             }
             Err((PushError::Full { pending }, _)) => {
                 entry.close();
                 drop(entry);
-                self.hold(origin, server, first_seq);
+                self.hold(origin, server, lowest_seq);
                 Err(RelayError::SlowConsumer { pending })
             }
         }
     }
 
-    /// Remembers that frames from `origin` to `server` were dropped from `first_seq` on.
-    fn hold(&self, origin: ServerId, server: ServerId, first_seq: Option<u64>) {
-        if let (Some(seq), Some(mut entry)) = (first_seq, self.servers.get_mut(&server)) {
+    /// Remembers that frames from `origin` to `server` were dropped from `lowest_seq` on.
+    fn hold(&self, origin: ServerId, server: ServerId, lowest_seq: Option<u64>) {
+        if let (Some(seq), Some(mut entry)) = (lowest_seq, self.servers.get_mut(&server)) {
             hold(&mut entry.held, origin, seq);
         }
     }
