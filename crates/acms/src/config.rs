@@ -45,6 +45,7 @@ pub struct AdminConfig {
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Most admin connections open at once; more are answered `503` and closed.
+    #[serde(deserialize_with = "at_least_one")]
     pub max_connections: usize,
 }
 
@@ -87,6 +88,16 @@ impl Config {
     }
 }
 
+/// A count that disables what it limits at zero (every connection refused) is a mistake in the
+/// file, not a setting: refuse it at start with the key's name.
+fn at_least_one<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let value = usize::deserialize(deserializer)?;
+    if value == 0 {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(value)
+}
+
 /// Settings of the transfer port and of the relay behind it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -103,6 +114,7 @@ pub struct HubConfig {
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Most connections open at once; more are refused at accept.
+    #[serde(deserialize_with = "at_least_one")]
     pub max_connections: usize,
     /// Most users one AS may have online. A `Login` past it closes that AS's connection with
     /// `TooManyUsers`; the AS library refuses such a login itself before it is sent.
@@ -138,6 +150,7 @@ pub struct HubConfig {
     pub peers: Vec<String>,
     /// Most peer hubs' status links open at once (each peer of a cluster keeps one). A peer hub
     /// past it is refused, with a log line; its links are authenticated like app servers first.
+    #[serde(deserialize_with = "at_least_one")]
     pub max_peer_links: usize,
     /// How often a hub asks each peer for its status.
     #[serde(with = "humantime_serde")]
@@ -284,6 +297,20 @@ mod tests {
             (limits.header_read_timeout, limits.max_connections),
             (Duration::from_secs(2), 7)
         );
+    }
+
+    #[test]
+    fn limits_of_zero_are_refused_naming_the_key() {
+        for (table, key) in [
+            ("admin", "max_connections"),
+            ("transfer", "max_connections"),
+            ("transfer", "max_peer_links"),
+        ] {
+            let err = Config::from_toml(&format!("[{table}]\n{key} = 0\n")).unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains("must be at least 1") && message.contains(key), "{message}");
+        }
+        assert!(Config::from_toml("[transfer]\nmax_peer_links = 1\n").is_ok());
     }
 
     #[test]

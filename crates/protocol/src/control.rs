@@ -477,7 +477,7 @@ mod tests {
     #[test]
     fn hub_status_messages_keep_their_variant_indices() {
         let status = HubStatus { active: true, servers: 3, started: 7, id: 9 };
-        let hello = Control::PeerHello(PeerHello { version: 2, nonce: Some(Nonce([0x11; 32])) });
+        let hello = Control::PeerHello(PeerHello { version: 3, nonce: Some(Nonce([0x11; 32])) });
         for (control, index) in
             [(Control::PeerStatus, 15), (Control::HubStatus(status), 16), (hello, 32)]
         {

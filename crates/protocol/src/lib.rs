@@ -40,7 +40,7 @@ pub use ids::{GroupId, ServerId, UserId, UserIdError};
 pub use refusal::Refusal;
 
 /// Version of this protocol; a peer speaking another version is refused during the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Default limit on a frame's length (the bytes after the length prefix): 1 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 1 << 20;

@@ -629,19 +629,19 @@ fn documented_examples() {
     );
 
     let hello = Frame::Control(Control::Hello(Hello {
-        version: 2,
+        version: 3,
         server_id: ServerId(7),
         client_addr: "h:1".into(),
         epoch: 5,
         nonce: None,
     }));
-    assert_eq!(hex(&hello.to_bytes(1024).unwrap()), "00 00 00 0a 00 00 02 07 03 68 3a 31 05 00");
+    assert_eq!(hex(&hello.to_bytes(1024).unwrap()), "00 00 00 0a 00 00 03 07 03 68 3a 31 05 00");
 
     // The handshake with a secret. Nonces and proofs are 32 raw bytes each.
     let as_nonce = Nonce([0x11; 32]);
     let hub_nonce = Nonce([0x22; 32]);
     let hello = Frame::Control(Control::Hello(Hello {
-        version: 2,
+        version: 3,
         server_id: ServerId(7),
         client_addr: "h:1".into(),
         epoch: 5,
@@ -649,7 +649,7 @@ fn documented_examples() {
     }));
     assert_eq!(
         hex(&hello.to_bytes(1024).unwrap()),
-        format!("00 00 00 2a 00 00 02 07 03 68 3a 31 05 01 {}", repeat("11", 32))
+        format!("00 00 00 2a 00 00 03 07 03 68 3a 31 05 01 {}", repeat("11", 32))
     );
     let secret = Secret::new("an example secret").unwrap();
     let hub_proof = secret.prove(Prover::Hub, ServerId(7), &as_nonce, &hub_nonce);
@@ -676,13 +676,13 @@ fn documented_examples() {
 
     // A peer hub's status link with the same secret and nonces: the same exchange, other labels,
     // and the server id of the hub itself.
-    let peer_hello = Frame::Control(Control::PeerHello(PeerHello { version: 2, nonce: None }));
-    assert_eq!(hex(&peer_hello.to_bytes(1024).unwrap()), "00 00 00 04 00 20 02 00");
+    let peer_hello = Frame::Control(Control::PeerHello(PeerHello { version: 3, nonce: None }));
+    assert_eq!(hex(&peer_hello.to_bytes(1024).unwrap()), "00 00 00 04 00 20 03 00");
     let peer_hello =
-        Frame::Control(Control::PeerHello(PeerHello { version: 2, nonce: Some(as_nonce) }));
+        Frame::Control(Control::PeerHello(PeerHello { version: 3, nonce: Some(as_nonce) }));
     assert_eq!(
         hex(&peer_hello.to_bytes(1024).unwrap()),
-        format!("00 00 00 24 00 20 02 01 {}", repeat("11", 32))
+        format!("00 00 00 24 00 20 03 01 {}", repeat("11", 32))
     );
     let watched_proof = secret.prove(Prover::Watched, ServerId::HUB, &as_nonce, &hub_nonce);
     let watcher_proof = secret.prove(Prover::Watcher, ServerId::HUB, &as_nonce, &hub_nonce);
@@ -698,14 +698,14 @@ fn documented_examples() {
     assert_eq!(hex(&peer_status.to_bytes(1024).unwrap()), "00 00 00 02 00 0f");
 
     let welcome = Frame::Control(Control::Welcome(Welcome {
-        version: 2,
+        version: 3,
         max_frame_len: 1 << 20,
         max_users: 1_000_000,
         max_groups: 100_000,
     }));
     assert_eq!(
         hex(&welcome.to_bytes(1024).unwrap()),
-        "00 00 00 12 00 01 02 fc 00 00 10 00 fc 40 42 0f 00 fc a0 86 01 00"
+        "00 00 00 12 00 01 03 fc 00 00 10 00 fc 40 42 0f 00 fc a0 86 01 00"
     );
 
     let ack = Frame::Ack(Ack {
