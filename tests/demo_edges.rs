@@ -190,10 +190,7 @@ async fn a_burst_after_a_hub_restart_loses_nothing_without_notice() {
 /// and the waiting client is told.
 #[tokio::test]
 async fn sigterm_stops_a_server_whose_client_login_waits_for_an_unreachable_hub() {
-    // A port nobody listens on: bound, read back, and closed again.
-    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let hub = unreachable.local_addr().expect("address").to_string();
-    drop(unreachable);
+    let hub = unreachable_addr();
     let (mut server, listen) = im_server("0", &hub, &[]).await;
     let mut bob =
         Proc::start("bob", &program("im-client"), &["--server", &listen, "--user", "bob"]);
@@ -221,9 +218,7 @@ async fn sigterm_stops_a_server_whose_client_login_waits_for_an_unreachable_hub(
 /// rather than a client that hangs.
 #[tokio::test]
 async fn a_login_with_no_hub_ends_with_a_clear_error() {
-    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let hub = unreachable.local_addr().expect("address").to_string();
-    drop(unreachable);
+    let hub = unreachable_addr();
     // The default `hub_login_timeout` (10 s) is within the wait for the client's line.
     let (mut server, listen) = im_server("0", &hub, &[]).await;
     let mut bob =
@@ -264,4 +259,10 @@ async fn a_drained_client_keeps_its_groups() {
         bob.stdout.next("the room's message after the move").await,
         "#room alice: after the move"
     );
+}
+
+/// A port nobody listens on: bound, read back, and closed again.
+fn unreachable_addr() -> String {
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    unreachable.local_addr().expect("address").to_string()
 }

@@ -2,6 +2,7 @@
 //! servers built on the `Cluster` handle, and waits on events with generous deadlines.
 
 pub mod http;
+pub mod pki;
 pub mod process;
 pub mod stream;
 

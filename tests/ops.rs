@@ -10,6 +10,7 @@ use std::time::Duration;
 use acms::{HttpLimits, ServerTls};
 use acms_appserver::{ClientTls, ErrorCode, LinkState};
 use acms_tests::http::{TOKEN, TestAdmin, request};
+use acms_tests::pki::TestCa;
 use acms_tests::process::{ADMIN_TOKEN, Proc, field_addr, program, start_hub};
 use acms_tests::{PATIENCE, TestHub, TestServer, builder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -267,21 +268,11 @@ struct Pki {
 
 impl Pki {
     fn new(dir: &Path) -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let leaf = |names: Vec<String>, purpose| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(names).unwrap();
-            params.extended_key_usages = vec![purpose];
-            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let hub = leaf(vec!["localhost".into()], ExtendedKeyUsagePurpose::ServerAuth);
-        let client = leaf(vec!["app-server".into()], ExtendedKeyUsagePurpose::ClientAuth);
-        let server_only = leaf(vec!["app-server".into()], ExtendedKeyUsagePurpose::ServerAuth);
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let ca = TestCa::new();
+        let hub = ca.leaf(&["localhost"], ServerAuth);
+        let client = ca.leaf(&["app-server"], ClientAuth);
+        let server_only = ca.leaf(&["app-server"], ServerAuth);
         for (name, text) in [("ca.pem", ca.pem()), ("hub.pem", hub.0), ("hub.key", hub.1)] {
             std::fs::write(dir.join(name), text).unwrap();
         }

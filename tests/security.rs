@@ -8,6 +8,7 @@ use acms_appserver::{ClientTls, ClusterError, Event, LinkState, Secret};
 use acms_protocol::{
     Codec, Control, ErrorCode, Frame, Hello, Nonce, PROTOCOL_VERSION, Prover, ServerId, UserId,
 };
+use acms_tests::pki::TestCa;
 use acms_tests::{PATIENCE, Peer, TestHub, TestServer, builder, eventually, next_frame, user};
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -372,22 +373,10 @@ struct Pki {
 
 impl Pki {
     fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let leaf = |names: Vec<String>, purpose| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(names).unwrap();
-            params.extended_key_usages = vec![purpose];
-            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (hub_cert, hub_key) =
-            leaf(vec!["localhost".into(), "127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
-        let (client_cert, client_key) =
-            leaf(vec!["app-server".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let ca = TestCa::new();
+        let (hub_cert, hub_key) = ca.leaf(&["localhost", "127.0.0.1"], ServerAuth);
+        let (client_cert, client_key) = ca.leaf(&["app-server"], ClientAuth);
         Self { ca: ca.pem(), hub_cert, hub_key, client_cert, client_key }
     }
 

@@ -108,7 +108,7 @@ impl Pushes {
     pub(crate) fn acked(&self, ack: &Ack) {
         let mut state = self.state.lock().expect("pushes lock");
         let sent = 1..state.last_seq + 1;
-        if let Some(range) = ack.ranges.iter().find(|range| range.seqs().end > sent.end) {
+        if let Some(range) = ack.beyond(sent.end) {
             warn!(
                 from = %ack.from,
                 first = range.first,

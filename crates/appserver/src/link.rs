@@ -1050,9 +1050,7 @@ impl Link {
                 let ack = Ack::decode(raw.body())?;
                 // Runs the peer chose: walked only where they cover frames still waiting here
                 // (group, broadcast and server frames in `awaited` wait there too), each once.
-                if let Some(range) =
-                    ack.ranges.iter().find(|range| range.seqs().end > self.next_seq)
-                {
+                if let Some(range) = ack.beyond(self.next_seq) {
                     warn!(
                         from = %ack.from,
                         first = range.first,

@@ -254,6 +254,12 @@ impl Ack {
             .map(|mut range| SeqRange { first: range.get_u64(), count: range.get_u32() })
     }
 
+    /// The first run that names a number at or past `end`, the next number its receiver would
+    /// send: no honest peer acknowledges what was never sent, so its receiver logs it.
+    pub fn beyond(&self, end: u64) -> Option<SeqRange> {
+        self.ranges.iter().copied().find(|range| range.seqs().end > end)
+    }
+
     /// The numbers this ack names that lie in `outstanding` (those its receiver still waits
     /// on), as sorted ranges that neither overlap nor touch. Walking them visits each
     /// outstanding number at most once, however many runs the ack repeats and however long
@@ -547,5 +553,8 @@ mod tests {
         assert_eq!(ack.covered(4..31), [4..6, 12..17, 30..31]);
         assert!(ack.covered(100..200).is_empty());
         assert!(ack.covered(7..7).is_empty());
+        assert_eq!(ack.beyond(100), None, "99 is the last number named");
+        assert_eq!(ack.beyond(99), Some(run(99, 1)));
+        assert_eq!(ack.beyond(16), Some(run(15, 2)), "the first such run, in the ack's order");
     }
 }
