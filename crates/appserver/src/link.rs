@@ -676,7 +676,15 @@ impl Link {
                     if !read? {
                         return Err(SessionError::HubClosed);
                     }
-                    last_read = Instant::now();
+                    let now = Instant::now();
+                    if now >= silent_at {
+                        // This process was frozen (SIGSTOP, a paused VM) past the deadline, and
+                        // the hub has given up on the link as this side would have: what it had
+                        // written here before is being sent again or returned to its senders,
+                        // so handing it to the app now would deliver it twice.
+                        return Err(SessionError::Silent(self.keepalive_timeout));
+                    }
+                    last_read = now;
                     self.handle_buffered(&mut reader, &mut out)?;
                 }
             }
