@@ -41,33 +41,27 @@ pub enum DaemonError {
     AdminTask(#[from] tokio::task::JoinError),
 }
 
-/// A hub whose ports are bound and whose admin token is set, ready to [`run`](Daemon::run).
+/// The admin API's port, bound, with its token set up: `admin.token`, or one generated and kept
+/// in `admin.token_file`. Serves any [`Hub`].
 #[derive(Debug)]
-pub struct Daemon {
-    hub: Hub,
-    transfer: TcpListener,
-    admin: TcpListener,
+pub struct AdminPort {
+    listener: TcpListener,
     settings: AdminSettings,
     limits: HttpLimits,
-    /// The file of a generated token, closed when the hub stops.
+    /// The file of a generated token, closed when the API stops.
     token_file: Option<TokenFile>,
 }
 
-impl Daemon {
-    /// Checks `config`, binds the transfer port and the admin API, and sets up the admin token:
-    /// `admin.token`, or one generated and kept in `admin.token_file`. `tls`, read from the files
-    /// of `transfer.tls` by the caller, makes the transfer port speak TLS.
-    pub async fn bind(config: Config, tls: Option<ServerTls>) -> Result<Self, DaemonError> {
-        config.validate()?;
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr).await.map_err(|source| DaemonError::Bind { addr, what, source })
-        };
-        let transfer = bind(config.transfer.listen, "").await?;
-        let admin = bind(config.admin.addr, " (admin API)").await?;
+impl AdminPort {
+    /// Binds `config.admin.addr` and sets up the token; `[assign]` and the transfer port's
+    /// shutdown grace (which open requests get too) come from `config` as well.
+    pub async fn bind(config: &Config) -> Result<Self, DaemonError> {
+        let listener = bind(config.admin.addr, " (admin API)").await?;
         let (token, token_file) = match config.admin.token.clone() {
             Some(token) => (token, None),
             None => {
-                let port = admin.local_addr().map_or(config.admin.addr.port(), |addr| addr.port());
+                let port =
+                    listener.local_addr().map_or(config.admin.addr.port(), |addr| addr.port());
                 let file = TokenFile::open(&config.admin, port)?;
                 (file.token.clone(), Some(file))
             }
@@ -78,11 +72,51 @@ impl Daemon {
             assign: config.assign.policy,
         };
         let limits = config.admin.limits(config.transfer.shutdown_grace);
+        Ok(Self { listener, settings, limits, token_file })
+    }
+
+    /// Where the admin API and `/metrics` listen.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bearer token of the state-changing routes.
+    pub fn token(&self) -> &AdminToken {
+        &self.settings.token
+    }
+
+    /// Serves the admin API of `hub` until `shutdown` is cancelled; then removes a per-run token
+    /// file.
+    pub async fn serve(self, hub: Hub, shutdown: CancellationToken) -> std::io::Result<()> {
+        let Self { listener, settings, limits, token_file } = self;
+        let served = crate::admin::serve_with(listener, hub, settings, limits, shutdown).await;
+        if let Some(file) = token_file {
+            file.close();
+        }
+        served
+    }
+}
+
+/// A hub whose ports are bound and whose admin token is set, ready to [`run`](Daemon::run).
+#[derive(Debug)]
+pub struct Daemon {
+    hub: Hub,
+    transfer: TcpListener,
+    admin: AdminPort,
+}
+
+impl Daemon {
+    /// Checks `config`, binds the transfer port and the admin API ([`AdminPort::bind`]). `tls`,
+    /// read from the files of `transfer.tls` by the caller, makes the transfer port speak TLS.
+    pub async fn bind(config: Config, tls: Option<ServerTls>) -> Result<Self, DaemonError> {
+        config.validate()?;
+        let transfer = bind(config.transfer.listen, "").await?;
+        let admin = AdminPort::bind(&config).await?;
         let hub = match tls {
             Some(tls) => Hub::with_tls(config.transfer, tls),
             None => Hub::new(config.transfer),
         };
-        Ok(Self { hub, transfer, admin, settings, limits, token_file })
+        Ok(Self { hub, transfer, admin })
     }
 
     /// The hub, for reading its registry and stats.
@@ -97,37 +131,32 @@ impl Daemon {
 
     /// Where the admin API and `/metrics` listen.
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin.local_addr()
+        self.admin.addr()
     }
 
     /// The bearer token of the admin API's state-changing routes.
     pub fn admin_token(&self) -> &AdminToken {
-        &self.settings.token
+        self.admin.token()
     }
 
     /// Serves app servers and the admin API until `shutdown` is cancelled (or the transfer port
-    /// fails), letting connections flush for the shutdown grace; then removes a per-run token file.
+    /// fails), letting connections flush for the shutdown grace.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DaemonError> {
-        let Self { hub, transfer, admin, settings, limits, token_file } = self;
-        let admin = tokio::spawn(crate::admin::serve_with(
-            admin,
-            hub.clone(),
-            settings,
-            limits,
-            shutdown.clone(),
-        ));
+        let Self { hub, transfer, admin } = self;
+        let admin = tokio::spawn(admin.serve(hub.clone(), shutdown.clone()));
         let served = hub.serve(transfer, shutdown.clone()).await;
         // The admin API stops with the hub, whatever stopped the hub.
         shutdown.cancel();
         let admin = admin.await;
-        if let Some(file) = token_file {
-            file.close();
-        }
         served.map_err(DaemonError::Serve)?;
         admin?.map_err(DaemonError::Admin)?;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr).await.map_err(|source| DaemonError::Bind { addr, what, source })
 }
 
 /// Binds and runs the hub of `config` (see [`Daemon::bind`]) until `shutdown` is cancelled.

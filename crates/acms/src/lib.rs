@@ -14,8 +14,8 @@
 //! - [`metrics`]: the Prometheus text rendering of the hub's counters.
 //! - `push`: frames the hub originates itself (pushes from the admin API) and their acks.
 //! - [`config`]: settings with their defaults, read from TOML by the binary, and their checks.
-//! - [`daemon`]: [`Daemon`] and [`run`]: the transfer port and the admin API bound and served
-//!   together, as the binary runs them.
+//! - [`daemon`]: [`Daemon`] and [`run`]: the transfer port and the admin API ([`AdminPort`])
+//!   bound and served together, as the binary runs them.
 //! - `token_file`: the generated admin token and the file that keeps it.
 //! - `auth`: who may join a hub that has no shared secret (the loopback rule).
 //! - [`tls`]: optional TLS on the transfer port ([`ServerTls`]).
@@ -59,7 +59,7 @@ pub use assign::Policy as AssignPolicy;
 pub use config::{
     AdminConfig, AssignConfig, Config, ConfigError, HubConfig, LogFormat, LoginConflict, TlsFiles,
 };
-pub use daemon::{Daemon, DaemonError, run};
+pub use daemon::{AdminPort, Daemon, DaemonError, run};
 pub use groups::Groups;
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};
