@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use acms::{AdminSettings, AdminToken, AssignPolicy, HttpLimits, Hub};
+use acms::{AdminPort, AdminToken, AssignPolicy, Config, HttpLimits, Hub};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::PATIENCE;
@@ -29,28 +29,33 @@ impl TestAdmin {
 
     /// As [`TestAdmin::start`], assigning servers by `assign`.
     pub async fn start_with(hub: &Hub, push_timeout: Duration, assign: AssignPolicy) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let settings =
-            AdminSettings { token: AdminToken::new(TOKEN).unwrap(), push_timeout, assign };
-        tokio::spawn(acms::admin::serve(listener, hub.clone(), settings, shutdown.clone()));
-        Self { addr, shutdown }
+        Self::serve(hub, push_timeout, assign, HttpLimits::default()).await
     }
 
     /// As [`TestAdmin::start`], with the HTTP server's `limits`.
     pub async fn start_limited(hub: &Hub, limits: HttpLimits) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let addr = listener.local_addr().unwrap();
+        Self::serve(hub, Duration::from_secs(5), AssignPolicy::default(), limits).await
+    }
+
+    /// The admin API as the daemon binds and serves it ([`AdminPort`]), with these settings.
+    async fn serve(
+        hub: &Hub,
+        push_timeout: Duration,
+        assign: AssignPolicy,
+        limits: HttpLimits,
+    ) -> Self {
+        let mut config = Config::default();
+        config.admin.addr = "127.0.0.1:0".parse().unwrap();
+        config.admin.token = Some(AdminToken::new(TOKEN).unwrap());
+        config.admin.push_timeout = push_timeout;
+        config.admin.header_read_timeout = limits.header_read_timeout;
+        config.admin.max_connections = limits.max_connections;
+        config.transfer.shutdown_grace = limits.shutdown_grace;
+        config.assign.policy = assign;
+        let admin = AdminPort::bind(&config).await.expect("bind admin");
+        let addr = admin.addr().unwrap();
         let shutdown = CancellationToken::new();
-        let settings = AdminSettings {
-            token: AdminToken::new(TOKEN).unwrap(),
-            push_timeout: Duration::from_secs(5),
-            assign: AssignPolicy::default(),
-        };
-        let serve =
-            acms::admin::serve_with(listener, hub.clone(), settings, limits, shutdown.clone());
-        tokio::spawn(serve);
+        tokio::spawn(admin.serve(hub.clone(), shutdown.clone()));
         Self { addr, shutdown }
     }
 

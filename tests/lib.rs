@@ -9,11 +9,11 @@ pub mod stream;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use acms::{Hub, HubConfig, ServerTls};
+use acms::{Daemon, Hub, HubConfig, ServerTls};
 use acms_appserver::{Cluster, ClusterBuilder, Event, Events, LinkState, ServerId, UserId};
 use acms_protocol::{Codec, Control, Frame, RawFrame};
 use futures_util::StreamExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -21,12 +21,15 @@ use tokio_util::sync::CancellationToken;
 /// How long any test waits for something that should happen in milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A hub serving on 127.0.0.1; shut down when dropped.
+/// A hub serving on 127.0.0.1, as the daemon runs it ([`acms::Daemon`]: the transfer port and
+/// the admin API, with [`http::TOKEN`]); shut down when dropped.
 pub struct TestHub {
     pub hub: Hub,
     pub addr: SocketAddr,
+    /// Where its admin API listens.
+    pub admin: SocketAddr,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    task: Option<JoinHandle<Result<(), acms::DaemonError>>>,
 }
 
 impl TestHub {
@@ -37,30 +40,32 @@ impl TestHub {
 
     /// A hub with `config` on `addr` (port 0 for any).
     pub async fn start_with(config: HubConfig, addr: SocketAddr) -> Self {
-        Self::serve(Hub::new(config), addr).await
+        Self::serve(config, addr, None).await
     }
 
     /// A hub with `config` whose transfer port speaks TLS, on an ephemeral port.
     pub async fn start_tls(config: HubConfig, tls: ServerTls) -> Self {
-        Self::serve(Hub::with_tls(config, tls), "127.0.0.1:0".parse().unwrap()).await
+        Self::serve(config, "127.0.0.1:0".parse().unwrap(), Some(tls)).await
     }
 
-    async fn serve(hub: Hub, addr: SocketAddr) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("bind hub");
-        let addr = listener.local_addr().unwrap();
+    async fn serve(config: HubConfig, addr: SocketAddr, tls: Option<ServerTls>) -> Self {
+        let mut config = acms::Config { transfer: config, ..acms::Config::default() };
+        config.transfer.listen = addr;
+        config.admin.addr = "127.0.0.1:0".parse().unwrap();
+        config.admin.token = Some(acms::AdminToken::new(http::TOKEN).unwrap());
+        let daemon = Daemon::bind(config, tls).await.expect("bind hub");
+        let (hub, addr) = (daemon.hub().clone(), daemon.transfer_addr().unwrap());
+        let admin = daemon.admin_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let (hub, shutdown) = (hub.clone(), shutdown.clone());
-            async move { hub.serve(listener, shutdown).await }
-        });
-        Self { hub, addr, shutdown, task: Some(task) }
+        let task = tokio::spawn(daemon.run(shutdown.clone()));
+        Self { hub, addr, admin, shutdown, task: Some(task) }
     }
 
     /// Stops the hub and waits until every connection is closed.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
-            task.await.expect("hub task").expect("hub serve");
+            task.await.expect("hub task").expect("hub run");
         }
     }
 

@@ -357,3 +357,41 @@ async fn the_hub_says_why_a_client_certificate_is_refused_and_how_a_server_was_a
         .await;
     assert!(registered.contains("admitted=certificate"), "{registered}");
 }
+
+/// The library runs the hub as the binary does: both ports bound (read back from port 0), the
+/// admin API guarded by a generated token kept in its per-run file, and on shutdown both stop
+/// and the file is removed.
+#[tokio::test]
+async fn the_daemon_serves_both_ports_and_removes_its_per_run_token_file() {
+    let mut config = acms::Config::default();
+    config.transfer.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.addr = "127.0.0.1:0".parse().unwrap();
+    let daemon = acms::Daemon::bind(config, None).await.expect("bind the daemon");
+    let transfer = daemon.transfer_addr().unwrap();
+    let admin = daemon.admin_addr().unwrap();
+    let token = daemon.admin_token().expose().to_owned();
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+    let file = dir.join(format!("acms-admin-{}.token", admin.port()));
+    let kept = std::fs::read_to_string(&file).expect("the per-run token file");
+    assert_eq!(kept.trim(), token, "the file holds the daemon's token");
+    assert_eq!(mode(&file), 0o600, "only this user may read the token file");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(daemon.run(shutdown.clone()));
+    let _server = TestServer::start(4, transfer).await;
+    let servers = request(admin, "GET", "/api/servers", &[], None).await.json();
+    assert_eq!(servers[0]["id"].as_u64(), Some(4), "{servers}");
+    let refused = request(admin, "POST", "/api/servers/7/drain", &[], None).await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    let unknown = request(admin, "POST", "/api/servers/7/drain", &auth, None).await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(PATIENCE, run).await.expect("the daemon stops in time");
+    stopped.expect("daemon task").expect("daemon run");
+    assert!(!file.exists(), "the per-run token file is removed at stop");
+    assert!(TcpStream::connect(admin).await.is_err(), "the admin API stopped");
+}

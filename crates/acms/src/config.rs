@@ -327,3 +327,26 @@ mod tests {
         assert_eq!(config.transfer.listen.port(), 12000);
     }
 }
+
+/// Settings that parse but cannot work together.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Hot standby with TLS on the transfer port.
+    #[error(
+        "hot standby (peers) and TLS on the transfer port cannot be combined yet: remove \
+         `peers`/--peers or the TLS settings"
+    )]
+    PeersWithTls,
+}
+
+impl Config {
+    /// Checks what no single key's parsing can: the combinations of settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.transfer.tls.is_some() && !self.transfer.peers.is_empty() {
+            // Peers ask each other's status over plain TCP: against a TLS port every probe would
+            // fail, and each hub would think itself alone and active.
+            return Err(ConfigError::PeersWithTls);
+        }
+        Ok(())
+    }
+}

@@ -13,7 +13,10 @@
 //!   `GET /api/hub` (active or standby, and which hub is active).
 //! - [`metrics`]: the Prometheus text rendering of the hub's counters.
 //! - `push`: frames the hub originates itself (pushes from the admin API) and their acks.
-//! - [`config`]: settings with their defaults, read from TOML by the binary.
+//! - [`config`]: settings with their defaults, read from TOML by the binary, and their checks.
+//! - [`daemon`]: [`Daemon`] and [`run`]: the transfer port and the admin API ([`AdminPort`])
+//!   bound and served together, as the binary runs them.
+//! - `token_file`: the generated admin token and the file that keeps it.
 //! - `auth`: who may join a hub that has no shared secret (the loopback rule).
 //! - [`tls`]: optional TLS on the transfer port ([`ServerTls`]).
 //! - [`hub`]: [`Hub`], the accept loop with its connection cap and graceful shutdown.
@@ -34,6 +37,7 @@ pub mod assign;
 mod auth;
 pub mod config;
 mod connection;
+pub mod daemon;
 pub mod dashboard;
 mod forwarded;
 pub mod groups;
@@ -46,17 +50,20 @@ pub mod registry;
 pub mod standby;
 pub mod stats;
 pub mod tls;
+mod token_file;
 
 pub use acms_protocol::Secret;
 pub use admin::{AdminSettings, AdminToken};
 pub use admin_server::HttpLimits;
 pub use assign::Policy as AssignPolicy;
 pub use config::{
-    AdminConfig, AssignConfig, Config, HubConfig, LogFormat, LoginConflict, TlsFiles,
+    AdminConfig, AssignConfig, Config, ConfigError, HubConfig, LogFormat, LoginConflict, TlsFiles,
 };
+pub use daemon::{AdminPort, Daemon, DaemonError, run};
 pub use groups::Groups;
 pub use hub::Hub;
 pub use registry::{Registry, ServerInfo};
 pub use standby::Standby;
 pub use stats::{Stats, StatsSnapshot};
 pub use tls::{ServerTls, TlsError};
+pub use token_file::TokenFileError;

@@ -18,9 +18,10 @@ use tokio_rustls::server::TlsStream;
 
 pub use tokio_rustls::rustls;
 
+/// Why a PEM document gave nothing usable (shared with the other side of the link).
+pub use acms_common::pem::PemError;
+use acms_common::pem::{certificates, is_version_1, private_key};
 use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 /// The first byte of every TLS connection: a handshake record. A plain ACMS connection starts
@@ -42,17 +43,9 @@ impl std::fmt::Debug for ServerTls {
 /// Why TLS settings could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A PEM document could not be parsed.
-    #[error("cannot read {what}: {source}")]
-    Pem {
-        /// Which document.
-        what: &'static str,
-        /// What was wrong with it.
-        source: rustls::pki_types::pem::Error,
-    },
-    /// A PEM document held no certificate.
-    #[error("no certificate in {0}")]
-    NoCertificate(&'static str),
+    /// A PEM document could not be parsed, or held no certificate.
+    #[error(transparent)]
+    Pem(#[from] PemError),
     /// rustls refused the certificates or key.
     #[error("TLS settings refused: {0}")]
     Rustls(#[from] rustls::Error),
@@ -62,12 +55,6 @@ pub enum TlsError {
     /// The hub's own certificate cannot be used, and why.
     #[error("the hub certificate cannot be used: {0}")]
     HubCertificate(String),
-}
-
-/// Whether rustls refused a certificate for being X.509 version 1, which has no extensions.
-fn is_version_1(refused: &rustls::CertificateError) -> bool {
-    matches!(refused, rustls::CertificateError::Other(other)
-        if matches!(other.0.downcast_ref::<webpki::Error>(), Some(webpki::Error::UnsupportedCertVersion)))
 }
 
 /// Why rustls refused the hub's own certificate, in words that say what to change.
@@ -125,17 +112,6 @@ pub(crate) fn explain_failure(err: &io::Error) -> String {
     format!("the app server's client certificate was refused: {reason}")
 }
 
-/// Every certificate in a PEM document, in order.
-fn certificates(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem { what, source })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate(what));
-    }
-    Ok(certs)
-}
-
 impl ServerTls {
     /// TLS with the hub's certificate chain and private key (PEM). With `client_ca` (PEM), every
     /// app server must present a certificate that this CA signed.
@@ -146,8 +122,7 @@ impl ServerTls {
     ) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = certificates(cert_chain, "the certificate chain")?;
-        let key = PrivateKeyDer::from_pem_slice(key)
-            .map_err(|source| TlsError::Pem { what: "the private key", source })?;
+        let key = private_key(key, "the private key")?;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
         let builder = match client_ca {
@@ -229,7 +204,10 @@ mod tests {
     #[test]
     fn pem_errors_name_the_document() {
         let err = ServerTls::from_pem(b"", b"", None).unwrap_err();
-        assert!(matches!(err, TlsError::NoCertificate("the certificate chain")), "{err}");
+        assert!(
+            matches!(err, TlsError::Pem(PemError::NoCertificate("the certificate chain"))),
+            "{err}"
+        );
 
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
@@ -241,7 +219,7 @@ mod tests {
         let err =
             ServerTls::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), Some(b""))
                 .unwrap_err();
-        assert!(matches!(err, TlsError::NoCertificate("the client CA")), "{err}");
+        assert!(matches!(err, TlsError::Pem(PemError::NoCertificate("the client CA"))), "{err}");
         ServerTls::from_pem(
             cert.pem().as_bytes(),
             key.serialize_pem().as_bytes(),

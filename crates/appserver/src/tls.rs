@@ -20,9 +20,11 @@ use tracing::debug;
 
 pub use tokio_rustls::rustls;
 
+/// Why a PEM document gave nothing usable (shared with the other side of the link).
+pub use acms_common::pem::PemError;
+use acms_common::pem::{certificates, is_version_1, private_key};
 use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 
 /// How to reach the hub over TLS: whom to trust, the name to expect, and optionally the client
 /// certificate to show.
@@ -41,17 +43,9 @@ impl std::fmt::Debug for ClientTls {
 /// Why TLS settings could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A PEM document could not be parsed.
-    #[error("cannot read {what}: {source}")]
-    Pem {
-        /// Which document.
-        what: &'static str,
-        /// What was wrong with it.
-        source: rustls::pki_types::pem::Error,
-    },
-    /// A PEM document held no certificate.
-    #[error("no certificate in {0}")]
-    NoCertificate(&'static str),
+    /// A PEM document could not be parsed, or held no certificate.
+    #[error(transparent)]
+    Pem(#[from] PemError),
     /// The hub's name is neither a DNS name nor an IP address.
     #[error("invalid TLS server name {0:?}")]
     ServerName(String),
@@ -70,12 +64,7 @@ fn client_certificate_error(err: rustls::Error) -> TlsError {
         return TlsError::Rustls(err);
     };
     let reason = match refused {
-        CertificateError::Other(other)
-            if matches!(
-                other.0.downcast_ref::<webpki::Error>(),
-                Some(webpki::Error::UnsupportedCertVersion)
-            ) =>
-        {
+        refused if is_version_1(refused) => {
             "it is an X.509 version 1 certificate, which carries no extensions: issue a version 3 \
              certificate with the clientAuth extended key usage (with openssl: `-addext \
              extendedKeyUsage=clientAuth` on the request, `-copy_extensions copy` when signing; \
@@ -115,16 +104,6 @@ pub(crate) fn explain_failure(err: &io::Error) -> String {
     }
 }
 
-fn certificates(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem { what, source })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate(what));
-    }
-    Ok(certs)
-}
-
 impl ClientTls {
     /// TLS that trusts the CA certificates in `ca` (PEM) and expects the hub's certificate to
     /// name `server_name` (a DNS name or an IP address). `client` is this server's certificate
@@ -146,8 +125,7 @@ impl ClientTls {
             None => builder.with_no_client_auth(),
             Some((chain, key)) => {
                 let chain = certificates(chain, "the client certificate")?;
-                let key = PrivateKeyDer::from_pem_slice(key)
-                    .map_err(|source| TlsError::Pem { what: "the client key", source })?;
+                let key = private_key(key, "the client key")?;
                 builder.with_client_auth_cert(chain, key).map_err(client_certificate_error)?
             }
         };

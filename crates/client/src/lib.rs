@@ -1,5 +1,5 @@
-//! The demo client side of ACMS: the line protocol spoken between `im-client` and the example IM
-//! server, and a small async client for it.
+//! The demo client protocol of ACMS: the line protocol spoken between `im-client` and the example
+//! IM server, a small async client for it, and the server's side of it over a `Cluster`.
 //!
 //! The protocol is one UTF-8 line per message, so it can be typed into `nc` by hand:
 //!
@@ -25,9 +25,12 @@
 //! - [`line`]: [`ClientLine`] and [`ServerLine`], parsing and formatting.
 //! - [`client`]: [`ImClient`], connect, log in, send, receive.
 //! - [`transfer`]: file transfer between two clients: messages, flow control, files on disk.
+//! - [`server`]: the IM server's side: per-client sessions, the cluster's events into their
+//!   queues ([`server::serve`]); the example `im-server` of `acms-appserver` runs it.
 
 pub mod client;
 pub mod line;
+pub mod server;
 pub mod transfer;
 
 pub use client::{ClientError, ImClient};
