@@ -6,8 +6,6 @@
 //! OpenAPI document. `GET /api/assign` is a read route: it answers from the servers' latest load
 //! reports by the configured policy ([`crate::assign`]).
 
-use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
@@ -29,66 +27,11 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::admin_server::HttpLimits;
+pub use crate::config::{AdminToken, BadToken, DEFAULT_ADDR};
 use crate::assign::{Candidate, Policy};
 use crate::connection::control_frame;
 use crate::hub::Hub;
 use crate::stats::FanOut;
-
-/// The bearer token of the admin API. Never shown in logs or `Debug` output.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct AdminToken(String);
-
-/// Why a string cannot be an admin token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the admin token must be 16 to 256 visible ASCII characters")]
-pub struct BadToken;
-
-impl AdminToken {
-    /// A token from text: 16 to 256 visible ASCII characters, so it fits a header as it is.
-    pub fn new(token: impl Into<String>) -> Result<Self, BadToken> {
-        let token = token.into();
-        let visible = token.bytes().all(|byte| byte.is_ascii_graphic());
-        if (16..=256).contains(&token.len()) && visible { Ok(Self(token)) } else { Err(BadToken) }
-    }
-
-    /// A fresh random token (256 bits, hex) for a hub that was given none.
-    pub fn generate() -> Self {
-        use rand::RngCore;
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        Self(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
-    }
-
-    /// The token's text, to write where the operator can read it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Compares in time independent of where the strings differ.
-    fn matches(&self, offered: &[u8]) -> bool {
-        let mine = self.0.as_bytes();
-        let mut diff = mine.len() ^ offered.len();
-        for (index, byte) in mine.iter().enumerate() {
-            diff |= usize::from(byte ^ offered.get(index).copied().unwrap_or(0));
-        }
-        diff == 0
-    }
-}
-
-impl TryFrom<String> for AdminToken {
-    type Error = BadToken;
-
-    fn try_from(token: String) -> Result<Self, BadToken> {
-        Self::new(token)
-    }
-}
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(..)")
-    }
-}
 
 /// What the admin API needs besides the hub.
 #[derive(Debug, Clone)]
@@ -846,7 +789,3 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/broadcast"),
     ("post", "/api/servers/{id}/drain"),
 ];
-
-/// The address the admin API listens on by default: loopback only.
-pub const DEFAULT_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 11000);
