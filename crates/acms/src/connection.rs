@@ -35,7 +35,7 @@ use crate::auth::{Admission, admit_without_secret};
 use crate::config::HubConfig;
 use crate::forwarded::Marks;
 use crate::groups::Groups;
-use crate::metrics::{RelayMetrics, SAMPLE_EVERY};
+use crate::stats::{RelayMetrics, SAMPLE_EVERY};
 use crate::outbox::{Outbox, PushError, write_loop};
 use crate::presence::{self, Watches};
 use crate::push::Pushes;

@@ -98,7 +98,7 @@ impl Hub {
         self.shared.pushes.epoch()
     }
 
-    pub(crate) fn relay_metrics(&self) -> &crate::metrics::RelayMetrics {
+    pub(crate) fn relay_metrics(&self) -> &crate::stats::RelayMetrics {
         &self.shared.metrics
     }
 
