@@ -27,9 +27,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::admin_server::HttpLimits;
-pub use crate::config::{AdminToken, BadToken, DEFAULT_ADDR};
 use crate::assign::{Candidate, Policy};
-use crate::connection::control_frame;
+pub use crate::config::{AdminToken, BadToken, DEFAULT_ADDR};
 use crate::hub::Hub;
 use crate::stats::FanOut;
 
@@ -683,11 +682,7 @@ async fn kick_user(
     let shared = state.hub.shared();
     let mut servers = Vec::new();
     for server in shared.registry.sessions(user.as_str()) {
-        let kick =
-            control_frame(shared, Control::Kick { user: user.clone(), reason: reason.clone() });
-        if let Some(outbox) = shared.registry.outbox(server)
-            && outbox.push(kick).is_ok()
-        {
+        if shared.kick(server, user.clone(), reason.clone()).is_ok() {
             servers.push(server.0);
         }
     }
@@ -731,16 +726,15 @@ async fn drain_server(
     if !shared.registry.is_registered(server) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no server {id}")));
     }
-    let Some(outbox) = shared.registry.outbox(server) else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("server {id} is away")));
-    };
+    let away = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("server {id} is away"));
+    if shared.registry.outbox(server).is_none() {
+        return Err(away());
+    }
     shared.registry.drain(server);
     // Chosen after the mark, so the drained server is never its own target.
     let target = choose_server(&state, "").map(|info| info.client_addr);
-    let drain = control_frame(shared, Control::Drain { target: target.clone() });
-    if outbox.push(drain).is_err() {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("server {id} is away")));
-    }
+    // A server whose queue is full is disconnected (the slow-consumer rule): away, too.
+    shared.send_control(server, Control::Drain { target: target.clone() }).map_err(|_| away())?;
     let users = shared.registry.user_counts().get(&server).copied().unwrap_or(0) as u64;
     tracing::info!(%server, ?target, "server drained through the admin API");
     Ok(Json(DrainAnswer { server: id, state: server_state(true, true, users), target }))

@@ -40,12 +40,15 @@ pub mod groups;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
+mod peer_watch;
 mod presence;
 mod push;
 pub mod registry;
 pub mod standby;
+mod state;
 pub mod stats;
 pub mod tls;
+mod watches;
 
 pub use acms_protocol::Secret;
 pub use admin::{AdminSettings, AdminToken};
