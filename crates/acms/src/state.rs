@@ -190,3 +190,135 @@ impl HubState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::SystemTime;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::outbox::Inbox;
+    use crate::registry::ServerInfo;
+
+    /// A queue limit small enough to fill with one frame: an empty queue takes any batch.
+    const LIMIT: usize = 64;
+
+    /// A registered server's ends: its queue, its writer's end (kept, never drained: a server
+    /// that stopped reading), and the token that ends its connection.
+    struct Server {
+        outbox: Outbox,
+        _inbox: Inbox,
+        closer: CancellationToken,
+    }
+
+    fn hub() -> HubState {
+        HubState::new(HubConfig::default(), None)
+    }
+
+    fn register(state: &HubState, id: u32) -> Server {
+        let (outbox, inbox) = Outbox::new(LIMIT, LIMIT / 2);
+        let closer = CancellationToken::new();
+        let info = ServerInfo {
+            id: ServerId(id),
+            client_addr: format!("127.0.0.1:{}", 6000 + id),
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], 50000)),
+            connected_at: SystemTime::now(),
+            load: None,
+            draining: false,
+        };
+        state.registry.register(info, 1, outbox.clone(), closer.clone(), None).expect("registers");
+        Server { outbox, _inbox: inbox, closer }
+    }
+
+    /// Fills `server`'s queue past its limit, as a server that stopped reading would.
+    fn fill(server: &Server) {
+        server.outbox.push(Bytes::from(vec![0; 2 * LIMIT])).expect("an empty queue takes it");
+    }
+
+    fn slow_consumers(state: &HubState) -> u64 {
+        state.stats.snapshot().slow_consumers
+    }
+
+    #[test]
+    fn a_control_frame_for_a_full_queue_closes_that_server_and_counts_it_once() {
+        let state = hub();
+        let slow = register(&state, 1);
+        let other = register(&state, 2);
+        fill(&slow);
+
+        let sent = state.send_control(ServerId(1), Control::Resend { from: 7 });
+        assert_eq!(sent, Err(NotSent::SlowConsumer { pending: 2 * LIMIT }));
+        assert_eq!(slow_consumers(&state), 1);
+        assert!(slow.closer.is_cancelled(), "the slow server's connection is told to end");
+        assert_eq!(slow.outbox.push(Bytes::from_static(b"x")), Err(PushError::Closed));
+        // Closed now: later frames find it away, and the rule is not counted again.
+        assert_eq!(
+            state.send_control(ServerId(1), Control::Resend { from: 8 }),
+            Err(NotSent::Away)
+        );
+        assert_eq!(slow_consumers(&state), 1);
+
+        // Nothing else affected: the other server takes the frame, whole, and stays open.
+        let frame = state.control_frame(Control::Resend { from: 7 });
+        assert_eq!(state.send_control(ServerId(2), Control::Resend { from: 7 }), Ok(()));
+        assert_eq!(other.outbox.pending(), frame.len());
+        assert!(!other.closer.is_cancelled());
+        assert_eq!(slow_consumers(&state), 1);
+    }
+
+    #[test]
+    fn a_control_frame_for_a_server_not_connected_is_not_a_slow_consumer() {
+        let state = hub();
+        let sent = state.send_control(ServerId(9), Control::Resend { from: 1 });
+        assert_eq!(sent, Err(NotSent::Away));
+        assert_eq!(slow_consumers(&state), 0);
+    }
+
+    #[test]
+    fn every_hub_wide_push_applies_the_rule_to_a_full_queue() {
+        // Each effect that used to drop its frame silently on a full queue.
+        type Effect = fn(&HubState);
+        let effects: [(&str, Effect); 5] = [
+            ("server down", |state| state.server_down(ServerId(3))),
+            ("resend", |state| state.ask_to_resend(HashMap::from([(ServerId(1), 5)]))),
+            ("multi-session notice", |state| {
+                state.tell_shared(ServerId(1), UserId::new("bob").unwrap(), true)
+            }),
+            ("kick", |state| {
+                let _ = state.kick(ServerId(1), UserId::new("bob").unwrap(), "why".into());
+            }),
+            ("server up", |state| {
+                let peers = state.registry.peers(ServerId(3));
+                let up = ServerEpoch { id: ServerId(3), epoch: 1 };
+                state.announce_up(peers, up, &HashMap::new());
+            }),
+        ];
+        for (name, effect) in effects {
+            let state = hub();
+            let slow = register(&state, 1);
+            let other = register(&state, 2);
+            fill(&slow);
+            effect(&state);
+            assert!(slow.closer.is_cancelled(), "{name}: the full server is disconnected");
+            assert_eq!(slow_consumers(&state), 1, "{name}: and counted once");
+            assert!(!other.closer.is_cancelled(), "{name}: the other server stays");
+        }
+    }
+
+    #[test]
+    fn one_frame_for_several_servers_reaches_each_that_has_room() {
+        let state = hub();
+        let slow = register(&state, 1);
+        let others = [register(&state, 2), register(&state, 4)];
+        fill(&slow);
+        state.server_down(ServerId(3));
+        let frame = state.control_frame(Control::ServerDown { server: ServerId(3) });
+        for other in &others {
+            assert_eq!(other.outbox.pending(), frame.len(), "each gets its ServerDown");
+        }
+        assert!(slow.closer.is_cancelled());
+        assert_eq!(slow_consumers(&state), 1);
+    }
+}
