@@ -4,7 +4,7 @@
 //! fresh `prometheus-client` registry, so the hot path pays nothing for the exporter. The one
 //! metric measured for it is the relay latency histogram: the time the hub takes to route the
 //! frames of one socket read and queue them for their servers, sampled on one read in
-//! [`SAMPLE_EVERY`](crate::stats::SAMPLE_EVERY), so that most reads pay no clock read and no lock.
+//! `SAMPLE_EVERY`, so that most reads pay no clock read and no lock.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;

@@ -1,5 +1,5 @@
 //! Counters of the hub's work, read by tests, logs and metrics, and the relay latency sampled
-//! for the metrics ([`RelayMetrics`]).
+//! for the metrics (`RelayMetrics`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
