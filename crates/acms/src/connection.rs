@@ -401,8 +401,7 @@ impl Connection {
                 drained = tokio::time::timeout(max_stall, outbox.drained()) => drained,
             };
             if drained.is_err() {
-                debug!(slow_server = %target, ?max_stall, "did not drain in time");
-                self.shared.slow_consumer(target, outbox.pending());
+                self.shared.stalled(target, outbox.pending(), max_stall);
             }
         }
         Ok(())

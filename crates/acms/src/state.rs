@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use acms_protocol::{Control, Frame, ServerEpoch, ServerId, UserId};
 use bytes::Bytes;
@@ -112,6 +113,14 @@ impl HubState {
     /// every server sends it again what it did not acknowledge, so nothing is lost for good.
     pub(crate) fn slow_consumer(&self, server: ServerId, pending: usize) {
         self.count_slow_consumer(Some(server), pending);
+        self.registry.close(server);
+    }
+
+    /// The slow-consumer rule for a server that stayed above its high water for `max_stall`
+    /// while senders waited for it: disconnected and counted like one whose queue is full.
+    pub(crate) fn stalled(&self, server: ServerId, pending: usize, max_stall: Duration) {
+        self.stats.slow_consumer();
+        warn!(slow_server = %server, pending, ?max_stall, "slow consumer: did not drain in time; disconnecting it");
         self.registry.close(server);
     }
 
@@ -266,6 +275,19 @@ mod tests {
         assert_eq!(other.outbox.pending(), frame.len());
         assert!(!other.closer.is_cancelled());
         assert_eq!(slow_consumers(&state), 1);
+    }
+
+    #[test]
+    fn a_server_that_did_not_drain_in_time_is_closed_and_counted_alone() {
+        let state = hub();
+        let slow = register(&state, 1);
+        let other = register(&state, 2);
+        state.stalled(ServerId(1), 2 * LIMIT, Duration::from_secs(5));
+        assert!(slow.closer.is_cancelled());
+        assert_eq!(slow.outbox.push(Bytes::from_static(b"x")), Err(PushError::Closed));
+        assert_eq!(slow_consumers(&state), 1);
+        assert!(!other.closer.is_cancelled());
+        assert_eq!(state.send_control(ServerId(2), Control::Resend { from: 1 }), Ok(()));
     }
 
     #[test]
