@@ -6,8 +6,6 @@
 //! OpenAPI document. `GET /api/assign` is a read route: it answers from the servers' latest load
 //! reports by the configured policy ([`crate::assign`]).
 
-use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
@@ -30,65 +28,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::admin_server::HttpLimits;
 use crate::assign::{Candidate, Policy};
-use crate::connection::control_frame;
+pub use crate::config::{AdminToken, BadToken, DEFAULT_ADDR};
 use crate::hub::Hub;
 use crate::stats::FanOut;
-
-/// The bearer token of the admin API. Never shown in logs or `Debug` output.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct AdminToken(String);
-
-/// Why a string cannot be an admin token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the admin token must be 16 to 256 visible ASCII characters")]
-pub struct BadToken;
-
-impl AdminToken {
-    /// A token from text: 16 to 256 visible ASCII characters, so it fits a header as it is.
-    pub fn new(token: impl Into<String>) -> Result<Self, BadToken> {
-        let token = token.into();
-        let visible = token.bytes().all(|byte| byte.is_ascii_graphic());
-        if (16..=256).contains(&token.len()) && visible { Ok(Self(token)) } else { Err(BadToken) }
-    }
-
-    /// A fresh random token (256 bits, hex) for a hub that was given none.
-    pub fn generate() -> Self {
-        use rand::RngCore;
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        Self(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
-    }
-
-    /// The token's text, to write where the operator can read it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Compares in time independent of where the strings differ.
-    fn matches(&self, offered: &[u8]) -> bool {
-        let mine = self.0.as_bytes();
-        let mut diff = mine.len() ^ offered.len();
-        for (index, byte) in mine.iter().enumerate() {
-            diff |= usize::from(byte ^ offered.get(index).copied().unwrap_or(0));
-        }
-        diff == 0
-    }
-}
-
-impl TryFrom<String> for AdminToken {
-    type Error = BadToken;
-
-    fn try_from(token: String) -> Result<Self, BadToken> {
-        Self::new(token)
-    }
-}
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(..)")
-    }
-}
 
 /// What the admin API needs besides the hub.
 #[derive(Debug, Clone)]
@@ -740,11 +682,7 @@ async fn kick_user(
     let shared = state.hub.shared();
     let mut servers = Vec::new();
     for server in shared.registry.sessions(user.as_str()) {
-        let kick =
-            control_frame(shared, Control::Kick { user: user.clone(), reason: reason.clone() });
-        if let Some(outbox) = shared.registry.outbox(server)
-            && outbox.push(kick).is_ok()
-        {
+        if shared.kick(server, user.clone(), reason.clone()).is_ok() {
             servers.push(server.0);
         }
     }
@@ -788,16 +726,15 @@ async fn drain_server(
     if !shared.registry.is_registered(server) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no server {id}")));
     }
-    let Some(outbox) = shared.registry.outbox(server) else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("server {id} is away")));
-    };
+    let away = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("server {id} is away"));
+    if shared.registry.outbox(server).is_none() {
+        return Err(away());
+    }
     shared.registry.drain(server);
     // Chosen after the mark, so the drained server is never its own target.
     let target = choose_server(&state, "").map(|info| info.client_addr);
-    let drain = control_frame(shared, Control::Drain { target: target.clone() });
-    if outbox.push(drain).is_err() {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("server {id} is away")));
-    }
+    // A server whose queue is full is disconnected (the slow-consumer rule): away, too.
+    shared.send_control(server, Control::Drain { target: target.clone() }).map_err(|_| away())?;
     let users = shared.registry.user_counts().get(&server).copied().unwrap_or(0) as u64;
     tracing::info!(%server, ?target, "server drained through the admin API");
     Ok(Json(DrainAnswer { server: id, state: server_state(true, true, users), target }))
@@ -846,7 +783,3 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/broadcast"),
     ("post", "/api/servers/{id}/drain"),
 ];
-
-/// The address the admin API listens on by default: loopback only.
-pub const DEFAULT_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 11000);

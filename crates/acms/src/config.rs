@@ -1,13 +1,12 @@
 //! Settings of the hub. Every one has a default, so the daemon runs with no file at all;
 //! `config/acms.toml` lists them all with their defaults.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use acms_protocol::Secret;
-
-use crate::admin::AdminToken;
 use serde::Deserialize;
 
 /// The whole configuration file of the `acms` daemon.
@@ -63,7 +62,7 @@ impl AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            addr: crate::admin::DEFAULT_ADDR,
+            addr: DEFAULT_ADDR,
             token: None,
             token_file: None,
             push_timeout: Duration::from_secs(5),
@@ -235,6 +234,69 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+// The admin API's token and address live here, beside the settings that hold them, so that
+// the settings depend on no server module.
+
+/// The address the admin API listens on by default: loopback only.
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 11000);
+
+/// The bearer token of the admin API. Never shown in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AdminToken(String);
+
+/// Why a string cannot be an admin token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the admin token must be 16 to 256 visible ASCII characters")]
+pub struct BadToken;
+
+impl AdminToken {
+    /// A token from text: 16 to 256 visible ASCII characters, so it fits a header as it is.
+    pub fn new(token: impl Into<String>) -> Result<Self, BadToken> {
+        let token = token.into();
+        let visible = token.bytes().all(|byte| byte.is_ascii_graphic());
+        if (16..=256).contains(&token.len()) && visible { Ok(Self(token)) } else { Err(BadToken) }
+    }
+
+    /// A fresh random token (256 bits, hex) for a hub that was given none.
+    pub fn generate() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        Self(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+    }
+
+    /// The token's text, to write where the operator can read it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares in time independent of where the strings differ.
+    pub(crate) fn matches(&self, offered: &[u8]) -> bool {
+        let mine = self.0.as_bytes();
+        let mut diff = mine.len() ^ offered.len();
+        for (index, byte) in mine.iter().enumerate() {
+            diff |= usize::from(byte ^ offered.get(index).copied().unwrap_or(0));
+        }
+        diff == 0
+    }
+}
+
+impl TryFrom<String> for AdminToken {
+    type Error = BadToken;
+
+    fn try_from(token: String) -> Result<Self, BadToken> {
+        Self::new(token)
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 #[cfg(test)]

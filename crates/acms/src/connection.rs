@@ -25,40 +25,20 @@ use acms_protocol::{
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info, warn};
 
 use crate::auth::{Admission, admit_without_secret};
-use crate::config::HubConfig;
 use crate::forwarded::Marks;
-use crate::groups::Groups;
-use crate::metrics::{RelayMetrics, SAMPLE_EVERY};
 use crate::outbox::{Outbox, PushError, write_loop};
-use crate::presence::{self, Watches};
-use crate::push::Pushes;
-use crate::registry::{Change, Departure, Placed, Registry, RelayError, Relayed, ServerInfo};
-use crate::standby::Standby;
-use crate::stats::{FanOut, Stats};
+use crate::presence;
+use crate::registry::{Change, Departure, Placed, RelayError, Relayed, ServerInfo};
+use crate::state::HubState;
+use crate::stats::{FanOut, SAMPLE_EVERY};
 use crate::tls::{self, ReadHalf, Refusal, ServerTls};
-
-/// What every connection of a hub shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: HubConfig,
-    pub(crate) registry: Registry,
-    pub(crate) groups: Groups,
-    pub(crate) stats: Stats,
-    pub(crate) tls: Option<ServerTls>,
-    pub(crate) standby: Standby,
-    pub(crate) watches: Watches,
-    pub(crate) pushes: Pushes,
-    pub(crate) metrics: RelayMetrics,
-    /// The peer hubs' status links open now, at most `max_peer_links`.
-    pub(crate) peer_links: Arc<Semaphore>,
-}
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -103,7 +83,7 @@ impl From<ProtocolError> for Close {
 const READ_CHUNK: usize = 64 * 1024;
 
 struct Connection {
-    shared: Arc<Shared>,
+    shared: Arc<HubState>,
     reader: ReadHalf,
     read_buf: BytesMut,
     codec: Codec,
@@ -212,7 +192,7 @@ struct Staged {
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<HubState>,
     shutdown: CancellationToken,
 ) {
     let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
@@ -295,41 +275,24 @@ pub(crate) async fn serve(
 /// Ends the grace of an AS that went away, unless it came back, and asks the servers whose
 /// frames to it were held, or in flight when its connection broke, to send them again: they now
 /// reach their recipients elsewhere, or come back undeliverable.
-async fn expire_later(shared: Arc<Shared>, server: ServerId, departure: u64) {
+async fn expire_later(shared: Arc<HubState>, server: ServerId, departure: u64) {
     tokio::time::sleep(shared.config.reconnect_grace).await;
     if let Some((held, left)) = shared.registry.expire(server, departure) {
         info!(%server, "app server did not come back in time; its users are offline");
         presence::left(&shared, left);
-        server_down(&shared, server);
-        ask_to_resend(&shared, held);
-    }
-}
-
-/// A server left the cluster for good: its groups go, and the others are told, so that none
-/// waits any longer for its acknowledgement of a group, broadcast or server frame.
-fn server_down(shared: &Shared, server: ServerId) {
-    shared.groups.remove_server(server);
-    for peer in shared.registry.peers(server) {
-        let _ = peer.outbox.push(control_frame(shared, Control::ServerDown { server }));
+        shared.server_down(server);
+        shared.ask_to_resend(held);
     }
 }
 
 /// Ends the settle window: frames held for users nobody had are sent again, to be delivered or
 /// returned as undeliverable.
-async fn end_settle(shared: Arc<Shared>) {
+async fn end_settle(shared: Arc<HubState>) {
     if let Some(ends) = shared.registry.settle_ends() {
         tokio::time::sleep_until(ends.into()).await;
     }
-    ask_to_resend(&shared, shared.registry.take_unclaimed());
+    shared.ask_to_resend(shared.registry.take_unclaimed());
     presence::settled(&shared);
-}
-
-fn ask_to_resend(shared: &Shared, held: std::collections::HashMap<ServerId, u64>) {
-    for (origin, from) in held {
-        if let Some(outbox) = shared.registry.outbox(origin) {
-            let _ = outbox.push(control_frame(shared, Control::Resend { from }));
-        }
-    }
 }
 
 /// The TLS handshake, within the connection's handshake deadline. A failure is logged and counted
@@ -337,7 +300,7 @@ fn ask_to_resend(shared: &Shared, held: std::collections::HashMap<ServerId, u64>
 async fn accept_tls(
     tls: &ServerTls,
     stream: TcpStream,
-    shared: &Shared,
+    shared: &HubState,
     deadline: Instant,
     shutdown: &CancellationToken,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
@@ -399,11 +362,6 @@ fn claimed_by(server: ServerId, claimed: ServerId, what: &str) -> Result<(), Clo
     ))
 }
 
-/// A control frame as bytes; control frames the hub makes always fit its own limit.
-pub(crate) fn control_frame(shared: &Shared, control: Control) -> Bytes {
-    Frame::Control(control).to_bytes(shared.config.max_frame_len).unwrap_or_default()
-}
-
 impl Connection {
     async fn run(&mut self) -> Close {
         match self.handshake().await {
@@ -443,9 +401,7 @@ impl Connection {
                 drained = tokio::time::timeout(max_stall, outbox.drained()) => drained,
             };
             if drained.is_err() {
-                self.shared.stats.slow_consumer();
-                warn!(slow_server = %target, pending = outbox.pending(), ?max_stall, "slow consumer: did not drain in time; disconnecting it");
-                self.shared.registry.close(target);
+                self.shared.stalled(target, outbox.pending(), max_stall);
             }
         }
         Ok(())
@@ -549,7 +505,7 @@ impl Connection {
                         // hub, thinking them shared; their only session is here now. It gets the
                         // frame back (and does not deliver it twice) and learns they are not.
                         if let Ok(user) = UserId::new(route.recipient) {
-                            presence::tell_shared(&self.shared, server, user, false);
+                            self.shared.tell_shared(server, user, false);
                         }
                     }
                     if target.is_none() || target != self.run.target {
@@ -809,17 +765,11 @@ impl Connection {
         }
         self.outbox.keep_alive();
         let peers = self.shared.registry.peers(id);
-        let hub = ServerEpoch { id: ServerId::HUB, epoch: self.shared.pushes.epoch() };
-        let servers = peers.iter().map(|peer| ServerEpoch { id: peer.id, epoch: peer.epoch });
-        self.send(Control::Servers { servers: servers.chain([hub]).collect() })?;
+        self.send(self.shared.servers(&peers))?;
         // The AS knows the hub's epoch now: the hub's own pushes may reach it.
         self.shared.registry.resent(ServerId::HUB, id);
         let server = ServerEpoch { id, epoch: hello.epoch };
-        for peer in peers {
-            let resend_from = registration.resend.get(&peer.id).copied();
-            let up = Control::ServerUp { server, resend_from };
-            let _ = peer.outbox.push(control_frame(&self.shared, up));
-        }
+        self.shared.announce_up(peers, server, &registration.resend);
         Ok(Opened::Server)
     }
 
@@ -902,7 +852,7 @@ impl Connection {
                     // unclaimed are sent again at once, not at the end of the settle window.
                     // After a failover every server registers in it, so this is what lets traffic
                     // flow within milliseconds rather than after the whole window.
-                    ask_to_resend(&self.shared, self.shared.registry.take_unclaimed());
+                    self.shared.ask_to_resend(self.shared.registry.take_unclaimed());
                     Ok(())
                 }
                 Control::Digest(digest) => self.handle_digest(digest),
@@ -979,9 +929,9 @@ impl Connection {
                 Ok(Relayed::Held) => shared.stats.held(frames),
                 Err(RelayError::Gone(chunks)) => result = result.and(self.bounce(&chunks)),
                 Err(RelayError::SlowConsumer { pending }) => {
-                    shared.stats.slow_consumer();
+                    // The registry closed the server's queue as it refused the batch.
                     shared.stats.held(frames);
-                    warn!(slow_server = %target, pending, "slow consumer: disconnecting it");
+                    shared.count_slow_consumer(Some(target), pending);
                 }
             }
         }
@@ -1045,10 +995,10 @@ impl Connection {
                     // Both sides learn the user is shared; in a snapshot, this AS hears it when
                     // the snapshot is done, with its other shared users.
                     if let Some(other) = alone_until_now {
-                        presence::tell_shared(&self.shared, other, user.clone(), true);
+                        self.shared.tell_shared(other, user.clone(), true);
                     }
                     if self.snapshot_groups.is_none() {
-                        presence::tell_shared(&self.shared, server, user.clone(), true);
+                        self.shared.tell_shared(server, user.clone(), true);
                     }
                     let change = Change { user: user.clone(), server: Some(server) };
                     presence::announce(&self.shared, [change]);
@@ -1156,7 +1106,7 @@ impl Connection {
             for user in &self.users {
                 let sessions = self.shared.registry.sessions(user.as_str());
                 if sessions.len() > 1 && sessions.contains(&server) {
-                    presence::tell_shared(&self.shared, server, user.clone(), true);
+                    self.shared.tell_shared(server, user.clone(), true);
                 }
             }
         }
@@ -1167,10 +1117,7 @@ impl Connection {
     /// user when it comes back, lose, and be told then.
     fn kick(&self, target: ServerId, user: &UserId, winner: ServerId) {
         let reason = format!("{user} logged in on server {winner}");
-        let kick = control_frame(&self.shared, Control::Kick { user: user.clone(), reason });
-        if let Some(outbox) = self.shared.registry.outbox(target) {
-            let _ = outbox.push(kick);
-        }
+        let _told_now_or_at_its_snapshot = self.shared.kick(target, user.clone(), reason);
     }
 
     /// Adds watches and answers each with the user's current place, so the AS starts right.
@@ -1240,8 +1187,8 @@ impl Connection {
         match self.outbox.push_batch(frames).map_err(|(err, _)| err) {
             Ok(()) => Ok(()),
             Err(PushError::Full { pending }) => {
-                self.shared.stats.slow_consumer();
-                warn!(pending, "slow consumer: disconnecting it");
+                // Returning the close ends this connection: the rule applied to its own queue.
+                self.shared.count_slow_consumer(self.server, pending);
                 Err(Close::SlowConsumer)
             }
             Err(PushError::Closed) => Err(Close::Io(io::ErrorKind::BrokenPipe.into())),
@@ -1321,13 +1268,13 @@ impl Connection {
             Departure::Away(departure) => Some((server, departure)),
             Departure::Gone { left, forwarded } => {
                 presence::left(&self.shared, left);
-                server_down(&self.shared, server);
+                self.shared.server_down(server);
                 // An AS that said `Bye` may have left frames unread in its queue or socket: their
                 // origins send them again, to reach their recipients elsewhere or come back
                 // undeliverable. Not on a hub shutdown: the origins send everything again to the
                 // next hub, where the recipients' servers will be back.
                 if self.leaving {
-                    ask_to_resend(&self.shared, forwarded);
+                    self.shared.ask_to_resend(forwarded);
                 }
                 None
             }

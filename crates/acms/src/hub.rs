@@ -12,17 +12,19 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::HubConfig;
-use crate::connection::{self, Shared};
+use crate::connection;
 use crate::groups::Groups;
+use crate::peer_watch;
 use crate::registry::Registry;
-use crate::standby::{self, Standby};
+use crate::standby::Standby;
+use crate::state::HubState;
 use crate::stats::StatsSnapshot;
 use crate::tls::ServerTls;
 
 /// A running hub's state; clones share it.
 #[derive(Debug, Clone)]
 pub struct Hub {
-    shared: Arc<Shared>,
+    shared: Arc<HubState>,
 }
 
 impl Hub {
@@ -37,24 +39,7 @@ impl Hub {
     }
 
     fn with_optional_tls(config: HubConfig, tls: Option<ServerTls>) -> Self {
-        let registry = Registry::new(config.settle).with_login_conflict(config.login_conflict);
-        let standby = Standby::new(config.peers.clone(), config.keepalive_timeout);
-        let peer_links = Arc::new(Semaphore::new(config.max_peer_links));
-        let watches = Default::default();
-        let groups = Groups::default();
-        let shared = Shared {
-            config,
-            registry,
-            groups,
-            stats: Default::default(),
-            tls,
-            standby,
-            watches,
-            pushes: Default::default(),
-            metrics: Default::default(),
-            peer_links,
-        };
-        Self { shared: Arc::new(shared) }
+        Self { shared: Arc::new(HubState::new(config, tls)) }
     }
 
     /// The settings this hub runs with.
@@ -98,11 +83,11 @@ impl Hub {
         self.shared.pushes.epoch()
     }
 
-    pub(crate) fn relay_metrics(&self) -> &crate::metrics::RelayMetrics {
+    pub(crate) fn relay_metrics(&self) -> &crate::stats::RelayMetrics {
         &self.shared.metrics
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<HubState> {
         &self.shared
     }
 
@@ -126,12 +111,12 @@ impl Hub {
         for index in 0..config.peers.len() {
             let peer = config.peers[index].clone();
             tracker.spawn(
-                standby::watch(self.shared.clone(), index, shutdown.clone())
+                peer_watch::watch(self.shared.clone(), index, shutdown.clone())
                     .instrument(info_span!("peer", %peer)),
             );
         }
         if !config.peers.is_empty() {
-            tracker.spawn(standby::heartbeat(self.shared.clone(), shutdown.clone()));
+            tracker.spawn(peer_watch::heartbeat(self.shared.clone(), shutdown.clone()));
             info!(peers = ?config.peers, "standby until the peer hubs are asked which one is active");
         }
         let slots = Arc::new(Semaphore::new(config.max_connections));

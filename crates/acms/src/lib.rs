@@ -26,10 +26,13 @@
 //! - [`registry`]: the AS registry and the user directory, behind synchronous methods.
 //! - `forwarded`: the lowest sequence number each origin forwarded to each AS connection, for
 //!   the frames in flight to a server that leaves for good.
-//! - `presence`: which AS watch which users, and the `Presence` pushes to them.
+//! - `state`: `HubState`, what every connection shares, and the hub-wide effects: every control
+//!   frame sent to a server, and the slow-consumer rule, go through it.
+//! - `watches`: which AS watch which users; `presence`: the `Presence` pushes to them.
 //! - [`groups`]: which servers have members of which group.
-//! - [`stats`]: counters of what the hub relayed and refused.
-//! - [`standby`]: hot standby: which hub of a cluster is active, and the peer watchers.
+//! - [`stats`]: counters of what the hub relayed and refused, and the sampled relay latency.
+//! - [`standby`]: hot standby: which hub of a cluster is active; `peer_watch`: the links that
+//!   watch the peer hubs.
 
 pub mod admin;
 pub mod admin_server;
@@ -44,13 +47,16 @@ pub mod groups;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
+mod peer_watch;
 mod presence;
 mod push;
 pub mod registry;
 pub mod standby;
+mod state;
 pub mod stats;
 pub mod tls;
 mod token_file;
+mod watches;
 
 pub use acms_protocol::Secret;
 pub use admin::{AdminSettings, AdminToken};

@@ -4,41 +4,15 @@
 //! fresh `prometheus-client` registry, so the hot path pays nothing for the exporter. The one
 //! metric measured for it is the relay latency histogram: the time the hub takes to route the
 //! frames of one socket read and queue them for their servers, sampled on one read in
-//! [`SAMPLE_EVERY`], so that most reads pay no clock read and no lock.
-
-use std::time::Duration;
+//! `SAMPLE_EVERY`, so that most reads pay no clock read and no lock.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::hub::Hub;
-
-/// One read in this many has its relay time measured.
-pub(crate) const SAMPLE_EVERY: u32 = 64;
-
-/// What the relay measures for the metrics beyond its counters.
-#[derive(Debug, Clone)]
-pub(crate) struct RelayMetrics {
-    latency: Histogram,
-}
-
-impl Default for RelayMetrics {
-    fn default() -> Self {
-        // 1 µs to about 1 s.
-        Self { latency: Histogram::new(exponential_buckets(1e-6, 4.0, 11)) }
-    }
-}
-
-impl RelayMetrics {
-    /// Records the time one sampled read took to route and queue.
-    pub(crate) fn relay_latency(&self, took: Duration) {
-        self.latency.observe(took.as_secs_f64());
-    }
-}
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -166,7 +140,7 @@ pub fn render(hub: &Hub) -> String {
         "relay_latency_seconds",
         "Time to route the frames of one socket read and queue them for their servers \
          (sampled: one read in 64)",
-        hub.relay_metrics().latency.clone(),
+        hub.relay_metrics().latency().clone(),
     );
 
     let mut out = String::new();

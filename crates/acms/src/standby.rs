@@ -6,26 +6,16 @@
 //! reachable peer is. The rule itself is [`decide`], a pure function; docs/FAILOVER.md explains
 //! it. Only live registrations count, and a hub that finds it was paused counts none until it
 //! has heard from every peer again, so that it never pulls back the servers that left it.
+//!
+//! This module holds the state and the rule; the links that watch the peers are in
+//! `peer_watch`.
 
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use acms_protocol::{
-    Challenge, Codec, Control, ErrorCode, Frame, HANDSHAKE_MAX_FRAME_LEN, HubStatus, Nonce,
-    PROTOCOL_VERSION, PeerHello, ProtocolError, Prover, Secret, ServerId,
-};
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::time::MissedTickBehavior;
-use tokio_util::codec::Decoder;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-
-use crate::connection::Shared;
+use acms_protocol::{HubStatus, Nonce};
+use tracing::warn;
 
 /// Where a hub stands among the hubs of its cluster when the numbers of servers are equal: the
 /// lower rank is preferred. The older hub first, so a hub that has run for a while is not
@@ -117,8 +107,9 @@ pub(crate) enum Change {
 /// This hub's role and what it knows of its peers.
 #[derive(Debug)]
 pub struct Standby {
-    rank: Rank,
-    peers: Vec<String>,
+    pub(crate) rank: Rank,
+    /// The peer hubs' addresses, as configured.
+    pub(crate) peers: Vec<String>,
     active: AtomicBool,
     state: Mutex<State>,
     /// A gap longer than this between two heartbeats means the process was paused (SIGSTOP, a
@@ -260,14 +251,20 @@ impl Standby {
     }
 
     /// The pauses noticed so far, for a watcher to note when it asks a question.
-    fn pauses(&self) -> u64 {
+    pub(crate) fn pauses(&self) -> u64 {
         self.state.lock().expect("standby lock").pauses
     }
 
     /// Records what was learnt of peer `index`, in answer to a question asked when
     /// [`Self::pauses`] was `asked`, and decides again; `servers` are this hub's live
     /// registrations.
-    fn update(&self, index: usize, now: Seen, servers: usize, asked: u64) -> Option<Change> {
+    pub(crate) fn update(
+        &self,
+        index: usize,
+        now: Seen,
+        servers: usize,
+        asked: u64,
+    ) -> Option<Change> {
         self.update_at(index, now, servers, asked, Instant::now())
     }
 
@@ -318,212 +315,6 @@ impl Standby {
             }
             _ => None,
         }
-    }
-}
-
-/// Why a peer link ended.
-#[derive(Debug, thiserror::Error)]
-enum PeerError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Protocol(#[from] ProtocolError),
-    #[error("no status within {0:?}")]
-    Silent(Duration),
-    #[error("the peer closed the connection")]
-    Closed,
-    #[error("the peer refused: {0}")]
-    Refused(String),
-    #[error("unexpected message from the peer")]
-    Unexpected,
-    #[error(
-        "the peer's proof does not match this hub's secret (set the same ACMS_SECRET on every hub)"
-    )]
-    BadProof,
-}
-
-/// Notes every `keepalive_interval` that the hub runs, so that a pause shows as a gap.
-pub(crate) async fn heartbeat(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(shared.config.keepalive_interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => shared.standby.beat(Instant::now()),
-        }
-    }
-}
-
-/// Watches peer `index` until shutdown: one connection at a time, a status request every
-/// `keepalive_interval`, and a new connection after any failure.
-pub(crate) async fn watch(shared: Arc<Shared>, index: usize, shutdown: CancellationToken) {
-    let addr = shared.standby.peers[index].clone();
-    let interval = shared.config.keepalive_interval;
-    let mut reachable = None;
-    loop {
-        let mut asked = shared.standby.pauses();
-        let ended = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            ended = probe(&shared, index, &addr, &mut reachable, &mut asked) => ended,
-        };
-        if reachable != Some(false) {
-            warn!(peer = %addr, error = %ended, "peer hub unreachable");
-            reachable = Some(false);
-        }
-        report(&shared, index, Seen::Unreachable, asked);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-}
-
-/// One connection to a peer: authenticates (`PeerHello`), reads each answer within
-/// `keepalive_timeout`, and waits the interval before asking again while watching the socket, so
-/// that a peer that dies is noticed at once.
-async fn probe(
-    shared: &Arc<Shared>,
-    index: usize,
-    addr: &str,
-    reachable: &mut Option<bool>,
-    asked: &mut u64,
-) -> PeerError {
-    let timeout = shared.config.keepalive_timeout;
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return err.into(),
-        Err(_) => return PeerError::Silent(timeout),
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
-    let mut buf = BytesMut::with_capacity(1024);
-    let mut codec = Codec::new(HANDSHAKE_MAX_FRAME_LEN);
-    let secret = shared.config.secret.as_ref();
-    let opened = open(secret, &mut reader, &mut writer, &mut buf, &mut codec);
-    match tokio::time::timeout(timeout, opened).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => return err,
-        Err(_) => return PeerError::Silent(timeout),
-    }
-    loop {
-        let answer =
-            tokio::time::timeout(timeout, next_control(&mut reader, &mut buf, &mut codec)).await;
-        let status = match answer {
-            Err(_) => return PeerError::Silent(timeout),
-            Ok(Err(err)) => return err,
-            Ok(Ok(Control::HubStatus(status))) => status,
-            Ok(Ok(Control::Error { message, .. })) => return PeerError::Refused(message),
-            Ok(Ok(_)) => return PeerError::Unexpected,
-        };
-        let seen = if status.id == shared.standby.rank.id
-            && status.started == shared.standby.rank.started
-        {
-            Seen::Myself
-        } else {
-            Seen::Reachable(status.into())
-        };
-        if *reachable != Some(true) {
-            info!(peer = %addr, active = status.active, servers = status.servers, myself = seen == Seen::Myself, "peer hub reachable");
-            *reachable = Some(true);
-        }
-        report(shared, index, seen, *asked);
-        if seen == Seen::Myself {
-            // Nothing to watch; the slot stays known and never counts as a peer.
-            std::future::pending::<()>().await;
-        }
-        let read = tokio::select! {
-            _ = tokio::time::sleep(shared.config.keepalive_interval) => None,
-            read = reader.read_buf(&mut buf) => Some(read),
-        };
-        match read {
-            None => {
-                *asked = shared.standby.pauses();
-                if let Err(err) = write_control(&mut writer, Control::PeerStatus).await {
-                    return err;
-                }
-            }
-            Some(Ok(0)) => return PeerError::Closed,
-            Some(Ok(_)) => return PeerError::Unexpected,
-            Some(Err(err)) => return err.into(),
-        }
-    }
-}
-
-/// Opens a status link: `PeerHello`, then with a secret the challenge-response, in which this
-/// hub checks the peer's proof before it gives its own (docs/FAILOVER.md).
-async fn open(
-    secret: Option<&Secret>,
-    reader: &mut OwnedReadHalf,
-    writer: &mut OwnedWriteHalf,
-    buf: &mut BytesMut,
-    codec: &mut Codec,
-) -> Result<(), PeerError> {
-    let nonce = secret.map(|_| Nonce::random());
-    write_control(writer, Control::PeerHello(PeerHello { version: PROTOCOL_VERSION, nonce }))
-        .await?;
-    let (Some(secret), Some(ours)) = (secret, nonce) else {
-        return Ok(());
-    };
-    match next_control(reader, buf, codec).await? {
-        Control::Challenge(Challenge { nonce: theirs, proof }) => {
-            if secret.verify(Prover::Watched, ServerId::HUB, &ours, &theirs, &proof).is_err() {
-                let refusal = Control::error(
-                    ErrorCode::Unauthorized,
-                    "the hub's proof does not match the shared secret of the hub watching it",
-                );
-                let _ = write_control(writer, refusal).await;
-                return Err(PeerError::BadProof);
-            }
-            let proof = secret.prove(Prover::Watcher, ServerId::HUB, &ours, &theirs);
-            write_control(writer, Control::Auth { proof }).await
-        }
-        Control::Error { message, .. } => Err(PeerError::Refused(message)),
-        _ => Err(PeerError::Unexpected),
-    }
-}
-
-async fn write_control(writer: &mut OwnedWriteHalf, control: Control) -> Result<(), PeerError> {
-    let bytes = Frame::Control(control).to_bytes(HANDSHAKE_MAX_FRAME_LEN)?;
-    writer.write_all(&bytes).await?;
-    Ok(())
-}
-
-/// The next control message on a peer link.
-async fn next_control(
-    reader: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    codec: &mut Codec,
-) -> Result<Control, PeerError> {
-    loop {
-        if let Some(raw) = codec.decode(buf)? {
-            return match raw.decode()? {
-                Frame::Control(control) => Ok(control),
-                _ => Err(PeerError::Unexpected),
-            };
-        }
-        if reader.read_buf(buf).await? == 0 {
-            return Err(PeerError::Closed);
-        }
-    }
-}
-
-/// Records what was learnt of a peer and acts on a change of role.
-fn report(shared: &Shared, index: usize, seen: Seen, asked: u64) {
-    let servers = shared.registry.connected_count();
-    match shared.standby.update(index, seen, servers, asked) {
-        Some(Change::BecameActive) => {
-            info!(servers, "this hub is now active: accepting app servers")
-        }
-        Some(Change::Yielded) => {
-            warn!(
-                servers,
-                "another active hub has more app servers (or ranks first): going standby and closing this hub's app servers so they move"
-            );
-            for server in shared.registry.servers() {
-                shared.registry.close(server.id);
-            }
-        }
-        None => {}
     }
 }
 

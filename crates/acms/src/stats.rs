@@ -1,6 +1,10 @@
-//! Counters of the hub's work, read by tests, logs and (later) metrics.
+//! Counters of the hub's work, read by tests, logs and metrics, and the relay latency sampled
+//! for the metrics (`RelayMetrics`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 /// Monotonic counters, updated with relaxed atomics on the relay path.
 #[derive(Debug, Default)]
@@ -148,5 +152,33 @@ impl Stats {
             server_frames_in: self.fan_out[2].frames_in.load(Ordering::Relaxed),
             server_copies_out: self.fan_out[2].copies_out.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// One read in this many has its relay time measured.
+pub(crate) const SAMPLE_EVERY: u32 = 64;
+
+/// What the relay measures for the metrics beyond its counters.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayMetrics {
+    latency: Histogram,
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        // 1 µs to about 1 s.
+        Self { latency: Histogram::new(exponential_buckets(1e-6, 4.0, 11)) }
+    }
+}
+
+impl RelayMetrics {
+    /// Records the time one sampled read took to route and queue.
+    pub(crate) fn relay_latency(&self, took: Duration) {
+        self.latency.observe(took.as_secs_f64());
+    }
+
+    /// The relay latency histogram, for the metrics exporter.
+    pub(crate) fn latency(&self) -> &Histogram {
+        &self.latency
     }
 }

@@ -4,184 +4,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use acms_protocol::{
-    Data, DataKind, EVERYONE, ErrorCode, GroupId, Secret, ServerId, UserDigest, UserId,
-};
+use acms_protocol::{Data, DataKind, EVERYONE, GroupId, ServerId, UserId};
 use bytes::Bytes;
-use dashmap::DashSet;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+pub use crate::builder::ClusterBuilder;
+pub use crate::events::{Event, LinkState, Outcome, UndeliverableReason};
 use crate::groups::LocalGroups;
 use crate::link::{Command, Link, charge};
-use crate::tls::ClientTls;
-
-/// This server's online users. Every send looks its recipient up here, so the hash is a fast,
-/// randomly seeded one.
-pub(crate) type LocalUsers = DashSet<UserId, foldhash::fast::RandomState>;
-
-/// This server's users who also have sessions on other servers (policy `multi`), as the hub
-/// says with `Shared`. A message from here to one of them is delivered here and sent through the
-/// hub too, which relays it to the other sessions. Soft state: kept across reconnects, said
-/// again by the hub after each snapshot, and corrected by it when found stale.
-///
-/// Every send to a local user asks it, so the count is read first: with no shared user, as
-/// under policy `replace`, that is the whole cost.
-#[derive(Debug, Default)]
-pub(crate) struct SharedUsers {
-    count: AtomicUsize,
-    users: std::sync::Mutex<std::collections::HashSet<UserId>>,
-}
-
-impl SharedUsers {
-    /// Whether `user` has sessions on other servers too.
-    pub(crate) fn contains(&self, user: &str) -> bool {
-        self.count.load(Ordering::Acquire) != 0
-            && self.users.lock().expect("shared users lock").contains(user)
-    }
-
-    /// Records whether `user` has sessions elsewhere.
-    pub(crate) fn set(&self, user: UserId, elsewhere: bool) {
-        let mut users = self.users.lock().expect("shared users lock");
-        if elsewhere {
-            users.insert(user);
-        } else {
-            users.remove(user.as_str());
-        }
-        self.count.store(users.len(), Ordering::Release);
-    }
-
-    /// How many there are.
-    pub(crate) fn len(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-}
-
-/// The digest of this server's users and the number of logins and logouts that changed it.
-///
-/// Changed together with [`LocalUsers`], under its lock, so the link can tell when the hub has
-/// been told of every change the digest reflects (the snapshot, then each `Login` and `Logout`
-/// carries its change number) and only then send the digest: a digest sent while a login is
-/// still queued would differ from the hub's record for no fault of either.
-#[derive(Debug, Default)]
-pub(crate) struct Tally {
-    pub(crate) digest: UserDigest,
-    pub(crate) changes: u64,
-}
-
-/// What arrives for the users of this server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// A message for a user of this server, sent from this server or another.
-    ///
-    /// The user may have logged out while it travelled, or their client may not keep up: the
-    /// app decides what then (store it, or send it back to its sender with [`Cluster::refuse`]).
-    Message {
-        /// Who sent it.
-        from: UserId,
-        /// The local user it is for.
-        to: UserId,
-        /// The sender's bytes, as they were sent.
-        payload: Bytes,
-    },
-    /// A message sent from this server that did not reach its recipient: they are online
-    /// nowhere, the message is over the hub's frame limit, or their server's app refused it
-    /// ([`Cluster::refuse`]) after it arrived there. The payload comes back so the app can tell
-    /// the sender, store it or retry.
-    Undeliverable {
-        /// Who sent it (a user of this server, or one who was when it was sent).
-        from: UserId,
-        /// Whom it was for.
-        to: UserId,
-        /// The bytes that were not delivered.
-        payload: Bytes,
-        /// Why.
-        reason: UndeliverableReason,
-    },
-    /// A watched user ([`Cluster::watch`]) came online, went offline or moved; also sent once
-    /// when the watch starts, and again after a reconnect to the hub, so treat it as the user's
-    /// current state rather than as a change. An AS that dies takes its users offline only once
-    /// its reconnect grace is over, so a short link blip is not reported.
-    Presence {
-        /// The watched user.
-        user: UserId,
-        /// The server they are online on now (with several sessions, the last one they logged
-        /// in on); `None` when they are online nowhere.
-        server: Option<ServerId>,
-    },
-    /// The hub ended a session of this server: the user logged in on another server and the
-    /// hub's login-conflict policy is `replace`. The user is already logged out here; the app
-    /// should tell their client why and close it.
-    Kicked {
-        /// The user who is no longer online here.
-        user: UserId,
-        /// Why, for people.
-        reason: String,
-    },
-    /// An operator drains this server (a rolling upgrade): the hub assigns it no new clients.
-    /// The app should tell its clients to reconnect to `target`; each one that logs in there
-    /// is kicked here by the hub's `replace` policy, after every message routed here for them,
-    /// so none is lost.
-    Drain {
-        /// The client address of the server the hub's assignment picks; `None` when no other
-        /// server can take clients.
-        target: Option<String>,
-    },
-    /// A message to a group, for its members on this server (sent from this server or another):
-    /// one event per message, listing them.
-    GroupMessage {
-        /// The group it was sent to.
-        group: GroupId,
-        /// Who sent it.
-        from: UserId,
-        /// The group's members on this server it is for (the sender left out if they asked).
-        to: Vec<UserId>,
-        /// The sender's bytes, as they were sent.
-        payload: Bytes,
-    },
-    /// A message to every user of the cluster, for those on this server: one event per message.
-    Broadcast {
-        /// Who sent it.
-        from: UserId,
-        /// The users of this server it is for (the sender left out if they asked).
-        to: Vec<UserId>,
-        /// The sender's bytes, as they were sent.
-        payload: Bytes,
-    },
-    /// A message from another server (or this one) for this server itself, not its users.
-    ServerMessage {
-        /// The server that sent it.
-        from: ServerId,
-        /// Its bytes, as they were sent.
-        payload: Bytes,
-    },
-}
-
-/// Why a message came back as [`Event::Undeliverable`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum UndeliverableReason {
-    /// The recipient is online nowhere: the hub had nobody to route it to.
-    Offline,
-    /// The message fits this server's frame limit but not the hub's.
-    TooLarge,
-    /// The recipient's server received it and its app refused it with this reason (the user
-    /// had left that server, their client could not keep up): [`Cluster::refuse`]. That server
-    /// had acknowledged it, so the sender's [`Receipt`] said `Delivered` before this came.
-    Refused(String),
-}
-
-impl std::fmt::Display for UndeliverableReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Offline => f.write_str("offline"),
-            Self::TooLarge => f.write_str("too large"),
-            Self::Refused(reason) => f.write_str(reason),
-        }
-    }
-}
+use crate::users::{LocalUsers, SharedUsers, Tally};
 
 /// The receiving end of a cluster's events.
 ///
@@ -235,22 +68,6 @@ pub struct BatchRoutes {
     pub hub: usize,
 }
 
-/// The state of the connection to the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkState {
-    /// Not connected; connecting or waiting to retry.
-    Connecting,
-    /// Registered with the hub and its user set re-sent.
-    Connected,
-    /// The hub turned this server away for a reason that retrying alone will not fix: a wrong
-    /// or missing shared secret (or one the hub lacks), a failed mutual authentication, another
-    /// protocol version, too many users. The link keeps retrying with backoff meanwhile, so a fix
-    /// on the hub's side heals it; the reason is also logged.
-    Refused(ErrorCode),
-    /// Closed for good: the cluster was closed or every handle dropped.
-    Closed,
-}
-
 /// Whether a send may wait for room.
 #[derive(Debug, Clone, Copy)]
 enum Wait {
@@ -267,33 +84,6 @@ pub enum Route {
     /// server who also has sessions on others (policy `multi`), delivered to this server's events
     /// and queued for the hub, which relays it to those other sessions.
     Hub,
-}
-
-/// What became of a message sent with [`Cluster::send_with_receipt`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Handed to the recipient's server's app (or, for a local recipient, to this server's
-    /// events). Under policy `multi`, settled once every server with a session of the recipient
-    /// has it. That app may still fail to hand it to the user's client and refuse it
-    /// ([`Cluster::refuse`]): an [`Event::Undeliverable`] with reason
-    /// [`UndeliverableReason::Refused`] then follows; the receipt is not revisited.
-    Delivered {
-        /// How many sessions of the recipient got it: one per server, this one included.
-        sessions: u32,
-    },
-    /// The recipient is online nowhere; an [`Event::Undeliverable`] brings the payload back.
-    Offline,
-    /// No answer within the time asked for. The message is not given up: it stays in the
-    /// retransmit buffer and may still be delivered, exactly once.
-    TimedOut,
-    /// A group, broadcast or server message was acknowledged by every other server the hub
-    /// forwarded it to (those that left the cluster meanwhile aside); members on this server had
-    /// it at once.
-    Reached {
-        /// How many other servers it reached: those with members of the group, every other
-        /// server for a broadcast, and the one (or every other) server for a server message.
-        servers: u32,
-    },
 }
 
 /// The outcome of a message, to be awaited.
@@ -364,133 +154,8 @@ pub enum ClusterError {
     },
 }
 
-/// Settings of a [`Cluster`], with defaults for all but the server id and hub address.
-#[derive(Debug, Clone)]
-pub struct ClusterBuilder {
-    pub(crate) server_id: ServerId,
-    pub(crate) hubs: Vec<String>,
-    pub(crate) client_addr: String,
-    pub(crate) max_frame_len: usize,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) reconnect_min: Duration,
-    pub(crate) reconnect_max: Duration,
-    pub(crate) queue_capacity: usize,
-    pub(crate) event_capacity: usize,
-    pub(crate) retransmit_buffer: usize,
-    pub(crate) secret: Option<Secret>,
-    pub(crate) tls: Option<ClientTls>,
-    pub(crate) keepalive_interval: Duration,
-    pub(crate) keepalive_timeout: Duration,
-    pub(crate) digest_interval: Duration,
-    pub(crate) load_interval: Duration,
-    pub(crate) capacity: Option<u32>,
-}
-
+// Starting is the cluster's business, so the builder module needs neither it nor the link.
 impl ClusterBuilder {
-    /// The address this server's clients connect to, advertised to the cluster.
-    pub fn client_addr(mut self, addr: impl Into<String>) -> Self {
-        self.client_addr = addr.into();
-        self
-    }
-
-    /// The hubs of the cluster, in order of preference (`host:port` each), replacing those given
-    /// to [`Cluster::builder`]. On losing its hub, or being refused by a standby, the server
-    /// tries the next one at once, and waits its backoff only after a whole pass failed.
-    pub fn hubs(mut self, hubs: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.hubs = hubs.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Keepalive on the hub link (default 1 s and 3 s): a `Ping` goes out when nothing was
-    /// written for `interval`, and the link is dropped, to try the next hub, when nothing was
-    /// read for `timeout` (the hub answers every `Ping`). A silently cut path is so noticed
-    /// within `timeout`.
-    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.keepalive_interval = interval.max(Duration::from_millis(1));
-        self.keepalive_timeout = timeout.max(self.keepalive_interval);
-        self
-    }
-
-    /// Largest frame body sent or accepted; keep it equal to the hub's (default 1 MiB).
-    pub fn max_frame_len(mut self, len: usize) -> Self {
-        self.max_frame_len = len.min(acms_protocol::MAX_FRAME_LEN_CEILING);
-        self
-    }
-
-    /// How long one connection attempt may take (default 3 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Bounds of the exponential, jittered delay between reconnection attempts
-    /// (default 100 ms to 2 s).
-    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect_min = min;
-        self.reconnect_max = max.max(min);
-        self
-    }
-
-    /// Messages and logins that may wait for the hub connection before `send_to_user` waits
-    /// too (default 8192).
-    pub fn queue_capacity(mut self, capacity: usize) -> Self {
-        self.queue_capacity = capacity.max(1);
-        self
-    }
-
-    /// Batches of events (each at most one 64 KiB read from the hub, or one local delivery) that
-    /// may wait for the app before the hub connection stops reading (default 64).
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = capacity.max(1);
-        self
-    }
-
-    /// Bytes of sent messages kept until their recipient's server acknowledges them, to be sent
-    /// again after a hub failure (default 64 MiB). When it is full, `send_to_user` waits and
-    /// `try_send_to_user` fails.
-    pub fn retransmit_buffer(mut self, bytes: usize) -> Self {
-        self.retransmit_buffer = bytes.clamp(1, u32::MAX as usize);
-        self
-    }
-
-    /// The secret shared with the hub: the server proves it, and checks the hub's proof, by
-    /// HMAC challenge-response; the secret itself is never sent. Without one, a hub that has no
-    /// secret either admits this server only from its own machine. Read it from where the app
-    /// keeps secrets (the demo server uses `ACMS_SECRET`).
-    pub fn secret(mut self, secret: Secret) -> Self {
-        self.secret = Some(secret);
-        self
-    }
-
-    /// How often the server reports its load (users, CPU, memory, message rates) to the hub,
-    /// which assigns new clients by the latest reports (default 5 s, the first one interval after
-    /// connecting; at least 1 ms).
-    pub fn load_interval(mut self, interval: Duration) -> Self {
-        self.load_interval = interval.max(Duration::from_millis(1));
-        self
-    }
-
-    /// The most clients this server takes, declared to the hub in its load reports: the hub's
-    /// `weighted` assignment fills servers in proportion to it, and never sends a new client to a
-    /// server at it. Undeclared by default.
-    pub fn capacity(mut self, clients: u32) -> Self {
-        self.capacity = Some(clients);
-        self
-    }
-
-    /// How often the server sends the hub a digest of its users, so that a hub whose record has
-    /// drifted asks for them all again (default 10 s; at least 1 ms).
-    pub fn digest_interval(mut self, interval: Duration) -> Self {
-        self.digest_interval = interval.max(Duration::from_millis(1));
-        self
-    }
-
-    /// Connects to the hub over TLS (when its transfer port has `[transfer.tls]`).
-    pub fn tls(mut self, tls: ClientTls) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
     /// Starts the hub connection in the background and returns the handle and its events.
     ///
     /// Returns at once: the connection is made, and remade, by a task of its own. Must be called

@@ -116,11 +116,11 @@ impl Awaited {
     }
 
     /// Once every server of the list acknowledged the frame, its receipt's outcome.
-    pub(crate) fn outcome(&self) -> Option<crate::Outcome> {
+    pub(crate) fn outcome(&self) -> Option<crate::events::Outcome> {
         let servers = self.reached()?;
         Some(match self.unicast {
-            Some(here) => crate::Outcome::Delivered { sessions: servers + u32::from(here) },
-            None => crate::Outcome::Reached { servers },
+            Some(here) => crate::events::Outcome::Delivered { sessions: servers + u32::from(here) },
+            None => crate::events::Outcome::Reached { servers },
         })
     }
 
@@ -204,10 +204,10 @@ mod tests {
         awaited.ack(ServerId(2));
         assert_eq!(awaited.outcome(), None, "server 3 has not acked");
         awaited.ack(ServerId(3));
-        assert_eq!(awaited.outcome(), Some(crate::Outcome::Delivered { sessions: 3 }));
+        assert_eq!(awaited.outcome(), Some(crate::events::Outcome::Delivered { sessions: 3 }));
         let mut elsewhere = Awaited::unicast(false);
         elsewhere.copies(vec![ServerId(2)], &live);
         elsewhere.ack(ServerId(2));
-        assert_eq!(elsewhere.outcome(), Some(crate::Outcome::Delivered { sessions: 1 }));
+        assert_eq!(elsewhere.outcome(), Some(crate::events::Outcome::Delivered { sessions: 1 }));
     }
 }

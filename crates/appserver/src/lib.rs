@@ -35,7 +35,11 @@
 //! ```
 //!
 //! # Layout
-//! - [`cluster`]: [`Cluster`], its [`ClusterBuilder`], [`Event`]s and errors.
+//! - [`cluster`]: [`Cluster`], the handle, how it starts, and its errors.
+//! - `builder`: [`ClusterBuilder`], the settings of a cluster.
+//! - `events`: what the app is handed: [`Event`]s, [`LinkState`], [`Outcome`].
+//! - `users`: this server's user set: local users, their digest, the users shared with other
+//!   servers.
 //! - `refuse`: [`Cluster::refuse`], a message this server's app could not deliver going back
 //!   to its sender.
 //! - `link`: the task that owns the hub connection: handshake and authentication, snapshot,
@@ -47,7 +51,9 @@
 //! - [`tls`]: [`ClientTls`], optional TLS to the hub.
 #![warn(missing_docs)]
 
+mod builder;
 pub mod cluster;
+mod events;
 mod groups;
 mod link;
 mod load;
@@ -55,6 +61,7 @@ mod outgoing;
 mod refuse;
 mod reliable;
 pub mod tls;
+mod users;
 
 pub use acms_protocol::{ErrorCode, GroupId, Secret, SecretError, ServerId, UserId, UserIdError};
 pub use cluster::{

@@ -30,14 +30,14 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::{
-    ClusterBuilder, Event, LinkState, LocalUsers, Outcome, SharedUsers, Tally, UndeliverableReason,
-};
+use crate::builder::ClusterBuilder;
+use crate::events::{Event, LinkState, Outcome, UndeliverableReason};
 use crate::groups::{Awaited, LocalGroups};
 use crate::load::LoadSampler;
 use crate::outgoing::Outgoing;
 use crate::reliable::{Received, SEQ_AT, Unacked};
 use crate::tls::{self, ClientTls, ReadHalf, WriteHalf};
+use crate::users::{LocalUsers, SharedUsers, Tally};
 
 /// Most commands taken from the queue for one write.
 const MAX_BATCH: usize = 1024;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::MAX_FRAME_LEN_CEILING;
 use crate::auth::{Nonce, Proof};
 use crate::digest::UserDigest;
+pub use crate::error::ErrorCode;
 use crate::error::ProtocolError;
 use crate::ids::{GroupId, ServerId, UserId};
 
@@ -308,32 +309,6 @@ pub struct Welcome {
     pub max_users: u32,
     /// Most groups the hub lets this AS have members in at once.
     pub max_groups: u32,
-}
-
-/// Why a connection is refused or closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ErrorCode {
-    /// The peers speak different protocol versions.
-    VersionMismatch,
-    /// Another live AS is registered under the same id.
-    DuplicateServer,
-    /// The peer sent something that is not a valid frame here.
-    Malformed,
-    /// A frame exceeded the size limit.
-    TooLarge,
-    /// No valid handshake arrived in time.
-    HandshakeTimeout,
-    /// The peer did not read fast enough and its queue passed the limit.
-    SlowConsumer,
-    /// The hub is full or shutting down.
-    Unavailable,
-    /// The peer did not prove the shared secret (or has none where one is needed, or one where
-    /// none is set), or sent something other than the handshake before it was authenticated.
-    Unauthorized,
-    /// The AS would have more users online than the hub allows one server.
-    TooManyUsers,
-    /// The AS would have members in more groups than the hub allows one server.
-    TooManyGroups,
 }
 
 /// Decoding that allocates only for data the input holds, never for what a length field claims.

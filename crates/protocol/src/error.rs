@@ -1,9 +1,36 @@
-//! Errors of decoding and encoding frames.
+//! Errors of decoding and encoding frames, and the codes that tell a peer why it is closed.
 
 use std::io;
 
-use crate::control::ErrorCode;
+use serde::{Deserialize, Serialize};
+
 use crate::ids::UserIdError;
+
+/// Why a connection is refused or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The peers speak different protocol versions.
+    VersionMismatch,
+    /// Another live AS is registered under the same id.
+    DuplicateServer,
+    /// The peer sent something that is not a valid frame here.
+    Malformed,
+    /// A frame exceeded the size limit.
+    TooLarge,
+    /// No valid handshake arrived in time.
+    HandshakeTimeout,
+    /// The peer did not read fast enough and its queue passed the limit.
+    SlowConsumer,
+    /// The hub is full or shutting down.
+    Unavailable,
+    /// The peer did not prove the shared secret (or has none where one is needed, or one where
+    /// none is set), or sent something other than the handshake before it was authenticated.
+    Unauthorized,
+    /// The AS would have more users online than the hub allows one server.
+    TooManyUsers,
+    /// The AS would have members in more groups than the hub allows one server.
+    TooManyGroups,
+}
 
 /// A frame could not be read or written. Any of these closes the connection it came from, and
 /// nothing else.
