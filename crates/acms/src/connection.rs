@@ -67,6 +67,17 @@ impl Close {
     fn refused(code: ErrorCode, reason: impl Into<String>) -> Self {
         Self::Refused { code, reason: reason.into() }
     }
+
+    /// Names a failed proof: a refusal left without a reason becomes "authentication failed:
+    /// `why`"; anything else passes unchanged.
+    fn or_refused(self, why: &str) -> Self {
+        match self {
+            Self::Refused { code, reason } if reason.is_empty() => {
+                Self::refused(code, format!("authentication failed: {why}"))
+            }
+            other => other,
+        }
+    }
 }
 
 impl From<ProtocolError> for Close {
@@ -349,6 +360,17 @@ async fn accept_tls(
             None
         }
     }
+}
+
+/// Refuses a peer (`who`: "server", "peer hub") that speaks another protocol version.
+fn check_version(theirs: u16, who: &str) -> Result<(), Close> {
+    if theirs == PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(Close::refused(
+        ErrorCode::VersionMismatch,
+        format!("hub speaks protocol version {PROTOCOL_VERSION}, {who} speaks {theirs}"),
+    ))
 }
 
 /// Refuses a frame that names another server as its sender: a server speaks only for itself.
@@ -708,15 +730,7 @@ impl Connection {
                 ));
             }
         };
-        if hello.version != PROTOCOL_VERSION {
-            return Err(Close::refused(
-                ErrorCode::VersionMismatch,
-                format!(
-                    "hub speaks protocol version {PROTOCOL_VERSION}, server speaks {}",
-                    hello.version
-                ),
-            ));
-        }
+        check_version(hello.version, "server")?;
         Span::current().record("server", hello.server_id.0);
         if hello.server_id == ServerId::HUB {
             return Err(Close::refused(
@@ -785,31 +799,42 @@ impl Connection {
     /// over the AS's nonce and challenges the AS with its own; with none on either, the loopback
     /// rule. A secret on one side only is refused, so a misconfiguration shows at once. Says how
     /// the server was admitted.
+    /// The shared-secret challenge, the same for an app server and a peer hub but for the labels
+    /// each side proves under: this hub proves `ours` over both nonces, then checks the peer's
+    /// `theirs`. A proof that does not match is `Close::Refused` with an empty reason, for the
+    /// caller to name the peer (`Close::or_refused`).
+    pub(super) async fn challenge(
+        &mut self,
+        codec: &mut Codec,
+        secret: &acms_protocol::Secret,
+        id: ServerId,
+        their_nonce: &Nonce,
+        (ours, theirs): (Prover, Prover),
+    ) -> Result<(), Close> {
+        let nonce = Nonce::random();
+        let proof = secret.prove(ours, id, their_nonce, &nonce);
+        self.send(Control::Challenge(Challenge { nonce, proof }))?;
+        match self.handshake_message(codec).await? {
+            Control::Auth { proof } => secret
+                .verify(theirs, id, their_nonce, &nonce, &proof)
+                .map_err(|_| Close::refused(ErrorCode::Unauthorized, "")),
+            Control::Error { code, message } => Err(Close::RefusedByPeer { code, message }),
+            _ => Err(Close::refused(
+                ErrorCode::Unauthorized,
+                "expected Auth: only the handshake is accepted before authentication",
+            )),
+        }
+    }
+
     async fn check_secret(&mut self, hello: &Hello, codec: &mut Codec) -> Result<Admission, Close> {
         let secret = self.shared.config.secret.clone();
         match (secret, hello.nonce) {
             (Some(secret), Some(as_nonce)) => {
-                let server = hello.server_id;
-                let nonce = Nonce::random();
-                let proof = secret.prove(Prover::Hub, server, &as_nonce, &nonce);
-                self.send(Control::Challenge(Challenge { nonce, proof }))?;
-                match self.handshake_message(codec).await? {
-                    Control::Auth { proof } => secret
-                        .verify(Prover::AppServer, server, &as_nonce, &nonce, &proof)
-                        .map(|()| Admission::by_secret(self.client_verified))
-                        .map_err(|_| {
-                            Close::refused(
-                                ErrorCode::Unauthorized,
-                                "authentication failed: the app server's proof does not match \
-                                 the hub's secret (set the same ACMS_SECRET on both)",
-                            )
-                        }),
-                    Control::Error { code, message } => Err(Close::RefusedByPeer { code, message }),
-                    _ => Err(Close::refused(
-                        ErrorCode::Unauthorized,
-                        "expected Auth: only the handshake is accepted before authentication",
-                    )),
-                }
+                let provers = (Prover::Hub, Prover::AppServer);
+                self.challenge(codec, &secret, hello.server_id, &as_nonce, provers).await.map_err(
+                    |close| close.or_refused("the app server's proof does not match the hub's secret (set the same ACMS_SECRET on both)"),
+                )?;
+                Ok(Admission::by_secret(self.client_verified))
             }
             (Some(_), None) => Err(Close::refused(
                 ErrorCode::Unauthorized,

@@ -3,13 +3,11 @@
 //! the loopback rule), within the same handshake deadline, and takes one of the hub's few
 //! peer-link slots; only then is it answered `HubStatus`, once and for each `PeerStatus`.
 
-use acms_protocol::{
-    Challenge, Codec, Control, ErrorCode, Nonce, PROTOCOL_VERSION, PeerHello, Prover, ServerId,
-};
+use acms_protocol::{Codec, Control, ErrorCode, PeerHello, Prover, ServerId};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::info;
 
-use super::{Close, Connection};
+use super::{Close, Connection, check_version};
 use crate::auth::admit_without_secret;
 
 impl Connection {
@@ -21,40 +19,13 @@ impl Connection {
         codec: &mut Codec,
     ) -> Result<OwnedSemaphorePermit, Close> {
         self.peer_hub = true;
-        if hello.version != PROTOCOL_VERSION {
-            return Err(Close::refused(
-                ErrorCode::VersionMismatch,
-                format!(
-                    "hub speaks protocol version {PROTOCOL_VERSION}, peer hub speaks {}",
-                    hello.version
-                ),
-            ));
-        }
+        check_version(hello.version, "peer hub")?;
         match (self.shared.config.secret.clone(), hello.nonce) {
             (Some(secret), Some(their_nonce)) => {
-                let nonce = Nonce::random();
-                let proof = secret.prove(Prover::Watched, ServerId::HUB, &their_nonce, &nonce);
-                self.send(Control::Challenge(Challenge { nonce, proof }))?;
-                match self.handshake_message(codec).await? {
-                    Control::Auth { proof } => secret
-                        .verify(Prover::Watcher, ServerId::HUB, &their_nonce, &nonce, &proof)
-                        .map_err(|_| {
-                            Close::refused(
-                                ErrorCode::Unauthorized,
-                                "authentication failed: the peer hub's proof does not match this \
-                                 hub's secret (set the same ACMS_SECRET on every hub)",
-                            )
-                        })?,
-                    Control::Error { code, message } => {
-                        return Err(Close::RefusedByPeer { code, message });
-                    }
-                    _ => {
-                        return Err(Close::refused(
-                            ErrorCode::Unauthorized,
-                            "expected Auth: only the handshake is accepted before authentication",
-                        ));
-                    }
-                }
+                let provers = (Prover::Watched, Prover::Watcher);
+                self.challenge(codec, &secret, ServerId::HUB, &their_nonce, provers).await.map_err(
+                    |close| close.or_refused("the peer hub's proof does not match this hub's secret (set the same ACMS_SECRET on every hub)"),
+                )?;
             }
             (Some(_), None) => {
                 return Err(Close::refused(
