@@ -346,3 +346,78 @@ async fn malformed_or_unreturnable_refusals_break_nothing() {
     }
     assert_eq!(*s1.cluster.link_state().borrow(), LinkState::Connected);
 }
+
+/// Frames that come with the `Welcome` of a new connection, while events of the last one still
+/// wait for the app, queue behind them: they never replace them. Those waiting frames are
+/// counted as received, so a replaced one would be dropped as a duplicate when sent again, and
+/// lost. A fake hub plays the hub, so the frames surely share a read with the `Welcome`.
+#[tokio::test]
+async fn frames_with_a_welcome_never_replace_events_still_waiting() {
+    use acms_protocol::{Codec, Control, Data, DataKind, Frame, PROTOCOL_VERSION, Welcome};
+    use acms_tests::{builder, next_frame};
+    use futures_util::SinkExt;
+    use tokio::net::TcpListener;
+    use tokio_util::codec::Framed;
+
+    let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (cluster, mut events) = builder(4, fake.local_addr().unwrap()).event_capacity(1).start();
+    cluster.login(user("bob")).await.unwrap();
+    let welcome = Frame::Control(Control::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        max_frame_len: 4096,
+        max_users: 10_000,
+        max_groups: 10_000,
+    }));
+    let data = |seq: u32| {
+        Frame::Data(Data {
+            kind: DataKind::Unicast,
+            seq: u64::from(seq),
+            origin: ServerId(9),
+            recipient: user("bob"),
+            sender: user("alice"),
+            payload: numbered(seq, 16),
+        })
+    };
+    let accept = || async {
+        let (stream, _) = tokio::time::timeout(PATIENCE, fake.accept()).await.unwrap().unwrap();
+        let mut hub = Framed::new(stream, Codec::default());
+        assert!(matches!(next_frame(&mut hub).await, Some(Frame::Control(Control::Hello(_)))));
+        hub
+    };
+
+    // First connection: message 1 fills the app's one slot, message 2 waits in the library. The
+    // Pong after each proves the library read it.
+    let mut hub = accept().await;
+    hub.send(welcome.clone()).await.unwrap();
+    for seq in 1..=2u32 {
+        hub.feed(data(seq)).await.unwrap();
+        hub.send(Frame::Control(Control::Ping { token: u64::from(seq) })).await.unwrap();
+        loop {
+            match next_frame(&mut hub).await {
+                Some(Frame::Control(Control::Pong { token })) if token == u64::from(seq) => break,
+                Some(_) => continue,
+                None => panic!("the library closed the link"),
+            }
+        }
+    }
+    drop(hub);
+
+    // The library connects again; message 3 comes in the same write as the Welcome.
+    let mut hub = accept().await;
+    hub.feed(welcome).await.unwrap();
+    hub.send(data(3)).await.unwrap();
+
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let batch = tokio::time::timeout(PATIENCE, events.recv_batch())
+            .await
+            .unwrap_or_else(|_| panic!("messages stalled after {got:?}"))
+            .expect("events open");
+        got.extend(batch.into_iter().filter_map(|event| match event {
+            Event::Message { payload, .. } => Some(number(&payload)),
+            _ => None,
+        }));
+    }
+    assert_eq!(got, [1, 2, 3], "every message once, in order");
+    drop(hub);
+}

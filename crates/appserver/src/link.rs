@@ -885,7 +885,7 @@ impl Link {
                 }
                 let Data { recipient: to, sender: from, payload, .. } = data;
                 let reason = UndeliverableReason::TooLarge;
-                self.hand_over(vec![Event::Undeliverable { from, to, payload, reason }]);
+                self.deliver(vec![Event::Undeliverable { from, to, payload, reason }]);
                 Ok(())
             }
             Command::Data { mut data, receipt, here } => {
@@ -1276,7 +1276,7 @@ impl Link {
     ) -> Result<(), ProtocolError> {
         if self.local.contains(&from) {
             let reason = UndeliverableReason::Refused(Refusal::new(&reason, Bytes::new()).reason);
-            self.hand_over(vec![Event::Undeliverable { from, to, payload, reason }]);
+            self.deliver(vec![Event::Undeliverable { from, to, payload, reason }]);
             return Ok(());
         }
         let mut refusal = Refusal::new(&reason, payload);
@@ -1304,19 +1304,17 @@ impl Link {
         Frame::Data(data).encode(self.send_limit, &mut self.staging)
     }
 
-    /// Hands events to the app after any already waiting for room, without waiting itself.
-    fn hand_over(&mut self, mut events: Vec<Event>) {
-        match &mut self.pending_events {
-            Some(pending) => pending.append(&mut events),
-            None => {
-                self.deliver(events);
-            }
+    /// Hands events to the app, after any already waiting for room, without waiting itself; while
+    /// the app is behind they wait too (and reading stops). Returns whether the app has them now.
+    ///
+    /// Waiting events are never replaced: their frames are counted as received, so a frame sent
+    /// again would be dropped as a duplicate. (Frames that come with a `Welcome` are handled
+    /// while events of the last session may still wait.)
+    fn deliver(&mut self, mut events: Vec<Event>) -> bool {
+        if let Some(pending) = &mut self.pending_events {
+            pending.append(&mut events);
+            return false;
         }
-    }
-
-    /// Hands events to the app, or parks them (and stops reading) while the app is behind.
-    /// Returns whether the app has them now.
-    fn deliver(&mut self, events: Vec<Event>) -> bool {
         match self.events.try_send(events) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(events)) => {
