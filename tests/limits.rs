@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use acms_appserver::{Cluster, Event, LinkState, ServerId};
-use acms_tests::process::program;
+use acms_tests::process::{ADMIN_TOKEN, program};
 use acms_tests::stream::{expect_stream, number, numbered};
 use acms_tests::{PATIENCE, TestServer, builder, next_frame, user, wait_link};
 use bytes::Bytes;
@@ -50,6 +50,9 @@ impl HubProcess {
         let mut child = Command::new(program("acms"))
             .arg("--config")
             .arg(&config)
+            // No fixed admin port (another hub may hold it) and no token file left behind.
+            .args(["--admin", "127.0.0.1:0"])
+            .env("ACMS_ADMIN_TOKEN", ADMIN_TOKEN)
             .env_remove("ACMS_SECRET")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
