@@ -377,3 +377,35 @@ async fn multi_sessions_get_every_message_once_when_the_hub_dies_mid_stream() {
     sessions.sort();
     assert_eq!(sessions, [ServerId(0), ServerId(1)]);
 }
+
+/// A message for a user and that user's login on the sender's own server, read by the hub in one
+/// go, reach the user's old server in the order they were sent: the message, then the kick. (The
+/// hub used to hand the kick over at once and the message only after the read, so a drained
+/// client's last messages came back "left the server".)
+#[tokio::test]
+async fn a_message_sent_before_a_login_elsewhere_reaches_the_old_server_before_the_kick() {
+    use acms_protocol::{Data, DataKind};
+
+    let hub = TestHub::start().await;
+    let mut old = TestServer::start(2, hub.addr).await;
+    old.login(&["bob"]).await;
+    let mut peer = raw_hello(hub.addr, 1).await;
+    for _ in 0..2 {
+        // `Welcome`, then `Servers`.
+        assert!(matches!(next_frame(&mut peer).await, Some(Frame::Control(_))));
+    }
+    let frame = Frame::Data(Data {
+        kind: DataKind::Unicast,
+        seq: 1,
+        origin: ServerId(1),
+        recipient: user("bob"),
+        sender: user("alice"),
+        payload: Bytes::from_static(b"before the move"),
+    });
+    peer.feed(frame).await.unwrap();
+    peer.feed(Frame::Control(Control::Login { users: vec![user("bob")] })).await.unwrap();
+    SinkExt::<Frame>::flush(&mut peer).await.unwrap();
+
+    assert_eq!(old.next_event().await, message("alice", "bob", "before the move"));
+    assert!(matches!(old.next_event().await, Event::Kicked { .. }), "then the kick");
+}

@@ -564,7 +564,11 @@ impl Connection {
                     self.run.extend(target, len, None);
                 }
                 _ => {
+                    // What this AS sent before a control message is handed over before its
+                    // effects: a `Login` that kicks a user elsewhere must not overtake the
+                    // messages for that user read with it.
                     self.end_run();
+                    self.flush_staged()?;
                     let raw = self.codec.decode(&mut self.read_buf)?.expect("a whole frame");
                     self.handle_frame(raw)?;
                 }
