@@ -300,7 +300,12 @@ async fn expire_later(shared: Arc<HubState>, server: ServerId, departure: u64) {
 /// returned as undeliverable.
 async fn end_settle(shared: Arc<HubState>) {
     if let Some(ends) = shared.registry.settle_ends() {
-        tokio::time::sleep_until(ends.into()).await;
+        // Taken only once the window is over by the same clock `hold_unclaimed` asks, so no
+        // frame can be held after this take.
+        while shared.registry.settling() {
+            tokio::time::sleep_until(ends.into()).await;
+            tokio::task::yield_now().await;
+        }
     }
     shared.ask_to_resend(shared.registry.take_unclaimed());
     presence::settled(&shared);

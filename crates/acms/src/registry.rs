@@ -538,10 +538,15 @@ impl Registry {
     /// In the settle window, remembers that a frame from `origin` for a user nobody has was
     /// dropped, and returns true; after it, returns false and the frame is undeliverable.
     pub(crate) fn hold_unclaimed(&self, origin: ServerId, seq: u64) -> bool {
+        // Asked under the lock that `take_unclaimed` takes once the window is over: a frame
+        // judged in the window a moment before it ends is either taken with the rest or not held
+        // at all. Held after the last take, its origin would never be asked to send again, and
+        // its stream would stay held for good.
+        let mut unclaimed = self.unclaimed.lock().expect("unclaimed lock");
         if !self.settling() {
             return false;
         }
-        hold(&mut self.unclaimed.lock().expect("unclaimed lock"), origin, seq);
+        hold(&mut unclaimed, origin, seq);
         true
     }
 
