@@ -680,10 +680,11 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn info(id: u32) -> ServerInfo {
+    /// A server's record as a test registers it: loopback, client port 6000 + id.
+    pub(crate) fn info(id: u32) -> ServerInfo {
         ServerInfo {
             id: ServerId(id),
             client_addr: format!("127.0.0.1:{}", 6000 + id),

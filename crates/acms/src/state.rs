@@ -202,14 +202,11 @@ impl HubState {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-    use std::time::SystemTime;
 
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::outbox::Inbox;
-    use crate::registry::ServerInfo;
 
     /// A queue limit small enough to fill with one frame: an empty queue takes any batch.
     const LIMIT: usize = 64;
@@ -229,14 +226,7 @@ mod tests {
     fn register(state: &HubState, id: u32) -> Server {
         let (outbox, inbox) = Outbox::new(LIMIT, LIMIT / 2);
         let closer = CancellationToken::new();
-        let info = ServerInfo {
-            id: ServerId(id),
-            client_addr: format!("127.0.0.1:{}", 6000 + id),
-            peer_addr: SocketAddr::from(([127, 0, 0, 1], 50000)),
-            connected_at: SystemTime::now(),
-            load: None,
-            draining: false,
-        };
+        let info = crate::registry::tests::info(id);
         state.registry.register(info, 1, outbox.clone(), closer.clone(), None).expect("registers");
         Server { outbox, _inbox: inbox, closer }
     }
