@@ -222,8 +222,7 @@ impl Cluster {
         exclude_sender: bool,
     ) -> Result<Receipt, ClusterError> {
         let except = exclude_sender.then_some(from.as_str());
-        let members =
-            self.inner.server.groups().members(group.as_str(), except);
+        let members = self.inner.server.groups().members(group.as_str(), except);
         let local = (!members.is_empty()).then(|| Event::GroupMessage {
             group: group.clone(),
             from: from.clone(),

@@ -251,9 +251,7 @@ mod tests {
     }
 
     fn seqs<'a>(frames: impl Iterator<Item = &'a [u8]>) -> Vec<u64> {
-        frames
-            .map(|frame| data_seq(frame).unwrap())
-            .collect()
+        frames.map(|frame| data_seq(frame).unwrap()).collect()
     }
 
     #[test]
@@ -265,7 +263,9 @@ mod tests {
         unacked.keep(chunk(13..15));
         assert!(unacked.contains(Seq(12)));
         assert_eq!(unacked.take(Seq(12)), Some(frame_len));
-        assert!(!unacked.contains(Seq(12)) && !unacked.contains(Seq(9)) && !unacked.contains(Seq(99)));
+        assert!(
+            !unacked.contains(Seq(12)) && !unacked.contains(Seq(9)) && !unacked.contains(Seq(99))
+        );
         assert_eq!(unacked.take(Seq(12)), None, "answered once");
         assert_eq!(unacked.take(Seq(9)), None);
         assert_eq!(unacked.take(Seq(99)), None);

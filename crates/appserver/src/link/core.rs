@@ -167,10 +167,11 @@ impl LinkCore {
         self.state.groups().set_limit(max_groups);
     }
 
-    /// A hub connection was registered at `now`: what the last one had not written is dropped,
-    /// and the new hub hears everything again, in this order: the user set and the groups, the
-    /// watches, `SnapshotDone`, the questions not answered, and every data frame not answered.
-    pub(crate) fn handle_connected(&mut self, now: Instant) -> Result<(), ProtocolError> {
+    /// A hub connection was registered: what the last one had not written is dropped, and the
+    /// new hub hears everything again, in this order: the user set and the groups, the watches,
+    /// `SnapshotDone`, the questions not answered, and every data frame not answered. The
+    /// clocks start once that is written ([`LinkCore::start_clocks`]).
+    pub(crate) fn handle_connected(&mut self) -> Result<(), ProtocolError> {
         // Control frames not written are all said again below; data frames are sent again.
         self.out = WriteQueue::default();
         // A new stream: nothing of a frame the last one cut in half.
@@ -200,10 +201,15 @@ impl LinkCore {
             self.flushes.iter_mut().for_each(|(waiting, _)| *waiting = token);
             self.encode(Control::Ping { token })?;
         }
+        Ok(())
+    }
+
+    /// The new connection's first writes are done at `now` (a large snapshot may take a while):
+    /// the keepalive deadlines and the digest interval count from here.
+    pub(crate) fn start_clocks(&mut self, now: Instant) {
         self.last_read = now;
         self.last_write = now;
         self.next_digest = now + self.digest_interval;
-        Ok(())
     }
 
     /// Handles every whole frame in `input` (bytes read from the hub at `now`), leaving a
@@ -311,7 +317,11 @@ impl LinkCore {
                 // leaves, the last one told decides, and it tells the truth.
                 let joined = self.state.groups().has_members(group.as_str());
                 let groups = vec![group];
-                self.encode(if joined { Control::Join { groups } } else { Control::Leave { groups } })
+                self.encode(if joined {
+                    Control::Join { groups }
+                } else {
+                    Control::Leave { groups }
+                })
             }
         }
     }
@@ -326,7 +336,11 @@ impl LinkCore {
     /// A message that fits this server's limit but not the hub's: handed back rather than break
     /// the link.
     fn too_large(&mut self, data: Data, receipt: Option<oneshot::Sender<Outcome>>, here: bool) {
-        warn!(len = data.encoded_len(), limit = self.send_limit, "message over the hub's frame limit");
+        warn!(
+            len = data.encoded_len(),
+            limit = self.send_limit,
+            "message over the hub's frame limit"
+        );
         let len = LENGTH_PREFIX_LEN + data.encoded_len();
         self.released += charge(len, self.credit_cap) as usize;
         let outcome = if data.kind.fans_out() {

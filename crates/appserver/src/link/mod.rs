@@ -174,11 +174,12 @@ impl Link {
         mut reader: Reader,
         mut writer: WriteHalf,
     ) -> Result<Closed, SessionError> {
-        self.core.handle_connected(now())?;
+        self.core.handle_connected()?;
         writer.write_all_buf(self.core.transmit()).await?;
         // Frames that came with the Welcome.
         self.core.handle_buffered(&mut reader.buf)?;
         self.after_step();
+        self.core.start_clocks(now());
 
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let (shutdown, events) = (self.ends.shutdown.clone(), self.ends.events.clone());

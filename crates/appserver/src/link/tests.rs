@@ -31,7 +31,8 @@ fn user(name: &str) -> UserId {
 fn connected(t0: Instant) -> LinkCore {
     let config = ClusterBuilder::new(ME, "hub:1".into()).keepalive(INTERVAL, TIMEOUT);
     let mut core = LinkCore::new(&config, Epoch(7), Arc::new(ServerState::default()), t0);
-    core.handle_connected(t0).unwrap();
+    core.handle_connected().unwrap();
+    core.start_clocks(t0);
     written(&mut core);
     core
 }
@@ -111,9 +112,8 @@ fn an_ack_in_runs_settles_exactly_the_numbers_it_names() {
     let mut input = from_hub([ack(PEER, &[(2, 2), (5, 1), (1_000, u32::MAX)])]);
     core.handle_input(&mut input, t0).unwrap();
 
-    let settled: Vec<u64> = (1..=8u64)
-        .filter(|&seq| receipts[seq as usize - 1].try_recv().is_ok())
-        .collect();
+    let settled: Vec<u64> =
+        (1..=8u64).filter(|&seq| receipts[seq as usize - 1].try_recv().is_ok()).collect();
     assert_eq!(settled, [2, 3, 5], "exactly the numbers of the runs");
     assert_eq!(core.take_released(), 3 * frame_len, "their room, and only theirs, given back");
     for seq in [1, 4, 6, 7, 8] {
@@ -155,7 +155,7 @@ fn a_frame_received_twice_is_delivered_once_and_acknowledged_twice() {
     assert_eq!(acks, [1, 1], "the duplicate is acknowledged too, so its origin forgets it");
 
     // Sent again after a reconnect: still a duplicate.
-    core.handle_connected(t0).unwrap();
+    core.handle_connected().unwrap();
     written(&mut core);
     let mut input = from_hub([Frame::Data(from_peer)]);
     core.handle_input(&mut input, t0).unwrap();
@@ -173,7 +173,7 @@ fn after_a_reconnect_everything_unanswered_is_sent_again_in_order_after_the_snap
     // The connection died with these written into it, or not: either way they are lost.
     written(&mut core);
 
-    core.handle_connected(t0).unwrap();
+    core.handle_connected().unwrap();
     let frames = written(&mut core);
     let done = frames
         .iter()
@@ -227,10 +227,7 @@ async fn receipts_resolve_delivered_offline_or_timed_out() {
         }]
     );
     let third = receipts.next().unwrap();
-    assert_eq!(
-        Receipt::waiting(third).outcome(Duration::from_millis(20)).await,
-        Outcome::TimedOut
-    );
+    assert_eq!(Receipt::waiting(third).outcome(Duration::from_millis(20)).await, Outcome::TimedOut);
     assert!(core.unacked.contains(Seq(3)), "timed out, not given up: still kept to resend");
 }
 
@@ -279,6 +276,13 @@ fn a_quiet_link_pings_after_the_interval_and_dies_after_the_timeout() {
     core.handle_timeout(dead - Duration::from_millis(1)).unwrap();
     assert!(matches!(core.handle_timeout(dead), Err(CoreError::Silent(after)) if after == TIMEOUT));
 
+    // The deadlines count from when the new connection's snapshot was written, however long
+    // that took.
+    let mut core = connected(t0);
+    core.handle_connected().unwrap();
+    core.start_clocks(t0 + 10 * TIMEOUT);
+    assert_eq!(core.poll_timeout(), t0 + 10 * TIMEOUT + INTERVAL);
+
     // Bytes that were waiting when the process woke past the dead line are not handed on.
     let mut core = connected(t0);
     let mut from_peer = unicast("bo", "al", "late");
@@ -301,6 +305,6 @@ fn encoded_batches_are_numbered_in_place_and_kept_for_resending() {
     core.handle_command(Command::Encoded(batch)).unwrap();
     core.handle_commands_done().unwrap();
     assert_eq!(data_seqs(&written(&mut core)), [1, 2, 3, 4]);
-    core.handle_connected(t0).unwrap();
+    core.handle_connected().unwrap();
     assert_eq!(data_seqs(&written(&mut core)), [1, 2, 3, 4]);
 }
