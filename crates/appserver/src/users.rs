@@ -198,7 +198,7 @@ mod tests {
         let (al, bo) = (user("al"), user("bo"));
         let al_in = users.login(&al, 10).unwrap().expect("new");
         assert_eq!(users.login(&al, 10), Ok(None), "already online");
-        assert_eq!(users.snapshot(), [al.clone()]);
+        assert_eq!(users.snapshot(), std::slice::from_ref(&al));
         users.told(al_in);
         assert!(users.digest_if_told().is_some(), "the snapshot had al's login already");
         let bo_in = users.login(&bo, 10).unwrap().expect("new");
