@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use acms::HubConfig;
-use acms_appserver::{Event, LinkState, Route, ServerId};
+use acms_appserver::{Event, LinkState, SentVia, ServerId};
 use acms_protocol::{
     Codec, Control, Data, DataKind, ErrorCode, Frame, Hello, PROTOCOL_VERSION, RawFrame,
 };
@@ -28,7 +28,7 @@ async fn messages_cross_servers_both_ways() {
     s1.login(&["bob"]).await;
 
     let route = s0.cluster.send_to_user(&user("alice"), &user("bob"), "hello bob".into()).await;
-    assert_eq!(route.unwrap(), Route::Hub);
+    assert_eq!(route.unwrap(), SentVia::Hub);
     assert_eq!(s1.next_event().await, message("alice", "bob", "hello bob"));
 
     s1.cluster.send_to_user(&user("bob"), &user("alice"), "hi alice".into()).await.unwrap();
@@ -65,7 +65,7 @@ async fn same_server_delivery_does_not_touch_the_hub() {
     s0.login(&["alice", "dave"]).await;
 
     let route = s0.cluster.send_to_user(&user("alice"), &user("dave"), "next door".into()).await;
-    assert_eq!(route.unwrap(), Route::Local);
+    assert_eq!(route.unwrap(), SentVia::Local);
     assert_eq!(s0.next_event().await, message("alice", "dave", "next door"));
     // The flush's Ping travels after anything the send could have queued for the hub.
     s0.cluster.flush().await.unwrap();

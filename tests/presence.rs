@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use acms::{HubConfig, LoginConflict};
-use acms_appserver::{Event, Events, LinkState, Outcome, Route, ServerId};
+use acms_appserver::{Event, Events, LinkState, Outcome, SentVia, ServerId};
 use acms_protocol::{Control, Frame};
 use acms_tests::{
     PATIENCE, Peer, TestHub, TestServer, builder, eventually, next_frame, raw_hello, user,
@@ -285,7 +285,7 @@ async fn multi_after_a_logout_messages_stay_where_the_last_session_is() {
 
     let relayed = hub.hub.stats().relayed_frames;
     let route = s0.cluster.send_to_user(&alice, &bob, "local only".into()).await.unwrap();
-    assert_eq!(route, Route::Local);
+    assert_eq!(route, SentVia::Local);
     let receipt = s2.cluster.send_with_receipt(&carol, &bob, "from 2".into()).await.unwrap();
     assert_eq!(receipt.outcome(PATIENCE).await, Outcome::Delivered { sessions: 1 });
     assert_eq!(hub.hub.stats().relayed_frames, relayed + 1, "nothing from server 0 crossed");

@@ -31,6 +31,30 @@ pub struct ClusterBuilder {
 }
 
 impl ClusterBuilder {
+    /// The defaults, for [`Cluster::builder`](crate::Cluster::builder).
+    pub(crate) fn new(server_id: ServerId, hubs: String) -> Self {
+        let hubs = hubs.split(',').map(str::trim).filter(|hub| !hub.is_empty());
+        Self {
+            server_id,
+            hubs: hubs.map(str::to_owned).collect(),
+            client_addr: String::new(),
+            max_frame_len: acms_protocol::DEFAULT_MAX_FRAME_LEN,
+            connect_timeout: Duration::from_secs(3),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(2),
+            queue_capacity: 8192,
+            event_capacity: 64,
+            retransmit_buffer: 64 << 20,
+            secret: None,
+            tls: None,
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(3),
+            digest_interval: Duration::from_secs(10),
+            load_interval: Duration::from_secs(5),
+            capacity: None,
+        }
+    }
+
     /// The address this server's clients connect to, advertised to the cluster.
     pub fn client_addr(mut self, addr: impl Into<String>) -> Self {
         self.client_addr = addr.into();

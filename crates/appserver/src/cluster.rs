@@ -1,8 +1,7 @@
-//! The [`Cluster`] handle and what it hands the app.
+//! The [`Cluster`] handle: what the app calls, and how it starts the link.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use acms_protocol::{Data, DataKind, EVERYONE, GroupId, ServerId, UserId};
 use bytes::Bytes;
@@ -11,41 +10,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use crate::builder::ClusterBuilder;
-pub use crate::events::{Event, LinkState, Outcome, UndeliverableReason};
-use crate::groups::LocalGroups;
-use crate::link::{Command, Link, charge};
-use crate::users::{LocalUsers, SharedUsers, Tally};
-
-/// The receiving end of a cluster's events.
-///
-/// Events arrive in batches, one per read from the hub, so a busy server pays for the queue once
-/// per batch; [`Events::recv`] hands them out one at a time, [`Events::recv_batch`] all at once.
-#[derive(Debug)]
-pub struct Events {
-    rx: mpsc::Receiver<Vec<Event>>,
-    ready: std::vec::IntoIter<Event>,
-}
-
-impl Events {
-    /// The next event, or `None` once the cluster is closed and everything was received.
-    pub async fn recv(&mut self) -> Option<Event> {
-        loop {
-            if let Some(event) = self.ready.next() {
-                return Some(event);
-            }
-            self.ready = self.rx.recv().await?.into_iter();
-        }
-    }
-
-    /// Every event received and not yet taken, waiting for at least one; `None` once the
-    /// cluster is closed and everything was received.
-    pub async fn recv_batch(&mut self) -> Option<Vec<Event>> {
-        if self.ready.len() > 0 {
-            return Some(std::mem::take(&mut self.ready).collect());
-        }
-        self.rx.recv().await
-    }
-}
+pub use crate::error::ClusterError;
+pub use crate::events::{Event, Events, LinkState, Outcome, Receipt, UndeliverableReason};
+use crate::link::{Command, Link, LinkCore, LinkEnds};
+use crate::reliable::{Epoch, charge};
+use crate::state::ServerState;
+use crate::users::AtLimit;
 
 /// One message for [`Cluster::send_batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,81 +47,13 @@ enum Wait {
 
 /// How a message left [`Cluster::send_to_user`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub enum SentVia {
     /// The recipient is on this server: delivered to this server's events, not through the hub.
     Local,
     /// Queued for the hub, which relays it to the recipient's server; or, for a user of this
     /// server who also has sessions on others (policy `multi`), delivered to this server's events
     /// and queued for the hub, which relays it to those other sessions.
     Hub,
-}
-
-/// The outcome of a message, to be awaited.
-#[derive(Debug)]
-pub struct Receipt(ReceiptInner);
-
-#[derive(Debug)]
-enum ReceiptInner {
-    Known(Outcome),
-    Waiting(oneshot::Receiver<Outcome>),
-}
-
-impl Receipt {
-    /// Waits at most `timeout` for the outcome.
-    pub async fn outcome(self, timeout: Duration) -> Outcome {
-        match self.0 {
-            ReceiptInner::Known(outcome) => outcome,
-            ReceiptInner::Waiting(rx) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(outcome)) => outcome,
-                // Closed before an answer came, or no answer in time.
-                Ok(Err(_)) | Err(_) => Outcome::TimedOut,
-            },
-        }
-    }
-}
-
-/// Why a cluster call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    /// The cluster was closed; nothing more can be sent.
-    #[error("cluster handle is closed")]
-    Closed,
-    /// [`Cluster::try_send_to_user`] found the retransmit buffer, or the queue to the hub, full.
-    #[error("retransmit buffer or queue to the hub is full; try again later or use send_to_user")]
-    Full,
-    /// The message would not fit in one frame.
-    #[error("message of {len} bytes exceeds the frame limit of {max} bytes")]
-    TooLarge {
-        /// Encoded size of the frame.
-        len: usize,
-        /// The limit in force.
-        max: usize,
-    },
-    /// Only a user online on this server can join or leave a group here.
-    #[error("{user} is not online on this server")]
-    NotLocal {
-        /// The user.
-        user: UserId,
-    },
-    /// The login would pass the hub's limit on users per server (`max_users_per_server`).
-    #[error("this server already has {max} users online, the hub's limit per server")]
-    TooManyUsers {
-        /// The limit in force.
-        max: usize,
-    },
-    /// The watch would take this server's watch list past the hub's limit
-    /// (`max_users_per_server`, which bounds watched users as it bounds online ones).
-    #[error("this server already watches {max} users, the hub's limit per server")]
-    TooManyWatches {
-        /// The limit in force.
-        max: usize,
-    },
-    /// The join would pass the hub's limit on groups per server (`max_groups_per_server`).
-    #[error("this server already has members in {max} groups, the hub's limit per server")]
-    TooManyGroups {
-        /// The limit in force.
-        max: usize,
-    },
 }
 
 // Starting is the cluster's business, so the builder module needs neither it nor the link.
@@ -164,60 +66,40 @@ impl ClusterBuilder {
         let (commands, command_rx) = mpsc::channel(self.queue_capacity);
         let (events, event_rx) = mpsc::channel(self.event_capacity);
         let (state_tx, state) = watch::channel(LinkState::Connecting);
-        let local = Arc::new(LocalUsers::default());
-        let shared = Arc::new(SharedUsers::default());
-        let groups = Arc::new(std::sync::Mutex::new(LocalGroups::default()));
-        let watched = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-        let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
-        let max_users = Arc::new(AtomicUsize::new(usize::MAX));
+        let server = Arc::new(ServerState::default());
         let shutdown = CancellationToken::new();
         let credit = Arc::new(Semaphore::new(self.retransmit_buffer));
         let hub = Arc::new(std::sync::Mutex::new(None));
-        let refusing = Arc::new(AtomicUsize::new(0));
         // Only equality matters: a restarted process must not reuse its predecessor's epoch.
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |since| since.as_nanos() as u64);
-        let link = Link::new(
-            &self,
-            epoch,
-            credit.clone(),
-            command_rx,
-            events.clone(),
-            state_tx,
-            local.clone(),
-            tally.clone(),
-            max_users.clone(),
-            hub.clone(),
-            groups.clone(),
-            watched.clone(),
-            shared.clone(),
-            refusing.clone(),
-            shutdown.clone(),
-        );
-        let task = tokio::spawn(link.run());
+        let now = tokio::time::Instant::now().into_std();
+        let core = LinkCore::new(&self, Epoch(epoch), server.clone(), now);
+        let ends = LinkEnds {
+            commands: command_rx,
+            events: events.clone(),
+            state: state_tx,
+            connected_hub: hub.clone(),
+            credit: credit.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(Link::new(&self, core, ends).run());
         let inner = Inner {
             server_id: self.server_id,
             max_frame_len: self.max_frame_len,
             credit,
             credit_cap: self.retransmit_buffer,
-            local,
-            shared,
-            tally,
-            groups,
-            watched,
-            max_users,
+            server,
             commands,
             events,
             state,
             hub,
-            refusing,
             task: std::sync::Mutex::new(Some(task)),
             shutdown: shutdown.clone(),
             _cancel_on_drop: shutdown.drop_guard(),
         };
-        let events = Events { rx: event_rx, ready: Vec::new().into_iter() };
-        (Cluster { inner: Arc::new(inner) }, events)
+        (Cluster { inner: Arc::new(inner) }, Events::new(event_rx))
     }
 }
 
@@ -237,27 +119,13 @@ pub(crate) struct Inner {
     /// Free bytes of the retransmit buffer.
     credit: Arc<Semaphore>,
     pub(crate) credit_cap: usize,
-    /// This server's online users: the source of truth the hub is rebuilt from.
-    local: Arc<LocalUsers>,
-    /// The local users with sessions on other servers too, kept by the link.
-    shared: Arc<SharedUsers>,
-    /// The digest of `local`, changed under this lock together with it.
-    tally: Arc<std::sync::Mutex<Tally>>,
-    /// The local members of each group, shared with the link.
-    groups: Arc<std::sync::Mutex<LocalGroups>>,
-    /// The users this server watches, shared with the link, which sends them again to every
-    /// hub it connects to.
-    watched: Arc<std::sync::Mutex<std::collections::HashSet<UserId>>>,
-    /// The hub's limit on this server's users, from its last `Welcome` (no limit before one);
-    /// its watch list is held to the same figure.
-    max_users: Arc<AtomicUsize>,
+    /// Users, groups, watches and limits, shared with the link.
+    pub(crate) server: Arc<ServerState>,
     commands: mpsc::Sender<Command>,
     events: mpsc::Sender<Vec<Event>>,
     state: watch::Receiver<LinkState>,
     /// The hub connected to, set by the link.
     hub: Arc<std::sync::Mutex<Option<String>>>,
-    /// Bytes of refused messages on their way back and not yet acknowledged, kept by the link.
-    pub(crate) refusing: Arc<AtomicUsize>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
     shutdown: CancellationToken,
     _cancel_on_drop: DropGuard,
@@ -267,27 +135,7 @@ impl Cluster {
     /// Settings for a server with id `server_id` joining the hub at `hubs`: one `host:port`, or
     /// several separated by commas, in order of preference (hot standby, docs/FAILOVER.md).
     pub fn builder(server_id: ServerId, hubs: impl Into<String>) -> ClusterBuilder {
-        let hubs = hubs.into();
-        let hubs = hubs.split(',').map(str::trim).filter(|hub| !hub.is_empty());
-        ClusterBuilder {
-            server_id,
-            hubs: hubs.map(str::to_owned).collect(),
-            client_addr: String::new(),
-            max_frame_len: acms_protocol::DEFAULT_MAX_FRAME_LEN,
-            connect_timeout: Duration::from_secs(3),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(2),
-            queue_capacity: 8192,
-            event_capacity: 64,
-            retransmit_buffer: 64 << 20,
-            secret: None,
-            tls: None,
-            keepalive_interval: Duration::from_secs(1),
-            keepalive_timeout: Duration::from_secs(3),
-            digest_interval: Duration::from_secs(10),
-            load_interval: Duration::from_secs(5),
-            capacity: None,
-        }
+        ClusterBuilder::new(server_id, hubs.into())
     }
 
     /// This server's id.
@@ -301,37 +149,23 @@ impl Cluster {
     /// server is refused here, before the hub would close the connection over it. Waits only
     /// while the queue to the hub is full.
     pub async fn login(&self, user: UserId) -> Result<(), ClusterError> {
-        let max = self.inner.max_users.load(Ordering::Relaxed);
-        if self.inner.local.len() >= max && !self.inner.local.contains(&user) {
-            return Err(ClusterError::TooManyUsers { max });
+        let max = self.inner.server.max_users.load(Ordering::Relaxed);
+        match self.inner.server.users.login(&user, max) {
+            Err(AtLimit { max }) => Err(ClusterError::TooManyUsers { max }),
+            Ok(None) => Ok(()),
+            Ok(Some(version)) => self.command(Command::Login(user, version)).await,
         }
-        let change = {
-            let mut tally = self.inner.tally.lock().expect("tally lock");
-            if !self.inner.local.insert(user.clone()) {
-                return Ok(());
-            }
-            tally.digest.insert(user.as_str());
-            tally.changes += 1;
-            tally.changes
-        };
-        self.command(Command::Login(user, change)).await
     }
 
     /// Marks `user` as gone from this server and tells the hub.
     pub async fn logout(&self, user: &UserId) -> Result<(), ClusterError> {
-        let change = {
-            let mut tally = self.inner.tally.lock().expect("tally lock");
-            if self.inner.local.remove(user).is_none() {
-                return Ok(());
-            }
-            tally.digest.remove(user.as_str());
-            tally.changes += 1;
-            tally.changes
+        let Some(version) = self.inner.server.users.logout(user) else {
+            return Ok(());
         };
-        // After the user left `local`, so a `join` racing with this logout cannot leave them in
-        // a group (it checks `local` under the groups' lock).
-        let emptied = self.inner.groups.lock().expect("groups lock").remove_user(user);
-        self.command(Command::Logout(user.clone(), change)).await?;
+        // After the user left the set, so a `join` racing with this logout cannot leave them in
+        // a group (it checks the set under the groups' lock).
+        let emptied = self.inner.server.groups().remove_user(user);
+        self.command(Command::Logout(user.clone(), version)).await?;
         for group in emptied {
             self.command(Command::Group(group)).await?;
         }
@@ -345,8 +179,8 @@ impl Cluster {
     /// would close the connection over it.
     pub async fn join(&self, group: &GroupId, user: &UserId) -> Result<(), ClusterError> {
         let first = {
-            let mut groups = self.inner.groups.lock().expect("groups lock");
-            if !self.inner.local.contains(user) {
+            let mut groups = self.inner.server.groups();
+            if !self.inner.server.users.contains(user.as_str()) {
                 return Err(ClusterError::NotLocal { user: user.clone() });
             }
             if let Some(max) = groups.full_for(group.as_str()) {
@@ -362,7 +196,7 @@ impl Cluster {
 
     /// Takes `user` out of `group`; a user who is not a member changes nothing.
     pub async fn leave(&self, group: &GroupId, user: &UserId) -> Result<(), ClusterError> {
-        let last = self.inner.groups.lock().expect("groups lock").leave(group, user);
+        let last = self.inner.server.groups().leave(group, user);
         if last {
             self.command(Command::Group(group.clone())).await?;
         }
@@ -371,7 +205,7 @@ impl Cluster {
 
     /// The groups local user `user` is a member of.
     pub fn groups_of(&self, user: &UserId) -> Vec<GroupId> {
-        self.inner.groups.lock().expect("groups lock").groups_of(user.as_str())
+        self.inner.server.groups().groups_of(user.as_str())
     }
 
     /// Sends `payload` from `from` to every member of `group` on every server, exactly once
@@ -388,8 +222,7 @@ impl Cluster {
         exclude_sender: bool,
     ) -> Result<Receipt, ClusterError> {
         let except = exclude_sender.then_some(from.as_str());
-        let members =
-            self.inner.groups.lock().expect("groups lock").members(group.as_str(), except);
+        let members = self.inner.server.groups().members(group.as_str(), except);
         let local = (!members.is_empty()).then(|| Event::GroupMessage {
             group: group.clone(),
             from: from.clone(),
@@ -410,13 +243,8 @@ impl Cluster {
         payload: Bytes,
         exclude_sender: bool,
     ) -> Result<Receipt, ClusterError> {
-        let to: Vec<UserId> = self
-            .inner
-            .local
-            .iter()
-            .filter(|user| !(exclude_sender && user.key() == from))
-            .map(|user| user.key().clone())
-            .collect();
+        let except = exclude_sender.then_some(from.as_str());
+        let to = self.inner.server.users.all_but(except);
         let local = (!to.is_empty()).then(|| Event::Broadcast {
             from: from.clone(),
             to,
@@ -439,7 +267,7 @@ impl Cluster {
         let me = self.inner.server_id;
         if server == me {
             self.deliver_locally(vec![Event::ServerMessage { from: me, payload }]).await?;
-            return Ok(Receipt(ReceiptInner::Known(Outcome::Reached { servers: 0 })));
+            return Ok(Receipt::known(Outcome::Reached { servers: 0 }));
         }
         let recipient = UserId::new(&server.to_string()).expect("a number is a valid name");
         self.fan_out(DataKind::Server, recipient, self.server_name(), payload, None).await
@@ -478,23 +306,23 @@ impl Cluster {
         self.take_credit(charge(acms_protocol::LENGTH_PREFIX_LEN + len, self.inner.credit_cap))
             .await?;
         self.command(Command::Data { data, receipt: Some(receipt), here: false }).await?;
-        Ok(Receipt(ReceiptInner::Waiting(rx)))
+        Ok(Receipt::waiting(rx))
     }
 
     /// Whether `user` is online on this server.
     pub fn is_local(&self, user: &str) -> bool {
-        self.inner.local.contains(user)
+        self.inner.server.users.contains(user)
     }
 
     /// Number of users online on this server.
     pub fn local_users(&self) -> usize {
-        self.inner.local.len()
+        self.inner.server.users.len()
     }
 
     /// Number of users of this server that the hub says also have sessions on other servers
     /// (policy `multi`): messages to them from here go through the hub too. For monitoring.
     pub fn shared_users(&self) -> usize {
-        self.inner.shared.len()
+        self.inner.server.users.multi_session_count()
     }
 
     /// Sends `payload` from `from` to `to`, wherever `to` is.
@@ -511,7 +339,7 @@ impl Cluster {
         from: &UserId,
         to: &UserId,
         payload: Bytes,
-    ) -> Result<Route, ClusterError> {
+    ) -> Result<SentVia, ClusterError> {
         self.send(from, to, payload, None, Wait::Yes).await
     }
 
@@ -522,7 +350,7 @@ impl Cluster {
         from: &UserId,
         to: &UserId,
         payload: Bytes,
-    ) -> Result<Route, ClusterError> {
+    ) -> Result<SentVia, ClusterError> {
         self.send(from, to, payload, None, Wait::No).await
     }
 
@@ -535,10 +363,10 @@ impl Cluster {
     ) -> Result<Receipt, ClusterError> {
         let (receipt, rx) = oneshot::channel();
         let route = self.send(from, to, payload, Some(receipt), Wait::Yes).await?;
-        Ok(Receipt(match route {
-            Route::Local => ReceiptInner::Known(Outcome::Delivered { sessions: 1 }),
-            Route::Hub => ReceiptInner::Waiting(rx),
-        }))
+        Ok(match route {
+            SentVia::Local => Receipt::known(Outcome::Delivered { sessions: 1 }),
+            SentVia::Hub => Receipt::waiting(rx),
+        })
     }
 
     async fn send(
@@ -548,15 +376,15 @@ impl Cluster {
         payload: Bytes,
         receipt: Option<oneshot::Sender<Outcome>>,
         wait: Wait,
-    ) -> Result<Route, ClusterError> {
+    ) -> Result<SentVia, ClusterError> {
         let here = self.is_local(to.as_str());
-        if here && !self.inner.shared.contains(to.as_str()) {
+        if here && !self.inner.server.users.is_multi_session(to.as_str()) {
             let event = Event::Message { from: from.clone(), to: to.clone(), payload };
             match wait {
                 Wait::Yes => self.deliver_locally(vec![event]).await?,
                 Wait::No => self.try_deliver_locally(vec![event])?,
             }
-            return Ok(Route::Local);
+            return Ok(SentVia::Local);
         }
         let data = Data {
             kind: DataKind::Unicast,
@@ -604,7 +432,7 @@ impl Cluster {
                 permit.send(command);
             }
         }
-        Ok(Route::Hub)
+        Ok(SentVia::Hub)
     }
 
     /// Hands events to the app at once, or fails with [`ClusterError::Full`].
@@ -647,7 +475,7 @@ impl Cluster {
                     to: to.clone(),
                     payload: payload.clone(),
                 });
-                if !self.inner.shared.contains(to.as_str()) {
+                if !self.inner.server.users.is_multi_session(to.as_str()) {
                     continue;
                 }
             }
@@ -727,8 +555,8 @@ impl Cluster {
     pub async fn watch(&self, users: impl IntoIterator<Item = UserId>) -> Result<(), ClusterError> {
         let users: Vec<UserId> = users.into_iter().collect();
         {
-            let mut watched = self.inner.watched.lock().expect("watched lock");
-            let max = self.inner.max_users.load(Ordering::Relaxed);
+            let mut watched = self.inner.server.watched();
+            let max = self.inner.server.max_users.load(Ordering::Relaxed);
             let new: std::collections::HashSet<&UserId> =
                 users.iter().filter(|user| !watched.contains(*user)).collect();
             if watched.len().saturating_add(new.len()) > max {
@@ -745,7 +573,7 @@ impl Cluster {
         users: impl IntoIterator<Item = UserId>,
     ) -> Result<(), ClusterError> {
         let users: Vec<UserId> = {
-            let mut watched = self.inner.watched.lock().expect("watched lock");
+            let mut watched = self.inner.server.watched();
             users.into_iter().filter(|user| watched.remove(user)).collect()
         };
         if users.is_empty() {

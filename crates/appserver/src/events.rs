@@ -1,8 +1,11 @@
-//! What the library hands the app: the events for this server's users, the state of the hub
-//! link and the outcome of a message sent with a receipt.
+//! What the library hands the app: the events for this server's users and the queue they come
+//! through, the state of the hub link, and the outcome of a message sent with a receipt.
+
+use std::time::Duration;
 
 use acms_protocol::{ErrorCode, GroupId, ServerId, UserId};
 use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
 
 /// What arrives for the users of this server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,4 +164,73 @@ pub enum Outcome {
         /// server for a broadcast, and the one (or every other) server for a server message.
         servers: u32,
     },
+}
+
+/// The receiving end of a cluster's events.
+///
+/// Events arrive in batches, one per read from the hub, so a busy server pays for the queue once
+/// per batch; [`Events::recv`] hands them out one at a time, [`Events::recv_batch`] all at once.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Vec<Event>>,
+    ready: std::vec::IntoIter<Event>,
+}
+
+impl Events {
+    pub(crate) fn new(rx: mpsc::Receiver<Vec<Event>>) -> Self {
+        Self { rx, ready: Vec::new().into_iter() }
+    }
+
+    /// The next event, or `None` once the cluster is closed and everything was received.
+    pub async fn recv(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.ready.next() {
+                return Some(event);
+            }
+            self.ready = self.rx.recv().await?.into_iter();
+        }
+    }
+
+    /// Every event received and not yet taken, waiting for at least one; `None` once the
+    /// cluster is closed and everything was received.
+    pub async fn recv_batch(&mut self) -> Option<Vec<Event>> {
+        if self.ready.len() > 0 {
+            return Some(std::mem::take(&mut self.ready).collect());
+        }
+        self.rx.recv().await
+    }
+}
+
+/// The outcome of a message, to be awaited.
+#[derive(Debug)]
+pub struct Receipt(ReceiptInner);
+
+#[derive(Debug)]
+enum ReceiptInner {
+    Known(Outcome),
+    Waiting(oneshot::Receiver<Outcome>),
+}
+
+impl Receipt {
+    /// A receipt whose outcome is known already (a local delivery).
+    pub(crate) fn known(outcome: Outcome) -> Self {
+        Self(ReceiptInner::Known(outcome))
+    }
+
+    /// A receipt the link answers through `rx`.
+    pub(crate) fn waiting(rx: oneshot::Receiver<Outcome>) -> Self {
+        Self(ReceiptInner::Waiting(rx))
+    }
+
+    /// Waits at most `timeout` for the outcome.
+    pub async fn outcome(self, timeout: Duration) -> Outcome {
+        match self.0 {
+            ReceiptInner::Known(outcome) => outcome,
+            ReceiptInner::Waiting(rx) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(outcome)) => outcome,
+                // Closed before an answer came, or no answer in time.
+                Ok(Err(_)) | Err(_) => Outcome::TimedOut,
+            },
+        }
+    }
 }

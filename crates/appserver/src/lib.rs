@@ -37,15 +37,22 @@
 //! # Layout
 //! - [`cluster`]: [`Cluster`], the handle, how it starts, and its errors.
 //! - `builder`: [`ClusterBuilder`], the settings of a cluster.
-//! - `events`: what the app is handed: [`Event`]s, [`LinkState`], [`Outcome`].
-//! - `users`: this server's user set: local users, their digest, the users shared with other
-//!   servers.
+//! - `error`: [`ClusterError`].
+//! - `events`: what the app is handed: [`Events`] of [`Event`]s, [`LinkState`], [`Receipt`]s
+//!   and their [`Outcome`].
+//! - `users`: `LocalUsers`, this server's user set: the local users, their digest and version,
+//!   the multi-session users; `login`, `logout`, `kick` and the snapshot.
+//! - `state`: what the handles and the link share: the users, the groups, the watches, limits.
 //! - `refuse`: [`Cluster::refuse`], a message this server's app could not deliver going back
 //!   to its sender.
-//! - `link`: the task that owns the hub connection: handshake and authentication, snapshot,
-//!   batched writes, reconnects, retransmission.
-//! - `reliable`: the bookkeeping of exactly-once delivery: frames not yet acknowledged, duplicate
-//!   suppression, acks owed.
+//! - `link`: the task that owns the hub connection, a thin async shell (connect, handshake and
+//!   authentication, reconnects, moving bytes and ticks) around `link::core::LinkCore`, the
+//!   exactly-once engine with no I/O and no clock (sequence numbers, retransmission, receipts,
+//!   acks, snapshots, kicks, presence, keepalive deadlines).
+//! - `write_queue`: `WriteQueue`, the bytes waiting for the hub's socket, in chunks shared with
+//!   the retransmit buffer.
+//! - `reliable`: the bookkeeping of exactly-once delivery: `Seq`, frames not yet acknowledged,
+//!   duplicate suppression, acks owed.
 //! - `load`: the load reports the link sends every load interval (CPU, memory, message rates).
 //! - `groups`: the local members of each group, and group frames waiting for acknowledgements.
 //! - [`tls`]: [`ClientTls`], optional TLS to the hub.
@@ -53,19 +60,21 @@
 
 mod builder;
 pub mod cluster;
+mod error;
 mod events;
 mod groups;
 mod link;
 mod load;
-mod outgoing;
 mod refuse;
 mod reliable;
+mod state;
 pub mod tls;
 mod users;
+mod write_queue;
 
 pub use acms_protocol::{ErrorCode, GroupId, Secret, SecretError, ServerId, UserId, UserIdError};
 pub use cluster::{
     BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outcome,
-    Outgoing, Receipt, Route, UndeliverableReason,
+    Outgoing, Receipt, SentVia, UndeliverableReason,
 };
 pub use tls::{ClientTls, TlsError};

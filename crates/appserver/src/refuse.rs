@@ -36,7 +36,7 @@ impl Cluster {
         payload: Bytes,
         reason: impl Into<String>,
     ) -> Result<(), ClusterError> {
-        if self.inner.refusing.load(Ordering::Acquire) >= self.inner.credit_cap {
+        if self.inner.server.refusing.load(Ordering::Acquire) >= self.inner.credit_cap {
             return Err(ClusterError::Full);
         }
         let command =

@@ -3,11 +3,34 @@
 
 use std::collections::VecDeque;
 
-use acms_protocol::{Ack, LENGTH_PREFIX_LEN, SeqRange, ServerId};
+use acms_protocol::{Ack, DATA_SEQ_AT, LENGTH_PREFIX_LEN, SeqRange, ServerId, data_seq};
 use bytes::{Bytes, BytesMut};
 
-/// Where a data frame's sequence number lies: after the length prefix and the kind byte.
-pub(crate) const SEQ_AT: usize = LENGTH_PREFIX_LEN + 1;
+/// The number this server gives a data frame it sends through the hub: one counter per process,
+/// from 1. Receivers drop what is at or below the highest they have seen from its origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Seq(pub(crate) u64);
+
+impl Seq {
+    /// The first number of a process.
+    pub(crate) const FIRST: Seq = Seq(1);
+
+    /// The number after this one.
+    pub(crate) fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+/// A process's epoch, chosen at start: a new one tells receivers that sequence numbers start
+/// over. Only equality matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Epoch(pub(crate) u64);
+
+/// Bytes of the retransmit buffer a frame of `len` bytes takes; one frame larger than the whole
+/// buffer takes all of it rather than wait forever.
+pub(crate) fn charge(len: usize, cap: usize) -> u32 {
+    u32::try_from(len.min(cap)).unwrap_or(u32::MAX)
+}
 
 /// Frames sent through the hub and not yet answered (acknowledged or returned undeliverable), by
 /// sequence number, kept as the bytes sent so they can be sent again as they were.
@@ -46,10 +69,9 @@ impl Unacked {
     pub(crate) fn keep(&mut self, bytes: Bytes) {
         let mut at = 0;
         let mut first_seq = None;
-        while at + SEQ_AT + 8 <= bytes.len() {
+        while at + DATA_SEQ_AT + 8 <= bytes.len() {
             let len = u32::from_be_bytes(bytes[at..at + LENGTH_PREFIX_LEN].try_into().expect("4"));
-            let seq =
-                u64::from_be_bytes(bytes[at + SEQ_AT..at + SEQ_AT + 8].try_into().expect("8"));
+            let seq = data_seq(&bytes[at..]).expect("checked above");
             if self.slots.is_empty() {
                 self.base = seq;
             }
@@ -66,7 +88,7 @@ impl Unacked {
     }
 
     /// Forgets frame `seq` and returns its length, if it was still waiting for an answer.
-    pub(crate) fn take(&mut self, seq: u64) -> Option<usize> {
+    pub(crate) fn take(&mut self, Seq(seq): Seq) -> Option<usize> {
         let index = usize::try_from(seq.checked_sub(self.base)?).ok()?;
         let slot = self.slots.get_mut(index)?;
         if slot.len == 0 {
@@ -101,13 +123,13 @@ impl Unacked {
     }
 
     /// Whether frame `seq` still waits for an answer.
-    pub(crate) fn contains(&self, seq: u64) -> bool {
+    pub(crate) fn contains(&self, Seq(seq): Seq) -> bool {
         let index = seq.checked_sub(self.base).and_then(|index| usize::try_from(index).ok());
         index.and_then(|index| self.slots.get(index)).is_some_and(|slot| slot.len > 0)
     }
 
     /// The frames still waiting, from sequence number `from` on, in order.
-    pub(crate) fn from(&self, from: u64) -> impl Iterator<Item = &[u8]> {
+    pub(crate) fn from(&self, Seq(from): Seq) -> impl Iterator<Item = &[u8]> {
         let skip = usize::try_from(from.saturating_sub(self.base)).unwrap_or(usize::MAX);
         let mut chunk = 0;
         self.slots.iter().enumerate().skip(skip).filter(|(_, slot)| slot.len > 0).map(
@@ -135,7 +157,7 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 /// What this server has received from one origin server.
 #[derive(Debug, Default)]
 struct Origin {
-    epoch: u64,
+    epoch: Epoch,
     /// The highest sequence number handed to the app. Frames from one origin arrive in order and
     /// are sent again in order, so anything at or below it is a duplicate.
     highest: u64,
@@ -154,7 +176,7 @@ pub(crate) struct Received {
 impl Received {
     /// Learns the epoch of an origin's process: a new one numbers its frames from the start, and
     /// acks owed to the old one would name numbers the new one has not sent yet.
-    pub(crate) fn epoch(&mut self, origin: ServerId, epoch: u64) {
+    pub(crate) fn epoch(&mut self, origin: ServerId, epoch: Epoch) {
         let known = self.origins.entry(origin).or_default();
         if known.epoch != epoch {
             *known = Origin { epoch, ..Origin::default() };
@@ -163,7 +185,7 @@ impl Received {
 
     /// Records frame `seq` from `origin` as owing an ack; returns whether it is new (to be handed
     /// to the app) rather than a duplicate.
-    pub(crate) fn receive(&mut self, origin: ServerId, seq: u64) -> bool {
+    pub(crate) fn receive(&mut self, origin: ServerId, Seq(seq): Seq) -> bool {
         let known = self.origins.entry(origin).or_default();
         let new = seq > known.highest;
         if new {
@@ -229,9 +251,7 @@ mod tests {
     }
 
     fn seqs<'a>(frames: impl Iterator<Item = &'a [u8]>) -> Vec<u64> {
-        frames
-            .map(|frame| u64::from_be_bytes(frame[SEQ_AT..SEQ_AT + 8].try_into().unwrap()))
-            .collect()
+        frames.map(|frame| data_seq(frame).unwrap()).collect()
     }
 
     #[test]
@@ -241,28 +261,30 @@ mod tests {
         let frame_len = first.len() / 3;
         unacked.keep(first);
         unacked.keep(chunk(13..15));
-        assert!(unacked.contains(12));
-        assert_eq!(unacked.take(12), Some(frame_len));
-        assert!(!unacked.contains(12) && !unacked.contains(9) && !unacked.contains(99));
-        assert_eq!(unacked.take(12), None, "answered once");
-        assert_eq!(unacked.take(9), None);
-        assert_eq!(unacked.take(99), None);
-        assert_eq!(seqs(unacked.from(0)), [10, 11, 13, 14]);
-        assert_eq!(seqs(unacked.from(13)), [13, 14]);
-        unacked.take(10);
-        unacked.take(11);
+        assert!(unacked.contains(Seq(12)));
+        assert_eq!(unacked.take(Seq(12)), Some(frame_len));
+        assert!(
+            !unacked.contains(Seq(12)) && !unacked.contains(Seq(9)) && !unacked.contains(Seq(99))
+        );
+        assert_eq!(unacked.take(Seq(12)), None, "answered once");
+        assert_eq!(unacked.take(Seq(9)), None);
+        assert_eq!(unacked.take(Seq(99)), None);
+        assert_eq!(seqs(unacked.from(Seq(0))), [10, 11, 13, 14]);
+        assert_eq!(seqs(unacked.from(Seq(13))), [13, 14]);
+        unacked.take(Seq(10));
+        unacked.take(Seq(11));
         assert_eq!(unacked.len(), 2);
         assert_eq!(unacked.chunks.len(), 1, "the first chunk is let go once all of it is answered");
-        let resent: Vec<&[u8]> = unacked.from(0).collect();
+        let resent: Vec<&[u8]> = unacked.from(Seq(0)).collect();
         assert_eq!(resent[0], &chunk(13..14)[..], "sent again byte for byte");
-        unacked.take(14);
-        assert_eq!(seqs(unacked.from(0)), [13]);
-        unacked.take(13);
+        unacked.take(Seq(14));
+        assert_eq!(seqs(unacked.from(Seq(0))), [13]);
+        unacked.take(Seq(13));
         assert_eq!(unacked.len(), 0);
         assert!(unacked.chunks.is_empty());
         unacked.keep(chunk(15..16));
-        assert_eq!(seqs(unacked.from(0)), [15]);
-        assert_eq!(unacked.take(15), Some(frame_len));
+        assert_eq!(seqs(unacked.from(Seq(0))), [15]);
+        assert_eq!(unacked.take(Seq(15)), Some(frame_len));
     }
 
     #[test]
@@ -272,8 +294,8 @@ mod tests {
         let mut unacked = Unacked::default();
         assert!(unacked.outstanding().is_empty(), "nothing sent, nothing to settle");
         unacked.keep(chunk(10..15));
-        unacked.take(10);
-        unacked.take(12);
+        unacked.take(Seq(10));
+        unacked.take(Seq(12));
         assert_eq!(unacked.outstanding(), 11..15);
         // Billions of numbers claimed, many times over, around and past what was sent.
         let runs = [SeqRange { first: 1, count: u32::MAX }; 64];
@@ -284,7 +306,7 @@ mod tests {
         assert_eq!(covered, [11..15]);
         let walked: Vec<u64> = covered.into_iter().flatten().collect();
         let settled: Vec<u64> =
-            walked.iter().copied().filter(|&seq| unacked.take(seq).is_some()).collect();
+            walked.iter().copied().filter(|&seq| unacked.take(Seq(seq)).is_some()).collect();
         assert_eq!(walked.len(), 4, "the walk is as long as what was outstanding");
         assert_eq!(settled, [11, 13, 14]);
         assert_eq!(unacked.len(), 0);
@@ -295,12 +317,12 @@ mod tests {
     fn duplicates_are_acked_but_not_delivered_and_a_new_epoch_starts_over() {
         let mut received = Received::default();
         let origin = ServerId(1);
-        received.epoch(origin, 100);
-        assert!(received.receive(origin, 1));
-        assert!(received.receive(origin, 2));
-        assert!(received.receive(origin, 5));
-        assert!(!received.receive(origin, 2), "sent again after a reconnect");
-        assert!(received.receive(origin, 6));
+        received.epoch(origin, Epoch(100));
+        assert!(received.receive(origin, Seq(1)));
+        assert!(received.receive(origin, Seq(2)));
+        assert!(received.receive(origin, Seq(5)));
+        assert!(!received.receive(origin, Seq(2)), "sent again after a reconnect");
+        assert!(received.receive(origin, Seq(6)));
         let mut out = BytesMut::new();
         received.encode_acks(ServerId(2), 1 << 20, &mut out);
         assert!(received.owing.is_empty());
@@ -311,14 +333,14 @@ mod tests {
         let seqs: Vec<u64> = ack.ranges.iter().flat_map(|range| range.seqs()).collect();
         assert_eq!(seqs, [1, 2, 5, 2, 6]);
 
-        received.receive(origin, 7);
+        received.receive(origin, Seq(7));
         received.forget_owed();
         let mut out = BytesMut::new();
         received.encode_acks(ServerId(2), 1 << 20, &mut out);
         assert!(out.is_empty(), "acks of the last connection are forgotten");
-        received.epoch(origin, 100);
-        assert!(!received.receive(origin, 6), "same process: still a duplicate");
-        received.epoch(origin, 101);
-        assert!(received.receive(origin, 1), "a restarted origin numbers from the start");
+        received.epoch(origin, Epoch(100));
+        assert!(!received.receive(origin, Seq(6)), "same process: still a duplicate");
+        received.epoch(origin, Epoch(101));
+        assert!(received.receive(origin, Seq(1)), "a restarted origin numbers from the start");
     }
 }

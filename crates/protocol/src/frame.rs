@@ -357,6 +357,28 @@ impl Data {
     }
 }
 
+/// Where a data frame's sequence number lies, counted from the first byte of the frame's length
+/// prefix: after the prefix and the kind byte, as a big-endian `u64`. An AS that encodes data
+/// frames before it numbers them (a batch encoded by the app's task, numbered by the link)
+/// writes the number there with [`set_data_seq`]; the routing header stays as it was.
+pub const DATA_SEQ_AT: usize = LENGTH_PREFIX_LEN + 1;
+
+/// Writes `seq` into the whole data frame at the start of `frame` (length prefix included).
+/// Fails with [`ProtocolError::Truncated`], changing nothing, if `frame` is too short to hold
+/// one; the caller vouches that it is a data frame.
+pub fn set_data_seq(frame: &mut [u8], seq: u64) -> Result<(), ProtocolError> {
+    let slot = frame.get_mut(DATA_SEQ_AT..DATA_SEQ_AT + 8).ok_or(ProtocolError::Truncated)?;
+    slot.copy_from_slice(&seq.to_be_bytes());
+    Ok(())
+}
+
+/// The sequence number of the whole data frame at the start of `frame` (length prefix
+/// included), or `None` if `frame` is too short to hold one.
+pub fn data_seq(frame: &[u8]) -> Option<u64> {
+    let slot = frame.get(DATA_SEQ_AT..DATA_SEQ_AT + 8)?;
+    Some(u64::from_be_bytes(slot.try_into().ok()?))
+}
+
 /// A frame decoded into owned values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -556,5 +578,33 @@ mod tests {
         assert_eq!(ack.beyond(100), None, "99 is the last number named");
         assert_eq!(ack.beyond(99), Some(run(99, 1)));
         assert_eq!(ack.beyond(16), Some(run(15, 2)), "the first such run, in the ack's order");
+    }
+
+    #[test]
+    fn a_sequence_number_written_into_raw_bytes_is_the_one_the_header_reads() {
+        let data = |seq| Data {
+            kind: DataKind::Unicast,
+            seq,
+            origin: ServerId(7),
+            recipient: UserId::new("bob").unwrap(),
+            sender: UserId::new("al").unwrap(),
+            payload: Bytes::from_static(b"hi"),
+        };
+        let mut frames = BytesMut::new();
+        Frame::Data(data(0)).encode(1 << 20, &mut frames).unwrap();
+        let len = frames.len();
+        Frame::Data(data(0)).encode(1 << 20, &mut frames).unwrap();
+        set_data_seq(&mut frames[..], 41).unwrap();
+        set_data_seq(&mut frames[len..], u64::MAX).unwrap();
+        assert_eq!(data_seq(&frames[..]), Some(41));
+        let second = RawFrame::from_bytes(frames.split_off(len).freeze()).unwrap();
+        let first = RawFrame::from_bytes(frames.freeze()).unwrap();
+        assert_eq!(first.decode().unwrap(), Frame::Data(data(41)), "only the number changed");
+        assert_eq!(second.route().unwrap().seq, u64::MAX);
+
+        let mut short = [0u8; DATA_SEQ_AT + 7];
+        assert!(matches!(set_data_seq(&mut short, 1), Err(ProtocolError::Truncated)));
+        assert_eq!(short, [0; DATA_SEQ_AT + 7], "nothing written");
+        assert_eq!(data_seq(&short), None);
     }
 }

@@ -35,7 +35,10 @@ pub use control::{
 };
 pub use digest::UserDigest;
 pub use error::ProtocolError;
-pub use frame::{Ack, Data, DataKind, EVERYONE, Frame, FrameKind, RawFrame, Route, SeqRange};
+pub use frame::{
+    Ack, DATA_SEQ_AT, Data, DataKind, EVERYONE, Frame, FrameKind, RawFrame, Route, SeqRange,
+    data_seq, set_data_seq,
+};
 pub use ids::{GroupId, ServerId, UserId, UserIdError};
 pub use refusal::Refusal;
 

@@ -1,4 +1,4 @@
-//! What waits to be written to the hub.
+//! The write queue of the hub link: what waits to be written to the hub.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 /// rather than copied into a write buffer, and the small frames (control, acks) encoded between
 /// them. Written with vectored writes, one iovec per chunk.
 #[derive(Debug, Default)]
-pub(crate) struct Outgoing {
+pub(crate) struct WriteQueue {
     chunks: VecDeque<Bytes>,
     /// Bytes in `chunks`.
     queued: usize,
@@ -17,7 +17,7 @@ pub(crate) struct Outgoing {
     tail: BytesMut,
 }
 
-impl Outgoing {
+impl WriteQueue {
     /// Where small frames are encoded, after everything queued so far.
     pub(crate) fn tail(&mut self) -> &mut BytesMut {
         &mut self.tail
@@ -44,7 +44,7 @@ impl Outgoing {
     }
 }
 
-impl Buf for Outgoing {
+impl Buf for WriteQueue {
     fn remaining(&self) -> usize {
         self.len()
     }
@@ -86,14 +86,14 @@ mod tests {
 
     #[test]
     fn bytes_leave_in_the_order_they_were_queued_across_partial_writes() {
-        let mut out = Outgoing::default();
+        let mut out = WriteQueue::default();
         out.tail().extend_from_slice(b"ab");
         out.push(Bytes::from_static(b"cde"));
         out.tail().extend_from_slice(b"f");
         out.push(Bytes::from_static(b"gh"));
         out.tail().extend_from_slice(b"ij");
         assert_eq!(out.len(), 10);
-        let vectored = |out: &Outgoing| {
+        let vectored = |out: &WriteQueue| {
             let mut slices = [IoSlice::new(&[]); 8];
             let count = out.chunks_vectored(&mut slices);
             slices[..count].iter().map(|slice| slice.to_vec()).collect::<Vec<_>>()
