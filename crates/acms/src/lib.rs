@@ -27,8 +27,8 @@
 //! - `keepalive`: when an idle writer pings and when a silent peer is dead, over explicit
 //!   instants.
 //! - [`outbox`]: the byte-bounded queue in front of each connection and its batching writer task.
-//! - [`registry`]: the AS registry and the user directory, behind synchronous methods; its
-//!   `settle` submodule holds the settle window and the frames dropped in it.
+//! - [`registry`]: the AS registry and the user directory, behind synchronous methods; the
+//!   directory's methods are in `registry::directory`, the settle window in `registry::settle`.
 //! - `forwarded`: the lowest sequence number each origin forwarded to each AS connection, for
 //!   the frames in flight to a server that leaves for good.
 //! - `state`: `HubState`, what every connection shares, and the hub-wide effects: every control
