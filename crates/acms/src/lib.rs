@@ -20,10 +20,15 @@
 //! - `auth`: who may join a hub that has no shared secret (the loopback rule).
 //! - [`tls`]: optional TLS on the transfer port ([`ServerTls`]).
 //! - [`hub`]: [`Hub`], the accept loop with its connection cap and graceful shutdown.
-//! - `connection`: one AS connection: handshake, reader loop, frame handling; its `peer`
-//!   submodule serves a peer hub's authenticated status link.
+//! - `connection`: one AS connection: an async shell (reader loop, writer task, keepalive,
+//!   pushback, classified close) around synchronous cores: `handshake` (TLS, authentication,
+//!   registration), `relay` (the frames of one read, routed and handed over per destination)
+//!   and `session` (the hub's record of one app server and its control handlers).
+//! - `keepalive`: when an idle writer pings and when a silent peer is dead, over explicit
+//!   instants.
 //! - [`outbox`]: the byte-bounded queue in front of each connection and its batching writer task.
-//! - [`registry`]: the AS registry and the user directory, behind synchronous methods.
+//! - [`registry`]: the AS registry and the user directory, behind synchronous methods; the
+//!   directory's methods are in `registry::directory`, the settle window in `registry::settle`.
 //! - `forwarded`: the lowest sequence number each origin forwarded to each AS connection, for
 //!   the frames in flight to a server that leaves for good.
 //! - `state`: `HubState`, what every connection shares, and the hub-wide effects: every control
@@ -31,8 +36,8 @@
 //! - `watches`: which AS watch which users; `presence`: the `Presence` pushes to them.
 //! - [`groups`]: which servers have members of which group.
 //! - [`stats`]: counters of what the hub relayed and refused, and the sampled relay latency.
-//! - [`standby`]: hot standby: which hub of a cluster is active; `peer_watch`: the links that
-//!   watch the peer hubs.
+//! - [`standby`]: hot standby: which hub of a cluster is active, and what it answers a peer
+//!   hub's status link; `peer_watch`: the links that watch the peer hubs.
 
 pub mod admin;
 pub mod admin_server;
@@ -45,6 +50,7 @@ pub mod dashboard;
 mod forwarded;
 pub mod groups;
 pub mod hub;
+mod keepalive;
 pub mod metrics;
 pub mod outbox;
 mod peer_watch;

@@ -19,6 +19,9 @@ use acms_protocol::{Control, Frame, HANDSHAKE_MAX_FRAME_LEN};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use crate::keepalive::PingClock;
 
 /// Most batches the writer takes from its queue at once.
 const MAX_BATCHES: usize = 256;
@@ -144,6 +147,21 @@ pub struct Inbox {
     high_water: usize,
 }
 
+#[cfg(test)]
+impl Inbox {
+    /// Takes the batches queued now, in order, as the writer would (their bytes leave the count):
+    /// what unit tests of the relay and the session read instead of a socket.
+    pub(crate) fn take_queued(&mut self) -> Vec<Vec<Bytes>> {
+        let mut batches = Vec::new();
+        while let Ok(batch) = self.rx.try_recv() {
+            let bytes: usize = batch.iter().map(Bytes::len).sum();
+            self.level.pending.fetch_sub(bytes, Ordering::AcqRel);
+            batches.push(batch);
+        }
+        batches
+    }
+}
+
 impl Drop for Inbox {
     fn drop(&mut self) {
         // Feeders waiting for room must not wait for a writer that is gone.
@@ -168,10 +186,16 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
         .expect("a ping fits any frame limit");
     let mut received = Vec::with_capacity(MAX_BATCHES);
     let mut batch = Batch::default();
+    let mut clock = PingClock::new(keepalive, Instant::now().into_std());
     loop {
         let count = tokio::select! {
             count = inbox.rx.recv_many(&mut received, MAX_BATCHES) => count,
-            _ = tokio::time::sleep(keepalive) => {
+            _ = tokio::time::sleep_until(clock.deadline().into()) => {
+                let now = Instant::now().into_std();
+                if !clock.ping_due(now) {
+                    continue;
+                }
+                clock.handle_written(now);
                 if !inbox.level.keepalive.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -195,6 +219,7 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
         }
         // TLS may hold the last bytes until flushed; on a plain socket this returns at once.
         writer.flush().await?;
+        clock.handle_written(Instant::now().into_std());
         let before = inbox.level.pending.fetch_sub(bytes, Ordering::AcqRel);
         if before - bytes <= inbox.high_water && before > inbox.high_water {
             inbox.level.room.notify_waiters();

@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use acms_protocol::{Load, ServerId, UserId};
@@ -19,6 +18,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::LoginConflict;
 use crate::forwarded::{Forwarded, Marks, lower as hold};
 use crate::outbox::{Outbox, PushError};
+
+mod directory;
+mod settle;
+
+pub(crate) use directory::{Change, Left, Owner, Placed};
+use settle::SettleWindow;
 
 /// What the cluster knows of one registered AS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,57 +87,6 @@ impl ServerEntry {
 /// A fast, randomly seeded hash: every relayed frame costs one directory lookup.
 type Hasher = foldhash::fast::RandomState;
 
-/// Where a user is online: the directory's value, copied out on every relayed frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Owner {
-    /// The AS the user logged in on last.
-    pub(crate) server: ServerId,
-    /// The user also has sessions on other AS (policy `multi`): see [`Registry::sessions`].
-    pub(crate) multi: bool,
-}
-
-/// What a login or claim did to the directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Placed {
-    /// The user was already online on this AS.
-    Already,
-    /// The user was online nowhere and now is on this AS.
-    Online,
-    /// Policy `replace`: the user moved here from this AS, whose session must end.
-    Moved(ServerId),
-    /// Policy `multi`: the user keeps their other sessions and has one here too. With the AS
-    /// that had their only session until now, which learns that the user is shared.
-    Joined(Option<ServerId>),
-    /// A claim (resync, or snapshot after a reconnect) lost to a newer login on this AS: policy
-    /// `replace` keeps the user there, and the claiming AS's session must end.
-    Lost(ServerId),
-}
-
-/// A user whose place in the directory changed, for the AS that watch them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Change {
-    pub(crate) user: UserId,
-    /// Where they are now; `None` when online nowhere.
-    pub(crate) server: Option<ServerId>,
-}
-
-/// What taking sessions off the directory changed, for the AS to be told.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Left {
-    /// Users whose place changed, for the AS that watch them.
-    pub(crate) moved: Vec<Change>,
-    /// Users left with one session after having several (policy `multi`), and its AS: that AS
-    /// is told that they have no session elsewhere any more.
-    pub(crate) alone: Vec<(UserId, ServerId)>,
-}
-
-impl Left {
-    fn extend(&mut self, other: Left) {
-        self.moved.extend(other.moved);
-        self.alone.extend(other.alone);
-    }
-}
-
 /// What [`Registry::depart`] did.
 #[derive(Debug)]
 pub(crate) enum Departure {
@@ -163,12 +117,9 @@ pub struct Registry {
     /// `users`, so the relay of everybody else never touches it.
     sessions: DashMap<UserId, Vec<ServerId>, Hasher>,
     conflict: LoginConflict,
-    settle: Duration,
-    /// When the settle window ends; set by the first registration.
-    settle_ends: OnceLock<Instant>,
-    /// Frames dropped in the settle window for users nobody had: the first sequence number
-    /// dropped, by origin.
-    unclaimed: Mutex<HashMap<ServerId, u64>>,
+    /// The settle window after the first registration, and the frames dropped in it for users
+    /// nobody had.
+    settle: SettleWindow,
     departures: AtomicU64,
 }
 
@@ -233,9 +184,7 @@ impl Registry {
             users: DashMap::default(),
             sessions: DashMap::default(),
             conflict: LoginConflict::default(),
-            settle,
-            settle_ends: OnceLock::new(),
-            unclaimed: Mutex::default(),
+            settle: SettleWindow::new(settle),
             departures: AtomicU64::new(0),
         }
     }
@@ -266,7 +215,8 @@ impl Registry {
                 let _ = outbox.push(frame);
             }
         };
-        let first = self.settle_ends.set(Instant::now() + self.settle).is_ok();
+        let now = Instant::now();
+        let first = self.settle.start(now);
         let mut registration = Registration { first, ..Registration::default() };
         let attached =
             Some(Attached { outbox: outbox.clone(), closer, forwarded: Forwarded::new() });
@@ -304,14 +254,7 @@ impl Registry {
                 });
             }
         }
-        if self.settling() {
-            let mut unclaimed = self.unclaimed.lock().expect("unclaimed lock");
-            // Registered anew, this AS sends again everything not acknowledged anyway.
-            unclaimed.remove(&id);
-            for (&origin, &seq) in unclaimed.iter().filter(|(origin, _)| **origin != id) {
-                hold(&mut registration.resend, origin, seq);
-            }
-        }
+        self.settle.registered(id, now, &mut registration.resend);
         registration.resend.remove(&id);
         if let Some(mut entry) = self.servers.get_mut(&id) {
             // The hub's own pushes wait until the AS has been told the hub's epoch.
@@ -380,108 +323,6 @@ impl Registry {
         }
     }
 
-    /// Records `user` as online on `server`: a new login. A user online on another AS moves here
-    /// (policy `replace`) or keeps both sessions (`multi`).
-    pub(crate) fn login(&self, server: ServerId, user: UserId) -> Placed {
-        self.place(server, user, false)
-    }
-
-    /// Records `user` as online on `server` unless another AS has them: a resync, or the snapshot
-    /// of an AS back from a broken connection, confirms the users the AS had, and must not take
-    /// back one who logged in elsewhere since (policy `replace`; `multi` adds a session).
-    pub(crate) fn claim(&self, server: ServerId, user: UserId) -> Placed {
-        self.place(server, user, true)
-    }
-
-    fn place(&self, server: ServerId, user: UserId, claim: bool) -> Placed {
-        let mut slot = match self.users.entry(user) {
-            Entry::Vacant(slot) => {
-                slot.insert(Owner { server, multi: false });
-                return Placed::Online;
-            }
-            Entry::Occupied(slot) if slot.get().server == server => return Placed::Already,
-            Entry::Occupied(slot) => slot,
-        };
-        let owner = *slot.get();
-        match self.conflict {
-            LoginConflict::Replace if claim => Placed::Lost(owner.server),
-            LoginConflict::Replace => {
-                slot.insert(Owner { server, multi: false });
-                Placed::Moved(owner.server)
-            }
-            LoginConflict::Multi => {
-                // Under the user's entry: nobody else changes their sessions meanwhile.
-                let mut sessions =
-                    self.sessions.entry(slot.key().clone()).or_insert_with(|| vec![owner.server]);
-                if sessions.contains(&server) {
-                    return Placed::Already;
-                }
-                let alone_until_now = (sessions.len() == 1).then_some(owner.server);
-                sessions.push(server);
-                slot.insert(Owner { server, multi: true });
-                Placed::Joined(alone_until_now)
-            }
-        }
-    }
-
-    /// Takes `user`'s session on `server` off the directory: a user who moved to another AS
-    /// meanwhile stays where they are. Returns where the user is now if that changed, and the
-    /// AS of their last session if they had several until now.
-    pub(crate) fn logout(&self, server: ServerId, user: &str) -> Left {
-        let mut changed = Left::default();
-        let removed = self.users.remove_if(user, |_, owner| owner.server == server && !owner.multi);
-        if let Some((user, _)) = removed {
-            changed.moved.push(Change { user, server: None });
-            return changed;
-        }
-        let Some(mut slot) = self.users.get_mut(user) else { return changed };
-        if !slot.multi {
-            return changed;
-        }
-        let Entry::Occupied(mut sessions) = self.sessions.entry(slot.key().clone()) else {
-            return changed;
-        };
-        let before = sessions.get().len();
-        sessions.get_mut().retain(|&other| other != server);
-        let left = sessions.get();
-        let Some(&primary) = left.last() else { return changed };
-        if left.len() == before {
-            return changed;
-        }
-        let multi = left.len() > 1;
-        if !multi {
-            sessions.remove();
-            changed.alone.push((slot.key().clone(), primary));
-        }
-        if slot.server != primary {
-            changed.moved.push(Change { user: slot.key().clone(), server: Some(primary) });
-        }
-        *slot = Owner { server: primary, multi };
-        changed
-    }
-
-    /// Whether logins may be shared between AS (policy `multi`).
-    pub(crate) fn multi(&self) -> bool {
-        self.conflict == LoginConflict::Multi
-    }
-
-    /// Where a frame for `user` goes; one lookup, on every relayed frame.
-    #[inline]
-    pub(crate) fn route(&self, user: &str) -> Option<Owner> {
-        self.users.get(user).map(|owner| *owner)
-    }
-
-    /// Every AS `user` is online on (policy `multi`), the last login last.
-    pub fn sessions(&self, user: &str) -> Vec<ServerId> {
-        let Some(owner) = self.users.get(user) else {
-            return Vec::new();
-        };
-        if !owner.multi {
-            return vec![owner.server];
-        }
-        self.sessions.get(user).map(|sessions| sessions.clone()).unwrap_or_default()
-    }
-
     /// Queues whole frames from `origin` for `server`, in order, never waiting. A server over its
     /// queue limit is told to disconnect (the slow-consumer rule). `lowest_seq` is the lowest
     /// sequence number of the data frames among them, remembered if they must be held, and, if
@@ -535,34 +376,37 @@ impl Registry {
         }
     }
 
-    /// In the settle window, remembers that a frame from `origin` for a user nobody has was
-    /// dropped, and returns true; after it, returns false and the frame is undeliverable.
-    pub(crate) fn hold_unclaimed(&self, origin: ServerId, seq: u64) -> bool {
-        // Asked under the lock that `take_unclaimed` takes once the window is over: a frame
-        // judged in the window a moment before it ends is either taken with the rest or not held
-        // at all. Held after the last take, its origin would never be asked to send again, and
-        // its stream would stay held for good.
-        let mut unclaimed = self.unclaimed.lock().expect("unclaimed lock");
-        if !self.settling() {
-            return false;
-        }
-        hold(&mut unclaimed, origin, seq);
-        true
+    /// In the settle window at `now`, remembers that a frame from `origin` for a user nobody has
+    /// was dropped, and returns true; after it, returns false and the frame is undeliverable.
+    pub(crate) fn hold_unclaimed(&self, origin: ServerId, seq: u64, now: Instant) -> bool {
+        self.settle.hold(origin, seq, now)
     }
 
-    /// Ends the settle window: the origins of the frames dropped in it, to be asked to send again.
+    /// A snapshot is done: the origins of the frames dropped in the settle window so far, to be
+    /// asked to send again.
     pub(crate) fn take_unclaimed(&self) -> HashMap<ServerId, u64> {
-        std::mem::take(&mut self.unclaimed.lock().expect("unclaimed lock"))
+        self.settle.take()
+    }
+
+    /// Ends the settle window for good: the origins of the frames dropped in it, to be asked to
+    /// send again. No frame is held after this, whatever instant it was judged at.
+    pub(crate) fn end_settle(&self) -> HashMap<ServerId, u64> {
+        self.settle.close()
     }
 
     /// When the settle window ends, once the first AS registered.
     pub(crate) fn settle_ends(&self) -> Option<Instant> {
-        self.settle_ends.get().copied()
+        self.settle.ends()
     }
 
     /// Whether the settle window after the hub's first registration is still open.
     pub(crate) fn settling(&self) -> bool {
-        self.settle_ends.get().is_some_and(|ends| Instant::now() < *ends)
+        self.settling_at(Instant::now())
+    }
+
+    /// Whether the settle window is open at `now`.
+    pub(crate) fn settling_at(&self, now: Instant) -> bool {
+        self.settle.is_open(now)
     }
 
     /// Disconnects a server that did not drain its queue in time (the slow-consumer rule).
@@ -587,11 +431,6 @@ impl Registry {
     /// The queue of a connected server.
     pub(crate) fn outbox(&self, server: ServerId) -> Option<Outbox> {
         Some(self.servers.get(&server)?.attached.as_ref()?.outbox.clone())
-    }
-
-    /// The AS `user` is online on (with several, the one they logged in on last), if any.
-    pub fn locate(&self, user: &str) -> Option<ServerId> {
-        self.users.get(user).map(|owner| owner.server)
     }
 
     /// Every registered AS, by id, including those away within their grace.
@@ -633,304 +472,7 @@ impl Registry {
     pub fn is_connected(&self, server: ServerId) -> bool {
         self.servers.get(&server).is_some_and(|entry| entry.attached.is_some())
     }
-
-    /// How many users the directory lists on each server (their last login, under `multi`).
-    pub fn user_counts(&self) -> HashMap<ServerId, usize> {
-        let mut counts = HashMap::new();
-        for owner in self.users.iter() {
-            *counts.entry(owner.server).or_default() += 1;
-        }
-        counts
-    }
-
-    /// Up to `limit` online users with ids after `after`, in id order, with the server they
-    /// logged in on last; only those on `server` if given. One pass over the directory, keeping
-    /// the `limit` smallest ids.
-    pub fn users_page(
-        &self,
-        server: Option<ServerId>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Vec<(UserId, ServerId)> {
-        let mut page = std::collections::BTreeMap::new();
-        for entry in self.users.iter() {
-            let owner = *entry.value();
-            if server.is_some_and(|server| server != owner.server)
-                || after.is_some_and(|after| entry.key().as_str() <= after)
-            {
-                continue;
-            }
-            if page.len() == limit {
-                match page.last_key_value() {
-                    Some((last, _)) if entry.key() < last => {
-                        page.pop_last();
-                    }
-                    _ => continue,
-                }
-            }
-            page.insert(entry.key().clone(), owner.server);
-        }
-        page.into_iter().collect()
-    }
-
-    /// Number of users online in the cluster.
-    pub fn user_count(&self) -> usize {
-        self.users.len()
-    }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// A server's record as a test registers it: loopback, client port 6000 + id.
-    pub(crate) fn info(id: u32) -> ServerInfo {
-        ServerInfo {
-            id: ServerId(id),
-            client_addr: format!("127.0.0.1:{}", 6000 + id),
-            peer_addr: SocketAddr::from(([127, 0, 0, 1], 50000)),
-            connected_at: SystemTime::now(),
-            load: None,
-            draining: false,
-        }
-    }
-    #[test]
-    fn a_drain_marks_a_registered_server_only() {
-        let registry = Registry::new(Duration::ZERO);
-        assert!(!registry.drain(ServerId(1)), "unknown server");
-        let (outbox, _inbox) = Outbox::new(1024, 512);
-        registry.register(info(1), 1, outbox, CancellationToken::new(), None).unwrap();
-        assert!(!registry.servers()[0].draining);
-        assert!(registry.drain(ServerId(1)));
-        assert!(registry.servers()[0].draining);
-    }
-
-    #[test]
-    fn the_latest_load_report_is_kept() {
-        let registry = Registry::default();
-        let (outbox, _inbox) = Outbox::new(1024, 512);
-        registry.register(info(1), 1, outbox, CancellationToken::new(), None).unwrap();
-        assert_eq!(registry.servers()[0].load, None);
-        let load = |users| Load {
-            users,
-            cpu_centipercent: 100,
-            memory_bytes: 1 << 20,
-            msgs_in_per_s: 0,
-            msgs_out_per_s: 0,
-            capacity: None,
-        };
-        registry.report_load(ServerId(1), load(3));
-        registry.report_load(ServerId(1), load(5));
-        registry.report_load(ServerId(2), load(9));
-        assert_eq!(registry.servers()[0].load, Some(load(5)));
-        assert_eq!(registry.servers().len(), 1);
-    }
-
-    #[test]
-    fn the_welcome_is_queued_as_the_server_is_registered_and_only_then() {
-        let registry = Registry::default();
-        let welcome = Bytes::from_static(b"welcome!");
-        let (outbox, _inbox) = Outbox::new(1024, 512);
-        let (token, hello) = (CancellationToken::new(), Some(welcome.clone()));
-        registry.register(info(1), 1, outbox.clone(), token, hello).unwrap();
-        // Queued before the outbox could be found: whatever another connection pushes next
-        // comes after it.
-        assert_eq!(outbox.pending(), welcome.len());
-        assert_eq!(registry.outbox(ServerId(1)).map(|found| found.pending()), Some(8));
-        // A refused registration queues nothing: its refusal is the first frame.
-        let (other, _inbox) = Outbox::new(1024, 512);
-        let refused =
-            registry.register(info(1), 1, other.clone(), CancellationToken::new(), Some(welcome));
-        assert!(refused.is_err());
-        assert_eq!(other.pending(), 0);
-    }
-
-    fn user(name: &str) -> UserId {
-        UserId::new(name).unwrap()
-    }
-
-    #[test]
-    fn duplicate_id_is_refused_until_the_first_leaves() {
-        let registry = Registry::default();
-        let (outbox, _inbox) = Outbox::new(1024, 512);
-        let token = CancellationToken::new();
-        registry.register(info(1), 7, outbox.clone(), token.clone(), None).unwrap();
-        assert_eq!(
-            registry.register(info(1), 7, outbox.clone(), token.clone(), None).err(),
-            Some(DuplicateServer(ServerId(1)))
-        );
-        registry.depart(ServerId(1), HashSet::new(), false);
-        registry.register(info(1), 8, outbox, token, None).unwrap();
-    }
-
-    #[test]
-    fn departure_takes_only_the_servers_own_users() {
-        let registry = Registry::default();
-        let (alice, bob) = (user("alice"), user("bob"));
-        registry.login(ServerId(1), alice.clone());
-        registry.login(ServerId(1), bob.clone());
-        // bob moved to server 2 before server 1 noticed.
-        assert_eq!(registry.login(ServerId(2), bob.clone()), Placed::Moved(ServerId(1)));
-        registry.depart(ServerId(1), HashSet::from([alice, bob]), false);
-        assert_eq!(registry.locate("alice"), None);
-        assert_eq!(registry.locate("bob"), Some(ServerId(2)));
-    }
-
-    #[test]
-    fn a_claim_confirms_or_fills_in_but_never_moves_a_user() {
-        let registry = Registry::default();
-        registry.login(ServerId(1), user("bob"));
-        registry.login(ServerId(2), user("bob"));
-        assert_eq!(registry.claim(ServerId(1), user("bob")), Placed::Lost(ServerId(2)));
-        assert_eq!(registry.locate("bob"), Some(ServerId(2)), "a resync does not take bob back");
-        assert_eq!(registry.claim(ServerId(1), user("carol")), Placed::Online);
-        assert_eq!(registry.locate("carol"), Some(ServerId(1)), "nobody had carol");
-    }
-
-    #[test]
-    fn multi_keeps_every_session_and_the_last_login_is_where_the_user_is() {
-        let registry = Registry::default().with_login_conflict(LoginConflict::Multi);
-        let bob = user("bob");
-        assert_eq!(registry.login(ServerId(1), bob.clone()), Placed::Online);
-        assert_eq!(registry.route("bob"), Some(Owner { server: ServerId(1), multi: false }));
-        assert_eq!(registry.login(ServerId(2), bob.clone()), Placed::Joined(Some(ServerId(1))));
-        assert_eq!(registry.login(ServerId(3), bob.clone()), Placed::Joined(None));
-        assert_eq!(registry.claim(ServerId(1), bob.clone()), Placed::Already);
-        assert_eq!(registry.route("bob"), Some(Owner { server: ServerId(3), multi: true }));
-        assert_eq!(registry.sessions("bob"), [ServerId(1), ServerId(2), ServerId(3)]);
-        assert_eq!(registry.user_count(), 1);
-
-        // Leaving an older session moves nobody; leaving the last one moves the user back.
-        assert_eq!(registry.logout(ServerId(1), "bob"), Left::default());
-        assert_eq!(registry.logout(ServerId(4), "bob"), Left::default(), "never on server 4");
-        let moved = Change { user: bob.clone(), server: Some(ServerId(2)) };
-        let alone = (bob.clone(), ServerId(2));
-        assert_eq!(
-            registry.logout(ServerId(3), "bob"),
-            Left { moved: vec![moved], alone: vec![alone] }
-        );
-        assert_eq!(registry.route("bob"), Some(Owner { server: ServerId(2), multi: false }));
-        assert_eq!(registry.sessions("bob"), [ServerId(2)]);
-        assert!(registry.sessions.is_empty(), "a single session needs no second map");
-        let offline = Change { user: bob, server: None };
-        assert_eq!(registry.logout(ServerId(2), "bob").moved, [offline]);
-        assert_eq!(registry.locate("bob"), None);
-    }
-
-    #[test]
-    fn relay_to_a_full_queue_closes_that_server() {
-        let registry = Registry::default();
-        let (outbox, _inbox) = Outbox::new(4, 2);
-        let token = CancellationToken::new();
-        registry.register(info(2), 0, outbox, token.clone(), None).unwrap();
-        let frames = |text: &'static str| vec![Bytes::from_static(text.as_bytes())];
-        let relay = |frames| registry.relay_batch(ServerId(1), ServerId(2), Some(1), frames, None);
-        assert_eq!(
-            registry.relay_batch(ServerId(1), ServerId(3), Some(1), frames("x"), None).err(),
-            Some(RelayError::Gone(frames("x")))
-        );
-        assert!(matches!(relay(frames("1234")), Ok(Relayed::Queued(Some(_)))));
-        assert!(!token.is_cancelled());
-        assert_eq!(relay(frames("5")).err(), Some(RelayError::SlowConsumer { pending: 4 }));
-        assert!(token.is_cancelled());
-    }
-
-    #[test]
-    fn an_away_server_holds_frames_for_its_origins_to_send_again() {
-        let registry = Registry::default();
-        let (outbox, _inbox) = Outbox::new(1024, 512);
-        let alice = user("alice");
-        registry.register(info(2), 0, outbox.clone(), CancellationToken::new(), None).unwrap();
-        registry.login(ServerId(2), alice.clone());
-        let Departure::Away(departure) =
-            registry.depart(ServerId(2), HashSet::from([alice.clone()]), true)
-        else {
-            panic!("server 2 is registered: it goes away");
-        };
-        assert_eq!(registry.locate("alice"), Some(ServerId(2)), "kept while away");
-        let frame = || vec![Bytes::from_static(b"f")];
-        for seq in [40, 30, 50] {
-            let held = registry.relay_batch(ServerId(1), ServerId(2), Some(seq), frame(), None);
-            assert!(matches!(held, Ok(Relayed::Held)));
-        }
-        // Back within the grace: every connected server sends again all it has not had
-        // acknowledged, and is blocked until it has.
-        let (other, _other_inbox) = Outbox::new(1024, 512);
-        registry.register(info(1), 0, other, CancellationToken::new(), None).unwrap();
-        let back = registry.register(info(2), 0, outbox, CancellationToken::new(), None).unwrap();
-        assert_eq!(back.resend, HashMap::from([(ServerId(1), 0)]));
-        assert_eq!(back.stale_users, HashSet::from([alice.clone()]));
-        assert_eq!(registry.expire(ServerId(2), departure), None, "not away any more");
-        let blocked = registry.relay_batch(ServerId(1), ServerId(2), Some(60), frame(), None);
-        assert!(matches!(blocked, Ok(Relayed::Held)));
-        registry.resent(ServerId(1), ServerId(2));
-        let queued = registry.relay_batch(ServerId(1), ServerId(2), Some(61), frame(), None);
-        assert!(matches!(queued, Ok(Relayed::Queued(None))));
-
-        // Away again, and the grace ends: the server and its users are gone.
-        let Departure::Away(departure) =
-            registry.depart(ServerId(2), HashSet::from([alice.clone()]), true)
-        else {
-            panic!("server 2 is registered: it goes away");
-        };
-        let _ = registry.relay_batch(ServerId(3), ServerId(2), Some(9), frame(), None);
-        assert_eq!(
-            registry.expire(ServerId(2), departure),
-            Some((
-                HashMap::from([(ServerId(3), 9)]),
-                Left { moved: vec![Change { user: alice, server: None }], alone: Vec::new() }
-            ))
-        );
-        assert_eq!(registry.locate("alice"), None);
-        assert_eq!(registry.servers().len(), 1, "only server 1 is left");
-    }
-
-    #[test]
-    fn frames_in_flight_to_a_server_that_does_not_come_back_are_sent_again() {
-        let registry = Registry::default();
-        let frame = || vec![Bytes::from_static(b"f")];
-        let (outbox, _inbox) = Outbox::new(1024, 512);
-        registry.register(info(2), 0, outbox.clone(), CancellationToken::new(), None).unwrap();
-        let mut marks = [Marks::default(), Marks::default()];
-        for (index, origin, seq) in [(0, 1, 40), (1, 3, 7), (0, 1, 41)] {
-            let marks = Some(&mut marks[index]);
-            let queued =
-                registry.relay_batch(ServerId(origin), ServerId(2), Some(seq), frame(), marks);
-            assert!(matches!(queued, Ok(Relayed::Queued(None))));
-        }
-        // The connection breaks with those frames in its queue; one more is held while away.
-        let Departure::Away(departure) = registry.depart(ServerId(2), HashSet::new(), true) else {
-            panic!("server 2 is registered: it goes away");
-        };
-        let held =
-            registry.relay_batch(ServerId(3), ServerId(2), Some(8), frame(), Some(&mut marks[1]));
-        assert!(matches!(held, Ok(Relayed::Held)));
-        let (resend, _) = registry.expire(ServerId(2), departure).expect("still away");
-        assert_eq!(resend, HashMap::from([(ServerId(1), 40), (ServerId(3), 7)]));
-
-        // Back as a new server, which then says `Bye` with frames in its queue.
-        registry.register(info(2), 1, outbox, CancellationToken::new(), None).unwrap();
-        let queued =
-            registry.relay_batch(ServerId(1), ServerId(2), Some(90), frame(), Some(&mut marks[0]));
-        assert!(matches!(queued, Ok(Relayed::Queued(None))));
-        let Departure::Gone { forwarded, .. } = registry.depart(ServerId(2), HashSet::new(), false)
-        else {
-            panic!("no grace: server 2 is gone");
-        };
-        assert_eq!(forwarded, HashMap::from([(ServerId(1), 90)]), "only the last connection's");
-    }
-
-    #[test]
-    fn the_settle_window_holds_frames_for_nobody_and_hands_them_to_newcomers() {
-        let registry = Registry::new(Duration::from_secs(3600));
-        assert!(!registry.hold_unclaimed(ServerId(1), 5), "no window before the first server");
-        let (outbox, _inbox) = Outbox::new(1024, 512);
-        let first = registry.register(info(1), 0, outbox.clone(), CancellationToken::new(), None);
-        assert!(first.unwrap().first);
-        assert!(registry.hold_unclaimed(ServerId(1), 5));
-        assert!(registry.hold_unclaimed(ServerId(1), 3));
-        let second = registry.register(info(2), 0, outbox, CancellationToken::new(), None).unwrap();
-        assert_eq!(second.resend, HashMap::from([(ServerId(1), 3)]));
-        assert_eq!(registry.take_unclaimed(), HashMap::from([(ServerId(1), 3)]));
-    }
-}
+pub(crate) mod tests;

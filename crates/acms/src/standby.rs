@@ -7,14 +7,16 @@
 //! it. Only live registrations count, and a hub that finds it was paused counts none until it
 //! has heard from every peer again, so that it never pulls back the servers that left it.
 //!
-//! This module holds the state and the rule; the links that watch the peers are in
-//! `peer_watch`.
+//! This module holds the state and the rule, and what this hub answers on a peer hub's status
+//! link ([`Standby::answer_peer`]); the links that watch the peers are in `peer_watch`, and the
+//! socket of a link that watches this hub is a connection's (after the same handshake as an app
+//! server's).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use acms_protocol::{HubStatus, Nonce};
+use acms_protocol::{Control, HubStatus, Nonce};
 use tracing::warn;
 
 /// Where a hub stands among the hubs of its cluster when the numbers of servers are equal: the
@@ -197,6 +199,20 @@ impl Standby {
         self.status_at(servers, Instant::now())
     }
 
+    /// What this hub answers on a peer hub's status link (docs/FAILOVER.md), `servers` being its
+    /// live registrations: its status, unasked when the link opens (`request` is `None`) and for
+    /// each `PeerStatus`; anything else on the link is refused, with why.
+    pub(crate) fn answer_peer(
+        &self,
+        request: Option<&Control>,
+        servers: usize,
+    ) -> Result<Control, &'static str> {
+        match request {
+            None | Some(Control::PeerStatus) => Ok(Control::HubStatus(self.status(servers))),
+            Some(_) => Err("a peer hub's link carries only PeerStatus"),
+        }
+    }
+
     fn status_at(&self, servers: usize, now: Instant) -> HubStatus {
         let mut state = self.state.lock().expect("standby lock");
         self.wake(&mut state, now);
@@ -328,6 +344,20 @@ mod tests {
 
     fn peer(active: bool, servers: u32, rank: Rank) -> PeerView {
         PeerView { active, servers, rank }
+    }
+
+    #[test]
+    fn a_peer_hub_is_answered_its_status_unasked_and_per_request_and_nothing_else() {
+        let standby = Standby::new(Vec::new(), Duration::from_secs(3));
+        for request in [None, Some(&Control::PeerStatus)] {
+            let Ok(Control::HubStatus(status)) = standby.answer_peer(request, 4) else {
+                panic!("{request:?} is answered with the hub's status");
+            };
+            assert!(status.active);
+            assert_eq!(status.servers, 4);
+        }
+        let refused = standby.answer_peer(Some(&Control::Resync), 4);
+        assert_eq!(refused, Err("a peer hub's link carries only PeerStatus"));
     }
 
     #[test]

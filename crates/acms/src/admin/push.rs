@@ -1,0 +1,178 @@
+//! The pushes from outside the cluster: to a user, to a group, to everyone; each answered once
+//! the servers it went to acknowledged it.
+
+use acms_protocol::{DataKind, EVERYONE, GroupId, ServerId, UserId};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiResult, AppState, ErrorBody, user_id};
+use crate::stats::FanOut;
+
+/// A message from outside the cluster. Exactly one of `payload` and `payload_base64`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushBody {
+    /// The sender the recipient sees: a user id, 1 to 255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
+    pub from: String,
+    /// The message as text.
+    pub payload: Option<String>,
+    /// The message as base64, for binary payloads.
+    pub payload_base64: Option<String>,
+}
+
+impl PushBody {
+    fn parse(self) -> Result<(UserId, Bytes), ApiError> {
+        let from = UserId::new(&self.from)
+            .map_err(|err| ApiError::bad_request(format!("bad `from`: {err}")))?;
+        let payload = match (self.payload, self.payload_base64) {
+            (Some(text), None) => Bytes::from(text),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map(Bytes::from)
+                .map_err(|err| ApiError::bad_request(format!("bad `payload_base64`: {err}")))?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of `payload` and `payload_base64`",
+                ));
+            }
+        };
+        Ok((from, payload))
+    }
+}
+
+/// What became of a push.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PushStatus {
+    /// Every server it was sent to acknowledged it: its users have it.
+    Delivered,
+    /// The user is online nowhere; nothing was sent.
+    Offline,
+}
+
+/// The answer to a push.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PushAnswer {
+    /// Delivered or offline.
+    pub status: PushStatus,
+    /// The servers that acknowledged it.
+    pub servers: Vec<u32>,
+}
+
+/// Sends a payload and waits for the acknowledgements.
+async fn push(
+    state: &AppState,
+    kind: DataKind,
+    recipient: UserId,
+    (from, payload): (UserId, Bytes),
+    targets: Vec<ServerId>,
+) -> ApiResult<PushAnswer> {
+    let shared = state.hub.shared();
+    let max = shared.config.max_frame_len;
+    let pushed = shared
+        .pushes
+        .push(&shared.registry, max, kind, recipient, from, payload, &targets)
+        .map_err(|err| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, err.to_string()))?;
+    if pushed.servers.is_empty() && !pushed.unavailable.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the recipient's server is reconnecting; try again",
+        ));
+    }
+    match tokio::time::timeout(state.settings.push_timeout, pushed.acked).await {
+        Ok(_) => {
+            let servers = pushed.servers.iter().map(|id| id.0).collect();
+            Ok(Json(PushAnswer { status: PushStatus::Delivered, servers }))
+        }
+        Err(_) => {
+            shared.pushes.forget(pushed.seq);
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "no acknowledgement in time: the message may or may not have arrived",
+            ))
+        }
+    }
+}
+
+/// Pushes a payload to a user wherever they are; answers once their server acknowledged it.
+#[utoipa::path(post, path = "/api/users/{id}/messages", tag = "write",
+    params(("id" = String, Path, description = "recipient user id")),
+    request_body = PushBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "delivered, or the user is offline", body = PushAnswer),
+        (status = 400, description = "bad id or body", body = ErrorBody),
+        (status = 401, description = "no or wrong bearer token", body = ErrorBody),
+        (status = 413, description = "payload larger than a frame", body = ErrorBody),
+        (status = 415, description = "body is not JSON", body = ErrorBody),
+        (status = 503, description = "the user's server is reconnecting", body = ErrorBody),
+        (status = 504, description = "no acknowledgement in time", body = ErrorBody)))]
+pub(super) async fn push_to_user(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<PushBody>, JsonRejection>,
+) -> ApiResult<PushAnswer> {
+    let Path(id) = id?;
+    let user = user_id(&id)?;
+    let body = body?.0.parse()?;
+    let targets = state.hub.registry().sessions(user.as_str());
+    if targets.is_empty() {
+        state.hub.shared().stats.undeliverable();
+        return Ok(Json(PushAnswer { status: PushStatus::Offline, servers: Vec::new() }));
+    }
+    push(&state, DataKind::Unicast, user, body, targets).await
+}
+
+/// Pushes a payload to every member of a group, on every server with members.
+#[utoipa::path(post, path = "/api/groups/{id}/messages", tag = "write",
+    params(("id" = String, Path, description = "group id, 1 to 255 bytes")),
+    request_body = PushBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "every server with members acknowledged it", body = PushAnswer),
+        (status = 400, description = "bad id or body", body = ErrorBody),
+        (status = 401, description = "no or wrong bearer token", body = ErrorBody),
+        (status = 413, description = "payload larger than a frame", body = ErrorBody),
+        (status = 415, description = "body is not JSON", body = ErrorBody),
+        (status = 503, description = "every server with members is reconnecting", body = ErrorBody),
+        (status = 504, description = "no acknowledgement in time", body = ErrorBody)))]
+pub(super) async fn push_to_group(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<PushBody>, JsonRejection>,
+) -> ApiResult<PushAnswer> {
+    let Path(id) = id?;
+    let group =
+        GroupId::new(&id).map_err(|err| ApiError::bad_request(format!("bad group id: {err}")))?;
+    let body = body?.0.parse()?;
+    let targets = state.hub.groups().servers_of(group.as_str(), ServerId::HUB);
+    state.hub.shared().stats.fanned_out(FanOut::Group, targets.len());
+    let recipient = user_id(group.as_str())?;
+    push(&state, DataKind::Group, recipient, body, targets).await
+}
+
+/// Pushes a payload to every user online on any server.
+#[utoipa::path(post, path = "/api/broadcast", tag = "write",
+    request_body = PushBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "every server acknowledged it", body = PushAnswer),
+        (status = 400, description = "bad body", body = ErrorBody),
+        (status = 401, description = "no or wrong bearer token", body = ErrorBody),
+        (status = 413, description = "payload larger than a frame", body = ErrorBody),
+        (status = 415, description = "body is not JSON", body = ErrorBody),
+        (status = 503, description = "every server is reconnecting", body = ErrorBody),
+        (status = 504, description = "no acknowledgement in time", body = ErrorBody)))]
+pub(super) async fn broadcast(
+    State(state): State<AppState>,
+    body: Result<Json<PushBody>, JsonRejection>,
+) -> ApiResult<PushAnswer> {
+    let body = body?.0.parse()?;
+    let targets = state.hub.registry().server_ids(ServerId::HUB);
+    state.hub.shared().stats.fanned_out(FanOut::Broadcast, targets.len());
+    push(&state, DataKind::Broadcast, user_id(EVERYONE)?, body, targets).await
+}

@@ -1,0 +1,397 @@
+//! The relay core: what becomes of the frames of one socket read. Synchronous, with no socket
+//! and no clock of its own (it is told the instant of the read), so a unit test drives it over a
+//! byte buffer.
+//!
+//! Every whole frame is routed where it lies in the read buffer by its header, through the
+//! directory: consecutive frames for the same destination stay in the buffer until the run ends,
+//! then leave it as one slice, so a burst to one server costs one reference count and one iovec
+//! rather than one per frame; the payload is never copied. Runs are staged by destination, and
+//! [`Relay::flush`] hands each destination its frames of the read as one batch. A control frame
+//! stops the walk: what was read before it is handed over first, then it is returned, for the
+//! session to handle.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use acms_protocol::{
+    Ack, Codec, Control, DataKind, ErrorCode, FrameKind, LENGTH_PREFIX_LEN, RawFrame, Route,
+    ServerId, UserId,
+};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+
+use super::{Close, OwnQueue};
+use crate::forwarded::Marks;
+use crate::outbox::Outbox;
+use crate::registry::{RelayError, Relayed};
+use crate::state::HubState;
+use crate::stats::FanOut;
+
+/// The relay of one registered server's frames.
+pub(super) struct Relay {
+    shared: Arc<HubState>,
+    /// The server whose frames these are.
+    server: ServerId,
+    /// Its own queue: `Copies` and frames bounced as undeliverable go back on it.
+    own: OwnQueue,
+    codec: Codec,
+    /// Consecutive frames at the start of the read buffer bound for one server.
+    run: Run,
+    /// Relayed frames of the current read, by destination, not yet handed over.
+    staged: Vec<Staged>,
+    /// Destinations above their high water after the last hand-over: the shell reads nothing
+    /// until they drain.
+    backed_up: Vec<(ServerId, Outbox)>,
+    /// What this AS forwarded to each destination's connection, as recorded there.
+    marks: Marks,
+    /// A frame of this AS for a user nobody had yet was dropped in the settle window: its
+    /// sequence number. Every later frame is dropped too until the AS sends again from there
+    /// (its stream goes back to a number no greater), so nothing overtakes the dropped frame.
+    holding_from: Option<u64>,
+    /// Policy `multi` and the settle window may still be open: unicast frames are held in it.
+    /// Cleared the first time the window is found closed, so later frames pay one test.
+    multi_settling: bool,
+}
+
+/// Frames routed to one server that still lie at the start of the read buffer.
+#[derive(Debug, Default)]
+struct Run {
+    target: Option<ServerId>,
+    /// Bytes of the run, length prefixes included.
+    len: usize,
+    /// Data frames in the run; acks are not counted.
+    frames: usize,
+    /// Lowest sequence number of its data frames (acks have none). Usually the first, but an
+    /// origin sending again goes back to a lower number within one read.
+    lowest_seq: Option<u64>,
+}
+
+impl Run {
+    /// Adds a data frame with its sequence number, or an ack without one.
+    fn extend(&mut self, target: ServerId, len: usize, seq: Option<u64>) {
+        self.target = Some(target);
+        self.len += len;
+        self.frames += usize::from(seq.is_some());
+        self.lowest_seq = lowest(self.lowest_seq, seq);
+    }
+}
+
+/// The lower of two optional sequence numbers.
+#[inline]
+fn lowest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Frames of one read handed to one server together: slices of the read buffer, in order.
+#[derive(Debug)]
+struct Staged {
+    target: ServerId,
+    chunks: Vec<Bytes>,
+    frames: usize,
+    lowest_seq: Option<u64>,
+}
+
+/// Refuses a frame that names another server as its sender: a server speaks only for itself.
+fn claimed_by(server: ServerId, claimed: ServerId, what: &str) -> Result<(), Close> {
+    if claimed == server {
+        return Ok(());
+    }
+    Err(Close::refused(
+        ErrorCode::Malformed,
+        format!("{what} claims origin {claimed} on server {server}'s connection"),
+    ))
+}
+
+impl Relay {
+    /// The relay of `server`'s frames, answering on its queue `own`.
+    pub(super) fn new(
+        shared: Arc<HubState>,
+        server: ServerId,
+        own: OwnQueue,
+        codec: Codec,
+    ) -> Self {
+        let multi_settling = shared.registry.multi();
+        Self {
+            shared,
+            server,
+            own,
+            codec,
+            run: Run::default(),
+            staged: Vec::new(),
+            backed_up: Vec::new(),
+            marks: Marks::default(),
+            holding_from: None,
+            multi_settling,
+        }
+    }
+
+    /// Routes the whole frames in `buf`, read at `now`, up to the first control frame, which is
+    /// returned (decoded from the buffer) once everything before it was handed over; `None` when
+    /// only part of a frame, or nothing, is left. The routed frames leave the buffer, staged for
+    /// [`Relay::flush`].
+    pub(super) fn handle_read(
+        &mut self,
+        buf: &mut BytesMut,
+        now: Instant,
+    ) -> Result<Option<RawFrame>, Close> {
+        let result = self.route(buf, now);
+        // Whatever ended the walk, the frames already routed are staged.
+        self.end_run(buf);
+        result
+    }
+
+    /// Hands each destination the frames staged for it, as one batch.
+    pub(super) fn flush(&mut self) -> Result<(), Close> {
+        let mut result = Ok(());
+        let origin = self.server;
+        for Staged { target, chunks, frames, lowest_seq } in std::mem::take(&mut self.staged) {
+            let shared = &self.shared;
+            let bytes: usize = chunks.iter().map(Bytes::len).sum();
+            let marks = Some(&mut self.marks);
+            match shared.registry.relay_batch(origin, target, lowest_seq, chunks, marks) {
+                Ok(Relayed::Queued(backed_up)) => {
+                    shared.stats.relayed(frames, bytes);
+                    self.backed_up.extend(backed_up.map(|outbox| (target, outbox)));
+                }
+                Ok(Relayed::Held) => shared.stats.held(frames),
+                Err(RelayError::Gone(chunks)) => result = result.and(self.bounce(&chunks)),
+                Err(RelayError::SlowConsumer { pending }) => {
+                    // The registry closed the server's queue as it refused the batch.
+                    shared.stats.held(frames);
+                    shared.count_slow_consumer(Some(target), pending);
+                }
+            }
+        }
+        result
+    }
+
+    /// The destinations left above their high water by the hand-overs so far: the shell waits
+    /// for each to drain before it reads again (pushback).
+    pub(super) fn take_backed_up(&mut self) -> Vec<(ServerId, Outbox)> {
+        std::mem::take(&mut self.backed_up)
+    }
+
+    fn route(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<RawFrame>, Close> {
+        let server = self.server;
+        while let Some(len) = self.codec.whole_frame_len(&buf[self.run.len..])? {
+            let start = self.run.len;
+            let frame = &buf[start..start + len];
+            let body = &frame[LENGTH_PREFIX_LEN..];
+            match FrameKind::from_tag(body[0])? {
+                // A refused message goes back to its sender exactly as a message goes to its
+                // recipient: the recipient field names them.
+                FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
+                    let route = Route::parse(body)?;
+                    claimed_by(server, route.origin, "frame")?;
+                    let seq = route.seq;
+                    match self.holding_from {
+                        Some(from) if seq > from => {
+                            self.end_run(buf);
+                            self.shared.stats.held(1);
+                            buf.advance(len);
+                            continue;
+                        }
+                        Some(_) => self.holding_from = None,
+                        None => {}
+                    }
+                    // Policy `multi`, in the settle window: the user may have sessions on servers
+                    // that have not sent their snapshot yet, so the frame waits, like a group's.
+                    if self.multi_settling {
+                        if self.shared.registry.hold_unclaimed(server, seq, now) {
+                            self.end_run(buf);
+                            self.holding_from = Some(seq);
+                            self.shared.stats.held(1);
+                            buf.advance(len);
+                            continue;
+                        }
+                        self.multi_settling = false;
+                    }
+                    let target = match self.shared.registry.route(route.recipient) {
+                        // Rare: a user online on several AS (policy `multi`).
+                        Some(owner) if owner.multi => {
+                            let targets = self.shared.registry.sessions(route.recipient);
+                            if targets.len() > 1 {
+                                self.end_run(buf);
+                                let frame = buf.split_to(len).freeze();
+                                self.stage_copies(frame, seq, targets)?;
+                                continue;
+                            }
+                            targets.first().copied()
+                        }
+                        owner => owner.map(|owner| owner.server),
+                    };
+                    if target == Some(server) && self.shared.registry.multi() {
+                        // Policy `multi`: the origin sent a message for its own user through the
+                        // hub, thinking them shared; their only session is here now. It gets the
+                        // frame back (and does not deliver it twice) and learns they are not.
+                        if let Ok(user) = UserId::new(route.recipient) {
+                            self.shared.tell_shared(server, user, false);
+                        }
+                    }
+                    if target.is_none() || target != self.run.target {
+                        self.end_run(buf);
+                    }
+                    match target {
+                        Some(target) => self.run.extend(target, len, Some(seq)),
+                        None if self.shared.registry.hold_unclaimed(server, seq, now) => {
+                            self.holding_from = Some(seq);
+                            self.shared.stats.held(1);
+                            buf.advance(len);
+                        }
+                        None => {
+                            let frame = buf.split_to(len).freeze();
+                            self.bounce(&[frame])?;
+                        }
+                    }
+                }
+                FrameKind::Data(kind) if kind.fans_out() => self.fan_out(buf, len, now)?,
+                FrameKind::Ack => {
+                    let (target, from) = Ack::route(body)?;
+                    claimed_by(server, from, "ack")?;
+                    if target == ServerId::HUB {
+                        // Acks of the hub's own pushes end here.
+                        self.end_run(buf);
+                        let ack = Ack::decode(&buf[LENGTH_PREFIX_LEN..len])?;
+                        self.shared.pushes.acked(&ack);
+                        buf.advance(len);
+                        continue;
+                    }
+                    if Some(target) != self.run.target {
+                        self.end_run(buf);
+                    }
+                    self.run.extend(target, len, None);
+                }
+                _ => {
+                    // What this AS sent before a control message is handed over before its
+                    // effects: a `Login` that kicks a user elsewhere must not overtake the
+                    // messages for that user read with it.
+                    self.end_run(buf);
+                    self.flush()?;
+                    let raw = self.codec.decode(buf)?.expect("a whole frame");
+                    return Ok(Some(raw));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes the current run of frames out of the read buffer and stages it for its destination.
+    fn end_run(&mut self, buf: &mut BytesMut) {
+        let Run { target: Some(target), len, frames, lowest_seq } = std::mem::take(&mut self.run)
+        else {
+            return;
+        };
+        let chunk = buf.split_to(len).freeze();
+        self.stage(target, chunk, frames, lowest_seq);
+    }
+
+    /// Adds whole frames to what is handed to `target` after this read, after what it has already.
+    fn stage(&mut self, target: ServerId, chunk: Bytes, frames: usize, lowest_seq: Option<u64>) {
+        match self.staged.iter_mut().find(|staged| staged.target == target) {
+            Some(staged) => {
+                staged.chunks.push(chunk);
+                staged.frames += frames;
+                staged.lowest_seq = lowest(staged.lowest_seq, lowest_seq);
+            }
+            None => self.staged.push(Staged { target, chunks: vec![chunk], frames, lowest_seq }),
+        }
+    }
+
+    /// Stages one data frame for each of several AS, as the same bytes: the recipient has a
+    /// session on each (policy `multi`). The origin is told `Copies`, as for group fan-out, on
+    /// its own queue before any copy is handed over, so it keeps the frame until every one of
+    /// those AS acknowledged it (docs/RELIABILITY.md, "Several sessions"). An origin with a
+    /// session of the user delivered it there itself: it gets no copy.
+    fn stage_copies(
+        &mut self,
+        frame: Bytes,
+        seq: u64,
+        mut targets: Vec<ServerId>,
+    ) -> Result<(), Close> {
+        let origin = self.server;
+        targets.retain(|&target| target != origin);
+        for &target in &targets {
+            self.stage(target, frame.clone(), 1, Some(seq));
+        }
+        self.own.send(Control::Copies { seq, servers: targets })
+    }
+
+    /// Forwards the group, broadcast or server frame of `len` bytes at the start of the unrouted
+    /// buffer to each server that needs it, as the same bytes, in order with the origin's other
+    /// frames to that server; and tells the origin which servers those are (`Copies`), so that it
+    /// keeps the frame until each has acknowledged it. The origin is never among them: it serves
+    /// its own users.
+    ///
+    /// In the settle window after a hub start the hub cannot know every member or server yet, as
+    /// some may not have sent their snapshot: the frame is held like a unicast frame for a user
+    /// nobody has, and its origin sends it again when the directory is complete.
+    fn fan_out(&mut self, buf: &mut BytesMut, len: usize, now: Instant) -> Result<(), Close> {
+        self.end_run(buf);
+        let server = self.server;
+        let route = Route::parse(&buf[LENGTH_PREFIX_LEN..len])?;
+        claimed_by(server, route.origin, "frame")?;
+        let seq = route.seq;
+        match self.holding_from {
+            Some(from) if seq > from => {
+                self.shared.stats.held(1);
+                buf.advance(len);
+                return Ok(());
+            }
+            Some(_) => self.holding_from = None,
+            None => {}
+        }
+        let registry = &self.shared.registry;
+        let (counter, targets) = match route.kind {
+            DataKind::Group | DataKind::GroupExceptSender => {
+                (FanOut::Group, self.shared.groups.servers_of(route.recipient, server))
+            }
+            DataKind::Server => match route.target_server() {
+                Some(target) if target == server || !registry.is_registered(target) => {
+                    (FanOut::Server, Vec::new())
+                }
+                Some(target) => (FanOut::Server, vec![target]),
+                None => (FanOut::Server, registry.server_ids(server)),
+            },
+            _ => (FanOut::Broadcast, registry.server_ids(server)),
+        };
+        // A server message for a server known now needs nobody else's snapshot.
+        let known = route.kind == DataKind::Server
+            && !targets.is_empty()
+            && route.target_server().is_some();
+        if !known && registry.hold_unclaimed(server, seq, now) {
+            self.holding_from = Some(seq);
+            self.shared.stats.held(1);
+            buf.advance(len);
+            return Ok(());
+        }
+        let frame = buf.split_to(len).freeze();
+        for &target in &targets {
+            self.stage(target, frame.clone(), 1, Some(seq));
+        }
+        self.shared.stats.fanned_out(counter, targets.len());
+        self.own.send(Control::Copies { seq, servers: targets })
+    }
+
+    /// Returns unicast (and refused) frames to this AS as undeliverable; each chunk holds whole
+    /// frames. Acks among them are dropped: their origin sends its frames again and gets new ones.
+    fn bounce(&mut self, chunks: &[Bytes]) -> Result<(), Close> {
+        let mut back = Vec::new();
+        for chunk in chunks {
+            let mut chunk = chunk.clone();
+            while !chunk.is_empty() {
+                let frame = RawFrame::split_first(&mut chunk)?;
+                if matches!(frame.kind()?, FrameKind::Data(DataKind::Unicast | DataKind::Refused)) {
+                    self.shared.stats.undeliverable();
+                    back.push(frame.with_data_kind(DataKind::Undeliverable)?.into_bytes());
+                }
+            }
+        }
+        if back.is_empty() {
+            return Ok(());
+        }
+        self.own.push_batch(back)
+    }
+}

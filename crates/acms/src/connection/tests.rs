@@ -1,0 +1,361 @@
+//! Unit tests of the relay and session cores: byte buffers in, the real registry and in-memory
+//! queues out, an explicit clock, no socket and no runtime.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use acms_protocol::{
+    Codec, Control, Data, DataKind, Frame, RawFrame, ServerId, UserDigest, UserId,
+};
+use bytes::{Bytes, BytesMut};
+use tokio_util::sync::CancellationToken;
+
+use super::relay::Relay;
+use super::session::Session;
+use super::{Close, OwnQueue};
+use crate::config::HubConfig;
+use crate::outbox::{Inbox, Outbox};
+use crate::state::HubState;
+
+const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// A registered server's ends: its queue, what was queued on it, and its connection's token.
+struct Server {
+    id: ServerId,
+    outbox: Outbox,
+    inbox: Inbox,
+    closer: CancellationToken,
+}
+
+impl Server {
+    /// The frames queued for it since last asked, by batch, as the writer would take them.
+    fn batches(&mut self) -> Vec<Vec<Frame>> {
+        self.inbox
+            .take_queued()
+            .into_iter()
+            .map(|batch| batch.into_iter().flat_map(frames).collect())
+            .collect()
+    }
+
+    /// Its own queue, as its connection's cores answer on it.
+    fn own(&self, shared: &Arc<HubState>) -> OwnQueue {
+        OwnQueue {
+            outbox: self.outbox.clone(),
+            shared: shared.clone(),
+            server: Some(self.id),
+            max_frame_len: MAX_FRAME_LEN,
+        }
+    }
+}
+
+/// The frames of one chunk of a batch (a chunk may hold several).
+fn frames(mut chunk: Bytes) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while !chunk.is_empty() {
+        frames.push(RawFrame::split_first(&mut chunk).unwrap().decode().unwrap());
+    }
+    frames
+}
+
+fn hub(config: HubConfig) -> Arc<HubState> {
+    Arc::new(HubState::new(HubConfig { max_frame_len: MAX_FRAME_LEN, ..config }, None))
+}
+
+/// A hub with no settle window.
+fn settled_hub() -> Arc<HubState> {
+    hub(HubConfig { settle: Duration::ZERO, ..HubConfig::default() })
+}
+
+fn register_with(shared: &HubState, id: u32, limit: usize) -> Server {
+    let (outbox, inbox) = Outbox::new(limit, limit / 2);
+    let closer = CancellationToken::new();
+    let info = crate::registry::tests::info(id);
+    shared.registry.register(info, 1, outbox.clone(), closer.clone(), None).expect("registers");
+    // The hub's own pushes are not waited for here.
+    shared.registry.resent(ServerId::HUB, ServerId(id));
+    Server { id: ServerId(id), outbox, inbox, closer }
+}
+
+fn register(shared: &HubState, id: u32) -> Server {
+    register_with(shared, id, 1 << 20)
+}
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).unwrap()
+}
+
+fn relay(shared: &Arc<HubState>, origin: &Server) -> Relay {
+    Relay::new(shared.clone(), origin.id, origin.own(shared), Codec::new(MAX_FRAME_LEN))
+}
+
+fn session(shared: &Arc<HubState>, server: &Server, now: Instant) -> Session {
+    Session::new(shared.clone(), server.id, server.own(shared), HashSet::new(), now)
+}
+
+/// A unicast frame from `origin` to `recipient`, whose payload names its number.
+fn unicast(origin: &Server, seq: u64, recipient: &str) -> Data {
+    Data {
+        kind: DataKind::Unicast,
+        seq,
+        origin: origin.id,
+        recipient: user(recipient),
+        sender: user("alice"),
+        payload: Bytes::from(format!("payload {seq}")),
+    }
+}
+
+fn encode(frames: impl IntoIterator<Item = Data>) -> BytesMut {
+    let mut buf = BytesMut::new();
+    for data in frames {
+        Frame::Data(data).encode(MAX_FRAME_LEN, &mut buf).unwrap();
+    }
+    buf
+}
+
+fn data(frame: &Frame) -> &Data {
+    match frame {
+        Frame::Data(data) => data,
+        other => panic!("a data frame, not {other:?}"),
+    }
+}
+
+fn seqs(batch: &[Frame]) -> Vec<u64> {
+    batch.iter().map(|frame| data(frame).seq).collect()
+}
+
+/// Relays one read, all of it: no control frame among the bytes.
+fn relay_read(relay: &mut Relay, buf: &mut BytesMut, now: Instant) {
+    let control = relay.handle_read(buf, now).expect("relayed");
+    assert!(control.is_none(), "no control frame in this read");
+    relay.flush().expect("handed over");
+}
+
+#[test]
+fn a_read_goes_to_each_destination_as_one_batch_in_order_and_nobody_comes_back_whole() {
+    let shared = settled_hub();
+    let mut origin = register(&shared, 1);
+    let mut bobs = register(&shared, 2);
+    let mut carols = register(&shared, 3);
+    shared.registry.login(bobs.id, user("bob"));
+    shared.registry.login(carols.id, user("carol"));
+
+    let mut buf = encode([
+        unicast(&origin, 1, "bob"),
+        unicast(&origin, 2, "carol"),
+        unicast(&origin, 3, "bob"),
+        unicast(&origin, 4, "nobody"),
+        unicast(&origin, 5, "carol"),
+    ]);
+    let read = buf.as_ptr_range();
+    let mut relay = relay(&shared, &origin);
+    assert!(relay.handle_read(&mut buf, Instant::now()).unwrap().is_none());
+    assert!(buf.is_empty(), "every whole frame left the read buffer");
+    assert!(bobs.batches().is_empty(), "staged until the read is handed over");
+    relay.flush().unwrap();
+
+    // One batch per destination, in the order read, as slices of the read buffer.
+    let queued = bobs.inbox.take_queued();
+    assert_eq!(queued.len(), 1, "one batch for bob's server");
+    for chunk in &queued[0] {
+        assert!(read.contains(&chunk.as_ptr()), "the payload is not copied");
+    }
+    let batch: Vec<Frame> = queued.into_iter().flatten().flat_map(frames).collect();
+    assert_eq!(seqs(&batch), [1, 3]);
+    assert_eq!(data(&batch[1]).payload, "payload 3");
+    let batches = carols.batches();
+    assert_eq!(batches.len(), 1, "one batch for carol's server");
+    assert_eq!(seqs(&batches[0]), [2, 5]);
+
+    // The frame for a user online nowhere goes back to its origin, whole.
+    let back = origin.batches();
+    assert_eq!(back.len(), 1);
+    let [Frame::Data(undeliverable)] = back[0].as_slice() else {
+        panic!("one frame back: {back:?}");
+    };
+    assert_eq!(undeliverable.kind, DataKind::Undeliverable);
+    assert_eq!((undeliverable.seq, undeliverable.recipient.as_str()), (4, "nobody"));
+    assert_eq!(undeliverable.payload, "payload 4");
+    let stats = shared.stats.snapshot();
+    assert_eq!((stats.relayed_frames, stats.undeliverable), (4, 1));
+}
+
+#[test]
+fn a_frame_split_across_two_reads_is_relayed_once_whole() {
+    let shared = settled_hub();
+    let origin = register(&shared, 1);
+    let mut bobs = register(&shared, 2);
+    shared.registry.login(bobs.id, user("bob"));
+    let whole = encode([unicast(&origin, 1, "bob")]).freeze();
+    let mut relay = relay(&shared, &origin);
+
+    let mut buf = BytesMut::from(&whole[..whole.len() - 3]);
+    relay_read(&mut relay, &mut buf, Instant::now());
+    assert_eq!(buf.len(), whole.len() - 3, "the partial frame waits in the buffer");
+    assert!(bobs.batches().is_empty(), "nothing relayed from a partial frame");
+
+    buf.extend_from_slice(&whole[whole.len() - 3..]);
+    relay_read(&mut relay, &mut buf, Instant::now());
+    assert!(buf.is_empty());
+    let queued = bobs.inbox.take_queued();
+    assert_eq!(queued, [vec![whole]], "relayed once, as the bytes it came in");
+}
+
+#[test]
+fn in_the_settle_window_a_frame_for_nobody_is_held_then_sent_again_when_it_ends() {
+    let settle = Duration::from_secs(60);
+    let shared = hub(HubConfig { settle, ..HubConfig::default() });
+    let registered = Instant::now();
+    let mut origin = register(&shared, 1);
+    let mut bobs = register(&shared, 2);
+    shared.registry.login(bobs.id, user("bob"));
+    let ends = shared.registry.settle_ends().expect("the first registration opened the window");
+    assert!(ends >= registered + settle);
+    let mut relay = relay(&shared, &origin);
+
+    // In the window: the frame for nobody is held, and the origin's later frames with it, so
+    // that none overtakes it.
+    let mut buf = encode([unicast(&origin, 7, "nobody"), unicast(&origin, 8, "bob")]);
+    relay_read(&mut relay, &mut buf, ends - Duration::from_secs(1));
+    assert!(origin.batches().is_empty(), "not bounced in the window");
+    assert!(bobs.batches().is_empty(), "a later frame does not overtake the held one");
+    assert_eq!(shared.stats.snapshot().held, 2);
+
+    // The window ends: the origin is asked to send again from the held frame.
+    shared.ask_to_resend(shared.registry.end_settle());
+    let asked = origin.batches();
+    assert_eq!(asked, [vec![Frame::Control(Control::Resend { from: 7 })]]);
+
+    // Sent again after the window: the frame for nobody comes back whole, the next one goes on.
+    let mut buf = encode([unicast(&origin, 7, "nobody"), unicast(&origin, 8, "bob")]);
+    relay_read(&mut relay, &mut buf, ends + Duration::from_millis(1));
+    let back = origin.batches();
+    assert_eq!(back.len(), 1);
+    assert_eq!(data(&back[0][0]).kind, DataKind::Undeliverable);
+    assert_eq!(data(&back[0][0]).payload, "payload 7");
+    assert_eq!(seqs(&bobs.batches().concat()), [8]);
+}
+
+#[test]
+fn a_destination_past_its_limit_is_closed_and_counted_and_the_others_are_not() {
+    let shared = settled_hub();
+    let mut origin = register(&shared, 1);
+    let limit = 256;
+    let slow = register_with(&shared, 2, limit);
+    let mut carols = register(&shared, 3);
+    shared.registry.login(slow.id, user("bob"));
+    shared.registry.login(carols.id, user("carol"));
+    // The slow server stopped reading: its queue is past its limit.
+    slow.outbox.push(Bytes::from(vec![0; 2 * limit])).unwrap();
+
+    let mut relay = relay(&shared, &origin);
+    let mut buf = encode([unicast(&origin, 1, "bob"), unicast(&origin, 2, "carol")]);
+    relay_read(&mut relay, &mut buf, Instant::now());
+
+    assert!(slow.closer.is_cancelled(), "the slow server is disconnected");
+    assert_eq!(shared.stats.snapshot().slow_consumers, 1, "and counted once");
+    assert!(!carols.closer.is_cancelled(), "the other destination stays");
+    assert_eq!(seqs(&carols.batches().concat()), [2], "and gets its frame");
+    assert!(!origin.closer.is_cancelled());
+    assert!(origin.batches().is_empty(), "held for its origin to send again, not bounced");
+}
+
+#[test]
+fn a_login_of_a_user_online_elsewhere_kicks_exactly_the_older_session() {
+    let shared = settled_hub();
+    let now = Instant::now();
+    let mut first = register(&shared, 1);
+    let mut second = register(&shared, 2);
+    let mut third = register(&shared, 3);
+    let mut sessions = [&first, &second, &third].map(|server| session(&shared, server, now));
+    sessions[0].handle_control(Control::Login { users: vec![user("bob")] }, now).unwrap();
+    sessions[2].handle_control(Control::Login { users: vec![user("carol")] }, now).unwrap();
+
+    sessions[1].handle_control(Control::Login { users: vec![user("bob")] }, now).unwrap();
+
+    let kicked = first.batches().concat();
+    let [Frame::Control(Control::Kick { user: kicked, reason })] = kicked.as_slice() else {
+        panic!("the older session is kicked: {kicked:?}");
+    };
+    assert_eq!(kicked.as_str(), "bob");
+    assert_eq!(reason, "bob logged in on server 2");
+    assert!(second.batches().is_empty(), "the new session is not kicked");
+    assert!(third.batches().is_empty(), "nobody else is told");
+    assert_eq!(shared.registry.locate("bob"), Some(second.id));
+    assert_eq!(shared.registry.locate("carol"), Some(third.id));
+}
+
+#[test]
+fn a_digest_that_differs_from_the_record_asks_for_a_resync_once() {
+    let shared = settled_hub();
+    let now = Instant::now();
+    let mut server = register(&shared, 1);
+    let mut session = session(&shared, &server, now);
+    let users = [user("alice"), user("bob")];
+    session.handle_control(Control::Login { users: users.to_vec() }, now).unwrap();
+
+    session.handle_control(Control::Digest(UserDigest::of(&users)), now).unwrap();
+    assert!(server.batches().is_empty(), "a digest that matches asks for nothing");
+
+    let drifted = UserDigest::of(&users[..1]);
+    session.handle_control(Control::Digest(drifted), now).unwrap();
+    assert_eq!(server.batches(), [vec![Frame::Control(Control::Resync)]]);
+    // Digests sent before the server saw the `Resync` are not compared meanwhile.
+    session.handle_control(Control::Digest(drifted), now).unwrap();
+    assert!(server.batches().is_empty());
+    let stats = shared.stats.snapshot();
+    assert_eq!((stats.digests, stats.resyncs), (2, 1));
+    // The old record stays until the snapshot is done: the users keep their place meanwhile.
+    assert_eq!(shared.registry.locate("bob"), Some(server.id));
+}
+
+#[test]
+fn a_server_silent_past_keepalive_timeout_is_dead_and_not_before() {
+    let timeout = Duration::from_secs(3);
+    let shared = hub(HubConfig { keepalive_timeout: timeout, ..HubConfig::default() });
+    let start = Instant::now();
+    let server = register(&shared, 1);
+    let mut session = session(&shared, &server, start);
+    // It sent something at 2 s; the reader listens again after a pushback wait until 5 s.
+    session.handle_listen(start + Duration::from_secs(5));
+    let silence = session.silence();
+    assert_eq!(silence.deadline(), start + Duration::from_secs(8));
+    assert!(!silence.is_dead(start + Duration::from_secs(7)), "still within the timeout");
+    assert!(silence.is_dead(start + Duration::from_secs(8)), "nothing by the deadline: dead");
+}
+
+#[test]
+fn a_control_frame_is_handed_to_the_session_after_the_frames_read_before_it() {
+    let shared = settled_hub();
+    let origin = register(&shared, 1);
+    let mut bobs = register(&shared, 2);
+    shared.registry.login(bobs.id, user("bob"));
+    let mut buf = encode([unicast(&origin, 1, "bob")]);
+    let logout = Control::Logout { users: vec![user("carol")] };
+    Frame::Control(logout.clone()).encode(MAX_FRAME_LEN, &mut buf).unwrap();
+    buf.extend_from_slice(&encode([unicast(&origin, 2, "bob")]));
+
+    let mut relay = relay(&shared, &origin);
+    let control = relay.handle_read(&mut buf, Instant::now()).unwrap().expect("a control frame");
+    // Handed over before the control's effects can run.
+    assert_eq!(seqs(&bobs.batches().concat()), [1]);
+    assert_eq!(control.decode().unwrap(), Frame::Control(logout));
+    relay_read(&mut relay, &mut buf, Instant::now());
+    assert_eq!(seqs(&bobs.batches().concat()), [2]);
+}
+
+#[test]
+fn a_frame_claiming_another_origin_closes_only_its_connection() {
+    let shared = settled_hub();
+    let origin = register(&shared, 1);
+    let other = register(&shared, 3);
+    let mut bobs = register(&shared, 2);
+    shared.registry.login(bobs.id, user("bob"));
+    let mut relay = relay(&shared, &origin);
+    let mut buf = encode([unicast(&origin, 1, "bob"), unicast(&other, 2, "bob")]);
+    let refused = relay.handle_read(&mut buf, Instant::now());
+    assert!(matches!(refused, Err(Close::Refused { .. })), "refused: {refused:?}");
+    // What came before the spoofed frame is still handed over.
+    relay.flush().unwrap();
+    assert_eq!(seqs(&bobs.batches().concat()), [1]);
+}
