@@ -20,7 +20,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::standby::{Change, Seen};
+use crate::standby::{RoleChange, Seen};
 use crate::state::HubState;
 
 /// Why a peer link ended.
@@ -213,10 +213,10 @@ async fn next_control(
 fn report(shared: &HubState, index: usize, seen: Seen, asked: u64) {
     let servers = shared.registry.connected_count();
     match shared.standby.update(index, seen, servers, asked) {
-        Some(Change::BecameActive) => {
+        Some(RoleChange::BecameActive) => {
             info!(servers, "this hub is now active: accepting app servers")
         }
-        Some(Change::Yielded) => {
+        Some(RoleChange::Yielded) => {
             warn!(
                 servers,
                 "another active hub has more app servers (or ranks first): going standby and closing this hub's app servers so they move"

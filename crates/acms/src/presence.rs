@@ -9,7 +9,7 @@
 use acms_protocol::{Control, ServerId};
 use bytes::Bytes;
 
-use crate::registry::{Change, Left};
+use crate::registry::{Left, PresenceChange};
 use crate::state::HubState;
 
 /// Sends the answers `offline` held in the settle window that are still true: the watch is still
@@ -36,8 +36,8 @@ fn tell(shared: &HubState, watcher: ServerId, frame: Bytes) {
 /// Tells the AS watching each changed user where that user is now. A watcher whose queue is
 /// full is disconnected (the slow-consumer rule): when it comes back it watches again and hears
 /// the current state, so nothing is missed for good.
-pub(crate) fn announce(shared: &HubState, changes: impl IntoIterator<Item = Change>) {
-    for Change { user, server } in changes {
+pub(crate) fn announce(shared: &HubState, changes: impl IntoIterator<Item = PresenceChange>) {
+    for PresenceChange { user, server } in changes {
         let watchers = shared.watches.watchers(user.as_str());
         if watchers.is_empty() {
             continue;
@@ -55,6 +55,6 @@ pub(crate) fn announce(shared: &HubState, changes: impl IntoIterator<Item = Chan
 pub(crate) fn left(shared: &HubState, left: Left) {
     announce(shared, left.moved);
     for (user, server) in left.alone {
-        shared.tell_shared(server, user, false);
+        shared.tell_multi_session(server, user, false);
     }
 }

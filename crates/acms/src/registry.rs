@@ -22,7 +22,7 @@ use crate::outbox::{Outbox, PushError};
 mod directory;
 mod settle;
 
-pub(crate) use directory::{Change, Left, Owner, Placed};
+pub(crate) use directory::{Left, Owner, Placed, PresenceChange};
 use settle::SettleWindow;
 
 /// What the cluster knows of one registered AS.

@@ -100,7 +100,7 @@ pub enum Seen {
 
 /// A change of role, for the caller to act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Change {
+pub(crate) enum RoleChange {
     BecameActive,
     /// The hub went standby: its app servers must be closed so that they move.
     Yielded,
@@ -280,7 +280,7 @@ impl Standby {
         now: Seen,
         servers: usize,
         asked: u64,
-    ) -> Option<Change> {
+    ) -> Option<RoleChange> {
         self.update_at(index, now, servers, asked, Instant::now())
     }
 
@@ -291,7 +291,7 @@ impl Standby {
         servers: usize,
         asked: u64,
         now: Instant,
-    ) -> Option<Change> {
+    ) -> Option<RoleChange> {
         let mut state = self.state.lock().expect("standby lock");
         if self.wake(&mut state, now) || asked != state.pauses {
             // Asked before the latest pause: stale, though it may have arrived after it (a
@@ -323,11 +323,11 @@ impl Standby {
         match (active, role) {
             (false, Role::Active) => {
                 self.active.store(true, Ordering::Release);
-                Some(Change::BecameActive)
+                Some(RoleChange::BecameActive)
             }
             (true, Role::Standby) => {
                 self.active.store(false, Ordering::Release);
-                Some(Change::Yielded)
+                Some(RoleChange::Yielded)
             }
             _ => None,
         }
@@ -402,10 +402,10 @@ mod tests {
         assert!(!standby.is_active());
         assert_eq!(standby.update(0, Seen::Unreachable, 0, 0), None);
         assert!(!standby.is_active(), "peer b not tried yet");
-        assert_eq!(standby.update(1, Seen::Myself, 0, 0), Some(Change::BecameActive));
+        assert_eq!(standby.update(1, Seen::Myself, 0, 0), Some(RoleChange::BecameActive));
         assert!(standby.is_active());
         let rival = peer(true, 5, standby.rank);
-        assert_eq!(standby.update(0, Seen::Reachable(rival), 1, 0), Some(Change::Yielded));
+        assert_eq!(standby.update(0, Seen::Reachable(rival), 1, 0), Some(RoleChange::Yielded));
         assert!(standby.refusal().contains("the active hub is a"), "{}", standby.refusal());
     }
 
@@ -415,7 +415,7 @@ mod tests {
         let start = Instant::now();
         assert_eq!(standby.update_at(0, Seen::Myself, 0, 0, start), None);
         let update = standby.update_at(1, Seen::Unreachable, 3, 0, start);
-        assert_eq!(update, Some(Change::BecameActive));
+        assert_eq!(update, Some(RoleChange::BecameActive));
         assert_eq!(standby.status_at(3, start).servers, 3);
         assert_eq!(standby.active_hub().as_deref(), Some("a"));
 
@@ -439,7 +439,7 @@ mod tests {
         // Then it leaves the servers where they went.
         let later = resumed + STALL + Duration::from_secs(1);
         let update = standby.update_at(1, Seen::Reachable(rival), 0, 1, later);
-        assert_eq!(update, Some(Change::Yielded));
+        assert_eq!(update, Some(RoleChange::Yielded));
         assert!(!standby.is_resuming());
         assert_eq!(standby.active_hub().as_deref(), Some("b"));
         assert!(standby.refusal().contains("the active hub is b"), "{}", standby.refusal());
@@ -450,7 +450,7 @@ mod tests {
         let standby = Standby::new(vec!["a".into()], STALL);
         let start = Instant::now();
         let update = standby.update_at(0, Seen::Unreachable, 0, 0, start);
-        assert_eq!(update, Some(Change::BecameActive));
+        assert_eq!(update, Some(RoleChange::BecameActive));
         for second in 1..=10 {
             standby.beat(start + Duration::from_secs(second));
         }

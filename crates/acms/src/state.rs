@@ -151,8 +151,9 @@ impl HubState {
 
     /// Tells `server` whether its user `user` has sessions on other AS too (policy `multi`). An
     /// AS that cannot be told now is told again after its next snapshot, when it is.
-    pub(crate) fn tell_shared(&self, server: ServerId, user: UserId, elsewhere: bool) {
-        let _not_connected_now = self.send_control(server, Control::Shared { user, elsewhere });
+    pub(crate) fn tell_multi_session(&self, server: ServerId, user: UserId, elsewhere: bool) {
+        let _not_connected_now =
+            self.send_control(server, Control::MultiSession { user, elsewhere });
     }
 
     /// A server left the cluster for good: its groups go, and the others are told, so that none
@@ -296,7 +297,7 @@ mod tests {
             ("server down", |state| state.server_down(ServerId(3))),
             ("resend", |state| state.ask_to_resend(HashMap::from([(ServerId(1), 5)]))),
             ("multi-session notice", |state| {
-                state.tell_shared(ServerId(1), UserId::new("bob").unwrap(), true)
+                state.tell_multi_session(ServerId(1), UserId::new("bob").unwrap(), true)
             }),
             ("kick", |state| {
                 let _ = state.kick(ServerId(1), UserId::new("bob").unwrap(), "why".into());

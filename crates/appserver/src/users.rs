@@ -147,10 +147,10 @@ impl LocalUsers {
     }
 }
 
-/// This server's users who also have sessions on other servers (policy `multi`), as the hub
-/// says with `Shared`. A message from here to one of them is delivered here and sent through the
-/// hub too, which relays it to the other sessions. Soft state: kept across reconnects, said
-/// again by the hub after each snapshot, and corrected by it when found stale.
+/// This server's users who also have sessions on other servers (policy `multi`), as the hub says
+/// with `MultiSession`. A message from here to one of them is delivered here and sent through the
+/// hub too, which relays it to the other sessions. Soft state: kept across reconnects, said again
+/// by the hub after each snapshot, and corrected by it when found stale.
 ///
 /// Every send to a local user asks it, so the count is read first: with no such user, as
 /// under policy `replace`, that is the whole cost.

@@ -195,7 +195,7 @@ pub enum Control {
     /// the other sessions only. Soft state: the hub says it again after each `SnapshotDone` of
     /// the AS, and answers `elsewhere: false` when it finds such a message for a user whose only
     /// session is on the sending AS.
-    Shared {
+    MultiSession {
         /// The local user.
         user: UserId,
         /// Whether the user has a session on another AS now.

@@ -141,7 +141,8 @@ fn control_with(
         (any::<u64>(), vec(any::<u32>().prop_map(ServerId), 0..max_users))
             .prop_map(|(seq, servers)| Control::Copies { seq, servers }),
         any::<u32>().prop_map(|id| Control::ServerDown { server: ServerId(id) }),
-        (users, any::<bool>()).prop_map(|(user, elsewhere)| Control::Shared { user, elsewhere }),
+        (users, any::<bool>())
+            .prop_map(|(user, elsewhere)| Control::MultiSession { user, elsewhere }),
         (any::<[u32; 5]>(), any::<u64>(), any::<Option<u32>>()).prop_map(
             |(n, memory_bytes, capacity)| {
                 Control::Load(Load {
@@ -349,7 +350,7 @@ fn variant_index(control: &Control) -> usize {
         Control::Leave { .. } => 26,
         Control::Copies { .. } => 27,
         Control::ServerDown { .. } => 28,
-        Control::Shared { .. } => 29,
+        Control::MultiSession { .. } => 29,
         Control::Load(_) => 30,
         Control::Drain { .. } => 31,
         Control::PeerHello(_) => 32,
@@ -774,7 +775,7 @@ fn documented_examples() {
     assert_eq!(hex(&copies.to_bytes(1024).unwrap()), "00 00 00 06 00 1b 02 02 08 09");
     let down = Frame::Control(Control::ServerDown { server: ServerId(9) });
     assert_eq!(hex(&down.to_bytes(1024).unwrap()), "00 00 00 03 00 1c 09");
-    let shared = Frame::Control(Control::Shared { user: user("bob"), elsewhere: true });
+    let shared = Frame::Control(Control::MultiSession { user: user("bob"), elsewhere: true });
     assert_eq!(hex(&shared.to_bytes(1024).unwrap()), "00 00 00 07 00 1d 03 62 6f 62 01");
     let load = Frame::Control(Control::Load(Load {
         users: 3,

@@ -225,10 +225,10 @@ impl Relay {
                     };
                     if target == Some(server) && self.shared.registry.multi() {
                         // Policy `multi`: the origin sent a message for its own user through the
-                        // hub, thinking them shared; their only session is here now. It gets the
+                        // hub, thinking them multi-session; their only session is here now. It gets the
                         // frame back (and does not deliver it twice) and learns they are not.
                         if let Ok(user) = UserId::new(route.recipient) {
-                            self.shared.tell_shared(server, user, false);
+                            self.shared.tell_multi_session(server, user, false);
                         }
                     }
                     if target.is_none() || target != self.run.target {

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::{Close, OwnQueue};
 use crate::keepalive::Silence;
 use crate::presence;
-use crate::registry::{Change, Departure, Placed};
+use crate::registry::{Departure, Placed, PresenceChange};
 use crate::state::HubState;
 
 /// The hub's record of one registered app server.
@@ -184,7 +184,7 @@ impl Session {
             | Control::Kick { .. }
             | Control::Copies { .. }
             | Control::ServerDown { .. }
-            | Control::Shared { .. }
+            | Control::MultiSession { .. }
             | Control::Drain { .. } => Err(Close::refused(
                 ErrorCode::Malformed,
                 "only the hub sends server announcements, resync requests, presence, kicks, \
@@ -223,25 +223,25 @@ impl Session {
             match placed {
                 Placed::Already => {}
                 Placed::Online => {
-                    let change = Change { user: user.clone(), server: Some(server) };
+                    let change = PresenceChange { user: user.clone(), server: Some(server) };
                     presence::announce(&self.shared, [change]);
                 }
                 Placed::Joined(alone_until_now) => {
-                    // Both sides learn the user is shared; in a snapshot, this AS hears it when
-                    // the snapshot is done, with its other shared users.
+                    // Both sides learn the user is multi-session; in a snapshot, this AS hears it when
+                    // the snapshot is done, with its other multi-session users.
                     if let Some(other) = alone_until_now {
-                        self.shared.tell_shared(other, user.clone(), true);
+                        self.shared.tell_multi_session(other, user.clone(), true);
                     }
                     if self.snapshot_groups.is_none() {
-                        self.shared.tell_shared(server, user.clone(), true);
+                        self.shared.tell_multi_session(server, user.clone(), true);
                     }
-                    let change = Change { user: user.clone(), server: Some(server) };
+                    let change = PresenceChange { user: user.clone(), server: Some(server) };
                     presence::announce(&self.shared, [change]);
                 }
                 Placed::Moved(previous) => {
                     info!(%user, from = %previous, "user moved to this server; kicking the older session");
                     self.kick(previous, &user, server);
-                    let change = Change { user: user.clone(), server: Some(server) };
+                    let change = PresenceChange { user: user.clone(), server: Some(server) };
                     presence::announce(&self.shared, [change]);
                 }
                 Placed::Lost(owner) => {
@@ -334,13 +334,13 @@ impl Session {
                 presence::left(&self.shared, left);
             }
         }
-        // The AS forgot which of its users are shared when it reconnected: say it again, now that
+        // The AS forgot which of its users are multi-session when it reconnected: say it again, now that
         // the snapshot has put each of its sessions back (policy `multi` only).
         if self.shared.registry.multi() {
             for user in &self.users {
                 let sessions = self.shared.registry.sessions(user.as_str());
                 if sessions.len() > 1 && sessions.contains(&server) {
-                    self.shared.tell_shared(server, user.clone(), true);
+                    self.shared.tell_multi_session(server, user.clone(), true);
                 }
             }
         }

@@ -28,7 +28,7 @@ pub(crate) enum Placed {
     /// Policy `replace`: the user moved here from this AS, whose session must end.
     Moved(ServerId),
     /// Policy `multi`: the user keeps their other sessions and has one here too. With the AS
-    /// that had their only session until now, which learns that the user is shared.
+    /// that had their only session until now, which learns that the user is multi-session.
     Joined(Option<ServerId>),
     /// A claim (resync, or snapshot after a reconnect) lost to a newer login on this AS: policy
     /// `replace` keeps the user there, and the claiming AS's session must end.
@@ -37,7 +37,7 @@ pub(crate) enum Placed {
 
 /// A user whose place in the directory changed, for the AS that watch them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Change {
+pub(crate) struct PresenceChange {
     pub(crate) user: UserId,
     /// Where they are now; `None` when online nowhere.
     pub(crate) server: Option<ServerId>,
@@ -47,7 +47,7 @@ pub(crate) struct Change {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Left {
     /// Users whose place changed, for the AS that watch them.
-    pub(crate) moved: Vec<Change>,
+    pub(crate) moved: Vec<PresenceChange>,
     /// Users left with one session after having several (policy `multi`), and its AS: that AS
     /// is told that they have no session elsewhere any more.
     pub(crate) alone: Vec<(UserId, ServerId)>,
@@ -112,7 +112,7 @@ impl Registry {
         let mut changed = Left::default();
         let removed = self.users.remove_if(user, |_, owner| owner.server == server && !owner.multi);
         if let Some((user, _)) = removed {
-            changed.moved.push(Change { user, server: None });
+            changed.moved.push(PresenceChange { user, server: None });
             return changed;
         }
         let Some(mut slot) = self.users.get_mut(user) else { return changed };
@@ -135,7 +135,7 @@ impl Registry {
             changed.alone.push((slot.key().clone(), primary));
         }
         if slot.server != primary {
-            changed.moved.push(Change { user: slot.key().clone(), server: Some(primary) });
+            changed.moved.push(PresenceChange { user: slot.key().clone(), server: Some(primary) });
         }
         *slot = Owner { server: primary, multi };
         changed

@@ -122,7 +122,7 @@ fn multi_keeps_every_session_and_the_last_login_is_where_the_user_is() {
     // Leaving an older session moves nobody; leaving the last one moves the user back.
     assert_eq!(registry.logout(ServerId(1), "bob"), Left::default());
     assert_eq!(registry.logout(ServerId(4), "bob"), Left::default(), "never on server 4");
-    let moved = Change { user: bob.clone(), server: Some(ServerId(2)) };
+    let moved = PresenceChange { user: bob.clone(), server: Some(ServerId(2)) };
     let alone = (bob.clone(), ServerId(2));
     assert_eq!(
         registry.logout(ServerId(3), "bob"),
@@ -131,7 +131,7 @@ fn multi_keeps_every_session_and_the_last_login_is_where_the_user_is() {
     assert_eq!(registry.route("bob"), Some(Owner { server: ServerId(2), multi: false }));
     assert_eq!(registry.sessions("bob"), [ServerId(2)]);
     assert!(registry.sessions.is_empty(), "a single session needs no second map");
-    let offline = Change { user: bob, server: None };
+    let offline = PresenceChange { user: bob, server: None };
     assert_eq!(registry.logout(ServerId(2), "bob").moved, [offline]);
     assert_eq!(registry.locate("bob"), None);
 }
@@ -197,7 +197,7 @@ fn an_away_server_holds_frames_for_its_origins_to_send_again() {
         registry.expire(ServerId(2), departure),
         Some((
             HashMap::from([(ServerId(3), 9)]),
-            Left { moved: vec![Change { user: alice, server: None }], alone: Vec::new() }
+            Left { moved: vec![PresenceChange { user: alice, server: None }], alone: Vec::new() }
         ))
     );
     assert_eq!(registry.locate("alice"), None);

@@ -176,10 +176,10 @@ impl LinkCore {
         self.out = WriteQueue::default();
         // A new stream: nothing of a frame the last one cut in half.
         self.codec = Codec::new(self.codec.max_frame_len());
-        // Acks owed are sent again for the frames every origin sends again. The multi-session
-        // users are kept: the hub says again which are once it has the snapshots, and a user no
-        // longer one costs a message sent through the hub for nothing, which the hub answers
-        // with `Shared { elsewhere: false }`. Forgetting them would leave the other sessions out
+        // Acks owed are sent again for the frames every origin sends again. The multi-session users
+        // are kept: the hub says again which are once it has the snapshots, and a user no longer
+        // one costs a message sent through the hub for nothing, which the hub answers with
+        // `MultiSession { elsewhere: false }`. Forgetting them would leave the other sessions out
         // until every server with one is back.
         self.received.forget_owed();
         self.encode_snapshot()?;

@@ -172,7 +172,7 @@ impl LinkCore {
                     self.settle_if_reached(seq);
                 }
             }
-            Control::Shared { user, elsewhere } => {
+            Control::MultiSession { user, elsewhere } => {
                 // Only for a user still here: one who left since needs nothing.
                 if self.state.users.set_multi_session(user.clone(), elsewhere) {
                     debug!(%user, elsewhere, "user's sessions on other servers");
