@@ -41,7 +41,9 @@ pub fn chromium() -> Option<PathBuf> {
         Some(path) => Some(path),
         None if ci => panic!("chromium is missing under CI: scripts/test.sh installs it"),
         None => {
-            eprintln!("SKIPPED: no chromium on PATH (apt-get install chromium, or scripts/test.sh)");
+            eprintln!(
+                "SKIPPED: no chromium on PATH (apt-get install chromium, or scripts/test.sh)"
+            );
             None
         }
     }
@@ -131,8 +133,8 @@ impl Browser {
 
     /// Opens a new tab at `url` and waits until its page has loaded.
     pub async fn page(&self, url: &str) -> Page {
-        let target = command(&self.inner, None, "Target.createTarget", json!({"url": "about:blank"}))
-            .await;
+        let target =
+            command(&self.inner, None, "Target.createTarget", json!({"url": "about:blank"})).await;
         let target = target["targetId"].as_str().expect("a target id").to_owned();
         let attached = command(
             &self.inner,
@@ -189,7 +191,11 @@ impl Page {
     /// Loads `url` and waits until its document is complete.
     pub async fn goto(&self, url: &str) {
         self.call("Page.navigate", json!({"url": url})).await;
-        self.wait_for("the page to load", "document.readyState === 'complete' && location.href !== 'about:blank'").await;
+        self.wait_for(
+            "the page to load",
+            "document.readyState === 'complete' && location.href !== 'about:blank'",
+        )
+        .await;
     }
 
     /// Runs `expression` in the page (awaiting a promise) and returns its value.
@@ -216,7 +222,10 @@ impl Page {
             }
             if tokio::time::Instant::now() > deadline {
                 let text = self.eval("document.body ? document.body.innerText : ''").await;
-                panic!("timed out waiting for {what}; the page says:\n{}", text.as_str().unwrap_or_default());
+                panic!(
+                    "timed out waiting for {what}; the page says:\n{}",
+                    text.as_str().unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -226,7 +235,8 @@ impl Page {
     pub async fn set_file(&self, selector: &str, path: &Path) {
         let document = self.call("DOM.getDocument", json!({})).await;
         let root = document["root"]["nodeId"].clone();
-        let node = self.call("DOM.querySelector", json!({"nodeId": root, "selector": selector})).await;
+        let node =
+            self.call("DOM.querySelector", json!({"nodeId": root, "selector": selector})).await;
         let files = json!([path.display().to_string()]);
         self.call("DOM.setFileInputFiles", json!({"files": files, "nodeId": node["nodeId"]})).await;
     }
@@ -241,6 +251,10 @@ impl Page {
     /// The DevTools events this page has sent so far, by method name.
     pub fn events(&self) -> Vec<String> {
         let events = self.inner.events.lock().unwrap();
-        events.iter().filter(|(session, _)| *session == self.session).map(|(_, m)| m.clone()).collect()
+        events
+            .iter()
+            .filter(|(session, _)| *session == self.session)
+            .map(|(_, m)| m.clone())
+            .collect()
     }
 }

@@ -128,8 +128,11 @@ async fn log_in(browser: &Browser, url: &str, user: &str) -> Page {
     ))
     .await;
     let me = js(&format!("{user} · server "));
-    page.wait_for("the login", &format!("document.getElementById('me').textContent.startsWith({me})"))
-        .await;
+    page.wait_for(
+        "the login",
+        &format!("document.getElementById('me').textContent.startsWith({me})"),
+    )
+    .await;
     page
 }
 
@@ -148,9 +151,10 @@ async fn submit(page: &Page, form: &str, input: &str, value: &str) {
 async fn open(page: &Page, user: &str) {
     submit(page, "open-user", "open-user-name", user).await;
     let title = js(user);
-    page.wait_for("the conversation", &format!(
-        "document.getElementById('conversation-title').textContent === {title}"
-    ))
+    page.wait_for(
+        "the conversation",
+        &format!("document.getElementById('conversation-title').textContent === {title}"),
+    )
     .await;
 }
 
@@ -184,10 +188,13 @@ async fn texts(page: &Page) -> Vec<String> {
 
 /// Waits until the open conversation shows a message or notice whose text is `text`.
 async fn shows(page: &Page, text: &str) {
-    page.wait_for(&format!("{text:?} on the page"), &format!(
-        "[...document.querySelectorAll('#messages .text')].some(e => e.textContent === {})",
-        js(text)
-    ))
+    page.wait_for(
+        &format!("{text:?} on the page"),
+        &format!(
+            "[...document.querySelectorAll('#messages .text')].some(e => e.textContent === {})",
+            js(text)
+        ),
+    )
     .await;
 }
 
@@ -225,8 +232,14 @@ async fn pages_and_terminals_chat_across_servers() {
     shows(&alice, "hello room").await;
     assert_eq!(dave.stdout.next("carol's room message").await, "#lobby carol: hello room");
     say(&alice, "the page to the room").await;
-    assert_eq!(carol.stdout.next("alice's room message").await, "#lobby alice: the page to the room");
-    assert_eq!(dave.stdout.next("alice's room message").await, "#lobby alice: the page to the room");
+    assert_eq!(
+        carol.stdout.next("alice's room message").await,
+        "#lobby alice: the page to the room"
+    );
+    assert_eq!(
+        dave.stdout.next("alice's room message").await,
+        "#lobby alice: the page to the room"
+    );
 
     // The friends panel: who is online, and where.
     submit(&alice, "add-friend", "add-friend-name", "bob").await;
@@ -289,28 +302,38 @@ async fn files_cross_between_a_page_and_a_terminal_both_ways() {
     alice.set_file("#file-input", &path).await;
     let received = carol
         .stderr
-        .wait_for("the file from the page", |line| line.starts_with("received from-page.bin from alice:"))
+        .wait_for("the file from the page", |line| {
+            line.starts_with("received from-page.bin from alice:")
+        })
         .await;
     assert!(received.contains(&format!("sha256 {sha}")), "{received}");
     let bytes = std::fs::read(downloads.join("from-page.bin")).expect("the received file");
     assert_eq!(sha256(&bytes), sha);
     alice
-        .wait_for("the page's transfer to finish", "document.querySelector('#transfers [data-direction=send]')?.dataset.state === 'done'")
+        .wait_for(
+            "the page's transfer to finish",
+            "document.querySelector('#transfers [data-direction=send]')?.dataset.state === 'done'",
+        )
         .await;
 
-    // From the terminal to the page: the bytes behind the page's download link hash the same.
+    // From the terminal to the page: the bytes behind the page's download link (the blob it was
+    // made of: the page's own policy lets no script fetch even a blob URL) hash the same.
     let (path, sha) = random_file(dir.path(), "from-terminal.bin", 2 * 1024 * 1024 + 777);
     carol.say(&format!("/file alice {}", path.display())).await;
     alice
         .wait_for("the file from the terminal", "document.querySelector('#transfers [data-direction=receive]')?.dataset.state === 'done'")
         .await;
-    let shown = alice.eval("document.querySelector('#transfers [data-direction=receive]').dataset.sha256").await;
+    let shown = alice
+        .eval("document.querySelector('#transfers [data-direction=receive]').dataset.sha256")
+        .await;
     assert_eq!(shown, json!(sha));
     let hashed = alice
         .eval(
             "(async () => { \
                const link = document.querySelector('#transfers [data-direction=receive] a'); \
-               const bytes = await (await fetch(link.href)).arrayBuffer(); \
+               const received = [...transferItems.keys()].find(t => t.direction === 'receive'); \
+               if (!link.href.startsWith('blob:')) throw new Error('no download link'); \
+               const bytes = await received.blob.arrayBuffer(); \
                const digest = await crypto.subtle.digest('SHA-256', bytes); \
                return [link.download, bytes.byteLength, \
                  [...new Uint8Array(digest)].map(b => b.toString(16).padStart(2, '0')).join('')]; \
@@ -321,7 +344,9 @@ async fn files_cross_between_a_page_and_a_terminal_both_ways() {
     assert_eq!(hashed, json!(["from-terminal.bin", len, sha]));
     carol
         .stderr
-        .wait_for("the terminal's transfer to finish", |line| line.starts_with("sent from-terminal.bin to alice:"))
+        .wait_for("the terminal's transfer to finish", |line| {
+            line.starts_with("sent from-terminal.bin to alice:")
+        })
         .await;
 }
 
@@ -348,7 +373,10 @@ async fn markup_from_others_is_shown_as_text_and_never_runs() {
     shows(&alice, attacks[1]).await;
 
     assert_eq!(alice.eval("typeof window.pwned").await, json!("undefined"), "no script ran");
-    assert_eq!(alice.eval("document.querySelectorAll('#messages img, #messages script').length").await, json!(0));
+    assert_eq!(
+        alice.eval("document.querySelectorAll('#messages img, #messages script').length").await,
+        json!(0)
+    );
     assert!(
         !alice.events().iter().any(|event| event == "Page.javascriptDialogOpening"),
         "no alert opened: {:?}",
@@ -381,12 +409,18 @@ async fn a_hub_restart_loses_nothing_and_the_page_says_it_reconnected() {
     assert_eq!(carol.stdout.next("the first message").await, "alice: 1");
     cluster.hub.kill().await;
     alice
-        .wait_for("the page to tell the hub is gone", "document.getElementById('banner').textContent.includes('lost the cluster')")
+        .wait_for(
+            "the page to tell the hub is gone",
+            "document.getElementById('banner').textContent.includes('lost the cluster')",
+        )
         .await;
     let (hub, _admin) = start_hub(cluster.hub_addr).await;
     cluster.hub = hub;
     alice
-        .wait_for("the page to say it reconnected", "document.getElementById('banner').textContent.startsWith('Reconnected')")
+        .wait_for(
+            "the page to say it reconnected",
+            "document.getElementById('banner').textContent.startsWith('Reconnected')",
+        )
         .await;
 
     let mut received = vec![1];
@@ -440,11 +474,8 @@ async fn a_drain_moves_the_page_to_the_other_server_and_loses_nothing() {
         .await;
     carol.say("@alice after the move").await;
     shows(&alice, "after the move").await;
-    let mut numbers: Vec<usize> = texts(&alice)
-        .await
-        .iter()
-        .filter_map(|text| text.parse().ok())
-        .collect();
+    let mut numbers: Vec<usize> =
+        texts(&alice).await.iter().filter_map(|text| text.parse().ok()).collect();
     let all = numbers.clone();
     numbers.sort_unstable();
     numbers.dedup();

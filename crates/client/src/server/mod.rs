@@ -114,8 +114,7 @@ impl Clients {
             let clients = self.clone();
             let shutdown = shutdown.clone();
             let session = async move {
-                let mut lines =
-                    Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_LEN));
+                let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_LEN));
                 session::serve_client(&mut lines, &clients, shutdown, false).await;
             };
             self.tasks.spawn(session.instrument(info_span!("client", %peer)));

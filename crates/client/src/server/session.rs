@@ -137,103 +137,103 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-/// A logged-in client's lines until it quits or leaves, the server stops or the user is kicked:
-/// requests in, queued lines out; and, given `hub`, the hub link's ups and downs.
-async fn chat<E>(
-    self,
-    lines: &mut impl Lines<E>,
-    inbox: &mut mpsc::Receiver<Outbound>,
-    mut hub: Option<watch::Receiver<LinkState>>,
-) -> anyhow::Result<()>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let Session { cluster, user, friends, shutdown } = self;
-    // What this client was last told of each friend: presence comes again after reconnects and
-    // for every watch, and the client hears only changes.
-    let mut known = std::collections::HashMap::new();
-    let mut hub_up = true;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                lines.send(ServerLine::Error { reason: "server is shutting down".into() }.to_string()).await?;
-                return Ok(());
-            }
-            // Closed when the session was dropped for not reading.
-            out = inbox.recv() => match out.context("too slow: disconnected")? {
-                Outbound { line: line @ ServerLine::Kicked { .. }, .. } => {
-                    lines.send(line.to_string()).await?;
+    /// A logged-in client's lines until it quits or leaves, the server stops or the user is kicked:
+    /// requests in, queued lines out; and, given `hub`, the hub link's ups and downs.
+    async fn chat<E>(
+        self,
+        lines: &mut impl Lines<E>,
+        inbox: &mut mpsc::Receiver<Outbound>,
+        mut hub: Option<watch::Receiver<LinkState>>,
+    ) -> anyhow::Result<()>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let Session { cluster, user, friends, shutdown } = self;
+        // What this client was last told of each friend: presence comes again after reconnects and
+        // for every watch, and the client hears only changes.
+        let mut known = std::collections::HashMap::new();
+        let mut hub_up = true;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    lines.send(ServerLine::Error { reason: "server is shutting down".into() }.to_string()).await?;
                     return Ok(());
                 }
-                Outbound { line: ServerLine::Presence { user: friend, server }, .. } => {
-                    if known.insert(friend.clone(), server) != Some(server) {
-                        lines.send(ServerLine::Presence { user: friend, server }.to_string()).await?;
+                // Closed when the session was dropped for not reading.
+                out = inbox.recv() => match out.context("too slow: disconnected")? {
+                    Outbound { line: line @ ServerLine::Kicked { .. }, .. } => {
+                        lines.send(line.to_string()).await?;
+                        return Ok(());
                     }
-                }
-                Outbound { line, message } => {
-                    if let Err(err) = lines.send(line.to_string()).await {
-                        refuse(cluster, user, message, "left the server").await;
-                        return Err(err.into());
-                    }
-                }
-            },
-            // Only the ups and downs: a link that retries while down is still down.
-            changed = hub_change(&mut hub) => match changed {
-                Some(up) if up != hub_up => {
-                    hub_up = up;
-                    lines.send(ServerLine::Hub { up }.to_string()).await?;
-                }
-                Some(_) => {}
-                None => hub = None,
-            },
-            line = lines.next() => match ClientLine::parse(&line.context("client left")??) {
-                Ok(ClientLine::Send { to, text }) => match UserId::new(&to) {
-                    Ok(to) => { cluster.send_to_user(user, &to, text.into()).await?; }
-                    Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
-                },
-                Ok(ClientLine::Who { user: name }) => {
-                    let line = match UserId::new(&name) {
-                        Ok(who) => ServerLine::Located { user: name, server: cluster.locate(&who).await?.map(|id| id.0) },
-                        Err(err) => ServerLine::Error { reason: err.to_string() },
-                    };
-                    lines.send(line.to_string()).await?;
-                }
-                Ok(ClientLine::Watch { users }) => {
-                    let mut watched = Vec::new();
-                    for name in users {
-                        match UserId::new(&name) {
-                            Ok(friend) => watched.push(friend),
-                            Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+                    Outbound { line: ServerLine::Presence { user: friend, server }, .. } => {
+                        if known.insert(friend.clone(), server) != Some(server) {
+                            lines.send(ServerLine::Presence { user: friend, server }.to_string()).await?;
                         }
                     }
-                    for friend in &watched {
-                        let mut watchers = friends.entry(friend.clone()).or_default();
-                        if !watchers.contains(user) {
-                            watchers.push(user.clone());
+                    Outbound { line, message } => {
+                        if let Err(err) = lines.send(line.to_string()).await {
+                            refuse(cluster, user, message, "left the server").await;
+                            return Err(err.into());
                         }
                     }
-                    // The cluster answers with each friend's current state.
-                    cluster.watch(watched).await?;
-                }
-                Ok(ClientLine::All { text }) => { cluster.broadcast(user, text.into(), true).await?; }
-                Ok(ClientLine::Group { group, text }) => match GroupId::new(&group) {
-                    Ok(group) => { cluster.send_to_group(user, &group, text.into(), true).await?; }
+                },
+                // Only the ups and downs: a link that retries while down is still down.
+                changed = hub_change(&mut hub) => match changed {
+                    Some(up) if up != hub_up => {
+                        hub_up = up;
+                        lines.send(ServerLine::Hub { up }.to_string()).await?;
+                    }
+                    Some(_) => {}
+                    None => hub = None,
+                },
+                line = lines.next() => match ClientLine::parse(&line.context("client left")??) {
+                    Ok(ClientLine::Send { to, text }) => match UserId::new(&to) {
+                        Ok(to) => { cluster.send_to_user(user, &to, text.into()).await?; }
+                        Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+                    },
+                    Ok(ClientLine::Who { user: name }) => {
+                        let line = match UserId::new(&name) {
+                            Ok(who) => ServerLine::Located { user: name, server: cluster.locate(&who).await?.map(|id| id.0) },
+                            Err(err) => ServerLine::Error { reason: err.to_string() },
+                        };
+                        lines.send(line.to_string()).await?;
+                    }
+                    Ok(ClientLine::Watch { users }) => {
+                        let mut watched = Vec::new();
+                        for name in users {
+                            match UserId::new(&name) {
+                                Ok(friend) => watched.push(friend),
+                                Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+                            }
+                        }
+                        for friend in &watched {
+                            let mut watchers = friends.entry(friend.clone()).or_default();
+                            if !watchers.contains(user) {
+                                watchers.push(user.clone());
+                            }
+                        }
+                        // The cluster answers with each friend's current state.
+                        cluster.watch(watched).await?;
+                    }
+                    Ok(ClientLine::All { text }) => { cluster.broadcast(user, text.into(), true).await?; }
+                    Ok(ClientLine::Group { group, text }) => match GroupId::new(&group) {
+                        Ok(group) => { cluster.send_to_group(user, &group, text.into(), true).await?; }
+                        Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+                    },
+                    Ok(ClientLine::Join { group }) => lines.send(membership(cluster, user, &group, true).await?.to_string()).await?,
+                    Ok(ClientLine::Leave { group }) => lines.send(membership(cluster, user, &group, false).await?.to_string()).await?,
+                    // Relayed unread: the transfer is the two clients' business (acms_client::transfer).
+                    Ok(ClientLine::File { to, body }) => match UserId::new(&to) {
+                        Ok(to) => { cluster.send_to_user(user, &to, transfer::payload(&body)).await?; }
+                        Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
+                    },
+                    Ok(ClientLine::Quit) => return Ok(()),
+                    Ok(ClientLine::Login { .. }) => lines.send(ServerLine::Error { reason: "already logged in".into() }.to_string()).await?,
                     Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
                 },
-                Ok(ClientLine::Join { group }) => lines.send(membership(cluster, user, &group, true).await?.to_string()).await?,
-                Ok(ClientLine::Leave { group }) => lines.send(membership(cluster, user, &group, false).await?.to_string()).await?,
-                // Relayed unread: the transfer is the two clients' business (acms_client::transfer).
-                Ok(ClientLine::File { to, body }) => match UserId::new(&to) {
-                    Ok(to) => { cluster.send_to_user(user, &to, transfer::payload(&body)).await?; }
-                    Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
-                },
-                Ok(ClientLine::Quit) => return Ok(()),
-                Ok(ClientLine::Login { .. }) => lines.send(ServerLine::Error { reason: "already logged in".into() }.to_string()).await?,
-                Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
-            },
+            }
         }
     }
-}
 }
 
 /// Whether the hub link is up after its next change; `None` once the cluster is closed. Never

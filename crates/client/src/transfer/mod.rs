@@ -30,9 +30,9 @@ mod message;
 mod outcome;
 mod receive;
 mod send;
-mod transfers;
 #[cfg(test)]
 mod tests;
+mod transfers;
 
 use bytes::{BufMut, Bytes, BytesMut};
 

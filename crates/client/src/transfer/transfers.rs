@@ -241,7 +241,10 @@ impl Peer {
 
     /// The next message of the transfer, within the timeout. Aborts and undeliverables from
     /// the peer end the transfer here.
-    pub(super) async fn next(&self, inbox: &mut mpsc::Receiver<Reply>) -> Result<FileMessage, TransferError> {
+    pub(super) async fn next(
+        &self,
+        inbox: &mut mpsc::Receiver<Reply>,
+    ) -> Result<FileMessage, TransferError> {
         match tokio::time::timeout(self.timeout, inbox.recv()).await {
             Err(_) => {
                 Err(TransferError::Stalled { peer: self.name.clone(), timeout: self.timeout })

@@ -219,8 +219,7 @@ mod tests {
         let here = "127.0.0.1:8080";
         assert!(check_origin(&headers(None, here), &pages).is_ok(), "not a browser page");
         assert!(check_origin(&headers(Some("http://127.0.0.1:8080"), here), &pages).is_ok());
-        for foreign in ["http://evil.example", "http://127.0.0.1:8081", "null", "127.0.0.1:8080"]
-        {
+        for foreign in ["http://evil.example", "http://127.0.0.1:8081", "null", "127.0.0.1:8080"] {
             let refused = check_origin(&headers(Some(foreign), here), &pages);
             assert_eq!(refused, Err(foreign.to_owned()));
         }
