@@ -79,6 +79,23 @@ impl WebCluster {
         Self { hub, hub_addr, admin, servers, listen, pages }
     }
 
+    /// Kills server `id` as a crash would, and starts it again on the same addresses.
+    async fn restart_server(&mut self, id: usize) {
+        self.servers[id].kill().await;
+        let hub = self.hub_addr.to_string();
+        let args =
+            ["--id", &id.to_string(), "--listen", &self.listen[id], "--http", &self.pages[id]]
+                .map(str::to_owned);
+        let args: Vec<&str> = args.iter().map(String::as_str).chain(["--acms", &hub]).collect();
+        let mut server =
+            Proc::start(&format!("im-server {id} again"), &program("examples/im-server"), &args);
+        server
+            .stderr
+            .wait_for("the link to the hub", |line| line.contains("connected to hub"))
+            .await;
+        self.servers[id] = server;
+    }
+
     fn url(&self, id: usize) -> String {
         format!("http://{}/", self.pages[id])
     }
@@ -489,6 +506,36 @@ async fn a_drain_moves_the_page_to_the_other_server_and_loses_nothing() {
     alice.eval("document.querySelector('[data-key=\"#ops\"]').click()").await;
     shows(&alice, "still here?").await;
     assert!(BROWSER_PATIENCE.as_secs() > 0);
+}
+
+#[tokio::test]
+async fn a_page_that_loses_its_server_reconnects_by_itself() {
+    let Some(browser) = Browser::launch().await else { return };
+    let mut cluster = WebCluster::start().await;
+    let alice = log_in(&browser, &cluster.url(0), "alice").await;
+    let mut carol = cluster.terminal("carol", 1, &[]).await;
+    open(&alice, "carol").await;
+
+    cluster.servers[0].kill().await;
+    alice
+        .wait_for(
+            "the page to say the connection is lost",
+            "document.getElementById('banner').textContent.includes('lost; reconnecting by itself') \
+             && document.getElementById('status-text').textContent.startsWith('connection lost')",
+        )
+        .await;
+    // Typed while the server is away: sent once the page is back.
+    say(&alice, "typed while away").await;
+    cluster.restart_server(0).await;
+    alice
+        .wait_for(
+            "the page to say it reconnected",
+            "document.getElementById('banner').textContent === 'Reconnected to server 0.'",
+        )
+        .await;
+    assert_eq!(carol.stdout.next("the message typed while away").await, "alice: typed while away");
+    carol.say("@alice welcome back").await;
+    shows(&alice, "welcome back").await;
 }
 
 /// A WebSocket request to `page`'s `/ws` with `origin`, if any.
