@@ -22,7 +22,8 @@ if ! command -v schemathesis >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/schemat
         || python3 -m pip install --user --quiet --break-system-packages schemathesis
 fi
 
-# Debian's chromium, headless, renders the dashboard in tests/dashboard.rs.
+# Debian's chromium, headless, renders the dashboard in tests/dashboard.rs and runs the chat page
+# in tests/web.rs (driven over the DevTools protocol, so no chromium-driver is needed).
 if ! command -v chromium >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
