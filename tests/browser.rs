@@ -147,11 +147,7 @@ impl Browser {
         let page = Page { inner: self.inner.clone(), session };
         page.call("Page.enable", json!({})).await;
         page.call("Runtime.enable", json!({})).await;
-        page.call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": 1200, "height": 800, "deviceScaleFactor": 1, "mobile": false}),
-        )
-        .await;
+        page.set_viewport(1200, 800).await;
         page.goto(url).await;
         page
     }
@@ -239,6 +235,14 @@ impl Page {
             self.call("DOM.querySelector", json!({"nodeId": root, "selector": selector})).await;
         let files = json!([path.display().to_string()]);
         self.call("DOM.setFileInputFiles", json!({"files": files, "nodeId": node["nodeId"]})).await;
+    }
+
+    /// Shows the page in a window of `width` by `height` CSS pixels (a phone's when narrow).
+    pub async fn set_viewport(&self, width: u32, height: u32) {
+        let metrics = json!({
+            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 700
+        });
+        self.call("Emulation.setDeviceMetricsOverride", metrics).await;
     }
 
     /// A PNG of the page as it is shown.

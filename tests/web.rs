@@ -281,6 +281,22 @@ async fn pages_and_terminals_chat_across_servers() {
     if let Some(path) = std::env::var_os("ACMS_WEB_SCREENSHOT") {
         std::fs::write(path, &png).expect("write the screenshot");
     }
+
+    // At a phone's width the conversation list goes above the messages, and nothing is wider
+    // than the screen.
+    alice.set_viewport(390, 844).await;
+    alice
+        .wait_for(
+            "the phone layout",
+            "document.querySelector('.side').getBoundingClientRect().bottom \
+               <= document.getElementById('conversation').getBoundingClientRect().top + 1",
+        )
+        .await;
+    let width = alice.eval("document.documentElement.scrollWidth").await;
+    assert!(width.as_u64().is_some_and(|width| width <= 390), "wider than a phone: {width}");
+    if let Some(path) = std::env::var_os("ACMS_WEB_SCREENSHOT_PHONE") {
+        std::fs::write(path, alice.screenshot().await).expect("write the screenshot");
+    }
 }
 
 async fn say_to_everyone(page: &Page, text: &str) {
