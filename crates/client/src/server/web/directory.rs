@@ -84,12 +84,40 @@ impl WebDirectory {
         self.inner.pages.get(client).map(|web| web.clone())
     }
 
-    /// Whether `authority` (`host:port`) is the page of a server of the cluster.
+    /// Whether `authority` (`host:port`) is the page of a server of the cluster. Loopback
+    /// names are one: a page opened at `localhost:8080` is the page advertised as
+    /// `127.0.0.1:8080`.
     pub(crate) fn is_cluster_page(&self, authority: &str) -> bool {
-        self.inner.pages.iter().any(|page| page.value().eq_ignore_ascii_case(authority))
+        let authority = same_host(authority);
+        self.inner.pages.iter().any(|page| same_host(page.value()) == authority)
     }
 }
 
+/// `authority` lowercased, with any loopback host written `loopback`.
+pub(crate) fn same_host(authority: &str) -> String {
+    let authority = authority.to_ascii_lowercase();
+    let Some((host, port)) = authority.rsplit_once(':') else { return authority };
+    match host {
+        "localhost" | "127.0.0.1" | "[::1]" => format!("loopback:{port}"),
+        _ => authority,
+    }
+}
+
+/// A server message of this module.
 fn message(kind: &str, client: &str, web: &str) -> Bytes {
     Bytes::from(format!("{TAG} {kind} {client} {web}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_names_are_one_host() {
+        assert_eq!(same_host("localhost:8080"), same_host("127.0.0.1:8080"));
+        assert_eq!(same_host("[::1]:8080"), same_host("LOCALHOST:8080"));
+        assert_ne!(same_host("localhost:8080"), same_host("127.0.0.1:8081"));
+        assert_ne!(same_host("chat.example:8080"), same_host("127.0.0.1:8080"));
+        assert_eq!(same_host("Chat.Example:8080"), "chat.example:8080");
+    }
 }

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 pub(crate) use directory::WebDirectory;
+use directory::same_host;
 use socket::WebLines;
 
 use super::Clients;
@@ -194,7 +195,9 @@ fn check_origin(headers: &HeaderMap, pages: &WebDirectory) -> Result<(), String>
     let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
     let host = headers.get(header::HOST).map(|host| String::from_utf8_lossy(host.as_bytes()));
     match authority {
-        Some(authority) if host.is_some_and(|host| host.eq_ignore_ascii_case(authority)) => Ok(()),
+        Some(authority) if host.is_some_and(|host| same_host(&host) == same_host(authority)) => {
+            Ok(())
+        }
         Some(authority) if pages.is_cluster_page(authority) => Ok(()),
         _ => Err(origin),
     }
@@ -219,6 +222,7 @@ mod tests {
         let here = "127.0.0.1:8080";
         assert!(check_origin(&headers(None, here), &pages).is_ok(), "not a browser page");
         assert!(check_origin(&headers(Some("http://127.0.0.1:8080"), here), &pages).is_ok());
+        assert!(check_origin(&headers(Some("http://localhost:8080"), here), &pages).is_ok());
         for foreign in ["http://evil.example", "http://127.0.0.1:8081", "null", "127.0.0.1:8080"] {
             let refused = check_origin(&headers(Some(foreign), here), &pages);
             assert_eq!(refused, Err(foreign.to_owned()));
