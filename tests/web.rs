@@ -11,7 +11,7 @@ use std::path::Path;
 
 use acms_tests::browser::{BROWSER_PATIENCE, Browser, Page};
 use acms_tests::http::request;
-use acms_tests::process::{ADMIN_TOKEN, Proc, field_addr, program};
+use acms_tests::process::{ADMIN_TOKEN, Proc, assert_stopped_cleanly, field_addr, program};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -651,4 +651,21 @@ async fn a_misbehaving_socket_is_closed_alone() {
     assert_eq!(next_text(&mut good).await.as_deref(), Some("LOCATED good 0"));
     good.send(Message::Text("WHO big".into())).await.expect("send");
     assert_eq!(next_text(&mut good).await.as_deref(), Some("LOCATED big offline"));
+}
+
+#[tokio::test]
+async fn a_server_with_a_page_stops_cleanly_and_tells_its_browsers() {
+    let mut cluster = WebCluster::start().await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_request(&cluster.pages[0], None))
+        .await
+        .expect("connect");
+    socket.send(Message::Text("LOGIN leaving".into())).await.expect("send");
+    assert_eq!(next_text(&mut socket).await.as_deref(), Some("OK 0"));
+
+    let server = &mut cluster.servers[0];
+    server.terminate().await;
+    assert_eq!(next_text(&mut socket).await.as_deref(), Some("ERR server is shutting down"));
+    assert_eq!(next_text(&mut socket).await, None, "then the socket is closed");
+    let log = server.exits_cleanly().await;
+    assert_stopped_cleanly("im-server 0", &log);
 }
