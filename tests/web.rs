@@ -554,6 +554,29 @@ async fn a_page_that_loses_its_server_reconnects_by_itself() {
     shows(&alice, "welcome back").await;
 }
 
+#[tokio::test]
+async fn a_page_whose_user_logs_in_elsewhere_says_why_and_stops() {
+    let Some(browser) = Browser::launch().await else { return };
+    let cluster = WebCluster::start().await;
+    let alice = log_in(&browser, &cluster.url(0), "alice").await;
+    let _terminal = cluster.terminal("alice", 1, &[]).await;
+    alice
+        .wait_for(
+            "the kick",
+            "document.getElementById('banner').textContent.startsWith('Logged out:')",
+        )
+        .await;
+    assert_eq!(
+        alice.eval("document.getElementById('status-text').textContent").await,
+        json!("kicked")
+    );
+    assert_eq!(
+        alice.eval("state.stopped && state.conn === null").await,
+        json!(true),
+        "no reconnect"
+    );
+}
+
 /// A WebSocket request to `page`'s `/ws` with `origin`, if any.
 fn ws_request(
     page: &str,
