@@ -43,7 +43,9 @@ const INDEX_HTML: &str = include_str!("assets/index.html");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 const APP_JS: &str = include_str!("assets/app.js");
 const TRANSFER_JS: &str = include_str!("assets/transfer.js");
-const SHA256_JS: &str = include_str!("assets/sha256.js");
+/// js-sha256, vendored unchanged (assets/js-sha256/README.md): the incremental SHA-256 of file
+/// transfers, which `crypto.subtle` lacks.
+const SHA256_JS: &str = include_str!("assets/js-sha256/sha256.js");
 
 /// The page may run its own scripts and styles and open WebSockets (to this server or, after a
 /// drain, another of the cluster), and nothing else.

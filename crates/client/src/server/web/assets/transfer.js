@@ -1,7 +1,8 @@
 // File transfer, the same protocol as im-client's (acms_client::transfer): `FILE <peer> <message>`
 // lines relayed unread by the servers; messages `offer`, `accept`, `chunk`, `ack`, `end`, `done`,
 // `abort`; 32 KiB chunks in base64, at most 16 unacknowledged; SHA-256 of the whole file checked
-// by the receiver and confirmed to the sender.
+// by the receiver and confirmed to the sender, incrementally with js-sha256 (`sha256.create()`,
+// loaded before this file), since the browser's crypto.subtle hashes only whole buffers.
 "use strict";
 
 const CHUNK_LEN = 32 * 1024;
@@ -52,7 +53,7 @@ class Transfers {
     const t = {
       direction: "send", peer, id, name, size: file.size, bytes: 0, file,
       sent: 0, acked: 0, offset: 0, reading: false, ended: false, accepted: false,
-      hasher: new Sha256(), done: false,
+      hasher: sha256.create(), done: false,
     };
     this.sending.set(this.key(peer, id), t);
     this.view.added(t);
@@ -104,7 +105,7 @@ class Transfers {
     const name = match[2].split(/[\\/]/).pop().replace(/^\.+/, "") || "download";
     const t = {
       direction: "receive", peer, id, name, size, bytes: 0, count: 0, chunks: [],
-      hasher: new Sha256(), done: false,
+      hasher: sha256.create(), done: false,
     };
     this.receiving.set(key, t);
     this.view.added(t);
