@@ -1,227 +1,179 @@
-//! A small driver of headless Chromium over the DevTools protocol (a WebSocket with JSON
-//! commands): open pages, run script in them, give a file input its files, take screenshots.
-//! Debian's `chromium` is all it needs (scripts/test.sh installs it).
-//!
-//! Without Chromium, [`Browser::launch`] returns `None` after printing a SKIPPED line, except
-//! under `CI=true`, where it panics.
+//! Headless Chromium driven over WebDriver: [`fantoccini`] talking to Debian's `chromedriver`
+//! (package `chromium-driver`), one of each per [`Browser`]; scripts/test.sh installs both.
+//! Without them [`Browser::launch`] prints a SKIPPED line and returns `None`, except under
+//! `CI=true`, where it panics.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use fantoccini::wd::{Capabilities, WindowHandle};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio::sync::{Mutex, MutexGuard};
 
 /// How long the browser tests wait for anything: a page, a message, a transfer. Chromium on a
 /// loaded two-core machine is slow to start and to run a debug cluster's traffic.
 pub const BROWSER_PATIENCE: Duration = Duration::from_secs(60);
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
-
-/// Chromium's path, or `None` (with a message) when it is absent and this is not CI.
-pub fn chromium() -> Option<PathBuf> {
-    let found = ["chromium", "chromium-browser"].iter().find_map(|name| {
-        let path = std::env::var_os("PATH")?;
+/// The first of `names` on PATH; `None` with a message when there is none, a panic under CI.
+fn find(names: &[&str], package: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = names.iter().find_map(|name| {
         std::env::split_paths(&path).map(|dir| dir.join(name)).find(|path| path.is_file())
     });
-    let ci = std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1");
-    match found {
-        Some(path) => Some(path),
-        None if ci => panic!("chromium is missing under CI: scripts/test.sh installs it"),
-        None => {
-            eprintln!(
-                "SKIPPED: no chromium on PATH (apt-get install chromium, or scripts/test.sh)"
-            );
-            None
-        }
+    if found.is_none() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1"),
+            "{} is missing under CI: scripts/test.sh installs {package}",
+            names[0]
+        );
+        eprintln!("SKIPPED: no {} on PATH (apt-get install {package})", names[0]);
     }
+    found
 }
 
-/// A headless Chromium, killed when dropped.
+/// A headless Chromium under its own chromedriver, both killed when dropped, however the test
+/// ends.
 pub struct Browser {
-    _child: Child,
+    shared: Arc<Shared>,
+    driver: Child,
     _profile: tempfile::TempDir,
-    inner: Arc<Inner>,
 }
 
-struct Inner {
-    sink: tokio::sync::Mutex<SplitSink<Socket, Message>>,
-    pending: Pending,
-    next_id: AtomicU64,
-    /// Every event received: (session id, method).
-    events: Arc<Mutex<Vec<(String, String)>>>,
+/// The session, and the window its commands currently go to (locked across a switch and the
+/// command that follows).
+struct Shared {
+    client: Client,
+    current: Mutex<Option<WindowHandle>>,
 }
 
-/// One tab of the browser.
+/// One window of the browser.
 pub struct Page {
-    inner: Arc<Inner>,
-    session: String,
+    shared: Arc<Shared>,
+    window: WindowHandle,
 }
 
 impl Browser {
-    /// Starts Chromium, or `None` when there is none (see the module's comment).
+    /// Starts chromedriver and Chromium, or `None` when either is absent (see the module's
+    /// comment).
     pub async fn launch() -> Option<Self> {
-        let chromium = chromium()?;
+        let chromium = find(&["chromium", "chromium-browser"], "chromium")?;
+        let chromedriver = find(&["chromedriver"], "chromium-driver")?;
         let profile = tempfile::tempdir().expect("a profile directory");
-        let mut child = Command::new(&chromium)
-            .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"])
-            .args(["--disable-dev-shm-usage", "--remote-debugging-port=0"])
-            // Every tab keeps its timers and sockets running, as if it were in front.
-            .args(["--disable-background-timer-throttling", "--disable-renderer-backgrounding"])
-            .arg("--disable-backgrounding-occluded-windows")
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        let mut driver = Command::new(chromedriver)
+            .arg("--port=0")
+            // A process group of its own, which Drop ends with Chromium's processes in it.
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("chromium starts");
-        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        let endpoint = tokio::time::timeout(BROWSER_PATIENCE, async {
-            while let Some(line) = stderr.next_line().await.expect("chromium's stderr") {
-                if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                    return url.trim().to_owned();
+            .expect("chromedriver starts");
+        let mut stdout = BufReader::new(driver.stdout.take().expect("piped stdout")).lines();
+        let port = tokio::time::timeout(BROWSER_PATIENCE, async {
+            while let Some(line) = stdout.next_line().await.expect("chromedriver's output") {
+                if let Some(port) = line.split("started successfully on port ").nth(1) {
+                    return port.trim_end_matches('.').parse::<u16>().expect("a port");
                 }
             }
-            panic!("chromium exited before listening for DevTools");
+            panic!("chromedriver exited before listening");
         })
         .await
-        .expect("chromium listens for DevTools in time");
-        // Keep reading, so that Chromium never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+        .expect("chromedriver listens in time");
+        // Keep reading, so that chromedriver never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
 
-        let (socket, _) =
-            tokio_tungstenite::connect_async(&endpoint).await.expect("connect to DevTools");
-        let (sink, mut stream) = socket.split();
-        let pending = Pending::default();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let (pending_rx, events_rx) = (pending.clone(), events.clone());
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = stream.next().await {
-                let Message::Text(text) = message else { continue };
-                let Ok(value) = serde_json::from_str::<Value>(text.as_str()) else { continue };
-                if let Some(id) = value["id"].as_u64() {
-                    if let Some(reply) = pending_rx.lock().unwrap().remove(&id) {
-                        let _ = reply.send(value);
-                    }
-                } else if let Some(method) = value["method"].as_str() {
-                    let session = value["sessionId"].as_str().unwrap_or_default().to_owned();
-                    events_rx.lock().unwrap().push((session, method.to_owned()));
-                }
-            }
-        });
-        let inner = Arc::new(Inner {
-            sink: tokio::sync::Mutex::new(sink),
-            pending,
-            next_id: AtomicU64::new(1),
-            events,
-        });
-        Some(Self { _child: child, _profile: profile, inner })
+        let patience = BROWSER_PATIENCE.as_millis() as u64;
+        let capabilities: Capabilities = serde_json::from_value(json!({
+            "goog:chromeOptions": {"binary": chromium, "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-dev-shm-usage",
+                format!("--user-data-dir={}", profile.path().display()),
+                // Every window keeps its timers and sockets running, as if it were in front.
+                "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                "--disable-backgrounding-occluded-windows",
+            ]},
+            // A dialog stays open, for `Page::alert` to see.
+            "unhandledPromptBehavior": "ignore",
+            "timeouts": {"script": patience, "pageLoad": patience},
+        }))
+        .expect("capabilities");
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a WebDriver session");
+        let shared = Arc::new(Shared { client, current: Mutex::new(None) });
+        Some(Self { shared, driver, _profile: profile })
     }
 
-    /// Opens a new tab at `url` and waits until its page has loaded.
+    /// Opens a new window at `url`, 1200 by 800, and waits until its page has loaded.
     pub async fn page(&self, url: &str) -> Page {
-        let target =
-            command(&self.inner, None, "Target.createTarget", json!({"url": "about:blank"})).await;
-        let target = target["targetId"].as_str().expect("a target id").to_owned();
-        let attached = command(
-            &self.inner,
-            None,
-            "Target.attachToTarget",
-            json!({"targetId": target, "flatten": true}),
-        )
-        .await;
-        let session = attached["sessionId"].as_str().expect("a session id").to_owned();
-        let page = Page { inner: self.inner.clone(), session };
-        page.call("Page.enable", json!({})).await;
-        page.call("Runtime.enable", json!({})).await;
+        let window = self.shared.client.new_window(false).await.expect("a new window").handle;
+        let page = Page { shared: self.shared.clone(), window };
         page.set_viewport(1200, 800).await;
-        page.goto(url).await;
+        {
+            let _window = page.focus().await;
+            let loaded = page.shared.client.goto(url).await;
+            loaded.unwrap_or_else(|err| panic!("loading {url}: {err}"));
+        }
         page
     }
 }
 
-/// Sends one DevTools command and returns its result; panics on an error answer.
-async fn command(inner: &Inner, session: Option<&str>, method: &str, params: Value) -> Value {
-    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-    let mut message = json!({"id": id, "method": method, "params": params});
-    if let Some(session) = session {
-        message["sessionId"] = json!(session);
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let group = format!("-{pid}");
+            // Never a panic here: this may run while a failed test unwinds.
+            let mut kill = std::process::Command::new("kill");
+            let _ = kill.args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
+        }
     }
-    let (reply, answer) = oneshot::channel();
-    inner.pending.lock().unwrap().insert(id, reply);
-    inner
-        .sink
-        .lock()
-        .await
-        .send(Message::Text(message.to_string().into()))
-        .await
-        .expect("send to DevTools");
-    let answer = tokio::time::timeout(BROWSER_PATIENCE, answer)
-        .await
-        .unwrap_or_else(|_| panic!("no answer to {method} in time"))
-        .expect("DevTools answers");
-    if let Some(error) = answer.get("error") {
-        panic!("{method} failed: {error}");
-    }
-    answer["result"].clone()
 }
 
 impl Page {
-    async fn call(&self, method: &str, params: Value) -> Value {
-        command(&self.inner, Some(&self.session), method, params).await
-    }
-
-    /// Loads `url` and waits until its document is complete.
-    pub async fn goto(&self, url: &str) {
-        self.call("Page.navigate", json!({"url": url})).await;
-        self.wait_for(
-            "the page to load",
-            "document.readyState === 'complete' && location.href !== 'about:blank'",
-        )
-        .await;
-    }
-
-    /// Runs `expression` in the page (awaiting a promise) and returns its value.
-    pub async fn eval(&self, expression: &str) -> Value {
-        let result = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
-            )
-            .await;
-        if let Some(details) = result.get("exceptionDetails") {
-            panic!("script failed: {expression}\n{details}");
+    /// Sends the session's commands to this window until the guard is dropped.
+    async fn focus(&self) -> MutexGuard<'_, Option<WindowHandle>> {
+        let mut current = self.shared.current.lock().await;
+        if current.as_ref() != Some(&self.window) {
+            let switch = self.shared.client.switch_to_window(self.window.clone()).await;
+            switch.expect("switch to the page's window");
+            *current = Some(self.window.clone());
         }
-        result["result"]["value"].clone()
+        current
+    }
+
+    /// Runs `script` (a function body; a returned promise is awaited) and returns its value.
+    async fn execute(&self, script: &str) -> Value {
+        let _window = self.focus().await;
+        let result = self.shared.client.execute(script, Vec::new()).await;
+        result.unwrap_or_else(|err| panic!("script failed: {script}\n{err}"))
+    }
+
+    /// The value of `expression` in the page, a promise awaited.
+    pub async fn eval(&self, expression: &str) -> Value {
+        self.execute(&format!("return ({expression});")).await
+    }
+
+    /// Runs `statements` in the page.
+    pub async fn run(&self, statements: &str) {
+        self.execute(statements).await;
     }
 
     /// Waits until `condition` (a script expression) is true in the page; `what` for the
     /// failure message, with the page's text.
     pub async fn wait_for(&self, what: &str, condition: &str) {
         let deadline = tokio::time::Instant::now() + BROWSER_PATIENCE;
-        loop {
-            if self.eval(&format!("Boolean({condition})")).await == json!(true) {
-                return;
-            }
+        while self.eval(&format!("Boolean({condition})")).await != json!(true) {
             if tokio::time::Instant::now() > deadline {
                 let text = self.eval("document.body ? document.body.innerText : ''").await;
-                panic!(
-                    "timed out waiting for {what}; the page says:\n{}",
-                    text.as_str().unwrap_or_default()
-                );
+                panic!("timed out waiting for {what}; the page says:\n{}", text.as_str().unwrap());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -229,36 +181,36 @@ impl Page {
 
     /// Gives the file input matching `selector` the file at `path`, as a user picking it.
     pub async fn set_file(&self, selector: &str, path: &Path) {
-        let document = self.call("DOM.getDocument", json!({})).await;
-        let root = document["root"]["nodeId"].clone();
-        let node =
-            self.call("DOM.querySelector", json!({"nodeId": root, "selector": selector})).await;
-        let files = json!([path.display().to_string()]);
-        self.call("DOM.setFileInputFiles", json!({"files": files, "nodeId": node["nodeId"]})).await;
+        let _window = self.focus().await;
+        let input = self.shared.client.find(Locator::Css(selector)).await.expect(selector);
+        input.send_keys(&path.display().to_string()).await.expect("pick the file");
     }
 
-    /// Shows the page in a window of `width` by `height` CSS pixels (a phone's when narrow).
+    /// Shows the page in a viewport of `width` by `height` CSS pixels (a phone's when narrow).
     pub async fn set_viewport(&self, width: u32, height: u32) {
-        let metrics = json!({
-            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 700
-        });
-        self.call("Emulation.setDeviceMetricsOverride", metrics).await;
+        let client = &self.shared.client;
+        let _window = self.focus().await;
+        // WebDriver sizes the window, which adds its own frame around the viewport.
+        client.set_window_size(width, height).await.expect("size the window");
+        let inner = client.execute("return [innerWidth, innerHeight];", Vec::new()).await;
+        let (w, h): (u32, u32) = serde_json::from_value(inner.expect("the viewport")).unwrap();
+        let outer = (2 * width - w.min(width), 2 * height - h.min(height));
+        client.set_window_size(outer.0, outer.1).await.expect("size the window");
     }
 
     /// A PNG of the page as it is shown.
     pub async fn screenshot(&self) -> Vec<u8> {
-        let shot = self.call("Page.captureScreenshot", json!({"format": "png"})).await;
-        let data = shot["data"].as_str().expect("base64 data");
-        base64::engine::general_purpose::STANDARD.decode(data).expect("base64")
+        let _window = self.focus().await;
+        self.shared.client.screenshot().await.expect("a screenshot")
     }
 
-    /// The DevTools events this page has sent so far, by method name.
-    pub fn events(&self) -> Vec<String> {
-        let events = self.inner.events.lock().unwrap();
-        events
-            .iter()
-            .filter(|(session, _)| *session == self.session)
-            .map(|(_, m)| m.clone())
-            .collect()
+    /// The text of the dialog (`alert`, `confirm`, `prompt`) the page has open, if any.
+    pub async fn alert(&self) -> Option<String> {
+        let _window = self.focus().await;
+        match self.shared.client.get_alert_text().await {
+            Ok(text) => Some(text),
+            Err(err) if err.is_no_such_alert() => None,
+            Err(err) => panic!("asking for a dialog failed: {err}"),
+        }
     }
 }
