@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what the tests need (cargo-nextest, schemathesis, chromium),
+# Runs the whole test suite: installs what the tests need (cargo-nextest, schemathesis, chromium
+# and chromium-driver),
 # builds the programs the end-to-end tests start as processes, then runs the documentation
 # examples and every test of the workspace in parallel.
 set -euo pipefail
@@ -23,12 +24,16 @@ if ! command -v schemathesis >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/schemat
 fi
 
 # Debian's chromium, headless, renders the dashboard in tests/dashboard.rs and runs the chat page
-# in tests/web.rs (driven over the DevTools protocol, so no chromium-driver is needed).
-if ! command -v chromium >/dev/null 2>&1; then
+# in tests/web.rs, driven there over WebDriver by Debian's chromedriver (chromium-driver).
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
+if [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 
 cargo build --workspace --bins --examples
