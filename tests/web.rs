@@ -606,11 +606,13 @@ async fn a_socket_from_a_foreign_page_is_refused() {
         })
         .await;
     // The page's own origin, and the other server's page (where a drained page comes from).
-    for origin in [format!("http://{page}"), format!("http://{}", cluster.pages[1])] {
-        let (mut socket, _) = tokio_tungstenite::connect_async(ws_request(&page, Some(&origin)))
+    // A user each: the first socket's logout may still be under way when the second logs in.
+    let origins = [format!("http://{page}"), format!("http://{}", cluster.pages[1])];
+    for (origin, user) in origins.iter().zip(["zed", "yves"]) {
+        let (mut socket, _) = tokio_tungstenite::connect_async(ws_request(&page, Some(origin)))
             .await
             .unwrap_or_else(|err| panic!("{origin} is let in: {err}"));
-        socket.send(Message::Text("LOGIN zed".into())).await.expect("send");
+        socket.send(Message::Text(format!("LOGIN {user}").into())).await.expect("send");
         assert_eq!(next_text(&mut socket).await.as_deref(), Some("OK 0"));
         socket.close(None).await.expect("close");
     }
