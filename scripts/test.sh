@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what the tests need (cargo-nextest, schemathesis, chromium),
+# Runs the whole test suite: installs what the tests need (cargo-nextest, schemathesis, chromium
+# and chromium-driver),
 # builds the programs the end-to-end tests start as processes, then runs the documentation
 # examples and every test of the workspace in parallel.
 set -euo pipefail
@@ -22,12 +23,17 @@ if ! command -v schemathesis >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/schemat
         || python3 -m pip install --user --quiet --break-system-packages schemathesis
 fi
 
-# Debian's chromium, headless, renders the dashboard in tests/dashboard.rs.
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian's chromium, headless, renders the dashboard in tests/dashboard.rs and runs the chat page
+# in tests/web.rs, driven there over WebDriver by Debian's chromedriver (chromium-driver).
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
+if [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 
 cargo build --workspace --bins --examples

@@ -1,6 +1,7 @@
 //! Helpers for the cross-crate tests: a hub on an ephemeral port that stops when dropped, app
 //! servers built on the `Cluster` handle, and waits on events with generous deadlines.
 
+pub mod browser;
 pub mod http;
 pub mod pki;
 pub mod process;

@@ -10,6 +10,9 @@
 //! The shared secret comes from `ACMS_SECRET` (or `secret` in the config file); TLS to the hub
 //! from `--tls-ca` and its companions.
 //!
+//! With `--http ADDR` it also serves the chat page and its WebSocket there
+//! (`acms_client::server::web`): browsers are clients like the others.
+//!
 //! Run: `cargo run --release -p acms-appserver --example im-server -- --id 0 --listen 127.0.0.1:6000`
 
 use std::net::SocketAddr;
@@ -17,7 +20,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use acms_appserver::{ClientTls, Cluster, Secret, ServerId};
-use acms_client::server::{ServerSettings, advertised, serve};
+use acms_client::server::web::{WebServer, WebSettings};
+use acms_client::server::{Clients, ServerSettings, advertised};
 use acms_common::{logging, secret_from_env, signal::shutdown_on_signal};
 use anyhow::Context;
 use clap::Parser;
@@ -42,6 +46,10 @@ struct Args {
     /// address such as 0.0.0.0, loopback with the listen port, with a warning].
     #[arg(long)]
     advertise: Option<String>,
+    /// Serve the chat page and its WebSocket on this address (e.g. 127.0.0.1:8080) [default:
+    /// off].
+    #[arg(long)]
+    http: Option<SocketAddr>,
     /// Address of the ACMS hub, or several separated by commas in order of preference (hot
     /// standby) [default: 127.0.0.1:12000].
     #[arg(long)]
@@ -69,6 +77,8 @@ struct Config {
     acms: String,
     /// The client address advertised to the cluster; the listen address when empty.
     advertise: String,
+    /// Where the chat page and its WebSocket are served; off when absent.
+    http: Option<SocketAddr>,
     #[serde(with = "humantime_serde")]
     login_timeout: Duration,
     /// How long a login may wait for the hub before the client is told it is unreachable.
@@ -104,6 +114,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 6000)),
             acms: "127.0.0.1:12000".into(),
             advertise: String::new(),
+            http: None,
             login_timeout: client.login_timeout,
             hub_login_timeout: client.hub_login_timeout,
             client_queue: client.client_queue,
@@ -126,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
     config.listen = args.listen.unwrap_or(config.listen);
     config.acms = args.acms.unwrap_or(config.acms);
     config.advertise = args.advertise.unwrap_or(config.advertise);
+    config.http = args.http.or(config.http);
     if let Some(secret) = secret_from_env()? {
         config.secret = Some(secret);
     }
@@ -147,6 +159,14 @@ async fn main() -> anyhow::Result<()> {
     let advertise = advertised(&config.advertise, local)?;
     info!(id = config.id, listen = %local, %advertise, acms = %config.acms, "im-server started");
 
+    let web = match config.http {
+        Some(addr) => Some(
+            WebServer::bind(addr, &advertise, WebSettings::default())
+                .await
+                .with_context(|| format!("cannot serve the web page on {addr}"))?,
+        ),
+        None => None,
+    };
     let mut builder = Cluster::builder(ServerId(config.id), &config.acms).client_addr(advertise);
     if let Some(secret) = config.secret.clone() {
         builder = builder.secret(secret);
@@ -163,7 +183,11 @@ async fn main() -> anyhow::Result<()> {
         client_grace: config.client_grace,
         ..ServerSettings::default()
     };
-    serve(listener, cluster, events, settings, shutdown).await;
+    let clients = Clients::start(cluster, events, settings);
+    if let Some(web) = web {
+        tokio::spawn(web.serve(clients.clone(), shutdown.clone()));
+    }
+    clients.serve(listener, shutdown).await;
     info!("stopped");
     Ok(())
 }

@@ -20,13 +20,19 @@
 //! | client → server | `FILE <user> <message>` | a file-transfer message for a user, relayed unread |
 //! | server → client | `FILE <from> <message>` | a file-transfer message from a user |
 //! | server → client | `FILE-UNDELIVERABLE <to> <message>` | a file-transfer message came back: offline, or not delivered by the peer's server |
+//! | server → client | `MOVE <addr>` | the server is drained: log in at `addr`, then read this connection until it closes |
+//! | server → client | `HUB up\|down` | web clients only: the server's link to the hub came back or went down |
+//!
+//! A web browser speaks the same lines over a WebSocket, one line per text message
+//! ([`server::web`]).
 //!
 //! # Layout
 //! - [`line`]: [`ClientLine`] and [`ServerLine`], parsing and formatting.
 //! - [`client`]: [`ImClient`], connect, log in, send, receive.
 //! - [`transfer`]: file transfer between two clients: messages, flow control, files on disk.
 //! - [`server`]: the IM server's side: per-client sessions, the cluster's events into their
-//!   queues ([`server::serve`]); the example `im-server` of `acms-appserver` runs it.
+//!   queues ([`server::serve`]), and the web page with its WebSocket ([`server::web`]); the
+//!   example `im-server` of `acms-appserver` runs it.
 
 pub mod client;
 pub mod line;

@@ -149,6 +149,13 @@ pub enum ServerLine {
         /// The transfer message, as the peer's client formatted it.
         body: String,
     },
+    /// The server's link to the cluster's hub went down (`HUB down`) or came back (`HUB up`):
+    /// messages sent meanwhile wait on the server and are delivered once it is back. Sent to web
+    /// clients only.
+    Hub {
+        /// Whether the link is up.
+        up: bool,
+    },
     /// A file-transfer message this client sent could not be delivered: `to` is offline.
     FileUndeliverable {
         /// Whom it was for.
@@ -286,6 +293,11 @@ impl ServerLine {
                     Ok(Self::Broadcast { from: from.to_owned(), text: text.to_owned() })
                 }
             },
+            "HUB" => match rest {
+                "up" => Ok(Self::Hub { up: true }),
+                "down" => Ok(Self::Hub { up: false }),
+                _ => Err(bad(line, "HUB takes `up` or `down`")),
+            },
             "JOINED" if !rest.is_empty() => Ok(Self::Joined { group: rest.to_owned() }),
             "LEFT" if !rest.is_empty() => Ok(Self::Left { group: rest.to_owned() }),
             "FILE" => match word(rest) {
@@ -303,7 +315,7 @@ impl ServerLine {
             _ => Err(bad(
                 line,
                 "expected OK, MSG, GMSG, BCAST, JOINED, LEFT, UNDELIVERABLE, ERR, LOCATED, PRESENCE, \
-                 KICKED, FILE or FILE-UNDELIVERABLE",
+                 KICKED, MOVE, HUB, FILE or FILE-UNDELIVERABLE",
             )),
         }
     }
@@ -330,6 +342,7 @@ impl fmt::Display for ServerLine {
             Self::Left { group } => write!(f, "LEFT {group}"),
             Self::File { from, body } => write!(f, "FILE {from} {body}"),
             Self::FileUndeliverable { to, body } => write!(f, "FILE-UNDELIVERABLE {to} {body}"),
+            Self::Hub { up } => f.write_str(if *up { "HUB up" } else { "HUB down" }),
         }
     }
 }
@@ -404,6 +417,8 @@ mod tests {
             ServerLine::Left { group: "room".into() },
             ServerLine::File { from: "alice".into(), body: "offer 7 10 a b.txt".into() },
             ServerLine::FileUndeliverable { to: "bob".into(), body: "chunk 7 0 AAEC".into() },
+            ServerLine::Hub { up: true },
+            ServerLine::Hub { up: false },
         ];
         for line in server {
             assert_eq!(ServerLine::parse(&line.to_string()), Ok(line));
@@ -446,6 +461,8 @@ mod tests {
             "JOINED",
             "FILE alice",
             "FILE-UNDELIVERABLE",
+            "HUB",
+            "HUB maybe",
             "UNDELIVERABLE carol x",
             "UNDELIVERABLE carol (offline x",
         ] {

@@ -340,6 +340,10 @@ fn show(line: &ServerLine) -> anyhow::Result<()> {
             eprintln!("online: {user} (server {server})")
         }
         ServerLine::Presence { user, server: None } => eprintln!("offline: {user}"),
+        ServerLine::Hub { up: true } => eprintln!("the server reached the hub again"),
+        ServerLine::Hub { up: false } => {
+            eprintln!("the server lost the hub; messages wait there until it is back")
+        }
         ServerLine::Ok { .. }
         | ServerLine::Move { .. }
         | ServerLine::Kicked { .. }

@@ -9,13 +9,16 @@
 //! log line. File transfers are relayed unread, as tagged payloads ([`crate::transfer`]).
 //!
 //! # Layout
-//! - this module: [`ServerSettings`], [`serve`] (the accept loop and the bounded stop) and
-//!   [`advertised`].
-//! - `session`: one client, from `LOGIN` to its end: its lines in, its queue out.
+//! - this module: [`ServerSettings`], [`Clients`] (what every session shares, the accept loop
+//!   and the bounded stop), [`serve`] and [`advertised`].
+//! - `session`: one client, from `LOGIN` to its end: its lines in, its queue out, whatever
+//!   carries them (a TCP connection, a WebSocket).
 //! - `router`: the cluster's events into the clients' queues, and messages refused back.
+//! - [`web`]: the chat page and its WebSocket, for browsers (`im-server --http`).
 
 mod router;
 mod session;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,11 +28,14 @@ use acms_appserver::{Cluster, Events, UserId};
 use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LinesCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
+use crate::MAX_LINE_LEN;
 use router::{Outbound, Router};
+use web::WebDirectory;
 
 /// How the server treats its clients; every field has a default.
 #[derive(Debug, Clone)]
@@ -68,8 +74,67 @@ type Sessions = Arc<DashMap<UserId, mpsc::Sender<Outbound>>>;
 /// For each watched user, the local clients who have them as a friend.
 type Friends = Arc<DashMap<UserId, Vec<UserId>>>;
 
-/// Serves clients on `listener` until `shutdown` is cancelled, delivering `cluster`'s `events`
-/// to them; then waits up to the shutdown grace for the clients and the hub link to finish.
+/// The clients of one server, whatever they connect through: the cluster handle, each logged-in
+/// client's queue, the friends lists, and the tasks of the sessions. Cheap to clone: the TCP
+/// accept loop ([`Clients::serve`]) and the web server ([`web::WebServer::serve`]) share it, so a
+/// browser user is a user like any other.
+#[derive(Clone)]
+pub struct Clients {
+    cluster: Cluster,
+    sessions: Sessions,
+    friends: Friends,
+    settings: Arc<ServerSettings>,
+    tasks: TaskTracker,
+    web: WebDirectory,
+}
+
+impl Clients {
+    /// Starts delivering `cluster`'s `events` to the clients that will log in.
+    pub fn start(cluster: Cluster, events: Events, settings: ServerSettings) -> Self {
+        let sessions = Sessions::default();
+        let friends = Friends::default();
+        let web = WebDirectory::default();
+        let router = Router::new(cluster.clone(), sessions.clone(), settings.client_grace);
+        tokio::spawn(router::route_events(events, router, friends.clone(), web.clone()));
+        let settings = Arc::new(settings);
+        Self { cluster, sessions, friends, settings, tasks: TaskTracker::new(), web }
+    }
+
+    /// Serves TCP clients on `listener` until `shutdown` is cancelled; then waits up to the
+    /// shutdown grace for every client (TCP and web) and the hub link to finish.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => { warn!(error = %err, "accept failed"); continue; }
+                },
+            };
+            let clients = self.clone();
+            let shutdown = shutdown.clone();
+            let session = async move {
+                let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_LEN));
+                session::serve_client(&mut lines, &clients, shutdown, false).await;
+            };
+            self.tasks.spawn(session.instrument(info_span!("client", %peer)));
+        }
+        self.tasks.close();
+        // Whatever a client or the hub link still waits for, the server stops in bounded time.
+        let stopped = async {
+            self.tasks.wait().await;
+            self.cluster.close().await;
+        };
+        let grace = self.settings.shutdown_grace;
+        if tokio::time::timeout(grace, stopped).await.is_err() {
+            warn!(?grace, "clients or the hub link did not finish in time; stopping anyway");
+        }
+    }
+}
+
+/// Serves TCP clients on `listener` until `shutdown` is cancelled, delivering `cluster`'s
+/// `events` to them; then waits up to the shutdown grace for the clients and the hub link to
+/// finish. [`Clients::start`] and [`Clients::serve`], for a server with no web page.
 pub async fn serve(
     listener: TcpListener,
     cluster: Cluster,
@@ -77,40 +142,7 @@ pub async fn serve(
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
-    let sessions = Sessions::default();
-    let friends = Friends::default();
-    let router = Router::new(cluster.clone(), sessions.clone(), settings.client_grace);
-    tokio::spawn(router::route_events(events, router, friends.clone()));
-
-    let clients = TaskTracker::new();
-    let settings = Arc::new(settings);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => { warn!(error = %err, "accept failed"); continue; }
-            },
-        };
-        let session = session::serve_client(
-            stream,
-            cluster.clone(),
-            (sessions.clone(), friends.clone()),
-            settings.clone(),
-            shutdown.clone(),
-        );
-        clients.spawn(session.instrument(info_span!("client", %peer)));
-    }
-    clients.close();
-    // Whatever a client or the hub link still waits for, the server stops in bounded time.
-    let stopped = async {
-        clients.wait().await;
-        cluster.close().await;
-    };
-    let grace = settings.shutdown_grace;
-    if tokio::time::timeout(grace, stopped).await.is_err() {
-        warn!(?grace, "clients or the hub link did not finish in time; stopping anyway");
-    }
+    Clients::start(cluster, events, settings).serve(listener, shutdown).await;
 }
 
 /// Why an advertised address cannot be used.

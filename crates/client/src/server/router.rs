@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use super::web::WebDirectory;
 use super::{Friends, Sessions};
 use crate::{ServerLine, transfer};
 
@@ -27,7 +28,12 @@ pub(super) struct Router {
 }
 
 /// Hands every event the cluster delivers to this server to the clients it concerns.
-pub(super) async fn route_events(mut events: Events, router: Router, friends: Friends) {
+pub(super) async fn route_events(
+    mut events: Events,
+    router: Router,
+    friends: Friends,
+    web: WebDirectory,
+) {
     let cluster = &router.cluster;
     while let Some(event) = events.recv().await {
         let (users, line) = match event {
@@ -90,7 +96,10 @@ pub(super) async fn route_events(mut events: Events, router: Router, friends: Fr
                 continue;
             }
             Event::ServerMessage { from, payload } => {
-                info!(%from, text = text(&payload), "message from another server");
+                // Where the other servers' web pages are, for the MOVE of a drain.
+                if !web.handle_server_message(cluster, from, &payload).await {
+                    info!(%from, text = text(&payload), "message from another server");
+                }
                 continue;
             }
             _ => continue,
