@@ -33,6 +33,8 @@ for round in $(seq 1 "$rounds"); do
         echo "== $side $round" >&2
         "$dir/acms-bench" compare --acms-bin "$dir/acms" --out "$out/$side-$round" "$@" \
             > "$out/$side-$round.log" 2>&1 || { tail -20 "$out/$side-$round.log" >&2; exit 1; }
+        # One chart per run says nothing here; the table below is the result.
+        rm -f "$out/$side-$round/chart.png"
     done
 done
 
