@@ -646,6 +646,11 @@ impl LinkCore {
         info!(%user, %reason, "user kicked by the hub");
         self.state.users.told(version);
         self.encode(Control::Logout { users: vec![user.clone()] })?;
+        // As a logout does, after the user left the set, so a racing join cannot put them back.
+        let emptied = self.state.groups().remove_user(&user);
+        if !emptied.is_empty() {
+            self.encode(Control::Leave { groups: emptied })?;
+        }
         events.push(Event::Kicked { user, reason });
         Ok(())
     }

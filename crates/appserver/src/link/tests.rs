@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use acms_protocol::{
-    Ack, Codec, Control, Data, DataKind, Frame, SeqRange, ServerEpoch, ServerId, UserId,
+    Ack, Codec, Control, Data, DataKind, Frame, GroupId, SeqRange, ServerEpoch, ServerId, UserId,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::oneshot;
@@ -254,6 +254,36 @@ fn a_kick_takes_the_user_out_and_tells_the_app_and_the_hub() {
     core.handle_input(&mut input, t0).unwrap();
     assert_eq!(core.poll_events(), None);
     assert!(written(&mut core).is_empty());
+}
+
+#[test]
+fn a_kicked_user_leaves_their_groups_and_the_hub_hears_of_the_emptied_ones() {
+    let t0 = Instant::now();
+    let mut core = connected(t0);
+    let (al, bo) = (user("al"), user("bo"));
+    let (lobby, duo) = (GroupId::new("lobby").unwrap(), GroupId::new("duo").unwrap());
+    for who in [&al, &bo] {
+        let version = core.state.users.login(who, usize::MAX).unwrap().unwrap();
+        core.handle_command(Command::Login(who.clone(), version)).unwrap();
+    }
+    core.state.groups().join(&lobby, &al);
+    core.state.groups().join(&duo, &al);
+    core.state.groups().join(&duo, &bo);
+    written(&mut core);
+
+    let kick = Control::Kick { user: al.clone(), reason: "logged in elsewhere".to_owned() };
+    core.handle_input(&mut from_hub([Frame::Control(kick)]), t0).unwrap();
+    // A kicked user is gone as a logged-out one is: a group message is not fanned out to them,
+    // and a group they alone had here is left, so the hub stops sending its traffic here.
+    assert!(core.state.groups().groups_of("al").is_empty(), "out of every group");
+    assert_eq!(core.state.groups().members("duo", None), [bo.clone()]);
+    assert_eq!(
+        written(&mut core),
+        [
+            Frame::Control(Control::Logout { users: vec![al] }),
+            Frame::Control(Control::Leave { groups: vec![lobby] }),
+        ]
+    );
 }
 
 #[test]
