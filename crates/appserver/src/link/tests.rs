@@ -276,7 +276,7 @@ fn a_kicked_user_leaves_their_groups_and_the_hub_hears_of_the_emptied_ones() {
     // A kicked user is gone as a logged-out one is: a group message is not fanned out to them,
     // and a group they alone had here is left, so the hub stops sending its traffic here.
     assert!(core.state.groups().groups_of("al").is_empty(), "out of every group");
-    assert_eq!(core.state.groups().members("duo", None), [bo.clone()]);
+    assert_eq!(core.state.groups().members("duo", None), [bo]);
     assert_eq!(
         written(&mut core),
         [
