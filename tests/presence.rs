@@ -232,9 +232,9 @@ async fn bob_on_two_servers(hub: &TestHub) -> [TestServer; 3] {
     servers[2].login(&["carol"]).await;
     assert_eq!(hub.hub.registry().sessions("bob"), [ServerId(0), ServerId(1)]);
     for server in &servers[..2] {
-        eventually("bob known as shared", || server.cluster.shared_users() == 1).await;
+        eventually("bob known as shared", || server.cluster.multi_session_users() == 1).await;
     }
-    assert_eq!(servers[2].cluster.shared_users(), 0);
+    assert_eq!(servers[2].cluster.multi_session_users(), 0);
     servers
 }
 
@@ -280,8 +280,9 @@ async fn multi_after_a_logout_messages_stay_where_the_last_session_is() {
     s1.cluster.logout(&bob).await.unwrap();
     s1.cluster.flush().await.unwrap();
     assert_eq!(hub.hub.registry().sessions("bob"), [ServerId(0)]);
-    eventually("server 0 told bob is no longer shared", || s0.cluster.shared_users() == 0).await;
-    assert_eq!(s1.cluster.shared_users(), 0, "nothing left for a user who logged out");
+    eventually("server 0 told bob is no longer shared", || s0.cluster.multi_session_users() == 0)
+        .await;
+    assert_eq!(s1.cluster.multi_session_users(), 0, "nothing left for a user who logged out");
 
     let relayed = hub.hub.stats().relayed_frames;
     let route = s0.cluster.send_to_user(&alice, &bob, "local only".into()).await.unwrap();

@@ -321,7 +321,7 @@ impl Cluster {
 
     /// Number of users of this server that the hub says also have sessions on other servers
     /// (policy `multi`): messages to them from here go through the hub too. For monitoring.
-    pub fn shared_users(&self) -> usize {
+    pub fn multi_session_users(&self) -> usize {
         self.inner.server.users.multi_session_count()
     }
 
