@@ -20,8 +20,9 @@ use tokio::sync::{Mutex, MutexGuard};
 /// loaded two-core machine is slow to start and to run a debug cluster's traffic.
 pub const BROWSER_PATIENCE: Duration = Duration::from_secs(60);
 
-/// The first of `names` on PATH; `None` with a message when there is none, a panic under CI.
-fn find(names: &[&str], package: &str) -> Option<PathBuf> {
+/// The first of `names` on PATH; `None` with a message when there is none, a panic under CI
+/// (where scripts/test.sh installs Debian's `package`).
+pub fn find(names: &[&str], package: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let found = names.iter().find_map(|name| {
         std::env::split_paths(&path).map(|dir| dir.join(name)).find(|path| path.is_file())

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use acms_tests::browser;
 use acms_tests::http::TestAdmin;
 use acms_tests::{PATIENCE, TestHub, TestServer, user};
 use tokio::process::Command;
@@ -57,21 +58,7 @@ async fn the_summary_totals_the_cluster() {
 
 /// Chromium's path, or `None` (with a message) when it is absent and this is not CI.
 fn chromium() -> Option<PathBuf> {
-    let found = ["chromium", "chromium-browser"].iter().find_map(|name| {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path).map(|dir| dir.join(name)).find(|path| path.is_file())
-    });
-    let ci = std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1");
-    match found {
-        Some(path) => Some(path),
-        None if ci => panic!("chromium is missing under CI: scripts/test.sh installs it"),
-        None => {
-            eprintln!(
-                "SKIPPED: no chromium on PATH (apt-get install chromium, or scripts/test.sh)"
-            );
-            None
-        }
-    }
+    browser::find(&["chromium", "chromium-browser"], "chromium")
 }
 
 /// Runs headless Chromium on `url` with `args`, letting the page's script run for five seconds of
