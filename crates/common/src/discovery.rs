@@ -35,7 +35,9 @@ const MAX_INSTANCE_LEN: usize = 255;
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     /// A cluster name outside 1..=63 bytes of `[A-Za-z0-9-_.]`.
-    #[error("bad cluster name {0:?}: it must be 1 to 63 characters of A-Z, a-z, 0-9, '-', '_', '.'")]
+    #[error(
+        "bad cluster name {0:?}: it must be 1 to 63 characters of A-Z, a-z, 0-9, '-', '_', '.'"
+    )]
     BadClusterName(String),
     /// An announcement of `_acms._tcp` that cannot be a hub's.
     #[error("ignored announcement {instance:?}: {reason}")]
@@ -58,8 +60,7 @@ impl ClusterName {
     /// A name of 1 to 63 bytes of `[A-Za-z0-9-_.]`, so it fits one DNS label and a TXT value.
     pub fn new(name: impl Into<String>) -> Result<Self, DiscoveryError> {
         let name = name.into();
-        let allowed =
-            |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.');
+        let allowed = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.');
         if (1..=63).contains(&name.len()) && name.bytes().all(allowed) {
             Ok(Self(name))
         } else {
@@ -191,9 +192,7 @@ fn usable(ip: &IpAddr) -> bool {
         IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
         // A link-local IPv6 address needs the interface it was seen on, which a `SocketAddr`
         // parsed back from text would lose.
-        IpAddr::V6(v6) => {
-            !(v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local())
-        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local()),
     }
 }
 
