@@ -50,6 +50,9 @@ pub enum DiscoveryError {
     /// Multicast DNS could not be started (no usable interface, socket refused) or used.
     #[error("multicast DNS: {0}")]
     Mdns(#[from] mdns_sd::Error),
+    /// Multicast DNS stopped while browsing: no change will come any more.
+    #[error("multicast DNS stopped")]
+    Stopped,
 }
 
 /// The name of a cluster: hubs and app servers of one name find each other, and only them.
@@ -230,14 +233,20 @@ impl Browser {
         self.hubs.hubs.values()
     }
 
-    /// The next change of the set, waiting up to `timeout`; `None` if there was none by then
-    /// (or multicast DNS stopped).
-    pub fn next_change(&mut self, timeout: Duration) -> Option<Change> {
+    /// The next change of the set, waiting up to `timeout`: `Ok(None)` if there was none by
+    /// then, an error once multicast DNS has stopped.
+    pub fn next_change(&mut self, timeout: Duration) -> Result<Option<Change>, DiscoveryError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let event = self.events.recv_deadline(deadline).ok()?;
+            let event = match self.events.recv_deadline(deadline) {
+                Ok(event) => event,
+                Err(mdns_sd::RecvTimeoutError::Timeout) => return Ok(None),
+                Err(mdns_sd::RecvTimeoutError::Disconnected) => {
+                    return Err(DiscoveryError::Stopped);
+                }
+            };
             if let Some(change) = self.hubs.handle(event) {
-                return Some(change);
+                return Ok(Some(change));
             }
         }
     }
