@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need (cargo-nextest, schemathesis, chromium
-# and chromium-driver),
+# and chromium-driver, iproute2),
 # builds the programs the end-to-end tests start as processes, then runs the documentation
 # examples and every test of the workspace in parallel.
 set -euo pipefail
@@ -34,6 +34,15 @@ if [ -n "$missing" ]; then
     $sudo apt-get update -qq
     # shellcheck disable=SC2086 # one word per package
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+fi
+
+# iproute2's `ip` makes the network namespaces and veth pairs of tests/discovery.rs (multicast
+# DNS between two namespaces; loopback carries no multicast).
+if ! command -v ip >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq iproute2 >/dev/null
 fi
 
 cargo build --workspace --bins --examples

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use acms_common::discovery::ClusterName;
 use acms_protocol::Secret;
 use serde::Deserialize;
 
@@ -21,6 +22,34 @@ pub struct Config {
     pub assign: AssignConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The DNS-SD announcement on the LAN.
+    pub discovery: DiscoveryConfig,
+}
+
+/// Settings of the hub's announcement on the LAN (`[discovery]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Announce the transfer port by DNS-SD over multicast DNS (`_acms._tcp.local.`); `acms
+    /// --no-announce` turns it off. A hub whose transfer port is on loopback is never announced.
+    pub announce: bool,
+    /// The cluster's name, announced with the hub: app servers and hubs find only the hubs of
+    /// their own cluster name. 1 to 63 characters of `A-Z a-z 0-9 - _ .`.
+    #[serde(deserialize_with = "cluster_name")]
+    pub cluster_name: ClusterName,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self { announce: true, cluster_name: ClusterName::default() }
+    }
+}
+
+fn cluster_name<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<ClusterName, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    ClusterName::new(name).map_err(serde::de::Error::custom)
 }
 
 /// Settings of the admin HTTP API (`[admin]`).
@@ -373,6 +402,22 @@ mod tests {
             assert!(message.contains("must be at least 1") && message.contains(key), "{message}");
         }
         assert!(Config::from_toml("[transfer]\nmax_peer_links = 1\n").is_ok());
+    }
+
+    #[test]
+    fn discovery_settings_are_read_and_the_cluster_name_is_checked() {
+        let defaults = Config::default().discovery;
+        assert!(defaults.announce);
+        assert_eq!(defaults.cluster_name.as_str(), "acms");
+        let text = "[discovery]\nannounce = false\ncluster_name = \"prod-eu.1\"\n";
+        let config = Config::from_toml(text).unwrap();
+        assert!(!config.discovery.announce);
+        assert_eq!(config.discovery.cluster_name.as_str(), "prod-eu.1");
+        for bad in ["", "two words", "x/y"] {
+            let text = format!("[discovery]\ncluster_name = \"{bad}\"\n");
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains("cluster_name") && err.contains("1 to 63"), "{err}");
+        }
     }
 
     #[test]

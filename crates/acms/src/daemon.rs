@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ConfigError;
+use crate::announce;
+use crate::config::{ConfigError, DiscoveryConfig};
 use crate::token_file::{TokenFile, TokenFileError};
 use crate::{AdminSettings, AdminToken, Config, HttpLimits, Hub, ServerTls};
 
@@ -103,6 +104,7 @@ pub struct Daemon {
     hub: Hub,
     transfer: TcpListener,
     admin: AdminPort,
+    discovery: DiscoveryConfig,
 }
 
 impl Daemon {
@@ -116,7 +118,7 @@ impl Daemon {
             Some(tls) => Hub::with_tls(config.transfer, tls),
             None => Hub::new(config.transfer),
         };
-        Ok(Self { hub, transfer, admin })
+        Ok(Self { hub, transfer, admin, discovery: config.discovery })
     }
 
     /// The hub, for reading its registry and stats.
@@ -140,13 +142,37 @@ impl Daemon {
     }
 
     /// Serves app servers and the admin API until `shutdown` is cancelled (or the transfer port
-    /// fails), letting connections flush for the shutdown grace.
+    /// fails), letting connections flush for the shutdown grace. Announces the hub on the LAN
+    /// meanwhile (`[discovery]`), and withdraws the announcement first thing at shutdown.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DaemonError> {
-        let Self { hub, transfer, admin } = self;
+        let Self { hub, transfer, admin, discovery } = self;
+        let announced = match transfer.local_addr() {
+            Ok(addr) if discovery.announce => announce::start(
+                &discovery.cluster_name,
+                addr,
+                hub.standby().watch_role(),
+                shutdown.clone(),
+            ),
+            Ok(_) => {
+                tracing::info!("not announced on the LAN (announce = false)");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "transfer address unknown: not announced on the LAN");
+                None
+            }
+        };
         let admin = tokio::spawn(admin.serve(hub.clone(), shutdown.clone()));
         let served = hub.serve(transfer, shutdown.clone()).await;
         // The admin API stops with the hub, whatever stopped the hub.
         shutdown.cancel();
+        if let Some(announced) = announced {
+            // Bounded by the announcement's own wait; a margin for its task to be scheduled.
+            let wait = announce::UNREGISTER_WAIT + std::time::Duration::from_millis(200);
+            if tokio::time::timeout(wait, announced).await.is_err() {
+                tracing::warn!("the announcement was not withdrawn in time");
+            }
+        }
         let admin = admin.await;
         served.map_err(DaemonError::Serve)?;
         admin?.map_err(DaemonError::Admin)?;

@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`admin`]: the admin HTTP API (JSON, bearer token, OpenAPI document) and `/metrics`.
 //! - [`admin_server`]: the admin API's HTTP server: header-read deadline, connection cap.
+//! - `announce`: the hub's DNS-SD announcement on the LAN (cluster name, role, protocol
+//!   version), kept up to date with its role and withdrawn at shutdown.
 //! - [`assign`]: which app server a new client should use, by the configured policy.
 //! - [`dashboard`]: the live dashboard page at `GET /` (embedded), `GET /api/summary` and
 //!   `GET /api/hub` (active or standby, and which hub is active).
@@ -41,6 +43,7 @@
 
 pub mod admin;
 pub mod admin_server;
+mod announce;
 pub mod assign;
 mod auth;
 pub mod config;
@@ -69,7 +72,8 @@ pub use admin::{AdminSettings, AdminToken};
 pub use admin_server::HttpLimits;
 pub use assign::Policy as AssignPolicy;
 pub use config::{
-    AdminConfig, AssignConfig, Config, ConfigError, HubConfig, LogFormat, LoginConflict, TlsFiles,
+    AdminConfig, AssignConfig, Config, ConfigError, DiscoveryConfig, HubConfig, LogFormat,
+    LoginConflict, TlsFiles,
 };
 pub use daemon::{AdminPort, Daemon, DaemonError, run};
 pub use groups::Groups;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use acms::{AdminToken, Config, LogFormat, LoginConflict, ServerTls, TlsFiles};
+use acms_common::discovery::ClusterName;
 use acms_common::signal::shutdown_on_signal;
 use acms_common::{env, logging};
 use anyhow::Context;
@@ -29,6 +30,14 @@ struct Args {
     /// refuses app servers while one of them is active [default: none, always active].
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<String>>,
+    /// Do not announce this hub on the LAN (DNS-SD over multicast DNS, `_acms._tcp.local.`)
+    /// [default: announced, unless the transfer port is on loopback].
+    #[arg(long)]
+    no_announce: bool,
+    /// The cluster's name, announced on the LAN: 1 to 63 characters of A-Z a-z 0-9 - _ .
+    /// [default: acms].
+    #[arg(long)]
+    cluster_name: Option<ClusterName>,
     /// A user logging in on a second app server: `replace` kicks the older session, `multi`
     /// keeps both [default: replace].
     #[arg(long, value_enum)]
@@ -74,6 +83,12 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(peers) = args.peers {
         config.transfer.peers = peers.into_iter().filter(|peer| !peer.is_empty()).collect();
+    }
+    if args.no_announce {
+        config.discovery.announce = false;
+    }
+    if let Some(name) = args.cluster_name {
+        config.discovery.cluster_name = name;
     }
     if let Some(policy) = args.login_conflict {
         config.transfer.login_conflict = policy;

@@ -113,6 +113,8 @@ pub struct Standby {
     /// The peer hubs' addresses, as configured.
     pub(crate) peers: Vec<String>,
     active: AtomicBool,
+    /// Every change of role, for what announces it (the DNS-SD announcement).
+    role_changes: tokio::sync::watch::Sender<Role>,
     state: Mutex<State>,
     /// A gap longer than this between two heartbeats means the process was paused (SIGSTOP, a
     /// frozen VM) or starved: peers may have counted it dead and taken over meanwhile.
@@ -152,9 +154,11 @@ impl Standby {
             resumed_at: Instant::now(),
             pauses: 0,
         };
+        let role = if peers.is_empty() { Role::Active } else { Role::Standby };
         Self {
             rank: Rank { started, id },
             active: AtomicBool::new(peers.is_empty()),
+            role_changes: tokio::sync::watch::Sender::new(role),
             peers,
             state: Mutex::new(state),
             stall,
@@ -169,6 +173,11 @@ impl Standby {
     /// This hub's role now.
     pub fn role(&self) -> Role {
         if self.is_active() { Role::Active } else { Role::Standby }
+    }
+
+    /// This hub's role, now and at each change.
+    pub fn watch_role(&self) -> tokio::sync::watch::Receiver<Role> {
+        self.role_changes.subscribe()
     }
 
     /// Since a pause, until every peer was heard from again.
@@ -323,10 +332,12 @@ impl Standby {
         match (active, role) {
             (false, Role::Active) => {
                 self.active.store(true, Ordering::Release);
+                self.role_changes.send_replace(Role::Active);
                 Some(RoleChange::BecameActive)
             }
             (true, Role::Standby) => {
                 self.active.store(false, Ordering::Release);
+                self.role_changes.send_replace(Role::Standby);
                 Some(RoleChange::Yielded)
             }
             _ => None,
@@ -399,13 +410,17 @@ mod tests {
     #[test]
     fn a_hub_waits_for_every_peer_before_it_decides() {
         let standby = Standby::new(vec!["a".into(), "b".into()], STALL);
+        let roles = standby.watch_role();
         assert!(!standby.is_active());
+        assert_eq!(*roles.borrow(), Role::Standby);
         assert_eq!(standby.update(0, Seen::Unreachable, 0, 0), None);
         assert!(!standby.is_active(), "peer b not tried yet");
         assert_eq!(standby.update(1, Seen::Myself, 0, 0), Some(RoleChange::BecameActive));
         assert!(standby.is_active());
+        assert_eq!(*roles.borrow(), Role::Active);
         let rival = peer(true, 5, standby.rank);
         assert_eq!(standby.update(0, Seen::Reachable(rival), 1, 0), Some(RoleChange::Yielded));
+        assert_eq!(*roles.borrow(), Role::Standby);
         assert!(standby.refusal().contains("the active hub is a"), "{}", standby.refusal());
     }
 

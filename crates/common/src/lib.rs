@@ -7,12 +7,16 @@
 //!
 //! # Layout
 //! - [`pem`]: certificates and private keys from PEM bytes, and a version-1 certificate told apart.
+//! - `discovery` (feature `discovery`): the hubs of a cluster on a LAN, found by DNS-SD over
+//!   multicast DNS, and the cluster name they announce.
 //! - [`env`]: settings from the environment: the shared secret (`ACMS_SECRET`), any UTF-8 variable.
 //! - `signal` (feature `process`): a `CancellationToken` cancelled by SIGINT or SIGTERM.
 //! - `logging` (feature `process`): `tracing` to stderr, plain or JSON, level from `RUST_LOG`.
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "discovery")]
+pub mod discovery;
 pub mod env;
 #[cfg(feature = "process")]
 pub mod logging;

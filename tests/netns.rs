@@ -1,0 +1,125 @@
+//! A two-machine LAN made of network namespaces, for tests that need multicast (which loopback
+//! does not carry): namespaces `a` and `b` joined by a veth pair, `10.203.0.1/24` and
+//! `10.203.0.2/24`, multicast on, each with its own loopback up. Programs run inside one with
+//! [`Lan::command`]. Everything is removed when the [`Lan`] is dropped, even by a panic.
+//!
+//! Needs root and `ip` (iproute2, which `scripts/test.sh` installs). Without them a test is
+//! skipped with a `SKIPPED` line, except under `CI=true`, where that is a failure.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// One side of the [`Lan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The first namespace, `10.203.0.1`.
+    A,
+    /// The second namespace, `10.203.0.2`.
+    B,
+}
+
+/// Two namespaces on one veth link; deleted on drop.
+pub struct Lan {
+    namespaces: [String; 2],
+    /// The veth pair's end in `a`, deleted too in case it never left the root namespace.
+    veth: String,
+}
+
+/// Runs `ip ARGS`, panicking with its output if it fails.
+fn ip(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        output.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Lan {
+    /// Creates the LAN, or `None` when this machine cannot (not root, no `ip`) and the test is
+    /// to be skipped; under `CI=true` that panics instead, so CI never skips silently.
+    pub fn create(test: &str) -> Option<Self> {
+        if let Some(missing) = Self::missing() {
+            if std::env::var("CI").is_ok_and(|value| value == "true") {
+                panic!("{test} needs {missing} on CI");
+            }
+            eprintln!("SKIPPED: {test}: needs {missing}");
+            return None;
+        }
+        // Unique per process and per LAN, so parallel tests and parallel runs never collide;
+        // interface names are at most 15 bytes.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let id = format!("{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let lan = Self {
+            namespaces: [format!("acms-{id}-a"), format!("acms-{id}-b")],
+            veth: format!("av{id}a"),
+        };
+        let peer = format!("av{id}b");
+        for namespace in &lan.namespaces {
+            ip(&["netns", "add", namespace]);
+        }
+        ip(&["link", "add", &lan.veth, "type", "veth", "peer", "name", &peer]);
+        for (side, veth) in [(Side::A, &lan.veth), (Side::B, &peer)] {
+            let namespace = lan.namespace(side);
+            let addr = format!("{}/24", Self::addr(side));
+            ip(&["link", "set", veth, "netns", namespace]);
+            ip(&["-n", namespace, "addr", "add", &addr, "dev", veth]);
+            ip(&["-n", namespace, "link", "set", veth, "multicast", "on", "up"]);
+            ip(&["-n", namespace, "link", "set", "lo", "up"]);
+        }
+        Some(lan)
+    }
+
+    /// What this machine lacks for a LAN, if anything.
+    fn missing() -> Option<&'static str> {
+        let uid = Command::new("id").arg("-u").output().ok()?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return Some("root (to create network namespaces)");
+        }
+        if Command::new("ip").arg("-V").output().is_err() {
+            return Some("`ip` (iproute2)");
+        }
+        None
+    }
+
+    /// The namespace's name of `side`.
+    pub fn namespace(&self, side: Side) -> &str {
+        match side {
+            Side::A => &self.namespaces[0],
+            Side::B => &self.namespaces[1],
+        }
+    }
+
+    /// The address of `side` on the link.
+    pub fn addr(side: Side) -> Ipv4Addr {
+        match side {
+            Side::A => Ipv4Addr::new(10, 203, 0, 1),
+            Side::B => Ipv4Addr::new(10, 203, 0, 2),
+        }
+    }
+
+    /// The program and arguments that run `program ARGS` inside `side`: `ip netns exec`
+    /// replaces itself with the program, so the process started is the program itself (its pid
+    /// is the one to signal).
+    pub fn command(&self, side: Side, program: &Path, args: &[&str]) -> Vec<String> {
+        let mut command = vec!["netns".to_owned(), "exec".to_owned(), self.namespace(side).into()];
+        command.push(program.display().to_string());
+        command.extend(args.iter().map(|arg| (*arg).to_owned()));
+        command
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its end of the veth pair, and so the pair; the link is
+        // deleted by name too in case the set-up stopped before moving it. Errors are expected
+        // for whatever is already gone.
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).output();
+        for namespace in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", namespace]).output();
+        }
+    }
+}
