@@ -85,6 +85,7 @@ async fn unknown_recipient_comes_back_undeliverable() {
         to: user("nobody"),
         payload: Bytes::from_static(b"anyone?"),
         reason: acms_appserver::UndeliverableReason::Offline,
+        invitation: false,
     };
     assert_eq!(s0.next_event().await, expected);
     assert_eq!(hub.hub.stats().undeliverable, 1);

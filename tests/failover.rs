@@ -671,7 +671,7 @@ impl Gate {
 async fn next_presence(events: &mut Events) -> (String, Option<ServerId>) {
     loop {
         let event = timeout(PATIENCE, events.recv()).await.expect("an event in time");
-        if let Some(Event::Presence { user, server }) = event {
+        if let Some(Event::Presence { user, server, .. }) = event {
             return (user.as_str().to_owned(), server);
         }
     }

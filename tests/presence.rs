@@ -41,7 +41,7 @@ async fn three_servers(hub: &TestHub) -> [TestServer; 3] {
 }
 
 fn presence(name: &str, server: Option<u32>) -> Event {
-    Event::Presence { user: user(name), server: server.map(ServerId) }
+    Event::Presence { user: user(name), server: server.map(ServerId), candidates: vec![] }
 }
 
 fn message(from: &str, to: &str, text: &'static str) -> Event {

@@ -258,6 +258,7 @@ async fn a_refused_message_goes_back_to_its_sender_once_with_its_reason() {
         to: user("bob"),
         payload: Bytes::from_static(b"hello"),
         reason: UndeliverableReason::Refused("too slow".into()),
+        invitation: false,
     };
     assert_eq!(s0.next_event().await, expected);
     let extra = tokio::time::timeout(Duration::from_millis(300), s0.events.recv()).await;
@@ -315,6 +316,7 @@ async fn malformed_or_unreturnable_refusals_break_nothing() {
         to: user("carol"),
         payload: Bytes::from_static(b"hi"),
         reason: UndeliverableReason::Refused("gone".into()),
+        invitation: false,
     };
     assert_eq!(s0.next_event().await, expected);
     // Both acknowledged: the malformed one is not sent again forever.

@@ -1,5 +1,6 @@
 //! The `Presence` pushes: the AS watching a user (see `watches`) are told where that user is
-//! now, whenever a login, logout or move changes it.
+//! now, and their P2P candidates there, whenever a login, logout, move or new candidates
+//! change it.
 //!
 //! In the settle window after a hub's first registration (a start, or a failover to it) the
 //! directory is still filling: a watched user nobody has yet may be on a server that has not
@@ -21,7 +22,8 @@ pub(crate) fn settled(shared: &HubState) {
         {
             continue;
         }
-        let frame = shared.control_frame(Control::Presence { user, server: None });
+        let presence = Control::Presence { user, server: None, candidates: Vec::new() };
+        let frame = shared.control_frame(presence);
         tell(shared, watcher, frame);
     }
 }
@@ -33,16 +35,19 @@ fn tell(shared: &HubState, watcher: ServerId, frame: Bytes) {
     let _told_or_away = shared.send_frame(watcher, frame);
 }
 
-/// Tells the AS watching each changed user where that user is now. A watcher whose queue is
-/// full is disconnected (the slow-consumer rule): when it comes back it watches again and hears
-/// the current state, so nothing is missed for good.
+/// Tells the AS watching each changed user where that user is now, with their P2P candidates
+/// there. A watcher whose queue is full is disconnected (the slow-consumer rule): when it comes
+/// back it watches again and hears the current state, so nothing is missed for good.
 pub(crate) fn announce(shared: &HubState, changes: impl IntoIterator<Item = PresenceChange>) {
     for PresenceChange { user, server } in changes {
         let watchers = shared.watches.watchers(user.as_str());
         if watchers.is_empty() {
             continue;
         }
-        let frame = shared.control_frame(Control::Presence { user, server });
+        let candidates = server
+            .map(|server| shared.registry.candidates(user.as_str(), server))
+            .unwrap_or_default();
+        let frame = shared.control_frame(Control::Presence { user, server, candidates });
         for watcher in watchers {
             tell(shared, watcher, frame.clone());
         }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use acms_protocol::{Load, ServerId, UserId};
+use acms_protocol::{Candidate, Load, ServerId, UserId};
 use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -19,6 +19,7 @@ use crate::config::LoginConflict;
 use crate::forwarded::{Forwarded, Marks, lower as hold};
 use crate::outbox::{Outbox, PushError};
 
+mod candidates;
 mod directory;
 mod settle;
 
@@ -116,6 +117,9 @@ pub struct Registry {
     /// read for a user whose [`Owner::multi`] is set, and changed only under that user's entry in
     /// `users`, so the relay of everybody else never touches it.
     sessions: DashMap<UserId, Vec<ServerId>, Hasher>,
+    /// The P2P candidates of the sessions that set any, by user (see `candidates`); never read
+    /// on the relay path.
+    candidates: DashMap<UserId, Vec<(ServerId, Vec<Candidate>)>, Hasher>,
     conflict: LoginConflict,
     /// The settle window after the first registration, and the frames dropped in it for users
     /// nobody had.
@@ -183,6 +187,7 @@ impl Registry {
             servers: DashMap::default(),
             users: DashMap::default(),
             sessions: DashMap::default(),
+            candidates: DashMap::default(),
             conflict: LoginConflict::default(),
             settle: SettleWindow::new(settle),
             departures: AtomicU64::new(0),

@@ -40,7 +40,14 @@ pub struct BatchRoutes {
 
 /// Whether a send may wait for room.
 #[derive(Debug, Clone, Copy)]
-enum Wait {
+pub(crate) enum Wait {
+    Yes,
+    No,
+}
+
+/// Whether a send is an invitation ([`Cluster::invite`]) rather than a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invitation {
     Yes,
     No,
 }
@@ -340,7 +347,7 @@ impl Cluster {
         to: &UserId,
         payload: Bytes,
     ) -> Result<SentVia, ClusterError> {
-        self.send(from, to, payload, None, Wait::Yes).await
+        self.send(from, to, payload, None, Wait::Yes, Invitation::No).await
     }
 
     /// Like [`Cluster::send_to_user`], but never waits for room: fails with
@@ -351,7 +358,7 @@ impl Cluster {
         to: &UserId,
         payload: Bytes,
     ) -> Result<SentVia, ClusterError> {
-        self.send(from, to, payload, None, Wait::No).await
+        self.send(from, to, payload, None, Wait::No, Invitation::No).await
     }
 
     /// Like [`Cluster::send_to_user`], and returns a [`Receipt`] for the message's outcome.
@@ -362,24 +369,35 @@ impl Cluster {
         payload: Bytes,
     ) -> Result<Receipt, ClusterError> {
         let (receipt, rx) = oneshot::channel();
-        let route = self.send(from, to, payload, Some(receipt), Wait::Yes).await?;
+        let route = self.send(from, to, payload, Some(receipt), Wait::Yes, Invitation::No).await?;
         Ok(match route {
             SentVia::Local => Receipt::known(Outcome::Delivered { sessions: 1 }),
             SentVia::Hub => Receipt::waiting(rx),
         })
     }
 
-    async fn send(
+    /// Sends a message, or an invitation, from `from` to `to`: locally when `to` is here only,
+    /// else through the hub (and locally too when `to` has sessions elsewhere as well).
+    pub(crate) async fn send(
         &self,
         from: &UserId,
         to: &UserId,
         payload: Bytes,
         receipt: Option<oneshot::Sender<Outcome>>,
         wait: Wait,
+        invitation: Invitation,
     ) -> Result<SentVia, ClusterError> {
         let here = self.is_local(to.as_str());
+        let (kind, event): (_, fn(UserId, UserId, Bytes) -> Event) = match invitation {
+            Invitation::No => {
+                (DataKind::Unicast, |from, to, payload| Event::Message { from, to, payload })
+            }
+            Invitation::Yes => {
+                (DataKind::Invitation, |from, to, payload| Event::Invitation { from, to, payload })
+            }
+        };
         if here && !self.inner.server.users.is_multi_session(to.as_str()) {
-            let event = Event::Message { from: from.clone(), to: to.clone(), payload };
+            let event = event(from.clone(), to.clone(), payload);
             match wait {
                 Wait::Yes => self.deliver_locally(vec![event]).await?,
                 Wait::No => self.try_deliver_locally(vec![event])?,
@@ -387,7 +405,7 @@ impl Cluster {
             return Ok(SentVia::Local);
         }
         let data = Data {
-            kind: DataKind::Unicast,
+            kind,
             seq: 0,
             origin: self.inner.server_id,
             recipient: to.clone(),
@@ -400,11 +418,7 @@ impl Cluster {
         }
         let charge = charge(acms_protocol::LENGTH_PREFIX_LEN + len, self.inner.credit_cap);
         // A local user with sessions elsewhere: delivered here, and through the hub to the others.
-        let local = here.then(|| Event::Message {
-            from: from.clone(),
-            to: to.clone(),
-            payload: data.payload.clone(),
-        });
+        let local = here.then(|| event(from.clone(), to.clone(), data.payload.clone()));
         let command = Command::Data { data, receipt, here };
         match wait {
             Wait::Yes => {
@@ -541,9 +555,7 @@ impl Cluster {
         if self.is_local(user.as_str()) {
             return Ok(Some(self.inner.server_id));
         }
-        let (answer, wait) = oneshot::channel();
-        self.command(Command::Locate(user.clone(), answer)).await?;
-        wait.await.map_err(|_| ClusterError::Closed)
+        Ok(self.reach(user).await?.map(|reach| reach.server))
     }
 
     /// Subscribes this server to the presence of `users` (a friends list): an

@@ -1,5 +1,7 @@
 //! [`ClusterError`]: why a call on a [`crate::Cluster`] failed.
 
+use std::net::SocketAddr;
+
 use acms_protocol::UserId;
 
 /// Why a cluster call failed.
@@ -43,5 +45,21 @@ pub enum ClusterError {
     TooManyGroups {
         /// The limit in force.
         max: usize,
+    },
+    /// [`Cluster::set_candidates`](crate::Cluster::set_candidates) was given more candidates
+    /// than one session may have ([`acms_protocol::MAX_CANDIDATES`]); nothing was sent.
+    #[error("{count} P2P candidates, the limit is {max}")]
+    TooManyCandidates {
+        /// How many were given.
+        count: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// [`Cluster::set_candidates`](crate::Cluster::set_candidates) was given an address nobody
+    /// can send to (port 0, or an unspecified IP); nothing was sent.
+    #[error("P2P candidate {addr} cannot be sent to (port 0 or unspecified IP)")]
+    UnusableCandidate {
+        /// The address.
+        addr: SocketAddr,
     },
 }

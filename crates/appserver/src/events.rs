@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use acms_protocol::{ErrorCode, GroupId, ServerId, UserId};
+use acms_protocol::{Candidate, ErrorCode, GroupId, ServerId, UserId};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +28,9 @@ pub enum Event {
     /// the message is over the hub's frame limit, or their server's app refused it
     /// ([`Cluster::refuse`](crate::Cluster::refuse)) after it arrived there. The payload comes back
     /// so the app can tell the sender, store it or retry.
+    ///
+    /// An invitation ([`Cluster::invite`](crate::Cluster::invite)) whose recipient is online
+    /// nowhere comes back the same way, with `invitation` set.
     Undeliverable {
         /// Who sent it (a user of this server, or one who was when it was sent).
         from: UserId,
@@ -37,6 +40,8 @@ pub enum Event {
         payload: Bytes,
         /// Why.
         reason: UndeliverableReason,
+        /// It was an invitation ([`Cluster::invite`](crate::Cluster::invite)), not a message.
+        invitation: bool,
     },
     /// A watched user ([`Cluster::watch`](crate::Cluster::watch)) came online, went offline or
     /// moved; also sent once when the watch starts, and again after a reconnect to the hub, so
@@ -48,6 +53,10 @@ pub enum Event {
         /// The server they are online on now (with several sessions, the last one they logged
         /// in on); `None` when they are online nowhere.
         server: Option<ServerId>,
+        /// The P2P candidates that server set for them
+        /// ([`Cluster::set_candidates`](crate::Cluster::set_candidates)); empty when none were
+        /// set or they are offline. A change of them alone is pushed too.
+        candidates: Vec<Candidate>,
     },
     /// The hub ended a session of this server: the user logged in on another server and the
     /// hub's login-conflict policy is `replace`. The user is already logged out here; the app
@@ -85,6 +94,17 @@ pub enum Event {
         from: UserId,
         /// The users of this server it is for (the sender left out if they asked).
         to: Vec<UserId>,
+        /// The sender's bytes, as they were sent.
+        payload: Bytes,
+    },
+    /// An invitation for a user of this server ([`Cluster::invite`](crate::Cluster::invite)),
+    /// from a user of this server or another: handed over exactly once per session of `to`, like
+    /// a message, but kept apart from messages so the app can act on it (start a P2P punch).
+    Invitation {
+        /// Who sent it.
+        from: UserId,
+        /// The local user it is for.
+        to: UserId,
         /// The sender's bytes, as they were sent.
         payload: Bytes,
     },

@@ -43,6 +43,8 @@
 //! - `users`: `LocalUsers`, this server's user set: the local users, their digest and version,
 //!   the multi-session users; `login`, `logout`, `kick` and the snapshot.
 //! - `state`: what the handles and the link share: the users, the groups, the watches, limits.
+//! - `p2p`: [`Cluster::set_candidates`], [`Cluster::reach`] ([`Reach`]) and
+//!   [`Cluster::invite`]: P2P candidates in the directory and invitations between users' servers.
 //! - `refuse`: [`Cluster::refuse`], a message this server's app could not deliver going back
 //!   to its sender.
 //! - `link`: the task that owns the hub connection, a thin async shell (connect, handshake and
@@ -65,6 +67,7 @@ mod events;
 mod groups;
 mod link;
 mod load;
+mod p2p;
 mod refuse;
 mod reliable;
 mod state;
@@ -72,9 +75,13 @@ pub mod tls;
 mod users;
 mod write_queue;
 
-pub use acms_protocol::{ErrorCode, GroupId, Secret, SecretError, ServerId, UserId, UserIdError};
+pub use acms_protocol::{
+    Candidate, CandidateKind, ErrorCode, GroupId, MAX_CANDIDATES, Secret, SecretError, ServerId,
+    UserId, UserIdError,
+};
 pub use cluster::{
     BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outcome,
     Outgoing, Receipt, SentVia, UndeliverableReason,
 };
+pub use p2p::Reach;
 pub use tls::{ClientTls, TlsError};

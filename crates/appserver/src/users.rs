@@ -1,12 +1,14 @@
 //! This server's user set, in one place: the local users, the digest and version that go with
 //! them, what the hub has been told of since the last snapshot, and the users with sessions on
-//! other servers too. The handle logs users in and out through it, the link's core kicks them
-//! and takes its snapshots from it.
+//! other servers too, and the P2P candidates the app set for them. The handle logs users in and
+//! out through it, the link's core kicks them and takes its snapshots from it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use acms_protocol::{UserDigest, UserId};
+use std::collections::HashMap;
+
+use acms_protocol::{Candidate, UserDigest, UserId};
 use dashmap::DashSet;
 
 /// The number of logins and logouts that had changed the user set when one was made: each
@@ -31,7 +33,14 @@ pub(crate) struct LocalUsers {
     online: DashSet<UserId, foldhash::fast::RandomState>,
     tally: Mutex<Tally>,
     multi: MultiSessionUsers,
+    /// The P2P candidates of users online here, for those that have any. Changed under `tally`'s
+    /// lock, so a user's candidates never outlive their logout.
+    candidates: Mutex<HashMap<UserId, Vec<Candidate>>>,
 }
+
+/// The user is not online on this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotHere;
 
 /// The digest of the user set, its version, and what the link has told the current hub.
 #[derive(Debug, Default)]
@@ -47,6 +56,44 @@ struct Tally {
 impl LocalUsers {
     fn tally(&self) -> MutexGuard<'_, Tally> {
         self.tally.lock().expect("tally lock")
+    }
+
+    fn candidate_map(&self) -> MutexGuard<'_, HashMap<UserId, Vec<Candidate>>> {
+        self.candidates.lock().expect("candidates lock")
+    }
+
+    /// Sets the P2P candidates of `user`, who must be online here; an empty list clears them.
+    pub(crate) fn set_candidates(
+        &self,
+        user: &UserId,
+        candidates: Vec<Candidate>,
+    ) -> Result<(), NotHere> {
+        let _tally = self.tally();
+        if !self.online.contains(user) {
+            return Err(NotHere);
+        }
+        let mut map = self.candidate_map();
+        if candidates.is_empty() {
+            map.remove(user);
+        } else {
+            map.insert(user.clone(), candidates);
+        }
+        Ok(())
+    }
+
+    /// The P2P candidates of `user` here: `None` if they are not online here.
+    pub(crate) fn candidates(&self, user: &str) -> Option<Vec<Candidate>> {
+        let _tally = self.tally();
+        if !self.online.contains(user) {
+            return None;
+        }
+        Some(self.candidate_map().get(user).cloned().unwrap_or_default())
+    }
+
+    /// Every user online here with candidates, and theirs: sent after the snapshot's logins.
+    pub(crate) fn all_candidates(&self) -> Vec<(UserId, Vec<Candidate>)> {
+        let map = self.candidate_map();
+        map.iter().map(|(user, candidates)| (user.clone(), candidates.clone())).collect()
     }
 
     /// Whether `user` is online here.
@@ -86,6 +133,7 @@ impl LocalUsers {
         let version = {
             let mut tally = self.tally();
             self.online.remove(user)?;
+            self.candidate_map().remove(user.as_str());
             tally.digest.remove(user.as_str());
             tally.version += 1;
             SetVersion(tally.version)

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::MAX_FRAME_LEN_CEILING;
 use crate::auth::{Nonce, Proof};
+use crate::candidate::{self, Candidate};
 use crate::digest::UserDigest;
 pub use crate::error::ErrorCode;
 use crate::error::ProtocolError;
@@ -122,12 +123,16 @@ pub enum Control {
         user: UserId,
     },
     /// Hub to AS, the answer to `Locate`: the AS the user is online on (with several sessions,
-    /// the one they logged in on last), or `None` when online nowhere.
+    /// the one they logged in on last), or `None` when online nowhere, and the P2P candidates
+    /// that AS set for the user (see [`Control::Candidates`]).
     Located {
         /// The token of the `Locate`.
         token: u64,
         /// Where the user is.
         server: Option<ServerId>,
+        /// The user's candidates on that server; empty when none were set or they are offline.
+        #[serde(deserialize_with = "candidate::bounded")]
+        candidates: Vec<Candidate>,
     },
     /// AS to hub: tell this AS when any of these users comes online, goes offline or moves. The
     /// hub answers each with its current `Presence` at once. An AS sends its whole watch list
@@ -143,12 +148,16 @@ pub enum Control {
         #[serde(deserialize_with = "bounded::seq")]
         users: Vec<UserId>,
     },
-    /// Hub to the AS that watch `user`: where the user is now online, or `None` for offline.
+    /// Hub to the AS that watch `user`: where the user is now online, or `None` for offline,
+    /// and their P2P candidates there. Sent again when the candidates change.
     Presence {
         /// The watched user.
         user: UserId,
         /// Where they are now.
         server: Option<ServerId>,
+        /// The user's candidates on that server; empty when none were set or they are offline.
+        #[serde(deserialize_with = "candidate::bounded")]
+        candidates: Vec<Candidate>,
     },
     /// Hub to AS: `user` logged in on another AS and the hub's policy is `replace`: this AS must
     /// end its session (it answers with a `Logout` for the user, as for any logout).
@@ -217,6 +226,19 @@ pub enum Control {
     /// to each other (`Challenge`, `Auth`) as an AS and a hub do; with none, the loopback rule
     /// applies. The watched hub then answers `HubStatus`, and again for each `PeerStatus`.
     PeerHello(PeerHello),
+    /// AS to hub: the P2P candidates of `user`'s session on the sending AS (addresses their
+    /// client reported), replacing any earlier ones; empty clears them. At most
+    /// [`crate::MAX_CANDIDATES`], each with a port and a specified IP, or the message is
+    /// malformed. The hub keeps them while the session lasts, hands them out with the user's
+    /// place (`Located`, `Presence`) and never uses them itself. Part of the snapshot: an AS
+    /// sends them again for its users after every (re)connect, before `SnapshotDone`.
+    Candidates {
+        /// A user online on the sending AS.
+        user: UserId,
+        /// Their candidates.
+        #[serde(deserialize_with = "candidate::bounded")]
+        candidates: Vec<Candidate>,
+    },
 }
 
 /// The opening of a hub-to-hub status link (see [`Control::PeerHello`]).

@@ -56,6 +56,10 @@ pub enum DataKind {
     /// `Unicast`, to wherever the original sender is online, and returned as `Undeliverable` when
     /// they are online nowhere.
     Refused = 9,
+    /// AS to hub to AS: an invitation from one user's server to another's (a P2P "let's punch"
+    /// offer, say), routed, numbered, acknowledged and returned as `Undeliverable` exactly like
+    /// `Unicast`; the receiving AS hands it to its app as an invitation, not a message.
+    Invitation = 10,
 }
 
 impl DataKind {
@@ -101,6 +105,7 @@ impl FrameKind {
             7 => Self::Data(DataKind::BroadcastExceptSender),
             8 => Self::Data(DataKind::Server),
             9 => Self::Data(DataKind::Refused),
+            10 => Self::Data(DataKind::Invitation),
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`ids`]: [`ServerId`], [`UserId`] and [`GroupId`], validated identifiers.
 //! - [`frame`]: [`FrameKind`], the routing header ([`Route`]), owned [`Frame`]s and [`RawFrame`]s.
+//! - [`candidate`]: [`Candidate`]s, the P2P addresses of a user's client, and their limits.
 //! - [`refusal`]: [`Refusal`], the payload of a refused message on its way back to its sender.
 //! - [`control`]: [`Control`] messages and their bincode encoding.
 //! - [`digest`]: [`UserDigest`], the size and hash of a user set that both ends compare.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod candidate;
 pub mod codec;
 pub mod control;
 pub mod digest;
@@ -29,6 +31,7 @@ pub mod ids;
 pub mod refusal;
 
 pub use auth::{BadProof, Nonce, Proof, Prover, Secret, SecretError};
+pub use candidate::{Candidate, CandidateError, CandidateKind, MAX_CANDIDATES};
 pub use codec::Codec;
 pub use control::{
     Challenge, Control, ErrorCode, Hello, HubStatus, Load, PeerHello, ServerEpoch, Welcome,
@@ -43,7 +46,7 @@ pub use ids::{GroupId, ServerId, UserId, UserIdError};
 pub use refusal::Refusal;
 
 /// Version of this protocol; a peer speaking another version is refused during the handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Default limit on a frame's length (the bytes after the length prefix): 1 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 1 << 20;

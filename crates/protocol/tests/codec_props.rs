@@ -1,11 +1,13 @@
 //! Property tests of the frame codec: round trips, arbitrary split points, hostile input and limits.
 
 use acms_protocol::{
-    Ack, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame, FrameKind, GroupId, Hello,
-    HubStatus, LENGTH_PREFIX_LEN, Load, MAX_FRAME_LEN_CEILING, Nonce, PeerHello, Proof,
-    ProtocolError, Prover, RawFrame, Secret, SeqRange, ServerEpoch, ServerId, UserDigest, UserId,
-    Welcome,
+    Ack, Candidate, CandidateKind, Challenge, Codec, Control, Data, DataKind, ErrorCode, Frame,
+    FrameKind, GroupId, Hello, HubStatus, LENGTH_PREFIX_LEN, Load, MAX_CANDIDATES,
+    MAX_FRAME_LEN_CEILING, Nonce, PeerHello, Proof, ProtocolError, Prover, RawFrame, Secret,
+    SeqRange, ServerEpoch, ServerId, UserDigest, UserId, Welcome,
 };
+use std::net::SocketAddr;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -129,19 +131,29 @@ fn control_with(
             .prop_map(|(count, sum)| Control::Digest(UserDigest { count, sum })),
         Just(Control::Resync),
         (any::<u64>(), users.clone()).prop_map(|(token, user)| Control::Locate { token, user }),
-        (any::<u64>(), proptest::option::of(any::<u32>()))
-            .prop_map(|(token, server)| Control::Located { token, server: server.map(ServerId) }),
+        (any::<u64>(), proptest::option::of(any::<u32>()), candidates()).prop_map(
+            |(token, server, candidates)| Control::Located {
+                token,
+                server: server.map(ServerId),
+                candidates
+            }
+        ),
         vec(users.clone(), 0..max_users).prop_map(|users| Control::Watch { users }),
         vec(users.clone(), 0..max_users).prop_map(|users| Control::Unwatch { users }),
-        (users.clone(), proptest::option::of(any::<u32>()))
-            .prop_map(|(user, server)| Control::Presence { user, server: server.map(ServerId) }),
+        (users.clone(), proptest::option::of(any::<u32>()), candidates()).prop_map(
+            |(user, server, candidates)| Control::Presence {
+                user,
+                server: server.map(ServerId),
+                candidates
+            }
+        ),
         (users.clone(), text(max_text)).prop_map(|(user, reason)| Control::Kick { user, reason }),
         vec(group_id(), 0..max_users).prop_map(|groups| Control::Join { groups }),
         vec(group_id(), 0..max_users).prop_map(|groups| Control::Leave { groups }),
         (any::<u64>(), vec(any::<u32>().prop_map(ServerId), 0..max_users))
             .prop_map(|(seq, servers)| Control::Copies { seq, servers }),
         any::<u32>().prop_map(|id| Control::ServerDown { server: ServerId(id) }),
-        (users, any::<bool>())
+        (users.clone(), any::<bool>())
             .prop_map(|(user, elsewhere)| Control::MultiSession { user, elsewhere }),
         (any::<[u32; 5]>(), any::<u64>(), any::<Option<u32>>()).prop_map(
             |(n, memory_bytes, capacity)| {
@@ -158,7 +170,25 @@ fn control_with(
         proptest::option::of(text(max_text)).prop_map(|target| Control::Drain { target }),
         (any::<u16>(), proptest::option::of(nonce()))
             .prop_map(|(version, nonce)| Control::PeerHello(PeerHello { version, nonce })),
+        (users, candidates())
+            .prop_map(|(user, candidates)| Control::Candidates { user, candidates }),
     ]
+}
+
+/// Valid candidate lists: up to the limit, IPv4 and IPv6, usable addresses.
+fn candidates() -> impl Strategy<Value = Vec<Candidate>> {
+    let addr = prop_oneof![
+        (any::<[u8; 4]>(), 1..=u16::MAX).prop_map(|(ip, port)| {
+            let ip = if ip == [0; 4] { [10, 0, 0, 1] } else { ip };
+            SocketAddr::from((ip, port))
+        }),
+        (any::<[u16; 8]>(), 1..=u16::MAX).prop_map(|(ip, port)| {
+            let ip = if ip == [0; 8] { [0xfe80, 0, 0, 0, 0, 0, 0, 1] } else { ip };
+            SocketAddr::from((ip, port))
+        }),
+    ];
+    let kind = prop_oneof![Just(CandidateKind::Local), Just(CandidateKind::Reflexive)];
+    vec((addr, kind).prop_map(|(addr, kind)| Candidate { addr, kind }), 0..=MAX_CANDIDATES)
 }
 
 /// Group ids: the rules of user ids, short ones.
@@ -199,6 +229,7 @@ fn data_kind() -> impl Strategy<Value = DataKind> {
         1 => Just(DataKind::BroadcastExceptSender),
         1 => Just(DataKind::Server),
         1 => Just(DataKind::Refused),
+        1 => Just(DataKind::Invitation),
     ]
 }
 
@@ -354,10 +385,11 @@ fn variant_index(control: &Control) -> usize {
         Control::Load(_) => 30,
         Control::Drain { .. } => 31,
         Control::PeerHello(_) => 32,
+        Control::Candidates { .. } => 33,
     }
 }
 
-const CONTROL_VARIANTS: usize = 33;
+const CONTROL_VARIANTS: usize = 34;
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -581,7 +613,7 @@ fn frame_strategy_covers_every_variant() {
     }
     assert_eq!(controls, [true; CONTROL_VARIANTS], "control variants seen");
     assert!(unicast && undeliverable && multibyte && longest && acks);
-    assert_eq!(kinds.len(), 8, "every data kind seen: {kinds:?}");
+    assert_eq!(kinds.len(), 9, "every data kind seen: {kinds:?}");
 }
 
 #[test]
@@ -742,14 +774,29 @@ fn documented_examples() {
 
     let locate = Frame::Control(Control::Locate { token: 1, user: user("bob") });
     assert_eq!(hex(&locate.to_bytes(1024).unwrap()), "00 00 00 07 00 13 01 03 62 6f 62");
-    let located = Frame::Control(Control::Located { token: 1, server: Some(ServerId(7)) });
-    assert_eq!(hex(&located.to_bytes(1024).unwrap()), "00 00 00 05 00 14 01 01 07");
+    let located = Frame::Control(Control::Located {
+        token: 1,
+        server: Some(ServerId(7)),
+        candidates: vec![],
+    });
+    assert_eq!(hex(&located.to_bytes(1024).unwrap()), "00 00 00 06 00 14 01 01 07 00");
     let watch = Frame::Control(Control::Watch { users: vec![user("bob"), user("al")] });
     assert_eq!(hex(&watch.to_bytes(1024).unwrap()), "00 00 00 0a 00 15 02 03 62 6f 62 02 61 6c");
     let unwatch = Frame::Control(Control::Unwatch { users: vec![user("al")] });
     assert_eq!(hex(&unwatch.to_bytes(1024).unwrap()), "00 00 00 06 00 16 01 02 61 6c");
-    let presence = Frame::Control(Control::Presence { user: user("bob"), server: None });
-    assert_eq!(hex(&presence.to_bytes(1024).unwrap()), "00 00 00 07 00 17 03 62 6f 62 00");
+    let presence =
+        Frame::Control(Control::Presence { user: user("bob"), server: None, candidates: vec![] });
+    assert_eq!(hex(&presence.to_bytes(1024).unwrap()), "00 00 00 08 00 17 03 62 6f 62 00 00");
+    let reflexive = Candidate {
+        addr: SocketAddr::from(([203, 0, 113, 5], 4000)),
+        kind: CandidateKind::Reflexive,
+    };
+    let candidates =
+        Frame::Control(Control::Candidates { user: user("bob"), candidates: vec![reflexive] });
+    assert_eq!(
+        hex(&candidates.to_bytes(1024).unwrap()),
+        "00 00 00 10 00 21 03 62 6f 62 01 00 cb 00 71 05 fb a0 0f 01"
+    );
     let kick = Frame::Control(Control::Kick { user: user("bob"), reason: "moved".into() });
     assert_eq!(
         hex(&kick.to_bytes(1024).unwrap()),

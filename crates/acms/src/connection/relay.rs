@@ -182,8 +182,8 @@ impl Relay {
             let body = &frame[LENGTH_PREFIX_LEN..];
             match FrameKind::from_tag(body[0])? {
                 // A refused message goes back to its sender exactly as a message goes to its
-                // recipient: the recipient field names them.
-                FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
+                // recipient: the recipient field names them. An invitation goes as a message.
+                FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => {
                     let route = Route::parse(body)?;
                     claimed_by(server, route.origin, "frame")?;
                     let seq = route.seq;
@@ -375,7 +375,7 @@ impl Relay {
         self.own.send(Control::Copies { seq, servers: targets })
     }
 
-    /// Returns unicast (and refused) frames to this AS as undeliverable; each chunk holds whole
+    /// Returns unicast (refused, invitation) frames to this AS as undeliverable; each chunk holds whole
     /// frames. Acks among them are dropped: their origin sends its frames again and gets new ones.
     fn bounce(&mut self, chunks: &[Bytes]) -> Result<(), Close> {
         let mut back = Vec::new();
@@ -383,7 +383,10 @@ impl Relay {
             let mut chunk = chunk.clone();
             while !chunk.is_empty() {
                 let frame = RawFrame::split_first(&mut chunk)?;
-                if matches!(frame.kind()?, FrameKind::Data(DataKind::Unicast | DataKind::Refused)) {
+                if matches!(
+                    frame.kind()?,
+                    FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation)
+                ) {
                     self.shared.stats.undeliverable();
                     back.push(frame.with_data_kind(DataKind::Undeliverable)?.into_bytes());
                 }

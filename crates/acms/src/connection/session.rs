@@ -12,7 +12,7 @@ use std::time::Instant;
 use acms_protocol::{
     Control, ErrorCode, FrameKind, GroupId, RawFrame, ServerId, UserDigest, UserId,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Close, OwnQueue};
 use crate::keepalive::Silence;
@@ -151,8 +151,15 @@ impl Session {
                 Ok(())
             }
             Control::Locate { token, user } => {
-                let server = self.shared.registry.locate(user.as_str());
-                self.own.send(Control::Located { token, server })
+                let (server, candidates) = match self.shared.registry.reach(user.as_str()) {
+                    Some((server, candidates)) => (Some(server), candidates),
+                    None => (None, Vec::new()),
+                };
+                self.own.send(Control::Located { token, server, candidates })
+            }
+            Control::Candidates { user, candidates } => {
+                self.handle_candidates(user, candidates);
+                Ok(())
             }
             Control::Watch { users } => self.handle_watch(users, now),
             Control::Unwatch { users } => {
@@ -346,6 +353,26 @@ impl Session {
         }
     }
 
+    /// Keeps the P2P candidates of this server's session of `user`, and tells the servers
+    /// watching the user when that changes their place as reported. Candidates for a user this
+    /// server does not have (a logout or a move overtook them) are ignored: they would name a
+    /// session that is gone.
+    fn handle_candidates(&mut self, user: UserId, candidates: Vec<acms_protocol::Candidate>) {
+        let server = self.server;
+        if !self.users.contains(&user) {
+            debug!(%user, "candidates for a user not online on this server; ignored");
+            return;
+        }
+        match self.shared.registry.set_candidates(server, &user, candidates) {
+            None => debug!(%user, "candidates for a session no longer in the directory; ignored"),
+            Some(false) => {}
+            Some(true) => {
+                let change = PresenceChange { user, server: Some(server) };
+                presence::announce(&self.shared, [change]);
+            }
+        }
+    }
+
     /// Tells `target` to end its session of `user`, who is now on `winner` (policy `replace`).
     /// If `target` cannot be told now (its connection is closing), its snapshot will claim the
     /// user when it comes back, lose, and be told then.
@@ -368,15 +395,19 @@ impl Session {
             }
             self.shared.watches.watch(server, user.clone());
             self.watching.insert(user.clone());
-            let located = self.shared.registry.locate(user.as_str());
+            let reach = self.shared.registry.reach(user.as_str());
             // Offline in the settle window may only mean "not resynced yet": held until it ends.
-            if located.is_none()
+            if reach.is_none()
                 && self.shared.registry.settling_at(now)
                 && self.shared.watches.hold_offline(server, user.clone())
             {
                 continue;
             }
-            self.own.send(Control::Presence { user, server: located })?;
+            let (located, candidates) = match reach {
+                Some((located, candidates)) => (Some(located), candidates),
+                None => (None, Vec::new()),
+            };
+            self.own.send(Control::Presence { user, server: located, candidates })?;
         }
         Ok(())
     }

@@ -109,6 +109,8 @@ impl Registry {
     /// meanwhile stays where they are. Returns where the user is now if that changed, and the
     /// AS of their last session if they had several until now.
     pub(crate) fn logout(&self, server: ServerId, user: &str) -> Left {
+        // Whatever became of the user, this session's candidates go with it.
+        self.forget_candidates(server, user);
         let mut changed = Left::default();
         let removed = self.users.remove_if(user, |_, owner| owner.server == server && !owner.multi);
         if let Some((user, _)) = removed {

@@ -1,11 +1,12 @@
 //! What a [`crate::Cluster`] handle asks of its link: the commands the link's core takes from
 //! the command queue, with the oneshot senders that answer them.
 
-use acms_protocol::{Data, GroupId, ServerId, UserId};
+use acms_protocol::{Data, GroupId, UserId};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use crate::events::Outcome;
+use crate::p2p::Reach;
 use crate::users::SetVersion;
 
 /// What a [`crate::Cluster`] handle asks of its connection task.
@@ -32,8 +33,10 @@ pub(crate) enum Command {
         reason: String,
     },
     Flush(oneshot::Sender<()>),
-    /// Asks the hub where a user is.
-    Locate(UserId, oneshot::Sender<Option<ServerId>>),
+    /// Asks the hub where a user is, and their P2P candidates there.
+    Locate(UserId, oneshot::Sender<Option<Reach>>),
+    /// The user's P2P candidates changed: tell the hub what they are now.
+    Candidates(UserId),
     Watch(Vec<UserId>),
     Unwatch(Vec<UserId>),
     /// The group's local membership changed between none and some: tell the hub how it is now.

@@ -28,6 +28,7 @@ use super::command::Command;
 use crate::builder::ClusterBuilder;
 use crate::events::{Event, Outcome, UndeliverableReason};
 use crate::groups::Awaited;
+use crate::p2p::Reach;
 use crate::reliable::{Epoch, Received, Seq, Unacked, charge};
 use crate::state::ServerState;
 use crate::write_queue::WriteQueue;
@@ -92,8 +93,9 @@ pub(crate) struct LinkCore {
     credit_cap: usize,
     /// Room of answered messages not yet given back to the handles' credit.
     released: usize,
-    /// `locate` calls waiting for their `Located`, by token; asked again after a reconnect.
-    pub(super) locates: HashMap<u64, (UserId, oneshot::Sender<Option<ServerId>>)>,
+    /// `locate` and `reach` calls waiting for their `Located`, by token; asked again after a
+    /// reconnect.
+    pub(super) locates: HashMap<u64, (UserId, oneshot::Sender<Option<Reach>>)>,
     /// Group, broadcast and server frames sent, by sequence number, until every server they went
     /// to acknowledged them. Unicast frames are never here, so their acks pay one `is_empty`.
     pub(super) awaited: FastMap<Seq, Awaited>,
@@ -107,6 +109,9 @@ pub(crate) struct LinkCore {
     /// Refused frames sent and not yet answered; they take no retransmit credit, but count in
     /// the state's `refusing`, which stops the handles refusing past the buffer's size.
     pub(super) refusals: FastSet<Seq>,
+    /// Invitation frames sent and not yet answered: one that comes back undeliverable is told
+    /// to the app as an invitation.
+    pub(super) invitations: FastSet<Seq>,
 }
 
 impl LinkCore {
@@ -149,6 +154,7 @@ impl LinkCore {
             live: HashSet::new(),
             delivered_here: FastSet::default(),
             refusals: FastSet::default(),
+            invitations: FastSet::default(),
         }
     }
 
@@ -271,6 +277,9 @@ impl LinkCore {
                 if here {
                     self.delivered_here.insert(seq);
                 }
+                if data.kind == DataKind::Invitation {
+                    self.invitations.insert(seq);
+                }
                 if let Some(receipt) = receipt {
                     self.receipts.insert(seq, receipt);
                 }
@@ -301,6 +310,14 @@ impl LinkCore {
                 let token = self.token();
                 self.locates.insert(token, (user.clone(), answer));
                 self.encode(Control::Locate { token, user })
+            }
+            Command::Candidates(user) => {
+                // The candidates as they are now: of racing changes the last one told decides.
+                // A user who left since needs nothing: their logout clears them at the hub.
+                match self.state.users.candidates(user.as_str()) {
+                    Some(candidates) => self.encode(Control::Candidates { user, candidates }),
+                    None => Ok(()),
+                }
             }
             Command::Watch(users) => {
                 // In `watched` already (the handle put them there). Sent even for users already
@@ -356,9 +373,10 @@ impl LinkCore {
             let _ = receipt.send(outcome);
         }
         if outcome == Outcome::Offline {
+            let invitation = data.kind == DataKind::Invitation;
             let Data { recipient: to, sender: from, payload, .. } = data;
             let reason = UndeliverableReason::TooLarge;
-            self.events.push(Event::Undeliverable { from, to, payload, reason });
+            self.events.push(Event::Undeliverable { from, to, payload, reason, invitation });
         }
     }
 
@@ -518,6 +536,9 @@ impl LinkCore {
         if !self.delivered_here.is_empty() {
             self.delivered_here.remove(&seq);
         }
+        if !self.invitations.is_empty() {
+            self.invitations.remove(&seq);
+        }
         if !self.refusals.is_empty() && self.refusals.remove(&seq) {
             self.state.refusing.fetch_sub(len, Ordering::AcqRel);
         } else {
@@ -545,12 +566,15 @@ impl LinkCore {
         self.encode(Control::Digest(digest))
     }
 
-    /// The whole user set as `Login` batches, then the groups with local members as `Join`
-    /// batches, each fitting in a frame; the caller ends it with `SnapshotDone`, before which
-    /// the hub drops the groups not joined again.
+    /// The whole user set as `Login` batches, the P2P candidates of those that have any, then
+    /// the groups with local members as `Join` batches, each fitting in a frame; the caller ends
+    /// it with `SnapshotDone`, before which the hub drops the groups not joined again.
     pub(super) fn encode_snapshot(&mut self) -> Result<(), ProtocolError> {
         let users = self.state.users.snapshot();
         self.encode_users(users, |users| Control::Login { users })?;
+        for (user, candidates) in self.state.users.all_candidates() {
+            self.encode(Control::Candidates { user, candidates })?;
+        }
         let groups: Vec<GroupId> = self.state.groups().groups().cloned().collect();
         self.encode_batches(groups, |group| group.as_str().len(), |groups| Control::Join { groups })
     }
@@ -600,7 +624,8 @@ impl LinkCore {
     ) -> Result<(), ProtocolError> {
         if self.state.users.contains(from.as_str()) {
             let reason = UndeliverableReason::Refused(Refusal::new(&reason, Bytes::new()).reason);
-            self.events.push(Event::Undeliverable { from, to, payload, reason });
+            let invitation = false;
+            self.events.push(Event::Undeliverable { from, to, payload, reason, invitation });
             return Ok(());
         }
         let mut refusal = Refusal::new(&reason, payload);

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use super::core::{CoreError, LinkCore};
 use crate::events::{Event, Outcome, UndeliverableReason};
 use crate::groups::Awaited;
+use crate::p2p::Reach;
 use crate::reliable::{Epoch, Seq};
 
 impl LinkCore {
@@ -21,7 +22,7 @@ impl LinkCore {
         events: &mut Vec<Event>,
     ) -> Result<(), CoreError> {
         match raw.kind()? {
-            FrameKind::Data(DataKind::Unicast) => {
+            FrameKind::Data(kind @ (DataKind::Unicast | DataKind::Invitation)) => {
                 let route = raw.route()?;
                 let seq = Seq(route.seq);
                 if self.received.receive(route.origin, seq)
@@ -29,12 +30,13 @@ impl LinkCore {
                         && !self.delivered_here.is_empty()
                         && self.delivered_here.contains(&seq))
                 {
-                    events.push(self.event(&raw, DataKind::Unicast)?);
+                    events.push(self.event(&raw, kind)?);
                 }
             }
             FrameKind::Data(DataKind::Undeliverable) => {
                 let seq = Seq(raw.route()?.seq);
                 let refusal = !self.refusals.is_empty() && self.refusals.contains(&seq);
+                let invitation = !self.invitations.is_empty() && self.invitations.contains(&seq);
                 // A frame sent again may come back twice: the app hears of it once.
                 if self.settle(seq, Outcome::Offline) {
                     if refusal {
@@ -45,7 +47,11 @@ impl LinkCore {
                             "a message refused here cannot go back: its sender is online nowhere"
                         );
                     } else {
-                        events.push(self.event(&raw, DataKind::Undeliverable)?);
+                        let mut event = self.event(&raw, DataKind::Undeliverable)?;
+                        if let Event::Undeliverable { invitation: flag, .. } = &mut event {
+                            *flag = invitation;
+                        }
+                        events.push(event);
                     }
                 }
             }
@@ -195,12 +201,14 @@ impl LinkCore {
                 self.encode_snapshot()?;
                 self.encode(Control::SnapshotDone)?;
             }
-            Control::Located { token, server } => {
+            Control::Located { token, server, candidates } => {
                 if let Some((_, answer)) = self.locates.remove(&token) {
-                    let _ = answer.send(server);
+                    let _ = answer.send(server.map(|server| Reach { server, candidates }));
                 }
             }
-            Control::Presence { user, server } => events.push(Event::Presence { user, server }),
+            Control::Presence { user, server, candidates } => {
+                events.push(Event::Presence { user, server, candidates });
+            }
             Control::Kick { user, reason } => self.handle_kick(user, reason, events)?,
             Control::Drain { target } => {
                 info!(?target, "the hub drains this server");
@@ -272,7 +280,9 @@ impl LinkCore {
                 to: remote,
                 payload,
                 reason: UndeliverableReason::Offline,
+                invitation: false,
             },
+            DataKind::Invitation => Event::Invitation { from: remote, to: local, payload },
             _ => Event::Message { from: remote, to: local, payload },
         })
     }
@@ -289,5 +299,6 @@ fn refused_event(raw: &RawFrame) -> Result<Event, ProtocolError> {
         to: UserId::new(route.sender)?,
         payload,
         reason: UndeliverableReason::Refused(reason),
+        invitation: false,
     })
 }

@@ -224,6 +224,7 @@ async fn receipts_resolve_delivered_offline_or_timed_out() {
             to: user("bo"),
             payload: second.payload,
             reason: UndeliverableReason::Offline,
+            invitation: false,
         }]
     );
     let third = receipts.next().unwrap();

@@ -37,7 +37,7 @@ pub(super) async fn route_events(
     let cluster = &router.cluster;
     while let Some(event) = events.recv().await {
         let (users, line) = match event {
-            Event::Presence { user, server } => {
+            Event::Presence { user, server, .. } => {
                 let watchers = friends.get(&user).map(|watchers| watchers.clone());
                 let line =
                     ServerLine::Presence { user: user.to_string(), server: server.map(|id| id.0) };
@@ -64,7 +64,8 @@ pub(super) async fn route_events(
                 router.deliver(to, Outbound { line, message: Some((from, payload)) }).await;
                 continue;
             }
-            Event::Undeliverable { from, to, payload, reason } => {
+            // Invitations (and those that come back) are not part of this demo's line protocol yet.
+            Event::Undeliverable { from, to, payload, reason, invitation: false } => {
                 match transfer::from_payload(&payload) {
                     None => {
                         let (to, reason, text) =
