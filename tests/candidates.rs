@@ -10,7 +10,8 @@ use acms_appserver::{
     UndeliverableReason,
 };
 use acms_protocol::{Control, ErrorCode, Frame};
-use acms_tests::{Peer, TestHub, TestServer, next_frame, raw_hello, user, wait_link};
+use acms_tests::http::TestAdmin;
+use acms_tests::{PATIENCE, Peer, TestHub, TestServer, next_frame, raw_hello, user, wait_link};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 
@@ -85,6 +86,16 @@ async fn candidates_are_located_from_another_server_pushed_on_change_and_cleared
     assert_eq!(s1.cluster.reach(&alice).await.unwrap(), Some(expected.clone()));
     assert_eq!(s0.cluster.reach(&alice).await.unwrap(), Some(expected), "answered locally");
     assert_eq!(s1.cluster.locate(&alice).await.unwrap(), Some(ServerId(0)));
+    let admin = TestAdmin::start(&hub.hub, PATIENCE).await;
+    let view = admin.get("/api/users/alice").await.json();
+    assert_eq!(
+        view["candidates"],
+        serde_json::json!([
+            {"addr": "192.168.1.20:40000", "kind": "local"},
+            {"addr": "203.0.113.7:51000", "kind": "reflexive"},
+        ]),
+        "the admin API shows them"
+    );
 
     // The same list again changes nothing and is not pushed; a new one is.
     s0.cluster.set_candidates(&alice, alice_candidates()).await.unwrap();
