@@ -206,3 +206,33 @@ impl ClusterBuilder {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed(list: HubList) -> Vec<String> {
+        match list {
+            HubList::Fixed(hubs) => hubs,
+            HubList::Discovered(_) => panic!("addresses given: nothing is discovered"),
+        }
+    }
+
+    #[tokio::test]
+    async fn explicit_addresses_always_win_over_discovery() {
+        let shutdown = CancellationToken::new();
+        let builder = |hubs: &str| ClusterBuilder::new(ServerId(1), hubs.to_owned());
+        let prod = ClusterName::new("prod").unwrap();
+        assert_eq!(fixed(builder("10.0.0.1:12000, auto").hub_list(&shutdown)), ["10.0.0.1:12000"]);
+        let given = builder("10.0.0.1:12000").discover(prod.clone());
+        assert_eq!(fixed(given.hub_list(&shutdown)), ["10.0.0.1:12000"]);
+        let replaced = builder("auto").hubs(["10.0.0.2:12000"]).discover(prod.clone());
+        assert_eq!(fixed(replaced.hub_list(&shutdown)), ["10.0.0.2:12000"]);
+        // Neither addresses nor discovery: nothing to join (the link says so).
+        assert!(fixed(builder("").hub_list(&shutdown)).is_empty());
+        // `auto`, in any case, or a cluster name with no address: the hubs are looked for.
+        assert!(builder("AUTO").hub_list(&shutdown).is_discovered());
+        assert!(builder("").discover(prod).hub_list(&shutdown).is_discovered());
+        shutdown.cancel();
+    }
+}
