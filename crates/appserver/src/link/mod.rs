@@ -8,8 +8,9 @@
 //! written with one vectored write. When the connection fails, or a standby hub refuses it, the
 //! task tries the next hub of its list at once; after a whole pass failed it waits an
 //! exponential, jittered delay and starts over. Commands wait in the queue meanwhile. The list
-//! is the app's, or the hubs found on the LAN (`crate::discover`): a change of that list starts
-//! over from its preferred hub at once, and never interrupts a live session.
+//! is the app's, or the hubs found on the LAN (`crate::discover`): a change of that list cuts a
+//! backoff wait short (to the shortest delay) and starts over from its preferred hub; it never
+//! interrupts a live session.
 //!
 //! Parts: `core` (the exactly-once engine, no I/O) and `inbound` (its handling of the hub's
 //! frames), `command` (what the handles ask), `handshake` (connect and register).
@@ -121,13 +122,14 @@ impl Link {
         // fails before the backoff applies.
         let mut failed = 0;
         // The list the attempts so far went through: a new one (a hub found, gone or now
-        // active) starts again from its first, preferred, hub.
+        // active) starts again from its first, preferred, hub. `failed` is kept, so a list that
+        // keeps changing still meets the backoff after a pass's worth of attempts.
         let mut tried: Vec<String> = Vec::new();
         let mut said_waiting = false;
         loop {
             let hubs = self.hubs.current();
             if hubs != tried {
-                (self.current, failed, tried) = (0, 0, hubs.clone());
+                (self.current, tried) = (0, hubs.clone());
             }
             if hubs.is_empty() {
                 if !self.hubs.is_discovered() {
@@ -181,11 +183,14 @@ impl Link {
             } else {
                 warn!(%hub, error = %error, retry_in = ?delay, "hub link down");
             }
+            // A hub found on the LAN, or one that became active, is tried soon: after the
+            // shortest backoff, so announcements that flap cannot make the link spin.
+            let soonest = self.config.reconnect_min;
+            let hubs = &mut self.hubs;
             tokio::select! {
                 _ = self.ends.shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
-                // A hub found on the LAN, or one that became active, is tried at once.
-                _ = self.hubs.changed() => {}
+                _ = async { hubs.changed().await; tokio::time::sleep(soonest).await } => {}
             }
         }
         self.ends.state.send_replace(LinkState::Closed);
