@@ -212,8 +212,13 @@ async fn another_clusters_hub_and_malformed_announcements_are_ignored() {
     assert!(!said.contains(&other.transfer.to_string()), "{said}");
     assert!(!said.contains("connected to hub"), "{said}");
 
-    // The cluster's own hub comes: the server joins it, and nothing else was affected.
-    let hub = start_hub(&lan, "hub", &[], SECRET).await;
+    // The cluster's own hub comes, looking for peers too: it takes neither the other cluster's
+    // active hub nor the malformed announcements for one (it would stay standby behind an
+    // active peer), becomes active alone, and the server joins it.
+    let mut hub = start_hub(&lan, "hub", &["--peers", "auto"], SECRET).await;
+    hub.proc.stderr.wait_for("`now active`", |line| line.contains("this hub is now active")).await;
+    let view = hub.get(&lan, "/api/hub").await;
+    assert_eq!(view["peers"], serde_json::json!([]), "{view}");
     assert_eq!(connected_hub(&mut server).await, hub.transfer);
     assert_eq!(hub.server_ids(&lan).await, [0]);
     assert!(other.server_ids(&lan).await.is_empty());
