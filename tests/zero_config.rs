@@ -13,6 +13,9 @@ use acms_tests::process::{PATIENCE, Proc, field_addr, program};
 
 const SECRET: &str = "zero-config-test-secret-0123456789";
 
+/// What tells an `im-server` to find its hubs on the LAN.
+const AUTO: [&str; 2] = ["--acms", "auto"];
+
 /// An `acms` in namespace `a` with its transfer and admin addresses (the admin API is on that
 /// namespace's loopback, reached with [`Lan::connect`]).
 struct TestHub {
@@ -86,11 +89,11 @@ where
     }
 }
 
-/// An `im-server --acms auto` in namespace `b` with id `id`, `extra` flags and `secret`;
-/// returns it with the address its clients connect to.
+/// An `im-server` in namespace `b` with id `id`, `extra` flags (`--acms auto`, unless its
+/// config file says so) and `secret`; returns it with the address its clients connect to.
 async fn start_im_server(lan: &Lan, id: u32, extra: &[&str], secret: &str) -> (Proc, String) {
     let id = id.to_string();
-    let mut args = vec!["--id", &id, "--listen", "127.0.0.1:0", "--acms", "auto"];
+    let mut args = vec!["--id", &id, "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let name = format!("im-server {id}");
     let mut server = lan.start(Side::B, &name, &program("examples/im-server"), &args, Some(secret));
@@ -134,11 +137,25 @@ async fn im_servers_told_auto_find_the_hub_and_their_clients_chat() {
     let Some(lan) = Lan::create("im_servers_told_auto_find_the_hub_and_their_clients_chat") else {
         return;
     };
-    let hub = start_hub(&lan, "hub", &[], SECRET).await;
+    // A cluster of another name than the default: server 0 is told it by flag, server 1 by its
+    // config file (the shipped one, with `acms` and `cluster_name` changed).
+    let hub = start_hub(&lan, "hub", &["--cluster-name", "lan-test"], SECRET).await;
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/im-server.toml"))
+            .expect("config/im-server.toml");
+    let file = shipped
+        .replace("\nacms = \"127.0.0.1:12000\"\n", "\nacms = \"auto\"\n")
+        .replace("\ncluster_name = \"acms\"\n", "\ncluster_name = \"lan-test\"\n");
+    assert_ne!(file, shipped);
+    let config = tempfile::NamedTempFile::new().expect("a config file");
+    std::fs::write(config.path(), file).expect("write the config file");
+    let config = config.path().to_str().expect("a UTF-8 path");
+    let ways: [&[&str]; 2] =
+        [&["--acms", "auto", "--cluster-name", "lan-test"], &["--config", config]];
     let mut listen = Vec::new();
     let mut servers = Vec::new();
-    for id in 0..2 {
-        let (mut server, addr) = start_im_server(&lan, id, &[], SECRET).await;
+    for (id, extra) in (0..2).zip(ways) {
+        let (mut server, addr) = start_im_server(&lan, id, extra, SECRET).await;
         assert_eq!(connected_hub(&mut server).await, hub.transfer, "im-server {id}");
         listen.push(addr);
         servers.push(server);
@@ -153,7 +170,7 @@ async fn a_found_hub_with_another_secret_is_refused_and_reported() {
         return;
     };
     let hub = start_hub(&lan, "hub", &[], "the-hubs-secret-is-not-the-servers").await;
-    let (mut server, _) = start_im_server(&lan, 0, &[], SECRET).await;
+    let (mut server, _) = start_im_server(&lan, 0, &AUTO, SECRET).await;
     let line = server
         .stderr
         .wait_for("the refusal", |line| line.contains("hub refused this server"))
@@ -194,7 +211,7 @@ async fn another_clusters_hub_and_malformed_announcements_are_ignored() {
         announcers.push(announcer);
     }
 
-    let (mut server, listen) = start_im_server(&lan, 0, &[], SECRET).await;
+    let (mut server, listen) = start_im_server(&lan, 0, &AUTO, SECRET).await;
     // Each malformed announcement is seen, logged and ignored, in whatever order they come...
     let mut unseen: Vec<&str> = malformed.iter().map(|(instance, _, _)| *instance).collect();
     while !unseen.is_empty() {
@@ -254,7 +271,7 @@ async fn two_hubs_told_auto_converge_and_fail_over_when_the_active_one_is_killed
     let mut servers = Vec::new();
     let mut listen = Vec::new();
     for id in 0..2 {
-        let (server, addr) = start_im_server(&lan, id, &[], SECRET).await;
+        let (server, addr) = start_im_server(&lan, id, &AUTO, SECRET).await;
         servers.push(server);
         listen.push(addr);
     }
