@@ -176,7 +176,9 @@ pub struct HubConfig {
     /// (docs/FAILOVER.md). Empty: the hub is alone and always active. The hub's own address may be
     /// listed too, so every hub can share one list; it recognises and skips itself. `"auto"` (or
     /// `["auto"]`): the other hubs of this cluster name found on the LAN by DNS-SD
-    /// (`[discovery]`), followed as they come and go; they authenticate like listed ones.
+    /// (`[discovery]`), followed as they come and go; they authenticate like listed ones. The
+    /// daemon ([`crate::run`], [`crate::Daemon`]) does the looking; a [`crate::Hub`] served on its
+    /// own stays standby with `auto`.
     #[serde(deserialize_with = "peer_list")]
     pub peers: Vec<String>,
     /// Most peer hubs' status links open at once (each peer of a cluster keeps one). A peer hub

@@ -164,8 +164,8 @@ impl Standby {
         Self::with_peers(peers, active, stall)
     }
 
-    /// A hub whose peers are found on the LAN ([`Self::add_peer`]): standby until the first
-    /// search had time to find them ([`Self::handle_settled`]) and every peer found was tried.
+    /// A hub whose peers are found on the LAN (`peers = "auto"`, added as they are found):
+    /// standby until the first search had time to find them and every peer found was tried.
     pub fn discovering(stall: Duration) -> Self {
         let standby = Self::with_peers(Vec::new(), false, stall);
         standby.state.lock().expect("standby lock").settled = false;
