@@ -36,8 +36,8 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 
-# iproute2's `ip` makes the network namespaces and veth pairs of tests/discovery.rs (multicast
-# DNS between two namespaces; loopback carries no multicast).
+# iproute2's `ip` makes the network namespaces and veth pairs of tests/discovery.rs and
+# tests/zero_config.rs (multicast DNS between two namespaces; loopback carries no multicast).
 if ! command -v ip >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -117,8 +117,20 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Reply {
+    let stream = TcpStream::connect(addr).await.expect("connect to the admin API");
+    request_on(stream, addr, method, path, headers, body).await
+}
+
+/// As [`request`], over a connection already made to `addr` (from another network namespace).
+pub async fn request_on(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect to the admin API");
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));

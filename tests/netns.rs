@@ -1,15 +1,22 @@
 //! A two-machine LAN made of network namespaces, for tests that need multicast (which loopback
 //! does not carry): namespaces `a` and `b` joined by a veth pair, `10.203.0.1/24` and
 //! `10.203.0.2/24`, multicast on, each with its own loopback up. Programs run inside one with
-//! [`Lan::command`]. Everything is removed when the [`Lan`] is dropped, even by a panic.
+//! [`Lan::command`] (or started with [`Lan::start`]); the test itself reaches into one with
+//! [`Lan::connect`]. Everything is removed when the [`Lan`] is dropped, even by a panic.
 //!
 //! Needs root and `ip` (iproute2, which `scripts/test.sh` installs). Without them a test is
 //! skipped with a `SKIPPED` line, except under `CI=true`, where that is a failure.
 
-use std::net::Ipv4Addr;
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::process::{ADMIN_TOKEN, Proc};
 
 /// One side of the [`Lan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +116,46 @@ impl Lan {
         command.push(program.display().to_string());
         command.extend(args.iter().map(|arg| (*arg).to_owned()));
         command
+    }
+
+    /// Starts `program ARGS` inside `side` as [`Proc::start_env`] does (`ACMS_ADMIN_TOKEN` set
+    /// to [`ADMIN_TOKEN`], `ACMS_SECRET` to `secret`).
+    pub fn start(
+        &self,
+        side: Side,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        secret: Option<&str>,
+    ) -> Proc {
+        let command = self.command(side, program, args);
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        let env = [("ACMS_ADMIN_TOKEN", Some(ADMIN_TOKEN)), ("ACMS_SECRET", secret)];
+        Proc::start_env(name, Path::new("ip"), &command, &env)
+    }
+
+    /// A TCP connection to `addr` made from inside `side` (to reach a port bound on that
+    /// namespace's loopback, such as an admin API): a thread of its own enters the namespace,
+    /// connects, and ends; the socket stays in the namespace it was made in.
+    pub fn connect(&self, side: Side, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+        let path = format!("/var/run/netns/{}", self.namespace(side));
+        let stream = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let namespace = File::open(&path)?;
+                    // SAFETY: `setns` is given a namespace file descriptor that stays open for
+                    // the call; it moves only this thread, which ends right after connecting.
+                    let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+                    if entered != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                })
+                .join()
+                .expect("the connecting thread")
+        })?;
+        stream.set_nonblocking(true)?;
+        tokio::net::TcpStream::from_std(stream)
     }
 }
 

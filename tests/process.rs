@@ -67,6 +67,14 @@ impl Lines {
         Self { name, rx, seen: Vec::new() }
     }
 
+    /// Every line received so far, those not yet waited for included, without waiting.
+    pub fn so_far(&mut self) -> &[String] {
+        while let Ok(line) = self.rx.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     /// Waits for the next line that `matches` and returns it; lines before it are skipped.
     pub async fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + PATIENCE;

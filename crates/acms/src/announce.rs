@@ -73,15 +73,22 @@ impl Announcement {
     }
 }
 
+/// An announcement running: its task, which ends once the announcement is withdrawn, and its
+/// instance's full name (what a browser on this machine sees of this hub).
+pub(crate) struct Announced {
+    pub(crate) task: JoinHandle<()>,
+    pub(crate) instance: String,
+}
+
 /// Starts announcing the hub whose transfer port is `transfer`, its role following `roles`,
-/// until `shutdown`; the task ends once the announcement is withdrawn. `None`, with a log line,
-/// when there is nothing to announce or multicast DNS cannot start.
+/// until `shutdown`. `None`, with a log line, when there is nothing to announce or multicast
+/// DNS cannot start.
 pub(crate) fn start(
     cluster: &ClusterName,
     transfer: SocketAddr,
     roles: watch::Receiver<Role>,
     shutdown: CancellationToken,
-) -> Option<JoinHandle<()>> {
+) -> Option<Announced> {
     if transfer.ip().is_loopback() {
         // Nobody else on the LAN could reach it; and tests' hubs stay off the network.
         debug!(%transfer, "transfer port on loopback: not announced");
@@ -95,7 +102,11 @@ pub(crate) fn start(
         }
     };
     let announcement = Announcement::new(cluster, transfer);
-    Some(tokio::spawn(announce(daemon, announcement, roles, shutdown)))
+    let instance = format!("{}.{SERVICE_TYPE}", announcement.instance);
+    Some(Announced {
+        task: tokio::spawn(announce(daemon, announcement, roles, shutdown)),
+        instance,
+    })
 }
 
 async fn announce(
@@ -190,6 +201,9 @@ mod tests {
             );
         }
         // Every interface: the addresses are left to mdns-sd.
+        let resolved = announcement.service(Role::Active).unwrap().as_resolved_service();
+        let fullname = format!("{}.{SERVICE_TYPE}", announcement.instance);
+        assert_eq!(resolved.get_fullname(), fullname, "what start() reports as the instance");
         let any = Announcement::new(&cluster, "0.0.0.0:12000".parse().unwrap());
         assert!(any.service(Role::Active).unwrap().is_addr_auto());
         assert_ne!(Announcement::new(&cluster, transfer).instance, announcement.instance);

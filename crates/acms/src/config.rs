@@ -174,7 +174,12 @@ pub struct HubConfig {
     /// The other hubs of this cluster (`host:port` of their transfer ports), watched so that
     /// exactly one hub is active: a hub refuses registrations while it can reach an active peer
     /// (docs/FAILOVER.md). Empty: the hub is alone and always active. The hub's own address may be
-    /// listed too, so every hub can share one list; it recognises and skips itself.
+    /// listed too, so every hub can share one list; it recognises and skips itself. `"auto"` (or
+    /// `["auto"]`): the other hubs of this cluster name found on the LAN by DNS-SD
+    /// (`[discovery]`), followed as they come and go; they authenticate like listed ones. The
+    /// daemon ([`crate::run`], [`crate::Daemon`]) does the looking; a [`crate::Hub`] served on its
+    /// own stays standby with `auto`.
+    #[serde(deserialize_with = "peer_list")]
     pub peers: Vec<String>,
     /// Most peer hubs' status links open at once (each peer of a cluster keeps one). A peer hub
     /// past it is refused, with a log line; its links are authenticated like app servers first.
@@ -193,6 +198,31 @@ pub struct HubConfig {
     /// TLS on the transfer port. The `acms` binary reads these files and hands the result to
     /// [`crate::Hub::with_tls`]; the library itself reads no file.
     pub tls: Option<TlsFiles>,
+}
+
+/// The value of `peers` that finds the peer hubs on the LAN.
+pub const AUTO_PEERS: &str = "auto";
+
+impl HubConfig {
+    /// Whether the peer hubs are found on the LAN (`peers = "auto"`) rather than listed.
+    pub fn discovers_peers(&self) -> bool {
+        self.peers.iter().any(|peer| peer.eq_ignore_ascii_case(AUTO_PEERS))
+    }
+}
+
+/// `peers`: a list of addresses, or one string (`"auto"`, or addresses separated by commas).
+fn peer_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Peers {
+        One(String),
+        List(Vec<String>),
+    }
+    let peers = match Peers::deserialize(deserializer)? {
+        Peers::One(text) => text.split(',').map(|peer| peer.trim().to_owned()).collect(),
+        Peers::List(list) => list,
+    };
+    Ok(peers.into_iter().filter(|peer| !peer.is_empty()).collect())
 }
 
 /// The policy for a user who logs in on a second AS while online on another.
@@ -425,6 +455,17 @@ mod tests {
         let text = "[transfer]\npeers = [\"10.0.0.1:12000\", \"10.0.0.2:12000\"]\n";
         let config = Config::from_toml(text).unwrap();
         assert_eq!(config.transfer.peers, ["10.0.0.1:12000", "10.0.0.2:12000"]);
+        assert!(!config.transfer.discovers_peers());
+        let config = Config::from_toml("[transfer]\npeers = \"a:1, b:2\"\n").unwrap();
+        assert_eq!(config.transfer.peers, ["a:1", "b:2"]);
+        for text in ["peers = \"auto\"", "peers = [\"auto\"]"] {
+            let config = Config::from_toml(&format!("[transfer]\n{text}\n")).unwrap();
+            assert!(config.transfer.discovers_peers(), "{text}");
+            config.validate().expect("auto alone is valid");
+        }
+        let mixed = Config::from_toml("[transfer]\npeers = [\"auto\", \"a:1\"]\n").unwrap();
+        let err = mixed.validate().expect_err("auto with addresses").to_string();
+        assert!(err.contains("auto"), "{err}");
     }
 
     #[test]
@@ -444,6 +485,11 @@ pub enum ConfigError {
          `peers`/--peers or the TLS settings"
     )]
     PeersWithTls,
+    /// `peers` both `auto` and addresses.
+    #[error(
+        "peers is either \"auto\" (find the peer hubs on the LAN) or a list of addresses, not both"
+    )]
+    AutoPeersWithAddresses,
 }
 
 impl Config {
@@ -453,6 +499,9 @@ impl Config {
             // Peers ask each other's status over plain TCP: against a TLS port every probe would
             // fail, and each hub would think itself alone and active.
             return Err(ConfigError::PeersWithTls);
+        }
+        if self.transfer.discovers_peers() && self.transfer.peers.len() > 1 {
+            return Err(ConfigError::AutoPeersWithAddresses);
         }
         Ok(())
     }

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::announce;
 use crate::config::{ConfigError, DiscoveryConfig};
 use crate::token_file::{TokenFile, TokenFileError};
 use crate::{AdminSettings, AdminToken, Config, HttpLimits, Hub, ServerTls};
+use crate::{announce, peer_discovery};
 
 /// Why the hub could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +162,17 @@ impl Daemon {
                 None
             }
         };
+        if hub.config().discovers_peers() {
+            let own = announced.as_ref().map(|announced| announced.instance.clone());
+            if own.is_none() {
+                tracing::warn!(
+                    "peers = auto but this hub is not announced: it finds its peers, but they cannot find it"
+                );
+            }
+            let shared = hub.shared().clone();
+            let cluster = discovery.cluster_name.clone();
+            tokio::spawn(peer_discovery::run(shared, cluster, own, shutdown.clone()));
+        }
         let admin = tokio::spawn(admin.serve(hub.clone(), shutdown.clone()));
         let served = hub.serve(transfer, shutdown.clone()).await;
         // The admin API stops with the hub, whatever stopped the hub.
@@ -169,7 +180,7 @@ impl Daemon {
         if let Some(announced) = announced {
             // Bounded by the announcement's own wait; a margin for its task to be scheduled.
             let wait = announce::UNREGISTER_WAIT + std::time::Duration::from_millis(200);
-            if tokio::time::timeout(wait, announced).await.is_err() {
+            if tokio::time::timeout(wait, announced.task).await.is_err() {
                 tracing::warn!("the announcement was not withdrawn in time");
             }
         }

@@ -147,7 +147,8 @@ pub struct HubView {
     /// This hub was paused (or starved) past `keepalive_timeout` and has not yet heard from
     /// every peer again; meanwhile it counts none of its servers.
     pub resuming: bool,
-    /// Every configured peer hub, in the configured order; empty for a hub alone.
+    /// Every peer hub: those configured, in the configured order, or those found on the LAN
+    /// (`peers = "auto"`), in the order found; empty for a hub alone.
     pub peers: Vec<PeerHubView>,
 }
 

@@ -108,7 +108,9 @@ impl Hub {
         let tls = self.shared.tls.is_some();
         info!(transfer = %listener.local_addr()?, tls, "accepting app servers");
         let tracker = TaskTracker::new();
-        for index in 0..config.peers.len() {
+        // Peers found on the LAN get their watchers from `peer_discovery`.
+        let configured = if config.discovers_peers() { 0 } else { config.peers.len() };
+        for index in 0..configured {
             let peer = config.peers[index].clone();
             tracker.spawn(
                 peer_watch::watch(self.shared.clone(), index, shutdown.clone())
@@ -117,7 +119,11 @@ impl Hub {
         }
         if !config.peers.is_empty() {
             tracker.spawn(peer_watch::heartbeat(self.shared.clone(), shutdown.clone()));
-            info!(peers = ?config.peers, "standby until the peer hubs are asked which one is active");
+            if config.discovers_peers() {
+                info!("standby until the peer hubs found on the LAN are asked which one is active");
+            } else {
+                info!(peers = ?config.peers, "standby until the peer hubs are asked which one is active");
+            }
         }
         let slots = Arc::new(Semaphore::new(config.max_connections));
         loop {

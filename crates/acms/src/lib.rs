@@ -39,7 +39,8 @@
 //! - [`groups`]: which servers have members of which group.
 //! - [`stats`]: counters of what the hub relayed and refused, and the sampled relay latency.
 //! - [`standby`]: hot standby: which hub of a cluster is active, and what it answers a peer
-//!   hub's status link; `peer_watch`: the links that watch the peer hubs.
+//!   hub's status link; `peer_watch`: the links that watch the peer hubs; `peer_discovery`:
+//!   the peer hubs found on the LAN (`peers = "auto"`).
 
 pub mod admin;
 pub mod admin_server;
@@ -56,6 +57,7 @@ pub mod hub;
 mod keepalive;
 pub mod metrics;
 pub mod outbox;
+mod peer_discovery;
 mod peer_watch;
 mod presence;
 mod push;

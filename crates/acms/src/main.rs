@@ -27,7 +27,8 @@ struct Args {
     #[arg(long)]
     admin: Option<SocketAddr>,
     /// The other hubs of this cluster (their transfer addresses), for hot standby: this hub
-    /// refuses app servers while one of them is active [default: none, always active].
+    /// refuses app servers while one of them is active; `auto` finds the hubs of
+    /// --cluster-name on the LAN [default: none, always active].
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<String>>,
     /// Do not announce this hub on the LAN (DNS-SD over multicast DNS, `_acms._tcp.local.`)

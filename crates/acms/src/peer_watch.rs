@@ -56,10 +56,11 @@ pub(crate) async fn heartbeat(shared: Arc<HubState>, shutdown: CancellationToken
     }
 }
 
-/// Watches peer `index` until shutdown: one connection at a time, a status request every
+/// Watches the peer of `slot` until shutdown: one connection at a time, a status request every
 /// `keepalive_interval`, and a new connection after any failure.
-pub(crate) async fn watch(shared: Arc<HubState>, index: usize, shutdown: CancellationToken) {
-    let addr = shared.standby.peers[index].clone();
+pub(crate) async fn watch(shared: Arc<HubState>, slot: usize, shutdown: CancellationToken) {
+    let Some(addr) = shared.standby.peer_addr(slot) else { return };
+    let index = slot;
     let interval = shared.config.keepalive_interval;
     let mut reachable = None;
     loop {
@@ -212,7 +213,14 @@ async fn next_control(
 /// Records what was learnt of a peer and acts on a change of role.
 fn report(shared: &HubState, index: usize, seen: Seen, asked: u64) {
     let servers = shared.registry.connected_count();
-    match shared.standby.update(index, seen, servers, asked) {
+    act(shared, shared.standby.update(index, seen, servers, asked));
+}
+
+/// Acts on a change of this hub's role: a hub that yields closes its app servers, so they move
+/// to the active one.
+pub(crate) fn act(shared: &HubState, change: Option<RoleChange>) {
+    let servers = shared.registry.connected_count();
+    match change {
         Some(RoleChange::BecameActive) => {
             info!(servers, "this hub is now active: accepting app servers")
         }

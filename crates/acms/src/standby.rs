@@ -110,8 +110,6 @@ pub(crate) enum RoleChange {
 #[derive(Debug)]
 pub struct Standby {
     pub(crate) rank: Rank,
-    /// The peer hubs' addresses, as configured.
-    pub(crate) peers: Vec<String>,
     active: AtomicBool,
     /// Every change of role, for what announces it (the DNS-SD announcement).
     role_changes: tokio::sync::watch::Sender<Role>,
@@ -121,9 +119,24 @@ pub struct Standby {
     stall: Duration,
 }
 
+/// One peer hub: configured, or found on the LAN (`peers = "auto"`).
+#[derive(Debug, Clone)]
+struct Peer {
+    /// What its watcher is told to find it by: its index in a configured list, or a number
+    /// given when it was found.
+    slot: usize,
+    addr: String,
+    seen: Seen,
+}
+
 #[derive(Debug)]
 struct State {
-    seen: Vec<Seen>,
+    peers: Vec<Peer>,
+    /// The next slot given to a peer found on the LAN.
+    next_slot: usize,
+    /// Whether the hub may decide: at once with configured peers; with peers found on the LAN,
+    /// once the first search had time to find them ([`Standby::handle_settled`]).
+    settled: bool,
     /// The latest heartbeat.
     beat: Instant,
     /// Since a pause, for at least `stall` and until every peer was heard from again: the hub
@@ -142,24 +155,43 @@ impl Standby {
     /// A hub with these peers: alone (no peers) it is active at once, otherwise standby until it
     /// has tried every peer. A gap of more than `stall` between heartbeats counts as a pause.
     pub fn new(peers: Vec<String>, stall: Duration) -> Self {
+        let active = peers.is_empty();
+        let peers: Vec<Peer> = peers
+            .into_iter()
+            .enumerate()
+            .map(|(slot, addr)| Peer { slot, addr, seen: Seen::Unknown })
+            .collect();
+        Self::with_peers(peers, active, stall)
+    }
+
+    /// A hub whose peers are found on the LAN (`peers = "auto"`, added as they are found):
+    /// standby until the first search had time to find them and every peer found was tried.
+    pub fn discovering(stall: Duration) -> Self {
+        let standby = Self::with_peers(Vec::new(), false, stall);
+        standby.state.lock().expect("standby lock").settled = false;
+        standby
+    }
+
+    fn with_peers(peers: Vec<Peer>, active: bool, stall: Duration) -> Self {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos() as u64);
         let random = Nonce::random().0;
         let id = u64::from_le_bytes(random[..8].try_into().expect("8 bytes"));
         let state = State {
-            seen: vec![Seen::Unknown; peers.len()],
+            next_slot: peers.len(),
+            peers,
+            settled: true,
             beat: Instant::now(),
             resuming: false,
             resumed_at: Instant::now(),
             pauses: 0,
         };
-        let role = if peers.is_empty() { Role::Active } else { Role::Standby };
+        let role = if active { Role::Active } else { Role::Standby };
         Self {
             rank: Rank { started, id },
-            active: AtomicBool::new(peers.is_empty()),
+            active: AtomicBool::new(active),
             role_changes: tokio::sync::watch::Sender::new(role),
-            peers,
             state: Mutex::new(state),
             stall,
         }
@@ -185,10 +217,42 @@ impl Standby {
         self.state.lock().expect("standby lock").resuming
     }
 
-    /// The configured peers and what this hub knows of each.
+    /// The peers, configured or found, and what this hub knows of each.
     pub fn peers(&self) -> Vec<(String, Seen)> {
         let state = self.state.lock().expect("standby lock");
-        self.peers.iter().cloned().zip(state.seen.iter().copied()).collect()
+        state.peers.iter().map(|peer| (peer.addr.clone(), peer.seen)).collect()
+    }
+
+    /// The address of the peer of `slot`, while it is one.
+    pub(crate) fn peer_addr(&self, slot: usize) -> Option<String> {
+        let state = self.state.lock().expect("standby lock");
+        state.peers.iter().find(|peer| peer.slot == slot).map(|peer| peer.addr.clone())
+    }
+
+    /// Adds a peer found on the LAN at `addr`, not yet tried: the hub decides nothing more
+    /// until its watcher has reported. Its slot, for the watcher.
+    pub(crate) fn add_peer(&self, addr: String) -> usize {
+        let mut state = self.state.lock().expect("standby lock");
+        let slot = state.next_slot;
+        state.next_slot += 1;
+        state.peers.push(Peer { slot, addr, seen: Seen::Unknown });
+        slot
+    }
+
+    /// Forgets the peer of `slot` (it left the LAN) and decides again; `servers` are this
+    /// hub's live registrations.
+    pub(crate) fn remove_peer(&self, slot: usize, servers: usize) -> Option<RoleChange> {
+        let mut state = self.state.lock().expect("standby lock");
+        state.peers.retain(|peer| peer.slot != slot);
+        self.decide_locked(&mut state, servers, Instant::now())
+    }
+
+    /// The first search for peers on the LAN had its time: the hub decides from what it found
+    /// (alone, it becomes active); `servers` are its live registrations.
+    pub(crate) fn handle_settled(&self, servers: usize) -> Option<RoleChange> {
+        let mut state = self.state.lock().expect("standby lock");
+        state.settled = true;
+        self.decide_locked(&mut state, servers, Instant::now())
     }
 
     /// The address of the active hub of the cluster, as configured in `peers`: a reachable
@@ -247,7 +311,7 @@ impl Standby {
     fn wake(&self, state: &mut State, now: Instant) -> bool {
         let gap = now.saturating_duration_since(state.beat);
         state.beat = state.beat.max(now);
-        if self.peers.is_empty() || gap <= self.stall {
+        if state.peers.is_empty() || gap <= self.stall {
             return false;
         }
         warn!(
@@ -257,9 +321,9 @@ impl Standby {
         state.resuming = true;
         state.resumed_at = now;
         state.pauses += 1;
-        for seen in &mut state.seen {
-            if *seen != Seen::Myself {
-                *seen = Seen::Unknown;
+        for peer in &mut state.peers {
+            if peer.seen != Seen::Myself {
+                peer.seen = Seen::Unknown;
             }
         }
         true
@@ -280,22 +344,22 @@ impl Standby {
         self.state.lock().expect("standby lock").pauses
     }
 
-    /// Records what was learnt of peer `index`, in answer to a question asked when
+    /// Records what was learnt of the peer of `slot`, in answer to a question asked when
     /// [`Self::pauses`] was `asked`, and decides again; `servers` are this hub's live
     /// registrations.
     pub(crate) fn update(
         &self,
-        index: usize,
+        slot: usize,
         now: Seen,
         servers: usize,
         asked: u64,
     ) -> Option<RoleChange> {
-        self.update_at(index, now, servers, asked, Instant::now())
+        self.update_at(slot, now, servers, asked, Instant::now())
     }
 
     fn update_at(
         &self,
-        index: usize,
+        slot: usize,
         learnt: Seen,
         servers: usize,
         asked: u64,
@@ -307,8 +371,17 @@ impl Standby {
             // link that the peer closed meanwhile, an answer read late).
             return None;
         }
-        state.seen[index] = learnt;
-        if state.seen.contains(&Seen::Unknown) {
+        let Some(peer) = state.peers.iter_mut().find(|peer| peer.slot == slot) else {
+            // A peer that left the LAN meanwhile.
+            return None;
+        };
+        peer.seen = learnt;
+        self.decide_locked(&mut state, servers, now)
+    }
+
+    /// Decides the role from what is known, once every peer was tried, and changes it.
+    fn decide_locked(&self, state: &mut State, servers: usize, now: Instant) -> Option<RoleChange> {
+        if !state.settled || state.peers.iter().any(|peer| peer.seen == Seen::Unknown) {
             return None;
         }
         if state.resuming {
@@ -317,11 +390,11 @@ impl Standby {
             }
             state.resuming = false;
         }
-        let seen = &state.seen;
-        let views: Vec<PeerView> = seen
+        let views: Vec<PeerView> = state
+            .peers
             .iter()
-            .filter_map(|seen| match seen {
-                Seen::Reachable(view) => Some(*view),
+            .filter_map(|peer| match peer.seen {
+                Seen::Reachable(view) => Some(view),
                 _ => None,
             })
             .collect();
@@ -422,6 +495,36 @@ mod tests {
         assert_eq!(standby.update(0, Seen::Reachable(rival), 1, 0), Some(RoleChange::Yielded));
         assert_eq!(*roles.borrow(), Role::Standby);
         assert!(standby.refusal().contains("the active hub is a"), "{}", standby.refusal());
+    }
+
+    #[test]
+    fn a_discovering_hub_decides_once_settled_and_every_peer_found_was_tried() {
+        let standby = Standby::discovering(STALL);
+        assert!(!standby.is_active());
+        // Alone when the first search is over: active.
+        assert_eq!(standby.handle_settled(0), Some(RoleChange::BecameActive));
+
+        let standby = Standby::discovering(STALL);
+        let slot = standby.add_peer("10.0.0.2:12000".into());
+        assert_eq!(standby.peer_addr(slot).as_deref(), Some("10.0.0.2:12000"));
+        // Found but not tried yet: nothing decided, settled or not.
+        assert_eq!(standby.handle_settled(0), None);
+        // An older standby found: this hub stays standby.
+        let older = Rank { started: 0, id: 0 };
+        assert_eq!(standby.update(slot, Seen::Reachable(peer(false, 0, older)), 0, 0), None);
+        assert!(!standby.is_active());
+        // A new peer found later holds the decision until it was tried too.
+        let late = standby.add_peer("10.0.0.3:12000".into());
+        assert_ne!(late, slot);
+        assert_eq!(standby.peers().len(), 2);
+        // The older one leaves the LAN; the late one turns out unreachable: this hub takes over.
+        assert_eq!(standby.remove_peer(slot, 0), None, "the late peer is not tried yet");
+        assert_eq!(standby.peer_addr(slot), None);
+        assert_eq!(standby.update(slot, Seen::Unreachable, 0, 0), None, "a gone slot is ignored");
+        assert_eq!(standby.update(late, Seen::Unreachable, 0, 0), Some(RoleChange::BecameActive));
+        assert_eq!(standby.active_hub(), None, "not in its own list");
+        assert_eq!(standby.remove_peer(late, 0), None);
+        assert!(standby.peers().is_empty() && standby.is_active());
     }
 
     #[test]

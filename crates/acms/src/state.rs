@@ -62,7 +62,11 @@ impl HubState {
     /// A hub's state with no servers and no users yet.
     pub(crate) fn new(config: HubConfig, tls: Option<ServerTls>) -> Self {
         let registry = Registry::new(config.settle).with_login_conflict(config.login_conflict);
-        let standby = Standby::new(config.peers.clone(), config.keepalive_timeout);
+        let standby = if config.discovers_peers() {
+            Standby::discovering(config.keepalive_timeout)
+        } else {
+            Standby::new(config.peers.clone(), config.keepalive_timeout)
+        };
         let peer_links = Arc::new(Semaphore::new(config.max_peer_links));
         Self {
             config,

@@ -7,7 +7,8 @@
 //! recipient is here or on another server, and who is in which group, is the cluster's business.
 //! This file is the composition: settings, the `Cluster` handle, the listener, the shutdown.
 //!
-//! The shared secret comes from `ACMS_SECRET` (or `secret` in the config file); TLS to the hub
+//! `--acms auto` finds the hubs of `--cluster-name` on the LAN instead of being told where they
+//! are. The shared secret comes from `ACMS_SECRET` (or `secret` in the config file); TLS to the hub
 //! from `--tls-ca` and its companions.
 //!
 //! With `--http ADDR` it also serves the chat page and its WebSocket there
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use acms_appserver::{ClientTls, Cluster, Secret, ServerId};
+use acms_appserver::{AUTO, ClientTls, Cluster, ClusterName, Secret, ServerId};
 use acms_client::server::web::{WebServer, WebSettings};
 use acms_client::server::{Clients, ServerSettings, advertised};
 use acms_common::{logging, secret_from_env, signal::shutdown_on_signal};
@@ -51,9 +52,14 @@ struct Args {
     #[arg(long)]
     http: Option<SocketAddr>,
     /// Address of the ACMS hub, or several separated by commas in order of preference (hot
-    /// standby) [default: 127.0.0.1:12000].
+    /// standby), or `auto` to find the hubs of --cluster-name on the LAN (DNS-SD)
+    /// [default: 127.0.0.1:12000].
     #[arg(long)]
     acms: Option<String>,
+    /// The cluster whose hubs `--acms auto` looks for: 1 to 63 characters of A-Z a-z 0-9 - _ .
+    /// [default: acms].
+    #[arg(long)]
+    cluster_name: Option<ClusterName>,
     /// Connect to the hub over TLS, trusting this CA certificate (PEM).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
@@ -75,6 +81,8 @@ struct Config {
     id: u32,
     listen: SocketAddr,
     acms: String,
+    /// The cluster whose hubs `acms = "auto"` looks for on the LAN.
+    cluster_name: String,
     /// The client address advertised to the cluster; the listen address when empty.
     advertise: String,
     /// Where the chat page and its WebSocket are served; off when absent.
@@ -113,6 +121,7 @@ impl Default for Config {
             id: 0,
             listen: SocketAddr::from(([0, 0, 0, 0], 6000)),
             acms: "127.0.0.1:12000".into(),
+            cluster_name: ClusterName::default().to_string(),
             advertise: String::new(),
             http: None,
             login_timeout: client.login_timeout,
@@ -136,6 +145,10 @@ async fn main() -> anyhow::Result<()> {
     config.id = args.id.unwrap_or(config.id);
     config.listen = args.listen.unwrap_or(config.listen);
     config.acms = args.acms.unwrap_or(config.acms);
+    let cluster_name = match args.cluster_name {
+        Some(name) => name,
+        None => ClusterName::new(config.cluster_name.as_str()).context("bad cluster_name")?,
+    };
     config.advertise = args.advertise.unwrap_or(config.advertise);
     config.http = args.http.or(config.http);
     if let Some(secret) = secret_from_env()? {
@@ -148,6 +161,13 @@ async fn main() -> anyhow::Result<()> {
         tls.key = args.tls_key.or(tls.key.take());
         tls.server_name = args.tls_server_name.or(tls.server_name.take());
     }
+    if config.tls.as_ref().is_some_and(|tls| tls.server_name.is_none())
+        && config.acms.trim().eq_ignore_ascii_case(AUTO)
+    {
+        anyhow::bail!(
+            "TLS to hubs found on the LAN needs the name their certificates carry: --tls-server-name or tls.server_name"
+        );
+    }
     let tls = config.tls.as_ref().map(|tls| load_tls(tls, &config.acms)).transpose()?;
     logging::init(false);
 
@@ -157,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     let advertise = advertised(&config.advertise, local)?;
-    info!(id = config.id, listen = %local, %advertise, acms = %config.acms, "im-server started");
+    info!(id = config.id, listen = %local, %advertise, acms = %config.acms, cluster = %cluster_name, "im-server started");
 
     let web = match config.http {
         Some(addr) => Some(
@@ -168,6 +188,9 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let mut builder = Cluster::builder(ServerId(config.id), &config.acms).client_addr(advertise);
+    if config.acms.trim().eq_ignore_ascii_case(AUTO) {
+        builder = builder.discover(cluster_name.clone());
+    }
     if let Some(secret) = config.secret.clone() {
         builder = builder.secret(secret);
     }
@@ -192,7 +215,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the PEM files of `[tls]`; the hub's name defaults to the host part of its address.
+/// Reads the PEM files of `[tls]`; the hub's name defaults to the host part of its address (with
+/// `acms = "auto"`, set `server_name`: found hubs have no name to check).
 fn load_tls(tls: &TlsConfig, acms: &str) -> anyhow::Result<ClientTls> {
     let read = |path: &PathBuf| {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))

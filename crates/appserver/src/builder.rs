@@ -3,9 +3,16 @@
 
 use std::time::Duration;
 
+use acms_common::discovery::ClusterName;
 use acms_protocol::{Secret, ServerId};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
+use crate::discover::{self, HubList};
 use crate::tls::ClientTls;
+
+/// The hub list that asks for discovery on the LAN instead of addresses.
+pub const AUTO: &str = "auto";
 
 /// Settings of a [`Cluster`](crate::Cluster), with defaults for all but the server id and hub
 /// address.
@@ -13,6 +20,8 @@ use crate::tls::ClientTls;
 pub struct ClusterBuilder {
     pub(crate) server_id: ServerId,
     pub(crate) hubs: Vec<String>,
+    /// The cluster name to discover hubs of, when set with [`Self::discover`].
+    pub(crate) cluster_name: Option<ClusterName>,
     pub(crate) client_addr: String,
     pub(crate) max_frame_len: usize,
     pub(crate) connect_timeout: Duration,
@@ -37,6 +46,7 @@ impl ClusterBuilder {
         Self {
             server_id,
             hubs: hubs.map(str::to_owned).collect(),
+            cluster_name: None,
             client_addr: String::new(),
             max_frame_len: acms_protocol::DEFAULT_MAX_FRAME_LEN,
             connect_timeout: Duration::from_secs(3),
@@ -67,6 +77,22 @@ impl ClusterBuilder {
     /// pass failed.
     pub fn hubs(mut self, hubs: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.hubs = hubs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Finds the hubs of cluster `name` on the LAN (DNS-SD over multicast DNS, as the hubs
+    /// announce themselves) when no hub address is given: with [`AUTO`] (`"auto"`) or no
+    /// address. `Cluster::builder(id, "auto")` alone does the same for the default cluster name,
+    /// `acms`. Addresses given explicitly always win and nothing is browsed.
+    ///
+    /// The server prefers an active hub, and follows the changes: a standby that becomes active,
+    /// a hub that goes away, a new one. Discovery is a hint, never trust: a found hub still has
+    /// to pass the shared secret's mutual authentication ([`Self::secret`]), and one that fails
+    /// it is refused and reported like a configured one ([`LinkState::Refused`]).
+    ///
+    /// [`LinkState::Refused`]: crate::LinkState::Refused
+    pub fn discover(mut self, name: ClusterName) -> Self {
+        self.cluster_name = Some(name);
         self
     }
 
@@ -154,9 +180,59 @@ impl ClusterBuilder {
         self
     }
 
+    /// The hubs to try: the addresses given, or those found on the LAN, browsed until
+    /// `shutdown`.
+    pub(crate) fn hub_list(&self, shutdown: &CancellationToken) -> HubList {
+        let is_auto = |hub: &String| hub.eq_ignore_ascii_case(AUTO);
+        let explicit: Vec<String> = self.hubs.iter().filter(|hub| !is_auto(hub)).cloned().collect();
+        let asked_auto = self.hubs.iter().any(is_auto);
+        if !explicit.is_empty() {
+            if asked_auto || self.cluster_name.is_some() {
+                warn!(hubs = ?explicit, "hub addresses given: they are used, and no hub is looked for on the LAN");
+            }
+            return HubList::Fixed(explicit);
+        }
+        if !asked_auto && self.cluster_name.is_none() {
+            return HubList::Fixed(Vec::new());
+        }
+        let cluster = self.cluster_name.clone().unwrap_or_default();
+        info!(%cluster, "no hub address given: looking for the cluster's hubs on the LAN");
+        discover::start(cluster, shutdown.clone())
+    }
+
     /// Connects to the hub over TLS (when its transfer port has `[transfer.tls]`).
     pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed(list: HubList) -> Vec<String> {
+        match list {
+            HubList::Fixed(hubs) => hubs,
+            HubList::Discovered(_) => panic!("addresses given: nothing is discovered"),
+        }
+    }
+
+    #[tokio::test]
+    async fn explicit_addresses_always_win_over_discovery() {
+        let shutdown = CancellationToken::new();
+        let builder = |hubs: &str| ClusterBuilder::new(ServerId(1), hubs.to_owned());
+        let prod = ClusterName::new("prod").unwrap();
+        assert_eq!(fixed(builder("10.0.0.1:12000, auto").hub_list(&shutdown)), ["10.0.0.1:12000"]);
+        let given = builder("10.0.0.1:12000").discover(prod.clone());
+        assert_eq!(fixed(given.hub_list(&shutdown)), ["10.0.0.1:12000"]);
+        let replaced = builder("auto").hubs(["10.0.0.2:12000"]).discover(prod.clone());
+        assert_eq!(fixed(replaced.hub_list(&shutdown)), ["10.0.0.2:12000"]);
+        // Neither addresses nor discovery: nothing to join (the link says so).
+        assert!(fixed(builder("").hub_list(&shutdown)).is_empty());
+        // `auto`, in any case, or a cluster name with no address: the hubs are looked for.
+        assert!(builder("AUTO").hub_list(&shutdown).is_discovered());
+        assert!(builder("").discover(prod).hub_list(&shutdown).is_discovered());
+        shutdown.cancel();
     }
 }

@@ -91,7 +91,8 @@ impl ClusterBuilder {
             credit: credit.clone(),
             shutdown: shutdown.clone(),
         };
-        let task = tokio::spawn(Link::new(&self, core, ends).run());
+        let hubs = self.hub_list(&shutdown);
+        let task = tokio::spawn(Link::new(&self, hubs, core, ends).run());
         let inner = Inner {
             server_id: self.server_id,
             max_frame_len: self.max_frame_len,
@@ -140,7 +141,9 @@ pub(crate) struct Inner {
 
 impl Cluster {
     /// Settings for a server with id `server_id` joining the hub at `hubs`: one `host:port`, or
-    /// several separated by commas, in order of preference (hot standby, docs/FAILOVER.md).
+    /// several separated by commas, in order of preference (hot standby, docs/FAILOVER.md); or
+    /// `auto`, to find the hubs of the cluster on the LAN
+    /// ([`ClusterBuilder::discover`](crate::ClusterBuilder::discover)).
     pub fn builder(server_id: ServerId, hubs: impl Into<String>) -> ClusterBuilder {
         ClusterBuilder::new(server_id, hubs.into())
     }

@@ -37,6 +37,8 @@
 //! # Layout
 //! - [`cluster`]: [`Cluster`], the handle, how it starts, and its errors.
 //! - `builder`: [`ClusterBuilder`], the settings of a cluster.
+//! - `discover`: the hubs of a cluster found on the LAN (DNS-SD), in order of preference, for
+//!   a server given `auto` instead of addresses.
 //! - `error`: [`ClusterError`].
 //! - `events`: what the app is handed: [`Events`] of [`Event`]s, [`Reach`], [`LinkState`],
 //!   [`Receipt`]s and their [`Outcome`].
@@ -62,6 +64,7 @@
 
 mod builder;
 pub mod cluster;
+mod discover;
 mod error;
 mod events;
 mod groups;
@@ -75,10 +78,12 @@ pub mod tls;
 mod users;
 mod write_queue;
 
+pub use acms_common::discovery::{ClusterName, DiscoveryError};
 pub use acms_protocol::{
     Candidate, CandidateKind, ErrorCode, GroupId, MAX_CANDIDATES, Secret, SecretError, ServerId,
     UserId, UserIdError,
 };
+pub use builder::AUTO;
 pub use cluster::{
     BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outcome,
     Outgoing, Reach, Receipt, SentVia, UndeliverableReason,

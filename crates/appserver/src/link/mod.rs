@@ -7,7 +7,10 @@
 //! events the core made. Commands are taken in batches, and what the core queued for them is
 //! written with one vectored write. When the connection fails, or a standby hub refuses it, the
 //! task tries the next hub of its list at once; after a whole pass failed it waits an
-//! exponential, jittered delay and starts over. Commands wait in the queue meanwhile.
+//! exponential, jittered delay and starts over. Commands wait in the queue meanwhile. The list
+//! is the app's, or the hubs found on the LAN (`crate::discover`): a change of that list cuts a
+//! backoff wait short (to the shortest delay) and starts over from its preferred hub; it never
+//! interrupts a live session.
 //!
 //! Parts: `core` (the exactly-once engine, no I/O) and `inbound` (its handling of the hub's
 //! frames), `command` (what the handles ask), `handshake` (connect and register).
@@ -31,6 +34,7 @@ pub(crate) use self::command::Command;
 pub(crate) use self::core::LinkCore;
 use self::handshake::{Reader, SessionError};
 use crate::builder::ClusterBuilder;
+use crate::discover::HubList;
 use crate::events::{Event, LinkState};
 use crate::load::LoadSampler;
 use crate::tls::WriteHalf;
@@ -76,7 +80,9 @@ fn now() -> Instant {
 
 pub(crate) struct Link {
     config: ClusterBuilder,
-    /// The hub of `config.hubs` tried or connected now.
+    /// The hubs to try, given or found on the LAN.
+    hubs: HubList,
+    /// The hub of `hubs` tried or connected now.
     current: usize,
     backoff: ExponentialBuilder,
     ends: LinkEnds,
@@ -87,7 +93,12 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn new(config: &ClusterBuilder, core: LinkCore, ends: LinkEnds) -> Self {
+    pub(crate) fn new(
+        config: &ClusterBuilder,
+        hubs: HubList,
+        core: LinkCore,
+        ends: LinkEnds,
+    ) -> Self {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(config.reconnect_min)
             .with_max_delay(config.reconnect_max)
@@ -95,6 +106,7 @@ impl Link {
             .without_max_times();
         Self {
             config: config.clone(),
+            hubs,
             current: 0,
             backoff,
             ends,
@@ -105,17 +117,34 @@ impl Link {
     }
 
     pub(crate) async fn run(mut self) {
-        let hubs = self.config.hubs.clone();
-        if hubs.is_empty() {
-            error!("no hub address given: this server cannot join a cluster");
-            self.ends.state.send_replace(LinkState::Closed);
-            return;
-        }
         let mut delays = self.delays();
         // Attempts since the last session, or since the last wait: a whole pass over the list
         // fails before the backoff applies.
         let mut failed = 0;
+        // The list the attempts so far went through: a new one (a hub found, gone or now
+        // active) starts again from its first, preferred, hub. `failed` is kept, so a list that
+        // keeps changing still meets the backoff after a pass's worth of attempts.
+        let mut tried: Vec<String> = Vec::new();
+        let mut said_waiting = false;
         loop {
+            let hubs = self.hubs.current();
+            if hubs != tried {
+                (self.current, tried) = (0, hubs.clone());
+            }
+            if hubs.is_empty() {
+                if !self.hubs.is_discovered() {
+                    error!("no hub address given: this server cannot join a cluster");
+                    break;
+                }
+                if !std::mem::replace(&mut said_waiting, true) {
+                    info!("no hub of this cluster found on the LAN yet: waiting for one");
+                }
+                tokio::select! {
+                    _ = self.ends.shutdown.cancelled() => break,
+                    _ = self.hubs.changed() => continue,
+                }
+            }
+            said_waiting = false;
             let shutdown = self.ends.shutdown.clone();
             let hub = hubs[self.current].clone();
             let connected = tokio::select! {
@@ -154,9 +183,14 @@ impl Link {
             } else {
                 warn!(%hub, error = %error, retry_in = ?delay, "hub link down");
             }
+            // A hub found on the LAN, or one that became active, is tried soon: after the
+            // shortest backoff, so announcements that flap cannot make the link spin.
+            let soonest = self.config.reconnect_min;
+            let hubs = &mut self.hubs;
             tokio::select! {
                 _ = self.ends.shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
+                _ = async { hubs.changed().await; tokio::time::sleep(soonest).await } => {}
             }
         }
         self.ends.state.send_replace(LinkState::Closed);
