@@ -360,6 +360,13 @@ pub async fn start_hub_with(extra: &[&str]) -> (Proc, SocketAddr, SocketAddr) {
     let mut args = vec!["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let mut hub = Proc::start("acms", &program("acms"), &args);
+    let (transfer, admin) = hub_listeners(&mut hub).await;
+    (hub, transfer, admin)
+}
+
+/// Waits until the `acms` process `hub` logs both its listeners; returns the transfer and the
+/// admin address.
+pub async fn hub_listeners(hub: &mut Proc) -> (SocketAddr, SocketAddr) {
     let (mut transfer, mut admin) = (None, None);
     while transfer.is_none() || admin.is_none() {
         let line = hub
@@ -374,5 +381,5 @@ pub async fn start_hub_with(extra: &[&str]) -> (Proc, SocketAddr, SocketAddr) {
             admin = Some(field_addr(&line, "admin"));
         }
     }
-    (hub, transfer.unwrap(), admin.unwrap())
+    (transfer.unwrap(), admin.unwrap())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use acms_tests::http::{Reply, request_on};
 use acms_tests::netns::{Lan, Side};
-use acms_tests::process::{PATIENCE, Proc, field_addr, program};
+use acms_tests::process::{PATIENCE, Proc, field_addr, hub_listeners, program};
 
 const SECRET: &str = "zero-config-test-secret-0123456789";
 
@@ -30,21 +30,8 @@ async fn start_hub(lan: &Lan, name: &str, extra: &[&str], secret: &str) -> TestH
     let mut args = vec!["--transfer", "10.203.0.1:0", "--admin", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let mut proc = lan.start(Side::A, name, &program("acms"), &args, Some(secret));
-    let (mut transfer, mut admin) = (None, None);
-    while transfer.is_none() || admin.is_none() {
-        let line = proc
-            .stderr
-            .wait_for("the hub's two listeners", |line| {
-                line.contains("accepting app servers") || line.contains("admin HTTP API listening")
-            })
-            .await;
-        if line.contains("accepting app servers") {
-            transfer = Some(field_addr(&line, "transfer"));
-        } else {
-            admin = Some(field_addr(&line, "admin"));
-        }
-    }
-    TestHub { proc, transfer: transfer.unwrap(), admin: admin.unwrap() }
+    let (transfer, admin) = hub_listeners(&mut proc).await;
+    TestHub { proc, transfer, admin }
 }
 
 impl TestHub {
