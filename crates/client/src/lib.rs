@@ -29,6 +29,8 @@
 //! # Layout
 //! - [`line`]: [`ClientLine`] and [`ServerLine`], parsing and formatting.
 //! - [`client`]: [`ImClient`], connect, log in, send, receive.
+//! - [`p2p`]: the direct path between two clients (punching, QUIC), tried before the server's;
+//!   [`paths`]: its text forms and the path labels.
 //! - [`transfer`]: file transfer between two clients: messages, flow control, files on disk.
 //! - [`server`]: the IM server's side: per-client sessions, the cluster's events into their
 //!   queues ([`server::serve`]), and the web page with its WebSocket ([`server::web`]); the
@@ -36,6 +38,8 @@
 
 pub mod client;
 pub mod line;
+pub mod p2p;
+pub mod paths;
 pub mod server;
 pub mod transfer;
 
