@@ -136,12 +136,10 @@ async fn endpoint_independent_nats_open_a_direct_path_and_the_hub_relays_nothing
     assert_eq!(setup.relayed().await, before, "the hub relayed a frame of the direct path");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn symmetric_nats_fall_back_to_the_hub_within_the_deadline() {
-    let nats = [Nat::Symmetric, Nat::Symmetric];
-    let Some(setup) = Setup::start("symmetric_nats_fall_back_to_the_hub", nats).await else {
-        return;
-    };
+/// With `nats`, no direct path opens: the messages go through the hub once the punch timeout
+/// is over, in order.
+async fn falls_back_to_the_hub(test: &str, nats: [Nat; 2]) {
+    let Some(setup) = Setup::start(test, nats).await else { return };
     let mut alice = setup.client(0, "alice", &["--punch-timeout", "2s"]).await;
     let mut bob = setup.client(1, "bob", &["--punch-timeout", "2s"]).await;
     let before = setup.relayed().await;
@@ -150,12 +148,27 @@ async fn symmetric_nats_fall_back_to_the_hub_within_the_deadline() {
     alice.say("@bob two").await;
     assert_eq!(bob.stdout.next("alice's first message").await, "alice: one [hub]");
     assert_eq!(bob.stdout.next("alice's second message").await, "alice: two [hub]");
-    eprintln!("first message through the hub after {:?} (punch timeout 2s)", started.elapsed());
+    eprintln!(
+        "{test}: first message through the hub after {:?} (punch timeout 2s)",
+        started.elapsed()
+    );
     alice.stderr.wait_for("the fallback", |line| line == "to bob: through the server").await;
     path_is(&mut alice, "bob", "hub").await;
     alice.say("@bob three").await;
     assert_eq!(bob.stdout.next("alice's third message").await, "alice: three [hub]");
     assert!(setup.relayed().await >= before + 3, "the messages did not cross the hub");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symmetric_nats_fall_back_to_the_hub_within_the_deadline() {
+    let nats = [Nat::Symmetric, Nat::Symmetric];
+    falls_back_to_the_hub("symmetric_nats_fall_back_to_the_hub", nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_symmetric_nat_against_a_port_restricted_one_falls_back_too() {
+    let nats = [Nat::Symmetric, Nat::EndpointIndependent];
+    falls_back_to_the_hub("one_symmetric_nat_falls_back_too", nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,6 +157,8 @@ impl Paths {
             }
             Err(err) => {
                 warn!(error = %err, "no direct path: cannot open the UDP socket");
+                let notice = format!("no direct paths: cannot open the UDP socket: {err}");
+                paths.ready.push_back(PathsEvent::Notice(notice));
                 paths.engine = Engine::new(
                     EngineConfig { enabled: false, ..config.engine },
                     user,
@@ -333,6 +335,8 @@ impl Paths {
                 Ok(line) => self.engine.handle_direct(now, &peer, conn, line),
                 Err(err) => {
                     warn!(%peer, error = %err, "bad line on the direct path; closing it");
+                    let notice = format!("bad line on the direct path from {peer} ({err}); closed");
+                    self.ready.push_back(PathsEvent::Notice(notice));
                     if let Some(open) = self.conns.remove(&conn) {
                         open.connection.close(1u32.into(), b"bad line");
                     }
