@@ -55,6 +55,9 @@ pub enum Path {
     Server,
 }
 
+/// Peers the engine keeps before it forgets those it only received from.
+pub const MAX_PEERS: usize = 4096;
+
 /// A direct connection, as the shell numbers them.
 pub type ConnId = u64;
 
@@ -239,6 +242,11 @@ impl Engine {
             return Path::Server;
         }
         self.peers.get(peer).map_or(Path::None, Peer::path)
+    }
+
+    /// How many peers the engine keeps state for.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
     }
 
     /// Messages held for a punch or sent directly and not acknowledged yet.
@@ -436,6 +444,11 @@ impl Engine {
         body: String,
     ) {
         if let Some(number) = number {
+            if !self.peers.contains_key(from) && self.peers.len() >= MAX_PEERS {
+                // Senders this client never wrote to: forgetting their numbering costs at most a
+                // duplicate after a path change, keeping it all would cost unbounded memory.
+                self.peers.retain(|_, peer| !matches!(peer.state, State::Idle));
+            }
             let peer = self.peers.entry(from.to_owned()).or_insert_with(Peer::new);
             if !peer.accept(number) {
                 return;

@@ -233,3 +233,14 @@ fn disabled_sends_plain_lines() {
     );
     assert_eq!(alice.path("bob"), Path::Server);
 }
+
+#[test]
+fn the_peer_table_is_bounded() {
+    let mut bob = engine("bob", 2);
+    for i in 0..(super::engine::MAX_PEERS * 3) {
+        let number = Some(Number { epoch: 1, seq: 1 });
+        bob.handle_server_message(&format!("user{i}"), Via::Hub, number, Kind::Text, "x".into());
+    }
+    assert_eq!(outputs(&mut bob).len(), super::engine::MAX_PEERS * 3, "every message delivered");
+    assert!(bob.peer_count() <= super::engine::MAX_PEERS);
+}
