@@ -111,8 +111,10 @@ async fn endpoint_independent_nats_open_a_direct_path_and_the_hub_relays_nothing
     else {
         return;
     };
+    let downloads = tempfile::tempdir().expect("temp dir");
+    let download_dir = downloads.path().to_str().expect("UTF-8 path");
     let mut alice = setup.client(0, "alice", &[]).await;
-    let mut bob = setup.client(1, "bob", &[]).await;
+    let mut bob = setup.client(1, "bob", &["--download-dir", download_dir]).await;
     let started = Instant::now();
     alice.say("@bob hello 0").await;
     let first = bob.stdout.next("alice's first message").await;
@@ -133,6 +135,16 @@ async fn endpoint_independent_nats_open_a_direct_path_and_the_hub_relays_nothing
     bob.say("@alice hi back").await;
     assert_eq!(alice.stdout.next("bob's answer").await, "bob: hi back [p2p]");
     path_is(&mut bob, "alice", "p2p").await;
+    // A file takes the direct path too: 1 MiB, 32 chunks and their acks.
+    let outgoing = tempfile::tempdir().expect("temp dir");
+    let file = outgoing.path().join("photo.bin");
+    let content: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(&file, &content).expect("write the file");
+    alice.say(&format!("/file bob {}", file.display())).await;
+    let received = bob.stderr.wait_for("the file", |line| line.starts_with("received ")).await;
+    assert!(received.starts_with("received photo.bin from alice: 1048576 bytes"), "{received}");
+    let copy = std::fs::read(downloads.path().join("photo.bin")).expect("the received file");
+    assert!(copy == content, "the file arrived changed");
     assert_eq!(setup.relayed().await, before, "the hub relayed a frame of the direct path");
 }
 
