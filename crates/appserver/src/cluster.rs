@@ -11,7 +11,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use crate::builder::ClusterBuilder;
 pub use crate::error::ClusterError;
-pub use crate::events::{Event, Events, LinkState, Outcome, Receipt, UndeliverableReason};
+pub use crate::events::{Event, Events, LinkState, Outcome, Reach, Receipt, UndeliverableReason};
 use crate::link::{Command, Link, LinkCore, LinkEnds};
 use crate::reliable::{Epoch, charge};
 use crate::state::ServerState;

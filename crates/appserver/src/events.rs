@@ -1,5 +1,6 @@
 //! What the library hands the app: the events for this server's users and the queue they come
-//! through, the state of the hub link, and the outcome of a message sent with a receipt.
+//! through, where a user can be reached, the state of the hub link, and the outcome of a message
+//! sent with a receipt.
 
 use std::time::Duration;
 
@@ -140,6 +141,16 @@ impl std::fmt::Display for UndeliverableReason {
             Self::Refused(reason) => f.write_str(reason),
         }
     }
+}
+
+/// Where a user is online and how their client may be reached directly: the answer of
+/// [`Cluster::reach`](crate::Cluster::reach).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// The server the user is online on (with several sessions, the last one they logged in on).
+    pub server: ServerId,
+    /// The P2P candidates that server set for them; empty when it set none.
+    pub candidates: Vec<Candidate>,
 }
 
 /// The state of the connection to the hub.

@@ -38,12 +38,12 @@
 //! - [`cluster`]: [`Cluster`], the handle, how it starts, and its errors.
 //! - `builder`: [`ClusterBuilder`], the settings of a cluster.
 //! - `error`: [`ClusterError`].
-//! - `events`: what the app is handed: [`Events`] of [`Event`]s, [`LinkState`], [`Receipt`]s
-//!   and their [`Outcome`].
+//! - `events`: what the app is handed: [`Events`] of [`Event`]s, [`Reach`], [`LinkState`],
+//!   [`Receipt`]s and their [`Outcome`].
 //! - `users`: `LocalUsers`, this server's user set: the local users, their digest and version,
 //!   the multi-session users; `login`, `logout`, `kick` and the snapshot.
 //! - `state`: what the handles and the link share: the users, the groups, the watches, limits.
-//! - `p2p`: [`Cluster::set_candidates`], [`Cluster::reach`] ([`Reach`]) and
+//! - `p2p`: [`Cluster::set_candidates`], [`Cluster::reach`] and
 //!   [`Cluster::invite`]: P2P candidates in the directory and invitations between users' servers.
 //! - `refuse`: [`Cluster::refuse`], a message this server's app could not deliver going back
 //!   to its sender.
@@ -81,7 +81,6 @@ pub use acms_protocol::{
 };
 pub use cluster::{
     BatchRoutes, Cluster, ClusterBuilder, ClusterError, Event, Events, LinkState, Outcome,
-    Outgoing, Receipt, SentVia, UndeliverableReason,
+    Outgoing, Reach, Receipt, SentVia, UndeliverableReason,
 };
-pub use p2p::Reach;
 pub use tls::{ClientTls, TlsError};

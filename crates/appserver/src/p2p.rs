@@ -8,25 +8,16 @@
 //! and again with every snapshot, dropped at logout. An invitation is a data frame of its own
 //! kind, so it is numbered, acknowledged, sent again and de-duplicated like a message.
 
-use acms_protocol::{Candidate, CandidateError, MAX_CANDIDATES, ServerId, UserId};
+use acms_protocol::{Candidate, CandidateError, MAX_CANDIDATES, UserId};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::cluster::{Cluster, ClusterError, Invitation, Wait};
+use crate::events::Reach;
 use crate::link::Command;
 use crate::users::NotHere;
 #[cfg(doc)]
 use crate::{Event, UndeliverableReason};
-
-/// Where a user is online and how their client may be reached directly: the answer of
-/// [`Cluster::reach`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reach {
-    /// The server the user is online on (with several sessions, the last one they logged in on).
-    pub server: ServerId,
-    /// The P2P candidates that server set for them; empty when it set none.
-    pub candidates: Vec<Candidate>,
-}
 
 impl Cluster {
     /// Sets the P2P candidates of `user`, a user online on this server (the addresses their

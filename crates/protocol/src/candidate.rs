@@ -115,3 +115,56 @@ pub(crate) fn bounded<'de, D: Deserializer<'de>>(
 
     deserializer.deserialize_seq(List)
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+
+    use super::*;
+    use crate::{Control, UserId};
+
+    fn local(port: u16) -> Candidate {
+        Candidate::new(SocketAddr::from(([192, 168, 1, 2], port)), CandidateKind::Local)
+    }
+
+    fn encoded(candidates: Vec<Candidate>) -> BytesMut {
+        let user = UserId::new("al").unwrap();
+        let mut bytes = BytesMut::new();
+        Control::Candidates { user, candidates }.encode_into(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_list_up_to_the_limit_decodes_and_one_more_is_refused_by_name() {
+        let eight: Vec<_> = (1..=8).map(local).collect();
+        let decoded = Control::decode(&encoded(eight.clone())).unwrap();
+        let user = UserId::new("al").unwrap();
+        assert_eq!(decoded, Control::Candidates { user, candidates: eight });
+        let err = Control::decode(&encoded((1..=9).map(local).collect())).unwrap_err();
+        assert!(err.to_string().contains("more than 8 candidates"), "{err}");
+    }
+
+    #[test]
+    fn a_claimed_count_costs_only_the_candidates_present() {
+        // Variant 33, "al", a count of four billion, then one candidate's worth of bytes.
+        let mut bytes = BytesMut::new();
+        bytes.put_slice(&[33, 2, b'a', b'l', 0xfc]);
+        bytes.put_u32_le(u32::MAX);
+        let one = encoded(vec![local(1)]);
+        bytes.put_slice(&one[5..]);
+        assert!(Control::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn addresses_nobody_can_send_to_are_refused() {
+        for addr in ["0.0.0.0:5000", "[::]:5000", "192.168.1.2:0"] {
+            let candidate = Candidate::new(addr.parse().unwrap(), CandidateKind::Reflexive);
+            assert_eq!(candidate.check(), Err(CandidateError::Unusable(candidate.addr)));
+            let err = Control::decode(&encoded(vec![candidate])).unwrap_err();
+            assert!(err.to_string().contains("cannot be sent to"), "{addr}: {err}");
+        }
+        assert_eq!(Candidate::check_all(&[local(1), local(2)]), Ok(()));
+        let nine: Vec<_> = (1..=9).map(local).collect();
+        assert_eq!(Candidate::check_all(&nine), Err(CandidateError::TooMany { count: 9 }));
+    }
+}

@@ -34,7 +34,9 @@ pub use self::push::{PushAnswer, PushBody, PushStatus};
 use self::push::{broadcast, push_to_group, push_to_user};
 pub use self::servers::{AssignAnswer, AssignQuery, DrainAnswer, ServerState, ServerView};
 use self::servers::{assign, drain_server, list_servers};
-pub use self::users::{KickAnswer, KickBody, UserEntry, UserPage, UserView, UsersQuery};
+pub use self::users::{
+    CandidateView, KickAnswer, KickBody, UserEntry, UserPage, UserView, UsersQuery,
+};
 use self::users::{find_user, kick_user, list_users};
 use crate::admin_server::HttpLimits;
 use crate::assign::Policy;
@@ -239,7 +241,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[openapi(
     info(title = "ACMS admin API", description = "Servers, users, pushes, kicks and metrics of an ACMS hub. Routes that change state need `Authorization: Bearer TOKEN`."),
     paths(servers::list_servers, servers::assign, users::list_users, users::find_user, openapi_json, metrics, push::push_to_user, push::push_to_group, push::broadcast, users::kick_user, servers::drain_server),
-    components(schemas(ErrorBody, AssignAnswer, ServerView, ServerState, UserView, UserEntry, UserPage, PushBody, PushStatus, PushAnswer, KickBody, KickAnswer, DrainAnswer)),
+    components(schemas(ErrorBody, AssignAnswer, ServerView, ServerState, UserView, CandidateView, UserEntry, UserPage, PushBody, PushStatus, PushAnswer, KickBody, KickAnswer, DrainAnswer)),
     modifiers(&BearerScheme)
 )]
 pub struct ApiDoc;

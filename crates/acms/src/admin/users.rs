@@ -21,6 +21,19 @@ pub struct UserView {
     pub server: Option<u32>,
     /// Every server they have a session on (several under the login policy `multi`).
     pub servers: Vec<u32>,
+    /// The P2P candidates the server of `server` set for them (addresses their client reported);
+    /// empty when none were set or they are offline. The hub never uses them itself.
+    pub candidates: Vec<CandidateView>,
+}
+
+/// One P2P candidate of a user's session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CandidateView {
+    /// The address, `ip:port` (`[ip]:port` for IPv6).
+    pub addr: String,
+    /// How the client learnt it: `local` (an interface of its own) or `reflexive` (as a server
+    /// outside its NAT saw it).
+    pub kind: String,
 }
 
 /// Whether a user is online, and on which app server.
@@ -37,11 +50,23 @@ pub(super) async fn find_user(
     let user = user_id(&id)?;
     let registry = state.hub.registry();
     let servers: Vec<u32> = registry.sessions(user.as_str()).iter().map(|id| id.0).collect();
+    let (server, candidates) = match registry.reach(user.as_str()) {
+        Some((server, candidates)) => (Some(server.0), candidates),
+        None => (None, Vec::new()),
+    };
+    let candidates = candidates
+        .into_iter()
+        .map(|candidate| CandidateView {
+            addr: candidate.addr.to_string(),
+            kind: candidate.kind.to_string(),
+        })
+        .collect();
     Ok(Json(UserView {
         id: user.to_string(),
         online: !servers.is_empty(),
-        server: registry.locate(user.as_str()).map(|id| id.0),
+        server,
         servers,
+        candidates,
     }))
 }
 

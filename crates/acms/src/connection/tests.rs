@@ -359,3 +359,138 @@ fn a_frame_claiming_another_origin_closes_only_its_connection() {
     relay.flush().unwrap();
     assert_eq!(seqs(&bobs.batches().concat()), [1]);
 }
+
+fn candidate(addr: &str) -> acms_protocol::Candidate {
+    acms_protocol::Candidate {
+        addr: addr.parse().unwrap(),
+        kind: acms_protocol::CandidateKind::Reflexive,
+    }
+}
+
+/// The control messages among `batches`, flattened.
+fn controls(batches: Vec<Vec<Frame>>) -> Vec<Control> {
+    batches
+        .into_iter()
+        .flatten()
+        .map(|frame| match frame {
+            Frame::Control(control) => control,
+            other => panic!("a control frame, not {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn candidates_go_with_the_users_place_to_watchers_and_locate_and_leave_with_the_session() {
+    let shared = settled_hub();
+    let alices = register(&shared, 1);
+    let mut watcher = register(&shared, 2);
+    // After the registrations: the (empty) settle window is over.
+    let now = Instant::now();
+    let mut session1 = session(&shared, &alices, now);
+    let mut session2 = session(&shared, &watcher, now);
+    let alice = user("alice");
+    let presence = |server: Option<u32>, candidates: Vec<_>| Control::Presence {
+        user: user("alice"),
+        server: server.map(ServerId),
+        candidates,
+    };
+
+    session2.handle_control(Control::Watch { users: vec![alice.clone()] }, now).unwrap();
+    session1.handle_control(Control::Login { users: vec![alice.clone()] }, now).unwrap();
+    assert_eq!(controls(watcher.batches()), [presence(None, vec![]), presence(Some(1), vec![])]);
+
+    let set = |candidates| Control::Candidates { user: user("alice"), candidates };
+    let first = vec![candidate("203.0.113.7:5000"), candidate("192.168.1.2:5000")];
+    session1.handle_control(set(first.clone()), now).unwrap();
+    assert_eq!(controls(watcher.batches()), [presence(Some(1), first.clone())]);
+    session1.handle_control(set(first.clone()), now).unwrap();
+    assert!(watcher.batches().is_empty(), "the same list is no change");
+
+    session2.handle_control(Control::Locate { token: 9, user: alice.clone() }, now).unwrap();
+    let located = Control::Located { token: 9, server: Some(ServerId(1)), candidates: first };
+    assert_eq!(controls(watcher.batches()), [located]);
+
+    session1.handle_control(Control::Logout { users: vec![alice.clone()] }, now).unwrap();
+    assert_eq!(controls(watcher.batches()), [presence(None, vec![])]);
+    assert_eq!(shared.registry.sessions_with_candidates(), 0);
+    // Candidates that a logout overtook name no session: not kept.
+    session1.handle_control(set(vec![candidate("203.0.113.7:5001")]), now).unwrap();
+    assert_eq!(shared.registry.sessions_with_candidates(), 0);
+    assert!(watcher.batches().is_empty());
+}
+
+#[test]
+fn with_several_sessions_each_has_its_own_candidates_and_the_last_logins_are_reported() {
+    let shared = hub(HubConfig {
+        settle: Duration::ZERO,
+        login_conflict: crate::config::LoginConflict::Multi,
+        ..HubConfig::default()
+    });
+    let now = Instant::now();
+    let (first, second) = (register(&shared, 1), register(&shared, 2));
+    let mut watcher = register(&shared, 3);
+    let mut sessions = [&first, &second, &watcher].map(|server| session(&shared, server, now));
+    let alice = user("alice");
+    let set = |candidates| Control::Candidates { user: user("alice"), candidates };
+    let (on_first, on_second) = (vec![candidate("10.0.0.1:1")], vec![candidate("10.0.0.2:2")]);
+
+    sessions[0].handle_control(Control::Login { users: vec![alice.clone()] }, now).unwrap();
+    sessions[0].handle_control(set(on_first.clone()), now).unwrap();
+    sessions[1].handle_control(Control::Login { users: vec![alice.clone()] }, now).unwrap();
+    sessions[1].handle_control(set(on_second.clone()), now).unwrap();
+    assert_eq!(shared.registry.reach("alice"), Some((ServerId(2), on_second)));
+    sessions[2].handle_control(Control::Watch { users: vec![alice.clone()] }, now).unwrap();
+    watcher.batches();
+
+    // A change on the session that is not reported is kept, not pushed.
+    let changed = vec![candidate("10.0.0.1:3")];
+    sessions[0].handle_control(set(changed.clone()), now).unwrap();
+    assert!(watcher.batches().is_empty());
+    // The reported session leaves: the user's place moves to the other, with its candidates.
+    sessions[1].handle_control(Control::Logout { users: vec![alice.clone()] }, now).unwrap();
+    let moved = Control::Presence { user: alice, server: Some(ServerId(1)), candidates: changed };
+    assert_eq!(controls(watcher.batches()), [moved]);
+    assert_eq!(shared.registry.sessions_with_candidates(), 1);
+}
+
+#[test]
+fn an_invitation_is_relayed_like_a_message_and_comes_back_for_a_user_online_nowhere() {
+    let shared = settled_hub();
+    let mut origin = register(&shared, 1);
+    let mut bobs = register(&shared, 2);
+    shared.registry.login(bobs.id, user("bob"));
+    let template = unicast(&origin, 1, "bob");
+    let invitation = |seq, recipient: &str| Data {
+        kind: DataKind::Invitation,
+        seq,
+        recipient: user(recipient),
+        payload: Bytes::from(format!("payload {seq}")),
+        ..template.clone()
+    };
+    let mut buf = encode([invitation(1, "bob"), invitation(2, "nobody")]);
+    let mut relay = relay(&shared, &origin);
+    relay_read(&mut relay, &mut buf, Instant::now());
+    let to_bob = bobs.batches().concat();
+    assert_eq!(to_bob, [Frame::Data(invitation(1, "bob"))], "byte for byte");
+    let back = origin.batches().concat();
+    let expected = Data { kind: DataKind::Undeliverable, ..invitation(2, "nobody") };
+    assert_eq!(back, [Frame::Data(expected)]);
+}
+
+#[test]
+fn too_many_candidates_close_the_connection_as_malformed() {
+    let shared = settled_hub();
+    let now = Instant::now();
+    let server = register(&shared, 1);
+    let mut session = session(&shared, &server, now);
+    session.handle_control(Control::Login { users: vec![user("alice")] }, now).unwrap();
+    let nine = (1..=9).map(|port| candidate(&format!("10.0.0.1:{port}"))).collect();
+    let frame = Frame::Control(Control::Candidates { user: user("alice"), candidates: nine });
+    let raw = RawFrame::from_bytes(frame.to_bytes(MAX_FRAME_LEN).unwrap()).unwrap();
+    let Err(Close::Refused { code, reason }) = session.handle_frame(raw, now) else {
+        panic!("refused")
+    };
+    assert_eq!(code, acms_protocol::ErrorCode::Malformed);
+    assert!(reason.contains("more than 8 candidates"), "{reason}");
+    assert_eq!(shared.registry.sessions_with_candidates(), 0);
+}

@@ -5,8 +5,7 @@ use acms_protocol::{Data, GroupId, UserId};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::events::Outcome;
-use crate::p2p::Reach;
+use crate::events::{Outcome, Reach};
 use crate::users::SetVersion;
 
 /// What a [`crate::Cluster`] handle asks of its connection task.

@@ -26,9 +26,8 @@ use tracing::{error, info, warn};
 
 use super::command::Command;
 use crate::builder::ClusterBuilder;
-use crate::events::{Event, Outcome, UndeliverableReason};
+use crate::events::{Event, Outcome, Reach, UndeliverableReason};
 use crate::groups::Awaited;
-use crate::p2p::Reach;
 use crate::reliable::{Epoch, Received, Seq, Unacked, charge};
 use crate::state::ServerState;
 use crate::write_queue::WriteQueue;

@@ -9,9 +9,8 @@ use acms_protocol::{
 use tracing::{debug, info, warn};
 
 use super::core::{CoreError, LinkCore};
-use crate::events::{Event, Outcome, UndeliverableReason};
+use crate::events::{Event, Outcome, Reach, UndeliverableReason};
 use crate::groups::Awaited;
-use crate::p2p::Reach;
 use crate::reliable::{Epoch, Seq};
 
 impl LinkCore {

@@ -339,3 +339,111 @@ fn encoded_batches_are_numbered_in_place_and_kept_for_resending() {
     core.handle_connected().unwrap();
     assert_eq!(data_seqs(&written(&mut core)), [1, 2, 3, 4]);
 }
+
+fn candidates() -> Vec<acms_protocol::Candidate> {
+    vec![acms_protocol::Candidate {
+        addr: "203.0.113.7:5000".parse().unwrap(),
+        kind: acms_protocol::CandidateKind::Reflexive,
+    }]
+}
+
+#[test]
+fn candidates_go_to_the_hub_when_set_and_with_every_snapshot_until_the_user_leaves() {
+    let t0 = Instant::now();
+    let mut core = connected(t0);
+    let al = user("al");
+    core.state.users.login(&al, usize::MAX).unwrap();
+    core.state.users.set_candidates(&al, candidates()).unwrap();
+    core.handle_command(Command::Candidates(al.clone())).unwrap();
+    let set = Frame::Control(Control::Candidates { user: al.clone(), candidates: candidates() });
+    assert_eq!(written(&mut core), std::slice::from_ref(&set));
+
+    // A new hub hears them after the user set, before the snapshot is done.
+    core.handle_connected().unwrap();
+    let frames = written(&mut core);
+    let login = Frame::Control(Control::Login { users: vec![al.clone()] });
+    assert_eq!(frames[..2], [login, set]);
+    assert!(frames[2..].contains(&Frame::Control(Control::SnapshotDone)));
+
+    // Gone with the user: a change queued before the logout sends nothing, nor does a snapshot.
+    core.state.users.logout(&al).unwrap();
+    core.handle_command(Command::Candidates(al.clone())).unwrap();
+    assert!(written(&mut core).is_empty());
+    core.handle_connected().unwrap();
+    let frames = written(&mut core);
+    let sent_candidates =
+        frames.iter().any(|frame| matches!(frame, Frame::Control(Control::Candidates { .. })));
+    assert!(!sent_candidates, "{frames:?}");
+    assert_eq!(core.state.users.set_candidates(&al, candidates()), Err(crate::users::NotHere));
+}
+
+#[test]
+fn located_answers_a_reach_with_the_candidates() {
+    let t0 = Instant::now();
+    let mut core = connected(t0);
+    let (answer, mut rx) = oneshot::channel();
+    core.handle_command(Command::Locate(user("bo"), answer)).unwrap();
+    let [Frame::Control(Control::Locate { token, user: asked })] = &written(&mut core)[..] else {
+        panic!("one Locate")
+    };
+    assert_eq!(asked, &user("bo"));
+    let located = Control::Located { token: *token, server: Some(PEER), candidates: candidates() };
+    core.handle_input(&mut from_hub([Frame::Control(located)]), t0).unwrap();
+    let reach = rx.try_recv().unwrap().expect("online");
+    assert_eq!((reach.server, reach.candidates), (PEER, candidates()));
+}
+
+#[test]
+fn an_invitation_is_handed_over_once_and_one_that_comes_back_says_so() {
+    let t0 = Instant::now();
+    let mut core = connected(t0);
+    let mut invitation = unicast("bo", "al", "punch");
+    invitation.kind = DataKind::Invitation;
+    invitation.origin = PEER;
+    invitation.seq = 1;
+    let servers = vec![ServerEpoch { id: PEER, epoch: 9 }];
+    let mut input = from_hub([
+        Frame::Control(Control::Servers { servers }),
+        Frame::Data(invitation.clone()),
+        Frame::Data(invitation.clone()),
+    ]);
+    core.handle_input(&mut input, t0).unwrap();
+    let expected = Event::Invitation { from: user("bo"), to: user("al"), payload: "punch".into() };
+    assert_eq!(core.poll_events().unwrap(), [expected]);
+
+    // One sent from here, and a message after it, both returned: only the first is marked.
+    let mut mine = unicast("al", "cy", "punch back");
+    mine.kind = DataKind::Invitation;
+    core.handle_command(Command::Data { data: mine, receipt: None, here: false }).unwrap();
+    core.handle_command(Command::Data {
+        data: unicast("al", "cy", "hi"),
+        receipt: None,
+        here: false,
+    })
+    .unwrap();
+    core.handle_commands_done().unwrap();
+    let returned: Vec<Frame> = written(&mut core)
+        .into_iter()
+        .filter_map(|frame| match frame {
+            Frame::Data(mut data) => {
+                data.kind = DataKind::Undeliverable;
+                Some(Frame::Data(data))
+            }
+            _ => None,
+        })
+        .collect();
+    core.handle_input(&mut from_hub(returned), t0).unwrap();
+    let flags: Vec<(String, bool)> = core
+        .poll_events()
+        .unwrap()
+        .into_iter()
+        .map(|event| match event {
+            Event::Undeliverable { payload, invitation, .. } => {
+                (String::from_utf8(payload.to_vec()).unwrap(), invitation)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(flags, [("punch back".to_string(), true), ("hi".to_string(), false)]);
+    assert!(core.invitations.is_empty(), "settled, forgotten");
+}
