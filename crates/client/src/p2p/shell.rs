@@ -133,7 +133,8 @@ impl Paths {
         udp_port: Option<u16>,
     ) -> Self {
         let (report, events) = mpsc::channel(1024);
-        let epoch = rand::random::<u64>() >> 11;
+        // This session's numbering: a peer that sees a new epoch starts counting again.
+        let epoch = rand::random::<u64>();
         let mut paths = Self {
             engine: Engine::new(config.engine.clone(), user, epoch, String::new()),
             direct: None,
@@ -255,7 +256,7 @@ impl Paths {
         self.engine.pending()
     }
 
-    /// This client moved to server `server_id`: its candidates go there again.
+    /// This client moved to server `server_id` (send it [`Paths::candidates_line`] too).
     pub fn moved(&mut self, server_id: u32) {
         self.server = server_id;
     }
