@@ -2,8 +2,9 @@
 //! two `im-server`s on the "internet" bridge, each client in its own namespace behind its own
 //! NAT, all real processes. Endpoint-independent NATs open a direct path and the hub relays
 //! nothing; symmetric ones do not, and the messages go through the hub; a direct path cut
-//! mid-stream hands the stream to the hub, nothing lost or doubled. Plus the bad input the
-//! servers must shrug off: a malformed probe datagram and a bogus invitation.
+//! mid-stream hands the stream to the hub, nothing lost or doubled; a file takes the direct path
+//! too. Plus the bad input the servers must shrug off: malformed probe datagrams, too many or
+//! unusable candidates, a bad offer, a bogus invitation.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,6 +14,8 @@ use acms_tests::nat_topology::{Internet, Nat};
 use acms_tests::process::{ADMIN_TOKEN, PATIENCE, Proc, field_addr, program, start_hub};
 use acms_tests::{TestServer, user};
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio_util::codec::{Framed, LinesCodec};
 
 /// The hub and two servers in the internet namespace, and the topology.
 struct Setup {
@@ -226,7 +229,7 @@ async fn a_direct_path_cut_mid_stream_hands_the_stream_to_the_hub_losing_nothing
 }
 
 #[tokio::test]
-async fn a_bad_probe_datagram_and_a_bogus_invitation_are_ignored_with_a_log_line() {
+async fn bad_probes_candidates_and_invitations_are_refused_and_nothing_else_is_affected() {
     let (_hub, transfer, _admin) = start_hub().await;
     let args = ["--id", "0", "--listen", "127.0.0.1:0", "--acms", &transfer.to_string()];
     let mut server = Proc::start("im-server 0", &program("examples/im-server"), &args);
@@ -273,6 +276,23 @@ async fn a_bad_probe_datagram_and_a_bogus_invitation_are_ignored_with_a_log_line
         .unwrap();
     assert_eq!(&answer[..8], b"ACMSRFX1");
     assert_eq!(len, 8 + 8 + 1 + 2 + 4, "an IPv4 answer");
+    // A client that reports too many candidates or a bad offer is told so, and carries on.
+    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let mut raw = Framed::new(stream, LinesCodec::new());
+    let mut ask = async |line: String| {
+        raw.send(line).await.unwrap();
+        let answer = tokio::time::timeout(PATIENCE, raw.next()).await.expect("an answer in time");
+        answer.expect("the connection open").unwrap()
+    };
+    assert_eq!(ask("LOGIN carol".into()).await, "OK 0");
+    let nine = ["10.0.0.1:5/l"; 9].join(" ");
+    let refused = ask(format!("CANDIDATES {nine}")).await;
+    assert!(refused.starts_with("ERR bad line") && refused.contains("up to 8"), "{refused}");
+    let refused = ask("OFFER bob not-a-fingerprint".into()).await;
+    assert!(refused.starts_with("ERR bad line"), "{refused}");
+    let refused = ask("CANDIDATES 0.0.0.0:5/l".into()).await;
+    assert!(refused.starts_with("ERR bad line"), "{refused}");
+    assert_eq!(ask("WHO bob".into()).await, "LOCATED bob 0");
     // A server of the cluster (hostile or broken) invites bob with garbage.
     let mallory = TestServer::start(7, transfer).await;
     mallory.login(&["mallory"]).await;
