@@ -116,8 +116,11 @@ async fn endpoint_independent_nats_open_a_direct_path_and_the_hub_relays_nothing
     };
     let downloads = tempfile::tempdir().expect("temp dir");
     let download_dir = downloads.path().to_str().expect("UTF-8 path");
-    let mut alice = setup.client(0, "alice", &[]).await;
-    let mut bob = setup.client(1, "bob", &["--download-dir", download_dir]).await;
+    // Generous timeouts: a loaded machine must not turn a slow punch into a fallback.
+    let slack = ["--punch-timeout", "10s", "--p2p-idle-timeout", "20s"];
+    let mut alice = setup.client(0, "alice", &slack).await;
+    let mut bob =
+        setup.client(1, "bob", &[&slack[..], &["--download-dir", download_dir]].concat()).await;
     let started = Instant::now();
     alice.say("@bob hello 0").await;
     let first = bob.stdout.next("alice's first message").await;
@@ -192,7 +195,7 @@ async fn a_direct_path_cut_mid_stream_hands_the_stream_to_the_hub_losing_nothing
     let Some(setup) = Setup::start("a_direct_path_cut_mid_stream", nats).await else {
         return;
     };
-    let idle = ["--p2p-idle-timeout", "2s"];
+    let idle = ["--punch-timeout", "10s", "--p2p-idle-timeout", "3s"];
     let mut alice = setup.client(0, "alice", &idle).await;
     let mut bob = setup.client(1, "bob", &idle).await;
     let mut received = Vec::new();
@@ -212,7 +215,7 @@ async fn a_direct_path_cut_mid_stream_hands_the_stream_to_the_hub_losing_nothing
     while received.len() < 1000 {
         received.push(bob.stdout.next("a numbered message").await);
     }
-    eprintln!("1,000 messages through after the cut in {:?} (idle timeout 2s)", cut.elapsed());
+    eprintln!("1,000 messages through after the cut in {:?} (idle timeout 3s)", cut.elapsed());
     let mut paths = std::collections::BTreeMap::<String, usize>::new();
     for (index, line) in received.iter().enumerate() {
         let (text, path) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no path in {line:?}"));
@@ -247,6 +250,7 @@ async fn bad_probes_candidates_and_invitations_are_refused_and_nothing_else_is_a
         let name = name.to_owned();
         async move {
             let args = ["--server", listen.as_str(), "--user", name.as_str(), "--show-path"];
+            let args = [&args[..], &["--punch-timeout", "10s"]].concat();
             let mut client = Proc::start(&name, &program("im-client"), &args);
             let expected = format!("logged in as {name} on server 0 (");
             client.stderr.wait_for("the login", |line| line.starts_with(&expected)).await;
