@@ -7,6 +7,7 @@
 //! path it came by (`server` when the sender is on this server, `hub` otherwise).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use acms_appserver::{Candidate as DirectoryCandidate, CandidateKind as DirectoryKind};
 use acms_appserver::{Cluster, ClusterError, UserId};
@@ -16,6 +17,9 @@ use tracing::{info, warn};
 
 use crate::paths::{self, Candidate, CandidateKind, Invite, Kind, Number, Role, Via, WireError};
 use crate::{ClientLine, ServerLine};
+
+/// How long an `OFFER` waits for the hub to say where the peer is.
+const REACH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The clients that reported candidates (and so get `PMSG`), with those candidates.
 pub(super) type Routed = Arc<DashMap<UserId, Vec<Candidate>>>;
@@ -111,7 +115,15 @@ impl Direct<'_> {
                         reason: format!("no such user name: {to}"),
                     }));
                 };
-                let reach = cluster.reach(&peer).await?;
+                // The hub may be away: the client's messages will wait for it on the server path
+                // anyway, and the session must not stall meanwhile.
+                let reach = match tokio::time::timeout(REACH_TIMEOUT, cluster.reach(&peer)).await {
+                    Ok(reach) => reach?,
+                    Err(_) => {
+                        info!(%user, peer = %to, "no answer from the hub about the peer; no direct path");
+                        None
+                    }
+                };
                 let answer = ServerLine::Reach {
                     user: to.clone(),
                     server: reach.as_ref().map(|reach| reach.server.0),
