@@ -276,38 +276,41 @@ async fn too_many_lying_or_unusable_candidates_close_only_that_connection() {
             Candidate { addr: SocketAddr::from(([10, a, b, c], 4000)), kind: CandidateKind::Local }
         })
         .collect();
-    let cases: Vec<(&str, Bytes)> = vec![
-        ("nine candidates", {
-            let control = Control::Candidates { user: user("mallory"), candidates: nine };
-            Frame::Control(control).to_bytes(1 << 20).unwrap()
-        }),
-        ("100,000 candidates in one frame", candidates_frame("mallory", 100_000, &many)),
-        (
+    let malformed = |what, frame| (what, frame, ErrorCode::Malformed, "candidate");
+    let encoded = |candidates| {
+        let control = Control::Candidates { user: user("mallory"), candidates };
+        Frame::Control(control).to_bytes(1 << 20).unwrap()
+    };
+    // A frame of a few candidates whose prefix claims 1.8 MB, past the 1 MiB limit.
+    let mut oversized = BytesMut::from(&candidates_frame("mallory", 200_000, &many[..9])[..]);
+    oversized[..4].copy_from_slice(&1_800_000u32.to_be_bytes());
+    let cases = vec![
+        malformed("nine candidates", encoded(nine)),
+        malformed("100,000 candidates in one frame", candidates_frame("mallory", 100_000, &many)),
+        malformed(
             "a count of 4 billion in a small frame",
             candidates_frame("mallory", u32::MAX, &many[..9]),
         ),
-        ("an unspecified address", {
-            let zero = vec![candidate("0.0.0.0:4000", CandidateKind::Reflexive)];
-            let control = Control::Candidates { user: user("mallory"), candidates: zero };
-            Frame::Control(control).to_bytes(1 << 20).unwrap()
-        }),
-        ("port 0", {
-            let zero = vec![candidate("203.0.113.1:0", CandidateKind::Reflexive)];
-            let control = Control::Candidates { user: user("mallory"), candidates: zero };
-            Frame::Control(control).to_bytes(1 << 20).unwrap()
-        }),
+        malformed(
+            "an unspecified address",
+            encoded(vec![candidate("0.0.0.0:4000", CandidateKind::Reflexive)]),
+        ),
+        malformed("port 0", encoded(vec![candidate("203.0.113.1:0", CandidateKind::Reflexive)])),
+        // Refused when the prefix arrives, before the body.
+        ("a frame over the limit", oversized.freeze(), ErrorCode::TooLarge, "exceeds the limit"),
     ];
     assert!(cases[1].1.len() > 500_000 && cases[1].1.len() < 1 << 20, "{}", cases[1].1.len());
 
-    for (id, (what, frame)) in (10..).zip(cases) {
+    for (id, (what, frame, expected, reason)) in (10..).zip(cases) {
         let mut peer = raw_server(&hub, id, &["mallory"]).await;
         use tokio::io::AsyncWriteExt;
-        peer.get_mut().write_all(&frame).await.unwrap();
+        // The hub may close before it has read it all.
+        let _ = peer.get_mut().write_all(&frame).await;
         let (code, message) = expect_error(&mut peer).await;
-        assert_eq!(code, ErrorCode::Malformed, "{what}: {message}");
-        assert!(message.contains("candidate"), "{what}: a clear reason: {message}");
+        assert_eq!(code, expected, "{what}: {message}");
+        assert!(message.contains(reason), "{what}: a clear reason: {message}");
 
-        // The others carry on: a message, a reach, the bad server's user gone with it.
+        // The others carry on: a message, a reach.
         s0.cluster.send_to_user(&user("alice"), &user("bob"), "still here".into()).await.unwrap();
         let message =
             Event::Message { from: user("alice"), to: user("bob"), payload: "still here".into() };
@@ -343,4 +346,31 @@ async fn candidates_for_a_user_the_server_does_not_have_are_ignored() {
     }
     assert_eq!(hub.hub.registry().reach("alice"), Some((ServerId(0), vec![])));
     assert_eq!(hub.hub.registry().sessions_with_candidates(), 0);
+}
+
+#[tokio::test]
+async fn a_user_who_moves_to_another_server_leaves_the_old_sessions_candidates_behind() {
+    let hub = TestHub::start().await;
+    let mut s0 = TestServer::start(0, hub.addr).await;
+    let s1 = TestServer::start(1, hub.addr).await;
+    let mut s2 = TestServer::start(2, hub.addr).await;
+    s0.login(&["alice"]).await;
+    let alice = user("alice");
+    s0.cluster.set_candidates(&alice, alice_candidates()).await.unwrap();
+    s2.cluster.watch([alice.clone()]).await.unwrap();
+    assert_eq!(s2.next_event().await, presence("alice", Some(0), alice_candidates()));
+
+    // Policy `replace`: her login on server 1 kicks server 0's session.
+    s1.login(&["alice"]).await;
+    assert_eq!(s2.next_event().await, presence("alice", Some(1), vec![]));
+    assert!(matches!(next_non_presence(&mut s0).await, Event::Kicked { .. }));
+    let reach = s2.cluster.reach(&alice).await.unwrap();
+    assert_eq!(reach, Some(Reach { server: ServerId(1), candidates: vec![] }));
+    let registry = hub.hub.registry();
+    acms_tests::eventually("server 0's session forgotten", || {
+        registry.sessions_with_candidates() == 0
+    })
+    .await;
+    let err = s0.cluster.set_candidates(&alice, alice_candidates()).await.unwrap_err();
+    assert!(matches!(err, ClusterError::NotLocal { .. }), "kicked from server 0: {err}");
 }
