@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need (cargo-nextest, schemathesis, chromium
-# and chromium-driver, iproute2),
+# and chromium-driver, iproute2, iptables),
 # builds the programs the end-to-end tests start as processes, then runs the documentation
 # examples and every test of the workspace in parallel.
 set -euo pipefail
@@ -43,6 +43,15 @@ if ! command -v ip >/dev/null 2>&1; then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq iproute2 >/dev/null
+fi
+
+# Debian's iptables makes the NATs of tests/nat.rs (MASQUERADE, endpoint-independent or
+# --random-fully) between the namespaces of tests/nat_topology.rs.
+if ! command -v iptables >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq iptables >/dev/null
 fi
 
 cargo build --workspace --bins --examples

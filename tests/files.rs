@@ -87,8 +87,9 @@ async fn a_200_mib_file_crosses_two_servers_intact_in_bounded_memory() {
 
     let cluster = DemoCluster::start().await;
     let download_dir = downloads.to_str().expect("UTF-8 path");
-    let mut bob = cluster.client("bob", 1, &["--download-dir", download_dir]).await;
-    let mut alice = cluster.client("alice", 0, &[]).await;
+    // Through both servers and the hub, whose memory is measured: no direct path.
+    let mut bob = cluster.client("bob", 1, &["--download-dir", download_dir, "--no-p2p"]).await;
+    let mut alice = cluster.client("alice", 0, &["--no-p2p"]).await;
 
     alice.say(&format!("/file bob {}", source.display())).await;
     let received =

@@ -49,8 +49,10 @@ async fn chat_across_two_servers_then_clean_shutdown() {
 
     // alice on server 0, bob on server 1. The login is answered once the hub has it, so each is
     // reachable from the other server as soon as its client says so.
-    let mut alice = Proc::start("alice", &client_bin, &["--server", &listen[0], "--user", "alice"]);
-    let mut bob = Proc::start("bob", &client_bin, &["--server", &listen[1], "--user", "bob"]);
+    // Through the hub (a direct path between them is tests/nat.rs's business).
+    let args = |server, user| ["--server", server, "--user", user, "--no-p2p"];
+    let mut alice = Proc::start("alice", &client_bin, &args(&listen[0], "alice"));
+    let mut bob = Proc::start("bob", &client_bin, &args(&listen[1], "bob"));
     let login = |user: &'static str, id: u32| {
         let expected = format!("logged in as {user} on server {id} (");
         move |line: &str| line.starts_with(&expected)
@@ -350,8 +352,9 @@ async fn a_drained_servers_client_moves_and_loses_no_message() {
 
     const COUNT: usize = 200;
     let cluster = DemoCluster::start().await;
-    let mut alice = cluster.client("alice", 0, &[]).await;
-    let mut bob = cluster.client("bob", 1, &[]).await;
+    // Through the servers, which is what a drain moves: no direct path.
+    let mut alice = cluster.client("alice", 0, &["--no-p2p"]).await;
+    let mut bob = cluster.client("bob", 1, &["--no-p2p"]).await;
     let bearer = format!("Bearer {ADMIN_TOKEN}");
     let auth = [("Authorization", bearer.as_str())];
 

@@ -14,6 +14,10 @@
 //! With `--http ADDR` it also serves the chat page and its WebSocket there
 //! (`acms_client::server::web`): browsers are clients like the others.
 //!
+//! It answers the clients' reflexive-address probe (`acms_client::p2p::probe`) on a UDP port,
+//! by default the listen address's (UDP 6000 next to TCP 6000); `--udp ADDR` moves it, `--udp
+//! off` turns it off (clients then open direct paths on their LAN only).
+//!
 //! Run: `cargo run --release -p acms-appserver --example im-server -- --id 0 --listen 127.0.0.1:6000`
 
 use std::net::SocketAddr;
@@ -21,14 +25,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use acms_appserver::{AUTO, ClientTls, Cluster, ClusterName, Secret, ServerId};
+use acms_client::p2p::probe;
 use acms_client::server::web::{WebServer, WebSettings};
 use acms_client::server::{Clients, ServerSettings, advertised};
 use acms_common::{logging, secret_from_env, signal::shutdown_on_signal};
 use anyhow::Context;
 use clap::Parser;
 use serde::Deserialize;
-use tokio::net::TcpListener;
-use tracing::info;
+use tokio::net::{TcpListener, UdpSocket};
+use tracing::{info, warn};
 
 /// Example IM server of an ACMS cluster.
 #[derive(Debug, Parser)]
@@ -51,6 +56,10 @@ struct Args {
     /// off].
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Answer the clients' reflexive-address probe on this UDP address, or `off` [default: the
+    /// listen address and port, on UDP].
+    #[arg(long)]
+    udp: Option<String>,
     /// Address of the ACMS hub, or several separated by commas in order of preference (hot
     /// standby), or `auto` to find the hubs of --cluster-name on the LAN (DNS-SD)
     /// [default: 127.0.0.1:12000].
@@ -87,6 +96,9 @@ struct Config {
     advertise: String,
     /// Where the chat page and its WebSocket are served; off when absent.
     http: Option<SocketAddr>,
+    /// Where the reflexive-address probe answers (UDP): an address, `off`, or empty for the
+    /// listen address and port.
+    udp: String,
     #[serde(with = "humantime_serde")]
     login_timeout: Duration,
     /// How long a login may wait for the hub before the client is told it is unreachable.
@@ -124,6 +136,7 @@ impl Default for Config {
             cluster_name: ClusterName::default().to_string(),
             advertise: String::new(),
             http: None,
+            udp: String::new(),
             login_timeout: client.login_timeout,
             hub_login_timeout: client.hub_login_timeout,
             client_queue: client.client_queue,
@@ -151,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
     };
     config.advertise = args.advertise.unwrap_or(config.advertise);
     config.http = args.http.or(config.http);
+    config.udp = args.udp.unwrap_or(config.udp);
     if let Some(secret) = secret_from_env()? {
         config.secret = Some(secret);
     }
@@ -177,7 +191,16 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     let advertise = advertised(&config.advertise, local)?;
-    info!(id = config.id, listen = %local, %advertise, acms = %config.acms, cluster = %cluster_name, "im-server started");
+    let probe = bind_probe(&config.udp, local).await?;
+    let udp_port = match &probe {
+        Some(socket) => Some(socket.local_addr()?.port()),
+        None => None,
+    };
+    let udp = udp_port.map_or_else(|| "off".to_owned(), |port| port.to_string());
+    info!(id = config.id, listen = %local, %advertise, acms = %config.acms, cluster = %cluster_name, %udp, "im-server started");
+    if let Some(socket) = probe {
+        tokio::spawn(probe::serve(socket, shutdown.clone()));
+    }
 
     let web = match config.http {
         Some(addr) => Some(
@@ -204,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
         hub_login_timeout: config.hub_login_timeout,
         client_queue: config.client_queue,
         client_grace: config.client_grace,
+        udp_port,
         ..ServerSettings::default()
     };
     let clients = Clients::start(cluster, events, settings);
@@ -213,6 +237,30 @@ async fn main() -> anyhow::Result<()> {
     clients.serve(listener, shutdown).await;
     info!("stopped");
     Ok(())
+}
+
+/// Binds the probe's UDP socket as `udp` says: off, an address, or (empty) the TCP listener's
+/// address and port, or any port there when that one is taken on UDP.
+async fn bind_probe(udp: &str, listen: SocketAddr) -> anyhow::Result<Option<UdpSocket>> {
+    match udp {
+        "off" => Ok(None),
+        "" => match UdpSocket::bind(listen).await {
+            Ok(socket) => Ok(Some(socket)),
+            Err(err) => {
+                warn!(%listen, error = %err, "the listen port is taken on UDP: the probe uses another");
+                Ok(Some(UdpSocket::bind(SocketAddr::new(listen.ip(), 0)).await?))
+            }
+        },
+        addr => {
+            let addr: SocketAddr = addr
+                .parse()
+                .with_context(|| format!("--udp {addr} is neither `off` nor IP:port"))?;
+            let socket = UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("cannot answer probes on UDP {addr}"))?;
+            Ok(Some(socket))
+        }
+    }
 }
 
 /// Reads the PEM files of `[tls]`; the hub's name defaults to the host part of its address (with

@@ -1,6 +1,8 @@
 //! A client of the example IM server.
 
+use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -14,6 +16,8 @@ use crate::line::{ClientLine, LineError, ServerLine};
 pub struct ImClient {
     lines: Framed<TcpStream, LinesCodec>,
     server: u32,
+    /// Lines that came while the client waited for an answer, for [`ImClient::recv`].
+    early: VecDeque<ServerLine>,
 }
 
 /// Why the client failed.
@@ -42,7 +46,7 @@ impl ImClient {
         let stream = TcpStream::connect(addr).await?;
         let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_LEN));
         lines.send(ClientLine::Login { user: user.to_owned() }.to_string()).await?;
-        let mut client = Self { lines, server: 0 };
+        let mut client = Self { lines, server: 0, early: VecDeque::new() };
         match client.recv().await? {
             Some(ServerLine::Ok { server }) => {
                 client.server = server;
@@ -57,6 +61,37 @@ impl ImClient {
     /// Id of the server this client is logged in on.
     pub fn server(&self) -> u32 {
         self.server
+    }
+
+    /// The address of the server this client is connected to.
+    pub fn server_addr(&self) -> Result<SocketAddr, ClientError> {
+        Ok(self.lines.get_ref().peer_addr()?)
+    }
+
+    /// Sends any line of the protocol.
+    pub async fn send_line(&mut self, line: &ClientLine) -> Result<(), ClientError> {
+        self.lines.send(line.to_string()).await?;
+        Ok(())
+    }
+
+    /// Asks the server which UDP port answers the reflexive-address probe (`None`: it runs
+    /// none); lines that come meanwhile are kept for [`ImClient::recv`].
+    pub async fn udp_port(&mut self) -> Result<Option<u16>, ClientError> {
+        self.send_line(&ClientLine::Udp).await?;
+        loop {
+            match self.lines.next().await {
+                None => return Err(ClientError::Closed),
+                Some(line) => match ServerLine::parse(&line?) {
+                    Ok(ServerLine::Udp { port }) => return Ok(port),
+                    // An older server does not know the question.
+                    Ok(ServerLine::Error { reason }) if reason.starts_with("bad line") => {
+                        return Ok(None);
+                    }
+                    Ok(other) => self.early.push_back(other),
+                    Err(err) => return Err(err.into()),
+                },
+            }
+        }
     }
 
     /// Sends `text` to `to`.
@@ -117,6 +152,9 @@ impl ImClient {
 
     /// The next line from the server, or `None` once it closed the connection.
     pub async fn recv(&mut self) -> Result<Option<ServerLine>, ClientError> {
+        if let Some(line) = self.early.pop_front() {
+            return Ok(Some(line));
+        }
         match self.lines.next().await {
             None => Ok(None),
             Some(line) => Ok(Some(ServerLine::parse(&line?)?)),

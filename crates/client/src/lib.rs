@@ -22,6 +22,15 @@
 //! | server → client | `FILE-UNDELIVERABLE <to> <message>` | a file-transfer message came back: offline, or not delivered by the peer's server |
 //! | server → client | `MOVE <addr>` | the server is drained: log in at `addr`, then read this connection until it closes |
 //! | server → client | `HUB up\|down` | web clients only: the server's link to the hub came back or went down |
+//! | client → server | `UDP` | which UDP port answers the reflexive-address probe? |
+//! | server → client | `UDP <port>\|off` | the answer |
+//! | client → server | `CANDIDATES [<addr>/l\|r ...]` | this client's direct-path candidates (local, reflexive; at most 8); also asks for `PMSG` |
+//! | client → server | `OFFER <user> <fingerprint>` | let's open a direct path: answered by `REACH`, relayed to the peer as `INVITE` |
+//! | server → client | `REACH <user> offline\|<server-id> [<candidate> ...]` | the peer's place and candidates |
+//! | client → server | `ANSWER <user> <fingerprint>` | yes to the peer's offer, relayed as `INVITE` |
+//! | server → client | `INVITE <from> offer\|answer <fingerprint> [<candidate> ...]` | a peer's offer or answer, checked by the servers |
+//! | client → server | `PSEND <user> <epoch>.<seq> m\|f <body>` | a numbered message (text or file transfer) through the server |
+//! | server → client | `PMSG <from> server\|hub <epoch>.<seq>\|- m\|f <body>` | a message, with the path it came by, for a client that sent `CANDIDATES` |
 //!
 //! A web browser speaks the same lines over a WebSocket, one line per text message
 //! ([`server::web`]).
@@ -29,6 +38,8 @@
 //! # Layout
 //! - [`line`]: [`ClientLine`] and [`ServerLine`], parsing and formatting.
 //! - [`client`]: [`ImClient`], connect, log in, send, receive.
+//! - [`p2p`]: the direct path between two clients (punching, QUIC), tried before the server's;
+//!   [`paths`]: its text forms and the path labels.
 //! - [`transfer`]: file transfer between two clients: messages, flow control, files on disk.
 //! - [`server`]: the IM server's side: per-client sessions, the cluster's events into their
 //!   queues ([`server::serve`]), and the web page with its WebSocket ([`server::web`]); the
@@ -36,6 +47,8 @@
 
 pub mod client;
 pub mod line;
+pub mod p2p;
+pub mod paths;
 pub mod server;
 pub mod transfer;
 

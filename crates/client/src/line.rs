@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::paths::{self, Candidate, Invite, Kind, Number, Via, format_candidates};
+
 /// A line a client sends to the IM server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientLine {
@@ -58,6 +60,41 @@ pub enum ClientLine {
         /// The peer of the transfer.
         to: String,
         /// The transfer message, as [`crate::transfer::FileMessage`] formats it.
+        body: String,
+    },
+    /// Which UDP port answers the reflexive-address probe? Answered by [`ServerLine::Udp`].
+    Udp,
+    /// The addresses this client can be reached at directly (at most 8; none is fine). Also
+    /// asks for messages as [`ServerLine::Routed`], labelled with their path.
+    Candidates {
+        /// Local and reflexive addresses.
+        candidates: Vec<Candidate>,
+    },
+    /// Let's open a direct path to `to`: answered by [`ServerLine::Reach`], and relayed to
+    /// `to` as an invitation with this client's candidates.
+    Offer {
+        /// The peer.
+        to: String,
+        /// SHA-256 of this client's certificate.
+        fingerprint: String,
+    },
+    /// Yes to `to`'s offer: relayed to `to` as an invitation with this client's candidates.
+    Answer {
+        /// The peer that offered.
+        to: String,
+        /// SHA-256 of this client's certificate.
+        fingerprint: String,
+    },
+    /// A numbered message for `to`, sent through the server (the peer drops a number it saw on
+    /// the direct path).
+    Numbered {
+        /// The recipient.
+        to: String,
+        /// Its number.
+        number: Number,
+        /// Text or file transfer.
+        kind: Kind,
+        /// What it says.
         body: String,
     },
 }
@@ -163,6 +200,41 @@ pub enum ServerLine {
         /// The transfer message.
         body: String,
     },
+    /// The answer to [`ClientLine::Udp`]: the probe's port on this server, if it runs one.
+    Udp {
+        /// The UDP port; `None` when the server answers no probes.
+        port: Option<u16>,
+    },
+    /// The answer to [`ClientLine::Offer`]: `user`'s server and candidates.
+    Reach {
+        /// The peer.
+        user: String,
+        /// The server they are online on; `None` when offline.
+        server: Option<u32>,
+        /// Where they can be reached directly (possibly nowhere).
+        candidates: Vec<Candidate>,
+    },
+    /// A peer's offer or answer of a direct path, relayed by the servers.
+    Invite {
+        /// The peer.
+        from: String,
+        /// Its role, certificate fingerprint and candidates.
+        invite: Invite,
+    },
+    /// A message for a client that reported candidates: with the path it came by and, from a
+    /// client that numbers them, its number.
+    Routed {
+        /// Who sent it.
+        from: String,
+        /// `server` (same server) or `hub`.
+        via: Via,
+        /// Its number; `None` from a sender that does not number (a web client).
+        number: Option<Number>,
+        /// Text or file transfer.
+        kind: Kind,
+        /// What it says.
+        body: String,
+    },
 }
 
 /// A line that is not part of the protocol.
@@ -218,9 +290,39 @@ impl ClientLine {
                 ("", _) | (_, "") => Err(bad(line, "FILE takes a user and a transfer message")),
                 (to, body) => Ok(Self::File { to: to.to_owned(), body: body.to_owned() }),
             },
+            "UDP" if rest.is_empty() => Ok(Self::Udp),
+            "CANDIDATES" => paths::parse_candidates(rest.split(' '))
+                .map(|candidates| Self::Candidates { candidates })
+                .map_err(|_| bad(line, "CANDIDATES takes up to 8 ADDR/l or ADDR/r")),
+            "OFFER" | "ANSWER" => match word(rest) {
+                (to, fingerprint)
+                    if !to.is_empty() && paths::check_fingerprint(fingerprint).is_ok() =>
+                {
+                    let (to, fingerprint) = (to.to_owned(), fingerprint.to_owned());
+                    Ok(if verb == "OFFER" {
+                        Self::Offer { to, fingerprint }
+                    } else {
+                        Self::Answer { to, fingerprint }
+                    })
+                }
+                _ => Err(bad(line, "OFFER and ANSWER take a user and a SHA-256 fingerprint")),
+            },
+            "PSEND" => match word(rest) {
+                (to, numbered) if !to.is_empty() => match paths::numbered(numbered) {
+                    Ok((number, kind, body)) => Ok(Self::Numbered {
+                        to: to.to_owned(),
+                        number,
+                        kind,
+                        body: body.to_owned(),
+                    }),
+                    Err(_) => Err(bad(line, "PSEND takes a user, EPOCH.SEQ, m or f, and a body")),
+                },
+                _ => Err(bad(line, "PSEND takes a user, EPOCH.SEQ, m or f, and a body")),
+            },
             _ => Err(bad(
                 line,
-                "expected LOGIN, SEND, ALL, JOIN, LEAVE, GROUP, WHO, WATCH, FILE or QUIT",
+                "expected LOGIN, SEND, ALL, JOIN, LEAVE, GROUP, WHO, WATCH, FILE, UDP, CANDIDATES, \
+                 OFFER, ANSWER, PSEND or QUIT",
             )),
         }
     }
@@ -239,6 +341,15 @@ impl fmt::Display for ClientLine {
             Self::Leave { group } => write!(f, "LEAVE {group}"),
             Self::Group { group, text } => write!(f, "GROUP {group} {text}"),
             Self::File { to, body } => write!(f, "FILE {to} {body}"),
+            Self::Udp => f.write_str("UDP"),
+            Self::Candidates { candidates } => {
+                write!(f, "CANDIDATES {}", format_candidates(candidates))
+            }
+            Self::Offer { to, fingerprint } => write!(f, "OFFER {to} {fingerprint}"),
+            Self::Answer { to, fingerprint } => write!(f, "ANSWER {to} {fingerprint}"),
+            Self::Numbered { to, number, kind, body } => {
+                write!(f, "PSEND {to} {number} {} {body}", kind.letter())
+            }
         }
     }
 }
@@ -312,10 +423,62 @@ impl ServerLine {
                     Ok(Self::FileUndeliverable { to: to.to_owned(), body: body.to_owned() })
                 }
             },
+            "UDP" => match rest {
+                "off" => Ok(Self::Udp { port: None }),
+                port => port
+                    .parse()
+                    .map(|port| Self::Udp { port: Some(port) })
+                    .map_err(|_| bad(line, "UDP takes a port or `off`")),
+            },
+            "REACH" => {
+                let usage = "REACH takes a user and `offline`, or a server id and candidates";
+                let (user, rest) = word(rest);
+                let (server, candidates) = word(rest);
+                let user = match user {
+                    "" => return Err(bad(line, usage)),
+                    user => user.to_owned(),
+                };
+                if server == "offline" && candidates.is_empty() {
+                    return Ok(Self::Reach { user, server: None, candidates: vec![] });
+                }
+                let server = server.parse().map_err(|_| bad(line, usage))?;
+                let candidates =
+                    paths::parse_candidates(candidates.split(' ')).map_err(|_| bad(line, usage))?;
+                Ok(Self::Reach { user, server: Some(server), candidates })
+            }
+            "INVITE" => match word(rest) {
+                (from, invite) if !from.is_empty() => invite
+                    .parse()
+                    .map(|invite| Self::Invite { from: from.to_owned(), invite })
+                    .map_err(|_| bad(line, "INVITE takes a user and an invitation")),
+                _ => Err(bad(line, "INVITE takes a user and an invitation")),
+            },
+            "PMSG" => {
+                let usage = "PMSG takes a user, server or hub, EPOCH.SEQ or -, m or f, and a body";
+                let (from, rest) = word(rest);
+                let (via, rest) = word(rest);
+                let (number, rest) = word(rest);
+                let (kind, body) = word(rest);
+                let via = match via {
+                    "server" => Via::Server,
+                    "hub" => Via::Hub,
+                    _ => return Err(bad(line, usage)),
+                };
+                let number = match number {
+                    "-" => None,
+                    number => Some(number.parse().map_err(|_| bad(line, usage))?),
+                };
+                let kind = Kind::from_letter(kind).map_err(|_| bad(line, usage))?;
+                if from.is_empty() {
+                    return Err(bad(line, usage));
+                }
+                let (from, body) = (from.to_owned(), body.to_owned());
+                Ok(Self::Routed { from, via, number, kind, body })
+            }
             _ => Err(bad(
                 line,
                 "expected OK, MSG, GMSG, BCAST, JOINED, LEFT, UNDELIVERABLE, ERR, LOCATED, PRESENCE, \
-                 KICKED, MOVE, HUB, FILE or FILE-UNDELIVERABLE",
+                 KICKED, MOVE, HUB, FILE, FILE-UNDELIVERABLE, UDP, REACH, INVITE or PMSG",
             )),
         }
     }
@@ -343,6 +506,17 @@ impl fmt::Display for ServerLine {
             Self::File { from, body } => write!(f, "FILE {from} {body}"),
             Self::FileUndeliverable { to, body } => write!(f, "FILE-UNDELIVERABLE {to} {body}"),
             Self::Hub { up } => f.write_str(if *up { "HUB up" } else { "HUB down" }),
+            Self::Udp { port: Some(port) } => write!(f, "UDP {port}"),
+            Self::Udp { port: None } => f.write_str("UDP off"),
+            Self::Reach { user, server: None, .. } => write!(f, "REACH {user} offline"),
+            Self::Reach { user, server: Some(server), candidates } => {
+                write!(f, "REACH {user} {server} {}", format_candidates(candidates))
+            }
+            Self::Invite { from, invite } => write!(f, "INVITE {from} {invite}"),
+            Self::Routed { from, via, number, kind, body } => {
+                let number = number.map_or_else(|| "-".to_owned(), |number| number.to_string());
+                write!(f, "PMSG {from} {} {number} {} {body}", via.label(), kind.letter())
+            }
         }
     }
 }
@@ -392,6 +566,22 @@ mod tests {
             ClientLine::Leave { group: "room".into() },
             ClientLine::Group { group: "room".into(), text: "hi room".into() },
             ClientLine::File { to: "bob".into(), body: "ack 7 3".into() },
+            ClientLine::Udp,
+            ClientLine::Candidates { candidates: vec![] },
+            ClientLine::Candidates {
+                candidates: vec![
+                    "10.0.0.2:4000/l".parse().unwrap(),
+                    "1.2.3.4:5/r".parse().unwrap(),
+                ],
+            },
+            ClientLine::Offer { to: "bob".into(), fingerprint: "0a".repeat(32) },
+            ClientLine::Answer { to: "bob".into(), fingerprint: "0a".repeat(32) },
+            ClientLine::Numbered {
+                to: "bob".into(),
+                number: Number { epoch: 5, seq: 1 },
+                kind: Kind::Text,
+                body: "hi  there".into(),
+            },
         ];
         for line in client {
             assert_eq!(ClientLine::parse(&line.to_string()), Ok(line));
@@ -419,6 +609,33 @@ mod tests {
             ServerLine::FileUndeliverable { to: "bob".into(), body: "chunk 7 0 AAEC".into() },
             ServerLine::Hub { up: true },
             ServerLine::Hub { up: false },
+            ServerLine::Udp { port: Some(6000) },
+            ServerLine::Udp { port: None },
+            ServerLine::Reach { user: "bob".into(), server: None, candidates: vec![] },
+            ServerLine::Reach { user: "bob".into(), server: Some(2), candidates: vec![] },
+            ServerLine::Reach {
+                user: "bob".into(),
+                server: Some(0),
+                candidates: vec!["1.2.3.4:5/r".parse().unwrap()],
+            },
+            ServerLine::Invite {
+                from: "al".into(),
+                invite: format!("offer {} 1.2.3.4:5/r", "0a".repeat(32)).parse().unwrap(),
+            },
+            ServerLine::Routed {
+                from: "al".into(),
+                via: Via::Hub,
+                number: Some(Number { epoch: 1, seq: 2 }),
+                kind: Kind::File,
+                body: "ack 7 3".into(),
+            },
+            ServerLine::Routed {
+                from: "al".into(),
+                via: Via::Server,
+                number: None,
+                kind: Kind::Text,
+                body: String::new(),
+            },
         ];
         for line in server {
             assert_eq!(ServerLine::parse(&line.to_string()), Ok(line));
@@ -443,6 +660,10 @@ mod tests {
             "GROUP",
             "FILE bob",
             "FILE  x",
+            "UDP x",
+            "CANDIDATES 1.2.3.4:5/q",
+            "OFFER bob xyz",
+            "PSEND bob 1 m hi",
         ] {
             assert!(ClientLine::parse(line).is_err(), "{line:?}");
         }
@@ -465,6 +686,13 @@ mod tests {
             "HUB maybe",
             "UNDELIVERABLE carol x",
             "UNDELIVERABLE carol (offline x",
+            "UDP",
+            "REACH",
+            "REACH bob x",
+            "REACH bob 1 nowhere",
+            "INVITE al offer x",
+            "PMSG al p2p - m hi",
+            "PMSG al hub 1 m hi",
         ] {
             assert!(ServerLine::parse(line).is_err(), "{line:?}");
         }

@@ -16,6 +16,11 @@
 //!
 //! With `--acms-http URL` (the hub's admin API) and no `--server`, the client asks the hub which
 //! server to use (`GET /api/assign`, keyed by `--key` or the user name) and connects to it.
+//!
+//! A message to a user goes by a direct path (QUIC through the NATs, punched with the servers'
+//! help: `acms_client::p2p`) when one opens within `--punch-timeout`, else through the server;
+//! `--no-p2p` never opens one. `--show-path` ends each received message with ` [p2p]`,
+//! ` [server]` or ` [hub]`, and `/path user` tells the path to user.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -23,6 +28,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use acms_client::p2p::shell::PathsConfig;
+use acms_client::p2p::{EngineConfig, Kind, Paths, PathsEvent, Via};
 use acms_client::transfer::Transfers;
 use acms_client::{ClientError, ImClient, ServerLine};
 use anyhow::Context;
@@ -56,6 +63,19 @@ struct Args {
     /// How long a file transfer waits for its peer before it fails (e.g. `15s`, `500ms`).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     file_timeout: Duration,
+    /// End each received message with the path it came by: ` [p2p]`, ` [server]` or ` [hub]`.
+    #[arg(long)]
+    show_path: bool,
+    /// Never open a direct path to a peer: everything goes through the server.
+    #[arg(long)]
+    no_p2p: bool,
+    /// How long a direct path may take to open before messages go through the server.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    punch_timeout: Duration,
+    /// How long a direct path may stay silent (keepalives every second) before it counts as
+    /// broken and messages go through the server.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    p2p_idle_timeout: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -129,6 +149,8 @@ async fn chat(args: Args) -> anyhow::Result<()> {
         args.user,
         client.server(),
     );
+    let mut paths = open_paths(&args, &mut client).await?;
+    let show_path = args.show_path;
     let friends: Vec<String> = args.friends.into_iter().filter(|name| !name.is_empty()).collect();
     if !friends.is_empty() {
         client.watch(&friends).await?;
@@ -158,11 +180,12 @@ async fn chat(args: Args) -> anyhow::Result<()> {
                             _ => eprintln!("usage: {USAGE}"),
                         }
                     } else {
-                        run(&mut client, command).await?;
+                        run(&mut client, &mut paths, command).await?;
                     }
                 }
             },
             line = client.recv() => match line {
+                Ok(Some(line)) if Paths::takes(&line) => paths.handle_line(line),
                 Ok(Some(ServerLine::Kicked { reason })) => {
                     transfers.progress().suspend(|| eprintln!("kicked: {reason}"));
                     return Ok(());
@@ -171,8 +194,10 @@ async fn chat(args: Args) -> anyhow::Result<()> {
                     match log_in(&addr, &args.user).await {
                         Ok(moved) => {
                             let old = std::mem::replace(&mut client, moved);
-                            finish(old, &mut transfers).await?;
-                            rejoin(&mut client, &groups, &mut transfers).await?;
+                            paths.moved(client.server());
+                            client.send_line(&paths.candidates_line()).await?;
+                            finish(old, &mut transfers, &mut paths).await?;
+                            rejoin(&mut client, &groups, &mut transfers, &mut paths).await?;
                             if !friends.is_empty() {
                                 client.watch(&friends).await?;
                             }
@@ -208,7 +233,8 @@ async fn chat(args: Args) -> anyhow::Result<()> {
                 Err(err @ ClientError::Line(_)) => eprintln!("{err}"),
                 Err(err) => return Err(err.into()),
             },
-            Some((to, message)) = outbox.recv() => client.send_file(&to, &message.to_string()).await?,
+            Some((to, message)) = outbox.recv() => paths.send(&to, Kind::File, message.to_string()),
+            event = paths.next() => act(event, &mut client, &mut transfers, show_path).await?,
             Some(finished) = transfers.next_finished(), if transfers.running() > 0 => {
                 transfers.progress().suspend(|| eprintln!("{finished}"));
             }
@@ -216,9 +242,81 @@ async fn chat(args: Args) -> anyhow::Result<()> {
     }
     let reason = format!("{} left", args.user);
     for (to, message) in transfers.shutdown(&reason).await {
-        client.send_file(&to, &message.to_string()).await?;
+        paths.send(&to, Kind::File, message.to_string());
     }
+    // What waits for a punch or for the direct path's ack is sure of its path first: through
+    // the server at worst, within the punch and idle timeouts.
+    let patience = args.punch_timeout + args.p2p_idle_timeout + Duration::from_secs(5);
+    let flushed = async {
+        loop {
+            tokio::select! {
+                event = paths.next() => act(event, &mut client, &mut transfers, show_path).await?,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            if paths.pending() == 0 && paths.idle() {
+                return Ok::<(), anyhow::Error>(());
+            }
+        }
+    };
+    if tokio::time::timeout(patience, flushed).await.is_err() {
+        eprintln!("leaving with {} messages unconfirmed", paths.pending());
+    }
+    paths.close();
     client.quit().await?;
+    Ok(())
+}
+
+/// Sets up the direct path after the login: the probe's port, the socket, the candidates.
+async fn open_paths(args: &Args, client: &mut ImClient) -> anyhow::Result<Paths> {
+    let engine = EngineConfig {
+        enabled: !args.no_p2p,
+        punch_timeout: args.punch_timeout,
+        ..EngineConfig::default()
+    };
+    let config =
+        PathsConfig { engine, idle_timeout: args.p2p_idle_timeout, ..PathsConfig::default() };
+    let udp = if args.no_p2p { None } else { client.udp_port().await? };
+    let server = (client.server_addr()?, client.server());
+    let paths = Paths::start(config, &args.user, server, udp).await;
+    // Candidates (none with --no-p2p) also ask for messages labelled with their path.
+    if !args.no_p2p || args.show_path {
+        client.send_line(&paths.candidates_line()).await?;
+    }
+    Ok(paths)
+}
+
+/// Does what the direct path asks: a line to the server, a message to show or to transfer.
+async fn act(
+    event: PathsEvent,
+    client: &mut ImClient,
+    transfers: &mut Transfers,
+    show_path: bool,
+) -> anyhow::Result<()> {
+    match event {
+        PathsEvent::ToServer(line) => client.send_line(&line).await?,
+        PathsEvent::Deliver { from, kind: Kind::File, body, .. } => {
+            if let Err(err) = transfers.handle(&from, &body) {
+                transfers.progress().suspend(|| eprintln!("from {from}: {err}"));
+            }
+        }
+        PathsEvent::Deliver { from, via, kind: Kind::Text, body } => {
+            transfers
+                .progress()
+                .suspend(|| print_message(&from, &body, show_path.then_some(via)))?;
+        }
+        PathsEvent::Notice(notice) => transfers.progress().suspend(|| eprintln!("{notice}")),
+    }
+    Ok(())
+}
+
+/// Prints a message on stdout, with its path if asked.
+fn print_message(from: &str, text: &str, via: Option<Via>) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match via {
+        Some(via) => writeln!(stdout, "{from}: {text} [{}]", via.label())?,
+        None => writeln!(stdout, "{from}: {text}")?,
+    }
+    stdout.flush()?;
     Ok(())
 }
 
@@ -228,10 +326,15 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shows what the old connection of a move still brings, until its server closes it: messages
 /// routed there before the login on the new server arrive only there.
-async fn finish(mut old: ImClient, transfers: &mut Transfers) -> anyhow::Result<()> {
+async fn finish(
+    mut old: ImClient,
+    transfers: &mut Transfers,
+    paths: &mut Paths,
+) -> anyhow::Result<()> {
     let reading = async {
         loop {
             match old.recv().await {
+                Ok(Some(line)) if Paths::takes(&line) => paths.handle_line(line),
                 Ok(Some(ServerLine::Kicked { .. } | ServerLine::Move { .. })) => {}
                 Ok(Some(ServerLine::File { from, body })) => {
                     if let Err(err) = transfers.handle(&from, &body) {
@@ -261,6 +364,7 @@ async fn rejoin(
     client: &mut ImClient,
     groups: &BTreeSet<String>,
     transfers: &mut Transfers,
+    paths: &mut Paths,
 ) -> anyhow::Result<()> {
     for group in groups {
         client.join(group).await?;
@@ -268,6 +372,7 @@ async fn rejoin(
     let mut waiting = groups.len();
     while waiting > 0 {
         match client.recv().await? {
+            Some(line) if Paths::takes(&line) => paths.handle_line(line),
             Some(ServerLine::Joined { group }) if groups.contains(&group) => waiting -= 1,
             Some(ServerLine::Error { reason }) => {
                 // One answer per join: a refused join answers with an error.
@@ -288,10 +393,11 @@ async fn rejoin(
 
 const USAGE: &str = "`@user text` sends text to user, `/all text` to everyone online, `/join ROOM` \
                      and `/leave ROOM` join and leave a group, `#ROOM text` sends to its members, \
-                     `/who user` finds user, `/file user path` sends a file, `/quit` leaves";
+                     `/who user` finds user, `/path user` tells the path to user, `/file user path` \
+                     sends a file, `/quit` leaves";
 
 /// Runs one command typed by the user.
-async fn run(client: &mut ImClient, command: &str) -> anyhow::Result<()> {
+async fn run(client: &mut ImClient, paths: &mut Paths, command: &str) -> anyhow::Result<()> {
     let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
     let rest = rest.trim();
     match verb {
@@ -299,8 +405,11 @@ async fn run(client: &mut ImClient, command: &str) -> anyhow::Result<()> {
         "/join" if !rest.is_empty() && !rest.contains(' ') => client.join(rest).await?,
         "/leave" if !rest.is_empty() && !rest.contains(' ') => client.leave(rest).await?,
         "/who" if !rest.is_empty() && !rest.contains(' ') => client.who(rest).await?,
+        "/path" if !rest.is_empty() && !rest.contains(' ') => {
+            eprintln!("path to {rest}: {}", paths.label(rest))
+        }
         _ => match verb.split_at_checked(1) {
-            Some(("@", to)) if !to.is_empty() => client.send(to, rest).await?,
+            Some(("@", to)) if !to.is_empty() => paths.send(to, Kind::Text, rest.to_owned()),
             Some(("#", group)) if !group.is_empty() => client.send_to_group(group, rest).await?,
             _ => eprintln!("usage: {USAGE}"),
         },
@@ -348,7 +457,11 @@ fn show(line: &ServerLine) -> anyhow::Result<()> {
         | ServerLine::Move { .. }
         | ServerLine::Kicked { .. }
         | ServerLine::File { .. }
-        | ServerLine::FileUndeliverable { .. } => {}
+        | ServerLine::FileUndeliverable { .. }
+        | ServerLine::Udp { .. }
+        | ServerLine::Reach { .. }
+        | ServerLine::Invite { .. }
+        | ServerLine::Routed { .. } => {}
     }
     Ok(())
 }

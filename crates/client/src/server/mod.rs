@@ -14,8 +14,11 @@
 //! - `session`: one client, from `LOGIN` to its end: its lines in, its queue out, whatever
 //!   carries them (a TCP connection, a WebSocket).
 //! - `router`: the cluster's events into the clients' queues, and messages refused back.
+//! - [`p2p`]: the server's part in the clients' direct path: the probe's port, candidates,
+//!   offers and answers relayed as invitations, numbered messages labelled with their path.
 //! - [`web`]: the chat page and its WebSocket, for browsers (`im-server --http`).
 
+pub mod p2p;
 mod router;
 mod session;
 pub mod web;
@@ -53,6 +56,9 @@ pub struct ServerSettings {
     pub client_grace: Duration,
     /// How long a stopping server waits for its clients and the hub link before it returns.
     pub shutdown_grace: Duration,
+    /// The UDP port of this server's reflexive-address probe ([`crate::p2p::probe`]), told to
+    /// clients that ask; `None` when it runs none.
+    pub udp_port: Option<u16>,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +70,7 @@ impl Default for ServerSettings {
             client_queue: 1024,
             client_grace: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(3),
+            udp_port: None,
         }
     }
 }
@@ -83,6 +90,7 @@ pub struct Clients {
     cluster: Cluster,
     sessions: Sessions,
     friends: Friends,
+    routed: p2p::Routed,
     settings: Arc<ServerSettings>,
     tasks: TaskTracker,
     web: WebDirectory,
@@ -94,10 +102,12 @@ impl Clients {
         let sessions = Sessions::default();
         let friends = Friends::default();
         let web = WebDirectory::default();
-        let router = Router::new(cluster.clone(), sessions.clone(), settings.client_grace);
+        let routed = p2p::Routed::default();
+        let router =
+            Router::new(cluster.clone(), sessions.clone(), routed.clone(), settings.client_grace);
         tokio::spawn(router::route_events(events, router, friends.clone(), web.clone()));
         let settings = Arc::new(settings);
-        Self { cluster, sessions, friends, settings, tasks: TaskTracker::new(), web }
+        Self { cluster, sessions, friends, routed, settings, tasks: TaskTracker::new(), web }
     }
 
     /// Serves TCP clients on `listener` until `shutdown` is cancelled; then waits up to the

@@ -9,8 +9,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use super::p2p::{self, Routed};
 use super::web::WebDirectory;
 use super::{Friends, Sessions};
+use crate::p2p::Kind;
 use crate::{ServerLine, transfer};
 
 /// A line for one client and, for a message, its sender and bytes: what `Cluster::refuse` needs
@@ -24,6 +26,7 @@ pub(super) struct Outbound {
 pub(super) struct Router {
     cluster: Cluster,
     sessions: Sessions,
+    routed: Routed,
     grace: Duration,
 }
 
@@ -49,23 +52,37 @@ pub(super) async fn route_events(
             }
             Event::Kicked { user, reason } => (vec![user], ServerLine::Kicked { reason }),
             Event::Message { from, to, payload } => {
-                let line = match transfer::from_payload(&payload) {
-                    None => ServerLine::Message { from: from.to_string(), text: text(&payload) },
-                    Some(Ok(body)) => {
-                        ServerLine::File { from: from.to_string(), body: body.into() }
-                    }
-                    Some(Err(_)) => {
-                        warn!(%from, %to, "file-transfer payload is not UTF-8; refused");
-                        refuse(cluster, &to, Some((from, payload)), "not a valid file transfer")
-                            .await;
-                        continue;
-                    }
+                let Some(line) = router.message(&from, &to, &payload) else {
+                    refuse(cluster, &to, Some((from, payload)), "not a valid message").await;
+                    continue;
                 };
                 router.deliver(to, Outbound { line, message: Some((from, payload)) }).await;
                 continue;
             }
-            // Invitations (and those that come back) are not part of this demo's line protocol yet.
-            Event::Undeliverable { from, to, payload, reason, invitation: false } => {
+            Event::Invitation { from, to, payload } => {
+                if let Some(line) = p2p::invitation(&router.routed, &from, &to, &payload) {
+                    router.deliver(to, Outbound { line, message: None }).await;
+                }
+                continue;
+            }
+            Event::Undeliverable { from, to, invitation: true, .. } => {
+                // The peer went offline since the offer's answer: the offerer need not wait.
+                let line =
+                    ServerLine::Reach { user: to.to_string(), server: None, candidates: vec![] };
+                (vec![from], line)
+            }
+            Event::Undeliverable { from, to, payload, reason, .. } => {
+                if let Some(Ok((_, kind, body))) = p2p::from_numbered(&payload) {
+                    let (to, body) = (to.to_string(), body.replace(['\r', '\n'], " "));
+                    let line = match kind {
+                        Kind::Text => {
+                            ServerLine::Undeliverable { to, reason: reason.to_string(), text: body }
+                        }
+                        Kind::File => ServerLine::FileUndeliverable { to, body },
+                    };
+                    router.deliver(from, Outbound { line, message: None }).await;
+                    continue;
+                }
                 match transfer::from_payload(&payload) {
                     None => {
                         let (to, reason, text) =
@@ -112,8 +129,53 @@ pub(super) async fn route_events(
 }
 
 impl Router {
-    pub(super) fn new(cluster: Cluster, sessions: Sessions, grace: Duration) -> Self {
-        Self { cluster, sessions, grace }
+    pub(super) fn new(
+        cluster: Cluster,
+        sessions: Sessions,
+        routed: Routed,
+        grace: Duration,
+    ) -> Self {
+        Self { cluster, sessions, routed, grace }
+    }
+
+    /// The line a message from `from` becomes for `to`: labelled with its path (`PMSG`) for a
+    /// client that reported candidates, as before for any other; `None` for a tagged payload
+    /// that is not what a client sends.
+    fn message(&self, from: &UserId, to: &UserId, payload: &Bytes) -> Option<ServerLine> {
+        let routed = self.routed.contains_key(to);
+        let via = p2p::via(self.sessions.contains_key(from));
+        let from_name = from.to_string();
+        if let Some(numbered) = p2p::from_numbered(payload) {
+            let (number, kind, body) = numbered
+                .map_err(|err| warn!(%from, %to, error = %err, "bad numbered payload; refused"))
+                .ok()?;
+            let body = body.replace(['\r', '\n'], " ");
+            return Some(match (routed, kind) {
+                (true, kind) => {
+                    ServerLine::Routed { from: from_name, via, number: Some(number), kind, body }
+                }
+                (false, Kind::Text) => ServerLine::Message { from: from_name, text: body },
+                (false, Kind::File) => ServerLine::File { from: from_name, body },
+            });
+        }
+        match transfer::from_payload(payload) {
+            None if routed => {
+                let body = text(payload);
+                Some(ServerLine::Routed {
+                    from: from_name,
+                    via,
+                    number: None,
+                    kind: Kind::Text,
+                    body,
+                })
+            }
+            None => Some(ServerLine::Message { from: from_name, text: text(payload) }),
+            Some(Ok(body)) => Some(ServerLine::File { from: from_name, body: body.into() }),
+            Some(Err(_)) => {
+                warn!(%from, %to, "file-transfer payload is not UTF-8; refused");
+                None
+            }
+        }
     }
 
     /// Puts a line in `user`'s queue, waiting up to the grace for room; a message that cannot

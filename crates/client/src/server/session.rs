@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::p2p::{Direct, Routed};
 use super::router::{Outbound, refuse};
 use super::{Clients, Friends, ServerSettings};
 use crate::{ClientLine, ServerLine, transfer};
@@ -36,7 +37,7 @@ pub(super) async fn serve_client<E>(
 ) where
     E: std::error::Error + Send + Sync + 'static,
 {
-    let Clients { cluster, sessions, friends, settings, .. } = clients;
+    let Clients { cluster, sessions, friends, routed, settings, .. } = clients;
     let user = tokio::select! {
         _ = shutdown.cancelled() => Err("server is shutting down".to_owned()),
         user = login(lines, settings) => user,
@@ -65,7 +66,9 @@ pub(super) async fn serve_client<E>(
         Ok(()) if lines.send(ServerLine::Ok { server: settings.id }.to_string()).await.is_ok() => {
             info!(%user, "logged in");
             let hub = hub_notices.then(|| cluster.link_state());
-            let session = Session { cluster, user: &user, friends, shutdown: &shutdown };
+            let udp_port = settings.udp_port;
+            let session =
+                Session { cluster, user: &user, friends, routed, udp_port, shutdown: &shutdown };
             let result = session.chat(lines, &mut inbox, hub).await;
             info!(%user, ?result, "logged out");
         }
@@ -80,6 +83,7 @@ pub(super) async fn serve_client<E>(
     friends.iter_mut().for_each(|mut watchers| watchers.retain(|watcher| *watcher != user));
     friends.retain(|_, watchers| !watchers.is_empty());
     sessions.remove(&user);
+    routed.remove(&user);
     // Messages queued and never written go back to their senders.
     inbox.close();
     while let Ok(Outbound { message, .. }) = inbox.try_recv() {
@@ -133,6 +137,8 @@ struct Session<'a> {
     cluster: &'a Cluster,
     user: &'a UserId,
     friends: &'a Friends,
+    routed: &'a Routed,
+    udp_port: Option<u16>,
     shutdown: &'a CancellationToken,
 }
 
@@ -148,7 +154,8 @@ impl Session<'_> {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
-        let Session { cluster, user, friends, shutdown } = self;
+        let Session { cluster, user, friends, routed, udp_port, shutdown } = self;
+        let direct = Direct { cluster, user, routed, udp_port };
         // What this client was last told of each friend: presence comes again after reconnects and
         // for every watch, and the client hears only changes.
         let mut known = std::collections::HashMap::new();
@@ -187,6 +194,12 @@ impl Session<'_> {
                     None => hub = None,
                 },
                 line = lines.next() => match ClientLine::parse(&line.context("client left")??) {
+                    Ok(line @ (ClientLine::Udp | ClientLine::Candidates { .. } | ClientLine::Offer { .. }
+                        | ClientLine::Answer { .. } | ClientLine::Numbered { .. })) => {
+                        if let Some(answer) = direct.handle(&line).await? {
+                            lines.send(answer.to_string()).await?;
+                        }
+                    }
                     Ok(ClientLine::Send { to, text }) => match UserId::new(&to) {
                         Ok(to) => { cluster.send_to_user(user, &to, text.into()).await?; }
                         Err(err) => lines.send(ServerLine::Error { reason: err.to_string() }.to_string()).await?,
