@@ -32,8 +32,8 @@ use acms_common::{logging, secret_from_env, signal::shutdown_on_signal};
 use anyhow::Context;
 use clap::Parser;
 use serde::Deserialize;
-use tokio::net::{TcpListener, UdpSocket};
-use tracing::{info, warn};
+use tokio::net::TcpListener;
+use tracing::info;
 
 /// Example IM server of an ACMS cluster.
 #[derive(Debug, Parser)]
@@ -191,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     let advertise = advertised(&config.advertise, local)?;
-    let probe = bind_probe(&config.udp, local).await?;
+    let probe = probe::bind(&config.udp, local).await?;
     let udp_port = match &probe {
         Some(socket) => Some(socket.local_addr()?.port()),
         None => None,
@@ -237,30 +237,6 @@ async fn main() -> anyhow::Result<()> {
     clients.serve(listener, shutdown).await;
     info!("stopped");
     Ok(())
-}
-
-/// Binds the probe's UDP socket as `udp` says: off, an address, or (empty) the TCP listener's
-/// address and port, or any port there when that one is taken on UDP.
-async fn bind_probe(udp: &str, listen: SocketAddr) -> anyhow::Result<Option<UdpSocket>> {
-    match udp {
-        "off" => Ok(None),
-        "" => match UdpSocket::bind(listen).await {
-            Ok(socket) => Ok(Some(socket)),
-            Err(err) => {
-                warn!(%listen, error = %err, "the listen port is taken on UDP: the probe uses another");
-                Ok(Some(UdpSocket::bind(SocketAddr::new(listen.ip(), 0)).await?))
-            }
-        },
-        addr => {
-            let addr: SocketAddr = addr
-                .parse()
-                .with_context(|| format!("--udp {addr} is neither `off` nor IP:port"))?;
-            let socket = UdpSocket::bind(addr)
-                .await
-                .with_context(|| format!("cannot answer probes on UDP {addr}"))?;
-            Ok(Some(socket))
-        }
-    }
 }
 
 /// Reads the PEM files of `[tls]`; the hub's name defaults to the host part of its address (with

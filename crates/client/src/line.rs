@@ -570,8 +570,8 @@ mod tests {
             ClientLine::Candidates { candidates: vec![] },
             ClientLine::Candidates {
                 candidates: vec![
-                    "10.0.0.2:4000/l".parse().unwrap(),
-                    "1.2.3.4:5/r".parse().unwrap(),
+                    crate::paths::parse_candidate("10.0.0.2:4000/l").unwrap(),
+                    crate::paths::parse_candidate("1.2.3.4:5/r").unwrap(),
                 ],
             },
             ClientLine::Offer { to: "bob".into(), fingerprint: "0a".repeat(32) },
@@ -616,7 +616,7 @@ mod tests {
             ServerLine::Reach {
                 user: "bob".into(),
                 server: Some(0),
-                candidates: vec!["1.2.3.4:5/r".parse().unwrap()],
+                candidates: vec![crate::paths::parse_candidate("1.2.3.4:5/r").unwrap()],
             },
             ServerLine::Invite {
                 from: "al".into(),

@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+pub use acms_appserver::{Candidate, CandidateKind};
+
 /// The path a received message came by, for `--show-path`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -47,52 +49,29 @@ fn bad(what: &'static str, reason: &'static str) -> WireError {
     WireError { what, reason }
 }
 
-/// How a client can be reached: an address of its own host, or the one its NAT showed the
-/// server (learned by the probe).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CandidateKind {
-    /// An address of the client's own host (reachable on its LAN).
-    Local,
-    /// The address the client's server saw its probe come from (its NAT's public side).
-    Reflexive,
+/// One candidate in its text form, `ADDR/l` (local) or `ADDR/r` (reflexive).
+pub fn format_candidate(candidate: &Candidate) -> String {
+    let kind = match candidate.kind {
+        CandidateKind::Local => 'l',
+        CandidateKind::Reflexive => 'r',
+    };
+    format!("{}/{kind}", candidate.addr)
 }
 
-/// One address to punch towards, written `ADDR/l` (local) or `ADDR/r` (reflexive).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Candidate {
-    /// Where to send.
-    pub addr: SocketAddr,
-    /// Where it came from.
-    pub kind: CandidateKind,
-}
-
-impl fmt::Display for Candidate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            CandidateKind::Local => 'l',
-            CandidateKind::Reflexive => 'r',
-        };
-        write!(f, "{}/{kind}", self.addr)
+/// Parses one candidate's text form (see [`format_candidate`]).
+pub fn parse_candidate(text: &str) -> Result<Candidate, WireError> {
+    let (addr, kind) =
+        text.rsplit_once('/').ok_or(bad("candidate", "expected ADDR/l or ADDR/r"))?;
+    let kind = match kind {
+        "l" => CandidateKind::Local,
+        "r" => CandidateKind::Reflexive,
+        _ => return Err(bad("candidate", "the kind is `l` (local) or `r` (reflexive)")),
+    };
+    let addr: SocketAddr = addr.parse().map_err(|_| bad("candidate", "not an IP:port"))?;
+    if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(bad("candidate", "not an address a peer can send to"));
     }
-}
-
-impl FromStr for Candidate {
-    type Err = WireError;
-
-    fn from_str(text: &str) -> Result<Self, WireError> {
-        let (addr, kind) =
-            text.rsplit_once('/').ok_or(bad("candidate", "expected ADDR/l or ADDR/r"))?;
-        let kind = match kind {
-            "l" => CandidateKind::Local,
-            "r" => CandidateKind::Reflexive,
-            _ => return Err(bad("candidate", "the kind is `l` (local) or `r` (reflexive)")),
-        };
-        let addr: SocketAddr = addr.parse().map_err(|_| bad("candidate", "not an IP:port"))?;
-        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
-            return Err(bad("candidate", "not an address a peer can send to"));
-        }
-        Ok(Self { addr, kind })
-    }
+    Ok(Candidate::new(addr, kind))
 }
 
 /// Parses space-separated candidates, at most [`MAX_CANDIDATES`].
@@ -104,14 +83,14 @@ pub fn parse_candidates<'a>(
         if candidates.len() == MAX_CANDIDATES {
             return Err(bad("candidates", "more than 8"));
         }
-        candidates.push(word.parse()?);
+        candidates.push(parse_candidate(word)?);
     }
     Ok(candidates)
 }
 
 /// Writes candidates separated by spaces.
 pub fn format_candidates(candidates: &[Candidate]) -> String {
-    candidates.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+    candidates.iter().map(format_candidate).collect::<Vec<_>>().join(" ")
 }
 
 /// A message's number: the sender's session (`epoch`, random at its start) and its place in what
@@ -213,7 +192,7 @@ impl fmt::Display for Invite {
         };
         write!(f, "{role} {}", self.fingerprint)?;
         for candidate in &self.candidates {
-            write!(f, " {candidate}")?;
+            write!(f, " {}", format_candidate(candidate))?;
         }
         Ok(())
     }
@@ -309,8 +288,8 @@ mod tests {
             role: Role::Offer,
             fingerprint: "ab".repeat(32),
             candidates: vec![
-                "10.1.0.2:4000/l".parse().unwrap(),
-                "[2001:db8::1]:5000/r".parse().unwrap(),
+                crate::paths::parse_candidate("10.1.0.2:4000/l").unwrap(),
+                crate::paths::parse_candidate("[2001:db8::1]:5000/r").unwrap(),
             ],
         };
         assert_eq!(invite.to_string().parse::<Invite>(), Ok(invite));

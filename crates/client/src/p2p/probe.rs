@@ -130,6 +130,44 @@ impl Responder {
     }
 }
 
+/// Why the probe's socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The setting is neither `off` nor an `IP:port`.
+    #[error("the probe address {0:?} is neither `off` nor IP:port")]
+    Address(String),
+    /// The system refused the address.
+    #[error("cannot answer probes on UDP {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the probe's socket as the server's `udp` setting says: `off` (none), an address, or
+/// empty: the TCP listener's address and port, or any port there when UDP has that one taken.
+pub async fn bind(udp: &str, listen: SocketAddr) -> Result<Option<UdpSocket>, BindError> {
+    let bind = |addr: SocketAddr| async move {
+        UdpSocket::bind(addr).await.map_err(|source| BindError::Bind { addr, source })
+    };
+    match udp {
+        "off" => Ok(None),
+        "" => match UdpSocket::bind(listen).await {
+            Ok(socket) => Ok(Some(socket)),
+            Err(err) => {
+                warn!(%listen, error = %err, "the listen port is taken on UDP: the probe uses another");
+                Ok(Some(bind(SocketAddr::new(listen.ip(), 0)).await?))
+            }
+        },
+        addr => {
+            let addr = addr.parse().map_err(|_| BindError::Address(addr.to_owned()))?;
+            Ok(Some(bind(addr).await?))
+        }
+    }
+}
+
 /// Answers probes on `socket` until `shutdown`.
 pub async fn serve(socket: UdpSocket, shutdown: CancellationToken) {
     let mut responder = Responder::default();

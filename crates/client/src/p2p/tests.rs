@@ -19,7 +19,11 @@ fn outputs(engine: &mut Engine) -> Vec<Output> {
 }
 
 fn invite(role: Role, fingerprint: &str) -> Invite {
-    Invite { role, fingerprint: fp(fingerprint), candidates: vec!["1.2.3.4:5/r".parse().unwrap()] }
+    Invite {
+        role,
+        fingerprint: fp(fingerprint),
+        candidates: vec![crate::paths::parse_candidate("1.2.3.4:5/r").unwrap()],
+    }
 }
 
 /// The numbers of the text messages in `outputs` sent to the server.
@@ -50,7 +54,11 @@ fn connected(alice: &mut Engine, now: Instant, conn: ConnId) -> Vec<Output> {
     let first = outputs(alice);
     assert!(matches!(&first[0], Output::ToServer(ClientLine::Offer { to, .. }) if to == "bob"));
     assert_eq!(alice.path("bob"), Path::Punching);
-    alice.handle_reach(now, "bob", Some(vec!["1.2.3.4:5/r".parse().unwrap()]));
+    alice.handle_reach(
+        now,
+        "bob",
+        Some(vec![crate::paths::parse_candidate("1.2.3.4:5/r").unwrap()]),
+    );
     assert!(matches!(&outputs(alice)[..], [Output::Punch { .. }]));
     alice.handle_invite(now, "bob", invite(Role::Answer, "bb"));
     let dial = outputs(alice);

@@ -9,13 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use acms_appserver::{Candidate as DirectoryCandidate, CandidateKind as DirectoryKind};
 use acms_appserver::{Cluster, ClusterError, UserId};
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 use tracing::{info, warn};
 
-use crate::paths::{self, Candidate, CandidateKind, Invite, Kind, Number, Role, Via, WireError};
+use crate::paths::{self, Candidate, Invite, Kind, Number, Role, Via, WireError};
 use crate::{ClientLine, ServerLine};
 
 /// How long an `OFFER` waits for the hub to say where the peer is.
@@ -60,22 +59,6 @@ pub fn from_numbered(payload: &[u8]) -> Option<Result<(Number, Kind, &str), Numb
     }
 }
 
-fn to_directory(candidate: &Candidate) -> DirectoryCandidate {
-    let kind = match candidate.kind {
-        CandidateKind::Local => DirectoryKind::Local,
-        CandidateKind::Reflexive => DirectoryKind::Reflexive,
-    };
-    DirectoryCandidate::new(candidate.addr, kind)
-}
-
-fn from_directory(candidate: &DirectoryCandidate) -> Candidate {
-    let kind = match candidate.kind {
-        DirectoryKind::Local => CandidateKind::Local,
-        DirectoryKind::Reflexive => CandidateKind::Reflexive,
-    };
-    Candidate { addr: candidate.addr, kind }
-}
-
 /// What a session needs to answer the direct path's lines.
 pub(super) struct Direct<'a> {
     pub(super) cluster: &'a Cluster,
@@ -95,8 +78,7 @@ impl Direct<'_> {
         let answer = match line {
             ClientLine::Udp => ServerLine::Udp { port: self.udp_port },
             ClientLine::Candidates { candidates } => {
-                let listed = candidates.iter().map(to_directory).collect();
-                match cluster.set_candidates(user, listed).await {
+                match cluster.set_candidates(user, candidates.clone()).await {
                     Ok(()) => {
                         info!(%user, candidates = %paths::format_candidates(candidates), "candidates");
                         routed.insert((*user).clone(), candidates.clone());
@@ -129,7 +111,7 @@ impl Direct<'_> {
                     server: reach.as_ref().map(|reach| reach.server.0),
                     candidates: reach
                         .as_ref()
-                        .map(|reach| reach.candidates.iter().map(from_directory).collect())
+                        .map(|reach| reach.candidates.clone())
                         .unwrap_or_default(),
                 };
                 // Only a peer that can be reached directly is worth inviting.
