@@ -20,11 +20,12 @@
 //! skipped with a `SKIPPED` line, except under `CI=true`, where that is a failure.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use crate::netns::{connect_in, run, skipped, unique_id};
 
 /// How a NAT maps its client's outgoing flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,17 +46,6 @@ pub struct Internet {
     clients: [String; 2],
 }
 
-/// Runs `program ARGS`, panicking with its output if it fails.
-fn run(program: &str, args: &[&str]) {
-    let output = Command::new(program).args(args).output().expect("run a network command");
-    assert!(
-        output.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Runs `program ARGS` inside `namespace`.
 fn run_in(namespace: &str, program: &str, args: &[&str]) {
     let mut all = vec!["netns", "exec", namespace, program];
@@ -70,15 +60,10 @@ impl Internet {
     /// Builds the topology with `nats`, or `None` when this machine cannot (not root, no `ip`
     /// or `iptables`) and the test is to be skipped; under `CI=true` that panics instead.
     pub fn create(test: &str, nats: [Nat; 2]) -> Option<Self> {
-        if let Some(missing) = missing() {
-            if std::env::var("CI").is_ok_and(|value| value == "true") {
-                panic!("{test} needs {missing} on CI");
-            }
-            eprintln!("SKIPPED: {test}: needs {missing}");
+        if skipped(test, &[("ip", "`ip` (iproute2)"), ("iptables", "`iptables`")]) {
             return None;
         }
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let id = format!("{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = unique_id();
         let internet = Self {
             inet: format!("acms-{id}-inet"),
             nats: [format!("acms-{id}-nat0"), format!("acms-{id}-nat1")],
@@ -171,26 +156,19 @@ impl Internet {
     /// `GET path` from `addr` inside `namespace` (the hub's admin API, which only that
     /// namespace reaches): the body. Runs on a thread of its own that enters the namespace.
     pub async fn http_get(namespace: &str, addr: SocketAddr, path: &str) -> String {
-        let (file, path) = (format!("/run/netns/{namespace}"), path.to_owned());
-        let thread = std::thread::spawn(move || -> std::io::Result<String> {
-            use std::os::fd::AsRawFd;
-            let netns = std::fs::File::open(&file)?;
-            // SAFETY: setns on a namespace file this thread opened; only this thread moves.
-            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        let path = path.to_owned();
+        let namespace = namespace.to_owned();
+        let response = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut stream = connect_in(&namespace, addr)?;
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
             write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
             let mut response = String::new();
             stream.read_to_string(&mut response)?;
             Ok(response)
-        });
-        let response = tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .expect("join the HTTP thread")
-            .expect("the HTTP thread")
-            .unwrap_or_else(|err| panic!("GET {addr}: {err}"));
+        })
+        .await
+        .expect("the HTTP task")
+        .unwrap_or_else(|err| panic!("GET {addr}: {err}"));
         match response.split_once("\r\n\r\n") {
             Some((_, body)) => body.to_owned(),
             None => panic!("no HTTP body in {response:?}"),
@@ -199,20 +177,6 @@ impl Internet {
 }
 
 /// What this machine lacks for the topology, if anything.
-fn missing() -> Option<&'static str> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("root (to create network namespaces)");
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("`ip` (iproute2)");
-    }
-    if Command::new("iptables").arg("--version").output().is_err() {
-        return Some("`iptables`");
-    }
-    None
-}
-
 impl Drop for Internet {
     fn drop(&mut self) {
         // A namespace takes its interfaces, veth pairs and iptables rules with it; errors are

@@ -34,32 +34,80 @@ pub struct Lan {
     veth: String,
 }
 
-/// Runs `ip ARGS`, panicking with its output if it fails.
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().expect("run ip");
+/// Runs `program ARGS`, panicking with its output if it fails.
+pub fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program).args(args).output().expect("run a network command");
     assert!(
         output.status.success(),
-        "ip {} failed: {}",
+        "{program} {} failed: {}",
         args.join(" "),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+fn ip(args: &[&str]) {
+    run("ip", args);
+}
+
+/// Whether `test` must be skipped because this machine cannot make namespaces: not root, or
+/// one of `tools` (program, what to call it) missing. It prints a `SKIPPED` line then, except
+/// under `CI=true`, where it panics, so CI never skips silently.
+pub fn skipped(test: &str, tools: &[(&str, &str)]) -> bool {
+    let Some(missing) = missing(tools) else { return false };
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        panic!("{test} needs {missing} on CI");
+    }
+    eprintln!("SKIPPED: {test}: needs {missing}");
+    true
+}
+
+fn missing(tools: &[(&str, &str)]) -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("root (to create network namespaces)".into());
+    }
+    tools
+        .iter()
+        .find(|(program, _)| Command::new(program).arg("--version").output().is_err())
+        .map(|(_, name)| (*name).to_owned())
+}
+
+/// A name part unique per process and per call, so parallel tests and parallel runs never
+/// collide; short, because interface names are at most 15 bytes.
+pub fn unique_id() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A blocking TCP connection to `addr` made from inside `namespace`: a thread of its own
+/// enters the namespace, connects, and ends; the socket stays in the namespace it was made in.
+pub fn connect_in(namespace: &str, addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let path = format!("/var/run/netns/{namespace}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let namespace = File::open(&path)?;
+                // SAFETY: `setns` is given a namespace file descriptor that stays open for the
+                // call; it moves only this thread, which ends right after connecting.
+                let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+                if entered != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            })
+            .join()
+            .expect("the connecting thread")
+    })
 }
 
 impl Lan {
     /// Creates the LAN, or `None` when this machine cannot (not root, no `ip`) and the test is
     /// to be skipped; under `CI=true` that panics instead, so CI never skips silently.
     pub fn create(test: &str) -> Option<Self> {
-        if let Some(missing) = Self::missing() {
-            if std::env::var("CI").is_ok_and(|value| value == "true") {
-                panic!("{test} needs {missing} on CI");
-            }
-            eprintln!("SKIPPED: {test}: needs {missing}");
+        if skipped(test, &[("ip", "`ip` (iproute2)")]) {
             return None;
         }
-        // Unique per process and per LAN, so parallel tests and parallel runs never collide;
-        // interface names are at most 15 bytes.
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let id = format!("{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = unique_id();
         let lan = Self {
             namespaces: [format!("acms-{id}-a"), format!("acms-{id}-b")],
             veth: format!("av{id}a"),
@@ -81,17 +129,6 @@ impl Lan {
     }
 
     /// What this machine lacks for a LAN, if anything.
-    fn missing() -> Option<&'static str> {
-        let uid = Command::new("id").arg("-u").output().ok()?;
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            return Some("root (to create network namespaces)");
-        }
-        if Command::new("ip").arg("-V").output().is_err() {
-            return Some("`ip` (iproute2)");
-        }
-        None
-    }
-
     /// The namespace's name of `side`.
     pub fn namespace(&self, side: Side) -> &str {
         match side {
@@ -138,22 +175,7 @@ impl Lan {
     /// namespace's loopback, such as an admin API): a thread of its own enters the namespace,
     /// connects, and ends; the socket stays in the namespace it was made in.
     pub fn connect(&self, side: Side, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
-        let path = format!("/var/run/netns/{}", self.namespace(side));
-        let stream = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let namespace = File::open(&path)?;
-                    // SAFETY: `setns` is given a namespace file descriptor that stays open for
-                    // the call; it moves only this thread, which ends right after connecting.
-                    let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
-                    if entered != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                })
-                .join()
-                .expect("the connecting thread")
-        })?;
+        let stream = connect_in(self.namespace(side), addr)?;
         stream.set_nonblocking(true)?;
         tokio::net::TcpStream::from_std(stream)
     }
