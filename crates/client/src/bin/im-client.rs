@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use acms_client::p2p::shell::PathsConfig;
-use acms_client::p2p::{EngineConfig, Kind, Paths, PathsEvent, Via};
+use acms_client::p2p::{EngineConfig, Kind, Path, Paths, PathsEvent, Via};
 use acms_client::transfer::Transfers;
 use acms_client::{ClientError, ImClient, ServerLine};
 use anyhow::Context;
@@ -144,12 +144,12 @@ async fn log_in(server: &str, user: &str) -> anyhow::Result<ImClient> {
 async fn chat(args: Args) -> anyhow::Result<()> {
     let server = server_addr(&args).await?;
     let mut client = log_in(&server, &args.user).await?;
+    let mut paths = open_paths(&args, &mut client).await?;
     eprintln!(
         "logged in as {} on server {} ({server}); type `@user text` to send, `/quit` to leave, `/help` for more",
         args.user,
         client.server(),
     );
-    let mut paths = open_paths(&args, &mut client).await?;
     let show_path = args.show_path;
     let friends: Vec<String> = args.friends.into_iter().filter(|name| !name.is_empty()).collect();
     if !friends.is_empty() {
@@ -281,6 +281,10 @@ async fn open_paths(args: &Args, client: &mut ImClient) -> anyhow::Result<Paths>
     // Candidates (none with --no-p2p) also ask for messages labelled with their path.
     if !args.no_p2p || args.show_path {
         client.send_line(&paths.candidates_line()).await?;
+        // One more question and answer: once it is answered, the server has taken the
+        // candidates and handed them to the cluster, so a peer that hears of this login and
+        // offers a direct path at once finds them.
+        client.udp_port().await?;
     }
     Ok(paths)
 }
@@ -305,6 +309,15 @@ async fn act(
                 .suspend(|| print_message(&from, &body, show_path.then_some(via)))?;
         }
         PathsEvent::Notice(notice) => transfers.progress().suspend(|| eprintln!("{notice}")),
+        PathsEvent::PathChanged { peer, path } if show_path => {
+            let notice = match path {
+                Path::Punching => format!("opening a direct path to {peer}"),
+                Path::Direct => format!("direct path to {peer} open"),
+                _ => format!("to {peer}: through the server"),
+            };
+            transfers.progress().suspend(|| eprintln!("{notice}"));
+        }
+        PathsEvent::PathChanged { .. } => {}
     }
     Ok(())
 }

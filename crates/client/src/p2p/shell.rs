@@ -61,8 +61,16 @@ pub enum PathsEvent {
         /// What it says.
         body: String,
     },
-    /// Something to tell the user on stderr (a path opened, broke or could not be punched).
+    /// A problem to tell the user on stderr (no UDP socket, a bad line on a direct path).
     Notice(String),
+    /// The path to `peer` changed (told to the user with `--show-path` only, so that the
+    /// default output stays as it was without direct paths).
+    PathChanged {
+        /// The peer.
+        peer: String,
+        /// The path now in use.
+        path: Path,
+    },
 }
 
 /// What the connection tasks report.
@@ -396,13 +404,9 @@ impl Paths {
                     }
                 }
                 Output::PathChanged { peer, path } => {
-                    let notice = match path {
-                        Path::Punching => format!("opening a direct path to {peer}"),
-                        Path::Direct => format!("direct path to {peer} open"),
-                        Path::Server => format!("to {peer}: through the server"),
-                        Path::None => continue,
-                    };
-                    self.ready.push_back(PathsEvent::Notice(notice));
+                    if path != Path::None {
+                        self.ready.push_back(PathsEvent::PathChanged { peer, path });
+                    }
                 }
             }
         }
