@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod http;
+pub mod nats;
 pub mod netns;
 pub mod pki;
 pub mod process;

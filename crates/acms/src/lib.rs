@@ -21,6 +21,11 @@
 //! - `token_file`: the generated admin token and the file that keeps it.
 //! - `auth`: who may join a hub that has no shared secret (the loopback rule).
 //! - [`tls`]: optional TLS on the transfer port ([`ServerTls`]).
+//! - `backplane`: several active hubs on a NATS cluster, the synchronous core: the replica of
+//!   the shared two-level directory, the hubs alive, the numbered messages between hubs and
+//!   their gaps, the directory writes owed.
+//! - [`nats`]: the backplane's async shell: the NATS connection, subscriptions, key-value
+//!   watches, heartbeats, publisher and directory writer; `nats::effects` what they do here.
 //! - [`hub`]: [`Hub`], the accept loop with its connection cap and graceful shutdown.
 //! - `connection`: one AS connection: an async shell (reader loop, writer task, keepalive,
 //!   pushback, classified close) around synchronous cores: `handshake` (TLS, authentication,
@@ -46,6 +51,7 @@ pub mod admin_server;
 mod announce;
 pub mod assign;
 mod auth;
+mod backplane;
 pub mod config;
 mod connection;
 pub mod daemon;
@@ -55,6 +61,7 @@ pub mod groups;
 pub mod hub;
 mod keepalive;
 pub mod metrics;
+pub mod nats;
 pub mod outbox;
 mod peer_watch;
 mod presence;
@@ -71,9 +78,10 @@ pub use acms_protocol::Secret;
 pub use admin::{AdminSettings, AdminToken};
 pub use admin_server::HttpLimits;
 pub use assign::Policy as AssignPolicy;
+pub use backplane::HubId;
 pub use config::{
-    AdminConfig, AssignConfig, Config, ConfigError, DiscoveryConfig, HubConfig, LogFormat,
-    LoginConflict, TlsFiles,
+    AdminConfig, AssignConfig, BackplaneConfig, Config, ConfigError, DiscoveryConfig, HubConfig,
+    LogFormat, LoginConflict, TlsFiles,
 };
 pub use daemon::{AdminPort, Daemon, DaemonError, run};
 pub use groups::Groups;

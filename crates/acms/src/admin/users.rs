@@ -39,8 +39,8 @@ pub(super) async fn find_user(
     let servers: Vec<u32> = registry.sessions(user.as_str()).iter().map(|id| id.0).collect();
     Ok(Json(UserView {
         id: user.to_string(),
-        online: !servers.is_empty(),
-        server: registry.locate(user.as_str()).map(|id| id.0),
+        online: !servers.is_empty() || state.hub.locate(user.as_str()).is_some(),
+        server: state.hub.locate(user.as_str()).map(|id| id.0),
         servers,
     }))
 }

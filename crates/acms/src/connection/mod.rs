@@ -226,7 +226,10 @@ async fn expire_later(shared: Arc<HubState>, server: ServerId, departure: u64) {
     tokio::time::sleep(shared.config.reconnect_grace).await;
     if let Some((held, left)) = shared.registry.expire(server, departure) {
         info!(%server, "app server did not come back in time; its users are offline");
-        presence::left(&shared, left);
+        presence::left(&shared, server, left);
+        if let Some(backplane) = &shared.backplane {
+            backplane.server_gone(server);
+        }
         shared.server_down(server);
         shared.ask_to_resend(held);
     }

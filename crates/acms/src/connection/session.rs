@@ -144,6 +144,10 @@ impl Session {
             }
             Control::Resent { server: target } => {
                 self.shared.registry.resent(self.server, target);
+                if let Some(backplane) = &self.shared.backplane {
+                    let here = self.shared.registry.is_registered(target);
+                    backplane.resent(self.server, target, here);
+                }
                 Ok(())
             }
             Control::Bye => {
@@ -151,7 +155,7 @@ impl Session {
                 Ok(())
             }
             Control::Locate { token, user } => {
-                let server = self.shared.registry.locate(user.as_str());
+                let server = self.shared.locate(user.as_str());
                 self.own.send(Control::Located { token, server })
             }
             Control::Watch { users } => self.handle_watch(users, now),
@@ -220,6 +224,11 @@ impl Session {
             } else {
                 registry.login(server, user.clone())
             };
+            if let (Some(backplane), Placed::Online | Placed::Moved(_) | Placed::Joined(_)) =
+                (&self.shared.backplane, placed)
+            {
+                backplane.user_online(user.as_str(), server);
+            }
             match placed {
                 Placed::Already => {}
                 Placed::Online => {
@@ -266,7 +275,7 @@ impl Session {
             let replaced = self.resyncing.as_mut().is_some_and(|old| old.remove(user));
             if recorded || replaced {
                 let left = self.shared.registry.logout(server, user.as_str());
-                presence::left(&self.shared, left);
+                presence::left(&self.shared, server, left);
             }
         }
     }
@@ -331,7 +340,7 @@ impl Session {
         for user in gone {
             if !self.users.contains(&user) {
                 let left = self.shared.registry.logout(server, user.as_str());
-                presence::left(&self.shared, left);
+                presence::left(&self.shared, server, left);
             }
         }
         // The AS forgot which of its users are multi-session when it reconnected: say it again, now that
@@ -419,7 +428,14 @@ impl Session {
         match self.shared.registry.depart(server, users, grace) {
             Departure::Away(departure) => Some((server, departure)),
             Departure::Gone { left, forwarded } => {
-                presence::left(&self.shared, left);
+                if self.leaving {
+                    presence::left(&self.shared, server, left);
+                    if let Some(backplane) = &self.shared.backplane {
+                        backplane.server_gone(server);
+                    }
+                } else {
+                    presence::left_here(&self.shared, left);
+                }
                 self.shared.server_down(server);
                 // An AS that said `Bye` may have left frames unread in its queue or socket: their
                 // origins send them again, to reach their recipients elsewhere or come back

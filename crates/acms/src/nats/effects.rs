@@ -1,0 +1,301 @@
+//! What the backplane's messages and the directory's changes do to this hub: frames from another
+//! hub handed to the servers here, gaps and dead hubs repaired by having the origins send again,
+//! servers that (re)registered elsewhere announced to the servers here. Synchronous: the tasks of
+//! `nats` call these with what they received.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use acms_protocol::{Ack, Control, DataKind, FrameKind, RawFrame, ServerEpoch, ServerId};
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use crate::backplane::{
+    Arrival, Backplane, Body, Bucket, Heartbeat, HubId, Message, Place, server_of_key, user_of_key,
+};
+use crate::registry::{RelayError, Relayed};
+use crate::state::HubState;
+
+/// A heartbeat of another hub arrived at `now`.
+pub(super) fn heartbeat(shared: &HubState, core: &Backplane, payload: Bytes, now: Instant) {
+    let beat = match Heartbeat::decode(payload) {
+        Ok(beat) => beat,
+        Err(err) => {
+            warn!(error = %err, "unreadable heartbeat on the backplane; ignored");
+            return;
+        }
+    };
+    if beat.from == core.me {
+        return;
+    }
+    if core.replica.heard(beat.from, now) {
+        info!(hub = %beat.from, "hub alive on the backplane");
+        hub_up(shared, core, beat.from);
+    }
+    if let Some(&(_, last)) = beat.sent.iter().find(|(hub, _)| *hub == core.me)
+        && let Some(first_missing) = core.claimed(beat.from, last)
+    {
+        gap(shared, core, beat.from, first_missing);
+    }
+}
+
+/// A hub is heard from, for the first time or again after it was counted dead: frames held for
+/// its servers meanwhile are sent again by their origins.
+fn hub_up(shared: &HubState, core: &Backplane, hub: HubId) {
+    let servers = core.replica.servers_on(hub);
+    let on_hub: HashSet<ServerId> = servers.iter().map(|(id, _)| *id).collect();
+    for (origin, target) in core.held_pairs() {
+        if let Some(place) = on_hub.contains(&target).then(|| core.replica.place(target)).flatten()
+        {
+            let up = ServerEpoch { id: target, epoch: place.epoch };
+            let _away =
+                shared.send_control(origin, Control::ServerUp { server: up, resend_from: Some(0) });
+        }
+    }
+}
+
+/// A hub silent past the deadline is dead: its servers are moving (frames for them are held
+/// until they register elsewhere), its streams forgotten.
+pub(super) fn hub_dead(_shared: &HubState, core: &Backplane, hub: HubId) {
+    warn!(%hub, servers = core.replica.servers_on(hub).len(), "hub silent past the deadline: dead; its app servers move to other hubs");
+    core.forget_hub(hub);
+}
+
+/// Messages from `hub` were lost from `first_missing` on. Frames of its servers to the servers
+/// here are dropped until each origin sends `Resent`, so nothing overtakes what was lost; `hub`
+/// is told to have them send again; and the servers here send again what is unacknowledged,
+/// since acks for them were lost too.
+fn gap(shared: &HubState, core: &Backplane, hub: HubId, first_missing: u64) {
+    core.counters.gaps.fetch_add(1, Ordering::Relaxed);
+    warn!(%hub, first_missing, "messages from a hub were lost on the backplane; their origins send again");
+    let origins = core.replica.servers_on(hub);
+    let locals = shared.registry.peers(ServerId::HUB);
+    for target in &locals {
+        for (origin, _) in &origins {
+            shared.registry.block(target.id, *origin);
+        }
+    }
+    core.send_gap(hub);
+    for target in locals {
+        let _away = shared.send_control(target.id, Control::Resend { from: 0 });
+    }
+}
+
+/// A message on this hub's subject.
+pub(super) fn message(shared: &HubState, core: &Backplane, payload: Bytes) {
+    let message = match Message::decode(payload) {
+        Ok(message) => message,
+        Err(err) => {
+            warn!(error = %err, "unreadable message on the backplane; ignored");
+            return;
+        }
+    };
+    core.counters.received.fetch_add(1, Ordering::Relaxed);
+    let from = message.from;
+    if message.seq != 0 {
+        match core.arrive(from, message.seq) {
+            Arrival::InOrder => {}
+            Arrival::Gap { first_missing } => gap(shared, core, from, first_missing),
+            Arrival::Stale => {
+                debug!(%from, seq = message.seq, "stale backplane message dropped");
+                return;
+            }
+        }
+    }
+    match message.body {
+        Body::Frames { origin, epoch, frames } => {
+            deliver(shared, core, from, origin, epoch, frames)
+        }
+        Body::Resent { origin, target } => shared.registry.resent(origin, target),
+        Body::Gap => resend_to_hub(shared, core, from),
+    }
+}
+
+/// `hub` lost messages of this hub: every server here sends its servers again what they have
+/// not acknowledged, after a `Resent` that `hub` waits for.
+fn resend_to_hub(shared: &HubState, core: &Backplane, hub: HubId) {
+    let targets = core.replica.servers_on(hub);
+    info!(%hub, servers = targets.len(), "a hub lost messages of this hub; sending again");
+    for peer in shared.registry.peers(ServerId::HUB) {
+        for (target, place) in &targets {
+            let up = ServerEpoch { id: *target, epoch: place.epoch };
+            let _away = shared
+                .send_control(peer.id, Control::ServerUp { server: up, resend_from: Some(0) });
+        }
+    }
+}
+
+/// Frames of the server `origin` on `hub`, for servers of this hub: handed to each by the same
+/// registry call as a local relay's, in order; those for nobody here go back as undeliverable.
+fn deliver(
+    shared: &HubState,
+    core: &Backplane,
+    hub: HubId,
+    origin: ServerId,
+    epoch: u64,
+    frames: Bytes,
+) {
+    let local_origin = shared.registry.is_registered(origin);
+    if !local_origin && core.tell_epoch(origin, epoch) {
+        // The servers here learn the origin's process before its frames: a restarted origin
+        // numbers from 1 again.
+        let up = ServerEpoch { id: origin, epoch };
+        let frame = shared.control_frame(Control::ServerUp { server: up, resend_from: None });
+        for peer in shared.registry.peers(origin) {
+            let _closing = shared.send_frame(peer.id, frame.clone());
+        }
+    }
+    let mut staged: Vec<(ServerId, Vec<Bytes>, Option<u64>, usize)> = Vec::new();
+    let mut back: Vec<RawFrame> = Vec::new();
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let frame = match RawFrame::split_first(&mut rest) {
+            Ok(frame) => frame,
+            Err(err) => {
+                warn!(error = %err, %hub, "malformed frames from a hub; the rest of its message is dropped");
+                break;
+            }
+        };
+        let Ok(kind) = frame.kind() else { continue };
+        let (target, seq) = match kind {
+            FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
+                    continue;
+                }
+                (shared.registry.route(route.recipient).map(|owner| owner.server), Some(route.seq))
+            }
+            FrameKind::Data(DataKind::Undeliverable) => {
+                // Bounced by another hub: back to its origin, here.
+                let _away = shared.send_frame(origin, frame.into_bytes());
+                continue;
+            }
+            FrameKind::Ack => {
+                let Ok((target, from)) = Ack::route(frame.body()) else { continue };
+                if from != origin {
+                    continue;
+                }
+                if !shared.registry.is_registered(target) {
+                    // Its origin sends again and gets new acks.
+                    continue;
+                }
+                (Some(target), None)
+            }
+            _ => {
+                debug!(%hub, "a group, broadcast or server frame across hubs is not relayed yet");
+                continue;
+            }
+        };
+        let Some(target) = target else {
+            back.push(frame);
+            continue;
+        };
+        let bytes = frame.into_bytes();
+        match staged.iter_mut().find(|(t, ..)| *t == target) {
+            Some((_, chunks, lowest, count)) => {
+                chunks.push(bytes);
+                *lowest = match (*lowest, seq) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                *count += usize::from(seq.is_some());
+            }
+            None => staged.push((target, vec![bytes], seq, usize::from(seq.is_some()))),
+        }
+    }
+    for (target, chunks, lowest, count) in staged {
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        match shared.registry.relay_batch(origin, target, lowest, chunks, None) {
+            Ok(Relayed::Queued(_)) => shared.stats.relayed(count, len),
+            Ok(Relayed::Held) => shared.stats.held(count),
+            Err(RelayError::Gone(chunks)) => {
+                for chunk in chunks {
+                    if let Ok(frame) = RawFrame::from_bytes(chunk) {
+                        back.push(frame);
+                    }
+                }
+            }
+            Err(RelayError::SlowConsumer { pending }) => {
+                shared.stats.held(count);
+                shared.count_slow_consumer(Some(target), pending);
+            }
+        }
+    }
+    let back: Vec<Bytes> = back
+        .into_iter()
+        .filter(|frame| {
+            matches!(frame.kind(), Ok(FrameKind::Data(DataKind::Unicast | DataKind::Refused)))
+        })
+        .filter_map(|frame| frame.with_data_kind(DataKind::Undeliverable).ok())
+        .map(RawFrame::into_bytes)
+        .collect();
+    if !back.is_empty() {
+        for _ in &back {
+            shared.stats.undeliverable();
+        }
+        core.send_frames(hub, origin, epoch, &back);
+    }
+}
+
+/// A change of the shared directory: `value` is `None` for a deleted key.
+pub(super) fn directory(shared: &HubState, bucket: Bucket, key: &str, value: Option<&Bytes>) {
+    let Some(core) = &shared.backplane else { return };
+    match bucket {
+        Bucket::Users => {
+            let Some(user) = user_of_key(key) else {
+                warn!(%key, "a key no hub wrote in the users bucket; ignored");
+                return;
+            };
+            match value {
+                Some(value) => {
+                    match std::str::from_utf8(value).ok().and_then(|text| text.parse().ok()) {
+                        Some(server) => core.replica.set_user(user, ServerId(server)),
+                        None => warn!(%user, "unreadable user entry; ignored"),
+                    }
+                }
+                None => core.replica.remove_user(user.as_str()),
+            }
+        }
+        Bucket::Servers => {
+            let Some(server) = server_of_key(key) else {
+                warn!(%key, "a key no hub wrote in the servers bucket; ignored");
+                return;
+            };
+            match value.map(|value| serde_json::from_slice::<Place>(value)) {
+                Some(Ok(place)) => server_placed(shared, core, server, place),
+                Some(Err(err)) => warn!(%server, error = %err, "unreadable server entry; ignored"),
+                None => {
+                    core.replica.remove_place(server);
+                    if !shared.registry.is_registered(server) {
+                        shared.server_down(server);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `server` is registered at `place`. If that is another hub and a new registration, the
+/// servers here send it again what it did not acknowledge (its hub drops their frames to it
+/// until their `Resent`), and a record of it here, away, is forgotten: it moved.
+fn server_placed(shared: &HubState, core: &Backplane, server: ServerId, place: Place) {
+    let previous = core.replica.set_place(server, place);
+    if place.hub == core.me || previous == Some(place) {
+        return;
+    }
+    info!(%server, hub = %place.hub, "app server registered on another hub");
+    if shared.registry.is_registered(server) && shared.registry.forget_moved(server).is_none() {
+        warn!(%server, hub = %place.hub, "app server id registered on two hubs at once");
+    }
+    // It sends everything not acknowledged after registering: nobody waits for its `Resent`.
+    shared.registry.unblock_origin(server);
+    core.release_origin(server);
+    core.tell_epoch(server, place.epoch);
+    let up = ServerEpoch { id: server, epoch: place.epoch };
+    let frame = shared.control_frame(Control::ServerUp { server: up, resend_from: Some(0) });
+    for peer in shared.registry.peers(server) {
+        let _closing = shared.send_frame(peer.id, frame.clone());
+    }
+}

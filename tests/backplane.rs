@@ -1,0 +1,266 @@
+//! Several active hubs on a NATS cluster (the backplane): three `acms` processes on a real
+//! three-node NATS cluster with JetStream, app servers each on a different hub. Unicast crosses
+//! hubs both ways; a numbered stream from a user on one hub to a user on another arrives whole,
+//! once and in order, also when the receiver's hub is killed mid-stream (its server moves to the
+//! hub it lists second) and when a NATS node is killed mid-stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use acms_appserver::{Cluster, Event, Events, LinkState, ServerId};
+use acms_tests::nats::{NatsCluster, free_port};
+use acms_tests::process::{Proc, field_addr, program, start_hub_with};
+use acms_tests::stream::{number, numbered};
+use acms_tests::{PATIENCE, http, user, wait_link};
+
+/// Messages in each numbered stream.
+const STREAM: u32 = 2_000;
+
+/// An `acms` process on the backplane; killed when dropped.
+struct HubProc {
+    proc: Proc,
+    transfer: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Three hubs, hub `i` connected first to NATS node `i`.
+async fn start_hubs(nats: &NatsCluster) -> Vec<HubProc> {
+    let mut hubs = Vec::new();
+    for index in 0..3 {
+        let urls = nats.urls_from(index);
+        let (proc, transfer, admin) = start_hub_with(&["--backplane", &urls]).await;
+        hubs.push(HubProc { proc, transfer, admin });
+    }
+    hubs
+}
+
+/// Waits until the hub whose admin API is at `admin` locates `name` on `server`: the user's
+/// login has reached that hub's replica of the directory, and the server's hub is alive for it.
+async fn wait_located(admin: SocketAddr, name: &str, server: u32) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let reply = http::request(admin, "GET", &format!("/api/users/{name}"), &[], None).await;
+        if reply.json()["server"].as_u64() == Some(u64::from(server)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hub {admin} never located {name} on server {server}: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_servers_on_three_hubs_reach_each_other_both_ways() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let mut servers = Vec::new();
+    let mut listen = Vec::new();
+    for (id, hub) in hubs.iter().enumerate() {
+        let id_text = id.to_string();
+        let acms = hub.transfer.to_string();
+        let args = ["--id", &id_text, "--listen", "127.0.0.1:0", "--acms", &acms];
+        let mut server =
+            Proc::start(&format!("im-server {id}"), &program("examples/im-server"), &args);
+        let started = server
+            .stderr
+            .wait_for("`im-server started`", |l| l.contains("im-server started"))
+            .await;
+        listen.push(field_addr(&started, "listen").to_string());
+        server.stderr.wait_for("`connected to hub`", |l| l.contains("connected to hub")).await;
+        servers.push(server);
+    }
+    let mut clients = Vec::new();
+    for (id, name) in ["alice", "bob", "carol"].into_iter().enumerate() {
+        let mut client =
+            Proc::start(name, &program("im-client"), &["--server", &listen[id], "--user", name]);
+        let expected = format!("logged in as {name} on server {id} (");
+        client.stderr.wait_for("the login", |line| line.starts_with(&expected)).await;
+        clients.push(client);
+    }
+    // Every hub has every user in its replica before the first message.
+    for hub in &hubs {
+        for (id, name) in ["alice", "bob", "carol"].into_iter().enumerate() {
+            wait_located(hub.admin, name, id as u32).await;
+        }
+    }
+    clients[0].say("@bob hello bob").await;
+    assert_eq!(clients[1].stdout.next("alice's message").await, "alice: hello bob");
+    clients[1].say("@alice hi alice").await;
+    assert_eq!(clients[0].stdout.next("bob's answer").await, "bob: hi alice");
+    clients[2].say("@alice from hub three").await;
+    assert_eq!(clients[0].stdout.next("carol's message").await, "carol: from hub three");
+    clients[0].say("@carol and back").await;
+    assert_eq!(clients[2].stdout.next("alice's answer").await, "alice: and back");
+    // Nobody called dave is online on any hub: the sender is told.
+    clients[0].say("@dave are you there?").await;
+    clients[0]
+        .stderr
+        .wait_for("the undeliverable notice", |line| {
+            line == "not delivered to dave (offline): are you there?"
+        })
+        .await;
+    drop((clients, servers, hubs));
+}
+
+/// What the receiver of a stream saw.
+#[derive(Debug, Default)]
+struct Seen {
+    received: AtomicU32,
+    /// The longest wait between two messages, in microseconds: how long traffic stopped.
+    longest_pause_us: AtomicU64,
+}
+
+/// Receives messages `0..STREAM` from alice, asserting each arrives once and in order.
+async fn receive(mut events: Events, seen: Arc<Seen>) {
+    let mut next = 0;
+    let mut last = Instant::now();
+    while next < STREAM {
+        let batch = tokio::time::timeout(PATIENCE * 3, events.recv_batch())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {next} of {STREAM} messages"))
+            .expect("events open");
+        let now = Instant::now();
+        if next > 0 {
+            let pause = now.duration_since(last).as_micros() as u64;
+            seen.longest_pause_us.fetch_max(pause, Ordering::Relaxed);
+        }
+        last = now;
+        for event in batch {
+            match event {
+                Event::Message { from, payload, .. } if from.as_str() == "alice" => {
+                    let got = number(&payload);
+                    assert_eq!(got, next, "message {got} arrived where {next} was due");
+                    next += 1;
+                    seen.received.store(next, Ordering::Relaxed);
+                }
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
+    assert!(extra.is_err(), "unexpected event after the stream: {extra:?}");
+}
+
+/// A numbered stream from alice (server 10 on `hubs[0]`) to bob (server 11, listing
+/// `bob_hubs`); `disrupt` runs once a third has arrived. Returns the longest pause bob saw.
+async fn stream(hubs: &[HubProc], bob_hubs: &[usize], disrupt: impl AsyncFnOnce()) -> Duration {
+    let start = |id: u32, on: Vec<String>| {
+        Cluster::builder(ServerId(id), "")
+            .hubs(on)
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .start()
+    };
+    let (sender, mut sender_events) = start(10, vec![hubs[0].transfer.to_string()]);
+    let bob_list = bob_hubs.iter().map(|&i| hubs[i].transfer.to_string()).collect();
+    let (receiver, receiver_events) = start(11, bob_list);
+    wait_link(&sender, LinkState::Connected).await;
+    wait_link(&receiver, LinkState::Connected).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    sender.login(alice.clone()).await.expect("login alice");
+    receiver.login(bob.clone()).await.expect("login bob");
+    wait_located(hubs[0].admin, "bob", 11).await;
+
+    let seen = Arc::new(Seen::default());
+    let receiving = tokio::spawn(receive(receiver_events, seen.clone()));
+    let bounced = tokio::spawn(async move {
+        let mut bounced = 0;
+        while let Some(event) = sender_events.recv().await {
+            if matches!(event, Event::Undeliverable { .. }) {
+                bounced += 1;
+            }
+        }
+        bounced
+    });
+    let sending = {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            for seq in 0..STREAM {
+                sender.send_to_user(&alice, &bob, numbered(seq, 64)).await.expect("send");
+                // Paced, so the disruption falls in the middle of the stream.
+                if seq % 20 == 19 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+    };
+    acms_tests::eventually("a third of the stream", || {
+        seen.received.load(Ordering::Relaxed) >= STREAM / 3
+    })
+    .await;
+    disrupt().await;
+    sending.await.expect("sender");
+    receiving.await.expect("every message once, in order");
+    let pause = Duration::from_micros(seen.longest_pause_us.load(Ordering::Relaxed));
+    sender.close().await;
+    receiver.close().await;
+    let bounced = bounced.await.expect("sender events");
+    assert_eq!(bounced, 0, "no message came back undeliverable");
+    pause
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbered_stream_crosses_hubs_whole_and_in_order() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let pause = stream(&hubs, &[1], async || {}).await;
+    println!(
+        "{STREAM} messages hub A -> hub B: 0 lost, 0 duplicated, 0 out of order; longest pause {pause:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receivers_hub_killed_mid_stream_loses_nothing() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    // Bob's server lists hub B first, then hub C, where it moves.
+    let pid = hubs[1].proc.pid();
+    let pause = stream(&hubs, &[1, 2], async move || kill(pid).await).await;
+    println!(
+        "{STREAM} messages, hub B SIGKILLed mid-stream, its server moved to hub C: 0 lost, 0 \
+         duplicated, 0 out of order; traffic stopped for at most {pause:?}"
+    );
+}
+
+/// Sends SIGKILL to `pid`, a process this test started.
+async fn kill(pid: u32) {
+    let status = tokio::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .await
+        .expect("run kill");
+    assert!(status.success(), "kill -KILL {pid} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_killed_mid_stream_loses_nothing() {
+    let mut nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let pid = nats.nodes[1].pid().expect("node 1 runs");
+    let pause = stream(&hubs, &[1], async move || kill(pid).await).await;
+    // Reaped.
+    nats.nodes[1].kill().await;
+    println!(
+        "{STREAM} messages, NATS node of hub B SIGKILLed mid-stream: 0 lost, 0 duplicated, 0 out of order; traffic stopped for at most {pause:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_backplane_is_a_clear_error_naming_the_url() {
+    // A port nobody listens on.
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let args = ["--transfer", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--backplane", &url];
+    let mut hub = Proc::start("acms", &program("acms"), &args);
+    let status = hub.exit_status().await;
+    let said = hub.stderr.until_closed().await.join("\n");
+    assert!(!status.success(), "acms exited with {status}; it said:\n{said}");
+    assert!(
+        said.contains("cannot connect to the NATS backplane") && said.contains(&url),
+        "the error names the backplane's URL; it said:\n{said}"
+    );
+}
