@@ -199,7 +199,12 @@ async fn stream(hubs: &[HubProc], bob_hubs: &[usize], disrupt: impl AsyncFnOnce(
     let pause = Duration::from_micros(seen.longest_pause_us.load(Ordering::Relaxed));
     sender.close().await;
     receiver.close().await;
-    let bounced = bounced.await.expect("sender events");
+    // The sender's events end once its last handle is gone.
+    drop(sender);
+    let bounced = tokio::time::timeout(PATIENCE, bounced)
+        .await
+        .expect("the sender's events end")
+        .expect("sender events");
     assert_eq!(bounced, 0, "no message came back undeliverable");
     pause
 }
