@@ -183,8 +183,8 @@ async fn stream(hubs: &[HubProc], bob_hubs: &[usize], disrupt: impl AsyncFnOnce(
             for seq in 0..STREAM {
                 sender.send_to_user(&alice, &bob, numbered(seq, 64)).await.expect("send");
                 // Paced, so the disruption falls in the middle of the stream.
-                if seq % 20 == 19 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                if seq % 10 == 9 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
         })
