@@ -30,7 +30,7 @@ pub struct Config {
 
 /// Settings of the NATS backplane that lets several hubs run active at once (`[backplane]`).
 /// With no `nats` URL the hub is alone, exactly as without this section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackplaneConfig {
     /// The NATS servers to connect to (`nats://host:4222` or `tls://host:4222`); `acms
@@ -84,6 +84,28 @@ impl Default for BackplaneConfig {
             kv_replicas: None,
             max_pending_batches: 4096,
         }
+    }
+}
+
+impl fmt::Debug for BackplaneConfig {
+    /// The password and token are never shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |set: bool| if set { Some("..") } else { None };
+        f.debug_struct("BackplaneConfig")
+            .field("nats", &self.nats)
+            .field("credentials", &self.credentials)
+            .field("user", &self.user)
+            .field("password", &hidden(self.password.is_some()))
+            .field("token", &hidden(self.token.is_some()))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("dead_after", &self.dead_after)
+            .field("kv_replicas", &self.kv_replicas)
+            .field("max_pending_batches", &self.max_pending_batches)
+            .finish()
     }
 }
 
@@ -434,6 +456,31 @@ mod tests {
         let shipped = Config::from_toml(include_str!("../../../config/acms.toml")).unwrap();
         let defaults = Config::default();
         assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn backplane_settings_are_read_checked_and_the_password_never_shown() {
+        let text = "[backplane]\nnats = [\"nats://a:4222\", \"tls://b:4222\"]\n\
+                    user = \"acms\"\npassword = \"hunter2-secret\"\n";
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+        assert!(config.backplane.enabled());
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!Config::default().backplane.enabled());
+        let refused = [
+            ("[backplane]\nnats = [\"http://a:4222\"]\n", "not a NATS URL"),
+            ("[backplane]\nuser = \"a\"\n", "go together"),
+            ("[backplane]\ntoken = \"t\"\ncredentials = \"c\"\n", "choose one"),
+            ("[backplane]\ntls_cert = \"c\"\n", "go together"),
+            ("[backplane]\nheartbeat = \"2s\"\ndead_after = \"3s\"\n", "twice"),
+            ("[backplane]\nnats = [\"nats://a:1\"]\n[transfer]\npeers = [\"b:1\"]\n", "peers"),
+        ];
+        for (text, why) in refused {
+            let err = Config::from_toml(text).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        let err = Config::from_toml("[backplane]\nnat = []\n").unwrap_err();
+        assert!(err.to_string().contains("nat"), "{err}");
     }
 
     #[test]
