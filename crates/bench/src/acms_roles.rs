@@ -200,12 +200,19 @@ pub fn echo(args: EchoArgs) -> anyhow::Result<()> {
 /// Round-trip client AS: one message in flight to `echo` and back, timed.
 pub fn rtt(args: RttArgs) -> anyhow::Result<()> {
     wire::runtime()?.block_on(async {
-        let _done = wire::watch_stdin();
+        // With --wait-go, stdin first carries GO; it is watched for its end after that.
+        let mut done = (!args.wait_go).then(wire::watch_stdin);
         let (cluster, mut events) = join(&args.addr, args.server_id);
         let me = UserId::new("client")?;
         let echo = UserId::new("echo")?;
         cluster.login(me.clone()).await?;
         cluster.flush().await?;
+        if done.is_none() {
+            wire::emit(wire::READY, &wire::Ready { users: 1 })?;
+            wire::await_go().await;
+            done = Some(wire::watch_stdin());
+        }
+        let _done = done;
         let payload = wire::payload(args.size);
         let mut hist = wire::rtt_histogram();
         for i in 0..args.warmup + args.iterations {
