@@ -84,6 +84,20 @@ impl Replica {
         self.users.remove(user);
     }
 
+    /// The users the directory has on `server`: a scan, for a server given up.
+    pub(crate) fn users_on(&self, server: ServerId) -> Vec<UserId> {
+        self.users
+            .iter()
+            .filter(|entry| *entry.value() == server)
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    /// The live hubs other than this one.
+    pub(crate) fn live_hubs(&self) -> Vec<HubId> {
+        self.hubs.read().expect("hub lock").keys().copied().collect()
+    }
+
     /// Where `server` is registered.
     pub(crate) fn place(&self, server: ServerId) -> Option<Place> {
         self.servers.read().expect("replica lock").get(&server).copied()
