@@ -170,14 +170,20 @@ impl Backplane {
         self.dead.lock().expect("dead lock").revived(hub);
     }
 
-    /// The hubs dead for longer than `grace` at `now` whose servers this hub takes out of the
-    /// directory: it is the lowest live hub. Each is returned once.
+    /// The hubs dead for longer than `grace` at `now`, each returned once: the servers still
+    /// placed on them came back nowhere, and this hub takes them out of the directory. Every
+    /// hub that saw the death does (the deletions are conditional, so the first one wins and
+    /// the others find nothing), since a hub that joined late may never have heard the dead one.
     pub(crate) fn given_up(&self, now: Instant, grace: Duration) -> Vec<HubId> {
-        let gone = self.dead.lock().expect("dead lock").past_grace(now, grace);
-        if gone.is_empty() || !recovery::cleans_up(self.me, &self.replica.live_hubs()) {
-            return Vec::new();
+        self.dead.lock().expect("dead lock").past_grace(now, grace)
+    }
+
+    /// A server is placed on `hub`, never heard from: counted dead from `now` unless its
+    /// heartbeat comes, so the servers of a hub that died before this one heard it still leave.
+    pub(crate) fn suspect(&self, hub: HubId, now: Instant) {
+        if hub != self.me && !self.replica.is_alive(hub) {
+            self.dead.lock().expect("dead lock").died(hub, now);
         }
-        gone
     }
 
     /// Owes the directory the removal of `server`, placed at `place` on a dead hub, and of its

@@ -64,12 +64,6 @@ impl Dead {
     }
 }
 
-/// Whether `me` cleans up after dead hubs: the live hub with the lowest id does, so the
-/// directory gets one set of deletions, not one per hub.
-pub(crate) fn cleans_up(me: HubId, live: &[HubId]) -> bool {
-    live.iter().all(|&other| me <= other)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,12 +96,5 @@ mod tests {
         assert!(dead.past_grace(now + Duration::from_secs(4), grace).is_empty());
         assert_eq!(dead.past_grace(now + Duration::from_secs(6), grace), vec![A]);
         assert!(dead.past_grace(now + Duration::from_secs(60), grace).is_empty(), "once");
-    }
-
-    #[test]
-    fn the_lowest_live_hub_cleans_up() {
-        assert!(cleans_up(A, &[B]));
-        assert!(!cleans_up(B, &[A]));
-        assert!(cleans_up(B, &[]));
     }
 }

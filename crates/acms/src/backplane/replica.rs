@@ -93,11 +93,6 @@ impl Replica {
             .collect()
     }
 
-    /// The live hubs other than this one.
-    pub(crate) fn live_hubs(&self) -> Vec<HubId> {
-        self.hubs.read().expect("hub lock").keys().copied().collect()
-    }
-
     /// Where `server` is registered.
     pub(crate) fn place(&self, server: ServerId) -> Option<Place> {
         self.servers.read().expect("replica lock").get(&server).copied()

@@ -59,7 +59,7 @@ fn hub_up(shared: &HubState, core: &Backplane, hub: HubId) {
 /// One heartbeat tick at `now`: hubs silent past the deadline are dead (their servers are
 /// moving: frames for them are held until they register elsewhere); recoveries waiting for
 /// `limit` ticks are asked for again; the servers of a hub dead for longer than the reconnect
-/// grace, which came back nowhere, leave the directory (written by the lowest live hub).
+/// grace, which came back nowhere, leave the directory.
 pub(super) fn tick(shared: &HubState, core: &Backplane, now: Instant, limit: u32) {
     for hub in core.replica.expire(now) {
         let servers = core.replica.servers_on(hub).len();
@@ -343,6 +343,7 @@ fn server_placed(shared: &HubState, core: &Backplane, server: ServerId, place: P
     if place.hub == core.me || previous == Some(place) {
         return;
     }
+    core.suspect(place.hub, Instant::now());
     info!(%server, hub = %place.hub, "app server registered on another hub");
     if shared.registry.is_registered(server) && shared.registry.forget_moved(server).is_none() {
         warn!(%server, hub = %place.hub, "app server id registered on two hubs at once");
