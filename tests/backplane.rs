@@ -269,3 +269,43 @@ async fn an_unreachable_backplane_is_a_clear_error_naming_the_url() {
         "the error names the backplane's URL; it said:\n{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_for_a_server_whose_hub_died_for_good_comes_back_undeliverable() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let start = |id: u32, on: &HubProc| {
+        Cluster::builder(ServerId(id), on.transfer.to_string())
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .start()
+    };
+    let (sender, mut sender_events) = start(10, &hubs[0]);
+    // Bob's server knows only hub B: when B dies it comes back nowhere.
+    let (receiver, _receiver_events) = start(11, &hubs[1]);
+    wait_link(&sender, LinkState::Connected).await;
+    wait_link(&receiver, LinkState::Connected).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    sender.login(alice.clone()).await.expect("login alice");
+    receiver.login(bob.clone()).await.expect("login bob");
+    wait_located(hubs[0].admin, "bob", 11).await;
+
+    kill(hubs[1].proc.pid()).await;
+    let killed = Instant::now();
+    sender.send_to_user(&alice, &bob, numbered(7, 16)).await.expect("send");
+    // Held while bob's server may still move; then, the hub dead past the reconnect grace
+    // (3 s + 5 s by default), bob is online nowhere and the message comes back.
+    let event = tokio::time::timeout(PATIENCE * 2, sender_events.recv())
+        .await
+        .expect("an answer within the dead hub's deadline and grace")
+        .expect("events open");
+    match event {
+        Event::Undeliverable { to, payload, .. } => {
+            assert_eq!((to.as_str(), number(&payload)), ("bob", 7));
+        }
+        other => panic!("expected the message back undeliverable, got {other:?}"),
+    }
+    println!("undeliverable {:?} after the hub's death", killed.elapsed());
+    drop(receiver);
+    sender.close().await;
+}

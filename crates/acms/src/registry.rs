@@ -470,6 +470,15 @@ impl Registry {
         }
     }
 
+    /// The origins whose frames some server here drops until their `Resent`.
+    pub(crate) fn blocked_origins(&self) -> HashSet<ServerId> {
+        let mut origins = HashSet::new();
+        for entry in self.servers.iter() {
+            origins.extend(entry.blocked.iter().copied().filter(|&id| id != ServerId::HUB));
+        }
+        origins
+    }
+
     /// Forgets `id`, away from this hub and now registered on another, with its users here;
     /// returns them, or `None` if it is still connected here.
     pub(crate) fn forget_moved(&self, id: ServerId) -> Option<HashSet<UserId>> {

@@ -10,12 +10,14 @@
 //!
 //! # Layout
 //! - `names`: [`HubId`], the subjects and buckets of a cluster, the keys of users and servers.
+//! - `recovery`: recoveries stuck on a lost notice, and dead hubs' servers given up.
 //! - `replica`: the local replica of the directory and which hubs are alive.
 //! - `streams`: the numbering of messages between two hubs and its gaps.
 //! - `wire`: the messages hubs publish to each other, and heartbeats.
 //! - `writes`: the directory writes owed to the key-value store, coalesced per key.
 
 mod names;
+mod recovery;
 mod replica;
 mod streams;
 mod wire;
@@ -24,7 +26,7 @@ mod writes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use acms_common::discovery::ClusterName;
 use acms_protocol::ServerId;
@@ -71,6 +73,8 @@ pub(crate) struct Backplane {
     any_held: AtomicBool,
     /// The epoch of each remote origin that this hub's servers were told.
     told_epochs: Mutex<HashMap<ServerId, u64>>,
+    stuck: Mutex<recovery::Stuck>,
+    dead: Mutex<recovery::Dead>,
 }
 
 impl Backplane {
@@ -95,6 +99,8 @@ impl Backplane {
             held: Mutex::default(),
             any_held: AtomicBool::new(false),
             told_epochs: Mutex::default(),
+            stuck: Mutex::default(),
+            dead: Mutex::default(),
         };
         (backplane, queue)
     }
@@ -152,8 +158,51 @@ impl Backplane {
         self.incoming.lock().expect("incoming lock").claimed(hub, last)
     }
 
-    /// `hub` is dead: its streams are forgotten.
-    pub(crate) fn forget_hub(&self, hub: HubId) {
+    /// One heartbeat tick: of the hubs whose origins the servers here wait on (`waiting`), those
+    /// waited on for `limit` ticks in a row, to be sent a gap notice again (the first, or the
+    /// `Resent` that answered it, may have been lost too).
+    pub(crate) fn stuck(&self, waiting: &HashSet<HubId>, limit: u32) -> Vec<HubId> {
+        self.stuck.lock().expect("stuck lock").tick(waiting, limit)
+    }
+
+    /// `hub` is heard from again.
+    pub(crate) fn revived(&self, hub: HubId) {
+        self.dead.lock().expect("dead lock").revived(hub);
+    }
+
+    /// The hubs dead for longer than `grace` at `now`, each returned once: the servers still
+    /// placed on them came back nowhere, and this hub takes them out of the directory. Every
+    /// hub that saw the death does (the deletions are conditional, so the first one wins and
+    /// the others find nothing), since a hub that joined late may never have heard the dead one.
+    pub(crate) fn given_up(&self, now: Instant, grace: Duration) -> Vec<HubId> {
+        self.dead.lock().expect("dead lock").past_grace(now, grace)
+    }
+
+    /// A server is placed on `hub`, never heard from: counted dead from `now` unless its
+    /// heartbeat comes, so the servers of a hub that died before this one heard it still leave.
+    pub(crate) fn suspect(&self, hub: HubId, now: Instant) {
+        if hub != self.me && !self.replica.is_alive(hub) {
+            self.dead.lock().expect("dead lock").died(hub, now);
+        }
+    }
+
+    /// Owes the directory the removal of `server`, placed at `place` on a dead hub, and of its
+    /// users.
+    pub(crate) fn remove_server(&self, server: ServerId, place: Place) {
+        let value = serde_json::to_vec(&place).expect("a place serializes");
+        self.writes.owe(Bucket::Servers, server_key(server), Write::DeleteIf(value.into()));
+        for user in self.replica.users_on(server) {
+            self.user_offline(user.as_str(), server);
+        }
+    }
+
+    /// `hub` is dead at `now`: its streams are forgotten.
+    pub(crate) fn hub_dead(&self, hub: HubId, now: Instant) {
+        self.dead.lock().expect("dead lock").died(hub, now);
+        self.forget_hub(hub);
+    }
+
+    fn forget_hub(&self, hub: HubId) {
         self.incoming.lock().expect("incoming lock").forget(hub);
         self.outgoing.lock().expect("outgoing lock").forget(hub);
     }

@@ -84,6 +84,15 @@ impl Replica {
         self.users.remove(user);
     }
 
+    /// The users the directory has on `server`: a scan, for a server given up.
+    pub(crate) fn users_on(&self, server: ServerId) -> Vec<UserId> {
+        self.users
+            .iter()
+            .filter(|entry| *entry.value() == server)
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
     /// Where `server` is registered.
     pub(crate) fn place(&self, server: ServerId) -> Option<Place> {
         self.servers.read().expect("replica lock").get(&server).copied()

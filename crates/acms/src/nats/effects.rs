@@ -31,6 +31,7 @@ pub(super) fn heartbeat(shared: &HubState, core: &Backplane, payload: Bytes, now
     }
     if core.replica.heard(beat.from, now) {
         info!(hub = %beat.from, "hub alive on the backplane");
+        core.revived(beat.from);
         hub_up(shared, core, beat.from);
     }
     if let Some(&(_, last)) = beat.sent.iter().find(|(hub, _)| *hub == core.me)
@@ -55,11 +56,34 @@ fn hub_up(shared: &HubState, core: &Backplane, hub: HubId) {
     }
 }
 
-/// A hub silent past the deadline is dead: its servers are moving (frames for them are held
-/// until they register elsewhere), its streams forgotten.
-pub(super) fn hub_dead(_shared: &HubState, core: &Backplane, hub: HubId) {
-    warn!(%hub, servers = core.replica.servers_on(hub).len(), "hub silent past the deadline: dead; its app servers move to other hubs");
-    core.forget_hub(hub);
+/// One heartbeat tick at `now`: hubs silent past the deadline are dead (their servers are
+/// moving: frames for them are held until they register elsewhere); recoveries waiting for
+/// `limit` ticks are asked for again; the servers of a hub dead for longer than the reconnect
+/// grace, which came back nowhere, leave the directory.
+pub(super) fn tick(shared: &HubState, core: &Backplane, now: Instant, limit: u32) {
+    for hub in core.replica.expire(now) {
+        let servers = core.replica.servers_on(hub).len();
+        warn!(%hub, servers, "hub silent past the deadline: dead; its app servers move to other hubs");
+        core.hub_dead(hub, now);
+    }
+    let waiting: HashSet<HubId> = shared
+        .registry
+        .blocked_origins()
+        .into_iter()
+        .filter_map(|origin| core.replica.place(origin))
+        .map(|place| place.hub)
+        .filter(|&hub| hub != core.me && core.replica.is_alive(hub))
+        .collect();
+    for hub in core.stuck(&waiting, limit) {
+        warn!(%hub, "still waiting for a hub's servers to send again; asking again");
+        core.send_gap(hub);
+    }
+    for hub in core.given_up(now, shared.config.reconnect_grace) {
+        for (server, place) in core.replica.servers_on(hub) {
+            info!(%server, %hub, "app server of a dead hub did not come back in time; its users are offline");
+            core.remove_server(server, place);
+        }
+    }
 }
 
 /// Messages from `hub` were lost from `first_missing` on. Frames of its servers to the servers
@@ -255,7 +279,15 @@ pub(super) fn directory(shared: &HubState, bucket: Bucket, key: &str, value: Opt
                         None => warn!(%user, "unreadable user entry; ignored"),
                     }
                 }
-                None => core.replica.remove_user(user.as_str()),
+                None => {
+                    core.replica.remove_user(user.as_str());
+                    // Taken out by another hub that counted this one dead: written again.
+                    if let Some(owner) = shared.registry.route(user.as_str())
+                        && shared.registry.is_connected(owner.server)
+                    {
+                        core.user_online(user.as_str(), owner.server);
+                    }
+                }
             }
         }
         Bucket::Servers => {
@@ -266,14 +298,40 @@ pub(super) fn directory(shared: &HubState, bucket: Bucket, key: &str, value: Opt
             match value.map(|value| serde_json::from_slice::<Place>(value)) {
                 Some(Ok(place)) => server_placed(shared, core, server, place),
                 Some(Err(err)) => warn!(%server, error = %err, "unreadable server entry; ignored"),
-                None => {
-                    core.replica.remove_place(server);
-                    if !shared.registry.is_registered(server) {
-                        shared.server_down(server);
-                    }
-                }
+                None => server_removed(shared, core, server),
             }
         }
+    }
+}
+
+/// `server` left the directory. One still connected here was taken out by another hub that
+/// counted this one dead: it is registered again. Any other has left the cluster: the servers
+/// here stop waiting for it, and send again what they have not had acknowledged.
+fn server_removed(shared: &HubState, core: &Backplane, server: ServerId) {
+    let removed = core.replica.remove_place(server);
+    if shared.registry.is_connected(server) {
+        if removed.is_some_and(|place| place.hub == core.me) {
+            warn!(%server, "this hub's app server was taken out of the directory; registering it again");
+            let epoch = shared.registry.epoch(server).unwrap_or_default();
+            core.server_registered(server, epoch);
+        }
+        return;
+    }
+    if shared.registry.is_registered(server) {
+        return;
+    }
+    shared.registry.unblock_origin(server);
+    shared.server_down(server);
+    for (origin, target) in core.held_pairs() {
+        if target == server {
+            core.release(origin, target);
+        }
+    }
+    // Frames for it may have died with its hub or its connection, held here or lost on the way:
+    // every server here sends again what is unacknowledged, which now finds its recipient
+    // elsewhere or comes back undeliverable.
+    for peer in shared.registry.peers(ServerId::HUB) {
+        let _closing = shared.send_control(peer.id, Control::Resend { from: 0 });
     }
 }
 
@@ -285,6 +343,7 @@ fn server_placed(shared: &HubState, core: &Backplane, server: ServerId, place: P
     if place.hub == core.me || previous == Some(place) {
         return;
     }
+    core.suspect(place.hub, Instant::now());
     info!(%server, hub = %place.hub, "app server registered on another hub");
     if shared.registry.is_registered(server) && shared.registry.forget_moved(server).is_none() {
         warn!(%server, hub = %place.hub, "app server id registered on two hubs at once");

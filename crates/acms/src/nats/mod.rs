@@ -68,6 +68,8 @@ pub struct BackplaneLink {
     core: Arc<Backplane>,
     queue: mpsc::Receiver<Outbound>,
     heartbeat: Duration,
+    /// Heartbeat ticks a recovery may wait before it is asked for again.
+    stuck_ticks: u32,
 }
 
 /// Connects to the NATS servers of `config` and opens (or creates) the directory's buckets of
@@ -144,6 +146,7 @@ pub async fn connect(
         core: Arc::new(core),
         queue,
         heartbeat: config.heartbeat,
+        stuck_ticks: (config.dead_after.as_millis() / config.heartbeat.as_millis().max(1)) as u32,
     })
 }
 
@@ -195,16 +198,11 @@ impl BackplaneLink {
 
     /// Runs the backplane's tasks for the hub `shared` until `shutdown`.
     pub(crate) fn run(self, shared: Arc<HubState>, shutdown: CancellationToken) -> TaskTracker {
-        let Self { client, users, servers, core, queue, heartbeat } = self;
+        let Self { client, users, servers, core, queue, heartbeat, stuck_ticks } = self;
+        let ticks = Ticks { every: heartbeat, stuck: stuck_ticks };
         let tracker = TaskTracker::new();
         tracker.spawn(publish(client.clone(), core.clone(), queue, shutdown.clone()));
-        tracker.spawn(beat(
-            client.clone(),
-            shared.clone(),
-            core.clone(),
-            heartbeat,
-            shutdown.clone(),
-        ));
+        tracker.spawn(beat(client.clone(), shared.clone(), core.clone(), ticks, shutdown.clone()));
         tracker.spawn(listen_hubs(client.clone(), shared.clone(), core.clone(), shutdown.clone()));
         tracker.spawn(listen_relay(client, shared.clone(), core.clone(), shutdown.clone()));
         tracker.spawn(watch(servers.clone(), shared.clone(), Bucket::Servers, shutdown.clone()));
@@ -244,15 +242,21 @@ async fn publish(
     }
 }
 
-/// Publishes this hub's heartbeat, and declares dead the hubs silent past the deadline.
+/// The heartbeat's period, and the ticks a recovery may wait.
+struct Ticks {
+    every: Duration,
+    stuck: u32,
+}
+
+/// Publishes this hub's heartbeat, and runs the tick's checks ([`effects::tick`]).
 async fn beat(
     client: async_nats::Client,
     shared: Arc<HubState>,
     core: Arc<Backplane>,
-    every: Duration,
+    ticks: Ticks,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(ticks.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -262,9 +266,7 @@ async fn beat(
         if let Err(err) = client.publish(core.names.heartbeat(), core.heartbeat()).await {
             warn!(error = %err, "backplane heartbeat not sent");
         }
-        for hub in core.replica.expire(Instant::now()) {
-            effects::hub_dead(&shared, &core, hub);
-        }
+        effects::tick(&shared, &core, Instant::now(), ticks.stuck);
     }
 }
 
