@@ -393,11 +393,19 @@ fn measure_throughput(cx: &Bench, run: &mut ThroughputRun) -> anyhow::Result<()>
     ]);
     match system {
         System::Nats => send_args.extend(strings(["--client", s.nats_client.name()])),
-        System::Acms | System::CrossHub => {
-            send_args.extend(strings(["--send", s.acms_send.name()]))
+        System::Acms => send_args.extend(strings(["--send", s.acms_send.name()])),
+        System::CrossHub => {
+            send_args.extend(strings(["--send", s.acms_send.name(), "--linger", "--wait-go"]))
         }
     }
     let mut sender = cx.worker(&format!("{label}-send"), send_args)?;
+    if system == System::CrossHub {
+        // Hub B must route back to the sender (its acknowledgements) before the first message:
+        // it locates the sender's user once it has the sender's server and hears hub A alive.
+        let _: wire::Ready = sender.wait_for(wire::READY, ready_timeout(1))?;
+        target.await_located(Side::B, "sender", ready_timeout(1))?;
+        sender.send_line(wire::GO)?;
+    }
     let timeout = result_timeout(s.n, size);
     let sent = sender.wait_for::<SendResult>(wire::RESULT, timeout);
     // Even if the sender failed, the receiver says how many messages did arrive. It may have
@@ -405,6 +413,8 @@ fn measure_throughput(cx: &Bench, run: &mut ThroughputRun) -> anyhow::Result<()>
     let _ = receiver.send_line(wire::DONE);
     let recv_timeout = if sent.is_ok() { timeout } else { wire::IDLE_AFTER_DONE * 5 };
     let received = receiver.wait_for::<RecvResult>(wire::RESULT, recv_timeout);
+    // A lingering sender (cross-hub) closes now.
+    let _ = sender.send_line(wire::DONE);
     if let Ok(recv) = &received {
         run.recv = Some(recv.clone());
     }

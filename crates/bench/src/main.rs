@@ -157,6 +157,14 @@ pub struct SendArgs {
     /// Bytes of frames per batch (NATS raw writes, ACMS `send_batch` calls).
     #[arg(long, default_value_t = wire::DEFAULT_BATCH_BYTES)]
     pub batch_bytes: usize,
+    /// ACMS: keep the connection after the flush until `DONE` on stdin (cross-hub: the flush
+    /// means hub A published, not that hub B delivered).
+    #[arg(long)]
+    pub linger: bool,
+    /// ACMS: log in the user `sender`, print `READY` and wait for `GO` on stdin before sending
+    /// (cross-hub: until the receiver's hub routes back to this server).
+    #[arg(long)]
+    pub wait_go: bool,
 }
 
 /// Flags of an echo worker.
