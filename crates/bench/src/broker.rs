@@ -118,6 +118,11 @@ impl Broker {
         Ok(Self { child, url, port: node.port, log: log.to_owned() })
     }
 
+    /// Where its output is logged.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The broker's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -139,6 +139,18 @@ impl CrossHub {
         }
     }
 
+    /// Whether the hubs are connected to different NATS nodes, from the client port each hub's
+    /// log names (`connected successfully server=PORT`).
+    pub fn routed(&self) -> Option<bool> {
+        let port = |hub: &Broker| -> Option<String> {
+            let log = std::fs::read_to_string(hub.log_path()).ok()?;
+            let line = log.lines().find(|line| line.contains("connected successfully"))?;
+            let at = line.find("server=")? + "server=".len();
+            Some(line[at..].split_whitespace().next()?.to_owned())
+        };
+        Some(port(&self.hubs[0])? != port(&self.hubs[1])?)
+    }
+
     /// Fails with a log's tail if a hub or a node has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for process in self.hubs.iter_mut().chain(&mut self.nodes) {
@@ -317,6 +329,10 @@ impl Target {
             peak_rss_kib,
             rss,
             parts,
+            routed: match self {
+                Target::One(_) => None,
+                Target::Two(cluster) => cluster.routed(),
+            },
         })
     }
 }

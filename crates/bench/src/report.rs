@@ -186,6 +186,20 @@ const THROUGHPUT_METRICS: &[ThroughputMetric] = &[
     ("receive msg/s", Format::Rate, |r| Some(r.recv.as_ref()?.msg_per_s)),
     ("receive MB/s", Format::Fixed1, |r| Some(r.recv.as_ref()?.mb_per_s)),
     ("sender msg/s", Format::Rate, |r| Some(r.send.as_ref()?.msg_per_s)),
+    ("first msg after send, ms", Format::Fixed1, |r| {
+        let (recv, send) = (r.recv.as_ref()?, r.send.as_ref()?);
+        (recv.first_ns > 0).then(|| recv.first_ns.saturating_sub(send.start_ns) as f64 / 1e6)
+    }),
+    ("send to last msg, s", Format::Fixed2, |r| {
+        let (recv, send) = (r.recv.as_ref()?, r.send.as_ref()?);
+        (recv.last_ns > 0).then(|| recv.last_ns.saturating_sub(send.start_ns) as f64 / 1e9)
+    }),
+    // From the sender's start, not the first arrival: a stall before the first message counts.
+    ("end-to-end msg/s", Format::Rate, |r| {
+        let (recv, send) = (r.recv.as_ref()?, r.send.as_ref()?);
+        let ns = recv.last_ns.checked_sub(send.start_ns).filter(|&ns| ns > 0)?;
+        Some(recv.count as f64 * 1e9 / ns as f64)
+    }),
     ("received (count)", Format::Count, |r| Some(r.recv.as_ref()?.count as f64)),
     ("receiver link drops", Format::Count, |r| Some(r.recv.as_ref()?.disconnects as f64)),
     ("broker CPU µs/msg", Format::Fixed3, |r| Some(r.broker.as_ref()?.cpu_us_per_msg)),
@@ -206,6 +220,9 @@ const THROUGHPUT_METRICS: &[ThroughputMetric] = &[
     ("hub B CPU µs/msg", Format::Fixed3, |r| r.broker.as_ref()?.part_us_per_msg(HUB_B)),
     ("NATS cluster CPU µs/msg", Format::Fixed3, |r| {
         r.broker.as_ref()?.part_us_per_msg(NATS_CLUSTER)
+    }),
+    ("routed, 2 nodes (0/1)", Format::Count, |r| {
+        Some(f64::from(u8::from(r.broker.as_ref()?.routed?)))
     }),
 ];
 

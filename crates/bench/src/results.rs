@@ -226,6 +226,11 @@ pub struct BrokerUsage {
     /// Cross-hub: each process group's share (hub A, hub B, the NATS cluster).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<PartUsage>,
+    /// Cross-hub: whether the two hubs' NATS connections were on different nodes, so every
+    /// message also crossed a route between nodes (the NATS client picks a node of its list at
+    /// random); `None` if a hub's log did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed: Option<bool>,
 }
 
 /// The CPU of one process group of a cross-hub run over the measured window.
