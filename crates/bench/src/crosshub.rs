@@ -90,12 +90,13 @@ impl CrossHub {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        for (side, first) in [("a", 0), ("b", 1)] {
+        // Hub A's list starts at node 0, hub B's at node 1.
+        for (side, name) in [(Side::A, "a"), (Side::B, "b")] {
             let admin = broker::free_port()?;
-            let log = logs.join(format!("{label}-hub-{side}.log"));
-            let urls = urls_from(first);
+            let log = logs.join(format!("{label}-hub-{name}.log"));
+            let urls = urls_from(side.index());
             let hub = Broker::start_acms_with(&settings.acms_bin, 0, &log, admin, Some(&urls))?;
-            cluster.admins[first] = SocketAddr::from(([127, 0, 0, 1], admin));
+            cluster.admins[side.index()] = SocketAddr::from(([127, 0, 0, 1], admin));
             cluster.hubs.push(hub);
         }
         Ok(cluster)
