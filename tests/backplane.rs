@@ -309,3 +309,51 @@ async fn a_message_for_a_server_whose_hub_died_for_good_comes_back_undeliverable
     drop(receiver);
     sender.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_logins_racing_on_two_hubs_leave_exactly_one_session() {
+    const TRIES: usize = 20;
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let start = |id: u32, on: &HubProc| {
+        Cluster::builder(ServerId(id), on.transfer.to_string())
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .start()
+    };
+    let (one, _one_events) = start(10, &hubs[0]);
+    let (two, _two_events) = start(11, &hubs[1]);
+    wait_link(&one, LinkState::Connected).await;
+    wait_link(&two, LinkState::Connected).await;
+    let mut winners = [0; 2];
+    for attempt in 0..TRIES {
+        let name = format!("racer{attempt}");
+        let racer = user(&name);
+        let (a, b) = tokio::join!(one.login(racer.clone()), two.login(racer.clone()));
+        a.expect("login on hub A");
+        b.expect("login on hub B");
+        let sessions = || usize::from(one.is_local(&name)) + usize::from(two.is_local(&name));
+        acms_tests::eventually(&format!("one session of {name}"), || sessions() == 1).await;
+        let winner: u32 = if one.is_local(&name) { 10 } else { 11 };
+        // Both hubs agree on where the user is; the loser's kick, if any, has come by then.
+        for hub in &hubs[..2] {
+            wait_located(hub.admin, &name, winner).await;
+        }
+        one.flush().await.expect("flush");
+        two.flush().await.expect("flush");
+        assert_eq!(sessions(), 1, "{name}: exactly one session survives");
+        winners[usize::from(winner == 11)] += 1;
+    }
+    println!(
+        "{TRIES} racing logins under replace: one session each; server 10 won {}, server 11 won {}",
+        winners[0], winners[1]
+    );
+
+    // One after the other: the newer login, on the other hub, wins.
+    one.login(user("mover")).await.expect("first login");
+    wait_located(hubs[1].admin, "mover", 10).await;
+    two.login(user("mover")).await.expect("second login");
+    acms_tests::eventually("the older session kicked", || !one.is_local("mover")).await;
+    assert!(two.is_local("mover"));
+    one.close().await;
+    two.close().await;
+}

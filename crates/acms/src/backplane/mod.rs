@@ -264,6 +264,26 @@ impl Backplane {
         self.writes.owe(Bucket::Users, user_key(user), Write::Put(value));
     }
 
+    /// A login of `user` under `replace` is about to be placed here: the revision of their entry
+    /// as this hub knows it, which the login will be written over (see [`Write::Claim`]). Until
+    /// [`Backplane::login_placed`], another hub's entry for them kicks nobody here: this
+    /// login's write decides.
+    pub(crate) fn login_begins(&self, user: &str) -> Option<u64> {
+        self.writes.begin(Bucket::Users, user_key(user));
+        self.replica.user_revision(user)
+    }
+
+    /// The login begun by [`Backplane::login_begins`] is placed: on `server`, to be written over
+    /// revision `expected`, or (`None`) nowhere new.
+    pub(crate) fn login_placed(&self, user: &str, placed: Option<ServerId>, expected: Option<u64>) {
+        let key = user_key(user);
+        if let Some(server) = placed {
+            let value = Bytes::from(server.0.to_string());
+            self.writes.owe(Bucket::Users, key.clone(), Write::Claim { value, expected });
+        }
+        self.writes.done(Bucket::Users, &key);
+    }
+
     /// Owes the directory the user's leaving `server`, unless another server has them since.
     pub(crate) fn user_offline(&self, user: &str, server: ServerId) {
         let value = Bytes::from(server.0.to_string());

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use acms_protocol::{Ack, Control, DataKind, FrameKind, RawFrame, ServerEpoch, ServerId};
+use acms_protocol::{Ack, Control, DataKind, FrameKind, RawFrame, ServerEpoch, ServerId, UserId};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
@@ -263,8 +263,14 @@ fn deliver(
     }
 }
 
-/// A change of the shared directory: `value` is `None` for a deleted key.
-pub(super) fn directory(shared: &HubState, bucket: Bucket, key: &str, value: Option<&Bytes>) {
+/// A change of the shared directory at `revision`: `value` is `None` for a deleted key.
+pub(super) fn directory(
+    shared: &HubState,
+    bucket: Bucket,
+    key: &str,
+    value: Option<&Bytes>,
+    revision: u64,
+) {
     let Some(core) = &shared.backplane else { return };
     match bucket {
         Bucket::Users => {
@@ -275,7 +281,10 @@ pub(super) fn directory(shared: &HubState, bucket: Bucket, key: &str, value: Opt
             match value {
                 Some(value) => {
                     match std::str::from_utf8(value).ok().and_then(|text| text.parse().ok()) {
-                        Some(server) => core.replica.set_user(user, ServerId(server)),
+                        Some(server) => {
+                            core.replica.set_user(user.clone(), ServerId(server), revision);
+                            user_placed(shared, core, key, user, ServerId(server));
+                        }
                         None => warn!(%user, "unreadable user entry; ignored"),
                     }
                 }
@@ -302,6 +311,36 @@ pub(super) fn directory(shared: &HubState, bucket: Bucket, key: &str, value: Opt
             }
         }
     }
+}
+
+/// `user` logged in on `server` by the shared directory. Under `replace`, a session of theirs
+/// on a server of this hub, whose own login is settled (no write of it owed), is older: it ends.
+fn user_placed(shared: &HubState, core: &Backplane, key: &str, user: UserId, server: ServerId) {
+    if shared.registry.multi() || shared.registry.is_registered(server) {
+        return;
+    }
+    let Some(owner) = shared.registry.route(user.as_str()) else { return };
+    if core.writes.is_owed(Bucket::Users, key) {
+        // This hub's login of the user is racing: its write decides (`login_lost`).
+        return;
+    }
+    info!(%user, from = %owner.server, to = %server, "user logged in on another hub; kicking the older session");
+    let reason = format!("{user} logged in on server {server}");
+    let _told_now_or_at_its_snapshot = shared.kick(owner.server, user, reason);
+}
+
+/// This hub's login of the user of `key` on the server `ours` lost a race with a login on the
+/// server `theirs` on another hub: the session here ends, so exactly one survives.
+pub(super) fn login_lost(shared: &HubState, key: &str, ours: &Bytes, theirs: &Bytes) {
+    let Some(user) = user_of_key(key) else { return };
+    let parse = |value: &Bytes| std::str::from_utf8(value).ok()?.parse().ok().map(ServerId);
+    let (Some(ours), Some(theirs)) = (parse(ours), parse(theirs)) else { return };
+    if shared.registry.route(user.as_str()).map(|owner| owner.server) != Some(ours) {
+        return;
+    }
+    info!(%user, here = %ours, winner = %theirs, "a login on another hub won the race; kicking this session");
+    let reason = format!("{user} logged in on server {theirs}");
+    let _told_now_or_at_its_snapshot = shared.kick(ours, user, reason);
 }
 
 /// `server` left the directory. One still connected here was taken out by another hub that
