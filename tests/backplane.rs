@@ -357,3 +357,49 @@ async fn two_logins_racing_on_two_hubs_leave_exactly_one_session() {
     one.close().await;
     two.close().await;
 }
+
+/// The next presence event for `name`, skipping others.
+async fn next_presence(events: &mut Events, name: &str) -> Option<ServerId> {
+    loop {
+        let event = tokio::time::timeout(PATIENCE, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no presence event for {name}"))
+            .expect("events open");
+        if let Event::Presence { user, server } = event
+            && user.as_str() == name
+        {
+            return server;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_one_hub_hears_a_user_on_another_come_and_go() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let start = |id: u32, on: &HubProc| {
+        Cluster::builder(ServerId(id), on.transfer.to_string())
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .start()
+    };
+    let (watcher, mut events) = start(10, &hubs[0]);
+    let (home, _home_events) = start(11, &hubs[1]);
+    let (other, _other_events) = start(12, &hubs[2]);
+    for cluster in [&watcher, &home, &other] {
+        wait_link(cluster, LinkState::Connected).await;
+    }
+    let bob = user("bob");
+    watcher.watch([bob.clone()]).await.expect("watch");
+    assert_eq!(next_presence(&mut events, "bob").await, None, "offline at first");
+    home.login(bob.clone()).await.expect("login on hub B");
+    assert_eq!(next_presence(&mut events, "bob").await, Some(ServerId(11)));
+    // Logged in on hub C: the session on hub B ends (replace); the watcher hears the move, and
+    // no offline between.
+    other.login(bob.clone()).await.expect("login on hub C");
+    assert_eq!(next_presence(&mut events, "bob").await, Some(ServerId(12)));
+    other.logout(&bob).await.expect("logout");
+    assert_eq!(next_presence(&mut events, "bob").await, None, "offline everywhere");
+    for cluster in [watcher, home, other] {
+        cluster.close().await;
+    }
+}

@@ -381,7 +381,7 @@ impl Session {
             }
             self.shared.watches.watch(server, user.clone());
             self.watching.insert(user.clone());
-            let located = self.shared.registry.locate(user.as_str());
+            let located = self.shared.locate(user.as_str());
             // Offline in the settle window may only mean "not resynced yet": held until it ends.
             if located.is_none()
                 && self.shared.registry.settling_at(now)

@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 use crate::backplane::{
     Arrival, Backplane, Body, Bucket, Heartbeat, HubId, Message, Place, server_of_key, user_of_key,
 };
-use crate::registry::{RelayError, Relayed};
+use crate::presence;
+use crate::registry::{PresenceChange, RelayError, Relayed};
 use crate::state::HubState;
 
 /// A heartbeat of another hub arrived at `now`.
@@ -282,19 +283,37 @@ pub(super) fn directory(
                 Some(value) => {
                     match std::str::from_utf8(value).ok().and_then(|text| text.parse().ok()) {
                         Some(server) => {
-                            core.replica.set_user(user.clone(), ServerId(server), revision);
-                            user_placed(shared, core, key, user, ServerId(server));
+                            let server = ServerId(server);
+                            let was = core.replica.user(user.as_str());
+                            core.replica.set_user(user.clone(), server, revision);
+                            if was != Some(server) && !shared.registry.is_registered(server) {
+                                // Online on another hub: the watchers here hear it (a login
+                                // here was announced by its session).
+                                let change =
+                                    PresenceChange { user: user.clone(), server: Some(server) };
+                                presence::announce(shared, [change]);
+                            }
+                            user_placed(shared, core, key, user, server);
                         }
                         None => warn!(%user, "unreadable user entry; ignored"),
                     }
                 }
                 None => {
+                    let was = core.replica.user(user.as_str());
                     core.replica.remove_user(user.as_str());
-                    // Taken out by another hub that counted this one dead: written again.
-                    if let Some(owner) = shared.registry.route(user.as_str())
-                        && shared.registry.is_connected(owner.server)
-                    {
-                        core.user_online(user.as_str(), owner.server);
+                    match shared.registry.route(user.as_str()) {
+                        // Taken out by another hub that counted this one dead: written again.
+                        Some(owner) if shared.registry.is_connected(owner.server) => {
+                            core.user_online(user.as_str(), owner.server);
+                        }
+                        Some(_) => {}
+                        // Offline on another hub: the watchers here hear it.
+                        None if was
+                            .is_some_and(|server| !shared.registry.is_registered(server)) =>
+                        {
+                            presence::announce(shared, [PresenceChange { user, server: None }]);
+                        }
+                        None => {}
                     }
                 }
             }
