@@ -214,6 +214,15 @@ async fn a_numbered_stream_crosses_hubs_whole_and_in_order() {
     let nats = NatsCluster::start().await;
     let hubs = start_hubs(&nats).await;
     let pause = stream(&hubs, &[1], async || {}).await;
+    // The sender's hub shows the backplane's health.
+    let metrics = http::request(hubs[0].admin, "GET", "/metrics", &[], None).await.body;
+    assert!(metrics.contains("acms_backplane_hubs_alive 2"), "{metrics}");
+    let published = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("acms_backplane_messages_total{what=\"published\"} "))
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no published count in {metrics}"));
+    assert!(published > 0, "the stream crossed the backplane");
     println!(
         "{STREAM} messages hub A -> hub B: 0 lost, 0 duplicated, 0 out of order; longest pause {pause:?}"
     );

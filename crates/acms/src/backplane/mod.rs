@@ -55,6 +55,21 @@ pub(crate) struct Counters {
     pub(crate) gaps: AtomicU64,
 }
 
+/// The backplane's figures, for `/metrics` and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackplaneStats {
+    /// The other hubs alive (heard from within the deadline).
+    pub hubs_alive: usize,
+    /// Messages published to other hubs.
+    pub published: u64,
+    /// Messages received from other hubs.
+    pub received: u64,
+    /// Messages dropped because the queue to NATS was full.
+    pub dropped: u64,
+    /// Gaps seen in the streams from other hubs (lost messages, repaired by sending again).
+    pub gaps: u64,
+}
+
 /// This hub's side of the backplane, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Backplane {
@@ -306,6 +321,18 @@ impl Backplane {
         };
         let value = serde_json::to_vec(&place).expect("a place serializes");
         self.writes.owe(Bucket::Servers, server_key(server), Write::DeleteIf(value.into()));
+    }
+
+    /// The figures now.
+    pub(crate) fn stats(&self) -> BackplaneStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        BackplaneStats {
+            hubs_alive: self.replica.hubs_alive(),
+            published: load(&self.counters.published),
+            received: load(&self.counters.received),
+            dropped: load(&self.counters.dropped),
+            gaps: load(&self.counters.gaps),
+        }
     }
 
     /// Whether `server` is registered on this hub by the shared directory.

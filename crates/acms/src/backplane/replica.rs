@@ -148,6 +148,11 @@ impl Replica {
         }
     }
 
+    /// How many other hubs are alive.
+    pub(crate) fn hubs_alive(&self) -> usize {
+        self.hubs.read().expect("hub lock").len()
+    }
+
     /// Whether `hub` was heard from within the deadline.
     pub(crate) fn is_alive(&self, hub: HubId) -> bool {
         self.hubs.read().expect("hub lock").contains_key(&hub)
