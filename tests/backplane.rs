@@ -243,12 +243,17 @@ async fn the_receivers_hub_killed_mid_stream_loses_nothing() {
 
 /// Sends SIGKILL to `pid`, a process this test started.
 async fn kill(pid: u32) {
+    signal(pid, "-KILL").await;
+}
+
+/// Sends `signal` to `pid`, a process this test started.
+async fn signal(pid: u32, signal: &str) {
     let status = tokio::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .await
         .expect("run kill");
-    assert!(status.success(), "kill -KILL {pid} failed");
+    assert!(status.success(), "kill {signal} {pid} failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,4 +416,31 @@ async fn a_watcher_on_one_hub_hears_a_user_on_another_come_and_go() {
     for cluster in [watcher, home, other] {
         cluster.close().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receivers_hub_paused_past_the_keepalive_loses_nothing() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let pid = hubs[1].proc.pid();
+    let hub_c = hubs[2].admin;
+    let pause = stream(&hubs, &[1, 2], async move || {
+        signal(pid, "-STOP").await;
+        // Bob's server gives up on the silent hub after its keepalive and moves to hub C.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let servers = http::request(hub_c, "GET", "/api/servers", &[], None).await.json();
+            if servers.as_array().is_some_and(|list| list.iter().any(|s| s["id"] == 11)) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "server 11 never moved to hub C");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        signal(pid, "-CONT").await;
+    })
+    .await;
+    println!(
+        "{STREAM} messages, hub B SIGSTOPped past the keepalive then SIGCONTed: 0 lost, 0 \
+         duplicated, 0 out of order; traffic stopped for at most {pause:?}"
+    );
 }
