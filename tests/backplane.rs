@@ -214,6 +214,15 @@ async fn a_numbered_stream_crosses_hubs_whole_and_in_order() {
     let nats = NatsCluster::start().await;
     let hubs = start_hubs(&nats).await;
     let pause = stream(&hubs, &[1], async || {}).await;
+    // The sender's hub shows the backplane's health.
+    let metrics = http::request(hubs[0].admin, "GET", "/metrics", &[], None).await.body;
+    assert!(metrics.contains("acms_backplane_hubs_alive 2"), "{metrics}");
+    let published = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("acms_backplane_messages_total{what=\"published\"} "))
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no published count in {metrics}"));
+    assert!(published > 0, "the stream crossed the backplane");
     println!(
         "{STREAM} messages hub A -> hub B: 0 lost, 0 duplicated, 0 out of order; longest pause {pause:?}"
     );
@@ -234,12 +243,17 @@ async fn the_receivers_hub_killed_mid_stream_loses_nothing() {
 
 /// Sends SIGKILL to `pid`, a process this test started.
 async fn kill(pid: u32) {
+    signal(pid, "-KILL").await;
+}
+
+/// Sends `signal` to `pid`, a process this test started.
+async fn signal(pid: u32, signal: &str) {
     let status = tokio::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .await
         .expect("run kill");
-    assert!(status.success(), "kill -KILL {pid} failed");
+    assert!(status.success(), "kill {signal} {pid} failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,4 +322,125 @@ async fn a_message_for_a_server_whose_hub_died_for_good_comes_back_undeliverable
     println!("undeliverable {:?} after the hub's death", killed.elapsed());
     drop(receiver);
     sender.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_logins_racing_on_two_hubs_leave_exactly_one_session() {
+    const TRIES: usize = 20;
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let start = |id: u32, on: &HubProc| {
+        Cluster::builder(ServerId(id), on.transfer.to_string())
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .start()
+    };
+    let (one, _one_events) = start(10, &hubs[0]);
+    let (two, _two_events) = start(11, &hubs[1]);
+    wait_link(&one, LinkState::Connected).await;
+    wait_link(&two, LinkState::Connected).await;
+    let mut winners = [0; 2];
+    for attempt in 0..TRIES {
+        let name = format!("racer{attempt}");
+        let racer = user(&name);
+        let (a, b) = tokio::join!(one.login(racer.clone()), two.login(racer.clone()));
+        a.expect("login on hub A");
+        b.expect("login on hub B");
+        let sessions = || usize::from(one.is_local(&name)) + usize::from(two.is_local(&name));
+        acms_tests::eventually(&format!("one session of {name}"), || sessions() == 1).await;
+        let winner: u32 = if one.is_local(&name) { 10 } else { 11 };
+        // Both hubs agree on where the user is; the loser's kick, if any, has come by then.
+        for hub in &hubs[..2] {
+            wait_located(hub.admin, &name, winner).await;
+        }
+        one.flush().await.expect("flush");
+        two.flush().await.expect("flush");
+        assert_eq!(sessions(), 1, "{name}: exactly one session survives");
+        winners[usize::from(winner == 11)] += 1;
+    }
+    println!(
+        "{TRIES} racing logins under replace: one session each; server 10 won {}, server 11 won {}",
+        winners[0], winners[1]
+    );
+
+    // One after the other: the newer login, on the other hub, wins.
+    one.login(user("mover")).await.expect("first login");
+    wait_located(hubs[1].admin, "mover", 10).await;
+    two.login(user("mover")).await.expect("second login");
+    acms_tests::eventually("the older session kicked", || !one.is_local("mover")).await;
+    assert!(two.is_local("mover"));
+    one.close().await;
+    two.close().await;
+}
+
+/// The next presence event for `name`, skipping others.
+async fn next_presence(events: &mut Events, name: &str) -> Option<ServerId> {
+    loop {
+        let event = tokio::time::timeout(PATIENCE, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no presence event for {name}"))
+            .expect("events open");
+        if let Event::Presence { user, server } = event
+            && user.as_str() == name
+        {
+            return server;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_one_hub_hears_a_user_on_another_come_and_go() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let start = |id: u32, on: &HubProc| {
+        Cluster::builder(ServerId(id), on.transfer.to_string())
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .start()
+    };
+    let (watcher, mut events) = start(10, &hubs[0]);
+    let (home, _home_events) = start(11, &hubs[1]);
+    let (other, _other_events) = start(12, &hubs[2]);
+    for cluster in [&watcher, &home, &other] {
+        wait_link(cluster, LinkState::Connected).await;
+    }
+    let bob = user("bob");
+    watcher.watch([bob.clone()]).await.expect("watch");
+    assert_eq!(next_presence(&mut events, "bob").await, None, "offline at first");
+    home.login(bob.clone()).await.expect("login on hub B");
+    assert_eq!(next_presence(&mut events, "bob").await, Some(ServerId(11)));
+    // Logged in on hub C: the session on hub B ends (replace); the watcher hears the move, and
+    // no offline between.
+    other.login(bob.clone()).await.expect("login on hub C");
+    assert_eq!(next_presence(&mut events, "bob").await, Some(ServerId(12)));
+    other.logout(&bob).await.expect("logout");
+    assert_eq!(next_presence(&mut events, "bob").await, None, "offline everywhere");
+    for cluster in [watcher, home, other] {
+        cluster.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receivers_hub_paused_past_the_keepalive_loses_nothing() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let pid = hubs[1].proc.pid();
+    let hub_c = hubs[2].admin;
+    let pause = stream(&hubs, &[1, 2], async move || {
+        signal(pid, "-STOP").await;
+        // Bob's server gives up on the silent hub after its keepalive and moves to hub C.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let servers = http::request(hub_c, "GET", "/api/servers", &[], None).await.json();
+            if servers.as_array().is_some_and(|list| list.iter().any(|s| s["id"] == 11)) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "server 11 never moved to hub C");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        signal(pid, "-CONT").await;
+    })
+    .await;
+    println!(
+        "{STREAM} messages, hub B SIGSTOPped past the keepalive then SIGCONTed: 0 lost, 0 \
+         duplicated, 0 out of order; traffic stopped for at most {pause:?}"
+    );
 }

@@ -78,6 +78,11 @@ impl Hub {
         self.shared.backplane.as_ref().map(|backplane| backplane.me)
     }
 
+    /// The backplane's figures, if this hub runs on one.
+    pub fn backplane_stats(&self) -> Option<crate::BackplaneStats> {
+        self.shared.backplane.as_ref().map(|backplane| backplane.stats())
+    }
+
     /// What the hub has relayed and refused so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()

@@ -61,7 +61,13 @@ pub(crate) fn left(shared: &HubState, server: ServerId, left: Left) {
 /// [`left`] without the shared directory: the hub is stopping, and the servers move to another
 /// hub with their users.
 pub(crate) fn left_here(shared: &HubState, left: Left) {
-    announce(shared, left.moved);
+    // On a backplane, a user offline here may be online on another hub (a login there ended
+    // the session here): watchers hear where.
+    let moved = left.moved.into_iter().map(|PresenceChange { user, server }| {
+        let server = server.or_else(|| shared.locate(user.as_str()));
+        PresenceChange { user, server }
+    });
+    announce(shared, moved);
     for (user, server) in left.alone {
         shared.tell_multi_session(server, user, false);
     }

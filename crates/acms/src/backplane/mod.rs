@@ -55,6 +55,21 @@ pub(crate) struct Counters {
     pub(crate) gaps: AtomicU64,
 }
 
+/// The backplane's figures, for `/metrics` and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackplaneStats {
+    /// The other hubs alive (heard from within the deadline).
+    pub hubs_alive: usize,
+    /// Messages published to other hubs.
+    pub published: u64,
+    /// Messages received from other hubs.
+    pub received: u64,
+    /// Messages dropped because the queue to NATS was full.
+    pub dropped: u64,
+    /// Gaps seen in the streams from other hubs (lost messages, repaired by sending again).
+    pub gaps: u64,
+}
+
 /// This hub's side of the backplane, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Backplane {
@@ -264,6 +279,26 @@ impl Backplane {
         self.writes.owe(Bucket::Users, user_key(user), Write::Put(value));
     }
 
+    /// A login of `user` under `replace` is about to be placed here: the revision of their entry
+    /// as this hub knows it, which the login will be written over (see [`Write::Claim`]). Until
+    /// [`Backplane::login_placed`], another hub's entry for them kicks nobody here: this
+    /// login's write decides.
+    pub(crate) fn login_begins(&self, user: &str) -> Option<u64> {
+        self.writes.begin(Bucket::Users, user_key(user));
+        self.replica.user_revision(user)
+    }
+
+    /// The login begun by [`Backplane::login_begins`] is placed: on `server`, to be written over
+    /// revision `expected`, or (`None`) nowhere new.
+    pub(crate) fn login_placed(&self, user: &str, placed: Option<ServerId>, expected: Option<u64>) {
+        let key = user_key(user);
+        if let Some(server) = placed {
+            let value = Bytes::from(server.0.to_string());
+            self.writes.owe(Bucket::Users, key.clone(), Write::Claim { value, expected });
+        }
+        self.writes.done(Bucket::Users, &key);
+    }
+
     /// Owes the directory the user's leaving `server`, unless another server has them since.
     pub(crate) fn user_offline(&self, user: &str, server: ServerId) {
         let value = Bytes::from(server.0.to_string());
@@ -286,6 +321,18 @@ impl Backplane {
         };
         let value = serde_json::to_vec(&place).expect("a place serializes");
         self.writes.owe(Bucket::Servers, server_key(server), Write::DeleteIf(value.into()));
+    }
+
+    /// The figures now.
+    pub(crate) fn stats(&self) -> BackplaneStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        BackplaneStats {
+            hubs_alive: self.replica.hubs_alive(),
+            published: load(&self.counters.published),
+            received: load(&self.counters.received),
+            dropped: load(&self.counters.dropped),
+            gaps: load(&self.counters.gaps),
+        }
     }
 
     /// Whether `server` is registered on this hub by the shared directory.

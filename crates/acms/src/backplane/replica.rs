@@ -53,7 +53,8 @@ pub(crate) enum Remote {
 #[derive(Debug)]
 pub(crate) struct Replica {
     me: HubId,
-    users: DashMap<UserId, ServerId, foldhash::fast::RandomState>,
+    /// Each user's server, with the revision of its entry.
+    users: DashMap<UserId, (ServerId, u64), foldhash::fast::RandomState>,
     servers: RwLock<HashMap<ServerId, Place>>,
     /// The other hubs heard from, with when they were last heard.
     hubs: RwLock<HashMap<HubId, Instant>>,
@@ -73,11 +74,16 @@ impl Replica {
 
     /// The server `user` is online on, as the shared directory says.
     pub(crate) fn user(&self, user: &str) -> Option<ServerId> {
-        self.users.get(user).map(|server| *server)
+        self.users.get(user).map(|entry| entry.0)
     }
 
-    pub(crate) fn set_user(&self, user: UserId, server: ServerId) {
-        self.users.insert(user, server);
+    /// The revision of `user`'s entry, as last seen.
+    pub(crate) fn user_revision(&self, user: &str) -> Option<u64> {
+        self.users.get(user).map(|entry| entry.1)
+    }
+
+    pub(crate) fn set_user(&self, user: UserId, server: ServerId, revision: u64) {
+        self.users.insert(user, (server, revision));
     }
 
     pub(crate) fn remove_user(&self, user: &str) {
@@ -88,7 +94,7 @@ impl Replica {
     pub(crate) fn users_on(&self, server: ServerId) -> Vec<UserId> {
         self.users
             .iter()
-            .filter(|entry| *entry.value() == server)
+            .filter(|entry| entry.value().0 == server)
             .map(|e| e.key().clone())
             .collect()
     }
@@ -142,6 +148,11 @@ impl Replica {
         }
     }
 
+    /// How many other hubs are alive.
+    pub(crate) fn hubs_alive(&self) -> usize {
+        self.hubs.read().expect("hub lock").len()
+    }
+
     /// Whether `hub` was heard from within the deadline.
     pub(crate) fn is_alive(&self, hub: HubId) -> bool {
         self.hubs.read().expect("hub lock").contains_key(&hub)
@@ -187,7 +198,7 @@ mod tests {
         let now = Instant::now();
         let alice = UserId::new("alice").unwrap();
         assert_eq!(replica.route_user("alice"), (Remote::Nowhere, None));
-        replica.set_user(alice.clone(), ServerId(7));
+        replica.set_user(alice.clone(), ServerId(7), 1);
         // The server is not registered anywhere: the user is nowhere.
         assert_eq!(replica.route_user("alice"), (Remote::Nowhere, None));
         replica.set_place(ServerId(7), place(OTHER));

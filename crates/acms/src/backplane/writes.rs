@@ -22,6 +22,10 @@ pub(crate) enum Write {
     Put(Bytes),
     /// Delete the key if it still holds this value: another hub may have written it since.
     DeleteIf(Bytes),
+    /// A login under `replace`: set the key to this value only if it is still at the revision
+    /// this hub saw when the user logged in (`None`: absent). A hub that loses such a race ends
+    /// its own session of the user, so that exactly one survives.
+    Claim { value: Bytes, expected: Option<u64> },
 }
 
 /// The pending writes and the writer's wake-up.
@@ -33,6 +37,8 @@ pub(crate) struct Writes {
 
 #[derive(Debug, Default)]
 struct Pending {
+    /// Keys whose write the writer took and has not finished.
+    in_flight: std::collections::HashSet<(Bucket, String)>,
     /// By key: the order it was first written in, and the latest write.
     writes: HashMap<(Bucket, String), (u64, Write)>,
     next: u64,
@@ -63,9 +69,30 @@ impl Writes {
         self.notify.notify_one();
     }
 
-    /// Takes every write owed, oldest key first.
+    /// Whether a write to `key` is owed or being made: its outcome is not known yet.
+    pub(crate) fn is_owed(&self, bucket: Bucket, key: &str) -> bool {
+        let pending = self.pending.lock().expect("writes lock");
+        let key = (bucket, key.to_owned());
+        pending.writes.contains_key(&key) || pending.in_flight.contains(&key)
+    }
+
+    /// A write to `key` is about to be decided: until [`Writes::done`], the key counts as owed,
+    /// so nothing judges it by an entry this hub is about to replace.
+    pub(crate) fn begin(&self, bucket: Bucket, key: String) {
+        self.pending.lock().expect("writes lock").in_flight.insert((bucket, key));
+    }
+
+    /// The writer finished the write to `key` it took (or a write begun was decided).
+    pub(crate) fn done(&self, bucket: Bucket, key: &str) {
+        self.pending.lock().expect("writes lock").in_flight.remove(&(bucket, key.to_owned()));
+    }
+
+    /// Takes every write owed, oldest key first; each is in flight until [`Writes::done`].
     pub(crate) fn take(&self) -> Vec<(Bucket, String, Write)> {
-        let writes = std::mem::take(&mut self.pending.lock().expect("writes lock").writes);
+        let mut pending = self.pending.lock().expect("writes lock");
+        let writes = std::mem::take(&mut pending.writes);
+        pending.in_flight.extend(writes.keys().cloned());
+        drop(pending);
         let mut writes: Vec<_> = writes.into_iter().collect();
         writes.sort_by_key(|(_, (order, _))| *order);
         writes.into_iter().map(|((bucket, key), (_, write))| (bucket, key, write)).collect()
@@ -106,5 +133,9 @@ mod tests {
             ]
         );
         assert!(writes.take().is_empty());
+        assert!(writes.is_owed(Bucket::Users, "a"), "in flight until done");
+        writes.done(Bucket::Users, "a");
+        assert!(!writes.is_owed(Bucket::Users, "a"));
+        assert!(writes.is_owed(Bucket::Users, "b"));
     }
 }

@@ -229,6 +229,10 @@ async fn expire_later(shared: Arc<HubState>, server: ServerId, departure: u64) {
         presence::left(&shared, server, left);
         if let Some(backplane) = &shared.backplane {
             backplane.server_gone(server);
+            if backplane.replica.place(server).is_some_and(|place| place.hub != backplane.me) {
+                // It moved to another hub meanwhile: it is not down.
+                return;
+            }
         }
         shared.server_down(server);
         shared.ask_to_resend(held);

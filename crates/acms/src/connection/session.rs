@@ -219,14 +219,18 @@ impl Session {
             let confirm = self.stale_users.contains(&user)
                 || self.resyncing.as_ref().is_some_and(|old| old.contains(&user));
             let registry = &self.shared.registry;
+            // Under `replace` on a backplane, a login racing one on another hub: one wins.
+            let racing = self.shared.backplane.as_ref().filter(|_| !registry.multi());
+            let expected = racing.and_then(|backplane| backplane.login_begins(user.as_str()));
             let placed = if confirm {
                 registry.claim(server, user.clone())
             } else {
                 registry.login(server, user.clone())
             };
-            if let (Some(backplane), Placed::Online | Placed::Moved(_) | Placed::Joined(_)) =
-                (&self.shared.backplane, placed)
-            {
+            let new_place = matches!(placed, Placed::Online | Placed::Moved(_) | Placed::Joined(_));
+            if let Some(backplane) = racing {
+                backplane.login_placed(user.as_str(), new_place.then_some(server), expected);
+            } else if let (Some(backplane), true) = (&self.shared.backplane, new_place) {
                 backplane.user_online(user.as_str(), server);
             }
             match placed {
@@ -377,7 +381,7 @@ impl Session {
             }
             self.shared.watches.watch(server, user.clone());
             self.watching.insert(user.clone());
-            let located = self.shared.registry.locate(user.as_str());
+            let located = self.shared.locate(user.as_str());
             // Offline in the settle window may only mean "not resynced yet": held until it ends.
             if located.is_none()
                 && self.shared.registry.settling_at(now)

@@ -7,14 +7,15 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use acms_protocol::{Ack, Control, DataKind, FrameKind, RawFrame, ServerEpoch, ServerId};
+use acms_protocol::{Ack, Control, DataKind, FrameKind, RawFrame, ServerEpoch, ServerId, UserId};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use crate::backplane::{
     Arrival, Backplane, Body, Bucket, Heartbeat, HubId, Message, Place, server_of_key, user_of_key,
 };
-use crate::registry::{RelayError, Relayed};
+use crate::presence;
+use crate::registry::{PresenceChange, RelayError, Relayed};
 use crate::state::HubState;
 
 /// A heartbeat of another hub arrived at `now`.
@@ -263,8 +264,14 @@ fn deliver(
     }
 }
 
-/// A change of the shared directory: `value` is `None` for a deleted key.
-pub(super) fn directory(shared: &HubState, bucket: Bucket, key: &str, value: Option<&Bytes>) {
+/// A change of the shared directory at `revision`: `value` is `None` for a deleted key.
+pub(super) fn directory(
+    shared: &HubState,
+    bucket: Bucket,
+    key: &str,
+    value: Option<&Bytes>,
+    revision: u64,
+) {
     let Some(core) = &shared.backplane else { return };
     match bucket {
         Bucket::Users => {
@@ -275,17 +282,38 @@ pub(super) fn directory(shared: &HubState, bucket: Bucket, key: &str, value: Opt
             match value {
                 Some(value) => {
                     match std::str::from_utf8(value).ok().and_then(|text| text.parse().ok()) {
-                        Some(server) => core.replica.set_user(user, ServerId(server)),
+                        Some(server) => {
+                            let server = ServerId(server);
+                            let was = core.replica.user(user.as_str());
+                            core.replica.set_user(user.clone(), server, revision);
+                            if was != Some(server) && !shared.registry.is_registered(server) {
+                                // Online on another hub: the watchers here hear it (a login
+                                // here was announced by its session).
+                                let change =
+                                    PresenceChange { user: user.clone(), server: Some(server) };
+                                presence::announce(shared, [change]);
+                            }
+                            user_placed(shared, core, key, user, server);
+                        }
                         None => warn!(%user, "unreadable user entry; ignored"),
                     }
                 }
                 None => {
+                    let was = core.replica.user(user.as_str());
                     core.replica.remove_user(user.as_str());
-                    // Taken out by another hub that counted this one dead: written again.
-                    if let Some(owner) = shared.registry.route(user.as_str())
-                        && shared.registry.is_connected(owner.server)
-                    {
-                        core.user_online(user.as_str(), owner.server);
+                    match shared.registry.route(user.as_str()) {
+                        // Taken out by another hub that counted this one dead: written again.
+                        Some(owner) if shared.registry.is_connected(owner.server) => {
+                            core.user_online(user.as_str(), owner.server);
+                        }
+                        Some(_) => {}
+                        // Offline on another hub: the watchers here hear it.
+                        None if was
+                            .is_some_and(|server| !shared.registry.is_registered(server)) =>
+                        {
+                            presence::announce(shared, [PresenceChange { user, server: None }]);
+                        }
+                        None => {}
                     }
                 }
             }
@@ -302,6 +330,36 @@ pub(super) fn directory(shared: &HubState, bucket: Bucket, key: &str, value: Opt
             }
         }
     }
+}
+
+/// `user` logged in on `server` by the shared directory. Under `replace`, a session of theirs
+/// on a server of this hub, whose own login is settled (no write of it owed), is older: it ends.
+fn user_placed(shared: &HubState, core: &Backplane, key: &str, user: UserId, server: ServerId) {
+    if shared.registry.multi() || shared.registry.is_registered(server) {
+        return;
+    }
+    let Some(owner) = shared.registry.route(user.as_str()) else { return };
+    if core.writes.is_owed(Bucket::Users, key) {
+        // This hub's login of the user is racing: its write decides (`login_lost`).
+        return;
+    }
+    info!(%user, from = %owner.server, to = %server, "user logged in on another hub; kicking the older session");
+    let reason = format!("{user} logged in on server {server}");
+    let _told_now_or_at_its_snapshot = shared.kick(owner.server, user, reason);
+}
+
+/// This hub's login of the user of `key` on the server `ours` lost a race with a login on the
+/// server `theirs` on another hub: the session here ends, so exactly one survives.
+pub(super) fn login_lost(shared: &HubState, key: &str, ours: &Bytes, theirs: &Bytes) {
+    let Some(user) = user_of_key(key) else { return };
+    let parse = |value: &Bytes| std::str::from_utf8(value).ok()?.parse().ok().map(ServerId);
+    let (Some(ours), Some(theirs)) = (parse(ours), parse(theirs)) else { return };
+    if shared.registry.route(user.as_str()).map(|owner| owner.server) != Some(ours) {
+        return;
+    }
+    info!(%user, here = %ours, winner = %theirs, "a login on another hub won the race; kicking this session");
+    let reason = format!("{user} logged in on server {theirs}");
+    let _told_now_or_at_its_snapshot = shared.kick(ours, user, reason);
 }
 
 /// `server` left the directory. One still connected here was taken out by another hub that

@@ -173,7 +173,9 @@ async fn open_bucket(
             storage: jetstream::stream::StorageType::Memory,
             allow_rollup: true,
             deny_delete: true,
-            allow_direct: true,
+            // Reads go to the stream's leader: a replica's direct answer may not have the latest
+            // write yet, and a login lost to another hub's must see the winner's entry.
+            allow_direct: false,
             num_replicas: replicas.max(1),
             discard: jetstream::stream::DiscardPolicy::New,
             ..Default::default()
@@ -206,8 +208,8 @@ impl BackplaneLink {
         tracker.spawn(listen_hubs(client.clone(), shared.clone(), core.clone(), shutdown.clone()));
         tracker.spawn(listen_relay(client, shared.clone(), core.clone(), shutdown.clone()));
         tracker.spawn(watch(servers.clone(), shared.clone(), Bucket::Servers, shutdown.clone()));
-        tracker.spawn(watch(users.clone(), shared, Bucket::Users, shutdown.clone()));
-        tracker.spawn(write(users, servers, core, shutdown));
+        tracker.spawn(watch(users.clone(), shared.clone(), Bucket::Users, shutdown.clone()));
+        tracker.spawn(write(users, servers, shared, core, shutdown));
         tracker.close();
         tracker
     }
@@ -346,7 +348,7 @@ async fn watch(
                 Some(Ok(entry)) => {
                     let value =
                         matches!(entry.operation, kv::Operation::Put).then_some(&entry.value);
-                    effects::directory(&shared, bucket, &entry.key, value);
+                    effects::directory(&shared, bucket, &entry.key, value, entry.revision);
                 }
                 Some(Err(err)) => {
                     warn!(error = %err, ?bucket, "backplane watch broke; watching again");
@@ -358,10 +360,48 @@ async fn watch(
     }
 }
 
+/// Writes a login under `replace` over the revision its hub knew (see [`Write::Claim`]). Lost
+/// to another hub's login: this hub's session of the user ends, and the write is done.
+/// Why a login's write must be tried again.
+enum Retry {
+    /// The entry is gone: create it.
+    Create,
+    /// NATS failed; as it was.
+    Failed(String),
+}
+
+async fn claim(
+    store: &kv::Store,
+    key: &str,
+    value: &bytes::Bytes,
+    expected: Option<u64>,
+    shared: &HubState,
+) -> Result<(), Retry> {
+    let written = match expected {
+        None => store.create(key, value.clone()).await.map(drop).map_err(|e| e.to_string()),
+        Some(revision) => {
+            store.update(key, value.clone(), revision).await.map(drop).map_err(|e| e.to_string())
+        }
+    };
+    let Err(err) = written else { return Ok(()) };
+    match store.entry(key).await {
+        Ok(Some(entry)) if matches!(entry.operation, kv::Operation::Put) => {
+            // Equal: written already (a write whose answer was lost, or the same server's).
+            if entry.value != *value {
+                effects::login_lost(shared, key, value, &entry.value);
+            }
+            Ok(())
+        }
+        Ok(_) if expected.is_some() => Err(Retry::Create),
+        Ok(_) | Err(_) => Err(Retry::Failed(err)),
+    }
+}
+
 /// Applies the directory writes this hub owes, coalesced per key.
 async fn write(
     users: kv::Store,
     servers: kv::Store,
+    shared: Arc<HubState>,
     core: Arc<Backplane>,
     shutdown: CancellationToken,
 ) {
@@ -392,7 +432,24 @@ async fn write(
                     Ok(_) => Ok(()),
                     Err(err) => Err(err.to_string()),
                 },
+                Write::Claim { value, expected } => {
+                    match claim(store, &key, value, *expected, &shared).await {
+                        Ok(claimed) => Ok(claimed),
+                        Err(Retry::Create) => {
+                            // The entry was deleted meanwhile (a logout): written afresh.
+                            let value = value.clone();
+                            core.writes.owe_unless_newer(
+                                bucket,
+                                key.clone(),
+                                Write::Claim { value, expected: None },
+                            );
+                            Ok(())
+                        }
+                        Err(Retry::Failed(err)) => Err(err),
+                    }
+                }
             };
+            core.writes.done(bucket, &key);
             if let Err(err) = done {
                 // Owed again unless a newer write replaced it; the backplane may be away.
                 warn!(error = %err, ?bucket, %key, "directory write failed; retrying");
