@@ -326,7 +326,7 @@ async fn a_message_for_a_server_whose_hub_died_for_good_comes_back_undeliverable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_logins_racing_on_two_hubs_leave_exactly_one_session() {
-    const TRIES: usize = 20;
+    const TRIES: usize = 40;
     let nats = NatsCluster::start().await;
     let hubs = start_hubs(&nats).await;
     let start = |id: u32, on: &HubProc| {
@@ -443,4 +443,65 @@ async fn the_receivers_hub_paused_past_the_keepalive_loses_nothing() {
         "{STREAM} messages, hub B SIGSTOPped past the keepalive then SIGCONTed: 0 lost, 0 \
          duplicated, 0 out of order; traffic stopped for at most {pause:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_and_server_messages_reach_the_servers_of_every_hub() {
+    use acms_appserver::Outcome;
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let mut clusters = Vec::new();
+    let mut events = Vec::new();
+    for (index, hub) in hubs.iter().enumerate() {
+        let id = 10 + index as u32;
+        let (cluster, cluster_events) = Cluster::builder(ServerId(id), hub.transfer.to_string())
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .start();
+        wait_link(&cluster, LinkState::Connected).await;
+        cluster.login(user(&format!("u{id}"))).await.expect("login");
+        clusters.push(cluster);
+        events.push(cluster_events);
+    }
+    // Every hub knows every server, and its hub alive, before the first copy.
+    for hub in &hubs {
+        for id in 10..13 {
+            wait_located(hub.admin, &format!("u{id}"), id).await;
+        }
+    }
+    let receipt =
+        clusters[0].broadcast(&user("u10"), numbered(1, 8), false).await.expect("broadcast");
+    for (index, events) in events.iter_mut().enumerate().skip(1) {
+        let event = tokio::time::timeout(PATIENCE, events.recv()).await.expect("in time");
+        match event.expect("events open") {
+            Event::Broadcast { from, to, payload } => {
+                assert_eq!(from.as_str(), "u10");
+                assert_eq!(to, vec![user(&format!("u{}", 10 + index))]);
+                assert_eq!(number(&payload), 1);
+            }
+            other => panic!("expected the broadcast on server {}, got {other:?}", 10 + index),
+        }
+    }
+    assert!(
+        matches!(receipt.outcome(PATIENCE).await, Outcome::Reached { servers: 2 }),
+        "both other servers acknowledged the broadcast"
+    );
+    // A server message to one server on another hub, then to every server.
+    let receipt = clusters[0].send_to_server(ServerId(12), numbered(2, 8)).await.expect("send");
+    let event = tokio::time::timeout(PATIENCE, events[2].recv()).await.expect("in time");
+    match event.expect("events open") {
+        Event::ServerMessage { from, payload } => {
+            assert_eq!((from, number(&payload)), (ServerId(10), 2));
+        }
+        other => panic!("expected the server message, got {other:?}"),
+    }
+    assert!(matches!(receipt.outcome(PATIENCE).await, Outcome::Reached { servers: 1 }));
+    let receipt = clusters[0].send_to_all_servers(numbered(3, 8)).await.expect("send");
+    for events in events.iter_mut().skip(1) {
+        let event = tokio::time::timeout(PATIENCE, events.recv()).await.expect("in time");
+        assert!(matches!(event, Some(Event::ServerMessage { .. })), "{event:?}");
+    }
+    assert!(matches!(receipt.outcome(PATIENCE).await, Outcome::Reached { servers: 2 }));
+    for cluster in clusters {
+        cluster.close().await;
+    }
 }

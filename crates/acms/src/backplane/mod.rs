@@ -90,6 +90,10 @@ pub(crate) struct Backplane {
     told_epochs: Mutex<HashMap<ServerId, u64>>,
     stuck: Mutex<recovery::Stuck>,
     dead: Mutex<recovery::Dead>,
+    /// Servers that were registered here and moved to another hub: frames for them that reach
+    /// this hub late are dropped, not bounced, since every origin sends again to a server that
+    /// moved.
+    moved_away: Mutex<HashSet<ServerId>>,
 }
 
 impl Backplane {
@@ -116,6 +120,7 @@ impl Backplane {
             told_epochs: Mutex::default(),
             stuck: Mutex::default(),
             dead: Mutex::default(),
+            moved_away: Mutex::default(),
         };
         (backplane, queue)
     }
@@ -308,6 +313,7 @@ impl Backplane {
     /// Owes the directory `server`'s new registration here, and records it in the replica at
     /// once (the watch brings it back later).
     pub(crate) fn server_registered(&self, server: ServerId, epoch: u64) {
+        self.moved_away.lock().expect("moved lock").remove(&server);
         let place = Place { hub: self.me, epoch, registration: rand::random() };
         self.replica.set_place(server, place);
         let value = serde_json::to_vec(&place).expect("a place serializes");
@@ -333,6 +339,16 @@ impl Backplane {
             dropped: load(&self.counters.dropped),
             gaps: load(&self.counters.gaps),
         }
+    }
+
+    /// `server`, registered here until now, moved to another hub.
+    pub(crate) fn moved(&self, server: ServerId) {
+        self.moved_away.lock().expect("moved lock").insert(server);
+    }
+
+    /// Whether `server` moved from this hub to another.
+    pub(crate) fn has_moved(&self, server: ServerId) -> bool {
+        self.moved_away.lock().expect("moved lock").contains(&server)
     }
 
     /// Whether `server` is registered on this hub by the shared directory.
