@@ -391,7 +391,7 @@ pub(super) fn login_settled(
     else {
         return;
     };
-    if latest > revision && Bytes::from(theirs.0.to_string()) != *ours {
+    if latest > revision && theirs.0.to_string().as_bytes() != ours.as_ref() {
         login_lost(shared, key, ours, &Bytes::from(theirs.0.to_string()));
     }
 }
