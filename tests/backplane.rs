@@ -430,7 +430,8 @@ async fn the_receivers_hub_paused_past_the_keepalive_loses_nothing() {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let servers = http::request(hub_c, "GET", "/api/servers", &[], None).await.json();
-            if servers.as_array().is_some_and(|list| list.iter().any(|s| s["id"] == 11)) {
+            let here = |s: &serde_json::Value| s["id"] == 11 && s["state"] == "active";
+            if servers.as_array().is_some_and(|list| list.iter().any(here)) {
                 break;
             }
             assert!(tokio::time::Instant::now() < deadline, "server 11 never moved to hub C");
@@ -468,6 +469,16 @@ async fn broadcast_and_server_messages_reach_the_servers_of_every_hub() {
             wait_located(hub.admin, &format!("u{id}"), id).await;
         }
     }
+    // Any hub's admin API lists the servers of every hub, with their hub.
+    let servers = http::request(hubs[0].admin, "GET", "/api/servers", &[], None).await.json();
+    let servers = servers.as_array().expect("a list").clone();
+    let summary: Vec<(u64, &str)> =
+        servers.iter().map(|s| (s["id"].as_u64().unwrap(), s["state"].as_str().unwrap())).collect();
+    assert_eq!(summary, vec![(10, "active"), (11, "remote"), (12, "remote")]);
+    let hubs_named: std::collections::HashSet<&str> =
+        servers.iter().map(|s| s["hub"].as_str().expect("a hub id")).collect();
+    assert_eq!(hubs_named.len(), 3, "each server on its own hub: {servers:?}");
+    assert!(servers.iter().all(|s| s["users"] == 1), "{servers:?}");
     let receipt =
         clusters[0].broadcast(&user("u10"), numbered(1, 8), false).await.expect("broadcast");
     for (index, events) in events.iter_mut().enumerate().skip(1) {

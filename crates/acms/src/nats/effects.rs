@@ -419,7 +419,14 @@ fn server_removed(shared: &HubState, core: &Backplane, server: ServerId) {
         if removed.is_some_and(|place| place.hub == core.me) {
             warn!(%server, "this hub's app server was taken out of the directory; registering it again");
             let epoch = shared.registry.epoch(server).unwrap_or_default();
-            core.server_registered(server, epoch);
+            let client_addr = shared
+                .registry
+                .servers()
+                .into_iter()
+                .find(|info| info.id == server)
+                .map(|info| info.client_addr)
+                .unwrap_or_default();
+            core.server_registered(server, epoch, client_addr);
         }
         return;
     }
@@ -445,8 +452,8 @@ fn server_removed(shared: &HubState, core: &Backplane, server: ServerId) {
 /// servers here send it again what it did not acknowledge (its hub drops their frames to it
 /// until their `Resent`), and a record of it here, away, is forgotten: it moved.
 fn server_placed(shared: &HubState, core: &Backplane, server: ServerId, place: Place) {
-    let previous = core.replica.set_place(server, place);
-    if place.hub == core.me || previous == Some(place) {
+    let previous = core.replica.set_place(server, place.clone());
+    if place.hub == core.me || previous.as_ref() == Some(&place) {
         return;
     }
     core.suspect(place.hub, Instant::now());
