@@ -373,11 +373,11 @@ async fn two_logins_racing_on_two_hubs_leave_exactly_one_session() {
 }
 
 /// The next presence event for `name`, skipping others.
-async fn next_presence(events: &mut Events, name: &str) -> Option<ServerId> {
+async fn next_presence(events: &mut Events, name: &str, step: &str) -> Option<ServerId> {
     loop {
         let event = tokio::time::timeout(PATIENCE, events.recv())
             .await
-            .unwrap_or_else(|_| panic!("no presence event for {name}"))
+            .unwrap_or_else(|_| panic!("no presence event for {name} ({step})"))
             .expect("events open");
         if let Event::Presence { user, server } = event
             && user.as_str() == name
@@ -404,15 +404,15 @@ async fn a_watcher_on_one_hub_hears_a_user_on_another_come_and_go() {
     }
     let bob = user("bob");
     watcher.watch([bob.clone()]).await.expect("watch");
-    assert_eq!(next_presence(&mut events, "bob").await, None, "offline at first");
+    assert_eq!(next_presence(&mut events, "bob", "watch").await, None, "offline at first");
     home.login(bob.clone()).await.expect("login on hub B");
-    assert_eq!(next_presence(&mut events, "bob").await, Some(ServerId(11)));
+    assert_eq!(next_presence(&mut events, "bob", "login on B").await, Some(ServerId(11)));
     // Logged in on hub C: the session on hub B ends (replace); the watcher hears the move, and
     // no offline between.
     other.login(bob.clone()).await.expect("login on hub C");
-    assert_eq!(next_presence(&mut events, "bob").await, Some(ServerId(12)));
+    assert_eq!(next_presence(&mut events, "bob", "login on C").await, Some(ServerId(12)));
     other.logout(&bob).await.expect("logout");
-    assert_eq!(next_presence(&mut events, "bob").await, None, "offline everywhere");
+    assert_eq!(next_presence(&mut events, "bob", "logout").await, None, "offline everywhere");
     for cluster in [watcher, home, other] {
         cluster.close().await;
     }
