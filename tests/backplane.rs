@@ -326,7 +326,7 @@ async fn a_message_for_a_server_whose_hub_died_for_good_comes_back_undeliverable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_logins_racing_on_two_hubs_leave_exactly_one_session() {
-    const TRIES: usize = 20;
+    const TRIES: usize = 40;
     let nats = NatsCluster::start().await;
     let hubs = start_hubs(&nats).await;
     let start = |id: u32, on: &HubProc| {
@@ -373,11 +373,11 @@ async fn two_logins_racing_on_two_hubs_leave_exactly_one_session() {
 }
 
 /// The next presence event for `name`, skipping others.
-async fn next_presence(events: &mut Events, name: &str) -> Option<ServerId> {
+async fn next_presence(events: &mut Events, name: &str, step: &str) -> Option<ServerId> {
     loop {
         let event = tokio::time::timeout(PATIENCE, events.recv())
             .await
-            .unwrap_or_else(|_| panic!("no presence event for {name}"))
+            .unwrap_or_else(|_| panic!("no presence event for {name} ({step})"))
             .expect("events open");
         if let Event::Presence { user, server } = event
             && user.as_str() == name
@@ -404,15 +404,15 @@ async fn a_watcher_on_one_hub_hears_a_user_on_another_come_and_go() {
     }
     let bob = user("bob");
     watcher.watch([bob.clone()]).await.expect("watch");
-    assert_eq!(next_presence(&mut events, "bob").await, None, "offline at first");
+    assert_eq!(next_presence(&mut events, "bob", "watch").await, None, "offline at first");
     home.login(bob.clone()).await.expect("login on hub B");
-    assert_eq!(next_presence(&mut events, "bob").await, Some(ServerId(11)));
+    assert_eq!(next_presence(&mut events, "bob", "login on B").await, Some(ServerId(11)));
     // Logged in on hub C: the session on hub B ends (replace); the watcher hears the move, and
     // no offline between.
     other.login(bob.clone()).await.expect("login on hub C");
-    assert_eq!(next_presence(&mut events, "bob").await, Some(ServerId(12)));
+    assert_eq!(next_presence(&mut events, "bob", "login on C").await, Some(ServerId(12)));
     other.logout(&bob).await.expect("logout");
-    assert_eq!(next_presence(&mut events, "bob").await, None, "offline everywhere");
+    assert_eq!(next_presence(&mut events, "bob", "logout").await, None, "offline everywhere");
     for cluster in [watcher, home, other] {
         cluster.close().await;
     }
@@ -430,7 +430,8 @@ async fn the_receivers_hub_paused_past_the_keepalive_loses_nothing() {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let servers = http::request(hub_c, "GET", "/api/servers", &[], None).await.json();
-            if servers.as_array().is_some_and(|list| list.iter().any(|s| s["id"] == 11)) {
+            let here = |s: &serde_json::Value| s["id"] == 11 && s["state"] == "active";
+            if servers.as_array().is_some_and(|list| list.iter().any(here)) {
                 break;
             }
             assert!(tokio::time::Instant::now() < deadline, "server 11 never moved to hub C");
@@ -443,4 +444,75 @@ async fn the_receivers_hub_paused_past_the_keepalive_loses_nothing() {
         "{STREAM} messages, hub B SIGSTOPped past the keepalive then SIGCONTed: 0 lost, 0 \
          duplicated, 0 out of order; traffic stopped for at most {pause:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_and_server_messages_reach_the_servers_of_every_hub() {
+    use acms_appserver::Outcome;
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let mut clusters = Vec::new();
+    let mut events = Vec::new();
+    for (index, hub) in hubs.iter().enumerate() {
+        let id = 10 + index as u32;
+        let (cluster, cluster_events) = Cluster::builder(ServerId(id), hub.transfer.to_string())
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .start();
+        wait_link(&cluster, LinkState::Connected).await;
+        cluster.login(user(&format!("u{id}"))).await.expect("login");
+        clusters.push(cluster);
+        events.push(cluster_events);
+    }
+    // Every hub knows every server, and its hub alive, before the first copy.
+    for hub in &hubs {
+        for id in 10..13 {
+            wait_located(hub.admin, &format!("u{id}"), id).await;
+        }
+    }
+    // Any hub's admin API lists the servers of every hub, with their hub.
+    let servers = http::request(hubs[0].admin, "GET", "/api/servers", &[], None).await.json();
+    let servers = servers.as_array().expect("a list").clone();
+    let summary: Vec<(u64, &str)> =
+        servers.iter().map(|s| (s["id"].as_u64().unwrap(), s["state"].as_str().unwrap())).collect();
+    assert_eq!(summary, vec![(10, "active"), (11, "remote"), (12, "remote")]);
+    let hubs_named: std::collections::HashSet<&str> =
+        servers.iter().map(|s| s["hub"].as_str().expect("a hub id")).collect();
+    assert_eq!(hubs_named.len(), 3, "each server on its own hub: {servers:?}");
+    assert!(servers.iter().all(|s| s["users"] == 1), "{servers:?}");
+    let receipt =
+        clusters[0].broadcast(&user("u10"), numbered(1, 8), false).await.expect("broadcast");
+    for (index, events) in events.iter_mut().enumerate().skip(1) {
+        let event = tokio::time::timeout(PATIENCE, events.recv()).await.expect("in time");
+        match event.expect("events open") {
+            Event::Broadcast { from, to, payload } => {
+                assert_eq!(from.as_str(), "u10");
+                assert_eq!(to, vec![user(&format!("u{}", 10 + index))]);
+                assert_eq!(number(&payload), 1);
+            }
+            other => panic!("expected the broadcast on server {}, got {other:?}", 10 + index),
+        }
+    }
+    assert!(
+        matches!(receipt.outcome(PATIENCE).await, Outcome::Reached { servers: 2 }),
+        "both other servers acknowledged the broadcast"
+    );
+    // A server message to one server on another hub, then to every server.
+    let receipt = clusters[0].send_to_server(ServerId(12), numbered(2, 8)).await.expect("send");
+    let event = tokio::time::timeout(PATIENCE, events[2].recv()).await.expect("in time");
+    match event.expect("events open") {
+        Event::ServerMessage { from, payload } => {
+            assert_eq!((from, number(&payload)), (ServerId(10), 2));
+        }
+        other => panic!("expected the server message, got {other:?}"),
+    }
+    assert!(matches!(receipt.outcome(PATIENCE).await, Outcome::Reached { servers: 1 }));
+    let receipt = clusters[0].send_to_all_servers(numbered(3, 8)).await.expect("send");
+    for events in events.iter_mut().skip(1) {
+        let event = tokio::time::timeout(PATIENCE, events.recv()).await.expect("in time");
+        assert!(matches!(event, Some(Event::ServerMessage { .. })), "{event:?}");
+    }
+    assert!(matches!(receipt.outcome(PATIENCE).await, Outcome::Reached { servers: 2 }));
+    for cluster in clusters {
+        cluster.close().await;
+    }
 }

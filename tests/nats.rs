@@ -89,8 +89,27 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts three nodes and waits until the cluster formed and JetStream is ready.
+    /// Starts three nodes and waits until the cluster formed and JetStream is ready. A port
+    /// picked free may be taken by another test before its node binds it: a cluster that does
+    /// not form is stopped and started again on fresh ports, up to three times.
     pub async fn start() -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let mut cluster = Self::spawn();
+            match cluster.ready().await {
+                Ok(()) => return cluster,
+                Err(why) => {
+                    for node in &mut cluster.nodes {
+                        node.kill().await;
+                    }
+                    failures.push(why);
+                }
+            }
+        }
+        panic!("the NATS cluster did not form: {failures:?}");
+    }
+
+    fn spawn() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes: Vec<NatsNode> = (0..3)
             .map(|index| NatsNode {
@@ -107,9 +126,7 @@ impl NatsCluster {
             let others: Vec<u16> = routes.iter().copied().filter(|&r| r != node.route).collect();
             node.spawn(&others);
         }
-        let cluster = Self { nodes, _dir: dir };
-        cluster.wait_ready().await;
-        cluster
+        Self { nodes, _dir: dir }
     }
 
     /// Every client URL, comma-separated, as `acms --backplane` takes them; node `first` first.
@@ -118,11 +135,18 @@ impl NatsCluster {
         (0..count).map(|i| self.nodes[(first + i) % count].url()).collect::<Vec<_>>().join(",")
     }
 
-    /// Waits until each node has routes to the other two and JetStream has a meta leader.
-    async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
-        for node in &self.nodes {
+    /// Waits until each node has routes to the other two and JetStream has a meta leader; an
+    /// error if a node exits or the cluster has not formed within the patience.
+    async fn ready(&mut self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        for index in 0..self.nodes.len() {
             loop {
+                let node = &mut self.nodes[index];
+                if let Some(child) = node.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    return Err(format!("{} exited with {status}", node.name));
+                }
                 let routes = get(node.monitor, "/routez").await;
                 let jsz = get(node.monitor, "/jsz").await;
                 let routed = routes.as_ref().is_some_and(|r| r["num_routes"].as_u64() >= Some(2));
@@ -132,13 +156,13 @@ impl NatsCluster {
                 if routed && led {
                     break;
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the NATS cluster did not form: routes {routes:?}, jsz {jsz:?}"
-                );
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("not formed: routes {routes:?}, jsz {jsz:?}"));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        Ok(())
     }
 }
 

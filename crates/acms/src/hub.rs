@@ -78,6 +78,12 @@ impl Hub {
         self.shared.backplane.as_ref().map(|backplane| backplane.me)
     }
 
+    /// The app servers of the other hubs on the backplane, by id; none without one.
+    pub fn remote_servers(&self) -> Vec<crate::RemoteServer> {
+        let backplane = self.shared.backplane.as_ref();
+        backplane.map(|backplane| backplane.remote_server_list()).unwrap_or_default()
+    }
+
     /// The backplane's figures, if this hub runs on one.
     pub fn backplane_stats(&self) -> Option<crate::BackplaneStats> {
         self.shared.backplane.as_ref().map(|backplane| backplane.stats())

@@ -70,6 +70,21 @@ pub struct BackplaneStats {
     pub gaps: u64,
 }
 
+/// An app server registered on another hub, as the shared directory says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteServer {
+    /// Its id.
+    pub id: ServerId,
+    /// The hub it is connected to.
+    pub hub: HubId,
+    /// Whether that hub is alive (heard from within the deadline).
+    pub hub_alive: bool,
+    /// Where its clients connect.
+    pub client_addr: String,
+    /// Users the directory has on it.
+    pub users: usize,
+}
+
 /// This hub's side of the backplane, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Backplane {
@@ -90,6 +105,10 @@ pub(crate) struct Backplane {
     told_epochs: Mutex<HashMap<ServerId, u64>>,
     stuck: Mutex<recovery::Stuck>,
     dead: Mutex<recovery::Dead>,
+    /// Servers that were registered here and moved to another hub: frames for them that reach
+    /// this hub late are dropped, not bounced, since every origin sends again to a server that
+    /// moved.
+    moved_away: Mutex<HashSet<ServerId>>,
 }
 
 impl Backplane {
@@ -116,6 +135,7 @@ impl Backplane {
             told_epochs: Mutex::default(),
             stuck: Mutex::default(),
             dead: Mutex::default(),
+            moved_away: Mutex::default(),
         };
         (backplane, queue)
     }
@@ -307,9 +327,10 @@ impl Backplane {
 
     /// Owes the directory `server`'s new registration here, and records it in the replica at
     /// once (the watch brings it back later).
-    pub(crate) fn server_registered(&self, server: ServerId, epoch: u64) {
-        let place = Place { hub: self.me, epoch, registration: rand::random() };
-        self.replica.set_place(server, place);
+    pub(crate) fn server_registered(&self, server: ServerId, epoch: u64, client_addr: String) {
+        self.moved_away.lock().expect("moved lock").remove(&server);
+        let place = Place { hub: self.me, epoch, registration: rand::random(), client_addr };
+        self.replica.set_place(server, place.clone());
         let value = serde_json::to_vec(&place).expect("a place serializes");
         self.writes.owe(Bucket::Servers, server_key(server), Write::Put(value.into()));
     }
@@ -323,6 +344,25 @@ impl Backplane {
         self.writes.owe(Bucket::Servers, server_key(server), Write::DeleteIf(value.into()));
     }
 
+    /// The servers of the other hubs, by id.
+    pub(crate) fn remote_server_list(&self) -> Vec<RemoteServer> {
+        let counts = self.replica.user_counts();
+        let mut servers: Vec<RemoteServer> = self
+            .replica
+            .remote_servers()
+            .into_iter()
+            .map(|(id, place)| RemoteServer {
+                id,
+                hub: place.hub,
+                hub_alive: self.replica.is_alive(place.hub),
+                client_addr: place.client_addr,
+                users: counts.get(&id).copied().unwrap_or(0),
+            })
+            .collect();
+        servers.sort_by_key(|server| server.id);
+        servers
+    }
+
     /// The figures now.
     pub(crate) fn stats(&self) -> BackplaneStats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -333,6 +373,16 @@ impl Backplane {
             dropped: load(&self.counters.dropped),
             gaps: load(&self.counters.gaps),
         }
+    }
+
+    /// `server`, registered here until now, moved to another hub.
+    pub(crate) fn moved(&self, server: ServerId) {
+        self.moved_away.lock().expect("moved lock").insert(server);
+    }
+
+    /// Whether `server` moved from this hub to another.
+    pub(crate) fn has_moved(&self, server: ServerId) -> bool {
+        self.moved_away.lock().expect("moved lock").contains(&server)
     }
 
     /// Whether `server` is registered on this hub by the shared directory.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::HubId;
 
 /// Where a server is registered: the value of its key in the servers bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Place {
     /// The hub it is connected to.
     pub(crate) hub: HubId,
@@ -23,6 +23,9 @@ pub(crate) struct Place {
     /// New at each registration: a change tells every hub the server (re)registered, so their
     /// servers send it again what it did not acknowledge.
     pub(crate) registration: u64,
+    /// Where its clients connect, as it advertised, for the admin API of every hub.
+    #[serde(default)]
+    pub(crate) client_addr: String,
 }
 
 impl Serialize for HubId {
@@ -99,9 +102,18 @@ impl Replica {
             .collect()
     }
 
+    /// How many users the directory has on each server: one pass, for the admin API.
+    pub(crate) fn user_counts(&self) -> HashMap<ServerId, usize> {
+        let mut counts = HashMap::new();
+        for entry in self.users.iter() {
+            *counts.entry(entry.value().0).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// Where `server` is registered.
     pub(crate) fn place(&self, server: ServerId) -> Option<Place> {
-        self.servers.read().expect("replica lock").get(&server).copied()
+        self.servers.read().expect("replica lock").get(&server).cloned()
     }
 
     /// Records where `server` is; returns where it was.
@@ -116,13 +128,15 @@ impl Replica {
     /// The servers registered on other hubs, with their places.
     pub(crate) fn remote_servers(&self) -> Vec<(ServerId, Place)> {
         let servers = self.servers.read().expect("replica lock");
-        servers.iter().filter(|(_, place)| place.hub != self.me).map(|(&s, &p)| (s, p)).collect()
+        let remote = servers.iter().filter(|(_, place)| place.hub != self.me);
+        remote.map(|(&id, place)| (id, place.clone())).collect()
     }
 
     /// The servers registered on `hub`.
     pub(crate) fn servers_on(&self, hub: HubId) -> Vec<(ServerId, Place)> {
         let servers = self.servers.read().expect("replica lock");
-        servers.iter().filter(|(_, place)| place.hub == hub).map(|(&s, &p)| (s, p)).collect()
+        let on_hub = servers.iter().filter(|(_, place)| place.hub == hub);
+        on_hub.map(|(&id, place)| (id, place.clone())).collect()
     }
 
     /// Where a frame for `server`, not connected to this hub, goes.
@@ -189,7 +203,7 @@ mod tests {
     const OTHER: HubId = HubId(2);
 
     fn place(hub: HubId) -> Place {
-        Place { hub, epoch: 5, registration: 1 }
+        Place { hub, epoch: 5, registration: 1, client_addr: String::new() }
     }
 
     #[test]

@@ -431,18 +431,22 @@ impl Relay {
             None => {}
         }
         let registry = &self.shared.registry;
+        // On a backplane, broadcast and server frames reach the servers of other hubs too.
+        let remote = || self.remote_servers();
         let (counter, targets) = match route.kind {
             DataKind::Group | DataKind::GroupExceptSender => {
                 (FanOut::Group, self.shared.groups.servers_of(route.recipient, server))
             }
             DataKind::Server => match route.target_server() {
-                Some(target) if target == server || !registry.is_registered(target) => {
-                    (FanOut::Server, Vec::new())
+                Some(target) if target == server => (FanOut::Server, Vec::new()),
+                Some(target) if !registry.is_registered(target) => {
+                    let remote = remote().into_iter().filter(|&other| other == target);
+                    (FanOut::Server, remote.collect())
                 }
                 Some(target) => (FanOut::Server, vec![target]),
-                None => (FanOut::Server, registry.server_ids(server)),
+                None => (FanOut::Server, [registry.server_ids(server), remote()].concat()),
             },
-            _ => (FanOut::Broadcast, registry.server_ids(server)),
+            _ => (FanOut::Broadcast, [registry.server_ids(server), remote()].concat()),
         };
         // A server message for a server known now needs nobody else's snapshot.
         let known = route.kind == DataKind::Server
@@ -455,11 +459,48 @@ impl Relay {
             return Ok(());
         }
         let frame = buf.split_to(len).freeze();
+        let mut hubs: Vec<HubId> = Vec::new();
         for &target in &targets {
-            self.stage(Dest::Server(target), frame.clone(), 1, Some(seq));
+            match self.fan_out_dest(target) {
+                Some(Dest::Hub(hub)) if hubs.contains(&hub) => {}
+                Some(Dest::Hub(hub)) => {
+                    // One copy per hub: it hands one to each of its servers.
+                    hubs.push(hub);
+                    self.stage(Dest::Hub(hub), frame.clone(), 1, Some(seq));
+                }
+                Some(dest) => self.stage(dest, frame.clone(), 1, Some(seq)),
+                None => {}
+            }
         }
         self.shared.stats.fanned_out(counter, targets.len());
         self.own.send(Control::Copies { seq, servers: targets })
+    }
+
+    /// The servers of other hubs, on a backplane: those of live hubs, and those whose hub died
+    /// (their copy is held until they register again, or they leave the cluster).
+    fn remote_servers(&self) -> Vec<ServerId> {
+        let Some(backplane) = &self.shared.backplane else { return Vec::new() };
+        let registry = &self.shared.registry;
+        let remote = backplane.replica.remote_servers().into_iter().map(|(id, _)| id);
+        remote.filter(|&id| id != self.server && !registry.is_registered(id)).collect()
+    }
+
+    /// Where a fan-out copy for `target` goes: its connection here, or its hub; `None` when it
+    /// is held (its hub is dead: sent again when it registers elsewhere).
+    fn fan_out_dest(&self, target: ServerId) -> Option<Dest> {
+        let Some(backplane) = &self.shared.backplane else {
+            return Some(Dest::Server(target));
+        };
+        if self.shared.registry.is_registered(target) {
+            return Some(Dest::Server(target));
+        }
+        match backplane.replica.route_server(target) {
+            Remote::Hub(hub) if !backplane.is_held(self.server, target) => Some(Dest::Hub(hub)),
+            _ => {
+                backplane.hold(self.server, target);
+                None
+            }
+        }
     }
 
     /// Returns unicast (and refused) frames to this AS as undeliverable; each chunk holds whole

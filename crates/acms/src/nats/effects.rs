@@ -183,51 +183,78 @@ fn deliver(
             }
         };
         let Ok(kind) = frame.kind() else { continue };
-        let (target, seq) = match kind {
+        let (targets, seq) = match kind {
             FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
                 let Ok(route) = frame.route() else { continue };
                 if route.origin != origin {
                     warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
                     continue;
                 }
-                (shared.registry.route(route.recipient).map(|owner| owner.server), Some(route.seq))
+                match shared.registry.route(route.recipient) {
+                    Some(owner) => (vec![owner.server], Some(route.seq)),
+                    // Late, for a server that moved from here: its origin sends it again there.
+                    None if core
+                        .replica
+                        .user(route.recipient)
+                        .is_some_and(|s| core.has_moved(s)) =>
+                    {
+                        shared.stats.held(1);
+                        continue;
+                    }
+                    None => {
+                        back.push(frame);
+                        continue;
+                    }
+                }
             }
             FrameKind::Data(DataKind::Undeliverable) => {
                 // Bounced by another hub: back to its origin, here.
                 let _away = shared.send_frame(origin, frame.into_bytes());
                 continue;
             }
+            FrameKind::Data(
+                kind @ (DataKind::Broadcast | DataKind::BroadcastExceptSender | DataKind::Server),
+            ) => {
+                // One copy for this hub: one for each of its servers the origin counts on.
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    continue;
+                }
+                let targets = match (kind, route.target_server()) {
+                    (DataKind::Server, Some(target)) => {
+                        let here = shared.registry.is_registered(target);
+                        if here { vec![target] } else { Vec::new() }
+                    }
+                    _ => shared.registry.server_ids(origin),
+                };
+                (targets, Some(route.seq))
+            }
             FrameKind::Ack => {
                 let Ok((target, from)) = Ack::route(frame.body()) else { continue };
-                if from != origin {
+                if from != origin || !shared.registry.is_registered(target) {
+                    // For nobody here: its origin sends again and gets new acks.
                     continue;
                 }
-                if !shared.registry.is_registered(target) {
-                    // Its origin sends again and gets new acks.
-                    continue;
-                }
-                (Some(target), None)
+                (vec![target], None)
             }
             _ => {
-                debug!(%hub, "a group, broadcast or server frame across hubs is not relayed yet");
+                debug!(%hub, "a group frame across hubs is not relayed yet");
                 continue;
             }
         };
-        let Some(target) = target else {
-            back.push(frame);
-            continue;
-        };
         let bytes = frame.into_bytes();
-        match staged.iter_mut().find(|(t, ..)| *t == target) {
-            Some((_, chunks, lowest, count)) => {
-                chunks.push(bytes);
-                *lowest = match (*lowest, seq) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                *count += usize::from(seq.is_some());
+        for target in targets {
+            match staged.iter_mut().find(|(t, ..)| *t == target) {
+                Some((_, chunks, lowest, count)) => {
+                    chunks.push(bytes.clone());
+                    *lowest = match (*lowest, seq) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    *count += usize::from(seq.is_some());
+                }
+                None => staged.push((target, vec![bytes.clone()], seq, usize::from(seq.is_some()))),
             }
-            None => staged.push((target, vec![bytes], seq, usize::from(seq.is_some()))),
         }
     }
     for (target, chunks, lowest, count) in staged {
@@ -235,6 +262,7 @@ fn deliver(
         match shared.registry.relay_batch(origin, target, lowest, chunks, None) {
             Ok(Relayed::Queued(_)) => shared.stats.relayed(count, len),
             Ok(Relayed::Held) => shared.stats.held(count),
+            Err(RelayError::Gone(_)) if core.has_moved(target) => shared.stats.held(count),
             Err(RelayError::Gone(chunks)) => {
                 for chunk in chunks {
                     if let Ok(frame) = RawFrame::from_bytes(chunk) {
@@ -348,6 +376,26 @@ fn user_placed(shared: &HubState, core: &Backplane, key: &str, user: UserId, ser
     let _told_now_or_at_its_snapshot = shared.kick(owner.server, user, reason);
 }
 
+/// This hub's login of the user of `key` on the server `ours` was written at `revision`. If the
+/// replica holds a newer entry of another hub's server, that login is newer: the one here ends.
+pub(super) fn login_settled(
+    shared: &HubState,
+    core: &Backplane,
+    key: &str,
+    ours: &Bytes,
+    revision: u64,
+) {
+    let Some(user) = user_of_key(key) else { return };
+    let (Some(theirs), Some(latest)) =
+        (core.replica.user(user.as_str()), core.replica.user_revision(user.as_str()))
+    else {
+        return;
+    };
+    if latest > revision && theirs.0.to_string().as_bytes() != ours.as_ref() {
+        login_lost(shared, key, ours, &Bytes::from(theirs.0.to_string()));
+    }
+}
+
 /// This hub's login of the user of `key` on the server `ours` lost a race with a login on the
 /// server `theirs` on another hub: the session here ends, so exactly one survives.
 pub(super) fn login_lost(shared: &HubState, key: &str, ours: &Bytes, theirs: &Bytes) {
@@ -371,7 +419,14 @@ fn server_removed(shared: &HubState, core: &Backplane, server: ServerId) {
         if removed.is_some_and(|place| place.hub == core.me) {
             warn!(%server, "this hub's app server was taken out of the directory; registering it again");
             let epoch = shared.registry.epoch(server).unwrap_or_default();
-            core.server_registered(server, epoch);
+            let client_addr = shared
+                .registry
+                .servers()
+                .into_iter()
+                .find(|info| info.id == server)
+                .map(|info| info.client_addr)
+                .unwrap_or_default();
+            core.server_registered(server, epoch, client_addr);
         }
         return;
     }
@@ -397,14 +452,19 @@ fn server_removed(shared: &HubState, core: &Backplane, server: ServerId) {
 /// servers here send it again what it did not acknowledge (its hub drops their frames to it
 /// until their `Resent`), and a record of it here, away, is forgotten: it moved.
 fn server_placed(shared: &HubState, core: &Backplane, server: ServerId, place: Place) {
-    let previous = core.replica.set_place(server, place);
-    if place.hub == core.me || previous == Some(place) {
+    let previous = core.replica.set_place(server, place.clone());
+    if place.hub == core.me || previous.as_ref() == Some(&place) {
         return;
     }
     core.suspect(place.hub, Instant::now());
     info!(%server, hub = %place.hub, "app server registered on another hub");
-    if shared.registry.is_registered(server) && shared.registry.forget_moved(server).is_none() {
-        warn!(%server, hub = %place.hub, "app server id registered on two hubs at once");
+    if shared.registry.is_registered(server) {
+        match shared.registry.forget_moved(server) {
+            Some(_) => core.moved(server),
+            None => {
+                warn!(%server, hub = %place.hub, "app server id registered on two hubs at once")
+            }
+        }
     }
     // It sends everything not acknowledged after registering: nobody waits for its `Resent`.
     shared.registry.unblock_origin(server);

@@ -376,21 +376,24 @@ async fn claim(
     value: &bytes::Bytes,
     expected: Option<u64>,
     shared: &HubState,
-) -> Result<(), Retry> {
+) -> Result<Option<u64>, Retry> {
     let written = match expected {
-        None => store.create(key, value.clone()).await.map(drop).map_err(|e| e.to_string()),
+        None => store.create(key, value.clone()).await.map_err(|e| e.to_string()),
         Some(revision) => {
-            store.update(key, value.clone(), revision).await.map(drop).map_err(|e| e.to_string())
+            store.update(key, value.clone(), revision).await.map_err(|e| e.to_string())
         }
     };
-    let Err(err) = written else { return Ok(()) };
+    let err = match written {
+        Ok(revision) => return Ok(Some(revision)),
+        Err(err) => err,
+    };
     match store.entry(key).await {
         Ok(Some(entry)) if matches!(entry.operation, kv::Operation::Put) => {
             // Equal: written already (a write whose answer was lost, or the same server's).
             if entry.value != *value {
                 effects::login_lost(shared, key, value, &entry.value);
             }
-            Ok(())
+            Ok(None)
         }
         Ok(_) if expected.is_some() => Err(Retry::Create),
         Ok(_) | Err(_) => Err(Retry::Failed(err)),
@@ -415,6 +418,7 @@ async fn write(
                 Bucket::Users => &users,
                 Bucket::Servers => &servers,
             };
+            let mut claimed = None;
             let done = match &write {
                 Write::Put(value) => {
                     store.put(&key, value.clone()).await.map(drop).map_err(|e| e.to_string())
@@ -434,7 +438,10 @@ async fn write(
                 },
                 Write::Claim { value, expected } => {
                     match claim(store, &key, value, *expected, &shared).await {
-                        Ok(claimed) => Ok(claimed),
+                        Ok(revision) => {
+                            claimed = revision.map(|revision| (value.clone(), revision));
+                            Ok(())
+                        }
                         Err(Retry::Create) => {
                             // The entry was deleted meanwhile (a logout): written afresh.
                             let value = value.clone();
@@ -450,6 +457,11 @@ async fn write(
                 }
             };
             core.writes.done(bucket, &key);
+            if let Some((value, revision)) = claimed {
+                // A login elsewhere that the watch brought while this one was being written was
+                // let pass then: judged now. (One that comes after is judged as it comes.)
+                effects::login_settled(&shared, &core, &key, &value, revision);
+            }
             if let Err(err) = done {
                 // Owed again unless a newer write replaced it; the backplane may be away.
                 warn!(error = %err, ?bucket, %key, "directory write failed; retrying");
