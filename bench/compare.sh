@@ -14,6 +14,9 @@
 # --nats-client async-nats, --acms-send single, --nats-rtt-client raw, --batch-bytes B change
 # that; the table's header and results.json say which policy ran.
 #
+# --systems acms,nats,cross-hub adds two hubs on a three-node NATS cluster (sender on one,
+# receiver on the other) and the key-value login step (--kv-logins N users); see docs/SCALING.md.
+#
 # Results (results.json, chart.png, logs) go to bench/results/<UTC timestamp> unless --out says
 # otherwise; the last line printed is the summary `ratio_64=R ratio_1k=R rtt_p50_ratio=R ...`.
 set -euo pipefail

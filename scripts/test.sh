@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need (cargo-nextest, schemathesis, chromium
-# and chromium-driver, iproute2, iptables),
+# and chromium-driver, nats-server, iproute2, iptables),
 # builds the programs the end-to-end tests start as processes, then runs the documentation
 # examples and every test of the workspace in parallel.
 set -euo pipefail
@@ -25,9 +25,11 @@ fi
 
 # Debian's chromium, headless, renders the dashboard in tests/dashboard.rs and runs the chat page
 # in tests/web.rs, driven there over WebDriver by Debian's chromedriver (chromium-driver).
+# Debian's nats-server runs the three-node NATS cluster of the backplane tests, tests/backplane.rs.
 missing=""
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
+[ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || missing="$missing nats-server"
 if [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod http;
 pub mod nat_topology;
+pub mod nats;
 pub mod netns;
 pub mod pki;
 pub mod process;

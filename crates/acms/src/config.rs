@@ -24,6 +24,125 @@ pub struct Config {
     pub log: LogConfig,
     /// The DNS-SD announcement on the LAN.
     pub discovery: DiscoveryConfig,
+    /// Several active hubs sharing one NATS cluster (`[backplane]`); off by default.
+    pub backplane: BackplaneConfig,
+}
+
+/// Settings of the NATS backplane that lets several hubs run active at once (`[backplane]`).
+/// With no `nats` URL the hub is alone, exactly as without this section.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackplaneConfig {
+    /// The NATS servers to connect to (`nats://host:4222` or `tls://host:4222`); `acms
+    /// --backplane` overrides it. Empty: no backplane.
+    pub nats: Vec<String>,
+    /// A NATS credentials file (JWT and NKey seed), as `nats` tools take it.
+    pub credentials: Option<PathBuf>,
+    /// User name for NATS user/password authentication; needs `password`.
+    pub user: Option<String>,
+    /// Password of `user`; `ACMS_NATS_PASSWORD` overrides it.
+    pub password: Option<String>,
+    /// Token for NATS token authentication; `ACMS_NATS_TOKEN` overrides it.
+    pub token: Option<String>,
+    /// The CA certificate (PEM) that signed the NATS servers' certificates; requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) presented to the NATS servers; needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// How long the first connection to NATS may take before the hub gives up and exits.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often the hub tells the other hubs it is alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A hub not heard from for this long is dead for every other hub.
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    /// Replicas of the directory's buckets; by default one per NATS server of the cluster, up
+    /// to three, so the directory survives the death of any one of them.
+    pub kv_replicas: Option<usize>,
+    /// Batches waiting to be published to NATS, at most; past it a batch is dropped, which its
+    /// receiving hub sees as a gap and repairs by asking the origins to send again.
+    pub max_pending_batches: usize,
+}
+
+impl Default for BackplaneConfig {
+    fn default() -> Self {
+        Self {
+            nats: Vec::new(),
+            credentials: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            connect_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_millis(500),
+            dead_after: Duration::from_secs(3),
+            kv_replicas: None,
+            max_pending_batches: 4096,
+        }
+    }
+}
+
+impl fmt::Debug for BackplaneConfig {
+    /// The password and token are never shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |set: bool| if set { Some("..") } else { None };
+        f.debug_struct("BackplaneConfig")
+            .field("nats", &self.nats)
+            .field("credentials", &self.credentials)
+            .field("user", &self.user)
+            .field("password", &hidden(self.password.is_some()))
+            .field("token", &hidden(self.token.is_some()))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("dead_after", &self.dead_after)
+            .field("kv_replicas", &self.kv_replicas)
+            .field("max_pending_batches", &self.max_pending_batches)
+            .finish()
+    }
+}
+
+impl BackplaneConfig {
+    /// Whether the hub runs on a backplane.
+    pub fn enabled(&self) -> bool {
+        !self.nats.is_empty()
+    }
+
+    /// Checks the combinations of backplane settings.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |why: &str| Err(ConfigError::Backplane(why.to_owned()));
+        for url in &self.nats {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return Err(ConfigError::Backplane(format!(
+                    "`{url}` is not a NATS URL: write nats://host:port or tls://host:port"
+                )));
+            }
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return bad("`user` and `password` go together");
+        }
+        let methods = [self.credentials.is_some(), self.user.is_some(), self.token.is_some()];
+        if methods.iter().filter(|&&set| set).count() > 1 {
+            return bad("choose one of `credentials`, `user`/`password` and `token`");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("`tls_cert` and `tls_key` go together");
+        }
+        if self.heartbeat.is_zero() || self.dead_after < self.heartbeat * 2 {
+            return bad("`heartbeat` must be above zero and `dead_after` at least twice it");
+        }
+        if self.max_pending_batches == 0 {
+            return bad("`max_pending_batches` must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 /// Settings of the hub's announcement on the LAN (`[discovery]`).
@@ -370,6 +489,31 @@ mod tests {
     }
 
     #[test]
+    fn backplane_settings_are_read_checked_and_the_password_never_shown() {
+        let text = "[backplane]\nnats = [\"nats://a:4222\", \"tls://b:4222\"]\n\
+                    user = \"acms\"\npassword = \"hunter2-secret\"\n";
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+        assert!(config.backplane.enabled());
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!Config::default().backplane.enabled());
+        let refused = [
+            ("[backplane]\nnats = [\"http://a:4222\"]\n", "not a NATS URL"),
+            ("[backplane]\nuser = \"a\"\n", "go together"),
+            ("[backplane]\ntoken = \"t\"\ncredentials = \"c\"\n", "choose one"),
+            ("[backplane]\ntls_cert = \"c\"\n", "go together"),
+            ("[backplane]\nheartbeat = \"2s\"\ndead_after = \"3s\"\n", "twice"),
+            ("[backplane]\nnats = [\"nats://a:1\"]\n[transfer]\npeers = [\"b:1\"]\n", "peers"),
+        ];
+        for (text, why) in refused {
+            let err = Config::from_toml(text).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        let err = Config::from_toml("[backplane]\nnat = []\n").unwrap_err();
+        assert!(err.to_string().contains("nat"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("[transfer]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
@@ -490,6 +634,15 @@ pub enum ConfigError {
         "peers is either \"auto\" (find the peer hubs on the LAN) or a list of addresses, not both"
     )]
     AutoPeersWithAddresses,
+    /// Hot standby on a backplane: the hubs of a backplane are all active.
+    #[error(
+        "hot standby (peers) and a backplane cannot be combined: on a backplane every hub is \
+         active; remove `peers`/--peers or the backplane"
+    )]
+    PeersWithBackplane,
+    /// A `[backplane]` setting is wrong.
+    #[error("backplane: {0}")]
+    Backplane(String),
 }
 
 impl Config {
@@ -503,6 +656,9 @@ impl Config {
         if self.transfer.discovers_peers() && self.transfer.peers.len() > 1 {
             return Err(ConfigError::AutoPeersWithAddresses);
         }
-        Ok(())
+        if self.backplane.enabled() && !self.transfer.peers.is_empty() {
+            return Err(ConfigError::PeersWithBackplane);
+        }
+        self.backplane.validate()
     }
 }

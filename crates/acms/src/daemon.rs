@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, DiscoveryConfig};
+use crate::nats::{self, BackplaneLink};
 use crate::token_file::{TokenFile, TokenFileError};
 use crate::{AdminSettings, AdminToken, Config, HttpLimits, Hub, ServerTls};
 use crate::{announce, peer_discovery};
@@ -37,6 +38,9 @@ pub enum DaemonError {
     /// The admin API failed while serving.
     #[error("admin API: {0}")]
     Admin(#[source] std::io::Error),
+    /// The backplane could not be joined.
+    #[error(transparent)]
+    Backplane(#[from] crate::nats::BackplaneError),
     /// The admin API's task panicked.
     #[error("admin API task: {0}")]
     AdminTask(#[from] tokio::task::JoinError),
@@ -105,6 +109,7 @@ pub struct Daemon {
     transfer: TcpListener,
     admin: AdminPort,
     discovery: DiscoveryConfig,
+    backplane: Option<BackplaneLink>,
 }
 
 impl Daemon {
@@ -114,11 +119,16 @@ impl Daemon {
         config.validate()?;
         let transfer = bind(config.transfer.listen, "").await?;
         let admin = AdminPort::bind(&config).await?;
-        let hub = match tls {
-            Some(tls) => Hub::with_tls(config.transfer, tls),
-            None => Hub::new(config.transfer),
+        let backplane = match config.backplane.enabled() {
+            true => Some(nats::connect(&config.backplane, &config.discovery.cluster_name).await?),
+            false => None,
         };
-        Ok(Self { hub, transfer, admin, discovery: config.discovery })
+        let hub = match (&backplane, tls) {
+            (Some(link), tls) => Hub::on_backplane(config.transfer, tls, link),
+            (None, Some(tls)) => Hub::with_tls(config.transfer, tls),
+            (None, None) => Hub::new(config.transfer),
+        };
+        Ok(Self { hub, transfer, admin, discovery: config.discovery, backplane })
     }
 
     /// The hub, for reading its registry and stats.
@@ -145,7 +155,8 @@ impl Daemon {
     /// fails), letting connections flush for the shutdown grace. Announces the hub on the LAN
     /// meanwhile (`[discovery]`), and withdraws the announcement first thing at shutdown.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DaemonError> {
-        let Self { hub, transfer, admin, discovery } = self;
+        let Self { hub, transfer, admin, discovery, backplane } = self;
+        let backplane = backplane.map(|link| link.run(hub.shared().clone(), shutdown.clone()));
         let announced = match transfer.local_addr() {
             Ok(addr) if discovery.announce => announce::start(
                 &discovery.cluster_name,
@@ -185,6 +196,12 @@ impl Daemon {
             }
         }
         let admin = admin.await;
+        if let Some(tasks) = backplane {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), tasks.wait()).await.is_err()
+            {
+                tracing::warn!("the backplane's tasks did not stop in time");
+            }
+        }
         served.map_err(DaemonError::Serve)?;
         admin?.map_err(DaemonError::Admin)?;
         tracing::info!("stopped");

@@ -14,6 +14,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::HubConfig;
 use crate::connection;
 use crate::groups::Groups;
+use crate::nats::BackplaneLink;
 use crate::peer_watch;
 use crate::registry::Registry;
 use crate::standby::Standby;
@@ -42,6 +43,11 @@ impl Hub {
         Self { shared: Arc::new(HubState::new(config, tls)) }
     }
 
+    /// A hub on the NATS backplane of `link`, active beside the other hubs on it.
+    pub fn on_backplane(config: HubConfig, tls: Option<ServerTls>, link: &BackplaneLink) -> Self {
+        Self { shared: Arc::new(HubState::new(config, tls).with_backplane(link.core())) }
+    }
+
     /// The settings this hub runs with.
     pub fn config(&self) -> &HubConfig {
         &self.shared.config
@@ -60,6 +66,27 @@ impl Hub {
     /// Whether this hub is the active one of its cluster, and what it tells its peers.
     pub fn standby(&self) -> &Standby {
         &self.shared.standby
+    }
+
+    /// The server `user` is online on, on this hub or, on a backplane, on any live hub.
+    pub fn locate(&self, user: &str) -> Option<acms_protocol::ServerId> {
+        self.shared.locate(user)
+    }
+
+    /// This hub's id on its backplane, if it runs on one.
+    pub fn backplane_id(&self) -> Option<crate::HubId> {
+        self.shared.backplane.as_ref().map(|backplane| backplane.me)
+    }
+
+    /// The app servers of the other hubs on the backplane, by id; none without one.
+    pub fn remote_servers(&self) -> Vec<crate::RemoteServer> {
+        let backplane = self.shared.backplane.as_ref();
+        backplane.map(|backplane| backplane.remote_server_list()).unwrap_or_default()
+    }
+
+    /// The backplane's figures, if this hub runs on one.
+    pub fn backplane_stats(&self) -> Option<crate::BackplaneStats> {
+        self.shared.backplane.as_ref().map(|backplane| backplane.stats())
     }
 
     /// What the hub has relayed and refused so far.

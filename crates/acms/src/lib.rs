@@ -21,6 +21,11 @@
 //! - `token_file`: the generated admin token and the file that keeps it.
 //! - `auth`: who may join a hub that has no shared secret (the loopback rule).
 //! - [`tls`]: optional TLS on the transfer port ([`ServerTls`]).
+//! - `backplane`: several active hubs on a NATS cluster, the synchronous core: the replica of
+//!   the shared two-level directory, the hubs alive, the numbered messages between hubs and
+//!   their gaps, the directory writes owed.
+//! - [`nats`]: the backplane's async shell: the NATS connection, subscriptions, key-value
+//!   watches, heartbeats, publisher and directory writer; `nats::effects` what they do here.
 //! - [`hub`]: [`Hub`], the accept loop with its connection cap and graceful shutdown.
 //! - `connection`: one AS connection: an async shell (reader loop, writer task, keepalive,
 //!   pushback, classified close) around synchronous cores: `handshake` (TLS, authentication,
@@ -47,6 +52,7 @@ pub mod admin_server;
 mod announce;
 pub mod assign;
 mod auth;
+mod backplane;
 pub mod config;
 mod connection;
 pub mod daemon;
@@ -56,6 +62,7 @@ pub mod groups;
 pub mod hub;
 mod keepalive;
 pub mod metrics;
+pub mod nats;
 pub mod outbox;
 mod peer_discovery;
 mod peer_watch;
@@ -73,9 +80,10 @@ pub use acms_protocol::Secret;
 pub use admin::{AdminSettings, AdminToken};
 pub use admin_server::HttpLimits;
 pub use assign::Policy as AssignPolicy;
+pub use backplane::{BackplaneStats, HubId, RemoteServer};
 pub use config::{
-    AdminConfig, AssignConfig, Config, ConfigError, DiscoveryConfig, HubConfig, LogFormat,
-    LoginConflict, TlsFiles,
+    AdminConfig, AssignConfig, BackplaneConfig, Config, ConfigError, DiscoveryConfig, HubConfig,
+    LogFormat, LoginConflict, TlsFiles,
 };
 pub use daemon::{AdminPort, Daemon, DaemonError, run};
 pub use groups::Groups;

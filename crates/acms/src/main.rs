@@ -46,6 +46,10 @@ struct Args {
     /// Log line format [default: plain]; RUST_LOG sets the level.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Run active beside other hubs on this NATS cluster (JetStream enabled): its URLs, e.g.
+    /// nats://10.0.0.5:4222,nats://10.0.0.6:4222 [default: none, a single hub].
+    #[arg(long, value_delimiter = ',')]
+    backplane: Option<Vec<String>>,
     /// TLS on the transfer port: the hub's certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -59,6 +63,9 @@ struct Args {
 
 /// The environment variable that holds the admin API's bearer token; it overrides `admin.token`.
 const ADMIN_TOKEN_VAR: &str = "ACMS_ADMIN_TOKEN";
+/// The environment variables of the backplane's NATS password and token.
+const NATS_PASSWORD_VAR: &str = "ACMS_NATS_PASSWORD";
+const NATS_TOKEN_VAR: &str = "ACMS_NATS_TOKEN";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -93,6 +100,15 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(policy) = args.login_conflict {
         config.transfer.login_conflict = policy;
+    }
+    if let Some(urls) = args.backplane {
+        config.backplane.nats = urls.into_iter().filter(|url| !url.is_empty()).collect();
+    }
+    if let Some(password) = env::var(NATS_PASSWORD_VAR)? {
+        config.backplane.password = Some(password);
+    }
+    if let Some(token) = env::var(NATS_TOKEN_VAR)? {
+        config.backplane.token = Some(token);
     }
     if let Some(secret) = env::secret_from_env()? {
         config.transfer.secret = Some(secret);

@@ -143,6 +143,33 @@ pub fn render(hub: &Hub) -> String {
         hub.relay_metrics().latency().clone(),
     );
 
+    if let Some(backplane) = hub.backplane_stats() {
+        registry.register(
+            "backplane_hubs_alive",
+            "Other hubs heard from on the NATS backplane within the deadline",
+            gauge(backplane.hubs_alive),
+        );
+        let messages = Family::<Labels, Counter>::default();
+        let counts = [
+            ("published", backplane.published),
+            ("received", backplane.received),
+            ("dropped", backplane.dropped),
+        ];
+        for (what, value) in counts {
+            messages.get_or_create(&vec![("what", what.to_owned())]).inc_by(value);
+        }
+        registry.register(
+            "backplane_messages",
+            "Messages to and from other hubs on the backplane: published, received, and dropped because the queue to NATS was full",
+            messages,
+        );
+        registry.register(
+            "backplane_gaps",
+            "Gaps seen in the messages from other hubs, each repaired by having the origins send again",
+            counter(backplane.gaps),
+        );
+    }
+
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);

@@ -54,11 +54,25 @@ pub(crate) fn announce(shared: &HubState, changes: impl IntoIterator<Item = Pres
     }
 }
 
-/// Tells the AS of users who lost sessions what changed: watchers where the users are now, and
+/// Tells the AS of users who lost sessions on `server` what changed (and, on a backplane, the
+/// shared directory): watchers where the users are now, and
 /// the AS of a user's last session that the user has no session elsewhere any more (policy
 /// `multi`), so that it stops sending that user's messages through the hub too.
-pub(crate) fn left(shared: &HubState, left: Left) {
-    announce(shared, left.moved);
+pub(crate) fn left(shared: &HubState, server: ServerId, left: Left) {
+    shared.left_directory(server, &left);
+    left_here(shared, left);
+}
+
+/// [`left`] without the shared directory: the hub is stopping, and the servers move to another
+/// hub with their users.
+pub(crate) fn left_here(shared: &HubState, left: Left) {
+    // On a backplane, a user offline here may be online on another hub (a login there ended
+    // the session here): watchers hear where.
+    let moved = left.moved.into_iter().map(|PresenceChange { user, server }| {
+        let server = server.or_else(|| shared.locate(user.as_str()));
+        PresenceChange { user, server }
+    });
+    announce(shared, moved);
     for (user, server) in left.alone {
         shared.tell_multi_session(server, user, false);
     }

@@ -172,6 +172,15 @@ pub(crate) struct Registration {
     pub(crate) first: bool,
 }
 
+/// What a registration on a backplane must hold back (see [`Registry::register_arriving`]).
+#[derive(Debug, Default)]
+pub(crate) struct Arriving {
+    /// Every connected server here sends again what it has not had acknowledged.
+    pub(crate) resend_all: bool,
+    /// Origins on other hubs, whose frames to this server are dropped until their `Resent`.
+    pub(crate) remote: Vec<ServerId>,
+}
+
 /// Another registered AS, to be told of a registration.
 #[derive(Debug)]
 pub(crate) struct Peer {
@@ -205,6 +214,7 @@ impl Registry {
     /// frame, is queued before the outbox can be found here, so no push from another connection
     /// (a `ServerUp` of a server registering at the same moment, a presence change) can come
     /// before it.
+    #[cfg(test)]
     pub(crate) fn register(
         &self,
         info: ServerInfo,
@@ -212,6 +222,21 @@ impl Registry {
         outbox: Outbox,
         closer: CancellationToken,
         welcome: Option<Bytes>,
+    ) -> Result<Registration, DuplicateServer> {
+        self.register_arriving(info, epoch, outbox, closer, welcome, Arriving::default())
+    }
+
+    /// [`Registry::register`] on a backplane: `arriving` says what other hubs may have lost of
+    /// the frames for this server, so the origins that send again are set at once, before any
+    /// frame of theirs can reach the new connection.
+    pub(crate) fn register_arriving(
+        &self,
+        info: ServerInfo,
+        epoch: u64,
+        outbox: Outbox,
+        closer: CancellationToken,
+        welcome: Option<Bytes>,
+        arriving: Arriving,
     ) -> Result<Registration, DuplicateServer> {
         let id = info.id;
         let welcome = |outbox: &Outbox| {
@@ -260,10 +285,25 @@ impl Registry {
             }
         }
         self.settle.registered(id, now, &mut registration.resend);
+        if arriving.resend_all {
+            // It may come from another hub, where frames for it died: every server here sends
+            // again what it has not had acknowledged.
+            for other in self.servers.iter().filter(|other| other.attached.is_some()) {
+                registration.resend.insert(*other.key(), 0);
+            }
+        }
         registration.resend.remove(&id);
         if let Some(mut entry) = self.servers.get_mut(&id) {
-            // The hub's own pushes wait until the AS has been told the hub's epoch.
-            entry.blocked = registration.resend.keys().copied().chain([ServerId::HUB]).collect();
+            // The hub's own pushes wait until the AS has been told the hub's epoch; servers on
+            // other hubs until their `Resent` comes through the backplane.
+            entry.blocked = registration
+                .resend
+                .keys()
+                .copied()
+                .chain([ServerId::HUB])
+                .chain(arriving.remote)
+                .filter(|&origin| origin != id)
+                .collect();
         }
         // This AS sends everything it has not had acknowledged once it is registered; nobody
         // needs to wait for a `Resent` from it.
@@ -412,6 +452,47 @@ impl Registry {
     /// Whether the settle window is open at `now`.
     pub(crate) fn settling_at(&self, now: Instant) -> bool {
         self.settle.is_open(now)
+    }
+
+    /// The epoch of a registered server's process.
+    pub(crate) fn epoch(&self, server: ServerId) -> Option<u64> {
+        self.servers.get(&server).map(|entry| entry.epoch)
+    }
+
+    /// Drops `origin`'s frames to `target` until `origin` sends `Resent` for it: frames of it
+    /// were lost on the way (a gap on the backplane) and are sent again.
+    pub(crate) fn block(&self, target: ServerId, origin: ServerId) {
+        if let Some(mut entry) = self.servers.get_mut(&target) {
+            entry.blocked.insert(origin);
+        }
+    }
+
+    /// `origin` registered again (on any hub): it sends everything not acknowledged anyway, so
+    /// nobody waits for a `Resent` from it.
+    pub(crate) fn unblock_origin(&self, origin: ServerId) {
+        for mut entry in self.servers.iter_mut() {
+            entry.blocked.remove(&origin);
+        }
+    }
+
+    /// The origins whose frames some server here drops until their `Resent`.
+    pub(crate) fn blocked_origins(&self) -> HashSet<ServerId> {
+        let mut origins = HashSet::new();
+        for entry in self.servers.iter() {
+            origins.extend(entry.blocked.iter().copied().filter(|&id| id != ServerId::HUB));
+        }
+        origins
+    }
+
+    /// Forgets `id`, away from this hub and now registered on another, with its users here;
+    /// returns them, or `None` if it is still connected here.
+    pub(crate) fn forget_moved(&self, id: ServerId) -> Option<HashSet<UserId>> {
+        let (_, entry) = self.servers.remove_if(&id, |_, entry| entry.attached.is_none())?;
+        let users: HashSet<UserId> = entry.away.map(|(_, users)| users).unwrap_or_default();
+        for user in &users {
+            self.logout(id, user.as_str());
+        }
+        Some(users)
     }
 
     /// Disconnects a server that did not drain its queue in time (the slow-consumer rule).

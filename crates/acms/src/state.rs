@@ -13,16 +13,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use acms_protocol::{Control, Frame, ServerEpoch, ServerId, UserId};
+use acms_protocol::{Candidate, Control, Frame, ServerEpoch, ServerId, UserId};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
+use crate::backplane::Backplane;
 use crate::config::HubConfig;
 use crate::groups::Groups;
 use crate::outbox::{Outbox, PushError};
 use crate::push::Pushes;
-use crate::registry::{Peer, Registry};
+use crate::registry::{Left, Peer, Registry};
 use crate::standby::Standby;
 use crate::stats::{RelayMetrics, Stats};
 use crate::tls::ServerTls;
@@ -42,6 +43,8 @@ pub(crate) struct HubState {
     pub(crate) metrics: RelayMetrics,
     /// The peer hubs' status links open now, at most `max_peer_links`.
     pub(crate) peer_links: Arc<Semaphore>,
+    /// The NATS backplane this hub shares with other active hubs, if it runs on one.
+    pub(crate) backplane: Option<Arc<Backplane>>,
 }
 
 /// Why a control frame was not queued for a server.
@@ -79,6 +82,45 @@ impl HubState {
             pushes: Pushes::default(),
             metrics: RelayMetrics::default(),
             peer_links,
+            backplane: None,
+        }
+    }
+
+    /// The same state on a backplane.
+    pub(crate) fn with_backplane(mut self, backplane: Arc<Backplane>) -> Self {
+        self.backplane = Some(backplane);
+        self
+    }
+
+    /// The server `user` is online on: here, or on a live hub of the backplane.
+    pub(crate) fn locate(&self, user: &str) -> Option<ServerId> {
+        self.registry.locate(user).or_else(|| {
+            let backplane = self.backplane.as_ref()?;
+            match backplane.replica.route_user(user) {
+                (crate::backplane::Remote::Hub(_), server) => server,
+                _ => None,
+            }
+        })
+    }
+
+    /// Where `user` is and the P2P candidates of that session. The candidates of a user on
+    /// another hub of a backplane are not shared: such a user is located with none.
+    pub(crate) fn reach(&self, user: &str) -> Option<(ServerId, Vec<Candidate>)> {
+        self.registry.reach(user).or_else(|| self.locate(user).map(|server| (server, Vec::new())))
+    }
+
+    /// Owes the shared directory what taking sessions off `server` changed, if `server` is
+    /// registered here by the directory (one that moved to another hub is that hub's to write).
+    pub(crate) fn left_directory(&self, server: ServerId, left: &Left) {
+        let Some(backplane) = &self.backplane else { return };
+        if !backplane.is_mine(server) {
+            return;
+        }
+        for change in &left.moved {
+            match change.server {
+                None => backplane.user_offline(change.user.as_str(), server),
+                Some(now) => backplane.user_online(change.user.as_str(), now),
+            }
         }
     }
 
@@ -185,7 +227,12 @@ impl HubState {
     pub(crate) fn servers(&self, peers: &[Peer]) -> Control {
         let hub = ServerEpoch { id: ServerId::HUB, epoch: self.pushes.epoch() };
         let servers = peers.iter().map(|peer| ServerEpoch { id: peer.id, epoch: peer.epoch });
-        Control::Servers { servers: servers.chain([hub]).collect() }
+        // On a backplane, the servers of the other hubs too: their epochs number their frames.
+        let remote = self.backplane.iter().flat_map(|backplane| {
+            let remote = backplane.replica.remote_servers();
+            remote.into_iter().map(|(id, place)| ServerEpoch { id, epoch: place.epoch })
+        });
+        Control::Servers { servers: servers.chain(remote).chain([hub]).collect() }
     }
 
     /// Tells `peers` that `server` is up, each with where to send again from (`resend`), if the

@@ -1,6 +1,8 @@
 //! Worker roles on ACMS: app servers built on [`acms_appserver::Cluster`], as an application
 //! would use it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use acms_appserver::{Cluster, Event, Events, LinkState, Outgoing, ServerId, UserId};
@@ -107,21 +109,33 @@ pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
 /// many `PUB` commands at a time; `--send single` calls `Cluster::send_to_user` per message.
 pub fn send(args: SendArgs) -> anyhow::Result<()> {
     wire::runtime()?.block_on(async {
-        let _done = wire::watch_stdin();
+        // With --wait-go, stdin first carries GO; it is watched for DONE after that.
+        let done = (!args.wait_go).then(wire::watch_stdin);
         let (cluster, mut events) = join(&args.addr, args.server_id);
         // Count what comes back undeliverable (nothing should).
-        let undeliverable = tokio::spawn(async move {
-            let mut count = 0u64;
+        let undeliverable = Arc::new(AtomicU64::new(0));
+        let counted = undeliverable.clone();
+        let events_ended = tokio::spawn(async move {
             while let Some(batch) = events.recv_batch().await {
-                count += batch.iter().filter(|e| matches!(e, Event::Undeliverable { .. })).count()
-                    as u64;
+                let count = batch.iter().filter(|e| matches!(e, Event::Undeliverable { .. }));
+                counted.fetch_add(count.count() as u64, Ordering::Relaxed);
             }
-            count
         });
         connected(&cluster).await?;
         let users: Vec<UserId> =
             (0..args.users).map(|i| UserId::new(&wire::user_name(i))).collect::<Result<_, _>>()?;
         let from = UserId::new("sender")?;
+        let mut done = match done {
+            Some(done) => done,
+            None => {
+                // Online, so that the orchestrator can see the receiver's hub route back here.
+                cluster.login(from.clone()).await?;
+                cluster.flush().await?;
+                wire::emit(wire::READY, &wire::Ready { users: 1 })?;
+                wire::await_go().await;
+                wire::watch_stdin()
+            }
+        };
         let payload = wire::payload(args.size);
         let mut rng = SmallRng::seed_from_u64(args.seed);
 
@@ -160,24 +174,56 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
         let elapsed = start.elapsed();
         let cpu = crate::sys::cpu_time("self")?.saturating_sub(cpu0);
 
-        cluster.close().await;
-        drop(cluster);
-        let undeliverable = undeliverable.await.unwrap_or_default();
-        wire::emit(
-            wire::RESULT,
-            &SendResult {
-                sent: args.n,
+        if !args.linger {
+            cluster.close().await;
+            drop(cluster);
+            let _ = events_ended.await;
+            return emit_sent(
+                &args,
+                queued,
+                elapsed,
+                cpu,
+                &undeliverable,
                 start_ns,
-                queued_s: queued.as_secs_f64(),
-                elapsed_s: elapsed.as_secs_f64(),
-                msg_per_s: args.n as f64 / elapsed.as_secs_f64(),
-                cpu_s: cpu.as_secs_f64(),
-                undeliverable,
                 policy,
                 batches,
-            },
-        )
+            );
+        }
+        emit_sent(&args, queued, elapsed, cpu, &undeliverable, start_ns, policy, batches)?;
+        // Acknowledgements come back from the receiving server; until they do, only this
+        // process can send again what the backplane lost: it stays until the receiver is done.
+        let _ = done.wait_for(|done| *done).await;
+        cluster.close().await;
+        Ok(())
     })
+}
+
+/// The sender's RESULT line.
+#[allow(clippy::too_many_arguments)]
+fn emit_sent(
+    args: &SendArgs,
+    queued: Duration,
+    elapsed: Duration,
+    cpu: Duration,
+    undeliverable: &AtomicU64,
+    start_ns: u64,
+    policy: String,
+    batches: u64,
+) -> anyhow::Result<()> {
+    wire::emit(
+        wire::RESULT,
+        &SendResult {
+            sent: args.n,
+            start_ns,
+            queued_s: queued.as_secs_f64(),
+            elapsed_s: elapsed.as_secs_f64(),
+            msg_per_s: args.n as f64 / elapsed.as_secs_f64(),
+            cpu_s: cpu.as_secs_f64(),
+            undeliverable: undeliverable.load(Ordering::Relaxed),
+            policy,
+            batches,
+        },
+    )
 }
 
 /// Echo AS: user `echo` sends every message straight back to its sender.
@@ -200,12 +246,19 @@ pub fn echo(args: EchoArgs) -> anyhow::Result<()> {
 /// Round-trip client AS: one message in flight to `echo` and back, timed.
 pub fn rtt(args: RttArgs) -> anyhow::Result<()> {
     wire::runtime()?.block_on(async {
-        let _done = wire::watch_stdin();
+        // With --wait-go, stdin first carries GO; it is watched for its end after that.
+        let mut done = (!args.wait_go).then(wire::watch_stdin);
         let (cluster, mut events) = join(&args.addr, args.server_id);
         let me = UserId::new("client")?;
         let echo = UserId::new("echo")?;
         cluster.login(me.clone()).await?;
         cluster.flush().await?;
+        if done.is_none() {
+            wire::emit(wire::READY, &wire::Ready { users: 1 })?;
+            wire::await_go().await;
+            done = Some(wire::watch_stdin());
+        }
+        let _done = done;
         let payload = wire::payload(args.size);
         let mut hist = wire::rtt_histogram();
         for i in 0..args.warmup + args.iterations {

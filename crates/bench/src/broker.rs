@@ -1,5 +1,6 @@
-//! The brokers under test, `acms` and `nats-server`: started fresh on 127.0.0.1, watched through
-//! `/proc` (CPU time, RSS sampled every 100 ms, peak RSS), killed on drop.
+//! The brokers under test, `acms` (alone or on a backplane) and `nats-server` (alone or as a node
+//! of a cluster): started fresh on 127.0.0.1, watched through `/proc` (CPU time, RSS sampled
+//! every 100 ms, peak RSS), killed on drop.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -47,13 +48,28 @@ impl Broker {
     /// Starts `acms --transfer 127.0.0.1:PORT` (port 0: any free port) and waits for its
     /// `accepting app servers transfer=ADDR` log line.
     pub fn start_acms(bin: &Path, port: u16, log: &Path) -> anyhow::Result<Self> {
+        Self::start_acms_with(bin, port, log, 0, None)
+    }
+
+    /// [`Broker::start_acms`] with its admin API on `admin_port` (0: any) and, if given, on the
+    /// backplane of these comma-separated NATS URLs.
+    pub fn start_acms_with(
+        bin: &Path,
+        port: u16,
+        log: &Path,
+        admin_port: u16,
+        backplane: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(bin);
         command
             .args(["--transfer", &format!("127.0.0.1:{port}"), "--log-format", "plain"])
-            // The admin API on any free port, with a token so none is generated and written.
-            .args(["--admin", "127.0.0.1:0"])
+            // The admin API, with a token so none is generated and written.
+            .args(["--admin", &format!("127.0.0.1:{admin_port}")])
             .env("ACMS_ADMIN_TOKEN", "acms-bench-admin-token")
             .env("RUST_LOG", "info");
+        if let Some(urls) = backplane {
+            command.args(["--backplane", urls]);
+        }
         let (child, line) = spawn_and_wait(command, log, |line| {
             let at = line.find("accepting app servers")?;
             let addr = line[at..].split_whitespace().find_map(|w| w.strip_prefix("transfer="))?;
@@ -73,6 +89,38 @@ impl Broker {
         let (child, _) =
             spawn_and_wait(command, log, |line| line.contains("Server is ready").then_some(()))?;
         Ok(Self { child, url: format!("nats://127.0.0.1:{port}"), port, log: log.to_owned() })
+    }
+
+    /// Starts one node of a routed NATS cluster with JetStream (`-js`, its store in `store`):
+    /// client port `port`, monitoring port `monitor`, route port `route`, routes to `routes`;
+    /// waits for `Server is ready` (the cluster and its JetStream leader may form later).
+    pub fn start_nats_node(
+        bin: &Path,
+        config: &Path,
+        log: &Path,
+        node: &NatsNode,
+    ) -> anyhow::Result<Self> {
+        let routes: Vec<String> =
+            node.routes.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect();
+        let mut command = Command::new(bin);
+        command
+            .arg("-c")
+            .arg(config)
+            .args(["-a", "127.0.0.1", "-p", &node.port.to_string()])
+            .args(["-m", &node.monitor.to_string(), "-n", &node.name, "-js", "-sd"])
+            .arg(&node.store)
+            .args(["--cluster_name", "acms-bench"])
+            .args(["--cluster", &format!("nats://127.0.0.1:{}", node.route)])
+            .args(["--routes", &routes.join(",")]);
+        let (child, _) =
+            spawn_and_wait(command, log, |line| line.contains("Server is ready").then_some(()))?;
+        let url = format!("nats://127.0.0.1:{}", node.port);
+        Ok(Self { child, url, port: node.port, log: log.to_owned() })
+    }
+
+    /// Where its output is logged.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// The broker's process id.
@@ -123,6 +171,24 @@ impl Drop for Broker {
     }
 }
 
+/// The ports, name and store of one node of a NATS cluster, chosen before any node starts: the
+/// nodes must know each other's route ports.
+#[derive(Debug, Clone)]
+pub struct NatsNode {
+    /// Server name, `n0`...
+    pub name: String,
+    /// Client port.
+    pub port: u16,
+    /// Monitoring (HTTP) port.
+    pub monitor: u16,
+    /// Route port.
+    pub route: u16,
+    /// The other nodes' route ports.
+    pub routes: Vec<u16>,
+    /// JetStream store directory.
+    pub store: PathBuf,
+}
+
 /// Writes the nats-server config into `dir` and returns its path.
 pub fn write_nats_config(dir: &Path) -> anyhow::Result<PathBuf> {
     let path = dir.join("nats-server.conf");
@@ -133,7 +199,7 @@ pub fn write_nats_config(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// A free TCP port on 127.0.0.1 (bound, read and released: another process could take it in
 /// between, which is unlikely on a quiet loopback).
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

@@ -1,5 +1,6 @@
 //! `chart.png`: receive throughput per payload size (msg/s on a log scale, and MB/s) and the
-//! round-trip percentiles, NATS and ACMS side by side; bars are medians, whiskers min–max.
+//! round-trip percentiles, NATS, ACMS and (when it ran) ACMS cross-hub side by side; bars are
+//! medians, whiskers min–max.
 //!
 //! Drawn with plotters' bitmap backend. Text needs a TTF font loaded at run time (plotters'
 //! `ab_glyph` feature, so no system fontconfig is involved); Debian's `fonts-dejavu-core` has
@@ -17,7 +18,7 @@ use crate::results::{Results, System};
 
 const WIDTH: u32 = 1800;
 const HEIGHT: u32 = 680;
-/// x units per group of bars: two bars of 6 with room on both sides.
+/// x units per group of bars: up to three bars of 6 with room on both sides.
 const GROUP: i32 = 20;
 const BAR: i32 = 6;
 
@@ -25,15 +26,16 @@ fn color(system: System) -> RGBColor {
     match system {
         System::Nats => RGBColor(39, 170, 225),
         System::Acms => RGBColor(230, 120, 30),
+        System::CrossHub => RGBColor(90, 170, 90),
     }
 }
 
-/// One panel: groups of two bars (NATS, ACMS).
+/// One panel: groups of bars, one per system in [`System::ALL`]'s order.
 struct Panel {
     title: String,
     y_desc: &'static str,
-    /// Group label and the two systems' figures.
-    groups: Vec<(String, [Option<Stat>; 2])>,
+    /// Group label and the systems' figures.
+    groups: Vec<(String, [Option<Stat>; 3])>,
     /// Plot log10 of the values (labelled with the values themselves).
     log: bool,
 }
@@ -71,12 +73,12 @@ pub fn draw(results: &Results, report: &Report, path: &Path, font: &Path) -> any
     register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
         .map_err(|_| anyhow!("{} is not a usable TTF font", font.display()))?;
 
-    let pick = |section: &str, metric: &str| -> [Option<Stat>; 2] {
+    let pick = |section: &str, metric: &str| -> [Option<Stat>; 3] {
         report
             .rows
             .iter()
             .find(|r| r.section == section && r.metric == metric)
-            .map_or([None, None], |r| [r.nats, r.acms])
+            .map_or([None; 3], |r| System::ALL.map(|system| r.stat(system)))
     };
     let sizes = &results.settings.sizes;
     let rtt_section = format!("rtt {}", size_label(results.settings.rtt_size));
@@ -116,8 +118,11 @@ pub fn draw(results: &Results, report: &Report, path: &Path, font: &Path) -> any
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let title = format!(
-        "ACMS vs NATS — N = {} messages, {} users, {} round(s); bars: median, whiskers: min–max",
-        results.settings.n, results.settings.users, results.settings.rounds
+        "ACMS{} vs NATS — N = {} messages, {} users, {} round(s); bars: median, whiskers: min–max",
+        if report.cross_hub { " (one hub, two hubs on NATS)" } else { "" },
+        results.settings.n,
+        results.settings.users,
+        results.settings.rounds
     );
     let body = root.titled(&title, ("sans-serif", 26)).map_err(plot_error)?;
     for (area, panel) in body.split_evenly((1, panels.len())).iter().zip(&panels) {
@@ -160,14 +165,21 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel) -> an
         .draw()
         .map_err(plot_error)?;
 
-    for (slot, system) in System::ALL.into_iter().enumerate() {
+    // Only the systems that ran take a slot; their bars are centred in each group.
+    let shown: Vec<(usize, System)> = System::ALL
+        .into_iter()
+        .enumerate()
+        .filter(|&(index, _)| panel.groups.iter().any(|(_, stats)| stats[index].is_some()))
+        .collect();
+    let offset = (GROUP - shown.len() as i32 * BAR) / 2;
+    for (slot, &(index, system)) in shown.iter().enumerate() {
         let fill = color(system);
         let bars: Vec<(i32, Stat)> = panel
             .groups
             .iter()
             .enumerate()
             .filter_map(|(g, (_, stats))| {
-                Some((g as i32 * GROUP + 4 + slot as i32 * BAR, stats[slot]?))
+                Some((g as i32 * GROUP + offset + slot as i32 * BAR, stats[index]?))
             })
             .collect();
         if bars.is_empty() {

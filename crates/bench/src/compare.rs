@@ -1,5 +1,6 @@
-//! The orchestrator: runs every configuration, interleaved, each on a fresh broker, with this
-//! binary started again for the sending, receiving, echo and scale roles; then reports.
+//! The orchestrator: runs every configuration, interleaved, each on a fresh broker (or, for the
+//! cross-hub case, a fresh NATS cluster and two hubs), with this binary started again for the
+//! sending, receiving, echo and scale roles; then reports.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,8 +11,9 @@ use serde::Deserialize;
 
 use crate::broker::{self, Broker};
 use crate::child::Worker;
+use crate::crosshub::{self, Side, Target};
 use crate::results::{
-    AcmsSend, BrokerUsage, NatsClient, Results, RttRun, ScaleRun, Settings, System, ThroughputRun,
+    AcmsSend, KvLoginRun, NatsClient, Results, RttRun, ScaleRun, Settings, System, ThroughputRun,
 };
 use crate::sys;
 use crate::wire::{self, RecvResult, RttResult, ScaleReady, ScaleResynced, SendResult};
@@ -34,7 +36,8 @@ pub struct CompareArgs {
     /// Folder for results.json, chart.png and logs [default: bench/results/<UTC timestamp>].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Systems to measure, comma-separated.
+    /// Systems to measure, comma-separated: `acms` (one hub), `nats` (one nats-server),
+    /// `cross-hub` (two hubs on a three-node NATS cluster, sender on one, receiver on the other).
     #[arg(long, value_delimiter = ',', default_value = "acms,nats")]
     pub systems: Vec<System>,
     /// Payload sizes in bytes, comma-separated.
@@ -52,6 +55,11 @@ pub struct CompareArgs {
     /// App servers the scale step's users are spread over.
     #[arg(long, default_value_t = 10)]
     pub scale_servers: u64,
+    /// Users of the key-value login step, run once after the rounds when `cross-hub` is among
+    /// the systems: logged in on hub B from one app server, timed until hub A's replica holds
+    /// them all (0 skips it).
+    #[arg(long, default_value_t = 50_000)]
+    pub kv_logins: u64,
     /// The acms binary [default: `acms` beside this program].
     #[arg(long)]
     pub acms_bin: Option<PathBuf>,
@@ -89,14 +97,20 @@ struct Bench {
 
 impl Bench {
     fn start_broker(&self, system: System, label: &str) -> anyhow::Result<Broker> {
-        let log = self.logs.join(format!("{label}-broker.log"));
-        match system {
-            System::Acms => Broker::start_acms(&self.settings.acms_bin, 0, &log),
-            System::Nats => {
-                let config = self.nats_config.as_deref().context("no nats config")?;
-                Broker::start_nats(&self.settings.nats_bin, config, &log)
-            }
+        match crosshub::start(
+            &self.settings,
+            self.nats_config.as_deref(),
+            &self.logs,
+            system,
+            label,
+        )? {
+            Target::One(broker) => Ok(broker),
+            Target::Two(_) => bail!("{} is not one broker", system.title()),
         }
+    }
+
+    fn start_target(&self, system: System, label: &str) -> anyhow::Result<Target> {
+        crosshub::start(&self.settings, self.nats_config.as_deref(), &self.logs, system, label)
     }
 
     fn worker(&self, label: &str, args: Vec<String>) -> anyhow::Result<Worker> {
@@ -109,7 +123,7 @@ impl Bench {
 pub fn run(args: CompareArgs) -> anyhow::Result<bool> {
     let started_utc = sys::utc_stamp();
     let settings = resolve(&args)?;
-    let nats_version = if settings.systems.contains(&System::Nats) {
+    let nats_version = if settings.systems.iter().any(|system| system.is_nats()) {
         Some(version_of(&settings.nats_bin)?)
     } else {
         None
@@ -150,6 +164,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<bool> {
         throughput: Vec::new(),
         rtt: Vec::new(),
         scale: None,
+        kv_logins: None,
     };
 
     let rounds = cx.settings.rounds;
@@ -181,6 +196,25 @@ pub fn run(args: CompareArgs) -> anyhow::Result<bool> {
             scale.error.as_deref().map(|e| format!(" FAILED: {e}")).unwrap_or_default()
         );
         results.scale = Some(scale);
+    }
+    if let (Some(users), Some(config)) = (cx.settings.kv_logins, cx.nats_config.as_deref()) {
+        eprintln!("key-value logins: {users} users on hub B until hub A's replica holds them");
+        let kv = crosshub::kv_logins(&cx.settings, config, &cx.logs, users).unwrap_or_else(|err| {
+            KvLoginRun { error: Some(format!("{err:#}")), users, ..Default::default() }
+        });
+        eprintln!(
+            "key-value logins: {:.0} logins/s ({:.2} s to hub A's replica, {:.2} s to hub B), \
+             CPU s: hub A {:.2}, hub B {:.2}, NATS {:.2}; hub A replica {:.0} B/user{}",
+            kv.logins_per_s,
+            kv.replica_s,
+            kv.login_s,
+            kv.hub_a_cpu_s,
+            kv.hub_b_cpu_s,
+            kv.nats_cpu_s,
+            kv.replica_bytes_per_user,
+            kv.error.as_deref().map(|e| format!(" FAILED: {e}")).unwrap_or_default()
+        );
+        results.kv_logins = Some(kv);
     }
 
     let json_path = cx.out.join("results.json");
@@ -242,7 +276,7 @@ fn resolve(args: &CompareArgs) -> anyhow::Result<Settings> {
         .ok()
         .and_then(|here| acms_bin.strip_prefix(here).ok().map(PathBuf::from))
         .unwrap_or(acms_bin);
-    if systems.contains(&System::Acms) && !acms_bin.is_file() {
+    if systems.iter().any(|system| system.is_acms()) && !acms_bin.is_file() {
         bail!(
             "no acms binary at {} (build it: cargo build --release -p acms, or pass --acms-bin)",
             acms_bin.display()
@@ -251,6 +285,8 @@ fn resolve(args: &CompareArgs) -> anyhow::Result<Settings> {
     let rtt_iterations = args.rtt_iterations.unwrap_or(if args.quick { 10_000 } else { 50_000 });
     let scale_users = (!args.quick && args.scale_users > 0 && systems.contains(&System::Acms))
         .then_some(args.scale_users);
+    let kv_logins =
+        (args.kv_logins > 0 && systems.contains(&System::CrossHub)).then_some(args.kv_logins);
     Ok(Settings {
         quick: args.quick,
         n: args.n.unwrap_or(if args.quick { 200_000 } else { 2_000_000 }).max(1),
@@ -269,6 +305,7 @@ fn resolve(args: &CompareArgs) -> anyhow::Result<Settings> {
         nats_rtt_client: args.nats_rtt_client,
         acms_send: args.acms_send,
         batch_bytes: args.batch_bytes.max(1),
+        kv_logins,
     })
 }
 
@@ -314,12 +351,12 @@ fn measure_throughput(cx: &Bench, run: &mut ThroughputRun) -> anyhow::Result<()>
     let s = &cx.settings;
     let (system, size) = (run.system, run.size);
     let label = format!("r{}-{}-{}", run.round, system.name(), size);
-    let mut broker = cx.start_broker(system, &label)?;
-    let rss = broker.sample_rss();
+    let mut target = cx.start_target(system, &label)?;
+    let rss = target.sample_rss();
     let mut recv_args = strings([
-        &format!("{}-recv", system.name()),
+        &format!("{}-recv", system.roles()),
         "--addr",
-        &broker.url,
+        target.recv_url(),
         "--server-id",
         "1",
         "--users",
@@ -332,12 +369,15 @@ fn measure_throughput(cx: &Bench, run: &mut ThroughputRun) -> anyhow::Result<()>
     }
     let mut receiver = cx.worker(&format!("{label}-recv"), recv_args)?;
     let _: wire::Ready = receiver.wait_for(wire::READY, ready_timeout(s.users))?;
+    // Cross-hub: hub A must route to every receiving user before the sender starts.
+    let last = wire::user_name(s.users - 1);
+    target.await_located(Side::A, &last, ready_timeout(s.users))?;
 
-    let (cpu0, window) = (broker.cpu()?, Instant::now());
+    let (cpu0, window) = (target.cpu()?, Instant::now());
     let mut send_args = strings([
-        &format!("{}-send", system.name()),
+        &format!("{}-send", system.roles()),
         "--addr",
-        &broker.url,
+        target.send_url(),
         "--server-id",
         "2",
         "--users",
@@ -354,8 +394,18 @@ fn measure_throughput(cx: &Bench, run: &mut ThroughputRun) -> anyhow::Result<()>
     match system {
         System::Nats => send_args.extend(strings(["--client", s.nats_client.name()])),
         System::Acms => send_args.extend(strings(["--send", s.acms_send.name()])),
+        System::CrossHub => {
+            send_args.extend(strings(["--send", s.acms_send.name(), "--linger", "--wait-go"]))
+        }
     }
     let mut sender = cx.worker(&format!("{label}-send"), send_args)?;
+    if system == System::CrossHub {
+        // Hub B must route back to the sender (its acknowledgements) before the first message:
+        // it locates the sender's user once it has the sender's server and hears hub A alive.
+        let _: wire::Ready = sender.wait_for(wire::READY, ready_timeout(1))?;
+        target.await_located(Side::B, "sender", ready_timeout(1))?;
+        sender.send_line(wire::GO)?;
+    }
     let timeout = result_timeout(s.n, size);
     let sent = sender.wait_for::<SendResult>(wire::RESULT, timeout);
     // Even if the sender failed, the receiver says how many messages did arrive. It may have
@@ -363,23 +413,18 @@ fn measure_throughput(cx: &Bench, run: &mut ThroughputRun) -> anyhow::Result<()>
     let _ = receiver.send_line(wire::DONE);
     let recv_timeout = if sent.is_ok() { timeout } else { wire::IDLE_AFTER_DONE * 5 };
     let received = receiver.wait_for::<RecvResult>(wire::RESULT, recv_timeout);
+    // A lingering sender (cross-hub) closes now.
+    let _ = sender.send_line(wire::DONE);
     if let Ok(recv) = &received {
         run.recv = Some(recv.clone());
     }
     run.send = Some(sent?);
     let recv = received?;
     let window_s = window.elapsed().as_secs_f64();
-    let cpu_s = broker.cpu()?.saturating_sub(cpu0).as_secs_f64();
     let rss = rss.stop();
-    broker.check_alive()?;
-    run.broker = Some(BrokerUsage {
-        window_s,
-        cpu_s,
-        cores: cpu_s / window_s,
-        cpu_us_per_msg: if recv.count > 0 { cpu_s * 1e6 / recv.count as f64 } else { 0.0 },
-        peak_rss_kib: broker.peak_rss_kib()?,
-        rss,
-    });
+    let usage = target.usage(&cpu0, window_s, recv.count as f64, rss)?;
+    target.check_alive()?;
+    run.broker = Some(usage);
     sender.finish(Duration::from_secs(30))?;
     receiver.finish(Duration::from_secs(30))?;
     Ok(())
@@ -398,8 +443,8 @@ fn measure_rtt(cx: &Bench, run: &mut RttRun) -> anyhow::Result<()> {
     let s = &cx.settings;
     let system = run.system;
     let label = format!("r{}-{}-rtt", run.round, system.name());
-    let mut broker = cx.start_broker(system, &label)?;
-    let rss = broker.sample_rss();
+    let mut target = cx.start_target(system, &label)?;
+    let rss = target.sample_rss();
     let rtt_client = |mut args: Vec<String>| {
         if system == System::Nats {
             args.extend(strings(["--client", s.nats_rtt_client.name()]));
@@ -409,47 +454,48 @@ fn measure_rtt(cx: &Bench, run: &mut RttRun) -> anyhow::Result<()> {
     let mut echo = cx.worker(
         &format!("{label}-echo"),
         rtt_client(strings([
-            &format!("{}-echo", system.name()),
+            &format!("{}-echo", system.roles()),
             "--addr",
-            &broker.url,
+            target.recv_url(),
             "--server-id",
             "3",
         ])),
     )?;
     let _: wire::Ready = echo.wait_for(wire::READY, ready_timeout(1))?;
-    let (cpu0, window) = (broker.cpu()?, Instant::now());
-    let mut client = cx.worker(
-        &format!("{label}-client"),
-        rtt_client(strings([
-            &format!("{}-rtt", system.name()),
-            "--addr",
-            &broker.url,
-            "--server-id",
-            "4",
-            "--iterations",
-            &s.rtt_iterations.to_string(),
-            "--warmup",
-            &s.rtt_warmup.to_string(),
-            "--size",
-            &s.rtt_size.to_string(),
-        ])),
-    )?;
+    target.await_located(Side::A, "echo", ready_timeout(1))?;
+    let (cpu0, window) = (target.cpu()?, Instant::now());
+    let mut client_args = strings([
+        &format!("{}-rtt", system.roles()),
+        "--addr",
+        target.send_url(),
+        "--server-id",
+        "4",
+        "--iterations",
+        &s.rtt_iterations.to_string(),
+        "--warmup",
+        &s.rtt_warmup.to_string(),
+        "--size",
+        &s.rtt_size.to_string(),
+    ]);
+    if system == System::CrossHub {
+        client_args.push("--wait-go".to_owned());
+    }
+    let mut client = cx.worker(&format!("{label}-client"), rtt_client(client_args))?;
+    if system == System::CrossHub {
+        // The echo's hub must route back to the client before the first trip.
+        let _: wire::Ready = client.wait_for(wire::READY, ready_timeout(1))?;
+        target.await_located(Side::B, "client", ready_timeout(1))?;
+        client.send_line(wire::GO)?;
+    }
     // Even at 1 ms a round trip this is far off.
     let timeout = Duration::from_secs(60) + Duration::from_millis(s.rtt_iterations + s.rtt_warmup);
     let result: RttResult = client.wait_for(wire::RESULT, timeout)?;
     let window_s = window.elapsed().as_secs_f64();
-    let cpu_s = broker.cpu()?.saturating_sub(cpu0).as_secs_f64();
     let rss = rss.stop();
-    broker.check_alive()?;
     let trips = (s.rtt_iterations + s.rtt_warmup) as f64;
-    run.broker = Some(BrokerUsage {
-        window_s,
-        cpu_s,
-        cores: cpu_s / window_s,
-        cpu_us_per_msg: cpu_s * 1e6 / trips,
-        peak_rss_kib: broker.peak_rss_kib()?,
-        rss,
-    });
+    let usage = target.usage(&cpu0, window_s, trips, rss)?;
+    target.check_alive()?;
+    run.broker = Some(usage);
     run.rtt = Some(result);
     client.finish(Duration::from_secs(30))?;
     Ok(())

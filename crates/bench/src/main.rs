@@ -13,7 +13,11 @@
 //! - **round trip**: a client and an echo server, one message in flight (hdrhistogram), through
 //!   the client libraries (async-nats request/reply; `Cluster::send_to_user`) by default;
 //! - **scale** (ACMS only): 1,000,000 users from 10 app servers, then the hub killed and
-//!   restarted on the same port, timed until every server has re-sent its users.
+//!   restarted on the same port, timed until every server has re-sent its users;
+//! - **cross-hub** (`--systems ...,cross-hub`): the throughput and round trip again with two
+//!   hubs on a three-node NATS cluster, the sender's server on hub A and the receiver's on hub
+//!   B, and the **key-value login** step: users logged in on hub B, timed until hub A's replica
+//!   of the directory holds them all.
 //!
 //! Configurations run interleaved (NATS, ACMS, NATS, ACMS, ...) for each round; the tool prints
 //! a table of medians with min–max and the ACMS/NATS ratios, writes `results.json` and
@@ -27,6 +31,8 @@
 //! - `compare`: the orchestrator: settings, the interleaved runs, the scale step.
 //! - `results`: what a run measured, as `results.json` holds it.
 //! - `broker`: starting `acms` and `nats-server`, `/proc` CPU and RSS sampling.
+//! - `crosshub`: the cross-hub case (a three-node NATS cluster with JetStream and two hubs on
+//!   it), what each measurement connects to, and the key-value login step.
 //! - `child`: worker processes spoken to by lines, with deadlines, killed on drop.
 //! - `wire`: what workers print (`READY`, `RESULT`, `RESYNCED`) and what every role shares.
 //! - `acms_roles`: receiver, sender, echo, rtt client and scale server on `acms_appserver`.
@@ -42,6 +48,7 @@ mod broker;
 mod chart;
 mod child;
 mod compare;
+mod crosshub;
 mod nats_raw;
 mod nats_roles;
 mod report;
@@ -150,6 +157,14 @@ pub struct SendArgs {
     /// Bytes of frames per batch (NATS raw writes, ACMS `send_batch` calls).
     #[arg(long, default_value_t = wire::DEFAULT_BATCH_BYTES)]
     pub batch_bytes: usize,
+    /// ACMS: keep the connection after the flush until `DONE` on stdin (cross-hub: the flush
+    /// means hub A published, not that hub B delivered).
+    #[arg(long)]
+    pub linger: bool,
+    /// ACMS: log in the user `sender`, print `READY` and wait for `GO` on stdin before sending
+    /// (cross-hub: until the receiver's hub routes back to this server).
+    #[arg(long)]
+    pub wait_go: bool,
 }
 
 /// Flags of an echo worker.
@@ -187,6 +202,10 @@ pub struct RttArgs {
     /// NATS client driver.
     #[arg(long, value_enum, default_value_t = NatsClient::AsyncNats)]
     pub client: NatsClient,
+    /// ACMS: once logged in, print `READY` and wait for a `GO` line on stdin before the first
+    /// trip (cross-hub: until the echo's hub routes back to this client).
+    #[arg(long)]
+    pub wait_go: bool,
 }
 
 /// Flags of a scale-step worker.

@@ -1,5 +1,6 @@
 //! What a run measured, as `results.json` holds it: the resolved settings and every
-//! throughput, round-trip and scale measurement, failed ones included with their error.
+//! throughput, round-trip, scale and key-value login measurement, failed ones included with
+//! their error.
 
 use std::path::PathBuf;
 
@@ -16,18 +17,42 @@ pub enum System {
     Nats,
     /// The ACMS hub.
     Acms,
+    /// Two ACMS hubs on a three-node NATS cluster (`--backplane`): the sender's server on hub A,
+    /// the receiver's on hub B.
+    #[serde(rename = "cross-hub")]
+    #[value(name = "cross-hub")]
+    CrossHub,
 }
 
 impl System {
-    /// Both, in the order each round runs them.
-    pub const ALL: [System; 2] = [System::Nats, System::Acms];
+    /// Every system, in the order each round runs them.
+    pub const ALL: [System; 3] = [System::Nats, System::Acms, System::CrossHub];
 
-    /// Lower-case name, also the prefix of the worker roles.
+    /// Lower-case name, as on the command line.
     pub fn name(self) -> &'static str {
         match self {
             System::Nats => "nats",
             System::Acms => "acms",
+            System::CrossHub => "cross-hub",
         }
+    }
+
+    /// The prefix of the worker roles: the cross-hub case runs the ACMS workers.
+    pub fn roles(self) -> &'static str {
+        match self {
+            System::Nats => "nats",
+            System::Acms | System::CrossHub => "acms",
+        }
+    }
+
+    /// Whether it runs `acms`.
+    pub fn is_acms(self) -> bool {
+        matches!(self, System::Acms | System::CrossHub)
+    }
+
+    /// Whether it runs `nats-server`.
+    pub fn is_nats(self) -> bool {
+        matches!(self, System::Nats | System::CrossHub)
     }
 
     /// Display name.
@@ -35,6 +60,7 @@ impl System {
         match self {
             System::Nats => "NATS",
             System::Acms => "ACMS",
+            System::CrossHub => "ACMS cross-hub",
         }
     }
 }
@@ -137,6 +163,9 @@ pub struct Settings {
     /// batch holds [`crate::wire::batch_msgs`] messages, the same count on both systems.
     #[serde(default = "legacy_batch_bytes")]
     pub batch_bytes: usize,
+    /// Users of the key-value login step, if it runs.
+    #[serde(default)]
+    pub kv_logins: Option<u64>,
 }
 
 impl Settings {
@@ -155,11 +184,11 @@ impl Settings {
             (System::Nats, NatsClient::AsyncNats, _) => {
                 "async-nats: publish() per message, a subscription per user".to_owned()
             }
-            (System::Acms, _, AcmsSend::Batch) => format!(
+            (System::Acms | System::CrossHub, _, AcmsSend::Batch) => format!(
                 "Cluster::send_batch of ~{} KiB of frames, Events::recv_batch",
                 self.batch_bytes / 1024
             ),
-            (System::Acms, _, AcmsSend::Single) => {
+            (System::Acms | System::CrossHub, _, AcmsSend::Single) => {
                 "Cluster::send_to_user per message, Events::recv_batch".to_owned()
             }
         }
@@ -171,6 +200,9 @@ impl Settings {
             (System::Nats, NatsClient::AsyncNats) => "async-nats request/reply",
             (System::Nats, NatsClient::Raw) => "raw protocol on client and echo: PUB with reply",
             (System::Acms, _) => "Cluster::send_to_user, Events::recv",
+            (System::CrossHub, _) => {
+                "Cluster::send_to_user, Events::recv; client on hub A, echo on hub B"
+            }
         }
     }
 }
@@ -180,7 +212,8 @@ impl Settings {
 pub struct BrokerUsage {
     /// Wall seconds of the window (receiver ready to receiver done, or the whole rtt run).
     pub window_s: f64,
-    /// CPU seconds (user + system) the broker used in the window.
+    /// CPU seconds (user + system) the broker used in the window (cross-hub: both hubs added
+    /// up, the NATS cluster not included: see `parts`).
     pub cpu_s: f64,
     /// Cores' worth of CPU: `cpu_s / window_s`.
     pub cores: f64,
@@ -188,8 +221,41 @@ pub struct BrokerUsage {
     pub cpu_us_per_msg: f64,
     /// Peak RSS of the broker's life so far (`VmHWM`), KiB.
     pub peak_rss_kib: u64,
-    /// RSS sampled every 100 ms over the window.
+    /// RSS sampled every 100 ms over the window (cross-hub: hub A's, the sender's).
     pub rss: RssSamples,
+    /// Cross-hub: each process group's share (hub A, hub B, the NATS cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartUsage>,
+    /// Cross-hub: whether the two hubs' NATS connections were on different nodes, so every
+    /// message also crossed a route between nodes (the NATS client picks a node of its list at
+    /// random); `None` if a hub's log did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed: Option<bool>,
+}
+
+/// The CPU of one process group of a cross-hub run over the measured window.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct PartUsage {
+    /// `hub A`, `hub B` or `NATS cluster`.
+    pub name: String,
+    /// CPU seconds in the window.
+    pub cpu_s: f64,
+    /// CPU µs per message received (throughput) or per round trip (rtt).
+    pub cpu_us_per_msg: f64,
+}
+
+/// Part names, shared by the runs and the report.
+pub const HUB_A: &str = "hub A";
+/// The receiving side's hub.
+pub const HUB_B: &str = "hub B";
+/// The three nats-server nodes added up.
+pub const NATS_CLUSTER: &str = "NATS cluster";
+
+impl BrokerUsage {
+    /// CPU µs per message of the part `name`, if the run has it.
+    pub fn part_us_per_msg(&self, name: &str) -> Option<f64> {
+        self.parts.iter().find(|part| part.name == name).map(|part| part.cpu_us_per_msg)
+    }
 }
 
 /// One throughput measurement.
@@ -255,6 +321,35 @@ pub struct ScaleRun {
     pub resync_cpu_s: f64,
 }
 
+/// The key-value login step: users logged in on hub B from one app server, timed until hub A's
+/// replica of the directory holds them all (the rate the shared directory takes logins at).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct KvLoginRun {
+    /// Why the step failed, if it did.
+    pub error: Option<String>,
+    /// Users logged in.
+    pub users: u64,
+    /// Seconds from starting the app server until hub B confirmed its last login.
+    pub login_s: f64,
+    /// Seconds from starting the app server until hub A located the last user (its replica,
+    /// fed by the key-value watch in write order, then holds every one).
+    pub replica_s: f64,
+    /// Users per second into hub A's replica: `users / replica_s`.
+    pub logins_per_s: f64,
+    /// CPU seconds over `replica_s`: hub A, hub B, the NATS cluster.
+    pub hub_a_cpu_s: f64,
+    /// Hub B's.
+    pub hub_b_cpu_s: f64,
+    /// The three NATS nodes' added up.
+    pub nats_cpu_s: f64,
+    /// Hub A's RSS before the logins and once its replica holds them, KiB.
+    pub hub_a_rss_before_kib: u64,
+    /// After.
+    pub hub_a_rss_after_kib: u64,
+    /// Hub A's RSS growth per user in its replica, bytes (it has no session of these users).
+    pub replica_bytes_per_user: f64,
+}
+
 /// Everything a run measured: what `results.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
@@ -274,6 +369,9 @@ pub struct Results {
     pub rtt: Vec<RttRun>,
     /// The scale step, if it ran.
     pub scale: Option<ScaleRun>,
+    /// The key-value login step, if it ran.
+    #[serde(default)]
+    pub kv_logins: Option<KvLoginRun>,
 }
 
 impl Results {
@@ -298,6 +396,9 @@ impl Results {
         }
         if let Some(error) = self.scale.as_ref().and_then(|scale| scale.error.as_ref()) {
             problems.push(format!("scale step: {error}"));
+        }
+        if let Some(error) = self.kv_logins.as_ref().and_then(|kv| kv.error.as_ref()) {
+            problems.push(format!("key-value login step: {error}"));
         }
         problems
     }

@@ -23,6 +23,8 @@ pub const RESULT: &str = "RESULT";
 pub const RESYNCED: &str = "RESYNCED";
 /// What the orchestrator writes to a receiver's stdin once the sender has finished.
 pub const DONE: &str = "DONE";
+/// What the orchestrator writes to a round-trip client started with `--wait-go` to start it.
+pub const GO: &str = "GO";
 
 /// How long a receiver waits for more messages once the sender is done and it still misses some.
 pub const IDLE_AFTER_DONE: Duration = Duration::from_secs(2);
@@ -212,6 +214,26 @@ pub fn watch_stdin() -> watch::Receiver<bool> {
         std::process::exit(3);
     });
     done_rx
+}
+
+/// Waits for a `GO` line on stdin (on a blocking thread); exits like [`watch_stdin`] if stdin
+/// ends first.
+pub async fn await_go() {
+    let go = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match std::io::stdin().read_line(&mut line) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) if line.trim() == GO => return true,
+                Ok(_) => {}
+            }
+        }
+    });
+    if !go.await.unwrap_or(false) {
+        eprintln!("stdin closed: the orchestrator is gone; exiting");
+        std::process::exit(3);
+    }
 }
 
 /// The count and clocks of a receiving worker, for either system.

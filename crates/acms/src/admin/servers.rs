@@ -27,6 +27,12 @@ pub enum ServerState {
     Drained,
     /// Its connection broke; it stays registered, its users online, for its reconnect grace.
     Away,
+    /// Connected to another hub of the backplane (`hub` names it); load figures, queue and
+    /// connection details are that hub's to show.
+    Remote,
+    /// Registered on another hub of the backplane that is silent past its deadline: it is
+    /// moving to another hub, or leaves the cluster after its reconnect grace.
+    Moving,
 }
 
 /// One app server of the cluster.
@@ -56,16 +62,19 @@ pub struct ServerView {
     pub queue_bytes: Option<u64>,
     /// Active, draining, drained (draining with no users left), or away within its grace.
     pub state: ServerState,
-    /// When it registered, in seconds since the Unix epoch.
+    /// When it registered, in seconds since the Unix epoch; 0 for a server of another hub.
     pub connected_since: f64,
+    /// On a backplane, the id of the hub it is connected to (16 hex digits); null otherwise.
+    pub hub: Option<String>,
 }
 
-/// Every app server, by id.
+/// Every app server, by id: on a backplane, those of every hub.
 #[utoipa::path(get, path = "/api/servers", tag = "read",
     responses((status = 200, description = "every registered app server", body = [ServerView])))]
 pub(super) async fn list_servers(State(state): State<AppState>) -> Json<Vec<ServerView>> {
     let registry = state.hub.registry();
     let counts = registry.user_counts();
+    let here = state.hub.backplane_id().map(|hub| hub.to_string());
     let servers = registry.servers().into_iter().map(|info| {
         let queue = state.hub.queue_depth(info.id);
         let users = counts.get(&info.id).copied().unwrap_or(0) as u64;
@@ -85,9 +94,27 @@ pub(super) async fn list_servers(State(state): State<AppState>) -> Json<Vec<Serv
                 .connected_at
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |since| since.as_secs_f64()),
+            hub: here.clone(),
         }
     });
-    Json(servers.collect())
+    let remote = state.hub.remote_servers().into_iter().map(|server| ServerView {
+        id: server.id.0,
+        client_addr: server.client_addr,
+        peer_addr: String::new(),
+        users: server.users as u64,
+        cpu_percent: None,
+        memory_bytes: None,
+        messages_in_per_second: None,
+        messages_out_per_second: None,
+        capacity: None,
+        queue_bytes: None,
+        state: if server.hub_alive { ServerState::Remote } else { ServerState::Moving },
+        connected_since: 0.0,
+        hub: Some(server.hub.to_string()),
+    });
+    let mut servers: Vec<ServerView> = servers.chain(remote).collect();
+    servers.sort_by_key(|server| server.id);
+    Json(servers)
 }
 
 /// A server's state: away wins, since an away server's users wait for it whatever else holds.

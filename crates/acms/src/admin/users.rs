@@ -54,6 +54,8 @@ pub(super) async fn find_user(
         Some((server, candidates)) => (Some(server.0), candidates),
         None => (None, Vec::new()),
     };
+    // A user on another hub of a backplane: located through the shared directory.
+    let located = state.hub.locate(user.as_str()).map(|id| id.0);
     let candidates = candidates
         .into_iter()
         .map(|candidate| CandidateView {
@@ -63,8 +65,8 @@ pub(super) async fn find_user(
         .collect();
     Ok(Json(UserView {
         id: user.to_string(),
-        online: !servers.is_empty(),
-        server,
+        online: !servers.is_empty() || located.is_some(),
+        server: server.or(located),
         servers,
         candidates,
     }))

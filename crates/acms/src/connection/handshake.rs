@@ -25,7 +25,7 @@ use tracing::{Span, info, warn};
 use super::session::Session;
 use super::{Close, Connection, end_settle};
 use crate::auth::{Admission, admit_without_secret};
-use crate::registry::ServerInfo;
+use crate::registry::{Arriving, ServerInfo};
 use crate::state::HubState;
 use crate::tls::{self, Refusal, ServerTls};
 
@@ -205,11 +205,30 @@ impl Connection {
         .to_bytes(self.max_frame_len)?;
         // Queued by the registry before another connection can push to this AS.
         let outbox = self.own.outbox.clone();
+        // On a backplane the server may come from another hub, where frames for it died: every
+        // origin sends again, and those of other hubs only after their `Resent`.
+        let arriving = match &self.shared.backplane {
+            Some(backplane) => Arriving {
+                resend_all: true,
+                remote: backplane.replica.remote_servers().into_iter().map(|(id, _)| id).collect(),
+            },
+            None => Arriving::default(),
+        };
         let registration = self
             .shared
             .registry
-            .register(info, hello.epoch, outbox, self.closer.clone(), Some(welcome))
+            .register_arriving(
+                info,
+                hello.epoch,
+                outbox,
+                self.closer.clone(),
+                Some(welcome),
+                arriving,
+            )
             .map_err(|err| Close::refused(ErrorCode::DuplicateServer, err.to_string()))?;
+        if let Some(backplane) = &self.shared.backplane {
+            backplane.server_registered(id, hello.epoch, client_addr.clone());
+        }
         let returning = !registration.stale_users.is_empty();
         let own = self.own.registered(id);
         let now = Instant::now().into_std();

@@ -226,7 +226,14 @@ async fn expire_later(shared: Arc<HubState>, server: ServerId, departure: u64) {
     tokio::time::sleep(shared.config.reconnect_grace).await;
     if let Some((held, left)) = shared.registry.expire(server, departure) {
         info!(%server, "app server did not come back in time; its users are offline");
-        presence::left(&shared, left);
+        presence::left(&shared, server, left);
+        if let Some(backplane) = &shared.backplane {
+            backplane.server_gone(server);
+            if backplane.replica.place(server).is_some_and(|place| place.hub != backplane.me) {
+                // It moved to another hub meanwhile: it is not down.
+                return;
+            }
+        }
         shared.server_down(server);
         shared.ask_to_resend(held);
     }

@@ -21,6 +21,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::{Close, OwnQueue};
+use crate::backplane::{HubId, Remote};
 use crate::forwarded::Marks;
 use crate::outbox::Outbox;
 use crate::registry::{RelayError, Relayed};
@@ -51,12 +52,29 @@ pub(super) struct Relay {
     /// Policy `multi` and the settle window may still be open: unicast frames are held in it.
     /// Cleared the first time the window is found closed, so later frames pay one test.
     multi_settling: bool,
+    /// The epoch of this server's process, sent with its frames to other hubs.
+    epoch: u64,
+}
+
+/// Where a run of frames goes: a server of this hub, or another hub on the backplane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    Server(ServerId),
+    Hub(HubId),
+}
+
+/// What becomes of a frame for a recipient this hub does not have, by the backplane.
+enum Beyond {
+    /// To this hub.
+    Hub(HubId),
+    /// Dropped: its origin sends it again once the recipient's server is reachable.
+    Drop,
 }
 
 /// Frames routed to one server that still lie at the start of the read buffer.
 #[derive(Debug, Default)]
 struct Run {
-    target: Option<ServerId>,
+    target: Option<Dest>,
     /// Bytes of the run, length prefixes included.
     len: usize,
     /// Data frames in the run; acks are not counted.
@@ -68,7 +86,7 @@ struct Run {
 
 impl Run {
     /// Adds a data frame with its sequence number, or an ack without one.
-    fn extend(&mut self, target: ServerId, len: usize, seq: Option<u64>) {
+    fn extend(&mut self, target: Dest, len: usize, seq: Option<u64>) {
         self.target = Some(target);
         self.len += len;
         self.frames += usize::from(seq.is_some());
@@ -88,7 +106,7 @@ fn lowest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 /// Frames of one read handed to one server together: slices of the read buffer, in order.
 #[derive(Debug)]
 struct Staged {
-    target: ServerId,
+    target: Dest,
     chunks: Vec<Bytes>,
     frames: usize,
     lowest_seq: Option<u64>,
@@ -114,6 +132,7 @@ impl Relay {
         codec: Codec,
     ) -> Self {
         let multi_settling = shared.registry.multi();
+        let epoch = shared.registry.epoch(server).unwrap_or_default();
         Self {
             shared,
             server,
@@ -125,6 +144,7 @@ impl Relay {
             marks: Marks::default(),
             holding_from: None,
             multi_settling,
+            epoch,
         }
     }
 
@@ -149,6 +169,17 @@ impl Relay {
         let origin = self.server;
         for Staged { target, chunks, frames, lowest_seq } in std::mem::take(&mut self.staged) {
             let shared = &self.shared;
+            let target = match target {
+                Dest::Server(target) => target,
+                Dest::Hub(hub) => {
+                    if let Some(backplane) = &shared.backplane {
+                        let bytes: usize = chunks.iter().map(Bytes::len).sum();
+                        backplane.send_frames(hub, origin, self.epoch, &chunks);
+                        shared.stats.relayed(frames, bytes);
+                    }
+                    continue;
+                }
+            };
             let bytes: usize = chunks.iter().map(Bytes::len).sum();
             let marks = Some(&mut self.marks);
             match shared.registry.relay_batch(origin, target, lowest_seq, chunks, marks) {
@@ -231,6 +262,19 @@ impl Relay {
                             self.shared.tell_multi_session(server, user, false);
                         }
                     }
+                    let target = match target {
+                        Some(target) => Some(Dest::Server(target)),
+                        None => match self.beyond(route.recipient) {
+                            Some(Beyond::Hub(hub)) => Some(Dest::Hub(hub)),
+                            Some(Beyond::Drop) => {
+                                self.end_run(buf);
+                                self.shared.stats.held(1);
+                                buf.advance(len);
+                                continue;
+                            }
+                            None => None,
+                        },
+                    };
                     if target.is_none() || target != self.run.target {
                         self.end_run(buf);
                     }
@@ -259,6 +303,15 @@ impl Relay {
                         buf.advance(len);
                         continue;
                     }
+                    let target = match self.ack_dest(target) {
+                        Some(target) => target,
+                        None => {
+                            // For a server no hub has: its origin sends again and gets new acks.
+                            self.end_run(buf);
+                            buf.advance(len);
+                            continue;
+                        }
+                    };
                     if Some(target) != self.run.target {
                         self.end_run(buf);
                     }
@@ -288,8 +341,42 @@ impl Relay {
         self.stage(target, chunk, frames, lowest_seq);
     }
 
+    /// Where a frame for `user`, whom no server of this hub has, goes on the backplane; `None`
+    /// when no hub has them (or there is no backplane).
+    fn beyond(&self, user: &str) -> Option<Beyond> {
+        let backplane = self.shared.backplane.as_ref()?;
+        let origin = self.server;
+        match backplane.replica.route_user(user) {
+            (Remote::Hub(hub), Some(target)) if !backplane.is_held(origin, target) => {
+                Some(Beyond::Hub(hub))
+            }
+            (Remote::Hub(_), Some(_)) => Some(Beyond::Drop),
+            (Remote::Moving, Some(target)) => {
+                // Lost with the hub, or moving: sent again when the server is back somewhere,
+                // and nothing later may overtake it.
+                backplane.hold(origin, target);
+                Some(Beyond::Drop)
+            }
+            _ => None,
+        }
+    }
+
+    /// Where an ack for `target` goes: its connection here, the hub it is on, or nowhere.
+    fn ack_dest(&self, target: ServerId) -> Option<Dest> {
+        let Some(backplane) = &self.shared.backplane else {
+            return Some(Dest::Server(target));
+        };
+        if self.shared.registry.is_registered(target) {
+            return Some(Dest::Server(target));
+        }
+        match backplane.replica.route_server(target) {
+            Remote::Hub(hub) => Some(Dest::Hub(hub)),
+            Remote::Moving | Remote::Nowhere => None,
+        }
+    }
+
     /// Adds whole frames to what is handed to `target` after this read, after what it has already.
-    fn stage(&mut self, target: ServerId, chunk: Bytes, frames: usize, lowest_seq: Option<u64>) {
+    fn stage(&mut self, target: Dest, chunk: Bytes, frames: usize, lowest_seq: Option<u64>) {
         match self.staged.iter_mut().find(|staged| staged.target == target) {
             Some(staged) => {
                 staged.chunks.push(chunk);
@@ -314,7 +401,7 @@ impl Relay {
         let origin = self.server;
         targets.retain(|&target| target != origin);
         for &target in &targets {
-            self.stage(target, frame.clone(), 1, Some(seq));
+            self.stage(Dest::Server(target), frame.clone(), 1, Some(seq));
         }
         self.own.send(Control::Copies { seq, servers: targets })
     }
@@ -344,18 +431,22 @@ impl Relay {
             None => {}
         }
         let registry = &self.shared.registry;
+        // On a backplane, broadcast and server frames reach the servers of other hubs too.
+        let remote = || self.remote_servers();
         let (counter, targets) = match route.kind {
             DataKind::Group | DataKind::GroupExceptSender => {
                 (FanOut::Group, self.shared.groups.servers_of(route.recipient, server))
             }
             DataKind::Server => match route.target_server() {
-                Some(target) if target == server || !registry.is_registered(target) => {
-                    (FanOut::Server, Vec::new())
+                Some(target) if target == server => (FanOut::Server, Vec::new()),
+                Some(target) if !registry.is_registered(target) => {
+                    let remote = remote().into_iter().filter(|&other| other == target);
+                    (FanOut::Server, remote.collect())
                 }
                 Some(target) => (FanOut::Server, vec![target]),
-                None => (FanOut::Server, registry.server_ids(server)),
+                None => (FanOut::Server, [registry.server_ids(server), remote()].concat()),
             },
-            _ => (FanOut::Broadcast, registry.server_ids(server)),
+            _ => (FanOut::Broadcast, [registry.server_ids(server), remote()].concat()),
         };
         // A server message for a server known now needs nobody else's snapshot.
         let known = route.kind == DataKind::Server
@@ -368,11 +459,48 @@ impl Relay {
             return Ok(());
         }
         let frame = buf.split_to(len).freeze();
+        let mut hubs: Vec<HubId> = Vec::new();
         for &target in &targets {
-            self.stage(target, frame.clone(), 1, Some(seq));
+            match self.fan_out_dest(target) {
+                Some(Dest::Hub(hub)) if hubs.contains(&hub) => {}
+                Some(Dest::Hub(hub)) => {
+                    // One copy per hub: it hands one to each of its servers.
+                    hubs.push(hub);
+                    self.stage(Dest::Hub(hub), frame.clone(), 1, Some(seq));
+                }
+                Some(dest) => self.stage(dest, frame.clone(), 1, Some(seq)),
+                None => {}
+            }
         }
         self.shared.stats.fanned_out(counter, targets.len());
         self.own.send(Control::Copies { seq, servers: targets })
+    }
+
+    /// The servers of other hubs, on a backplane: those of live hubs, and those whose hub died
+    /// (their copy is held until they register again, or they leave the cluster).
+    fn remote_servers(&self) -> Vec<ServerId> {
+        let Some(backplane) = &self.shared.backplane else { return Vec::new() };
+        let registry = &self.shared.registry;
+        let remote = backplane.replica.remote_servers().into_iter().map(|(id, _)| id);
+        remote.filter(|&id| id != self.server && !registry.is_registered(id)).collect()
+    }
+
+    /// Where a fan-out copy for `target` goes: its connection here, or its hub; `None` when it
+    /// is held (its hub is dead: sent again when it registers elsewhere).
+    fn fan_out_dest(&self, target: ServerId) -> Option<Dest> {
+        let Some(backplane) = &self.shared.backplane else {
+            return Some(Dest::Server(target));
+        };
+        if self.shared.registry.is_registered(target) {
+            return Some(Dest::Server(target));
+        }
+        match backplane.replica.route_server(target) {
+            Remote::Hub(hub) if !backplane.is_held(self.server, target) => Some(Dest::Hub(hub)),
+            _ => {
+                backplane.hold(self.server, target);
+                None
+            }
+        }
     }
 
     /// Returns unicast (refused, invitation) frames to this AS as undeliverable; each chunk holds whole

@@ -144,6 +144,10 @@ impl Session {
             }
             Control::Resent { server: target } => {
                 self.shared.registry.resent(self.server, target);
+                if let Some(backplane) = &self.shared.backplane {
+                    let here = self.shared.registry.is_registered(target);
+                    backplane.resent(self.server, target, here);
+                }
                 Ok(())
             }
             Control::Bye => {
@@ -151,7 +155,7 @@ impl Session {
                 Ok(())
             }
             Control::Locate { token, user } => {
-                let (server, candidates) = match self.shared.registry.reach(user.as_str()) {
+                let (server, candidates) = match self.shared.reach(user.as_str()) {
                     Some((server, candidates)) => (Some(server), candidates),
                     None => (None, Vec::new()),
                 };
@@ -222,11 +226,20 @@ impl Session {
             let confirm = self.stale_users.contains(&user)
                 || self.resyncing.as_ref().is_some_and(|old| old.contains(&user));
             let registry = &self.shared.registry;
+            // Under `replace` on a backplane, a login racing one on another hub: one wins.
+            let racing = self.shared.backplane.as_ref().filter(|_| !registry.multi());
+            let expected = racing.and_then(|backplane| backplane.login_begins(user.as_str()));
             let placed = if confirm {
                 registry.claim(server, user.clone())
             } else {
                 registry.login(server, user.clone())
             };
+            let new_place = matches!(placed, Placed::Online | Placed::Moved(_) | Placed::Joined(_));
+            if let Some(backplane) = racing {
+                backplane.login_placed(user.as_str(), new_place.then_some(server), expected);
+            } else if let (Some(backplane), true) = (&self.shared.backplane, new_place) {
+                backplane.user_online(user.as_str(), server);
+            }
             match placed {
                 Placed::Already => {}
                 Placed::Online => {
@@ -273,7 +286,7 @@ impl Session {
             let replaced = self.resyncing.as_mut().is_some_and(|old| old.remove(user));
             if recorded || replaced {
                 let left = self.shared.registry.logout(server, user.as_str());
-                presence::left(&self.shared, left);
+                presence::left(&self.shared, server, left);
             }
         }
     }
@@ -338,7 +351,7 @@ impl Session {
         for user in gone {
             if !self.users.contains(&user) {
                 let left = self.shared.registry.logout(server, user.as_str());
-                presence::left(&self.shared, left);
+                presence::left(&self.shared, server, left);
             }
         }
         // The AS forgot which of its users are multi-session when it reconnected: say it again, now that
@@ -395,7 +408,7 @@ impl Session {
             }
             self.shared.watches.watch(server, user.clone());
             self.watching.insert(user.clone());
-            let reach = self.shared.registry.reach(user.as_str());
+            let reach = self.shared.reach(user.as_str());
             // Offline in the settle window may only mean "not resynced yet": held until it ends.
             if reach.is_none()
                 && self.shared.registry.settling_at(now)
@@ -450,7 +463,14 @@ impl Session {
         match self.shared.registry.depart(server, users, grace) {
             Departure::Away(departure) => Some((server, departure)),
             Departure::Gone { left, forwarded } => {
-                presence::left(&self.shared, left);
+                if self.leaving {
+                    presence::left(&self.shared, server, left);
+                    if let Some(backplane) = &self.shared.backplane {
+                        backplane.server_gone(server);
+                    }
+                } else {
+                    presence::left_here(&self.shared, left);
+                }
                 self.shared.server_down(server);
                 // An AS that said `Bye` may have left frames unread in its queue or socket: their
                 // origins send them again, to reach their recipients elsewhere or come back

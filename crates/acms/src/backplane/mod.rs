@@ -1,0 +1,439 @@
+//! The backplane's synchronous core: what this hub knows of the other hubs on a NATS cluster and
+//! what it owes them, behind small synchronous methods (the async shell is `nats`).
+//!
+//! Several hubs run active at once. The directory has two levels in JetStream key-value
+//! buckets, user -> app server and app server -> hub, and every hub keeps a replica of both fed
+//! by a watch, so routing a frame stays a local lookup. Frames for a server on another hub are
+//! published to that hub's subject, one message per origin read and destination hub, numbered per
+//! pair of hubs so a lost one shows as a gap; what a gap or a dead hub lost is sent again by the
+//! origin app servers (`ServerUp` with `resend_from`, then `Resent`), exactly as on one hub.
+//!
+//! # Layout
+//! - `names`: [`HubId`], the subjects and buckets of a cluster, the keys of users and servers.
+//! - `recovery`: recoveries stuck on a lost notice, and dead hubs' servers given up.
+//! - `replica`: the local replica of the directory and which hubs are alive.
+//! - `streams`: the numbering of messages between two hubs and its gaps.
+//! - `wire`: the messages hubs publish to each other, and heartbeats.
+//! - `writes`: the directory writes owed to the key-value store, coalesced per key.
+
+mod names;
+mod recovery;
+mod replica;
+mod streams;
+mod wire;
+mod writes;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use acms_common::discovery::ClusterName;
+use acms_protocol::ServerId;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+pub use names::HubId;
+pub(crate) use names::{Names, server_key, server_of_key, user_key, user_of_key};
+pub(crate) use replica::{Place, Remote, Replica};
+pub(crate) use streams::Arrival;
+use streams::{Incoming, Outgoing};
+pub(crate) use wire::{Body, Heartbeat, Message};
+pub(crate) use writes::{Bucket, Write, Writes};
+
+/// A message for another hub, waiting for the publisher.
+pub(crate) type Outbound = (HubId, Bytes);
+
+/// Counters of the backplane, for logs and metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) published: AtomicU64,
+    pub(crate) received: AtomicU64,
+    /// Messages refused because the publisher's queue was full.
+    pub(crate) dropped: AtomicU64,
+    /// Gaps seen in the streams from other hubs.
+    pub(crate) gaps: AtomicU64,
+}
+
+/// The backplane's figures, for `/metrics` and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackplaneStats {
+    /// The other hubs alive (heard from within the deadline).
+    pub hubs_alive: usize,
+    /// Messages published to other hubs.
+    pub published: u64,
+    /// Messages received from other hubs.
+    pub received: u64,
+    /// Messages dropped because the queue to NATS was full.
+    pub dropped: u64,
+    /// Gaps seen in the streams from other hubs (lost messages, repaired by sending again).
+    pub gaps: u64,
+}
+
+/// An app server registered on another hub, as the shared directory says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteServer {
+    /// Its id.
+    pub id: ServerId,
+    /// The hub it is connected to.
+    pub hub: HubId,
+    /// Whether that hub is alive (heard from within the deadline).
+    pub hub_alive: bool,
+    /// Where its clients connect.
+    pub client_addr: String,
+    /// Users the directory has on it.
+    pub users: usize,
+}
+
+/// This hub's side of the backplane, shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Backplane {
+    pub(crate) me: HubId,
+    pub(crate) names: Names,
+    pub(crate) replica: Replica,
+    pub(crate) writes: Writes,
+    pub(crate) counters: Counters,
+    outgoing: Mutex<Outgoing>,
+    publisher: mpsc::Sender<Outbound>,
+    incoming: Mutex<Incoming>,
+    /// (origin, target) pairs whose frames are dropped here until the origin's `Resent` for
+    /// the target: a frame of the origin for the target was dropped (its hub was dead), and no
+    /// later one may overtake it.
+    held: Mutex<HashSet<(ServerId, ServerId)>>,
+    any_held: AtomicBool,
+    /// The epoch of each remote origin that this hub's servers were told.
+    told_epochs: Mutex<HashMap<ServerId, u64>>,
+    stuck: Mutex<recovery::Stuck>,
+    dead: Mutex<recovery::Dead>,
+    /// Servers that were registered here and moved to another hub: frames for them that reach
+    /// this hub late are dropped, not bounced, since every origin sends again to a server that
+    /// moved.
+    moved_away: Mutex<HashSet<ServerId>>,
+}
+
+impl Backplane {
+    /// The core of hub `me` in `cluster`, and the receiving end of its publisher's queue of
+    /// `max_pending` messages.
+    pub(crate) fn new(
+        me: HubId,
+        cluster: &ClusterName,
+        dead_after: Duration,
+        max_pending: usize,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
+        let (publisher, queue) = mpsc::channel(max_pending.max(1));
+        let backplane = Self {
+            me,
+            names: Names::new(cluster),
+            replica: Replica::new(me, dead_after),
+            writes: Writes::default(),
+            counters: Counters::default(),
+            outgoing: Mutex::default(),
+            publisher,
+            incoming: Mutex::default(),
+            held: Mutex::default(),
+            any_held: AtomicBool::new(false),
+            told_epochs: Mutex::default(),
+            stuck: Mutex::default(),
+            dead: Mutex::default(),
+            moved_away: Mutex::default(),
+        };
+        (backplane, queue)
+    }
+
+    /// Numbers a message for `hub` and queues it for the publisher, never waiting. A full
+    /// queue drops it: the number is spent, so the receiver sees the gap and has the origins
+    /// send again.
+    fn publish(&self, hub: HubId, message: impl FnOnce(u64) -> Bytes) {
+        let mut outgoing = self.outgoing.lock().expect("outgoing lock");
+        let seq = outgoing.next(hub);
+        // Under the lock: messages are queued in the order of their numbers.
+        match self.publisher.try_send((hub, message(seq))) {
+            Ok(()) => {}
+            Err(_) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Publishes whole frames of `origin` (of `epoch`) to `hub`, as one message.
+    pub(crate) fn send_frames(&self, hub: HubId, origin: ServerId, epoch: u64, chunks: &[Bytes]) {
+        let me = self.me;
+        self.publish(hub, |seq| Message::encode_frames(me, seq, origin, epoch, chunks));
+    }
+
+    /// Tells `hub` that `origin` sent `Resent` for `target`, after its frames before it.
+    pub(crate) fn send_resent(&self, hub: HubId, origin: ServerId, target: ServerId) {
+        let from = self.me;
+        self.publish(hub, |seq| {
+            Message { from, seq, body: Body::Resent { origin, target } }.encode()
+        });
+    }
+
+    /// Tells `hub` that messages from it were lost: unnumbered.
+    pub(crate) fn send_gap(&self, hub: HubId) {
+        let message = Message { from: self.me, seq: 0, body: Body::Gap }.encode();
+        if self.publisher.try_send((hub, message)).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// This hub's heartbeat now.
+    pub(crate) fn heartbeat(&self) -> Bytes {
+        let sent = self.outgoing.lock().expect("outgoing lock").last();
+        Heartbeat { from: self.me, sent }.encode()
+    }
+
+    /// A numbered message from `hub` arrived.
+    pub(crate) fn arrive(&self, hub: HubId, seq: u64) -> Arrival {
+        self.incoming.lock().expect("incoming lock").arrive(hub, seq)
+    }
+
+    /// `hub` claims it sent this hub messages up to `last`: the first missing, if some were lost.
+    pub(crate) fn claimed(&self, hub: HubId, last: u64) -> Option<u64> {
+        self.incoming.lock().expect("incoming lock").claimed(hub, last)
+    }
+
+    /// One heartbeat tick: of the hubs whose origins the servers here wait on (`waiting`), those
+    /// waited on for `limit` ticks in a row, to be sent a gap notice again (the first, or the
+    /// `Resent` that answered it, may have been lost too).
+    pub(crate) fn stuck(&self, waiting: &HashSet<HubId>, limit: u32) -> Vec<HubId> {
+        self.stuck.lock().expect("stuck lock").tick(waiting, limit)
+    }
+
+    /// `hub` is heard from again.
+    pub(crate) fn revived(&self, hub: HubId) {
+        self.dead.lock().expect("dead lock").revived(hub);
+    }
+
+    /// The hubs dead for longer than `grace` at `now`, each returned once: the servers still
+    /// placed on them came back nowhere, and this hub takes them out of the directory. Every
+    /// hub that saw the death does (the deletions are conditional, so the first one wins and
+    /// the others find nothing), since a hub that joined late may never have heard the dead one.
+    pub(crate) fn given_up(&self, now: Instant, grace: Duration) -> Vec<HubId> {
+        self.dead.lock().expect("dead lock").past_grace(now, grace)
+    }
+
+    /// A server is placed on `hub`, never heard from: counted dead from `now` unless its
+    /// heartbeat comes, so the servers of a hub that died before this one heard it still leave.
+    pub(crate) fn suspect(&self, hub: HubId, now: Instant) {
+        if hub != self.me && !self.replica.is_alive(hub) {
+            self.dead.lock().expect("dead lock").died(hub, now);
+        }
+    }
+
+    /// Owes the directory the removal of `server`, placed at `place` on a dead hub, and of its
+    /// users.
+    pub(crate) fn remove_server(&self, server: ServerId, place: Place) {
+        let value = serde_json::to_vec(&place).expect("a place serializes");
+        self.writes.owe(Bucket::Servers, server_key(server), Write::DeleteIf(value.into()));
+        for user in self.replica.users_on(server) {
+            self.user_offline(user.as_str(), server);
+        }
+    }
+
+    /// `hub` is dead at `now`: its streams are forgotten.
+    pub(crate) fn hub_dead(&self, hub: HubId, now: Instant) {
+        self.dead.lock().expect("dead lock").died(hub, now);
+        self.forget_hub(hub);
+    }
+
+    fn forget_hub(&self, hub: HubId) {
+        self.incoming.lock().expect("incoming lock").forget(hub);
+        self.outgoing.lock().expect("outgoing lock").forget(hub);
+    }
+
+    /// A frame from `origin` to `target` was dropped: later ones are too, until `Resent`.
+    pub(crate) fn hold(&self, origin: ServerId, target: ServerId) {
+        self.held.lock().expect("held lock").insert((origin, target));
+        self.any_held.store(true, Ordering::Release);
+    }
+
+    /// Whether frames from `origin` to `target` are dropped.
+    #[inline]
+    pub(crate) fn is_held(&self, origin: ServerId, target: ServerId) -> bool {
+        self.any_held.load(Ordering::Acquire)
+            && self.held.lock().expect("held lock").contains(&(origin, target))
+    }
+
+    /// `origin` sent `Resent` for `target`: its frames pass again.
+    pub(crate) fn release(&self, origin: ServerId, target: ServerId) {
+        let mut held = self.held.lock().expect("held lock");
+        held.remove(&(origin, target));
+        if held.is_empty() {
+            self.any_held.store(false, Ordering::Release);
+        }
+    }
+
+    /// Every (origin, target) pair whose frames are dropped here until `Resent`.
+    pub(crate) fn held_pairs(&self) -> Vec<(ServerId, ServerId)> {
+        self.held.lock().expect("held lock").iter().copied().collect()
+    }
+
+    /// `origin` registered again: it sends everything not acknowledged, so its pairs pass.
+    pub(crate) fn release_origin(&self, origin: ServerId) {
+        let mut held = self.held.lock().expect("held lock");
+        held.retain(|(from, _)| *from != origin);
+        if held.is_empty() {
+            self.any_held.store(false, Ordering::Release);
+        }
+    }
+
+    /// `origin` sent `Resent` for `target` (a server of this hub if `here`): its frames to it
+    /// pass again, and the hub of `target` learns it after the frames sent before it.
+    pub(crate) fn resent(&self, origin: ServerId, target: ServerId, here: bool) {
+        self.release(origin, target);
+        if !here && let Remote::Hub(hub) = self.replica.route_server(target) {
+            self.send_resent(hub, origin, target);
+        }
+    }
+
+    /// Whether this hub's servers must be told `origin`'s epoch before its frames: it is new to
+    /// them, or restarted. Records it as told.
+    pub(crate) fn tell_epoch(&self, origin: ServerId, epoch: u64) -> bool {
+        self.told_epochs.lock().expect("epochs lock").insert(origin, epoch) != Some(epoch)
+    }
+
+    /// Owes the directory the user's place: online on `server`, a server of this hub.
+    pub(crate) fn user_online(&self, user: &str, server: ServerId) {
+        let value = Bytes::from(server.0.to_string());
+        self.writes.owe(Bucket::Users, user_key(user), Write::Put(value));
+    }
+
+    /// A login of `user` under `replace` is about to be placed here: the revision of their entry
+    /// as this hub knows it, which the login will be written over (see [`Write::Claim`]). Until
+    /// [`Backplane::login_placed`], another hub's entry for them kicks nobody here: this
+    /// login's write decides.
+    pub(crate) fn login_begins(&self, user: &str) -> Option<u64> {
+        self.writes.begin(Bucket::Users, user_key(user));
+        self.replica.user_revision(user)
+    }
+
+    /// The login begun by [`Backplane::login_begins`] is placed: on `server`, to be written over
+    /// revision `expected`, or (`None`) nowhere new.
+    pub(crate) fn login_placed(&self, user: &str, placed: Option<ServerId>, expected: Option<u64>) {
+        let key = user_key(user);
+        if let Some(server) = placed {
+            let value = Bytes::from(server.0.to_string());
+            self.writes.owe(Bucket::Users, key.clone(), Write::Claim { value, expected });
+        }
+        self.writes.done(Bucket::Users, &key);
+    }
+
+    /// Owes the directory the user's leaving `server`, unless another server has them since.
+    pub(crate) fn user_offline(&self, user: &str, server: ServerId) {
+        let value = Bytes::from(server.0.to_string());
+        self.writes.owe(Bucket::Users, user_key(user), Write::DeleteIf(value));
+    }
+
+    /// Owes the directory `server`'s new registration here, and records it in the replica at
+    /// once (the watch brings it back later).
+    pub(crate) fn server_registered(&self, server: ServerId, epoch: u64, client_addr: String) {
+        self.moved_away.lock().expect("moved lock").remove(&server);
+        let place = Place { hub: self.me, epoch, registration: rand::random(), client_addr };
+        self.replica.set_place(server, place.clone());
+        let value = serde_json::to_vec(&place).expect("a place serializes");
+        self.writes.owe(Bucket::Servers, server_key(server), Write::Put(value.into()));
+    }
+
+    /// Owes the directory `server`'s leaving the cluster, if it is still registered here.
+    pub(crate) fn server_gone(&self, server: ServerId) {
+        let Some(place) = self.replica.place(server).filter(|place| place.hub == self.me) else {
+            return;
+        };
+        let value = serde_json::to_vec(&place).expect("a place serializes");
+        self.writes.owe(Bucket::Servers, server_key(server), Write::DeleteIf(value.into()));
+    }
+
+    /// The servers of the other hubs, by id.
+    pub(crate) fn remote_server_list(&self) -> Vec<RemoteServer> {
+        let counts = self.replica.user_counts();
+        let mut servers: Vec<RemoteServer> = self
+            .replica
+            .remote_servers()
+            .into_iter()
+            .map(|(id, place)| RemoteServer {
+                id,
+                hub: place.hub,
+                hub_alive: self.replica.is_alive(place.hub),
+                client_addr: place.client_addr,
+                users: counts.get(&id).copied().unwrap_or(0),
+            })
+            .collect();
+        servers.sort_by_key(|server| server.id);
+        servers
+    }
+
+    /// The figures now.
+    pub(crate) fn stats(&self) -> BackplaneStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        BackplaneStats {
+            hubs_alive: self.replica.hubs_alive(),
+            published: load(&self.counters.published),
+            received: load(&self.counters.received),
+            dropped: load(&self.counters.dropped),
+            gaps: load(&self.counters.gaps),
+        }
+    }
+
+    /// `server`, registered here until now, moved to another hub.
+    pub(crate) fn moved(&self, server: ServerId) {
+        self.moved_away.lock().expect("moved lock").insert(server);
+    }
+
+    /// Whether `server` moved from this hub to another.
+    pub(crate) fn has_moved(&self, server: ServerId) -> bool {
+        self.moved_away.lock().expect("moved lock").contains(&server)
+    }
+
+    /// Whether `server` is registered on this hub by the shared directory.
+    pub(crate) fn is_mine(&self, server: ServerId) -> bool {
+        self.replica.place(server).is_some_and(|place| place.hub == self.me)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backplane(max_pending: usize) -> (Backplane, mpsc::Receiver<Outbound>) {
+        let cluster = ClusterName::new("test".to_owned()).unwrap();
+        Backplane::new(HubId(1), &cluster, Duration::from_secs(3), max_pending)
+    }
+
+    #[test]
+    fn a_message_dropped_on_a_full_queue_spends_its_number_so_the_receiver_sees_a_gap() {
+        let (sender, mut queue) = backplane(1);
+        let frames = [Bytes::from_static(b"f")];
+        sender.send_frames(HubId(2), ServerId(1), 1, &frames);
+        sender.send_frames(HubId(2), ServerId(1), 1, &frames);
+        assert_eq!(sender.counters.dropped.load(Ordering::Relaxed), 1);
+        let (to, first) = queue.try_recv().unwrap();
+        assert_eq!(to, HubId(2));
+        // The receiving side.
+        let (receiver, _queue) = backplane(1);
+        let first = Message::decode(first).unwrap();
+        assert_eq!(receiver.arrive(first.from, first.seq), Arrival::InOrder);
+        sender.send_frames(HubId(2), ServerId(1), 1, &frames);
+        let third = Message::decode(queue.try_recv().unwrap().1).unwrap();
+        assert_eq!(receiver.arrive(third.from, third.seq), Arrival::Gap { first_missing: 2 });
+    }
+
+    #[test]
+    fn held_pairs_pass_again_after_resent() {
+        let (backplane, _queue) = backplane(1);
+        assert!(!backplane.is_held(ServerId(1), ServerId(2)));
+        backplane.hold(ServerId(1), ServerId(2));
+        assert!(backplane.is_held(ServerId(1), ServerId(2)));
+        assert!(!backplane.is_held(ServerId(2), ServerId(1)));
+        backplane.release(ServerId(1), ServerId(2));
+        assert!(!backplane.is_held(ServerId(1), ServerId(2)));
+    }
+
+    #[test]
+    fn an_origin_epoch_is_told_once_and_again_after_a_restart() {
+        let (backplane, _queue) = backplane(1);
+        assert!(backplane.tell_epoch(ServerId(1), 10));
+        assert!(!backplane.tell_epoch(ServerId(1), 10));
+        assert!(backplane.tell_epoch(ServerId(1), 11));
+    }
+}

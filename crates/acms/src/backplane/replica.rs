@@ -1,0 +1,247 @@
+//! This hub's replica of the shared directory, fed by the key-value watches: which server each
+//! user is on, which hub each server is on; and which hubs are alive, fed by their heartbeats.
+//! Synchronous methods over short locks: the relay looks a remote recipient up here, never over
+//! the network.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use acms_protocol::{ServerId, UserId};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use super::HubId;
+
+/// Where a server is registered: the value of its key in the servers bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Place {
+    /// The hub it is connected to.
+    pub(crate) hub: HubId,
+    /// The epoch of its process.
+    pub(crate) epoch: u64,
+    /// New at each registration: a change tells every hub the server (re)registered, so their
+    /// servers send it again what it did not acknowledge.
+    pub(crate) registration: u64,
+    /// Where its clients connect, as it advertised, for the admin API of every hub.
+    #[serde(default)]
+    pub(crate) client_addr: String,
+}
+
+impl Serialize for HubId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HubId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        u64::deserialize(deserializer).map(HubId)
+    }
+}
+
+/// Where a frame for a server not connected here goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Remote {
+    /// To this live hub.
+    Hub(HubId),
+    /// Its hub is dead or this hub's own: the server is moving; the frame is held for its
+    /// origin to send again once it is back somewhere.
+    Moving,
+    /// No hub has the server.
+    Nowhere,
+}
+
+/// The replica and the hubs' liveness.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    me: HubId,
+    /// Each user's server, with the revision of its entry.
+    users: DashMap<UserId, (ServerId, u64), foldhash::fast::RandomState>,
+    servers: RwLock<HashMap<ServerId, Place>>,
+    /// The other hubs heard from, with when they were last heard.
+    hubs: RwLock<HashMap<HubId, Instant>>,
+    dead_after: Duration,
+}
+
+impl Replica {
+    pub(crate) fn new(me: HubId, dead_after: Duration) -> Self {
+        Self {
+            me,
+            users: DashMap::default(),
+            servers: RwLock::default(),
+            hubs: RwLock::default(),
+            dead_after,
+        }
+    }
+
+    /// The server `user` is online on, as the shared directory says.
+    pub(crate) fn user(&self, user: &str) -> Option<ServerId> {
+        self.users.get(user).map(|entry| entry.0)
+    }
+
+    /// The revision of `user`'s entry, as last seen.
+    pub(crate) fn user_revision(&self, user: &str) -> Option<u64> {
+        self.users.get(user).map(|entry| entry.1)
+    }
+
+    pub(crate) fn set_user(&self, user: UserId, server: ServerId, revision: u64) {
+        self.users.insert(user, (server, revision));
+    }
+
+    pub(crate) fn remove_user(&self, user: &str) {
+        self.users.remove(user);
+    }
+
+    /// The users the directory has on `server`: a scan, for a server given up.
+    pub(crate) fn users_on(&self, server: ServerId) -> Vec<UserId> {
+        self.users
+            .iter()
+            .filter(|entry| entry.value().0 == server)
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    /// How many users the directory has on each server: one pass, for the admin API.
+    pub(crate) fn user_counts(&self) -> HashMap<ServerId, usize> {
+        let mut counts = HashMap::new();
+        for entry in self.users.iter() {
+            *counts.entry(entry.value().0).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Where `server` is registered.
+    pub(crate) fn place(&self, server: ServerId) -> Option<Place> {
+        self.servers.read().expect("replica lock").get(&server).cloned()
+    }
+
+    /// Records where `server` is; returns where it was.
+    pub(crate) fn set_place(&self, server: ServerId, place: Place) -> Option<Place> {
+        self.servers.write().expect("replica lock").insert(server, place)
+    }
+
+    pub(crate) fn remove_place(&self, server: ServerId) -> Option<Place> {
+        self.servers.write().expect("replica lock").remove(&server)
+    }
+
+    /// The servers registered on other hubs, with their places.
+    pub(crate) fn remote_servers(&self) -> Vec<(ServerId, Place)> {
+        let servers = self.servers.read().expect("replica lock");
+        let remote = servers.iter().filter(|(_, place)| place.hub != self.me);
+        remote.map(|(&id, place)| (id, place.clone())).collect()
+    }
+
+    /// The servers registered on `hub`.
+    pub(crate) fn servers_on(&self, hub: HubId) -> Vec<(ServerId, Place)> {
+        let servers = self.servers.read().expect("replica lock");
+        let on_hub = servers.iter().filter(|(_, place)| place.hub == hub);
+        on_hub.map(|(&id, place)| (id, place.clone())).collect()
+    }
+
+    /// Where a frame for `server`, not connected to this hub, goes.
+    pub(crate) fn route_server(&self, server: ServerId) -> Remote {
+        match self.place(server) {
+            None => Remote::Nowhere,
+            Some(place) if place.hub != self.me && self.is_alive(place.hub) => {
+                Remote::Hub(place.hub)
+            }
+            Some(_) => Remote::Moving,
+        }
+    }
+
+    /// Where a frame for `user`, online on no server of this hub, goes; with their server.
+    pub(crate) fn route_user(&self, user: &str) -> (Remote, Option<ServerId>) {
+        match self.user(user) {
+            None => (Remote::Nowhere, None),
+            Some(server) => match self.route_server(server) {
+                // A user whose server left the cluster: nowhere.
+                Remote::Nowhere => (Remote::Nowhere, None),
+                remote => (remote, Some(server)),
+            },
+        }
+    }
+
+    /// How many other hubs are alive.
+    pub(crate) fn hubs_alive(&self) -> usize {
+        self.hubs.read().expect("hub lock").len()
+    }
+
+    /// Whether `hub` was heard from within the deadline.
+    pub(crate) fn is_alive(&self, hub: HubId) -> bool {
+        self.hubs.read().expect("hub lock").contains_key(&hub)
+    }
+
+    /// `hub`'s heartbeat arrived at `now`; true if it was not alive until now.
+    pub(crate) fn heard(&self, hub: HubId, now: Instant) -> bool {
+        if hub == self.me {
+            return false;
+        }
+        self.hubs.write().expect("hub lock").insert(hub, now).is_none()
+    }
+
+    /// The hubs silent for longer than the deadline at `now`: dead for this hub from now on.
+    pub(crate) fn expire(&self, now: Instant) -> Vec<HubId> {
+        let mut hubs = self.hubs.write().expect("hub lock");
+        let dead: Vec<HubId> = hubs
+            .iter()
+            .filter(|(_, heard)| now.saturating_duration_since(**heard) > self.dead_after)
+            .map(|(&hub, _)| hub)
+            .collect();
+        for hub in &dead {
+            hubs.remove(hub);
+        }
+        dead
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: HubId = HubId(1);
+    const OTHER: HubId = HubId(2);
+
+    fn place(hub: HubId) -> Place {
+        Place { hub, epoch: 5, registration: 1, client_addr: String::new() }
+    }
+
+    #[test]
+    fn a_user_routes_to_the_live_hub_of_their_server() {
+        let replica = Replica::new(ME, Duration::from_secs(3));
+        let now = Instant::now();
+        let alice = UserId::new("alice").unwrap();
+        assert_eq!(replica.route_user("alice"), (Remote::Nowhere, None));
+        replica.set_user(alice.clone(), ServerId(7), 1);
+        // The server is not registered anywhere: the user is nowhere.
+        assert_eq!(replica.route_user("alice"), (Remote::Nowhere, None));
+        replica.set_place(ServerId(7), place(OTHER));
+        // Its hub never heard of: not alive, so the server is moving.
+        assert_eq!(replica.route_user("alice"), (Remote::Moving, Some(ServerId(7))));
+        assert!(replica.heard(OTHER, now));
+        assert!(!replica.heard(OTHER, now), "heard before");
+        assert_eq!(replica.route_user("alice"), (Remote::Hub(OTHER), Some(ServerId(7))));
+        // Silent past the deadline: dead, and the server moving until it registers elsewhere.
+        assert_eq!(replica.expire(now + Duration::from_secs(2)), vec![]);
+        assert_eq!(replica.expire(now + Duration::from_secs(4)), vec![OTHER]);
+        assert_eq!(replica.route_user("alice"), (Remote::Moving, Some(ServerId(7))));
+        replica.set_place(ServerId(7), place(HubId(3)));
+        replica.heard(HubId(3), now);
+        assert_eq!(replica.route_user("alice"), (Remote::Hub(HubId(3)), Some(ServerId(7))));
+        replica.remove_user("alice");
+        assert_eq!(replica.route_user("alice"), (Remote::Nowhere, None));
+    }
+
+    #[test]
+    fn servers_are_listed_by_hub() {
+        let replica = Replica::new(ME, Duration::from_secs(3));
+        replica.set_place(ServerId(1), place(ME));
+        replica.set_place(ServerId(2), place(OTHER));
+        assert_eq!(replica.remote_servers(), vec![(ServerId(2), place(OTHER))]);
+        assert_eq!(replica.servers_on(ME), vec![(ServerId(1), place(ME))]);
+        assert_eq!(replica.set_place(ServerId(2), place(ME)), Some(place(OTHER)));
+        assert!(replica.remote_servers().is_empty());
+        let json = serde_json::to_vec(&place(OTHER)).unwrap();
+        assert_eq!(serde_json::from_slice::<Place>(&json).unwrap(), place(OTHER));
+    }
+}

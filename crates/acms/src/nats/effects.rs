@@ -1,0 +1,478 @@
+//! What the backplane's messages and the directory's changes do to this hub: frames from another
+//! hub handed to the servers here, gaps and dead hubs repaired by having the origins send again,
+//! servers that (re)registered elsewhere announced to the servers here. Synchronous: the tasks of
+//! `nats` call these with what they received.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use acms_protocol::{Ack, Control, DataKind, FrameKind, RawFrame, ServerEpoch, ServerId, UserId};
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use crate::backplane::{
+    Arrival, Backplane, Body, Bucket, Heartbeat, HubId, Message, Place, server_of_key, user_of_key,
+};
+use crate::presence;
+use crate::registry::{PresenceChange, RelayError, Relayed};
+use crate::state::HubState;
+
+/// A heartbeat of another hub arrived at `now`.
+pub(super) fn heartbeat(shared: &HubState, core: &Backplane, payload: Bytes, now: Instant) {
+    let beat = match Heartbeat::decode(payload) {
+        Ok(beat) => beat,
+        Err(err) => {
+            warn!(error = %err, "unreadable heartbeat on the backplane; ignored");
+            return;
+        }
+    };
+    if beat.from == core.me {
+        return;
+    }
+    if core.replica.heard(beat.from, now) {
+        info!(hub = %beat.from, "hub alive on the backplane");
+        core.revived(beat.from);
+        hub_up(shared, core, beat.from);
+    }
+    if let Some(&(_, last)) = beat.sent.iter().find(|(hub, _)| *hub == core.me)
+        && let Some(first_missing) = core.claimed(beat.from, last)
+    {
+        gap(shared, core, beat.from, first_missing);
+    }
+}
+
+/// A hub is heard from, for the first time or again after it was counted dead: frames held for
+/// its servers meanwhile are sent again by their origins.
+fn hub_up(shared: &HubState, core: &Backplane, hub: HubId) {
+    let servers = core.replica.servers_on(hub);
+    let on_hub: HashSet<ServerId> = servers.iter().map(|(id, _)| *id).collect();
+    for (origin, target) in core.held_pairs() {
+        if let Some(place) = on_hub.contains(&target).then(|| core.replica.place(target)).flatten()
+        {
+            let up = ServerEpoch { id: target, epoch: place.epoch };
+            let _away =
+                shared.send_control(origin, Control::ServerUp { server: up, resend_from: Some(0) });
+        }
+    }
+}
+
+/// One heartbeat tick at `now`: hubs silent past the deadline are dead (their servers are
+/// moving: frames for them are held until they register elsewhere); recoveries waiting for
+/// `limit` ticks are asked for again; the servers of a hub dead for longer than the reconnect
+/// grace, which came back nowhere, leave the directory.
+pub(super) fn tick(shared: &HubState, core: &Backplane, now: Instant, limit: u32) {
+    for hub in core.replica.expire(now) {
+        let servers = core.replica.servers_on(hub).len();
+        warn!(%hub, servers, "hub silent past the deadline: dead; its app servers move to other hubs");
+        core.hub_dead(hub, now);
+    }
+    let waiting: HashSet<HubId> = shared
+        .registry
+        .blocked_origins()
+        .into_iter()
+        .filter_map(|origin| core.replica.place(origin))
+        .map(|place| place.hub)
+        .filter(|&hub| hub != core.me && core.replica.is_alive(hub))
+        .collect();
+    for hub in core.stuck(&waiting, limit) {
+        warn!(%hub, "still waiting for a hub's servers to send again; asking again");
+        core.send_gap(hub);
+    }
+    for hub in core.given_up(now, shared.config.reconnect_grace) {
+        for (server, place) in core.replica.servers_on(hub) {
+            info!(%server, %hub, "app server of a dead hub did not come back in time; its users are offline");
+            core.remove_server(server, place);
+        }
+    }
+}
+
+/// Messages from `hub` were lost from `first_missing` on. Frames of its servers to the servers
+/// here are dropped until each origin sends `Resent`, so nothing overtakes what was lost; `hub`
+/// is told to have them send again; and the servers here send again what is unacknowledged,
+/// since acks for them were lost too.
+fn gap(shared: &HubState, core: &Backplane, hub: HubId, first_missing: u64) {
+    core.counters.gaps.fetch_add(1, Ordering::Relaxed);
+    warn!(%hub, first_missing, "messages from a hub were lost on the backplane; their origins send again");
+    let origins = core.replica.servers_on(hub);
+    let locals = shared.registry.peers(ServerId::HUB);
+    for target in &locals {
+        for (origin, _) in &origins {
+            shared.registry.block(target.id, *origin);
+        }
+    }
+    core.send_gap(hub);
+    for target in locals {
+        let _away = shared.send_control(target.id, Control::Resend { from: 0 });
+    }
+}
+
+/// A message on this hub's subject.
+pub(super) fn message(shared: &HubState, core: &Backplane, payload: Bytes) {
+    let message = match Message::decode(payload) {
+        Ok(message) => message,
+        Err(err) => {
+            warn!(error = %err, "unreadable message on the backplane; ignored");
+            return;
+        }
+    };
+    core.counters.received.fetch_add(1, Ordering::Relaxed);
+    let from = message.from;
+    if message.seq != 0 {
+        match core.arrive(from, message.seq) {
+            Arrival::InOrder => {}
+            Arrival::Gap { first_missing } => gap(shared, core, from, first_missing),
+            Arrival::Stale => {
+                debug!(%from, seq = message.seq, "stale backplane message dropped");
+                return;
+            }
+        }
+    }
+    match message.body {
+        Body::Frames { origin, epoch, frames } => {
+            deliver(shared, core, from, origin, epoch, frames)
+        }
+        Body::Resent { origin, target } => shared.registry.resent(origin, target),
+        Body::Gap => resend_to_hub(shared, core, from),
+    }
+}
+
+/// `hub` lost messages of this hub: every server here sends its servers again what they have
+/// not acknowledged, after a `Resent` that `hub` waits for.
+fn resend_to_hub(shared: &HubState, core: &Backplane, hub: HubId) {
+    let targets = core.replica.servers_on(hub);
+    info!(%hub, servers = targets.len(), "a hub lost messages of this hub; sending again");
+    for peer in shared.registry.peers(ServerId::HUB) {
+        for (target, place) in &targets {
+            let up = ServerEpoch { id: *target, epoch: place.epoch };
+            let _away = shared
+                .send_control(peer.id, Control::ServerUp { server: up, resend_from: Some(0) });
+        }
+    }
+}
+
+/// Frames of the server `origin` on `hub`, for servers of this hub: handed to each by the same
+/// registry call as a local relay's, in order; those for nobody here go back as undeliverable.
+fn deliver(
+    shared: &HubState,
+    core: &Backplane,
+    hub: HubId,
+    origin: ServerId,
+    epoch: u64,
+    frames: Bytes,
+) {
+    let local_origin = shared.registry.is_registered(origin);
+    if !local_origin && core.tell_epoch(origin, epoch) {
+        // The servers here learn the origin's process before its frames: a restarted origin
+        // numbers from 1 again.
+        let up = ServerEpoch { id: origin, epoch };
+        let frame = shared.control_frame(Control::ServerUp { server: up, resend_from: None });
+        for peer in shared.registry.peers(origin) {
+            let _closing = shared.send_frame(peer.id, frame.clone());
+        }
+    }
+    let mut staged: Vec<(ServerId, Vec<Bytes>, Option<u64>, usize)> = Vec::new();
+    let mut back: Vec<RawFrame> = Vec::new();
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let frame = match RawFrame::split_first(&mut rest) {
+            Ok(frame) => frame,
+            Err(err) => {
+                warn!(error = %err, %hub, "malformed frames from a hub; the rest of its message is dropped");
+                break;
+            }
+        };
+        let Ok(kind) = frame.kind() else { continue };
+        let (targets, seq) = match kind {
+            FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
+                    continue;
+                }
+                match shared.registry.route(route.recipient) {
+                    Some(owner) => (vec![owner.server], Some(route.seq)),
+                    // Late, for a server that moved from here: its origin sends it again there.
+                    None if core
+                        .replica
+                        .user(route.recipient)
+                        .is_some_and(|s| core.has_moved(s)) =>
+                    {
+                        shared.stats.held(1);
+                        continue;
+                    }
+                    None => {
+                        back.push(frame);
+                        continue;
+                    }
+                }
+            }
+            FrameKind::Data(DataKind::Undeliverable) => {
+                // Bounced by another hub: back to its origin, here.
+                let _away = shared.send_frame(origin, frame.into_bytes());
+                continue;
+            }
+            FrameKind::Data(
+                kind @ (DataKind::Broadcast | DataKind::BroadcastExceptSender | DataKind::Server),
+            ) => {
+                // One copy for this hub: one for each of its servers the origin counts on.
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    continue;
+                }
+                let targets = match (kind, route.target_server()) {
+                    (DataKind::Server, Some(target)) => {
+                        let here = shared.registry.is_registered(target);
+                        if here { vec![target] } else { Vec::new() }
+                    }
+                    _ => shared.registry.server_ids(origin),
+                };
+                (targets, Some(route.seq))
+            }
+            FrameKind::Ack => {
+                let Ok((target, from)) = Ack::route(frame.body()) else { continue };
+                if from != origin || !shared.registry.is_registered(target) {
+                    // For nobody here: its origin sends again and gets new acks.
+                    continue;
+                }
+                (vec![target], None)
+            }
+            _ => {
+                debug!(%hub, "a group frame across hubs is not relayed yet");
+                continue;
+            }
+        };
+        let bytes = frame.into_bytes();
+        for target in targets {
+            match staged.iter_mut().find(|(t, ..)| *t == target) {
+                Some((_, chunks, lowest, count)) => {
+                    chunks.push(bytes.clone());
+                    *lowest = match (*lowest, seq) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    *count += usize::from(seq.is_some());
+                }
+                None => staged.push((target, vec![bytes.clone()], seq, usize::from(seq.is_some()))),
+            }
+        }
+    }
+    for (target, chunks, lowest, count) in staged {
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        match shared.registry.relay_batch(origin, target, lowest, chunks, None) {
+            Ok(Relayed::Queued(_)) => shared.stats.relayed(count, len),
+            Ok(Relayed::Held) => shared.stats.held(count),
+            Err(RelayError::Gone(_)) if core.has_moved(target) => shared.stats.held(count),
+            Err(RelayError::Gone(chunks)) => {
+                for chunk in chunks {
+                    if let Ok(frame) = RawFrame::from_bytes(chunk) {
+                        back.push(frame);
+                    }
+                }
+            }
+            Err(RelayError::SlowConsumer { pending }) => {
+                shared.stats.held(count);
+                shared.count_slow_consumer(Some(target), pending);
+            }
+        }
+    }
+    let back: Vec<Bytes> = back
+        .into_iter()
+        .filter(|frame| {
+            matches!(frame.kind(), Ok(FrameKind::Data(DataKind::Unicast | DataKind::Refused)))
+        })
+        .filter_map(|frame| frame.with_data_kind(DataKind::Undeliverable).ok())
+        .map(RawFrame::into_bytes)
+        .collect();
+    if !back.is_empty() {
+        for _ in &back {
+            shared.stats.undeliverable();
+        }
+        core.send_frames(hub, origin, epoch, &back);
+    }
+}
+
+/// A change of the shared directory at `revision`: `value` is `None` for a deleted key.
+pub(super) fn directory(
+    shared: &HubState,
+    bucket: Bucket,
+    key: &str,
+    value: Option<&Bytes>,
+    revision: u64,
+) {
+    let Some(core) = &shared.backplane else { return };
+    match bucket {
+        Bucket::Users => {
+            let Some(user) = user_of_key(key) else {
+                warn!(%key, "a key no hub wrote in the users bucket; ignored");
+                return;
+            };
+            match value {
+                Some(value) => {
+                    match std::str::from_utf8(value).ok().and_then(|text| text.parse().ok()) {
+                        Some(server) => {
+                            let server = ServerId(server);
+                            let was = core.replica.user(user.as_str());
+                            core.replica.set_user(user.clone(), server, revision);
+                            if was != Some(server) && !shared.registry.is_registered(server) {
+                                // Online on another hub: the watchers here hear it (a login
+                                // here was announced by its session).
+                                let change =
+                                    PresenceChange { user: user.clone(), server: Some(server) };
+                                presence::announce(shared, [change]);
+                            }
+                            user_placed(shared, core, key, user, server);
+                        }
+                        None => warn!(%user, "unreadable user entry; ignored"),
+                    }
+                }
+                None => {
+                    let was = core.replica.user(user.as_str());
+                    core.replica.remove_user(user.as_str());
+                    match shared.registry.route(user.as_str()) {
+                        // Taken out by another hub that counted this one dead: written again.
+                        Some(owner) if shared.registry.is_connected(owner.server) => {
+                            core.user_online(user.as_str(), owner.server);
+                        }
+                        Some(_) => {}
+                        // Offline on another hub: the watchers here hear it.
+                        None if was
+                            .is_some_and(|server| !shared.registry.is_registered(server)) =>
+                        {
+                            presence::announce(shared, [PresenceChange { user, server: None }]);
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        Bucket::Servers => {
+            let Some(server) = server_of_key(key) else {
+                warn!(%key, "a key no hub wrote in the servers bucket; ignored");
+                return;
+            };
+            match value.map(|value| serde_json::from_slice::<Place>(value)) {
+                Some(Ok(place)) => server_placed(shared, core, server, place),
+                Some(Err(err)) => warn!(%server, error = %err, "unreadable server entry; ignored"),
+                None => server_removed(shared, core, server),
+            }
+        }
+    }
+}
+
+/// `user` logged in on `server` by the shared directory. Under `replace`, a session of theirs
+/// on a server of this hub, whose own login is settled (no write of it owed), is older: it ends.
+fn user_placed(shared: &HubState, core: &Backplane, key: &str, user: UserId, server: ServerId) {
+    if shared.registry.multi() || shared.registry.is_registered(server) {
+        return;
+    }
+    let Some(owner) = shared.registry.route(user.as_str()) else { return };
+    if core.writes.is_owed(Bucket::Users, key) {
+        // This hub's login of the user is racing: its write decides (`login_lost`).
+        return;
+    }
+    info!(%user, from = %owner.server, to = %server, "user logged in on another hub; kicking the older session");
+    let reason = format!("{user} logged in on server {server}");
+    let _told_now_or_at_its_snapshot = shared.kick(owner.server, user, reason);
+}
+
+/// This hub's login of the user of `key` on the server `ours` was written at `revision`. If the
+/// replica holds a newer entry of another hub's server, that login is newer: the one here ends.
+pub(super) fn login_settled(
+    shared: &HubState,
+    core: &Backplane,
+    key: &str,
+    ours: &Bytes,
+    revision: u64,
+) {
+    let Some(user) = user_of_key(key) else { return };
+    let (Some(theirs), Some(latest)) =
+        (core.replica.user(user.as_str()), core.replica.user_revision(user.as_str()))
+    else {
+        return;
+    };
+    if latest > revision && theirs.0.to_string().as_bytes() != ours.as_ref() {
+        login_lost(shared, key, ours, &Bytes::from(theirs.0.to_string()));
+    }
+}
+
+/// This hub's login of the user of `key` on the server `ours` lost a race with a login on the
+/// server `theirs` on another hub: the session here ends, so exactly one survives.
+pub(super) fn login_lost(shared: &HubState, key: &str, ours: &Bytes, theirs: &Bytes) {
+    let Some(user) = user_of_key(key) else { return };
+    let parse = |value: &Bytes| std::str::from_utf8(value).ok()?.parse().ok().map(ServerId);
+    let (Some(ours), Some(theirs)) = (parse(ours), parse(theirs)) else { return };
+    if shared.registry.route(user.as_str()).map(|owner| owner.server) != Some(ours) {
+        return;
+    }
+    info!(%user, here = %ours, winner = %theirs, "a login on another hub won the race; kicking this session");
+    let reason = format!("{user} logged in on server {theirs}");
+    let _told_now_or_at_its_snapshot = shared.kick(ours, user, reason);
+}
+
+/// `server` left the directory. One still connected here was taken out by another hub that
+/// counted this one dead: it is registered again. Any other has left the cluster: the servers
+/// here stop waiting for it, and send again what they have not had acknowledged.
+fn server_removed(shared: &HubState, core: &Backplane, server: ServerId) {
+    let removed = core.replica.remove_place(server);
+    if shared.registry.is_connected(server) {
+        if removed.is_some_and(|place| place.hub == core.me) {
+            warn!(%server, "this hub's app server was taken out of the directory; registering it again");
+            let epoch = shared.registry.epoch(server).unwrap_or_default();
+            let client_addr = shared
+                .registry
+                .servers()
+                .into_iter()
+                .find(|info| info.id == server)
+                .map(|info| info.client_addr)
+                .unwrap_or_default();
+            core.server_registered(server, epoch, client_addr);
+        }
+        return;
+    }
+    if shared.registry.is_registered(server) {
+        return;
+    }
+    shared.registry.unblock_origin(server);
+    shared.server_down(server);
+    for (origin, target) in core.held_pairs() {
+        if target == server {
+            core.release(origin, target);
+        }
+    }
+    // Frames for it may have died with its hub or its connection, held here or lost on the way:
+    // every server here sends again what is unacknowledged, which now finds its recipient
+    // elsewhere or comes back undeliverable.
+    for peer in shared.registry.peers(ServerId::HUB) {
+        let _closing = shared.send_control(peer.id, Control::Resend { from: 0 });
+    }
+}
+
+/// `server` is registered at `place`. If that is another hub and a new registration, the
+/// servers here send it again what it did not acknowledge (its hub drops their frames to it
+/// until their `Resent`), and a record of it here, away, is forgotten: it moved.
+fn server_placed(shared: &HubState, core: &Backplane, server: ServerId, place: Place) {
+    let previous = core.replica.set_place(server, place.clone());
+    if place.hub == core.me || previous.as_ref() == Some(&place) {
+        return;
+    }
+    core.suspect(place.hub, Instant::now());
+    info!(%server, hub = %place.hub, "app server registered on another hub");
+    if shared.registry.is_registered(server) {
+        match shared.registry.forget_moved(server) {
+            Some(_) => core.moved(server),
+            None => {
+                warn!(%server, hub = %place.hub, "app server id registered on two hubs at once")
+            }
+        }
+    }
+    // It sends everything not acknowledged after registering: nobody waits for its `Resent`.
+    shared.registry.unblock_origin(server);
+    core.release_origin(server);
+    core.tell_epoch(server, place.epoch);
+    let up = ServerEpoch { id: server, epoch: place.epoch };
+    let frame = shared.control_frame(Control::ServerUp { server: up, resend_from: Some(0) });
+    for peer in shared.registry.peers(server) {
+        let _closing = shared.send_frame(peer.id, frame.clone());
+    }
+}

@@ -1,0 +1,476 @@
+//! The backplane's async shell: the NATS connection and the tasks that move bytes between it and
+//! the synchronous core (`backplane`) and the hub's state. Every decision is made in the core or
+//! in `effects`; here are the connection, the subscriptions, the key-value watches, the
+//! heartbeat timer, the publisher and the directory writer.
+//!
+//! # Layout
+//! - here: [`connect`] (the first connection, the buckets; an error names the URLs) and
+//!   [`BackplaneLink::run`], which spawns the tasks.
+//! - `effects`: what a message from another hub, a directory change or a hub's death does to
+//!   this hub's servers.
+
+mod effects;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::backplane::{Backplane, Bucket, HubId, Outbound, Write};
+use crate::config::BackplaneConfig;
+use crate::state::HubState;
+use acms_common::discovery::ClusterName;
+
+/// Why the hub could not join its backplane.
+#[derive(Debug, thiserror::Error)]
+pub enum BackplaneError {
+    /// No NATS server of the list answered.
+    #[error("cannot connect to the NATS backplane at {urls}: {reason}")]
+    Connect {
+        /// The URLs tried.
+        urls: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// A credentials or TLS file cannot be read.
+    #[error("backplane: cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// A directory bucket could not be opened or created (is JetStream enabled?).
+    #[error(
+        "NATS backplane at {urls}: key-value bucket {bucket}: {reason} (is JetStream enabled?)"
+    )]
+    Bucket {
+        /// The URLs of the backplane.
+        urls: String,
+        /// The bucket.
+        bucket: String,
+        /// What the server said.
+        reason: String,
+    },
+}
+
+/// A hub's connection to its backplane, made at start, before the hub serves.
+#[derive(Debug)]
+pub struct BackplaneLink {
+    client: async_nats::Client,
+    users: kv::Store,
+    servers: kv::Store,
+    core: Arc<Backplane>,
+    queue: mpsc::Receiver<Outbound>,
+    heartbeat: Duration,
+    /// Heartbeat ticks a recovery may wait before it is asked for again.
+    stuck_ticks: u32,
+}
+
+/// Connects to the NATS servers of `config` and opens (or creates) the directory's buckets of
+/// `cluster`. An unreachable backplane is an error naming the URLs: the hub does not start.
+pub async fn connect(
+    config: &BackplaneConfig,
+    cluster: &ClusterName,
+) -> Result<BackplaneLink, BackplaneError> {
+    let urls = config.nats.join(",");
+    let me = HubId::random();
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("acms-hub-{me}"))
+        .connection_timeout(config.connect_timeout)
+        .ping_interval(config.heartbeat.max(Duration::from_secs(1)))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => info!("backplane connected"),
+                async_nats::Event::Disconnected => {
+                    warn!("backplane disconnected; reconnecting")
+                }
+                other => debug!(event = %other, "backplane event"),
+            }
+        });
+    if let Some(path) = &config.credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|source| BackplaneError::File { path: path.display().to_string(), source })?;
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+    }
+    let addrs = config
+        .nats
+        .iter()
+        .map(|url| url.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| BackplaneError::Connect { urls: urls.clone(), reason: err.to_string() })?;
+    // Bounded: a client that keeps retrying inside `connect` would hide the error.
+    let connected = tokio::time::timeout(config.connect_timeout * 2, options.connect(addrs)).await;
+    let client = match connected {
+        Ok(Ok(client)) => client,
+        Ok(Err(err)) => {
+            return Err(BackplaneError::Connect { urls, reason: err.to_string() });
+        }
+        Err(_) => {
+            let reason = format!("no answer within {:?}", config.connect_timeout * 2);
+            return Err(BackplaneError::Connect { urls, reason });
+        }
+    };
+    // One replica per NATS server of the cluster, up to three: the directory survives the death
+    // of any one of them.
+    let cluster_size = 1 + client.server_info().connect_urls.len();
+    let replicas = config.kv_replicas.unwrap_or(cluster_size.min(3));
+    let jetstream = jetstream::new(client.clone());
+    let (core, queue) = Backplane::new(me, cluster, config.dead_after, config.max_pending_batches);
+    let open = |bucket: String| open_bucket(&jetstream, bucket, replicas, &urls);
+    let users = open(core.names.users_bucket()).await?;
+    let servers = open(core.names.servers_bucket()).await?;
+    info!(hub = %me, %urls, replicas, "joined the backplane");
+    Ok(BackplaneLink {
+        client,
+        users,
+        servers,
+        core: Arc::new(core),
+        queue,
+        heartbeat: config.heartbeat,
+        stuck_ticks: (config.dead_after.as_millis() / config.heartbeat.as_millis().max(1)) as u32,
+    })
+}
+
+/// Opens a bucket, creating it if no hub has yet. The bucket's stream is created as the
+/// key-value layout defines it (`KV_<bucket>` on `$KV.<bucket>.>`) rather than through the
+/// client's bucket creation, which asks for account details that nats-server 2.9 answers in a
+/// form the client cannot read.
+async fn open_bucket(
+    jetstream: &jetstream::Context,
+    bucket: String,
+    replicas: usize,
+    urls: &str,
+) -> Result<kv::Store, BackplaneError> {
+    let mut last = String::new();
+    // Two hubs may create it at once: creating an identical stream again is no error.
+    for _ in 0..3 {
+        if let Ok(store) = jetstream.get_key_value(bucket.clone()).await {
+            return Ok(store);
+        }
+        let config = jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: jetstream::stream::StorageType::Memory,
+            allow_rollup: true,
+            deny_delete: true,
+            // Reads go to the stream's leader: a replica's direct answer may not have the latest
+            // write yet, and a login lost to another hub's must see the winner's entry.
+            allow_direct: false,
+            num_replicas: replicas.max(1),
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        if let Err(err) = jetstream.create_stream(config).await {
+            last = err.to_string();
+        }
+    }
+    Err(BackplaneError::Bucket { urls: urls.to_owned(), bucket, reason: last })
+}
+
+impl BackplaneLink {
+    /// The core this link feeds, for the hub's state.
+    pub(crate) fn core(&self) -> Arc<Backplane> {
+        self.core.clone()
+    }
+
+    /// This hub's id on the backplane.
+    pub fn hub_id(&self) -> HubId {
+        self.core.me
+    }
+
+    /// Runs the backplane's tasks for the hub `shared` until `shutdown`.
+    pub(crate) fn run(self, shared: Arc<HubState>, shutdown: CancellationToken) -> TaskTracker {
+        let Self { client, users, servers, core, queue, heartbeat, stuck_ticks } = self;
+        let ticks = Ticks { every: heartbeat, stuck: stuck_ticks };
+        let tracker = TaskTracker::new();
+        tracker.spawn(publish(client.clone(), core.clone(), queue, shutdown.clone()));
+        tracker.spawn(beat(client.clone(), shared.clone(), core.clone(), ticks, shutdown.clone()));
+        tracker.spawn(listen_hubs(client.clone(), shared.clone(), core.clone(), shutdown.clone()));
+        tracker.spawn(listen_relay(client, shared.clone(), core.clone(), shutdown.clone()));
+        tracker.spawn(watch(servers.clone(), shared.clone(), Bucket::Servers, shutdown.clone()));
+        tracker.spawn(watch(users.clone(), shared.clone(), Bucket::Users, shutdown.clone()));
+        tracker.spawn(write(users, servers, shared, core, shutdown));
+        tracker.close();
+        tracker
+    }
+}
+
+/// Publishes what the relay queued for other hubs, in order.
+async fn publish(
+    client: async_nats::Client,
+    core: Arc<Backplane>,
+    mut queue: mpsc::Receiver<Outbound>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        batch.clear();
+        let got = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = queue.recv_many(&mut batch, 64) => got,
+        };
+        if got == 0 {
+            return;
+        }
+        for (hub, message) in batch.drain(..) {
+            let subject = core.names.relay(hub);
+            if let Err(err) = client.publish(subject, message).await {
+                // Counted as a gap by the receiver, which has the origins send again.
+                warn!(error = %err, %hub, "backplane publish failed");
+            } else {
+                core.counters.published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The heartbeat's period, and the ticks a recovery may wait.
+struct Ticks {
+    every: Duration,
+    stuck: u32,
+}
+
+/// Publishes this hub's heartbeat, and runs the tick's checks ([`effects::tick`]).
+async fn beat(
+    client: async_nats::Client,
+    shared: Arc<HubState>,
+    core: Arc<Backplane>,
+    ticks: Ticks,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(ticks.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(err) = client.publish(core.names.heartbeat(), core.heartbeat()).await {
+            warn!(error = %err, "backplane heartbeat not sent");
+        }
+        effects::tick(&shared, &core, Instant::now(), ticks.stuck);
+    }
+}
+
+/// Hears the other hubs' heartbeats.
+async fn listen_hubs(
+    client: async_nats::Client,
+    shared: Arc<HubState>,
+    core: Arc<Backplane>,
+    shutdown: CancellationToken,
+) {
+    let mut beats = match client.subscribe(core.names.heartbeat()).await {
+        Ok(beats) => beats,
+        Err(err) => {
+            warn!(error = %err, "cannot subscribe to the backplane's heartbeats");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = beats.next() => message,
+        };
+        let Some(message) = message else { return };
+        effects::heartbeat(&shared, &core, message.payload, Instant::now());
+    }
+}
+
+/// Receives what other hubs relay to this one.
+async fn listen_relay(
+    client: async_nats::Client,
+    shared: Arc<HubState>,
+    core: Arc<Backplane>,
+    shutdown: CancellationToken,
+) {
+    let mut messages = match client.subscribe(core.names.relay(core.me)).await {
+        Ok(messages) => messages,
+        Err(err) => {
+            warn!(error = %err, "cannot subscribe to this hub's backplane subject");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = messages.next() => message,
+        };
+        let Some(message) = message else { return };
+        effects::message(&shared, &core, message.payload);
+    }
+}
+
+/// Keeps the replica of one bucket: every value, then every change. A watch that ends (the
+/// connection was lost) starts again from the current values.
+async fn watch(
+    store: kv::Store,
+    shared: Arc<HubState>,
+    bucket: Bucket,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut entries = match store.watch_with_history(">").await {
+            Ok(entries) => entries,
+            Err(err) => {
+                warn!(error = %err, ?bucket, "backplane watch failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        loop {
+            let entry = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                entry = entries.next() => entry,
+            };
+            match entry {
+                Some(Ok(entry)) => {
+                    let value =
+                        matches!(entry.operation, kv::Operation::Put).then_some(&entry.value);
+                    effects::directory(&shared, bucket, &entry.key, value, entry.revision);
+                }
+                Some(Err(err)) => {
+                    warn!(error = %err, ?bucket, "backplane watch broke; watching again");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Writes a login under `replace` over the revision its hub knew (see [`Write::Claim`]). Lost
+/// to another hub's login: this hub's session of the user ends, and the write is done.
+/// Why a login's write must be tried again.
+enum Retry {
+    /// The entry is gone: create it.
+    Create,
+    /// NATS failed; as it was.
+    Failed(String),
+}
+
+async fn claim(
+    store: &kv::Store,
+    key: &str,
+    value: &bytes::Bytes,
+    expected: Option<u64>,
+    shared: &HubState,
+) -> Result<Option<u64>, Retry> {
+    let written = match expected {
+        None => store.create(key, value.clone()).await.map_err(|e| e.to_string()),
+        Some(revision) => {
+            store.update(key, value.clone(), revision).await.map_err(|e| e.to_string())
+        }
+    };
+    let err = match written {
+        Ok(revision) => return Ok(Some(revision)),
+        Err(err) => err,
+    };
+    match store.entry(key).await {
+        Ok(Some(entry)) if matches!(entry.operation, kv::Operation::Put) => {
+            // Equal: written already (a write whose answer was lost, or the same server's).
+            if entry.value != *value {
+                effects::login_lost(shared, key, value, &entry.value);
+            }
+            Ok(None)
+        }
+        Ok(_) if expected.is_some() => Err(Retry::Create),
+        Ok(_) | Err(_) => Err(Retry::Failed(err)),
+    }
+}
+
+/// Applies the directory writes this hub owes, coalesced per key.
+async fn write(
+    users: kv::Store,
+    servers: kv::Store,
+    shared: Arc<HubState>,
+    core: Arc<Backplane>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = core.writes.owed() => {}
+        }
+        for (bucket, key, write) in core.writes.take() {
+            let store = match bucket {
+                Bucket::Users => &users,
+                Bucket::Servers => &servers,
+            };
+            let mut claimed = None;
+            let done = match &write {
+                Write::Put(value) => {
+                    store.put(&key, value.clone()).await.map(drop).map_err(|e| e.to_string())
+                }
+                Write::DeleteIf(expected) => match store.entry(&key).await {
+                    Ok(Some(entry))
+                        if entry.value == *expected
+                            && matches!(entry.operation, kv::Operation::Put) =>
+                    {
+                        store
+                            .delete_expect_revision(&key, Some(entry.revision))
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(err) => Err(err.to_string()),
+                },
+                Write::Claim { value, expected } => {
+                    match claim(store, &key, value, *expected, &shared).await {
+                        Ok(revision) => {
+                            claimed = revision.map(|revision| (value.clone(), revision));
+                            Ok(())
+                        }
+                        Err(Retry::Create) => {
+                            // The entry was deleted meanwhile (a logout): written afresh.
+                            let value = value.clone();
+                            core.writes.owe_unless_newer(
+                                bucket,
+                                key.clone(),
+                                Write::Claim { value, expected: None },
+                            );
+                            Ok(())
+                        }
+                        Err(Retry::Failed(err)) => Err(err),
+                    }
+                }
+            };
+            core.writes.done(bucket, &key);
+            if let Some((value, revision)) = claimed {
+                // A login elsewhere that the watch brought while this one was being written was
+                // let pass then: judged now. (One that comes after is judged as it comes.)
+                effects::login_settled(&shared, &core, &key, &value, revision);
+            }
+            if let Err(err) = done {
+                // Owed again unless a newer write replaced it; the backplane may be away.
+                warn!(error = %err, ?bucket, %key, "directory write failed; retrying");
+                core.writes.owe_unless_newer(bucket, key, write);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! A NATS cluster for the backplane tests: three `nats-server` processes with JetStream, routed
+//! to each other on free loopback ports, their stores in a temporary directory; killed when
+//! dropped. [`NatsCluster::start`] returns once the routes are up and JetStream has a meta
+//! leader, so a hub can create its buckets at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::PATIENCE;
+
+/// Where Debian's package installs the server.
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+/// A free port on 127.0.0.1, chosen before the server that will use it starts: the nodes of a
+/// cluster must know each other's route ports up front.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The `nats-server` program: `NATS_SERVER` in the environment, else Debian's path, else the
+/// `PATH`.
+pub fn program() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return path.into();
+    }
+    let debian = PathBuf::from(NATS_SERVER);
+    if debian.exists() { debian } else { PathBuf::from("nats-server") }
+}
+
+/// One node of the cluster.
+pub struct NatsNode {
+    /// Where clients connect.
+    pub client: SocketAddr,
+    /// The monitoring endpoint (`/varz`, `/jsz`, `/routez`).
+    pub monitor: SocketAddr,
+    route: u16,
+    store: PathBuf,
+    name: String,
+    child: Option<Child>,
+}
+
+impl NatsNode {
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.client)
+    }
+
+    /// Kills the node with SIGKILL, as a crash would, and waits until it is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill nats-server");
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    fn spawn(&mut self, routes: &[u16]) {
+        let routes: Vec<String> =
+            routes.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect();
+        let child = Command::new(program())
+            .args(["-a", "127.0.0.1", "-p", &self.client.port().to_string()])
+            .args(["-m", &self.monitor.port().to_string(), "-n", &self.name, "-js"])
+            .args(["-sd", &self.store.display().to_string()])
+            .args(["--cluster_name", "acms-test"])
+            .args(["--cluster", &format!("nats://127.0.0.1:{}", self.route)])
+            .args(["--routes", &routes.join(",")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", program().display()));
+        self.child = Some(child);
+    }
+}
+
+/// Three routed `nats-server` nodes with JetStream; killed (by their own PIDs) when dropped.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until the cluster formed and JetStream is ready. A port
+    /// picked free may be taken by another test before its node binds it: a cluster that does
+    /// not form is stopped and started again on fresh ports, up to three times.
+    pub async fn start() -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let mut cluster = Self::spawn();
+            match cluster.ready().await {
+                Ok(()) => return cluster,
+                Err(why) => {
+                    for node in &mut cluster.nodes {
+                        node.kill().await;
+                    }
+                    failures.push(why);
+                }
+            }
+        }
+        panic!("the NATS cluster did not form: {failures:?}");
+    }
+
+    fn spawn() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes: Vec<NatsNode> = (0..3)
+            .map(|index| NatsNode {
+                client: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                monitor: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                route: free_port(),
+                store: dir.path().join(format!("n{index}")),
+                name: format!("n{index}"),
+                child: None,
+            })
+            .collect();
+        let routes: Vec<u16> = nodes.iter().map(|node| node.route).collect();
+        for node in &mut nodes {
+            let others: Vec<u16> = routes.iter().copied().filter(|&r| r != node.route).collect();
+            node.spawn(&others);
+        }
+        Self { nodes, _dir: dir }
+    }
+
+    /// Every client URL, comma-separated, as `acms --backplane` takes them; node `first` first.
+    pub fn urls_from(&self, first: usize) -> String {
+        let count = self.nodes.len();
+        (0..count).map(|i| self.nodes[(first + i) % count].url()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Waits until each node has routes to the other two and JetStream has a meta leader; an
+    /// error if a node exits or the cluster has not formed within the patience.
+    async fn ready(&mut self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        for index in 0..self.nodes.len() {
+            loop {
+                let node = &mut self.nodes[index];
+                if let Some(child) = node.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    return Err(format!("{} exited with {status}", node.name));
+                }
+                let routes = get(node.monitor, "/routez").await;
+                let jsz = get(node.monitor, "/jsz").await;
+                let routed = routes.as_ref().is_some_and(|r| r["num_routes"].as_u64() >= Some(2));
+                let led = jsz.as_ref().is_some_and(|j| {
+                    j["meta_cluster"]["leader"].as_str().is_some_and(|leader| !leader.is_empty())
+                });
+                if routed && led {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("not formed: routes {routes:?}, jsz {jsz:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `GET path` on a monitoring port, as JSON; `None` while the node does not answer.
+async fn get(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut reply)).await.ok()?.ok()?;
+    let reply = String::from_utf8_lossy(&reply);
+    let body = reply.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
+}
