@@ -4,11 +4,17 @@
 //! that server fans it out to its own. Which users are members is the AS's business, so a user
 //! joining a group their server already has members of costs the hub nothing. Like the directory,
 //! this is soft state, rebuilt from each AS's snapshot when it (re)connects.
+//!
+//! On a backplane, each change of the servers with members of a group here is also owed to the
+//! groups bucket, so other hubs send this one the group's frames (and only then).
 
 use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 
 use acms_protocol::{GroupId, ServerId};
 use dashmap::DashMap;
+
+use crate::backplane::Backplane;
 
 /// A fast, randomly seeded hash, as for the directory.
 type Hasher = foldhash::fast::RandomState;
@@ -20,6 +26,8 @@ pub struct Groups {
     servers: DashMap<GroupId, Vec<ServerId>, Hasher>,
     /// So a server's memberships can leave with it, and be replaced by its snapshot.
     by_server: DashMap<ServerId, HashSet<GroupId>, Hasher>,
+    /// The backplane told of each change of a group's servers here, if the hub runs on one.
+    backplane: OnceLock<Arc<Backplane>>,
 }
 
 impl Groups {
@@ -44,8 +52,17 @@ impl Groups {
         let mut servers = self.servers.entry(group).or_default();
         if !servers.contains(&server) {
             servers.push(server);
+            // Under the entry's lock: the changes of one group are owed in their order.
+            if let Some(backplane) = self.backplane.get() {
+                backplane.group_servers_here(servers.key(), &servers);
+            }
         }
         true
+    }
+
+    /// Tells `backplane` of every change of a group's servers here from now on.
+    pub(crate) fn share_with(&self, backplane: Arc<Backplane>) {
+        let _set_once = self.backplane.set(backplane);
     }
 
     /// Records that `server` has no more members of `group`.
@@ -103,8 +120,13 @@ impl Groups {
     }
 
     fn forget(&self, server: ServerId, group: &str) {
-        self.servers.remove_if_mut(group, |_, servers| {
+        let backplane = self.backplane.get();
+        self.servers.remove_if_mut(group, |group, servers| {
+            let before = servers.len();
             servers.retain(|&member| member != server);
+            if let Some(backplane) = backplane.filter(|_| servers.len() != before) {
+                backplane.group_servers_here(group, servers);
+            }
             servers.is_empty()
         });
     }

@@ -149,6 +149,12 @@ pub fn render(hub: &Hub) -> String {
             "Other hubs heard from on the NATS backplane within the deadline",
             gauge(backplane.hubs_alive),
         );
+        registry.register(
+            "backplane_group_interest",
+            "Pairs of a group and a hub with members of it (this hub's included): group frames \
+             cross only to those hubs",
+            gauge(backplane.group_interest),
+        );
         let messages = Family::<Labels, Counter>::default();
         let counts = [
             ("published", backplane.published),

@@ -88,6 +88,7 @@ impl HubState {
 
     /// The same state on a backplane.
     pub(crate) fn with_backplane(mut self, backplane: Arc<Backplane>) -> Self {
+        self.groups.share_with(backplane.clone());
         self.backplane = Some(backplane);
         self
     }

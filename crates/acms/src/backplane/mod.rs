@@ -9,6 +9,7 @@
 //! origin app servers (`ServerUp` with `resend_from`, then `Resent`), exactly as on one hub.
 //!
 //! # Layout
+//! - `interest`: which hubs have members of which group (the groups bucket's replica).
 //! - `names`: [`HubId`], the subjects and buckets of a cluster, the keys of users and servers.
 //! - `recovery`: recoveries stuck on a lost notice, and dead hubs' servers given up.
 //! - `replica`: the local replica of the directory and which hubs are alive.
@@ -16,6 +17,7 @@
 //! - `wire`: the messages hubs publish to each other, and heartbeats.
 //! - `writes`: the directory writes owed to the key-value store, coalesced per key.
 
+mod interest;
 mod names;
 mod recovery;
 mod replica;
@@ -33,6 +35,7 @@ use acms_protocol::ServerId;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub(crate) use interest::{Interest, decode_servers, encode_servers, group_key, group_of_key};
 pub use names::HubId;
 pub(crate) use names::{Names, server_key, server_of_key, user_key, user_of_key};
 pub(crate) use replica::{Place, Remote, Replica};
@@ -68,6 +71,8 @@ pub struct BackplaneStats {
     pub dropped: u64,
     /// Gaps seen in the streams from other hubs (lost messages, repaired by sending again).
     pub gaps: u64,
+    /// (group, hub) pairs with members, this hub's included, as the groups bucket says.
+    pub group_interest: usize,
 }
 
 /// An app server registered on another hub, as the shared directory says.
@@ -91,6 +96,8 @@ pub(crate) struct Backplane {
     pub(crate) me: HubId,
     pub(crate) names: Names,
     pub(crate) replica: Replica,
+    /// Which hubs have members of which group.
+    pub(crate) interest: Interest,
     pub(crate) writes: Writes,
     pub(crate) counters: Counters,
     outgoing: Mutex<Outgoing>,
@@ -125,6 +132,7 @@ impl Backplane {
             me,
             names: Names::new(cluster),
             replica: Replica::new(me, dead_after),
+            interest: Interest::default(),
             writes: Writes::default(),
             counters: Counters::default(),
             outgoing: Mutex::default(),
@@ -293,6 +301,34 @@ impl Backplane {
         self.told_epochs.lock().expect("epochs lock").insert(origin, epoch) != Some(epoch)
     }
 
+    /// The servers of this hub with members of `group` are now `servers` (none: the last
+    /// member here left): owes the groups bucket this hub's entry, and records it at once.
+    pub(crate) fn group_servers_here(&self, group: &acms_protocol::GroupId, servers: &[ServerId]) {
+        self.interest.set_here(group, self.me, servers, Instant::now());
+        let key = group_key(group.as_str(), self.me);
+        let write =
+            if servers.is_empty() { Write::Delete } else { Write::Put(encode_servers(servers)) };
+        self.writes.owe(Bucket::Groups, key, write);
+    }
+
+    /// The servers of other live hubs with members of `group`, and those of dead hubs (whose
+    /// copies are held until they register elsewhere), without repeats.
+    pub(crate) fn group_servers_remote(&self, group: &str) -> Vec<ServerId> {
+        let mut servers: Vec<ServerId> =
+            self.interest.servers_of(group, self.me).into_iter().map(|(_, s)| s).collect();
+        servers.sort_unstable();
+        servers.dedup();
+        servers
+    }
+
+    /// Owes the groups bucket the removal of `hub`'s entries: it was given up.
+    pub(crate) fn remove_hub_groups(&self, hub: HubId) {
+        for group in self.interest.groups_on(hub) {
+            self.interest.set(group.clone(), hub, Vec::new());
+            self.writes.owe(Bucket::Groups, group_key(group.as_str(), hub), Write::Delete);
+        }
+    }
+
     /// Owes the directory the user's place: online on `server`, a server of this hub.
     pub(crate) fn user_online(&self, user: &str, server: ServerId) {
         let value = Bytes::from(server.0.to_string());
@@ -372,6 +408,7 @@ impl Backplane {
             received: load(&self.counters.received),
             dropped: load(&self.counters.dropped),
             gaps: load(&self.counters.gaps),
+            group_interest: self.interest.len(),
         }
     }
 

@@ -63,6 +63,11 @@ impl Names {
     pub(crate) fn servers_bucket(&self) -> String {
         format!("acms-servers-{}", self.cluster)
     }
+
+    /// The bucket of group interest: (group, hub) -> the hub's servers with members.
+    pub(crate) fn groups_bucket(&self) -> String {
+        format!("acms-groups-{}", self.cluster)
+    }
 }
 
 /// The key of `user` in the users bucket: base64url of its bytes, valid whatever it holds.

@@ -13,6 +13,8 @@ use tokio::sync::Notify;
 pub(crate) enum Bucket {
     Users,
     Servers,
+    /// Which hubs have members of which group.
+    Groups,
 }
 
 /// One write owed.
@@ -22,6 +24,8 @@ pub(crate) enum Write {
     Put(Bytes),
     /// Delete the key if it still holds this value: another hub may have written it since.
     DeleteIf(Bytes),
+    /// Delete the key: for keys only this hub writes.
+    Delete,
     /// A login under `replace`: set the key to this value only if it is still at the revision
     /// this hub saw when the user logged in (`None`: absent). A hub that loses such a race ends
     /// its own session of the user, so that exactly one survives.

@@ -435,7 +435,8 @@ impl Relay {
         let remote = || self.remote_servers();
         let (counter, targets) = match route.kind {
             DataKind::Group | DataKind::GroupExceptSender => {
-                (FanOut::Group, self.shared.groups.servers_of(route.recipient, server))
+                let here = self.shared.groups.servers_of(route.recipient, server);
+                (FanOut::Group, [here, self.remote_group_servers(route.recipient)].concat())
             }
             DataKind::Server => match route.target_server() {
                 Some(target) if target == server => (FanOut::Server, Vec::new()),
@@ -483,6 +484,15 @@ impl Relay {
         let registry = &self.shared.registry;
         let remote = backplane.replica.remote_servers().into_iter().map(|(id, _)| id);
         remote.filter(|&id| id != self.server && !registry.is_registered(id)).collect()
+    }
+
+    /// The servers of other hubs with members of `group`, on a backplane (one copy goes to
+    /// each of their hubs, which hands one to each).
+    fn remote_group_servers(&self, group: &str) -> Vec<ServerId> {
+        let Some(backplane) = &self.shared.backplane else { return Vec::new() };
+        let mut remote = backplane.group_servers_remote(group);
+        remote.retain(|&id| id != self.server && !self.shared.registry.is_registered(id));
+        remote
     }
 
     /// Where a fan-out copy for `target` goes: its connection here, or its hub; `None` when it

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use crate::backplane::{
-    Arrival, Backplane, Body, Bucket, Heartbeat, HubId, Message, Place, server_of_key, user_of_key,
+    Arrival, Backplane, Body, Bucket, Heartbeat, HubId, Message, Place, decode_servers,
+    group_of_key, server_of_key, user_of_key,
 };
 use crate::presence;
 use crate::registry::{PresenceChange, RelayError, Relayed};
@@ -84,6 +85,7 @@ pub(super) fn tick(shared: &HubState, core: &Backplane, now: Instant, limit: u32
             info!(%server, %hub, "app server of a dead hub did not come back in time; its users are offline");
             core.remove_server(server, place);
         }
+        core.remove_hub_groups(hub);
     }
 }
 
@@ -237,8 +239,25 @@ fn deliver(
                 }
                 (vec![target], None)
             }
+            FrameKind::Data(DataKind::Group | DataKind::GroupExceptSender) => {
+                // One copy for this hub: one for each of its servers with members, and for those
+                // that left lately, which an origin whose hub had not seen it yet waits on.
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    continue;
+                }
+                let mut targets = shared.groups.servers_of(route.recipient, origin);
+                let left = core.interest.recently_left(route.recipient, Instant::now());
+                for listed in core.interest.listed(route.recipient, core.me).into_iter().chain(left)
+                {
+                    if !targets.contains(&listed) && shared.registry.is_registered(listed) {
+                        targets.push(listed);
+                    }
+                }
+                (targets, Some(route.seq))
+            }
             _ => {
-                debug!(%hub, "a group frame across hubs is not relayed yet");
+                debug!(%hub, "a frame of a kind no hub relays to another; dropped");
                 continue;
             }
         };
@@ -344,6 +363,21 @@ pub(super) fn directory(
                         None => {}
                     }
                 }
+            }
+        }
+        Bucket::Groups => {
+            let Some((group, hub)) = group_of_key(key) else {
+                warn!(%key, "a key no hub wrote in the groups bucket; ignored");
+                return;
+            };
+            if hub == core.me {
+                // This hub's own entries follow its groups, recorded as they were owed.
+                return;
+            }
+            match value.map(|value| decode_servers(value)) {
+                Some(Some(servers)) => core.interest.set(group, hub, servers),
+                Some(None) => warn!(%group, %hub, "unreadable group entry; ignored"),
+                None => core.interest.set(group, hub, Vec::new()),
             }
         }
         Bucket::Servers => {

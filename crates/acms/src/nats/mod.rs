@@ -65,6 +65,7 @@ pub struct BackplaneLink {
     client: async_nats::Client,
     users: kv::Store,
     servers: kv::Store,
+    groups: kv::Store,
     core: Arc<Backplane>,
     queue: mpsc::Receiver<Outbound>,
     heartbeat: Duration,
@@ -138,11 +139,13 @@ pub async fn connect(
     let open = |bucket: String| open_bucket(&jetstream, bucket, replicas, &urls);
     let users = open(core.names.users_bucket()).await?;
     let servers = open(core.names.servers_bucket()).await?;
+    let groups = open(core.names.groups_bucket()).await?;
     info!(hub = %me, %urls, replicas, "joined the backplane");
     Ok(BackplaneLink {
         client,
         users,
         servers,
+        groups,
         core: Arc::new(core),
         queue,
         heartbeat: config.heartbeat,
@@ -200,7 +203,7 @@ impl BackplaneLink {
 
     /// Runs the backplane's tasks for the hub `shared` until `shutdown`.
     pub(crate) fn run(self, shared: Arc<HubState>, shutdown: CancellationToken) -> TaskTracker {
-        let Self { client, users, servers, core, queue, heartbeat, stuck_ticks } = self;
+        let Self { client, users, servers, groups, core, queue, heartbeat, stuck_ticks } = self;
         let ticks = Ticks { every: heartbeat, stuck: stuck_ticks };
         let tracker = TaskTracker::new();
         tracker.spawn(publish(client.clone(), core.clone(), queue, shutdown.clone()));
@@ -209,7 +212,8 @@ impl BackplaneLink {
         tracker.spawn(listen_relay(client, shared.clone(), core.clone(), shutdown.clone()));
         tracker.spawn(watch(servers.clone(), shared.clone(), Bucket::Servers, shutdown.clone()));
         tracker.spawn(watch(users.clone(), shared.clone(), Bucket::Users, shutdown.clone()));
-        tracker.spawn(write(users, servers, shared, core, shutdown));
+        tracker.spawn(watch(groups.clone(), shared.clone(), Bucket::Groups, shutdown.clone()));
+        tracker.spawn(write(Stores { users, servers, groups }, shared, core, shutdown));
         tracker.close();
         tracker
     }
@@ -400,10 +404,16 @@ async fn claim(
     }
 }
 
-/// Applies the directory writes this hub owes, coalesced per key.
-async fn write(
+/// The directory's buckets, for the writer.
+struct Stores {
     users: kv::Store,
     servers: kv::Store,
+    groups: kv::Store,
+}
+
+/// Applies the directory writes this hub owes, coalesced per key.
+async fn write(
+    stores: Stores,
     shared: Arc<HubState>,
     core: Arc<Backplane>,
     shutdown: CancellationToken,
@@ -415,14 +425,16 @@ async fn write(
         }
         for (bucket, key, write) in core.writes.take() {
             let store = match bucket {
-                Bucket::Users => &users,
-                Bucket::Servers => &servers,
+                Bucket::Users => &stores.users,
+                Bucket::Servers => &stores.servers,
+                Bucket::Groups => &stores.groups,
             };
             let mut claimed = None;
             let done = match &write {
                 Write::Put(value) => {
                     store.put(&key, value.clone()).await.map(drop).map_err(|e| e.to_string())
                 }
+                Write::Delete => store.delete(&key).await.map_err(|e| e.to_string()),
                 Write::DeleteIf(expected) => match store.entry(&key).await {
                     Ok(Some(entry))
                         if entry.value == *expected
