@@ -4,11 +4,13 @@
 //!
 //! The router is built from sections ([`router`]): read routes, pushes and kicks, metrics and the
 //! OpenAPI document. The routes live by area: `servers` (list, assignment, drain), `users`
-//! (locate, list, kick) and `push` (to a user, a group, everyone); this module holds the router,
+//! (locate, list, kick), `push` (to a user, a group, everyone) and `remote` (the pushes and kicks
+//! forwarded to another hub of a backplane); this module holds the router,
 //! the errors, the token check and the document. `GET /api/assign` is a read route: it answers
 //! from the servers' latest load reports by the configured policy ([`crate::assign`]).
 
 mod push;
+mod remote;
 mod servers;
 mod users;
 
@@ -32,6 +34,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 pub use self::push::{PushAnswer, PushBody, PushStatus};
 use self::push::{broadcast, push_to_group, push_to_user};
+pub(crate) use self::remote::answer_hub;
 pub use self::servers::{AssignAnswer, AssignQuery, DrainAnswer, ServerState, ServerView};
 use self::servers::{assign, drain_server, list_servers};
 pub use self::users::{

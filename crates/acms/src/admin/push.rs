@@ -1,6 +1,8 @@
 //! The pushes from outside the cluster: to a user, to a group, to everyone; each answered once
 //! the servers it went to acknowledged it.
 
+use std::time::Duration;
+
 use acms_protocol::{DataKind, EVERYONE, GroupId, ServerId, UserId};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
@@ -12,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiResult, AppState, ErrorBody, user_id};
+use crate::state::HubState;
 use crate::stats::FanOut;
 
 /// A message from outside the cluster. Exactly one of `payload` and `payload_base64`.
@@ -66,15 +69,16 @@ pub struct PushAnswer {
     pub servers: Vec<u32>,
 }
 
-/// Sends a payload and waits for the acknowledgements.
-async fn push(
-    state: &AppState,
+/// Sends a payload to servers of this hub and waits up to `timeout` for their
+/// acknowledgements.
+pub(super) async fn push_here(
+    shared: &HubState,
+    timeout: Duration,
     kind: DataKind,
     recipient: UserId,
     (from, payload): (UserId, Bytes),
     targets: Vec<ServerId>,
-) -> ApiResult<PushAnswer> {
-    let shared = state.hub.shared();
+) -> Result<PushAnswer, ApiError> {
     let max = shared.config.max_frame_len;
     let pushed = shared
         .pushes
@@ -86,10 +90,10 @@ async fn push(
             "the recipient's server is reconnecting; try again",
         ));
     }
-    match tokio::time::timeout(state.settings.push_timeout, pushed.acked).await {
+    match tokio::time::timeout(timeout, pushed.acked).await {
         Ok(_) => {
             let servers = pushed.servers.iter().map(|id| id.0).collect();
-            Ok(Json(PushAnswer { status: PushStatus::Delivered, servers }))
+            Ok(PushAnswer { status: PushStatus::Delivered, servers })
         }
         Err(_) => {
             shared.pushes.forget(pushed.seq);
@@ -99,6 +103,18 @@ async fn push(
             ))
         }
     }
+}
+
+/// As [`push_here`], with the admin API's timeout.
+async fn push(
+    state: &AppState,
+    kind: DataKind,
+    recipient: UserId,
+    body: (UserId, Bytes),
+    targets: Vec<ServerId>,
+) -> ApiResult<PushAnswer> {
+    let shared = state.hub.shared();
+    push_here(shared, state.settings.push_timeout, kind, recipient, body, targets).await.map(Json)
 }
 
 /// Pushes a payload to a user wherever they are; answers once their server acknowledged it.
@@ -123,6 +139,12 @@ pub(super) async fn push_to_user(
     let body = body?.0.parse()?;
     let targets = state.hub.registry().sessions(user.as_str());
     if targets.is_empty() {
+        // On a backplane, the user may be on another hub's server: that hub pushes it.
+        let shared = state.hub.shared();
+        let timeout = state.settings.push_timeout;
+        if let Some(answer) = super::remote::push_to_user(shared, &user, &body, timeout).await? {
+            return Ok(Json(answer));
+        }
         state.hub.shared().stats.undeliverable();
         return Ok(Json(PushAnswer { status: PushStatus::Offline, servers: Vec::new() }));
     }
@@ -153,7 +175,22 @@ pub(super) async fn push_to_group(
     let targets = state.hub.groups().servers_of(group.as_str(), ServerId::HUB);
     state.hub.shared().stats.fanned_out(FanOut::Group, targets.len());
     let recipient = user_id(group.as_str())?;
-    push(&state, DataKind::Group, recipient, body, targets).await
+    // On a backplane, each other hub with members pushes to its own servers, meanwhile.
+    let shared = state.hub.shared();
+    let timeout = state.settings.push_timeout;
+    let hubs = super::remote::group_hubs(shared, group.as_str());
+    let elsewhere = hubs.into_iter().map(|hub| {
+        let (group, body) = (&group, &body);
+        async move { super::remote::push_to_group(shared, hub, group, body, timeout).await }
+    });
+    let here = push(&state, DataKind::Group, recipient, body.clone(), targets);
+    let (here, elsewhere) = tokio::join!(here, futures_util::future::join_all(elsewhere));
+    let Json(mut answer) = here?;
+    for other in elsewhere {
+        answer.servers.extend(other?.servers);
+    }
+    answer.servers.sort_unstable();
+    Ok(Json(answer))
 }
 
 /// Pushes a payload to every user online on any server.

@@ -179,7 +179,16 @@ pub(super) async fn kick_user(
         }
     }
     if servers.is_empty() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("{user} is online nowhere")));
+        // On a backplane, the user may be on another hub's server: that hub kicks them.
+        match super::remote::kick(shared, &user, &reason).await? {
+            Some(elsewhere) => servers = elsewhere,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("{user} is online nowhere"),
+                ));
+            }
+        }
     }
     tracing::info!(%user, %reason, ?servers, "user kicked through the admin API");
     Ok(Json(KickAnswer { servers }))

@@ -47,6 +47,10 @@ pub(crate) use writes::{Bucket, Write, Writes};
 /// A message for another hub, waiting for the publisher.
 pub(crate) type Outbound = (HubId, Bytes);
 
+/// A question for another hub's admin side (a push or a kick for its users), and where its
+/// answer goes: the answer's bytes, or why none came.
+pub(crate) type Ask = (HubId, Bytes, tokio::sync::oneshot::Sender<Result<Bytes, String>>);
+
 /// Counters of the backplane, for logs and metrics.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -116,6 +120,8 @@ pub(crate) struct Backplane {
     /// this hub late are dropped, not bounced, since every origin sends again to a server that
     /// moved.
     moved_away: Mutex<HashSet<ServerId>>,
+    /// The queue of questions to other hubs, set when the shell runs.
+    asks: std::sync::OnceLock<mpsc::Sender<Ask>>,
 }
 
 impl Backplane {
@@ -144,6 +150,7 @@ impl Backplane {
             stuck: Mutex::default(),
             dead: Mutex::default(),
             moved_away: Mutex::default(),
+            asks: std::sync::OnceLock::new(),
         };
         (backplane, queue)
     }
@@ -183,6 +190,20 @@ impl Backplane {
         if self.publisher.try_send((hub, message)).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Questions to other hubs go to `asks`, which the shell answers.
+    pub(crate) fn set_asks(&self, asks: mpsc::Sender<Ask>) {
+        let _set_once = self.asks.set(asks);
+    }
+
+    /// Asks `hub`'s admin side `question`, and waits for its answer (the shell bounds the wait).
+    pub(crate) async fn ask(&self, hub: HubId, question: Bytes) -> Result<Bytes, String> {
+        let asks = self.asks.get().ok_or("the backplane is not running")?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        asks.try_send((hub, question, answer))
+            .map_err(|_| "too many questions to other hubs at once".to_owned())?;
+        answered.await.map_err(|_| "the backplane stopped".to_owned())?
     }
 
     /// This hub's heartbeat now.

@@ -49,6 +49,11 @@ impl Names {
         format!("acms.{}.relay.{hub}", self.cluster)
     }
 
+    /// Where `hub`'s admin side takes questions from other hubs (pushes, kicks).
+    pub(crate) fn admin(&self, hub: HubId) -> String {
+        format!("acms.{}.admin.{hub}", self.cluster)
+    }
+
     /// Where every hub publishes its heartbeat.
     pub(crate) fn heartbeat(&self) -> String {
         format!("acms.{}.heartbeat", self.cluster)

@@ -6,9 +6,11 @@
 //! # Layout
 //! - here: [`connect`] (the first connection, the buckets; an error names the URLs) and
 //!   [`BackplaneLink::run`], which spawns the tasks.
+//! - `asks`: questions between the hubs' admin sides (pushes and kicks for another hub's users).
 //! - `effects`: what a message from another hub, a directory change or a hub's death does to
 //!   this hub's servers.
 
+mod asks;
 mod effects;
 
 use std::sync::Arc;
@@ -209,6 +211,10 @@ impl BackplaneLink {
         tracker.spawn(publish(client.clone(), core.clone(), queue, shutdown.clone()));
         tracker.spawn(beat(client.clone(), shared.clone(), core.clone(), ticks, shutdown.clone()));
         tracker.spawn(listen_hubs(client.clone(), shared.clone(), core.clone(), shutdown.clone()));
+        let (asks, asked) = mpsc::channel(asks::MAX_WAITING);
+        core.set_asks(asks);
+        tracker.spawn(asks::ask(client.clone(), core.clone(), asked, shutdown.clone()));
+        tracker.spawn(asks::answer(client.clone(), shared.clone(), core.clone(), shutdown.clone()));
         tracker.spawn(listen_relay(client, shared.clone(), core.clone(), shutdown.clone()));
         tracker.spawn(watch(servers.clone(), shared.clone(), Bucket::Servers, shutdown.clone()));
         tracker.spawn(watch(users.clone(), shared.clone(), Bucket::Users, shutdown.clone()));

@@ -1,0 +1,254 @@
+//! Pushes and kicks for users of another hub, on a backplane: the hub whose admin API was asked
+//! forwards the request to the hub of the user's server (or to each hub with members of the
+//! group), which does it as for its own users and answers with what became of it. The payload
+//! is carried as it was given; only the hub that holds the servers numbers and sends it.
+
+use std::time::Duration;
+
+use acms_protocol::{DataKind, GroupId, ServerId, UserId};
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::ApiError;
+use super::push::{PushAnswer, PushStatus, push_here};
+use crate::backplane::{Backplane, HubId, Remote};
+use crate::state::HubState;
+use crate::stats::FanOut;
+
+/// The longest push the asked hub waits for: inside the asker's wait for its answer.
+const MAX_REMOTE_PUSH: Duration = Duration::from_secs(10);
+
+/// A question of one hub's admin side to another's.
+#[derive(Debug, Serialize, Deserialize)]
+enum Question {
+    /// Push to a user of the asked hub's servers.
+    PushUser { user: String, from: String, payload: String, timeout_ms: u64 },
+    /// Push to the members of a group on the asked hub's servers.
+    PushGroup { group: String, from: String, payload: String, timeout_ms: u64 },
+    /// Kick a user off the asked hub's servers.
+    Kick { user: String, reason: String },
+}
+
+/// The asked hub's answer.
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    /// Pushed and acknowledged by these servers; `offline` when the user was on none.
+    Pushed { servers: Vec<u32>, offline: bool },
+    /// These servers were told to end the user's sessions.
+    Kicked { servers: Vec<u32> },
+    /// Failed, with the HTTP status the asker answers.
+    Failed { status: u16, error: String },
+}
+
+impl Answer {
+    fn failed(err: ApiError) -> Self {
+        Self::Failed { status: err.status.as_u16(), error: err.message }
+    }
+}
+
+/// Where a request for `user`, on no server of this hub, goes: the live hub of their server;
+/// `Ok(None)` when they are online nowhere (or there is no backplane).
+fn user_hub<'a>(
+    shared: &'a HubState,
+    user: &UserId,
+) -> Result<Option<(&'a Backplane, HubId)>, ApiError> {
+    let Some(backplane) = shared.backplane.as_deref() else { return Ok(None) };
+    match backplane.replica.route_user(user.as_str()) {
+        (Remote::Hub(hub), Some(_)) => Ok(Some((backplane, hub))),
+        (Remote::Moving, Some(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the recipient's server is moving to another hub; try again",
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Asks `hub` `question` and reads its answer.
+async fn ask(backplane: &Backplane, hub: HubId, question: &Question) -> Result<Answer, ApiError> {
+    let bytes = serde_json::to_vec(question).expect("a question serializes");
+    let unavailable = |why: String| ApiError::new(StatusCode::BAD_GATEWAY, why);
+    let answer = backplane.ask(hub, bytes.into()).await.map_err(unavailable)?;
+    serde_json::from_slice(&answer)
+        .map_err(|err| unavailable(format!("unreadable answer from hub {hub}: {err}")))
+}
+
+/// The answer of an asked hub to a push, as this hub's.
+fn pushed(answer: Answer) -> Result<PushAnswer, ApiError> {
+    match answer {
+        Answer::Pushed { servers, offline: false } => {
+            Ok(PushAnswer { status: PushStatus::Delivered, servers })
+        }
+        Answer::Pushed { offline: true, .. } => {
+            Ok(PushAnswer { status: PushStatus::Offline, servers: Vec::new() })
+        }
+        Answer::Failed { status, error } => Err(ApiError::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            error,
+        )),
+        Answer::Kicked { .. } => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, "a kick's answer to a push"))
+        }
+    }
+}
+
+/// Pushes to `user`, on no server of this hub, through the hub of their server; `None` when
+/// they are online nowhere.
+pub(super) async fn push_to_user(
+    shared: &HubState,
+    user: &UserId,
+    (from, payload): &(UserId, Bytes),
+    timeout: Duration,
+) -> Result<Option<PushAnswer>, ApiError> {
+    let Some((backplane, hub)) = user_hub(shared, user)? else { return Ok(None) };
+    let question = Question::PushUser {
+        user: user.to_string(),
+        from: from.to_string(),
+        payload: STANDARD.encode(payload),
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    pushed(ask(backplane, hub, &question).await?).map(Some)
+}
+
+/// The live hubs other than this one with members of `group`.
+pub(super) fn group_hubs(shared: &HubState, group: &str) -> Vec<HubId> {
+    let Some(backplane) = shared.backplane.as_deref() else { return Vec::new() };
+    let mut hubs: Vec<HubId> = backplane
+        .interest
+        .servers_of(group, backplane.me)
+        .into_iter()
+        .map(|(hub, _)| hub)
+        .filter(|&hub| backplane.replica.is_alive(hub))
+        .collect();
+    hubs.sort_unstable();
+    hubs.dedup();
+    hubs
+}
+
+/// Pushes to the members of `group` on `hub`'s servers.
+pub(super) async fn push_to_group(
+    shared: &HubState,
+    hub: HubId,
+    group: &GroupId,
+    (from, payload): &(UserId, Bytes),
+    timeout: Duration,
+) -> Result<PushAnswer, ApiError> {
+    let backplane = shared.backplane.as_deref().expect("group hubs come from the backplane");
+    let question = Question::PushGroup {
+        group: group.to_string(),
+        from: from.to_string(),
+        payload: STANDARD.encode(payload),
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    pushed(ask(backplane, hub, &question).await?)
+}
+
+/// Kicks `user`, on no server of this hub, off the servers of their hub: the servers told, or
+/// `None` when they are online nowhere.
+pub(super) async fn kick(
+    shared: &HubState,
+    user: &UserId,
+    reason: &str,
+) -> Result<Option<Vec<u32>>, ApiError> {
+    let Some((backplane, hub)) = user_hub(shared, user)? else { return Ok(None) };
+    let question = Question::Kick { user: user.to_string(), reason: reason.to_owned() };
+    match ask(backplane, hub, &question).await? {
+        Answer::Kicked { servers } if servers.is_empty() => Ok(None),
+        Answer::Kicked { servers } => Ok(Some(servers)),
+        Answer::Failed { status, error } => Err(ApiError::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            error,
+        )),
+        Answer::Pushed { .. } => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, "a push's answer to a kick"))
+        }
+    }
+}
+
+/// Answers another hub's question to this hub's admin side: bytes of an [`Answer`], whatever
+/// the question holds (a bad one is answered `Failed`, with a log line).
+pub(crate) async fn answer_hub(shared: &HubState, question: Bytes) -> Bytes {
+    let answer = match serde_json::from_slice::<Question>(&question) {
+        Ok(question) => answer(shared, question).await,
+        Err(err) => {
+            tracing::warn!(error = %err, "unreadable question from another hub");
+            Answer::Failed { status: 400, error: format!("unreadable question: {err}") }
+        }
+    };
+    serde_json::to_vec(&answer).expect("an answer serializes").into()
+}
+
+async fn answer(shared: &HubState, question: Question) -> Answer {
+    let bad = |what: &str, err: &dyn std::fmt::Display| Answer::Failed {
+        status: 400,
+        error: format!("bad {what}: {err}"),
+    };
+    let timeout = |ms: u64| Duration::from_millis(ms).min(MAX_REMOTE_PUSH);
+    match question {
+        Question::PushUser { user, from, payload, timeout_ms } => {
+            let user = match UserId::new(&user) {
+                Ok(user) => user,
+                Err(err) => return bad("user", &err),
+            };
+            let body = match parse_body(&from, &payload) {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            };
+            let targets = shared.registry.sessions(user.as_str());
+            if targets.is_empty() {
+                shared.stats.undeliverable();
+                return Answer::Pushed { servers: Vec::new(), offline: true };
+            }
+            let pushed =
+                push_here(shared, timeout(timeout_ms), DataKind::Unicast, user, body, targets);
+            match pushed.await {
+                Ok(answer) => Answer::Pushed { servers: answer.servers, offline: false },
+                Err(err) => Answer::failed(err),
+            }
+        }
+        Question::PushGroup { group, from, payload, timeout_ms } => {
+            let recipient = match UserId::new(&group) {
+                Ok(recipient) => recipient,
+                Err(err) => return bad("group", &err),
+            };
+            let body = match parse_body(&from, &payload) {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            };
+            let targets = shared.groups.servers_of(recipient.as_str(), ServerId::HUB);
+            shared.stats.fanned_out(FanOut::Group, targets.len());
+            let pushed =
+                push_here(shared, timeout(timeout_ms), DataKind::Group, recipient, body, targets);
+            match pushed.await {
+                Ok(answer) => Answer::Pushed { servers: answer.servers, offline: false },
+                Err(err) => Answer::failed(err),
+            }
+        }
+        Question::Kick { user, reason } => {
+            let user = match UserId::new(&user) {
+                Ok(user) => user,
+                Err(err) => return bad("user", &err),
+            };
+            let mut servers = Vec::new();
+            for server in shared.registry.sessions(user.as_str()) {
+                if shared.kick(server, user.clone(), reason.clone()).is_ok() {
+                    servers.push(server.0);
+                }
+            }
+            tracing::info!(%user, %reason, ?servers, "user kicked at another hub's request");
+            Answer::Kicked { servers }
+        }
+    }
+}
+
+/// The sender and payload of a forwarded push.
+fn parse_body(from: &str, payload: &str) -> Result<(UserId, Bytes), Answer> {
+    let from = UserId::new(from)
+        .map_err(|err| Answer::Failed { status: 400, error: format!("bad `from`: {err}") })?;
+    let payload = STANDARD
+        .decode(payload)
+        .map_err(|err| Answer::Failed { status: 400, error: format!("bad payload: {err}") })?;
+    Ok((from, payload.into()))
+}

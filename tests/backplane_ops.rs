@@ -1,0 +1,142 @@
+//! Operating several hubs on a NATS backplane: the admin API of any hub reaches the users of
+//! the others. Three `acms` processes on a real three-node NATS cluster; app servers on two of
+//! them, and requests to the third (which holds neither user) or to the other's hub.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use acms_appserver::{Cluster, Event, Events, GroupId, LinkState, ServerId};
+use acms_tests::nats::{NatsCluster, free_port};
+use acms_tests::process::{ADMIN_TOKEN, Proc, start_hub_with};
+use acms_tests::{PATIENCE, http, user, wait_link};
+
+/// An `acms` process on the backplane; killed when dropped.
+struct HubProc {
+    _proc: Proc,
+    transfer: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Three hubs, hub `i` connected first to NATS node `i`.
+async fn start_hubs(nats: &NatsCluster) -> Vec<HubProc> {
+    let mut hubs = Vec::new();
+    for index in 0..3 {
+        let urls = nats.urls_from(index);
+        let (proc, transfer, admin) = start_hub_with(&["--backplane", &urls]).await;
+        hubs.push(HubProc { _proc: proc, transfer, admin });
+    }
+    hubs
+}
+
+/// `POST path` with `json` and the admin token, to the hub at `admin`.
+async fn post(admin: SocketAddr, path: &str, json: &str) -> http::Reply {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    http::request(admin, "POST", path, &headers, Some(json)).await
+}
+
+/// Waits until `check` holds of the JSON at `path` of the hub at `admin`.
+async fn wait_json(
+    admin: SocketAddr,
+    path: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let reply = http::request(admin, "GET", path, &[], None).await;
+        if serde_json::from_str(&reply.body).is_ok_and(|json| check(&json)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hub {admin}: never {what}: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next event of server `id`, within [`PATIENCE`].
+async fn next(events: &mut Events, id: u32) -> Event {
+    tokio::time::timeout(PATIENCE, events.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no event on server {id}"))
+        .expect("events open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_and_kicks_from_any_hub_reach_users_on_another() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let mut clusters = Vec::new();
+    let mut events = Vec::new();
+    let room = GroupId::new("room").expect("a group id");
+    // Alice on hub A, bob on hub B; hub C holds neither.
+    for (index, name) in ["alice", "bob"].into_iter().enumerate() {
+        let id = 10 + index as u32;
+        let (cluster, cluster_events) =
+            Cluster::builder(ServerId(id), hubs[index].transfer.to_string())
+                .client_addr(format!("127.0.0.1:{}", free_port()))
+                .start();
+        wait_link(&cluster, LinkState::Connected).await;
+        cluster.login(user(name)).await.expect("login");
+        cluster.join(&room, &user(name)).await.expect("join");
+        clusters.push(cluster);
+        events.push(cluster_events);
+    }
+    let hub_c = hubs[2].admin;
+    for (name, id) in [("alice", 10), ("bob", 11)] {
+        let path = format!("/api/users/{name}");
+        wait_json(hub_c, &path, "located the user", |json| json["server"] == id).await;
+    }
+    let interest = |body: &str| body.contains("acms_backplane_group_interest 2");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !interest(&http::request(hub_c, "GET", "/metrics", &[], None).await.body) {
+        assert!(tokio::time::Instant::now() < deadline, "hub C never saw both hubs in the group");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A push to bob from hub C: hub B pushes it, and answers once bob's server acknowledged it.
+    let reply = post(hub_c, "/api/users/bob/messages", r#"{"from":"ops","payload":"hello"}"#).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["status"], "delivered", "{}", reply.body);
+    assert_eq!(reply.json()["servers"], serde_json::json!([11]));
+    match next(&mut events[1], 11).await {
+        Event::Message { from, to, payload } => {
+            assert_eq!((from.as_str(), to.as_str(), &payload[..]), ("ops", "bob", &b"hello"[..]));
+        }
+        other => panic!("expected the push on server 11, got {other:?}"),
+    }
+    // A push to the group from hub C: each hub with members pushes to its own servers.
+    let reply = post(hub_c, "/api/groups/room/messages", r#"{"from":"ops","payload":"all"}"#).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["servers"], serde_json::json!([10, 11]), "{}", reply.body);
+    for (index, name) in ["alice", "bob"].into_iter().enumerate() {
+        match next(&mut events[index], 10 + index as u32).await {
+            Event::GroupMessage { to, payload, .. } => {
+                assert_eq!((to, &payload[..]), (vec![user(name)], &b"all"[..]));
+            }
+            other => panic!("expected the group push for {name}, got {other:?}"),
+        }
+    }
+    // Nobody called dave is online on any hub.
+    let reply = post(hub_c, "/api/users/dave/messages", r#"{"from":"ops","payload":"x"}"#).await;
+    assert_eq!(reply.json()["status"], "offline", "{}", reply.body);
+
+    // A kick of bob from hub A: his server on hub B ends his session, with the reason.
+    let reply = post(hubs[0].admin, "/api/users/bob/kick", r#"{"reason":"spamming"}"#).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["servers"], serde_json::json!([11]));
+    match next(&mut events[1], 11).await {
+        Event::Kicked { user: kicked, reason } => {
+            assert_eq!((kicked.as_str(), reason.as_str()), ("bob", "spamming"));
+        }
+        other => panic!("expected bob's kick, got {other:?}"),
+    }
+    let reply = post(hubs[0].admin, "/api/users/dave/kick", "{}").await;
+    reply.error(404);
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}
