@@ -140,3 +140,56 @@ async fn pushes_and_kicks_from_any_hub_reach_users_on_another() {
         cluster.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_of_any_hub_shows_the_whole_cluster() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let mut clusters = Vec::new();
+    // Server 10 on hub A with two users, server 11 on hub B with one; hub C has none.
+    for (index, names) in [&["alice", "ann"][..], &["bob"][..]].into_iter().enumerate() {
+        let (cluster, _events) =
+            Cluster::builder(ServerId(10 + index as u32), hubs[index].transfer.to_string())
+                .client_addr(format!("127.0.0.1:{}", free_port()))
+                .start();
+        wait_link(&cluster, LinkState::Connected).await;
+        for name in names {
+            cluster.login(user(name)).await.expect("login");
+        }
+        clusters.push((cluster, _events));
+    }
+    let whole = |json: &serde_json::Value| {
+        json["servers"] == 2
+            && json["connected"] == 2
+            && json["users"] == 3
+            && json["backplane"]["hubs_alive"] == 2
+    };
+    wait_json(hubs[2].admin, "/api/summary", "counted the whole cluster", whole).await;
+    let summary = http::request(hubs[2].admin, "GET", "/api/summary", &[], None).await.json();
+    let backplane = &summary["backplane"];
+    let listed = backplane["hubs"].as_array().expect("a list of hubs");
+    let figures: Vec<(bool, bool, u64, u64)> = listed
+        .iter()
+        .map(|hub| {
+            let figure = |name: &str| hub[name].as_u64().expect("a count");
+            (hub["me"] == true, hub["alive"] == true, figure("servers"), figure("users"))
+        })
+        .collect();
+    let mut others = figures[1..].to_vec();
+    others.sort();
+    assert_eq!(figures[0], (true, true, 0, 0), "this hub first, with nothing: {summary}");
+    assert_eq!(others, vec![(false, true, 1, 1), (false, true, 1, 2)], "{summary}");
+    assert_eq!(backplane["hub"], listed[0]["id"]);
+    for name in ["published", "received", "dropped", "gaps"] {
+        assert!(backplane[name].is_u64(), "{name} in {summary}");
+    }
+    // Each server's hub, as the dashboard's cards show it, is one of the hubs listed.
+    let servers = http::request(hubs[2].admin, "GET", "/api/servers", &[], None).await.json();
+    let ids: Vec<&serde_json::Value> = listed.iter().map(|hub| &hub["id"]).collect();
+    for server in servers.as_array().expect("a list") {
+        assert!(ids.contains(&&server["hub"]), "{server} on a hub the summary lists");
+    }
+    for (cluster, _events) in clusters {
+        cluster.close().await;
+    }
+}

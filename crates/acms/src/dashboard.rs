@@ -2,7 +2,8 @@
 //! binary so an operator needs nothing but the hub (no CDN, no files beside it). The page polls
 //! `GET /api/servers` and `GET /api/summary` and keeps the last ten minutes for its charts.
 //! `GET /api/hub` tells whether this hub is the active one of its cluster or a standby, and
-//! which hub is active: a standby's cluster looks empty, and that is why.
+//! which hub is active: a standby's cluster looks empty, and that is why. On a backplane the
+//! summary counts every hub's servers and users and lists the hubs (`dashboard_cluster`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,6 +15,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
+pub use crate::dashboard_cluster::{BackplaneView, HubEntry};
 use crate::hub::Hub;
 use crate::standby::{Role, Seen};
 
@@ -64,6 +66,9 @@ pub struct Summary {
     pub undeliverable: u64,
     /// App servers disconnected for letting their queue grow too long.
     pub slow_consumers: u64,
+    /// On a backplane: every hub and the backplane's health (then `servers`, `connected` and
+    /// `users` count every hub's); null for a hub alone.
+    pub backplane: Option<BackplaneView>,
 }
 
 /// Cluster totals and the hub's counters, for the dashboard and scripts.
@@ -75,17 +80,24 @@ async fn summary(State(hub): State<Hub>) -> Json<Summary> {
     let connected = servers.iter().filter(|info| registry.is_connected(info.id)).count();
     let stats = hub.stats();
     let time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |now| now.as_secs_f64());
+    let (servers, connected, users) =
+        (servers.len() as u64, connected as u64, registry.user_count() as u64);
+    let beyond = crate::dashboard_cluster::beyond(&hub, servers, users);
+    let (more_servers, more_connected, more_users) = beyond
+        .as_ref()
+        .map_or((0, 0, 0), |beyond| (beyond.servers, beyond.connected, beyond.users));
     Json(Summary {
         time,
         role: hub.standby().role().into(),
         active_hub: hub.standby().active_hub(),
-        servers: servers.len() as u64,
-        connected: connected as u64,
-        users: registry.user_count() as u64,
+        servers: servers + more_servers,
+        connected: connected + more_connected,
+        users: users + more_users,
         relayed_frames: stats.relayed_frames,
         relayed_bytes: stats.relayed_bytes,
         undeliverable: stats.undeliverable,
         slow_consumers: stats.slow_consumers,
+        backplane: beyond.map(|beyond| beyond.view),
     })
 }
 
@@ -184,6 +196,14 @@ async fn hub_view(State(hub): State<Hub>) -> Json<HubView> {
 #[derive(OpenApi)]
 #[openapi(
     paths(summary, hub_view),
-    components(schemas(Summary, HubRole, HubView, PeerHubView, PeerState))
+    components(schemas(
+        Summary,
+        HubRole,
+        HubView,
+        PeerHubView,
+        PeerState,
+        BackplaneView,
+        HubEntry
+    ))
 )]
 pub struct DashboardDoc;

@@ -57,6 +57,7 @@ pub mod config;
 mod connection;
 pub mod daemon;
 pub mod dashboard;
+mod dashboard_cluster;
 mod forwarded;
 pub mod groups;
 pub mod hub;

@@ -167,6 +167,11 @@ impl Replica {
         self.hubs.read().expect("hub lock").len()
     }
 
+    /// The other hubs heard from within the deadline.
+    pub(crate) fn alive_hubs(&self) -> Vec<HubId> {
+        self.hubs.read().expect("hub lock").keys().copied().collect()
+    }
+
     /// Whether `hub` was heard from within the deadline.
     pub(crate) fn is_alive(&self, hub: HubId) -> bool {
         self.hubs.read().expect("hub lock").contains_key(&hub)
