@@ -193,3 +193,65 @@ async fn the_summary_of_any_hub_shows_the_whole_cluster() {
         cluster.close().await;
     }
 }
+
+/// Three hubs with the login-conflict policy `multi`.
+async fn start_multi_hubs(nats: &NatsCluster) -> Vec<HubProc> {
+    let mut hubs = Vec::new();
+    for index in 0..3 {
+        let urls = nats.urls_from(index);
+        let args = ["--backplane", &urls, "--login-conflict", "multi"];
+        let (proc, transfer, admin) = start_hub_with(&args).await;
+        hubs.push(HubProc { _proc: proc, transfer, admin });
+    }
+    hubs
+}
+
+// Known gap, kept as the regression test of the fix: the users bucket holds one server per user,
+// so under `multi` only the latest session of a user on another hub is reached.
+#[ignore = "multi across hubs is not built yet: the shared directory keeps one server per user"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_sessions_on_two_hubs_each_get_a_message_once() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_multi_hubs(&nats).await;
+    let mut clusters = Vec::new();
+    let mut events = Vec::new();
+    for (index, hub) in hubs.iter().enumerate() {
+        let (cluster, cluster_events) =
+            Cluster::builder(ServerId(10 + index as u32), hub.transfer.to_string())
+                .client_addr(format!("127.0.0.1:{}", free_port()))
+                .start();
+        wait_link(&cluster, LinkState::Connected).await;
+        clusters.push(cluster);
+        events.push(cluster_events);
+    }
+    // Sam has a session on hub A's server and on hub B's; carl on hub C writes to him.
+    clusters[0].login(user("sam")).await.expect("login on A");
+    clusters[1].login(user("sam")).await.expect("login on B");
+    clusters[2].login(user("carl")).await.expect("login on C");
+    for cluster in &clusters[..2] {
+        cluster.flush().await.expect("flush");
+    }
+    assert!(clusters[0].is_local("sam") && clusters[1].is_local("sam"), "multi keeps both");
+    let path = "/api/users/carl";
+    wait_json(hubs[0].admin, path, "located carl", |json| json["server"] == 12).await;
+    wait_json(hubs[1].admin, path, "located carl", |json| json["server"] == 12).await;
+    clusters[2].send_to_user(&user("carl"), &user("sam"), "hi sam".into()).await.expect("send");
+    for (index, events) in events.iter_mut().enumerate().take(2) {
+        match next(events, 10 + index as u32).await {
+            Event::Message { from, to, payload } => {
+                assert_eq!(
+                    (from.as_str(), to.as_str(), &payload[..]),
+                    ("carl", "sam", &b"hi sam"[..])
+                );
+            }
+            other => panic!("expected carl's message on server {}, got {other:?}", 10 + index),
+        }
+    }
+    for (index, events) in events.iter_mut().enumerate() {
+        let extra = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
+        assert!(extra.is_err(), "server {}: unexpected {extra:?}", 10 + index);
+    }
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}

@@ -12,7 +12,8 @@
 //!   version), kept up to date with its role and withdrawn at shutdown.
 //! - [`assign`]: which app server a new client should use, by the configured policy.
 //! - [`dashboard`]: the live dashboard page at `GET /` (embedded), `GET /api/summary` and
-//!   `GET /api/hub` (active or standby, and which hub is active).
+//!   `GET /api/hub` (active or standby, and which hub is active); `dashboard_cluster`, every
+//!   hub of a backplane in the summary.
 //! - [`metrics`]: the Prometheus text rendering of the hub's counters.
 //! - `push`: frames the hub originates itself (pushes from the admin API) and their acks.
 //! - [`config`]: settings with their defaults, read from TOML by the binary, and their checks.
@@ -23,9 +24,11 @@
 //! - [`tls`]: optional TLS on the transfer port ([`ServerTls`]).
 //! - `backplane`: several active hubs on a NATS cluster, the synchronous core: the replica of
 //!   the shared two-level directory, the hubs alive, the numbered messages between hubs and
-//!   their gaps, the directory writes owed.
+//!   their gaps, the directory writes owed, which hubs have members of which group.
+//! - `hub_requests`: pushes and kicks one hub's admin API forwards to another hub.
 //! - [`nats`]: the backplane's async shell: the NATS connection, subscriptions, key-value
-//!   watches, heartbeats, publisher and directory writer; `nats::effects` what they do here.
+//!   watches, heartbeats, publisher and directory writer; `nats::effects` what they do here;
+//!   `nats::asks` the questions between the hubs' admin sides.
 //! - [`hub`]: [`Hub`], the accept loop with its connection cap and graceful shutdown.
 //! - `connection`: one AS connection: an async shell (reader loop, writer task, keepalive,
 //!   pushback, classified close) around synchronous cores: `handshake` (TLS, authentication,
@@ -61,6 +64,7 @@ mod dashboard_cluster;
 mod forwarded;
 pub mod groups;
 pub mod hub;
+mod hub_requests;
 mod keepalive;
 pub mod metrics;
 pub mod nats;

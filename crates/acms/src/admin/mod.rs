@@ -34,7 +34,6 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 pub use self::push::{PushAnswer, PushBody, PushStatus};
 use self::push::{broadcast, push_to_group, push_to_user};
-pub(crate) use self::remote::answer_hub;
 pub use self::servers::{AssignAnswer, AssignQuery, DrainAnswer, ServerState, ServerView};
 use self::servers::{assign, drain_server, list_servers};
 pub use self::users::{

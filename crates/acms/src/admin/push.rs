@@ -1,8 +1,6 @@
 //! The pushes from outside the cluster: to a user, to a group, to everyone; each answered once
 //! the servers it went to acknowledged it.
 
-use std::time::Duration;
-
 use acms_protocol::{DataKind, EVERYONE, GroupId, ServerId, UserId};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
@@ -14,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiResult, AppState, ErrorBody, user_id};
-use crate::state::HubState;
+use crate::hub_requests::push_here;
 use crate::stats::FanOut;
 
 /// A message from outside the cluster. Exactly one of `payload` and `payload_base64`.
@@ -69,42 +67,6 @@ pub struct PushAnswer {
     pub servers: Vec<u32>,
 }
 
-/// Sends a payload to servers of this hub and waits up to `timeout` for their
-/// acknowledgements.
-pub(super) async fn push_here(
-    shared: &HubState,
-    timeout: Duration,
-    kind: DataKind,
-    recipient: UserId,
-    (from, payload): (UserId, Bytes),
-    targets: Vec<ServerId>,
-) -> Result<PushAnswer, ApiError> {
-    let max = shared.config.max_frame_len;
-    let pushed = shared
-        .pushes
-        .push(&shared.registry, max, kind, recipient, from, payload, &targets)
-        .map_err(|err| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, err.to_string()))?;
-    if pushed.servers.is_empty() && !pushed.unavailable.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the recipient's server is reconnecting; try again",
-        ));
-    }
-    match tokio::time::timeout(timeout, pushed.acked).await {
-        Ok(_) => {
-            let servers = pushed.servers.iter().map(|id| id.0).collect();
-            Ok(PushAnswer { status: PushStatus::Delivered, servers })
-        }
-        Err(_) => {
-            shared.pushes.forget(pushed.seq);
-            Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "no acknowledgement in time: the message may or may not have arrived",
-            ))
-        }
-    }
-}
-
 /// As [`push_here`], with the admin API's timeout.
 async fn push(
     state: &AppState,
@@ -114,7 +76,17 @@ async fn push(
     targets: Vec<ServerId>,
 ) -> ApiResult<PushAnswer> {
     let shared = state.hub.shared();
-    push_here(shared, state.settings.push_timeout, kind, recipient, body, targets).await.map(Json)
+    let timeout = state.settings.push_timeout;
+    match push_here(shared, timeout, kind, recipient, body, targets).await {
+        Ok(servers) => {
+            let servers = servers.iter().map(|id| id.0).collect();
+            Ok(Json(PushAnswer { status: PushStatus::Delivered, servers }))
+        }
+        Err(failure) => Err(ApiError::new(
+            StatusCode::from_u16(failure.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            failure.message,
+        )),
+    }
 }
 
 /// Pushes a payload to a user wherever they are; answers once their server acknowledged it.

@@ -5,49 +5,17 @@
 
 use std::time::Duration;
 
-use acms_protocol::{DataKind, GroupId, ServerId, UserId};
+use acms_protocol::{GroupId, UserId};
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
 use super::ApiError;
-use super::push::{PushAnswer, PushStatus, push_here};
+use super::push::{PushAnswer, PushStatus};
 use crate::backplane::{Backplane, HubId, Remote};
+use crate::hub_requests::{Answer, Question};
 use crate::state::HubState;
-use crate::stats::FanOut;
-
-/// The longest push the asked hub waits for: inside the asker's wait for its answer.
-const MAX_REMOTE_PUSH: Duration = Duration::from_secs(10);
-
-/// A question of one hub's admin side to another's.
-#[derive(Debug, Serialize, Deserialize)]
-enum Question {
-    /// Push to a user of the asked hub's servers.
-    PushUser { user: String, from: String, payload: String, timeout_ms: u64 },
-    /// Push to the members of a group on the asked hub's servers.
-    PushGroup { group: String, from: String, payload: String, timeout_ms: u64 },
-    /// Kick a user off the asked hub's servers.
-    Kick { user: String, reason: String },
-}
-
-/// The asked hub's answer.
-#[derive(Debug, Serialize, Deserialize)]
-enum Answer {
-    /// Pushed and acknowledged by these servers; `offline` when the user was on none.
-    Pushed { servers: Vec<u32>, offline: bool },
-    /// These servers were told to end the user's sessions.
-    Kicked { servers: Vec<u32> },
-    /// Failed, with the HTTP status the asker answers.
-    Failed { status: u16, error: String },
-}
-
-impl Answer {
-    fn failed(err: ApiError) -> Self {
-        Self::Failed { status: err.status.as_u16(), error: err.message }
-    }
-}
 
 /// Where a request for `user`, on no server of this hub, goes: the live hub of their server;
 /// `Ok(None)` when they are online nowhere (or there is no backplane).
@@ -165,90 +133,4 @@ pub(super) async fn kick(
             Err(ApiError::new(StatusCode::BAD_GATEWAY, "a push's answer to a kick"))
         }
     }
-}
-
-/// Answers another hub's question to this hub's admin side: bytes of an [`Answer`], whatever
-/// the question holds (a bad one is answered `Failed`, with a log line).
-pub(crate) async fn answer_hub(shared: &HubState, question: Bytes) -> Bytes {
-    let answer = match serde_json::from_slice::<Question>(&question) {
-        Ok(question) => answer(shared, question).await,
-        Err(err) => {
-            tracing::warn!(error = %err, "unreadable question from another hub");
-            Answer::Failed { status: 400, error: format!("unreadable question: {err}") }
-        }
-    };
-    serde_json::to_vec(&answer).expect("an answer serializes").into()
-}
-
-async fn answer(shared: &HubState, question: Question) -> Answer {
-    let bad = |what: &str, err: &dyn std::fmt::Display| Answer::Failed {
-        status: 400,
-        error: format!("bad {what}: {err}"),
-    };
-    let timeout = |ms: u64| Duration::from_millis(ms).min(MAX_REMOTE_PUSH);
-    match question {
-        Question::PushUser { user, from, payload, timeout_ms } => {
-            let user = match UserId::new(&user) {
-                Ok(user) => user,
-                Err(err) => return bad("user", &err),
-            };
-            let body = match parse_body(&from, &payload) {
-                Ok(body) => body,
-                Err(answer) => return answer,
-            };
-            let targets = shared.registry.sessions(user.as_str());
-            if targets.is_empty() {
-                shared.stats.undeliverable();
-                return Answer::Pushed { servers: Vec::new(), offline: true };
-            }
-            let pushed =
-                push_here(shared, timeout(timeout_ms), DataKind::Unicast, user, body, targets);
-            match pushed.await {
-                Ok(answer) => Answer::Pushed { servers: answer.servers, offline: false },
-                Err(err) => Answer::failed(err),
-            }
-        }
-        Question::PushGroup { group, from, payload, timeout_ms } => {
-            let recipient = match UserId::new(&group) {
-                Ok(recipient) => recipient,
-                Err(err) => return bad("group", &err),
-            };
-            let body = match parse_body(&from, &payload) {
-                Ok(body) => body,
-                Err(answer) => return answer,
-            };
-            let targets = shared.groups.servers_of(recipient.as_str(), ServerId::HUB);
-            shared.stats.fanned_out(FanOut::Group, targets.len());
-            let pushed =
-                push_here(shared, timeout(timeout_ms), DataKind::Group, recipient, body, targets);
-            match pushed.await {
-                Ok(answer) => Answer::Pushed { servers: answer.servers, offline: false },
-                Err(err) => Answer::failed(err),
-            }
-        }
-        Question::Kick { user, reason } => {
-            let user = match UserId::new(&user) {
-                Ok(user) => user,
-                Err(err) => return bad("user", &err),
-            };
-            let mut servers = Vec::new();
-            for server in shared.registry.sessions(user.as_str()) {
-                if shared.kick(server, user.clone(), reason.clone()).is_ok() {
-                    servers.push(server.0);
-                }
-            }
-            tracing::info!(%user, %reason, ?servers, "user kicked at another hub's request");
-            Answer::Kicked { servers }
-        }
-    }
-}
-
-/// The sender and payload of a forwarded push.
-fn parse_body(from: &str, payload: &str) -> Result<(UserId, Bytes), Answer> {
-    let from = UserId::new(from)
-        .map_err(|err| Answer::Failed { status: 400, error: format!("bad `from`: {err}") })?;
-    let payload = STANDARD
-        .decode(payload)
-        .map_err(|err| Answer::Failed { status: 400, error: format!("bad payload: {err}") })?;
-    Ok((from, payload.into()))
 }

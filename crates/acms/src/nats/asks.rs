@@ -75,7 +75,7 @@ pub(super) async fn answer(
         let Ok(permit) = answering.clone().acquire_owned().await else { return };
         let (client, shared) = (client.clone(), shared.clone());
         tokio::spawn(async move {
-            let answer = crate::admin::answer_hub(&shared, question.payload).await;
+            let answer = crate::hub_requests::answer_hub(&shared, question.payload).await;
             if let Err(err) = client.publish(reply, answer).await {
                 warn!(error = %err, "answer to another hub not sent");
             }
