@@ -179,3 +179,41 @@ fn parse_body(from: &str, payload: &str) -> Result<(UserId, Bytes), Answer> {
         .map_err(|err| Answer::Failed { status: 400, error: format!("bad payload: {err}") })?;
     Ok((from, payload.into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HubConfig;
+
+    async fn ask(shared: &HubState, question: &[u8]) -> Answer {
+        let answer = answer_hub(shared, Bytes::copy_from_slice(question)).await;
+        serde_json::from_slice(&answer).expect("an answer reads back")
+    }
+
+    #[tokio::test]
+    async fn bad_questions_get_a_failed_answer_and_users_here_none_are_offline() {
+        let shared = HubState::new(HubConfig::default(), None);
+        for bad in [&b"nonsense"[..], br#"{"Kick":{"user":"","reason":"x"}}"#] {
+            assert!(matches!(ask(&shared, bad).await, Answer::Failed { status: 400, .. }));
+        }
+        let push = Question::PushUser {
+            user: "bob".into(),
+            from: "ops".into(),
+            payload: "!!not base64".into(),
+            timeout_ms: 10,
+        };
+        let push = serde_json::to_vec(&push).unwrap();
+        assert!(matches!(ask(&shared, &push).await, Answer::Failed { status: 400, .. }));
+        let push = Question::PushUser {
+            user: "bob".into(),
+            from: "ops".into(),
+            payload: STANDARD.encode("hi"),
+            timeout_ms: 10,
+        };
+        let push = serde_json::to_vec(&push).unwrap();
+        assert!(matches!(ask(&shared, &push).await, Answer::Pushed { offline: true, .. }));
+        let kick = serde_json::to_vec(&Question::Kick { user: "bob".into(), reason: "x".into() });
+        let answer = ask(&shared, &kick.unwrap()).await;
+        assert!(matches!(answer, Answer::Kicked { servers } if servers.is_empty()));
+    }
+}

@@ -26,6 +26,8 @@ fn user_hub<'a>(
     let Some(backplane) = shared.backplane.as_deref() else { return Ok(None) };
     match backplane.replica.route_user(user.as_str()) {
         (Remote::Hub(hub), Some(_)) => Ok(Some((backplane, hub))),
+        // The replica is behind this hub's own logout: online nowhere.
+        (Remote::Moving, Some(server)) if shared.registry.is_registered(server) => Ok(None),
         (Remote::Moving, Some(_)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the recipient's server is moving to another hub; try again",

@@ -375,7 +375,12 @@ pub(super) fn directory(
                 return;
             }
             match value.map(|value| decode_servers(value)) {
-                Some(Some(servers)) => core.interest.set(group, hub, servers),
+                Some(Some(servers)) => {
+                    // An entry of a hub never heard from (one that died before this hub
+                    // started) is taken out once that hub is given up, like its servers.
+                    core.suspect(hub, Instant::now());
+                    core.interest.set(group, hub, servers);
+                }
                 Some(None) => warn!(%group, %hub, "unreadable group entry; ignored"),
                 None => core.interest.set(group, hub, Vec::new()),
             }
