@@ -516,3 +516,114 @@ async fn broadcast_and_server_messages_reach_the_servers_of_every_hub() {
         cluster.close().await;
     }
 }
+
+/// Three hubs whose settle window (the directory still filling after a hub's first
+/// registration) lasts a minute, far past the patience of a test: whatever waits for the window
+/// to end shows as a stall. The config file lives as long as the returned guard.
+async fn start_hubs_settling(nats: &NatsCluster) -> (Vec<HubProc>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("acms.toml");
+    std::fs::write(&path, "[transfer]\nsettle = \"60s\"\n").expect("write config");
+    let config = path.display().to_string();
+    let mut hubs = Vec::new();
+    for index in 0..3 {
+        let urls = nats.urls_from(index);
+        let (proc, transfer, admin) =
+            start_hub_with(&["--config", &config, "--backplane", &urls]).await;
+        hubs.push(HubProc { proc, transfer, admin });
+    }
+    (hubs, dir)
+}
+
+/// Alice's server (10) on hub A, the first there, so hub A's settle window is open; bob's
+/// server (11) on hub B, with bob not logged in yet.
+async fn sender_before_its_recipient(hubs: &[HubProc]) -> (Cluster, Events, Cluster, Events) {
+    let start = |id: u32, on: &HubProc| {
+        Cluster::builder(ServerId(id), on.transfer.to_string())
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .start()
+    };
+    let (sender, sender_events) = start(10, &hubs[0]);
+    let (receiver, receiver_events) = start(11, &hubs[1]);
+    wait_link(&sender, LinkState::Connected).await;
+    wait_link(&receiver, LinkState::Connected).await;
+    sender.login(user("alice")).await.expect("login alice");
+    // Hub B routes alice's server: bob's acknowledgements can go back.
+    wait_located(hubs[1].admin, "alice", 10).await;
+    (sender, sender_events, receiver, receiver_events)
+}
+
+/// Receives messages `0..count` from alice, each once and in order; the instant of the first.
+async fn receive_all(events: &mut Events, count: u32) -> Instant {
+    let mut next = 0;
+    let mut first = None;
+    while next < count {
+        let batch = tokio::time::timeout(PATIENCE, events.recv_batch())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {next} of {count} messages"))
+            .expect("events open");
+        first.get_or_insert_with(Instant::now);
+        for event in batch {
+            match event {
+                Event::Message { from, payload, .. } if from.as_str() == "alice" => {
+                    let got = number(&payload);
+                    assert_eq!(got, next, "message {got} arrived where {next} was due");
+                    next += 1;
+                }
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+    }
+    first.expect("at least one message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_held_for_a_login_on_another_hub_flow_when_the_directory_has_it() {
+    const COUNT: u32 = 200;
+    let nats = NatsCluster::start().await;
+    let (hubs, _config) = start_hubs_settling(&nats).await;
+    let (sender, _sender_events, receiver, mut receiver_events) =
+        sender_before_its_recipient(&hubs).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    // Bob is in no directory yet: in hub A's settle window his frames are held, not bounced.
+    for seq in 0..COUNT {
+        sender.send_to_user(&alice, &bob, numbered(seq, 64)).await.expect("send");
+    }
+    sender.flush().await.expect("flush");
+    let login = Instant::now();
+    receiver.login(bob.clone()).await.expect("login bob");
+    // They flow as soon as hub A's replica has bob, not when the window ends.
+    let first = receive_all(&mut receiver_events, COUNT).await;
+    println!(
+        "{COUNT} messages held for bob until his login on hub B reached hub A: first arrived \
+         {:?} after the login",
+        first - login
+    );
+    sender.close().await;
+    receiver.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_flushes_and_leaves_at_once_loses_nothing_held_at_its_hub() {
+    const COUNT: u32 = 5_000;
+    let nats = NatsCluster::start().await;
+    let (hubs, _config) = start_hubs_settling(&nats).await;
+    let (sender, _sender_events, receiver, mut receiver_events) =
+        sender_before_its_recipient(&hubs).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    for seq in 0..COUNT {
+        sender.send_to_user(&alice, &bob, numbered(seq, 64)).await.expect("send");
+    }
+    sender.flush().await.expect("flush");
+    // Hub A accepted every frame and holds them for bob, whom no directory has yet. The sender
+    // leaves at once (`Bye`) while bob logs in on hub B: every frame must still reach him.
+    let closing = tokio::spawn(async move { sender.close().await });
+    receiver.login(bob.clone()).await.expect("login bob");
+    receive_all(&mut receiver_events, COUNT).await;
+    tokio::time::timeout(PATIENCE, closing).await.expect("close ends").expect("close");
+    let extra = tokio::time::timeout(Duration::from_millis(300), receiver_events.recv()).await;
+    assert!(extra.is_err(), "nothing after the stream: {extra:?}");
+    receiver.close().await;
+    println!("{COUNT} messages held at the sender's hub, the sender gone at once: all arrived");
+}

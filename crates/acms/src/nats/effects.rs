@@ -320,6 +320,13 @@ pub(super) fn directory(
                                 let change =
                                     PresenceChange { user: user.clone(), server: Some(server) };
                                 presence::announce(shared, [change]);
+                                // In the settle window, frames for a user no directory had
+                                // yet are held at their origin's hub; this login on another
+                                // hub may be the one they wait for: sent again now, not when
+                                // the window ends (a fresh sender would stall until then).
+                                if shared.registry.settling() {
+                                    shared.ask_to_resend(shared.registry.take_unclaimed());
+                                }
                             }
                             user_placed(shared, core, key, user, server);
                         }
