@@ -627,3 +627,114 @@ async fn a_sender_that_flushes_and_leaves_at_once_loses_nothing_held_at_its_hub(
     receiver.close().await;
     println!("{COUNT} messages held at the sender's hub, the sender gone at once: all arrived");
 }
+
+/// Registers a raw app server `id` on the hub at `addr` and reads its `Welcome` and `Servers`.
+async fn raw_server(addr: SocketAddr, id: u32) -> acms_tests::Peer {
+    use acms_protocol::{Control, Frame};
+    let mut peer = acms_tests::raw_hello(addr, id).await;
+    let welcome = acms_tests::next_frame(&mut peer).await;
+    assert!(matches!(welcome, Some(Frame::Control(Control::Welcome(_)))), "{welcome:?}");
+    peer
+}
+
+/// The hub that the hub at `admin` says server `id` is on, once it lists it there as `state`.
+async fn server_hub(admin: SocketAddr, id: u64, state: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let servers = http::request(admin, "GET", "/api/servers", &[], None).await.json();
+        let found = servers.as_array().and_then(|list| {
+            list.iter().find(|s| s["id"] == id && s["state"] == state).map(|s| s["hub"].clone())
+        });
+        if let Some(hub) = found.and_then(|hub| hub.as_str().map(str::to_owned)) {
+            return hub;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{admin} never listed {id} as {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_for_a_server_that_moved_and_is_still_sending_its_snapshot_is_not_bounced() {
+    use acms_protocol::{Ack, Control, Frame, SeqRange};
+    use futures_util::SinkExt;
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    // Every hub hears the others before the first frame: an ack for a server of a hub not
+    // heard from yet has nowhere to go.
+    for hub in &hubs {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let metrics = http::request(hub.admin, "GET", "/metrics", &[], None).await.body;
+            if metrics.contains("acms_backplane_hubs_alive 2") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the hubs never heard each other");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (sender, mut sender_events) = Cluster::builder(ServerId(10), hubs[0].transfer.to_string())
+        .client_addr(format!("127.0.0.1:{}", free_port()))
+        .start();
+    wait_link(&sender, LinkState::Connected).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    sender.login(alice.clone()).await.expect("login alice");
+    // Bob's server 11 on hub B, then cut off without a goodbye: bob stays in the directory.
+    let mut first = raw_server(hubs[1].transfer, 11).await;
+    first.send(Frame::Control(Control::Login { users: vec![bob.clone()] })).await.unwrap();
+    first.send(Frame::Control(Control::SnapshotDone)).await.unwrap();
+    wait_located(hubs[0].admin, "bob", 11).await;
+    drop(first);
+    // It registers on hub C, and hub A routes to it there before its snapshot (bob's login).
+    let mut moved = raw_server(hubs[2].transfer, 11).await;
+    let hub_c = server_hub(hubs[2].admin, 11, "active").await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while server_hub(hubs[0].admin, 11, "remote").await != hub_c {
+        assert!(tokio::time::Instant::now() < deadline, "hub A never routed server 11 to hub C");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held_before = held(hubs[2].admin).await;
+    sender.send_to_user(&alice, &bob, numbered(1, 16)).await.expect("send");
+    sender.flush().await.expect("flush");
+    // Hub C gets the frame before bob is in its registry: it must hold it, not bounce it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while held(hubs[2].admin).await == held_before {
+        // Meanwhile the sender hears of a bounce, if there is one.
+        let event = tokio::time::timeout(Duration::from_millis(20), sender_events.recv()).await;
+        if let Ok(Some(event)) = event {
+            assert!(!matches!(event, Event::Undeliverable { .. }), "bounced: {event:?}");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "hub C never held the frame");
+    }
+    // Then the snapshot comes, and the frame with it.
+    moved.send(Frame::Control(Control::Login { users: vec![bob.clone()] })).await.unwrap();
+    moved.send(Frame::Control(Control::SnapshotDone)).await.unwrap();
+    let data = loop {
+        match acms_tests::next_frame(&mut moved).await {
+            Some(Frame::Data(data)) => break data,
+            Some(_) => continue,
+            None => panic!("hub C closed the moved server's connection"),
+        }
+    };
+    assert_eq!(
+        (data.origin, data.recipient.as_str(), number(&data.payload)),
+        (ServerId(10), "bob", 1)
+    );
+    let ranges = vec![SeqRange { first: data.seq, count: 1 }];
+    moved.send(Frame::Ack(Ack { to: ServerId(10), from: ServerId(11), ranges })).await.unwrap();
+    sender.close().await;
+    drop(sender);
+    while let Some(event) = sender_events.recv().await {
+        assert!(!matches!(event, Event::Undeliverable { .. }), "bounced: {event:?}");
+    }
+}
+
+/// The `acms_held_total` counter of the hub whose admin API is at `admin`: frames it dropped for
+/// their origin to send again.
+async fn held(admin: SocketAddr) -> u64 {
+    let metrics = http::request(admin, "GET", "/metrics", &[], None).await.body;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("acms_held_total "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no held count in {metrics}"))
+}

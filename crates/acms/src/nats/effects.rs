@@ -201,6 +201,22 @@ fn deliver(
                         shared.stats.held(1);
                         continue;
                     }
+                    // For a user of a server that registered here and has not finished its
+                    // snapshot (it moved here a moment ago): not bounced, since the user is
+                    // about to be here. Dropped, and the origin's later frames to that server
+                    // too until its `Resent`, so nothing overtakes it; its hub has its servers
+                    // send again once the snapshot is done.
+                    None if core
+                        .replica
+                        .user(route.recipient)
+                        .is_some_and(|server| core.wait_for_snapshot(server, hub)) =>
+                    {
+                        if let Some(server) = core.replica.user(route.recipient) {
+                            shared.registry.block(server, origin);
+                        }
+                        shared.stats.held(1);
+                        continue;
+                    }
                     None => {
                         back.push(frame);
                         continue;
