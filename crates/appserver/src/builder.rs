@@ -63,7 +63,7 @@ impl ClusterBuilder {
             digest_interval: Duration::from_secs(10),
             load_interval: Duration::from_secs(5),
             capacity: None,
-            close_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
         }
     }
 
@@ -152,7 +152,7 @@ impl ClusterBuilder {
 
     /// Longest [`Cluster::close`](crate::Cluster::close) waits, before it says `Bye`, for every
     /// message sent to be answered (acknowledged by its recipient's server, or returned
-    /// undeliverable) (default 10 s). The hub keeps no message: one it dropped for this server
+    /// undeliverable) (default 5 s). The hub keeps no message: one it dropped for this server
     /// to send again (its recipient's server away, or not in the directory yet) can only be
     /// sent again by this server, so leaving at once would lose it. Zero leaves at once.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
