@@ -517,6 +517,222 @@ async fn broadcast_and_server_messages_reach_the_servers_of_every_hub() {
     }
 }
 
+/// Three hubs whose settle window (the directory still filling after a hub's first
+/// registration) lasts a minute, far past the patience of a test: whatever waits for the window
+/// to end shows as a stall. The config file lives as long as the returned guard.
+async fn start_hubs_settling(nats: &NatsCluster) -> (Vec<HubProc>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("acms.toml");
+    std::fs::write(&path, "[transfer]\nsettle = \"60s\"\n").expect("write config");
+    let config = path.display().to_string();
+    let mut hubs = Vec::new();
+    for index in 0..3 {
+        let urls = nats.urls_from(index);
+        let (proc, transfer, admin) =
+            start_hub_with(&["--config", &config, "--backplane", &urls]).await;
+        hubs.push(HubProc { proc, transfer, admin });
+    }
+    (hubs, dir)
+}
+
+/// Alice's server (10) on hub A, the first there, so hub A's settle window is open; bob's
+/// server (11) on hub B, with bob not logged in yet.
+async fn sender_before_its_recipient(hubs: &[HubProc]) -> (Cluster, Events, Cluster, Events) {
+    let start = |id: u32, on: &HubProc| {
+        Cluster::builder(ServerId(id), on.transfer.to_string())
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .start()
+    };
+    let (sender, sender_events) = start(10, &hubs[0]);
+    let (receiver, receiver_events) = start(11, &hubs[1]);
+    wait_link(&sender, LinkState::Connected).await;
+    wait_link(&receiver, LinkState::Connected).await;
+    sender.login(user("alice")).await.expect("login alice");
+    // Hub B routes alice's server: bob's acknowledgements can go back.
+    wait_located(hubs[1].admin, "alice", 10).await;
+    (sender, sender_events, receiver, receiver_events)
+}
+
+/// Receives messages `0..count` from alice, each once and in order; the instant of the first.
+async fn receive_all(events: &mut Events, count: u32) -> Instant {
+    let mut next = 0;
+    let mut first = None;
+    while next < count {
+        let batch = tokio::time::timeout(PATIENCE, events.recv_batch())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {next} of {count} messages"))
+            .expect("events open");
+        first.get_or_insert_with(Instant::now);
+        for event in batch {
+            match event {
+                Event::Message { from, payload, .. } if from.as_str() == "alice" => {
+                    let got = number(&payload);
+                    assert_eq!(got, next, "message {got} arrived where {next} was due");
+                    next += 1;
+                }
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+    }
+    first.expect("at least one message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_held_for_a_login_on_another_hub_flow_when_the_directory_has_it() {
+    const COUNT: u32 = 200;
+    let nats = NatsCluster::start().await;
+    let (hubs, _config) = start_hubs_settling(&nats).await;
+    let (sender, _sender_events, receiver, mut receiver_events) =
+        sender_before_its_recipient(&hubs).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    // Bob is in no directory yet: in hub A's settle window his frames are held, not bounced.
+    for seq in 0..COUNT {
+        sender.send_to_user(&alice, &bob, numbered(seq, 64)).await.expect("send");
+    }
+    sender.flush().await.expect("flush");
+    let login = Instant::now();
+    receiver.login(bob.clone()).await.expect("login bob");
+    // They flow as soon as hub A's replica has bob, not when the window ends.
+    let first = receive_all(&mut receiver_events, COUNT).await;
+    println!(
+        "{COUNT} messages held for bob until his login on hub B reached hub A: first arrived \
+         {:?} after the login",
+        first - login
+    );
+    sender.close().await;
+    receiver.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_flushes_and_leaves_at_once_loses_nothing_held_at_its_hub() {
+    const COUNT: u32 = 5_000;
+    let nats = NatsCluster::start().await;
+    let (hubs, _config) = start_hubs_settling(&nats).await;
+    let (sender, _sender_events, receiver, mut receiver_events) =
+        sender_before_its_recipient(&hubs).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    for seq in 0..COUNT {
+        sender.send_to_user(&alice, &bob, numbered(seq, 64)).await.expect("send");
+    }
+    sender.flush().await.expect("flush");
+    // Hub A accepted every frame and holds them for bob, whom no directory has yet. The sender
+    // leaves at once (`Bye`) while bob logs in on hub B: every frame must still reach him.
+    let closing = tokio::spawn(async move { sender.close().await });
+    receiver.login(bob.clone()).await.expect("login bob");
+    receive_all(&mut receiver_events, COUNT).await;
+    tokio::time::timeout(PATIENCE, closing).await.expect("close ends").expect("close");
+    let extra = tokio::time::timeout(Duration::from_millis(300), receiver_events.recv()).await;
+    assert!(extra.is_err(), "nothing after the stream: {extra:?}");
+    receiver.close().await;
+    println!("{COUNT} messages held at the sender's hub, the sender gone at once: all arrived");
+}
+
+/// Registers a raw app server `id` on the hub at `addr` and reads its `Welcome` and `Servers`.
+async fn raw_server(addr: SocketAddr, id: u32) -> acms_tests::Peer {
+    use acms_protocol::{Control, Frame};
+    let mut peer = acms_tests::raw_hello(addr, id).await;
+    let welcome = acms_tests::next_frame(&mut peer).await;
+    assert!(matches!(welcome, Some(Frame::Control(Control::Welcome(_)))), "{welcome:?}");
+    peer
+}
+
+/// The hub that the hub at `admin` says server `id` is on, once it lists it there as `state`.
+async fn server_hub(admin: SocketAddr, id: u64, state: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let servers = http::request(admin, "GET", "/api/servers", &[], None).await.json();
+        let found = servers.as_array().and_then(|list| {
+            list.iter().find(|s| s["id"] == id && s["state"] == state).map(|s| s["hub"].clone())
+        });
+        if let Some(hub) = found.and_then(|hub| hub.as_str().map(str::to_owned)) {
+            return hub;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{admin} never listed {id} as {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_for_a_server_that_moved_and_is_still_sending_its_snapshot_is_not_bounced() {
+    use acms_protocol::{Ack, Control, Frame, SeqRange};
+    use futures_util::SinkExt;
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    // Every hub hears the others before the first frame: an ack for a server of a hub not
+    // heard from yet has nowhere to go.
+    for hub in &hubs {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let metrics = http::request(hub.admin, "GET", "/metrics", &[], None).await.body;
+            if metrics.contains("acms_backplane_hubs_alive 2") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the hubs never heard each other");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (sender, mut sender_events) = Cluster::builder(ServerId(10), hubs[0].transfer.to_string())
+        .client_addr(format!("127.0.0.1:{}", free_port()))
+        .start();
+    wait_link(&sender, LinkState::Connected).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    sender.login(alice.clone()).await.expect("login alice");
+    // Bob's server 11 on hub B, then cut off without a goodbye: bob stays in the directory.
+    let mut first = raw_server(hubs[1].transfer, 11).await;
+    first.send(Frame::Control(Control::Login { users: vec![bob.clone()] })).await.unwrap();
+    first.send(Frame::Control(Control::SnapshotDone)).await.unwrap();
+    wait_located(hubs[0].admin, "bob", 11).await;
+    drop(first);
+    // It registers on hub C, and hub A routes to it there before its snapshot (bob's login).
+    let mut moved = raw_server(hubs[2].transfer, 11).await;
+    let hub_c = server_hub(hubs[2].admin, 11, "active").await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while server_hub(hubs[0].admin, 11, "remote").await != hub_c {
+        assert!(tokio::time::Instant::now() < deadline, "hub A never routed server 11 to hub C");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held_before = held(hubs[2].admin).await;
+    sender.send_to_user(&alice, &bob, numbered(1, 16)).await.expect("send");
+    sender.flush().await.expect("flush");
+    // Hub C gets the frame before bob is in its registry: it must hold it, not bounce it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while held(hubs[2].admin).await == held_before {
+        // Meanwhile the sender hears of a bounce, if there is one.
+        let event = tokio::time::timeout(Duration::from_millis(20), sender_events.recv()).await;
+        if let Ok(Some(event)) = event {
+            assert!(!matches!(event, Event::Undeliverable { .. }), "bounced: {event:?}");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "hub C never held the frame");
+    }
+    // Then the snapshot comes, and the frame with it.
+    moved.send(Frame::Control(Control::Login { users: vec![bob.clone()] })).await.unwrap();
+    moved.send(Frame::Control(Control::SnapshotDone)).await.unwrap();
+    let data = loop {
+        match acms_tests::next_frame(&mut moved).await {
+            Some(Frame::Data(data)) => break data,
+            Some(_) => continue,
+            None => panic!("hub C closed the moved server's connection"),
+        }
+    };
+    assert_eq!(
+        (data.origin, data.recipient.as_str(), number(&data.payload)),
+        (ServerId(10), "bob", 1)
+    );
+    let ranges = vec![SeqRange { first: data.seq, count: 1 }];
+    moved.send(Frame::Ack(Ack { to: ServerId(10), from: ServerId(11), ranges })).await.unwrap();
+    sender.close().await;
+    drop(sender);
+    while let Some(event) = sender_events.recv().await {
+        assert!(!matches!(event, Event::Undeliverable { .. }), "bounced: {event:?}");
+    }
+}
+
+/// The `acms_held_total` counter of the hub whose admin API is at `admin`: frames it dropped for
+/// their origin to send again.
+async fn held(admin: SocketAddr) -> u64 {
+    metric(admin, "acms_held_total").await.unwrap_or_else(|| panic!("no held count at {admin}"))
+}
 /// A figure of the `/metrics` of the hub at `admin` (`name` with its labels), if it shows.
 async fn metric(admin: SocketAddr, name: &str) -> Option<u64> {
     let metrics = http::request(admin, "GET", "/metrics", &[], None).await.body;

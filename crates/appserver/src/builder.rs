@@ -37,6 +37,7 @@ pub struct ClusterBuilder {
     pub(crate) digest_interval: Duration,
     pub(crate) load_interval: Duration,
     pub(crate) capacity: Option<u32>,
+    pub(crate) close_timeout: Duration,
 }
 
 impl ClusterBuilder {
@@ -62,6 +63,7 @@ impl ClusterBuilder {
             digest_interval: Duration::from_secs(10),
             load_interval: Duration::from_secs(5),
             capacity: None,
+            close_timeout: Duration::from_secs(5),
         }
     }
 
@@ -145,6 +147,16 @@ impl ClusterBuilder {
     /// `try_send_to_user` fails.
     pub fn retransmit_buffer(mut self, bytes: usize) -> Self {
         self.retransmit_buffer = bytes.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// Longest [`Cluster::close`](crate::Cluster::close) waits, before it says `Bye`, for every
+    /// message sent to be answered (acknowledged by its recipient's server, or returned
+    /// undeliverable) (default 5 s). The hub keeps no message: one it dropped for this server
+    /// to send again (its recipient's server away, or not in the directory yet) can only be
+    /// sent again by this server, so leaving at once would lose it. Zero leaves at once.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
         self
     }
 

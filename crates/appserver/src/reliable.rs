@@ -144,6 +144,12 @@ impl Unacked {
         )
     }
 
+    /// Whether no frame waits for an answer: answered frames at the front are dropped at once,
+    /// so none is left.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// Number of frames waiting.
     #[cfg(test)]
     fn len(&self) -> usize {

@@ -122,6 +122,9 @@ pub(crate) struct Backplane {
     moved_away: Mutex<HashSet<ServerId>>,
     /// The queue of questions to other hubs, set when the shell runs.
     asks: std::sync::OnceLock<mpsc::Sender<Ask>>,
+    /// Servers registered here whose snapshot is not done yet, with the hubs whose frames for
+    /// their users were dropped meanwhile: those hubs' servers send again once it is done.
+    snapshotting: Mutex<HashMap<ServerId, HashSet<HubId>>>,
 }
 
 impl Backplane {
@@ -151,6 +154,7 @@ impl Backplane {
             dead: Mutex::default(),
             moved_away: Mutex::default(),
             asks: std::sync::OnceLock::new(),
+            snapshotting: Mutex::default(),
         };
         (backplane, queue)
     }
@@ -401,6 +405,37 @@ impl Backplane {
         self.writes.owe(Bucket::Servers, server_key(server), Write::DeleteIf(value.into()));
     }
 
+    /// `server` registered here: until [`Backplane::snapshot_done`], its users may not be in
+    /// the registry yet.
+    pub(crate) fn snapshot_begins(&self, server: ServerId) {
+        self.snapshotting.lock().expect("snapshotting lock").insert(server, HashSet::new());
+    }
+
+    /// A frame from a server of `hub` for a user the directory places on `server`, registered
+    /// here, found no session: if `server` has not finished its snapshot, the frame is dropped
+    /// for its origin to send again once it has (true). Otherwise the user is not there.
+    pub(crate) fn wait_for_snapshot(&self, server: ServerId, hub: HubId) -> bool {
+        let mut snapshotting = self.snapshotting.lock().expect("snapshotting lock");
+        snapshotting.get_mut(&server).map(|hubs| hubs.insert(hub)).is_some()
+    }
+
+    /// `server`'s snapshot is done (or it left): the hubs whose frames for it were dropped
+    /// meanwhile, to be asked to have their servers send again.
+    pub(crate) fn snapshot_done(&self, server: ServerId) -> HashSet<HubId> {
+        let mut snapshotting = self.snapshotting.lock().expect("snapshotting lock");
+        snapshotting.remove(&server).unwrap_or_default()
+    }
+
+    /// `server`'s snapshot is done: each hub whose frames for its users were dropped meanwhile
+    /// is told so, as for a gap, and has its servers send again (the servers here drop their
+    /// frames until their `Resent`).
+    pub(crate) fn snapshot_finished(&self, server: ServerId) {
+        for hub in self.snapshot_done(server) {
+            tracing::info!(%server, %hub, "frames for a server still sending its snapshot were dropped; their hub sends again");
+            self.send_gap(hub);
+        }
+    }
+
     /// The servers of the other hubs, by id.
     pub(crate) fn remote_server_list(&self) -> Vec<RemoteServer> {
         let counts = self.replica.user_counts();
@@ -485,6 +520,22 @@ mod tests {
         assert!(!backplane.is_held(ServerId(2), ServerId(1)));
         backplane.release(ServerId(1), ServerId(2));
         assert!(!backplane.is_held(ServerId(1), ServerId(2)));
+    }
+
+    #[test]
+    fn frames_wait_for_a_snapshot_only_while_it_runs_and_their_hubs_are_told_once() {
+        let (backplane, _queue) = backplane(1);
+        let server = ServerId(11);
+        assert!(!backplane.wait_for_snapshot(server, HubId(2)), "not registered here");
+        backplane.snapshot_begins(server);
+        assert!(backplane.wait_for_snapshot(server, HubId(2)));
+        assert!(backplane.wait_for_snapshot(server, HubId(2)));
+        assert!(backplane.wait_for_snapshot(server, HubId(3)));
+        let mut hubs: Vec<HubId> = backplane.snapshot_done(server).into_iter().collect();
+        hubs.sort();
+        assert_eq!(hubs, vec![HubId(2), HubId(3)]);
+        assert!(!backplane.wait_for_snapshot(server, HubId(2)), "done: the user is not there");
+        assert!(backplane.snapshot_done(server).is_empty());
     }
 
     #[test]

@@ -1,8 +1,14 @@
 //! The directory writes this hub owes the key-value store, coalesced per key: a login and a
 //! logout of one user before the writer gets to them cost one write, and the pending set never
 //! holds more than one write per key, so it is bounded by the directory itself.
+//!
+//! The writer keeps several writes in flight (each a round trip to the key-value store's
+//! leader), but never two to one key, so the writes to a key are made in the order they were
+//! owed. A write to the servers bucket is a barrier: it starts once every write owed before it is
+//! done, and nothing owed after it starts before it is done, so a server's place is in the store
+//! before its users, and its users are gone before it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -39,37 +45,48 @@ pub(crate) struct Writes {
     notify: Notify,
 }
 
+type Key = (Bucket, String);
+
 #[derive(Debug, Default)]
 struct Pending {
+    /// Keys of logins being decided (see [`Writes::begin`]): they count as owed.
+    begun: HashSet<Key>,
     /// Keys whose write the writer took and has not finished.
-    in_flight: std::collections::HashSet<(Bucket, String)>,
-    /// By key: the order it was first written in, and the latest write.
-    writes: HashMap<(Bucket, String), (u64, Write)>,
+    writing: HashSet<Key>,
+    /// Of those, how many are in the servers bucket: a barrier while above zero.
+    writing_servers: usize,
+    /// By key: the order it was first owed in, and the latest write.
+    writes: HashMap<Key, (u64, Write)>,
+    /// The keys owed, by that order.
+    order: BTreeMap<u64, Key>,
     next: u64,
+}
+
+impl Pending {
+    fn owe(&mut self, key: Key, write: Write, replace: bool) {
+        match self.writes.get_mut(&key) {
+            Some(slot) if replace => slot.1 = write,
+            Some(_) => {}
+            None => {
+                let order = self.next;
+                self.next += 1;
+                self.order.insert(order, key.clone());
+                self.writes.insert(key, (order, write));
+            }
+        }
+    }
 }
 
 impl Writes {
     /// Owes `write` to `key` of `bucket`, replacing a write to it not yet done.
     pub(crate) fn owe(&self, bucket: Bucket, key: String, write: Write) {
-        let mut pending = self.pending.lock().expect("writes lock");
-        let order = pending.next;
-        pending.next += 1;
-        pending
-            .writes
-            .entry((bucket, key))
-            .and_modify(|slot| slot.1 = write.clone())
-            .or_insert((order, write));
-        drop(pending);
+        self.pending.lock().expect("writes lock").owe((bucket, key), write, true);
         self.notify.notify_one();
     }
 
     /// Owes `write` again after it failed, unless a newer write to the key is owed already.
     pub(crate) fn owe_unless_newer(&self, bucket: Bucket, key: String, write: Write) {
-        let mut pending = self.pending.lock().expect("writes lock");
-        let order = pending.next;
-        pending.next += 1;
-        pending.writes.entry((bucket, key)).or_insert((order, write));
-        drop(pending);
+        self.pending.lock().expect("writes lock").owe((bucket, key), write, false);
         self.notify.notify_one();
     }
 
@@ -77,29 +94,66 @@ impl Writes {
     pub(crate) fn is_owed(&self, bucket: Bucket, key: &str) -> bool {
         let pending = self.pending.lock().expect("writes lock");
         let key = (bucket, key.to_owned());
-        pending.writes.contains_key(&key) || pending.in_flight.contains(&key)
+        pending.writes.contains_key(&key)
+            || pending.writing.contains(&key)
+            || pending.begun.contains(&key)
     }
 
     /// A write to `key` is about to be decided: until [`Writes::done`], the key counts as owed,
     /// so nothing judges it by an entry this hub is about to replace.
     pub(crate) fn begin(&self, bucket: Bucket, key: String) {
-        self.pending.lock().expect("writes lock").in_flight.insert((bucket, key));
+        self.pending.lock().expect("writes lock").begun.insert((bucket, key));
     }
 
-    /// The writer finished the write to `key` it took (or a write begun was decided).
+    /// A write begun by [`Writes::begin`] was decided (and owed, if there is one).
     pub(crate) fn done(&self, bucket: Bucket, key: &str) {
-        self.pending.lock().expect("writes lock").in_flight.remove(&(bucket, key.to_owned()));
+        self.pending.lock().expect("writes lock").begun.remove(&(bucket, key.to_owned()));
     }
 
-    /// Takes every write owed, oldest key first; each is in flight until [`Writes::done`].
-    pub(crate) fn take(&self) -> Vec<(Bucket, String, Write)> {
+    /// The writer finished the write to `key` it took: a write owed to the key since may start.
+    pub(crate) fn written(&self, bucket: Bucket, key: &str) {
         let mut pending = self.pending.lock().expect("writes lock");
-        let writes = std::mem::take(&mut pending.writes);
-        pending.in_flight.extend(writes.keys().cloned());
-        drop(pending);
-        let mut writes: Vec<_> = writes.into_iter().collect();
-        writes.sort_by_key(|(_, (order, _))| *order);
-        writes.into_iter().map(|((bucket, key), (_, write))| (bucket, key, write)).collect()
+        if pending.writing.remove(&(bucket, key.to_owned())) && bucket == Bucket::Servers {
+            pending.writing_servers -= 1;
+        }
+    }
+
+    /// Takes up to `room` writes owed, oldest key first, that may start now: none to a key being
+    /// written, and none past a write to the servers bucket that must wait for those before it.
+    /// Each is being written until [`Writes::written`].
+    pub(crate) fn take(&self, room: usize) -> Vec<(Bucket, String, Write)> {
+        let mut pending = self.pending.lock().expect("writes lock");
+        let pending = &mut *pending;
+        if pending.writing_servers > 0 {
+            return Vec::new();
+        }
+        let mut keys: Vec<(u64, Key)> = Vec::new();
+        for (&order, key) in &pending.order {
+            if keys.len() >= room {
+                break;
+            }
+            if key.0 == Bucket::Servers {
+                // A barrier: alone, after everything owed before it.
+                if pending.writing.is_empty() && keys.is_empty() {
+                    keys.push((order, key.clone()));
+                }
+                break;
+            }
+            if !pending.writing.contains(key) {
+                keys.push((order, key.clone()));
+            }
+        }
+        let mut taken = Vec::with_capacity(keys.len());
+        for (order, key) in keys {
+            pending.order.remove(&order);
+            let (_, write) = pending.writes.remove(&key).expect("an owed key has a write");
+            if key.0 == Bucket::Servers {
+                pending.writing_servers += 1;
+            }
+            pending.writing.insert(key.clone());
+            taken.push((key.0, key.1, write));
+        }
+        taken
     }
 
     /// Waits until a write is owed.
@@ -118,28 +172,88 @@ impl Writes {
 mod tests {
     use super::*;
 
+    fn put(value: &'static [u8]) -> Write {
+        Write::Put(Bytes::from_static(value))
+    }
+
     #[test]
     fn writes_to_one_key_coalesce_into_the_last() {
         let writes = Writes::default();
-        let put = |v: &'static [u8]| Write::Put(Bytes::from_static(v));
         writes.owe(Bucket::Users, "a".into(), put(b"1"));
         writes.owe(Bucket::Users, "b".into(), put(b"2"));
         writes.owe(Bucket::Users, "a".into(), Write::DeleteIf(Bytes::from_static(b"1")));
         writes.owe(Bucket::Servers, "a".into(), put(b"3"));
         assert_eq!(writes.len(), 3);
-        let taken = writes.take();
+        let taken = writes.take(10);
         assert_eq!(
             taken,
             vec![
                 (Bucket::Users, "a".into(), Write::DeleteIf(Bytes::from_static(b"1"))),
                 (Bucket::Users, "b".into(), put(b"2")),
-                (Bucket::Servers, "a".into(), put(b"3")),
-            ]
+            ],
+            "the servers write waits for those owed before it"
         );
-        assert!(writes.take().is_empty());
-        assert!(writes.is_owed(Bucket::Users, "a"), "in flight until done");
-        writes.done(Bucket::Users, "a");
+        assert!(writes.take(10).is_empty());
+        assert!(writes.is_owed(Bucket::Users, "a"), "in flight until written");
+        writes.written(Bucket::Users, "a");
         assert!(!writes.is_owed(Bucket::Users, "a"));
         assert!(writes.is_owed(Bucket::Users, "b"));
+        assert!(writes.take(10).is_empty(), "b is still being written");
+        writes.written(Bucket::Users, "b");
+        assert_eq!(writes.take(10), vec![(Bucket::Servers, "a".into(), put(b"3"))]);
+    }
+
+    #[test]
+    fn several_keys_are_written_at_once_but_one_key_only_once_at_a_time() {
+        let writes = Writes::default();
+        for key in ["a", "b", "c"] {
+            writes.owe(Bucket::Users, key.into(), put(b"1"));
+        }
+        let first = writes.take(2);
+        assert_eq!(first.len(), 2, "bounded by the room: {first:?}");
+        assert_eq!((first[0].1.as_str(), first[1].1.as_str()), ("a", "b"), "oldest first");
+        // A newer write to a key being written waits for it: the store sees them in order.
+        writes.owe(Bucket::Users, "a".into(), Write::DeleteIf(Bytes::from_static(b"1")));
+        let next = writes.take(10);
+        assert_eq!(next, vec![(Bucket::Users, "c".into(), put(b"1"))]);
+        writes.written(Bucket::Users, "a");
+        let again = writes.take(10);
+        assert_eq!(
+            again,
+            vec![(Bucket::Users, "a".into(), Write::DeleteIf(Bytes::from_static(b"1")))]
+        );
+        // A write that failed is owed again, unless a newer one came meanwhile.
+        writes.owe(Bucket::Users, "b".into(), put(b"2"));
+        writes.written(Bucket::Users, "b");
+        writes.owe_unless_newer(Bucket::Users, "b".into(), put(b"1"));
+        assert_eq!(writes.take(10), vec![(Bucket::Users, "b".into(), put(b"2"))]);
+    }
+
+    #[test]
+    fn a_servers_write_is_a_barrier_in_the_order_owed() {
+        let writes = Writes::default();
+        writes.owe(Bucket::Users, "u1".into(), put(b"1"));
+        writes.owe(Bucket::Servers, "s1".into(), put(b"place"));
+        writes.owe(Bucket::Users, "u2".into(), put(b"1"));
+        assert_eq!(writes.take(10), vec![(Bucket::Users, "u1".into(), put(b"1"))]);
+        assert!(writes.take(10).is_empty(), "the server's place waits for u1");
+        writes.written(Bucket::Users, "u1");
+        assert_eq!(writes.take(10), vec![(Bucket::Servers, "s1".into(), put(b"place"))]);
+        assert!(writes.take(10).is_empty(), "u2 waits for its server's place");
+        writes.written(Bucket::Servers, "s1");
+        assert_eq!(writes.take(10), vec![(Bucket::Users, "u2".into(), put(b"1"))]);
+    }
+
+    #[test]
+    fn a_login_being_decided_counts_as_owed_without_blocking_the_writer() {
+        let writes = Writes::default();
+        writes.begin(Bucket::Users, "a".into());
+        assert!(writes.is_owed(Bucket::Users, "a"));
+        writes.owe(Bucket::Users, "a".into(), put(b"1"));
+        writes.done(Bucket::Users, "a");
+        assert!(writes.is_owed(Bucket::Users, "a"), "owed until written");
+        assert_eq!(writes.take(10).len(), 1);
+        writes.written(Bucket::Users, "a");
+        assert!(!writes.is_owed(Bucket::Users, "a"));
     }
 }

@@ -227,6 +227,7 @@ impl Connection {
             )
             .map_err(|err| Close::refused(ErrorCode::DuplicateServer, err.to_string()))?;
         if let Some(backplane) = &self.shared.backplane {
+            backplane.snapshot_begins(id);
             backplane.server_registered(id, hello.epoch, client_addr.clone());
         }
         let returning = !registration.stale_users.is_empty();

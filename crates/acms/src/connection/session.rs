@@ -130,6 +130,9 @@ impl Session {
             }
             Control::SnapshotDone => {
                 self.handle_snapshot_done();
+                if let Some(backplane) = &self.shared.backplane {
+                    backplane.snapshot_finished(self.server);
+                }
                 // This server's users are in the directory now: frames held for them as
                 // unclaimed are sent again at once, not at the end of the settle window.
                 // After a failover every server registers in it, so this is what lets traffic
@@ -456,6 +459,10 @@ impl Session {
         let grace = !self.leaving && !hub_stopping;
         for user in std::mem::take(&mut self.watching) {
             self.shared.watches.unwatch(server, user.as_str());
+        }
+        if let Some(backplane) = &self.shared.backplane {
+            // Gone before its snapshot was done: nothing waits for it any more.
+            backplane.snapshot_done(server);
         }
         let mut users = std::mem::take(&mut self.users);
         users.extend(std::mem::take(&mut self.stale_users));

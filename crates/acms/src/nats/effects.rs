@@ -203,6 +203,22 @@ fn deliver(
                         shared.stats.held(1);
                         continue;
                     }
+                    // For a user of a server that registered here and has not finished its
+                    // snapshot (it moved here a moment ago): not bounced, since the user is
+                    // about to be here. Dropped, and the origin's later frames to that server
+                    // too until its `Resent`, so nothing overtakes it; its hub has its servers
+                    // send again once the snapshot is done.
+                    None if core
+                        .replica
+                        .user(route.recipient)
+                        .is_some_and(|server| core.wait_for_snapshot(server, hub)) =>
+                    {
+                        if let Some(server) = core.replica.user(route.recipient) {
+                            shared.registry.block(server, origin);
+                        }
+                        shared.stats.held(1);
+                        continue;
+                    }
                     None => {
                         back.push(frame);
                         continue;
@@ -339,6 +355,13 @@ pub(super) fn directory(
                                 let change =
                                     PresenceChange { user: user.clone(), server: Some(server) };
                                 presence::announce(shared, [change]);
+                                // In the settle window, frames for a user no directory had
+                                // yet are held at their origin's hub; this login on another
+                                // hub may be the one they wait for: sent again now, not when
+                                // the window ends (a fresh sender would stall until then).
+                                if shared.registry.settling() {
+                                    shared.ask_to_resend(shared.registry.take_unclaimed());
+                                }
                             }
                             user_placed(shared, core, key, user, server);
                         }

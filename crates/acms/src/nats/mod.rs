@@ -410,6 +410,71 @@ async fn claim(
     }
 }
 
+/// Directory writes in flight at once, at most: each is a round trip to the key-value store's
+/// leader, and one at a time capped logins at about 2,400 a second across hubs.
+const WRITES_IN_FLIGHT: usize = 64;
+
+/// After a write failed (the backplane may be away), no new write starts for this long.
+const WRITE_RETRY: Duration = Duration::from_millis(200);
+
+/// What became of one directory write.
+struct Applied {
+    bucket: Bucket,
+    key: String,
+    write: Write,
+    /// A login's write that won: its value and revision.
+    claimed: Option<(bytes::Bytes, u64)>,
+    result: Result<(), String>,
+}
+
+/// Makes one directory write.
+async fn apply(
+    store: kv::Store,
+    shared: Arc<HubState>,
+    core: Arc<Backplane>,
+    (bucket, key, write): (Bucket, String, Write),
+) -> Applied {
+    let mut claimed = None;
+    let result = match &write {
+        Write::Put(value) => {
+            store.put(&key, value.clone()).await.map(drop).map_err(|e| e.to_string())
+        }
+        Write::Delete => store.delete(&key).await.map_err(|e| e.to_string()),
+        Write::DeleteIf(expected) => match store.entry(&key).await {
+            Ok(Some(entry))
+                if entry.value == *expected && matches!(entry.operation, kv::Operation::Put) =>
+            {
+                store
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Ok(_) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        },
+        Write::Claim { value, expected } => {
+            match claim(&store, &key, value, *expected, &shared).await {
+                Ok(revision) => {
+                    claimed = revision.map(|revision| (value.clone(), revision));
+                    Ok(())
+                }
+                Err(Retry::Create) => {
+                    // The entry was deleted meanwhile (a logout): written afresh.
+                    let value = value.clone();
+                    core.writes.owe_unless_newer(
+                        bucket,
+                        key.clone(),
+                        Write::Claim { value, expected: None },
+                    );
+                    Ok(())
+                }
+                Err(Retry::Failed(err)) => Err(err),
+            }
+        }
+    };
+    Applied { bucket, key, write, claimed, result }
+}
+
 /// The directory's buckets, for the writer.
 struct Stores {
     users: kv::Store,
@@ -417,78 +482,47 @@ struct Stores {
     groups: kv::Store,
 }
 
-/// Applies the directory writes this hub owes, coalesced per key.
+/// Applies the directory writes this hub owes, coalesced per key, up to [`WRITES_IN_FLIGHT`] at
+/// once and one at a time per key (see `backplane::writes` for the order kept).
 async fn write(
     stores: Stores,
     shared: Arc<HubState>,
     core: Arc<Backplane>,
     shutdown: CancellationToken,
 ) {
+    let mut writing = futures_util::stream::FuturesUnordered::new();
+    let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = core.writes.owed() => {}
+        if paused_until.is_none_or(|until| tokio::time::Instant::now() >= until) {
+            paused_until = None;
+            for owed in core.writes.take(WRITES_IN_FLIGHT - writing.len()) {
+                let store = match owed.0 {
+                    Bucket::Users => stores.users.clone(),
+                    Bucket::Servers => stores.servers.clone(),
+                    Bucket::Groups => stores.groups.clone(),
+                };
+                writing.push(apply(store, shared.clone(), core.clone(), owed));
+            }
         }
-        for (bucket, key, write) in core.writes.take() {
-            let store = match bucket {
-                Bucket::Users => &stores.users,
-                Bucket::Servers => &stores.servers,
-                Bucket::Groups => &stores.groups,
-            };
-            let mut claimed = None;
-            let done = match &write {
-                Write::Put(value) => {
-                    store.put(&key, value.clone()).await.map(drop).map_err(|e| e.to_string())
-                }
-                Write::Delete => store.delete(&key).await.map_err(|e| e.to_string()),
-                Write::DeleteIf(expected) => match store.entry(&key).await {
-                    Ok(Some(entry))
-                        if entry.value == *expected
-                            && matches!(entry.operation, kv::Operation::Put) =>
-                    {
-                        store
-                            .delete_expect_revision(&key, Some(entry.revision))
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                    Ok(_) => Ok(()),
-                    Err(err) => Err(err.to_string()),
-                },
-                Write::Claim { value, expected } => {
-                    match claim(store, &key, value, *expected, &shared).await {
-                        Ok(revision) => {
-                            claimed = revision.map(|revision| (value.clone(), revision));
-                            Ok(())
-                        }
-                        Err(Retry::Create) => {
-                            // The entry was deleted meanwhile (a logout): written afresh.
-                            let value = value.clone();
-                            core.writes.owe_unless_newer(
-                                bucket,
-                                key.clone(),
-                                Write::Claim { value, expected: None },
-                            );
-                            Ok(())
-                        }
-                        Err(Retry::Failed(err)) => Err(err),
-                    }
-                }
-            };
-            core.writes.done(bucket, &key);
-            if let Some((value, revision)) = claimed {
-                // A login elsewhere that the watch brought while this one was being written was
-                // let pass then: judged now. (One that comes after is judged as it comes.)
-                effects::login_settled(&shared, &core, &key, &value, revision);
-            }
-            if let Err(err) = done {
-                // Owed again unless a newer write replaced it; the backplane may be away.
-                warn!(error = %err, ?bucket, %key, "directory write failed; retrying");
-                core.writes.owe_unless_newer(bucket, key, write);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
+        let resume = paused_until.unwrap_or_else(tokio::time::Instant::now);
+        let applied = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = core.writes.owed() => continue,
+            _ = tokio::time::sleep_until(resume), if paused_until.is_some() => continue,
+            applied = writing.next(), if !writing.is_empty() => applied,
+        };
+        let Some(Applied { bucket, key, write, claimed, result }) = applied else { continue };
+        core.writes.written(bucket, &key);
+        if let Some((value, revision)) = claimed {
+            // A login elsewhere that the watch brought while this one was being written was
+            // let pass then: judged now. (One that comes after is judged as it comes.)
+            effects::login_settled(&shared, &core, &key, &value, revision);
+        }
+        if let Err(err) = result {
+            // Owed again unless a newer write replaced it; the backplane may be away.
+            warn!(error = %err, ?bucket, %key, "directory write failed; retrying");
+            core.writes.owe_unless_newer(bucket, key, write);
+            paused_until = Some(tokio::time::Instant::now() + WRITE_RETRY);
         }
     }
 }

@@ -479,6 +479,11 @@ impl LinkCore {
         (self.msgs_in, self.next_seq.0 - 1)
     }
 
+    /// Whether every data frame sent was answered: nothing is left for a `Resend` to need.
+    pub(crate) fn is_all_answered(&self) -> bool {
+        self.unacked.is_empty()
+    }
+
     /// The cluster closes: what is staged, then `Bye`.
     pub(crate) fn close(&mut self) -> Result<(), ProtocolError> {
         self.encode(Control::Bye)

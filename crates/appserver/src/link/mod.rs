@@ -221,19 +221,25 @@ impl Link {
         let start = tokio::time::Instant::now() + self.config.load_interval;
         let mut loads = tokio::time::interval_at(start, self.config.load_interval);
         loads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set once the cluster closes: `Bye` waits until every message sent is answered, or
+        // until then (`close_timeout`), since only this server can send again what a hub
+        // dropped for it to send again.
+        let mut leaving: Option<tokio::time::Instant> = None;
         loop {
             let wake_at = tokio::time::Instant::from_std(self.core.poll_timeout());
+            let wake_at = leaving.map_or(wake_at, |deadline| wake_at.min(deadline));
+            let taking = leaving.is_none();
             let behind = self.core.is_app_behind();
             let queued = self.core.transmit().len();
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Step::Shutdown,
+                _ = shutdown.cancelled(), if taking => Step::Shutdown,
                 permit = events.reserve(), if behind => Step::Room(permit.ok()),
                 // Writing is one branch among the others, so the hub's frames are still read
                 // while the hub is not taking ours: two servers sending hard to each other
                 // cannot wedge each other's connections.
                 written = writer.write_buf(self.core.transmit()), if queued > 0 => Step::Wrote(written),
-                count = self.ends.commands.recv_many(&mut batch, MAX_BATCH), if queued < MAX_PENDING_OUT => Step::Commands(count),
+                count = self.ends.commands.recv_many(&mut batch, MAX_BATCH), if taking && queued < MAX_PENDING_OUT => Step::Commands(count),
                 read = reader.read_more(), if !behind => Step::Read(read),
                 _ = tokio::time::sleep_until(wake_at) => Step::Tick,
                 _ = loads.tick() => Step::Load,
@@ -251,8 +257,7 @@ impl Link {
                     while let Ok(command) = self.ends.commands.try_recv() {
                         self.core.handle_command(command)?;
                     }
-                    self.after_step();
-                    return self.close(writer).await;
+                    leaving = Some(self.leave_by());
                 }
                 Step::Room(Some(permit)) => {
                     permit.send(self.core.take_waiting_events());
@@ -263,7 +268,7 @@ impl Link {
                     self.note_events_dropped();
                 }
                 // Every handle is gone: nothing more will be sent.
-                Step::Commands(0) => return self.close(writer).await,
+                Step::Commands(0) => leaving = Some(self.leave_by()),
                 Step::Commands(_) => {
                     for command in batch.drain(..) {
                         self.core.handle_command(command)?;
@@ -283,7 +288,25 @@ impl Link {
                 }
             }
             self.after_step();
+            if let Some(deadline) = leaving {
+                let answered = self.core.is_all_answered();
+                if answered || tokio::time::Instant::now() >= deadline {
+                    if !answered {
+                        warn!(
+                            timeout = ?self.config.close_timeout,
+                            "closing with messages still unanswered: any the hub dropped for \
+                             this server to send again are lost"
+                        );
+                    }
+                    return self.close(writer).await;
+                }
+            }
         }
+    }
+
+    /// When a closing link says `Bye` at the latest.
+    fn leave_by(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.config.close_timeout
     }
 
     /// Says `Bye` after everything queued, and closes the connection.
