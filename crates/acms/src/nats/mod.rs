@@ -370,8 +370,6 @@ async fn watch(
     }
 }
 
-/// Writes a login under `replace` over the revision its hub knew (see [`Write::Claim`]). Lost
-/// to another hub's login: this hub's session of the user ends, and the write is done.
 /// Why a login's write must be tried again.
 enum Retry {
     /// The entry is gone: create it.
@@ -380,6 +378,8 @@ enum Retry {
     Failed(String),
 }
 
+/// Writes a login under `replace` over the revision its hub knew (see [`Write::Claim`]). Lost
+/// to another hub's login: this hub's session of the user ends, and the write is done.
 async fn claim(
     store: &kv::Store,
     key: &str,
