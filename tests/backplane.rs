@@ -10,30 +10,17 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use acms_appserver::{Cluster, Event, Events, LinkState, ServerId};
-use acms_tests::nats::{NatsCluster, free_port};
-use acms_tests::process::{Proc, field_addr, program, start_hub_with};
+use acms_tests::nats::{HubProc, NatsCluster, free_port, metric, start_hubs_with};
+use acms_tests::process::{Proc, field_addr, program};
 use acms_tests::stream::{number, numbered};
 use acms_tests::{PATIENCE, http, user, wait_link};
 
 /// Messages in each numbered stream.
 const STREAM: u32 = 2_000;
 
-/// An `acms` process on the backplane; killed when dropped.
-struct HubProc {
-    proc: Proc,
-    transfer: SocketAddr,
-    admin: SocketAddr,
-}
-
 /// Three hubs, hub `i` connected first to NATS node `i`.
 async fn start_hubs(nats: &NatsCluster) -> Vec<HubProc> {
-    let mut hubs = Vec::new();
-    for index in 0..3 {
-        let urls = nats.urls_from(index);
-        let (proc, transfer, admin) = start_hub_with(&["--backplane", &urls]).await;
-        hubs.push(HubProc { proc, transfer, admin });
-    }
-    hubs
+    start_hubs_with(nats, &[]).await
 }
 
 /// Waits until the hub whose admin API is at `admin` locates `name` on `server`: the user's
@@ -525,14 +512,7 @@ async fn start_hubs_settling(nats: &NatsCluster) -> (Vec<HubProc>, tempfile::Tem
     let path = dir.path().join("acms.toml");
     std::fs::write(&path, "[transfer]\nsettle = \"60s\"\n").expect("write config");
     let config = path.display().to_string();
-    let mut hubs = Vec::new();
-    for index in 0..3 {
-        let urls = nats.urls_from(index);
-        let (proc, transfer, admin) =
-            start_hub_with(&["--config", &config, "--backplane", &urls]).await;
-        hubs.push(HubProc { proc, transfer, admin });
-    }
-    (hubs, dir)
+    (start_hubs_with(nats, &["--config", &config]).await, dir)
 }
 
 /// Alice's server (10) on hub A, the first there, so hub A's settle window is open; bob's
@@ -732,118 +712,4 @@ async fn a_frame_for_a_server_that_moved_and_is_still_sending_its_snapshot_is_no
 /// their origin to send again.
 async fn held(admin: SocketAddr) -> u64 {
     metric(admin, "acms_held_total").await.unwrap_or_else(|| panic!("no held count at {admin}"))
-}
-/// A figure of the `/metrics` of the hub at `admin` (`name` with its labels), if it shows.
-async fn metric(admin: SocketAddr, name: &str) -> Option<u64> {
-    let metrics = http::request(admin, "GET", "/metrics", &[], None).await.body;
-    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Messages the hub at `admin` received from other hubs.
-async fn received(admin: SocketAddr) -> Option<u64> {
-    metric(admin, "acms_backplane_messages_total{what=\"received\"}").await
-}
-
-/// Waits until every hub counts `pairs` (group, hub) pairs with members: the joins and leaves
-/// have reached every replica.
-async fn wait_interest(hubs: &[HubProc], pairs: u64) {
-    for hub in hubs {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let got = metric(hub.admin, "acms_backplane_group_interest").await;
-            if got == Some(pairs) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "hub {} counts {got:?} pairs of a group and a hub with members, not {pairs}",
-                hub.admin
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// The next event of server `id`, which must be a group message: its recipients and number.
-async fn next_group_message(events: &mut Events, id: u32) -> (Vec<String>, u32) {
-    let event = tokio::time::timeout(PATIENCE, events.recv())
-        .await
-        .unwrap_or_else(|_| panic!("no group message on server {id}"))
-        .expect("events open");
-    match event {
-        Event::GroupMessage { to, payload, .. } => {
-            (to.iter().map(|user| user.as_str().to_owned()).collect(), number(&payload))
-        }
-        other => panic!("expected a group message on server {id}, got {other:?}"),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_message_crosses_only_to_hubs_with_members_once_each() {
-    use acms_appserver::{GroupId, Outcome};
-    let nats = NatsCluster::start().await;
-    let hubs = start_hubs(&nats).await;
-    let mut clusters = Vec::new();
-    let mut events = Vec::new();
-    for (index, hub) in hubs.iter().enumerate() {
-        let id = 10 + index as u32;
-        let (cluster, cluster_events) = Cluster::builder(ServerId(id), hub.transfer.to_string())
-            .client_addr(format!("127.0.0.1:{}", free_port()))
-            .start();
-        wait_link(&cluster, LinkState::Connected).await;
-        cluster.login(user(&format!("u{id}"))).await.expect("login");
-        clusters.push(cluster);
-        events.push(cluster_events);
-    }
-    clusters[0].login(user("v10")).await.expect("login");
-    let room = GroupId::new("room").expect("a group id");
-    let join = async |index: usize, name: &str| {
-        clusters[index].join(&room, &user(name)).await.expect("join");
-    };
-    // Members on hubs A and B; hub C's user is no member.
-    join(0, "u10").await;
-    join(0, "v10").await;
-    join(1, "u11").await;
-    wait_interest(&hubs, 2).await;
-    let hub_c_before = received(hubs[2].admin).await;
-    let send = async |seq: u32| {
-        let from = user("u10");
-        clusters[0].send_to_group(&from, &room, numbered(seq, 8), true).await.expect("send")
-    };
-    let receipt = send(1).await;
-    assert_eq!(next_group_message(&mut events[0], 10).await, (vec!["v10".to_owned()], 1));
-    assert_eq!(next_group_message(&mut events[1], 11).await, (vec!["u11".to_owned()], 1));
-    assert!(matches!(receipt.outcome(PATIENCE).await, Outcome::Reached { servers: 1 }));
-    assert_eq!(
-        received(hubs[2].admin).await,
-        hub_c_before,
-        "hub C, with no member, received none of the group's traffic"
-    );
-
-    // Members on three hubs: each gets it once.
-    join(2, "u12").await;
-    wait_interest(&hubs, 3).await;
-    let receipt = send(2).await;
-    assert_eq!(next_group_message(&mut events[0], 10).await, (vec!["v10".to_owned()], 2));
-    assert_eq!(next_group_message(&mut events[1], 11).await, (vec!["u11".to_owned()], 2));
-    assert_eq!(next_group_message(&mut events[2], 12).await, (vec!["u12".to_owned()], 2));
-    assert!(matches!(receipt.outcome(PATIENCE).await, Outcome::Reached { servers: 2 }));
-
-    // The last member on hub B leaves: hub B gets no more of it.
-    clusters[1].leave(&room, &user("u11")).await.expect("leave");
-    wait_interest(&hubs, 2).await;
-    let hub_b_before = received(hubs[1].admin).await;
-    let receipt = send(3).await;
-    assert_eq!(next_group_message(&mut events[0], 10).await, (vec!["v10".to_owned()], 3));
-    assert_eq!(next_group_message(&mut events[2], 12).await, (vec!["u12".to_owned()], 3));
-    assert!(matches!(receipt.outcome(PATIENCE).await, Outcome::Reached { servers: 1 }));
-    assert_eq!(received(hubs[1].admin).await, hub_b_before, "hub B, left, received nothing");
-    // Nothing twice: no server has another event.
-    for (index, events) in events.iter_mut().enumerate() {
-        let extra = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
-        assert!(extra.is_err(), "server {}: unexpected {extra:?}", 10 + index);
-    }
-    for cluster in clusters {
-        cluster.close().await;
-    }
 }

@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::PATIENCE;
+use crate::http;
+use crate::process::{Proc, start_hub_with};
 
 /// Where Debian's package installs the server.
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
@@ -176,4 +178,33 @@ async fn get(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
     let reply = String::from_utf8_lossy(&reply);
     let body = reply.split_once("\r\n\r\n")?.1;
     serde_json::from_str(body).ok()
+}
+
+/// An `acms` process on the backplane; killed when dropped.
+pub struct HubProc {
+    /// The process.
+    pub proc: Proc,
+    /// Its transfer port.
+    pub transfer: SocketAddr,
+    /// Its admin API.
+    pub admin: SocketAddr,
+}
+
+/// Three hubs on `nats`, hub `i` connected first to NATS node `i`, with `extra` flags.
+pub async fn start_hubs_with(nats: &NatsCluster, extra: &[&str]) -> Vec<HubProc> {
+    let mut hubs = Vec::new();
+    for index in 0..3 {
+        let urls = nats.urls_from(index);
+        let mut args = vec!["--backplane", urls.as_str()];
+        args.extend_from_slice(extra);
+        let (proc, transfer, admin) = start_hub_with(&args).await;
+        hubs.push(HubProc { proc, transfer, admin });
+    }
+    hubs
+}
+
+/// A figure of the `/metrics` of the hub at `admin` (`name` with its labels), if it shows.
+pub async fn metric(admin: SocketAddr, name: &str) -> Option<u64> {
+    let metrics = http::request(admin, "GET", "/metrics", &[], None).await.body;
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
