@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use acms_appserver::{Cluster, Event, Events, LinkState, ServerId};
-use acms_tests::nats::{HubProc, NatsCluster, free_port, metric, start_hubs_with};
+use acms_tests::nats::{HubProc, NatsCluster, free_port, metric, server_on_each, start_hubs_with};
 use acms_tests::process::{Proc, field_addr, program};
 use acms_tests::stream::{number, numbered};
 use acms_tests::{PATIENCE, http, user, wait_link};
@@ -438,17 +438,9 @@ async fn broadcast_and_server_messages_reach_the_servers_of_every_hub() {
     use acms_appserver::Outcome;
     let nats = NatsCluster::start().await;
     let hubs = start_hubs(&nats).await;
-    let mut clusters = Vec::new();
-    let mut events = Vec::new();
-    for (index, hub) in hubs.iter().enumerate() {
-        let id = 10 + index as u32;
-        let (cluster, cluster_events) = Cluster::builder(ServerId(id), hub.transfer.to_string())
-            .client_addr(format!("127.0.0.1:{}", free_port()))
-            .start();
-        wait_link(&cluster, LinkState::Connected).await;
-        cluster.login(user(&format!("u{id}"))).await.expect("login");
-        clusters.push(cluster);
-        events.push(cluster_events);
+    let (clusters, mut events) = server_on_each(&hubs).await;
+    for (index, cluster) in clusters.iter().enumerate() {
+        cluster.login(user(&format!("u{}", 10 + index))).await.expect("login");
     }
     // Every hub knows every server, and its hub alive, before the first copy.
     for hub in &hubs {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use acms_appserver::{Cluster, Event, Events, GroupId, LinkState, ServerId};
-use acms_tests::nats::{HubProc, NatsCluster, free_port, metric, start_hubs_with};
+use acms_tests::nats::{HubProc, NatsCluster, free_port, metric, server_on_each, start_hubs_with};
 use acms_tests::process::ADMIN_TOKEN;
 use acms_tests::stream::{number, numbered};
 use acms_tests::{PATIENCE, http, user, wait_link};
@@ -194,17 +194,7 @@ async fn start_multi_hubs(nats: &NatsCluster) -> Vec<HubProc> {
 async fn multi_sessions_on_two_hubs_each_get_a_message_once() {
     let nats = NatsCluster::start().await;
     let hubs = start_multi_hubs(&nats).await;
-    let mut clusters = Vec::new();
-    let mut events = Vec::new();
-    for (index, hub) in hubs.iter().enumerate() {
-        let (cluster, cluster_events) =
-            Cluster::builder(ServerId(10 + index as u32), hub.transfer.to_string())
-                .client_addr(format!("127.0.0.1:{}", free_port()))
-                .start();
-        wait_link(&cluster, LinkState::Connected).await;
-        clusters.push(cluster);
-        events.push(cluster_events);
-    }
+    let (clusters, mut events) = server_on_each(&hubs).await;
     // Sam has a session on hub A's server and on hub B's; carl on hub C writes to him.
     clusters[0].login(user("sam")).await.expect("login on A");
     clusters[1].login(user("sam")).await.expect("login on B");
@@ -281,17 +271,9 @@ async fn a_group_message_crosses_only_to_hubs_with_members_once_each() {
     use acms_appserver::{GroupId, Outcome};
     let nats = NatsCluster::start().await;
     let hubs = start_hubs(&nats).await;
-    let mut clusters = Vec::new();
-    let mut events = Vec::new();
-    for (index, hub) in hubs.iter().enumerate() {
-        let id = 10 + index as u32;
-        let (cluster, cluster_events) = Cluster::builder(ServerId(id), hub.transfer.to_string())
-            .client_addr(format!("127.0.0.1:{}", free_port()))
-            .start();
-        wait_link(&cluster, LinkState::Connected).await;
-        cluster.login(user(&format!("u{id}"))).await.expect("login");
-        clusters.push(cluster);
-        events.push(cluster_events);
+    let (clusters, mut events) = server_on_each(&hubs).await;
+    for (index, cluster) in clusters.iter().enumerate() {
+        cluster.login(user(&format!("u{}", 10 + index))).await.expect("login");
     }
     clusters[0].login(user("v10")).await.expect("login");
     let room = GroupId::new("room").expect("a group id");

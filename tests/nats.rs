@@ -11,9 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::PATIENCE;
+use acms_appserver::{Cluster, Events, LinkState, ServerId};
+
 use crate::http;
 use crate::process::{Proc, start_hub_with};
+use crate::{PATIENCE, wait_link};
 
 /// Where Debian's package installs the server.
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
@@ -207,4 +209,19 @@ pub async fn start_hubs_with(nats: &NatsCluster, extra: &[&str]) -> Vec<HubProc>
 pub async fn metric(admin: SocketAddr, name: &str) -> Option<u64> {
     let metrics = http::request(admin, "GET", "/metrics", &[], None).await.body;
     metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// One app server on each hub, server `10 + i` on hub `i`, connected; their handles and events.
+pub async fn server_on_each(hubs: &[HubProc]) -> (Vec<Cluster>, Vec<Events>) {
+    let (mut clusters, mut events) = (Vec::new(), Vec::new());
+    for (index, hub) in hubs.iter().enumerate() {
+        let (cluster, cluster_events) =
+            Cluster::builder(ServerId(10 + index as u32), hub.transfer.to_string())
+                .client_addr(format!("127.0.0.1:{}", free_port()))
+                .start();
+        wait_link(&cluster, LinkState::Connected).await;
+        clusters.push(cluster);
+        events.push(cluster_events);
+    }
+    (clusters, events)
 }
