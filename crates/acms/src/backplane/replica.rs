@@ -61,6 +61,8 @@ pub(crate) struct Replica {
     servers: RwLock<HashMap<ServerId, Place>>,
     /// The other hubs heard from, with when they were last heard.
     hubs: RwLock<HashMap<HubId, Instant>>,
+    /// Every hub ever heard from, alive or not since.
+    ever_heard: RwLock<std::collections::HashSet<HubId>>,
     dead_after: Duration,
 }
 
@@ -71,6 +73,7 @@ impl Replica {
             users: DashMap::default(),
             servers: RwLock::default(),
             hubs: RwLock::default(),
+            ever_heard: RwLock::default(),
             dead_after,
         }
     }
@@ -150,6 +153,18 @@ impl Replica {
         }
     }
 
+    /// Where an ack for `server`, not connected to this hub, goes: as a frame does, and also to
+    /// a hub never heard from yet (this hub started a moment ago), since an ack needs no order
+    /// with other frames: one lost with a hub that was in fact dead is replaced by the acks of
+    /// the frames its origin sends again once it registers elsewhere. Dropping it instead
+    /// would leave the origin waiting for it until its next ack.
+    pub(crate) fn route_ack(&self, server: ServerId) -> Option<HubId> {
+        let place = self.place(server)?;
+        let hub = place.hub;
+        let never_heard = || !self.ever_heard.read().expect("hub lock").contains(&hub);
+        (hub != self.me && (self.is_alive(hub) || never_heard())).then_some(hub)
+    }
+
     /// Where a frame for `user`, online on no server of this hub, goes; with their server.
     pub(crate) fn route_user(&self, user: &str) -> (Remote, Option<ServerId>) {
         match self.user(user) {
@@ -182,6 +197,7 @@ impl Replica {
         if hub == self.me {
             return false;
         }
+        self.ever_heard.write().expect("hub lock").insert(hub);
         self.hubs.write().expect("hub lock").insert(hub, now).is_none()
     }
 
@@ -235,6 +251,22 @@ mod tests {
         assert_eq!(replica.route_user("alice"), (Remote::Hub(HubId(3)), Some(ServerId(7))));
         replica.remove_user("alice");
         assert_eq!(replica.route_user("alice"), (Remote::Nowhere, None));
+    }
+
+    #[test]
+    fn an_ack_goes_to_a_hub_never_heard_from_but_not_to_a_dead_one() {
+        let replica = Replica::new(ME, Duration::from_secs(3));
+        let now = Instant::now();
+        assert_eq!(replica.route_ack(ServerId(7)), None, "no such server");
+        replica.set_place(ServerId(7), place(OTHER));
+        assert_eq!(replica.route_server(ServerId(7)), Remote::Moving, "frames wait");
+        assert_eq!(replica.route_ack(ServerId(7)), Some(OTHER), "acks need not");
+        replica.heard(OTHER, now);
+        assert_eq!(replica.route_ack(ServerId(7)), Some(OTHER));
+        assert_eq!(replica.expire(now + Duration::from_secs(4)), vec![OTHER]);
+        assert_eq!(replica.route_ack(ServerId(7)), None, "dead: its servers move");
+        replica.set_place(ServerId(8), place(ME));
+        assert_eq!(replica.route_ack(ServerId(8)), None, "this hub's own");
     }
 
     #[test]
