@@ -153,6 +153,36 @@ fn resend_to_hub(shared: &HubState, core: &Backplane, hub: HubId) {
     }
 }
 
+/// What one message from another hub hands to one server here: spans of the message, each a
+/// run of adjacent frames, so a burst to one server costs one slice and one iovec (as a run
+/// does on the relay's own path), not one per frame.
+struct Staged {
+    target: ServerId,
+    spans: Vec<std::ops::Range<usize>>,
+    lowest: Option<u64>,
+    /// Data frames among them (acks are not counted).
+    count: usize,
+}
+
+impl Staged {
+    fn new(target: ServerId, span: std::ops::Range<usize>, seq: Option<u64>) -> Self {
+        Self { target, spans: vec![span], lowest: seq, count: usize::from(seq.is_some()) }
+    }
+
+    /// Adds the frame at `span`, extending the last run if it ends where the frame starts.
+    fn add(&mut self, span: std::ops::Range<usize>, seq: Option<u64>) {
+        match self.spans.last_mut() {
+            Some(last) if last.end == span.start => last.end = span.end,
+            _ => self.spans.push(span),
+        }
+        self.lowest = match (self.lowest, seq) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.count += usize::from(seq.is_some());
+    }
+}
+
 /// Frames of the server `origin` on `hub`, for servers of this hub: handed to each by the same
 /// registry call as a local relay's, in order; those for nobody here go back as undeliverable.
 fn deliver(
@@ -173,10 +203,11 @@ fn deliver(
             let _closing = shared.send_frame(peer.id, frame.clone());
         }
     }
-    let mut staged: Vec<(ServerId, Vec<Bytes>, Option<u64>, usize)> = Vec::new();
+    let mut staged: Vec<Staged> = Vec::new();
     let mut back: Vec<RawFrame> = Vec::new();
-    let mut rest = frames;
+    let mut rest = frames.clone();
     while !rest.is_empty() {
+        let start = frames.len() - rest.len();
         let frame = match RawFrame::split_first(&mut rest) {
             Ok(frame) => frame,
             Err(err) => {
@@ -277,22 +308,16 @@ fn deliver(
                 continue;
             }
         };
-        let bytes = frame.into_bytes();
+        let span = start..frames.len() - rest.len();
         for target in targets {
-            match staged.iter_mut().find(|(t, ..)| *t == target) {
-                Some((_, chunks, lowest, count)) => {
-                    chunks.push(bytes.clone());
-                    *lowest = match (*lowest, seq) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    *count += usize::from(seq.is_some());
-                }
-                None => staged.push((target, vec![bytes.clone()], seq, usize::from(seq.is_some()))),
+            match staged.iter_mut().find(|staged| staged.target == target) {
+                Some(staged) => staged.add(span.clone(), seq),
+                None => staged.push(Staged::new(target, span.clone(), seq)),
             }
         }
     }
-    for (target, chunks, lowest, count) in staged {
+    for Staged { target, spans, lowest, count } in staged {
+        let chunks: Vec<Bytes> = spans.into_iter().map(|span| frames.slice(span)).collect();
         let len: usize = chunks.iter().map(Bytes::len).sum();
         match shared.registry.relay_batch(origin, target, lowest, chunks, None) {
             Ok(Relayed::Queued(_)) => shared.stats.relayed(count, len),
@@ -536,5 +561,21 @@ fn server_placed(shared: &HubState, core: &Backplane, server: ServerId, place: P
     let frame = shared.control_frame(Control::ServerUp { server: up, resend_from: Some(0) });
     for peer in shared.registry.peers(server) {
         let _closing = shared.send_frame(peer.id, frame.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_frames_for_one_server_make_one_span() {
+        let mut staged = Staged::new(ServerId(1), 0..10, Some(5));
+        staged.add(10..25, Some(3));
+        staged.add(25..30, None);
+        // A frame skipped between (for nobody here) breaks the run.
+        staged.add(40..50, Some(9));
+        assert_eq!(staged.spans, vec![0..30, 40..50]);
+        assert_eq!((staged.lowest, staged.count), (Some(3), 3), "acks are not counted");
     }
 }
