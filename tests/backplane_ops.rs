@@ -488,3 +488,44 @@ async fn the_metrics_of_any_hub_count_the_whole_cluster() {
         cluster.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_servers_show_their_load_and_a_full_one_gets_no_client() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    // Server 10 on hub A with two users; server 11 on hub B with one, and room for one only.
+    let (clusters, _events) = server_on_each(&hubs[..1]).await;
+    let (full, _full_events) = Cluster::builder(ServerId(11), hubs[1].transfer.to_string())
+        .client_addr(format!("127.0.0.1:{}", free_port()))
+        .capacity(1)
+        .load_interval(Duration::from_millis(100))
+        .start();
+    wait_link(&full, LinkState::Connected).await;
+    for name in ["alice", "ann"] {
+        clusters[0].login(user(name)).await.expect("login");
+    }
+    full.login(user("bob")).await.expect("login");
+    // Hub C's list (the dashboard's cards) shows server 11's load as hub B last reported it.
+    let reported = |json: &serde_json::Value| {
+        json.as_array().is_some_and(|list| {
+            list.iter().any(|s| {
+                s["id"] == 11
+                    && s["users"] == 1
+                    && s["capacity"] == 1
+                    && s["cpu_percent"].is_number()
+                    && s["memory_bytes"].as_u64().is_some_and(|bytes| bytes > 0)
+                    && s["connected_since"].as_f64().is_some_and(|since| since > 0.0)
+            })
+        })
+    };
+    wait_json(hubs[2].admin, "/api/servers", "showed server 11's load", reported).await;
+    // Full: no hub sends it a client, though it has fewer users than server 10.
+    for hub in &hubs {
+        let answer = http::request(hub.admin, "GET", "/api/assign", &[], None).await.json();
+        assert_eq!(answer["server"], 10, "{answer}");
+    }
+    full.close().await;
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}

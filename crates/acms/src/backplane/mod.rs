@@ -569,6 +569,27 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_servers_report_shows_while_its_hub_lives_and_goes_with_it() {
+        let (backplane, _queue) = backplane(1);
+        let (hub, server) = (HubId(2), ServerId(11));
+        let place = Place { hub, epoch: 1, registration: 1, client_addr: "a:1".into() };
+        let report =
+            ServerReport { id: server, connected: true, draining: false, since_ms: 5, load: None };
+        // Before the directory places it there, a report is not kept.
+        backplane.heard_reports(hub, 1, vec![report]);
+        backplane.replica.set_place(server, place);
+        assert!(backplane.replica.heard(hub, Instant::now()));
+        assert_eq!(backplane.remote_server_list()[0].report, None);
+        backplane.heard_reports(hub, 1, vec![report]);
+        assert_eq!(backplane.remote_server_list()[0].report, Some(report));
+        backplane.drained_remote(hub, server);
+        let listed = backplane.remote_server_list()[0].report.unwrap();
+        assert!(listed.draining && !listed.takes_clients());
+        backplane.hub_dead(hub, Instant::now());
+        assert_eq!(backplane.remote_server_list()[0].report, None, "dead: no report");
+    }
+
+    #[test]
     fn an_origin_epoch_is_told_once_and_again_after_a_restart() {
         let (backplane, _queue) = backplane(1);
         assert!(backplane.tell_epoch(ServerId(1), 10));
