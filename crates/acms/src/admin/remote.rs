@@ -164,7 +164,7 @@ pub(super) async fn drain(
     let question = Question::Drain { server: server.0, target };
     match ask(backplane, hub, &question).await? {
         Answer::Drained { users } => {
-            backplane.drained_remote(hub, server);
+            backplane.drained_remote(hub, server, std::time::Instant::now());
             Ok(users)
         }
         Answer::Failed { status, error } => Err(ApiError::new(

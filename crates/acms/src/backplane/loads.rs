@@ -8,6 +8,7 @@
 //! places on the reporting hub, and forgotten when that hub dies or stops reporting it.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use acms_protocol::{Load, ServerId};
 
@@ -15,6 +16,10 @@ use super::HubId;
 
 /// The most servers one heartbeat reports (41 bytes each: about 10 KiB at most).
 pub(crate) const MAX_REPORTS: usize = 256;
+
+/// How long a server drained through this hub counts as draining whatever its hub reports: a
+/// heartbeat sent before the drain reached its hub must not make it look active again.
+const DRAIN_MARK: Duration = Duration::from_secs(5);
 
 /// What a hub reports of one of its app servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +50,9 @@ pub(crate) struct Loads {
     by_hub: HashMap<HubId, HashMap<ServerId, ServerReport>>,
     /// Where this hub's next heartbeat starts reporting when it has more than the cap.
     cursor: usize,
+    /// Servers of other hubs drained through this hub, with when, until their hub reports them
+    /// draining (or [`DRAIN_MARK`] passes).
+    drained: HashMap<ServerId, Instant>,
 }
 
 impl Loads {
@@ -63,16 +71,17 @@ impl Loads {
         (total, reports)
     }
 
-    /// `hub`'s heartbeat reports `reports` of its `total` servers; `placed` says whether the
-    /// directory places a server on `hub` (only those are kept, so memory follows the directory
-    /// whatever a heartbeat claims). A heartbeat with every server replaces what `hub` reported
-    /// before; a partial one (past the cap) adds to it.
+    /// `hub`'s heartbeat reports `reports` of its `total` servers at `now`; `placed` says whether
+    /// the directory places a server on `hub` (only those are kept, so memory follows the
+    /// directory whatever a heartbeat claims). A heartbeat with every server replaces what `hub`
+    /// reported before; a partial one (past the cap) adds to it.
     pub(crate) fn heard(
         &mut self,
         hub: HubId,
         total: u32,
         reports: Vec<ServerReport>,
         placed: impl Fn(ServerId) -> bool,
+        now: Instant,
     ) {
         let complete = reports.len() as u64 >= u64::from(total);
         let kept = self.by_hub.entry(hub).or_default();
@@ -80,7 +89,14 @@ impl Loads {
             kept.clear();
         }
         kept.retain(|&id, _| placed(id));
-        for report in reports.into_iter().filter(|report| placed(report.id)) {
+        for mut report in reports.into_iter().filter(|report| placed(report.id)) {
+            if let Some(&at) = self.drained.get(&report.id) {
+                if report.draining || now.saturating_duration_since(at) > DRAIN_MARK {
+                    self.drained.remove(&report.id);
+                } else {
+                    report.draining = true;
+                }
+            }
             kept.insert(report.id, report);
         }
     }
@@ -90,11 +106,14 @@ impl Loads {
         self.by_hub.get(&hub)?.get(&server).copied()
     }
 
-    /// `server` of `hub` was drained through this hub: counted draining before its hub's next
-    /// heartbeat says so.
-    pub(crate) fn mark_draining(&mut self, hub: HubId, server: ServerId) {
+    /// `server` of `hub` was drained through this hub at `now`: counted draining until its hub's
+    /// heartbeats say so.
+    pub(crate) fn mark_draining(&mut self, hub: HubId, server: ServerId, now: Instant) {
+        // Bounded: one entry per server a hub has reported, each for a few seconds at most.
+        self.drained.retain(|_, at| now.saturating_duration_since(*at) <= DRAIN_MARK);
         if let Some(report) = self.by_hub.get_mut(&hub).and_then(|kept| kept.get_mut(&server)) {
             report.draining = true;
+            self.drained.insert(server, now);
         }
     }
 
@@ -134,16 +153,40 @@ mod tests {
         let mut loads = Loads::default();
         let hub = HubId(2);
         let placed = |id: ServerId| id.0 < 10;
-        loads.heard(hub, 2, vec![report(1), report(50)], placed);
+        let now = Instant::now();
+        loads.heard(hub, 2, vec![report(1), report(50)], placed, now);
         assert!(loads.report(hub, ServerId(1)).is_some());
         assert!(loads.report(hub, ServerId(50)).is_none(), "not the hub's by the directory");
         // A partial heartbeat adds; a complete one replaces.
-        loads.heard(hub, 300, vec![report(2)], placed);
+        loads.heard(hub, 300, vec![report(2)], placed, now);
         assert!(loads.report(hub, ServerId(1)).is_some());
-        loads.heard(hub, 1, vec![report(2)], placed);
+        loads.heard(hub, 1, vec![report(2)], placed, now);
         assert!(loads.report(hub, ServerId(1)).is_none(), "no longer reported");
-        loads.mark_draining(hub, ServerId(2));
-        assert!(!loads.report(hub, ServerId(2)).unwrap().takes_clients());
+        loads.forget(hub);
+        assert!(loads.report(hub, ServerId(2)).is_none());
+    }
+
+    #[test]
+    fn a_server_drained_here_stays_draining_until_its_hub_says_so() {
+        let mut loads = Loads::default();
+        let (hub, server) = (HubId(2), ServerId(2));
+        let now = Instant::now();
+        let takes = |loads: &Loads| loads.report(hub, server).unwrap().takes_clients();
+        loads.heard(hub, 1, vec![report(2)], |_| true, now);
+        loads.mark_draining(hub, server, now);
+        assert!(!takes(&loads));
+        // A heartbeat its hub sent before the drain reached it.
+        loads.heard(hub, 1, vec![report(2)], |_| true, now + Duration::from_millis(500));
+        assert!(!takes(&loads), "still draining");
+        let draining = ServerReport { draining: true, ..report(2) };
+        loads.heard(hub, 1, vec![draining], |_| true, now + Duration::from_secs(1));
+        // Its hub said so: from now on its reports rule (a server that registers again is active).
+        loads.heard(hub, 1, vec![report(2)], |_| true, now + Duration::from_secs(2));
+        assert!(takes(&loads));
+        // A mark its hub never confirms ends.
+        loads.mark_draining(hub, server, now);
+        loads.heard(hub, 1, vec![report(2)], |_| true, now + DRAIN_MARK * 2);
+        assert!(takes(&loads));
         loads.forget(hub);
         assert!(loads.report(hub, ServerId(2)).is_none());
     }

@@ -227,17 +227,23 @@ impl Backplane {
         Heartbeat { from: self.me, sent, total, reports }.encode()
     }
 
-    /// `hub`'s heartbeat reported `reports` of its `total` servers: kept for those the directory
-    /// places on it.
-    pub(crate) fn heard_reports(&self, hub: HubId, total: u32, reports: Vec<ServerReport>) {
+    /// `hub`'s heartbeat reported `reports` of its `total` servers at `now`: kept for those the
+    /// directory places on it.
+    pub(crate) fn heard_reports(
+        &self,
+        hub: HubId,
+        total: u32,
+        reports: Vec<ServerReport>,
+        now: Instant,
+    ) {
         let placed = |server| self.replica.place(server).is_some_and(|place| place.hub == hub);
-        self.loads.lock().expect("loads lock").heard(hub, total, reports, placed);
+        self.loads.lock().expect("loads lock").heard(hub, total, reports, placed, now);
     }
 
-    /// `server` of `hub` was drained through this hub: no hub assigns it clients from now,
-    /// before its hub's next heartbeat says so.
-    pub(crate) fn drained_remote(&self, hub: HubId, server: ServerId) {
-        self.loads.lock().expect("loads lock").mark_draining(hub, server);
+    /// `server` of `hub` was drained through this hub at `now`: this hub assigns it no client
+    /// from now, before its hub's heartbeats say so.
+    pub(crate) fn drained_remote(&self, hub: HubId, server: ServerId, now: Instant) {
+        self.loads.lock().expect("loads lock").mark_draining(hub, server, now);
     }
 
     /// A numbered message from `hub` arrived.
@@ -576,13 +582,13 @@ mod tests {
         let report =
             ServerReport { id: server, connected: true, draining: false, since_ms: 5, load: None };
         // Before the directory places it there, a report is not kept.
-        backplane.heard_reports(hub, 1, vec![report]);
+        backplane.heard_reports(hub, 1, vec![report], Instant::now());
         backplane.replica.set_place(server, place);
         assert!(backplane.replica.heard(hub, Instant::now()));
         assert_eq!(backplane.remote_server_list()[0].report, None);
-        backplane.heard_reports(hub, 1, vec![report]);
+        backplane.heard_reports(hub, 1, vec![report], Instant::now());
         assert_eq!(backplane.remote_server_list()[0].report, Some(report));
-        backplane.drained_remote(hub, server);
+        backplane.drained_remote(hub, server, Instant::now());
         let listed = backplane.remote_server_list()[0].report.unwrap();
         assert!(listed.draining && !listed.takes_clients());
         backplane.hub_dead(hub, Instant::now());
