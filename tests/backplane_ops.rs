@@ -327,3 +327,205 @@ async fn a_group_message_crosses_only_to_hubs_with_members_once_each() {
         cluster.close().await;
     }
 }
+
+/// The client address server `id` advertised, as the hub at `admin` lists it.
+async fn client_addr(admin: SocketAddr, id: u64) -> String {
+    let path = "/api/servers";
+    wait_json(admin, path, "listed the server", |json| {
+        json.as_array().is_some_and(|list| list.iter().any(|server| server["id"] == id))
+    })
+    .await;
+    let servers = http::request(admin, "GET", path, &[], None).await.json();
+    let servers = servers.as_array().expect("a list");
+    let server = servers.iter().find(|server| server["id"] == id).expect("listed");
+    server["client_addr"].as_str().expect("an address").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignment_on_any_hub_weighs_the_servers_of_every_hub() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    // Server 10 on hub A with three users, server 11 on hub B with none; hub C has no server.
+    let (clusters, _events) = server_on_each(&hubs[..2]).await;
+    for name in ["alice", "ann", "amy"] {
+        clusters[0].login(user(name)).await.expect("login");
+    }
+    let addr_11 = client_addr(hubs[1].admin, 11).await;
+    // Under `min-users`, every hub sends a new client to server 11, its own or not.
+    for hub in &hubs {
+        wait_json(hub.admin, "/api/assign", "assigned server 11", |json| json["server"] == 11)
+            .await;
+        let answer = http::request(hub.admin, "GET", "/api/assign", &[], None).await.json();
+        assert_eq!(answer["client_addr"], addr_11.as_str(), "{answer}");
+    }
+    // Server 11 fills up past server 10: hub B's own assignment moves to hub A's server.
+    for name in ["bob", "ben", "bea", "bud"] {
+        clusters[1].login(user(name)).await.expect("login");
+    }
+    wait_json(hubs[1].admin, "/api/assign", "assigned server 10", |json| json["server"] == 10)
+        .await;
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_sends_a_key_to_the_same_server_from_every_hub() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("acms.toml");
+    std::fs::write(&config, "[assign]\npolicy = \"affinity\"\n").expect("config written");
+    let nats = NatsCluster::start().await;
+    let config = config.display().to_string();
+    let hubs = start_hubs_with(&nats, &["--config", config.as_str()]).await;
+    let (clusters, _events) = server_on_each(&hubs[..2]).await;
+    // A hub that has heard of no server yet has none to assign (503).
+    let assigned = async |admin: SocketAddr, key: &str| {
+        let reply = http::request(admin, "GET", &format!("/api/assign?key={key}"), &[], None).await;
+        assert!(matches!(reply.status, 200 | 503), "{}", reply.body);
+        reply.json()["server"].as_u64()
+    };
+    // Once every hub counts both servers, each key maps to one server whichever hub is asked.
+    let keys: Vec<String> = (0..40).map(|key| format!("team-{key}")).collect();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut answers = Vec::new();
+        for hub in &hubs {
+            let mut servers = Vec::new();
+            for key in &keys {
+                servers.push(assigned(hub.admin, key).await);
+            }
+            answers.push(servers);
+        }
+        let agreed = answers.iter().all(|servers| *servers == answers[0]);
+        let both = [10, 11].iter().all(|&id| answers[0].contains(&Some(id)));
+        if agreed && both {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hubs never agreed on both servers: A {:?}, B {:?}, C {:?}",
+            answers[0],
+            answers[1],
+            answers[2]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_of_another_hub_drains_through_any_hub() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    let (clusters, mut events) = server_on_each(&hubs[..2]).await;
+    clusters[0].login(user("alice")).await.expect("login");
+    clusters[1].login(user("bob")).await.expect("login");
+    let addr_10 = client_addr(hubs[0].admin, 10).await;
+    client_addr(hubs[0].admin, 11).await;
+    // Hub A drains server 11 of hub B: its hub tells it, and sends its clients to server 10.
+    let reply = post(hubs[0].admin, "/api/servers/11/drain", "{}").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer = reply.json();
+    assert_eq!(answer["server"], 11, "{answer}");
+    assert_eq!(answer["state"], "draining", "{answer}");
+    assert_eq!(answer["target"], addr_10.as_str(), "{answer}");
+    match next(&mut events[1], 11).await {
+        Event::Drain { target } => assert_eq!(target.as_deref(), Some(addr_10.as_str())),
+        other => panic!("expected the drain on server 11, got {other:?}"),
+    }
+    // No hub assigns it a client any more, though it has fewer users than server 10 once bob
+    // leaves; and every hub lists it drained.
+    clusters[1].logout(&user("bob")).await.expect("logout");
+    for hub in &hubs {
+        wait_json(hub.admin, "/api/servers", "listed server 11 drained", |json| {
+            json.as_array()
+                .is_some_and(|list| list.iter().any(|s| s["id"] == 11 && s["state"] == "drained"))
+        })
+        .await;
+        let answer = http::request(hub.admin, "GET", "/api/assign", &[], None).await.json();
+        assert_eq!(answer["server"], 10, "{answer}");
+    }
+    // A server no hub has is still unknown.
+    post(hubs[0].admin, "/api/servers/99/drain", "{}").await.error(404);
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_of_any_hub_count_the_whole_cluster() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    // Server 10 on hub A with two users, server 11 on hub B with one; hub C has none.
+    let (clusters, _events) = server_on_each(&hubs[..2]).await;
+    for name in ["alice", "ann"] {
+        clusters[0].login(user(name)).await.expect("login");
+    }
+    clusters[1].login(user("bob")).await.expect("login");
+    let hub_c = hubs[2].admin;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while (metric(hub_c, "acms_cluster_servers").await, metric(hub_c, "acms_cluster_users").await)
+        != (Some(2), Some(3))
+    {
+        let metrics = http::request(hub_c, "GET", "/metrics", &[], None).await.body;
+        assert!(tokio::time::Instant::now() < deadline, "hub C never counted it all: {metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Per hub, by id; hub C's own figures stay its own.
+    for (index, (servers, users)) in [(1, 2), (1, 1), (0, 0)].into_iter().enumerate() {
+        let summary = http::request(hubs[index].admin, "GET", "/api/summary", &[], None).await;
+        let id = summary.json()["backplane"]["hub"].as_str().expect("a hub id").to_owned();
+        let label = format!("{{hub=\"{id}\"}}");
+        let named = |name: &str| format!("acms_backplane_hub_{name}{label}");
+        assert_eq!(metric(hub_c, &named("servers")).await, Some(servers), "hub {index}");
+        assert_eq!(metric(hub_c, &named("users")).await, Some(users), "hub {index}");
+    }
+    assert_eq!(metric(hub_c, "acms_servers").await, Some(0), "hub-local: none connected to C");
+    assert_eq!(metric(hub_c, "acms_users_online").await, Some(0), "hub-local");
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_servers_show_their_load_and_a_full_one_gets_no_client() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs(&nats).await;
+    // Server 10 on hub A with two users; server 11 on hub B with one, and room for one only.
+    let (clusters, _events) = server_on_each(&hubs[..1]).await;
+    let (full, _full_events) = Cluster::builder(ServerId(11), hubs[1].transfer.to_string())
+        .client_addr(format!("127.0.0.1:{}", free_port()))
+        .capacity(1)
+        .load_interval(Duration::from_millis(100))
+        .start();
+    wait_link(&full, LinkState::Connected).await;
+    for name in ["alice", "ann"] {
+        clusters[0].login(user(name)).await.expect("login");
+    }
+    full.login(user("bob")).await.expect("login");
+    // Hub C's list (the dashboard's cards) shows server 11's load as hub B last reported it.
+    let reported = |json: &serde_json::Value| {
+        json.as_array().is_some_and(|list| {
+            list.iter().any(|s| {
+                s["id"] == 11
+                    && s["users"] == 1
+                    && s["capacity"] == 1
+                    && s["cpu_percent"].is_number()
+                    && s["memory_bytes"].as_u64().is_some_and(|bytes| bytes > 0)
+                    && s["connected_since"].as_f64().is_some_and(|since| since > 0.0)
+            })
+        })
+    };
+    wait_json(hubs[2].admin, "/api/servers", "showed server 11's load", reported).await;
+    // Full: no hub sends it a client, though it has fewer users than server 10.
+    for hub in &hubs {
+        let answer = http::request(hub.admin, "GET", "/api/assign", &[], None).await.json();
+        assert_eq!(answer["server"], 10, "{answer}");
+    }
+    full.close().await;
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}

@@ -1,11 +1,12 @@
 //! Requests between the admin sides of hubs on a backplane: a push or a kick that one hub's
-//! admin API took for users of another. The asked hub does it as for its own users and answers
-//! with what became of it. Here: the questions and answers, the answering side, and the push to
-//! servers of this hub that both the admin API and the answering side make.
+//! admin API took for users of another, or the drain of another hub's server. The asked hub does
+//! it as for its own and answers with what became of it. Here: the questions and answers, the
+//! answering side, and the push and the drain on servers of this hub that both the admin API and
+//! the answering side make.
 
 use std::time::Duration;
 
-use acms_protocol::{DataKind, ServerId, UserId};
+use acms_protocol::{Control, DataKind, ServerId, UserId};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -57,6 +58,57 @@ pub(crate) async fn push_here(
     }
 }
 
+/// Why a drain of a server of this hub failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DrainFailure {
+    /// No server of this id is registered here.
+    Unknown,
+    /// It is away (or its queue just overflowed): drain it once it is back.
+    Away,
+}
+
+impl DrainFailure {
+    /// The HTTP status the admin API answers.
+    pub(crate) fn status(self) -> u16 {
+        match self {
+            Self::Unknown => 404,
+            Self::Away => 503,
+        }
+    }
+
+    /// The error the admin API answers.
+    pub(crate) fn message(self, server: ServerId) -> String {
+        match self {
+            Self::Unknown => format!("no server {server}"),
+            Self::Away => format!("server {server} is away"),
+        }
+    }
+}
+
+/// Drains `server`, registered here: marks it so that assignment skips it, then tells it to
+/// send its clients to `target()` (called after the mark, so never the drained server itself).
+/// Its target and the users it has left.
+pub(crate) fn drain_here(
+    shared: &HubState,
+    server: ServerId,
+    target: impl FnOnce() -> Option<String>,
+) -> Result<(Option<String>, u64), DrainFailure> {
+    if !shared.registry.is_registered(server) {
+        return Err(DrainFailure::Unknown);
+    }
+    if shared.registry.outbox(server).is_none() {
+        return Err(DrainFailure::Away);
+    }
+    shared.registry.drain(server);
+    let target = target();
+    // A server whose queue is full is disconnected (the slow-consumer rule): away, too.
+    shared
+        .send_control(server, Control::Drain { target: target.clone() })
+        .map_err(|_| DrainFailure::Away)?;
+    let users = shared.registry.user_counts().get(&server).copied().unwrap_or(0) as u64;
+    Ok((target, users))
+}
+
 /// The longest push the asked hub waits for: inside the asker's wait for its answer.
 const MAX_REMOTE_PUSH: Duration = Duration::from_secs(10);
 
@@ -69,6 +121,9 @@ pub(crate) enum Question {
     PushGroup { group: String, from: String, payload: String, timeout_ms: u64 },
     /// Kick a user off the asked hub's servers.
     Kick { user: String, reason: String },
+    /// Drain a server of the asked hub, sending its clients to `target`, which the asking hub
+    /// chose among the servers of the whole cluster.
+    Drain { server: u32, target: Option<String> },
 }
 
 /// The asked hub's answer.
@@ -78,6 +133,8 @@ pub(crate) enum Answer {
     Pushed { servers: Vec<u32>, offline: bool },
     /// These servers were told to end the user's sessions.
     Kicked { servers: Vec<u32> },
+    /// The server was told to drain; it has `users` left.
+    Drained { users: u64 },
     /// Failed, with the HTTP status the asker answers.
     Failed { status: u16, error: String },
 }
@@ -167,6 +224,16 @@ async fn answer(shared: &HubState, question: Question) -> Answer {
             tracing::info!(%user, %reason, ?servers, "user kicked at another hub's request");
             Answer::Kicked { servers }
         }
+        Question::Drain { server, target } => {
+            let server = ServerId(server);
+            match drain_here(shared, server, || target) {
+                Ok((target, users)) => {
+                    tracing::info!(%server, ?target, "server drained at another hub's request");
+                    Answer::Drained { users }
+                }
+                Err(err) => Answer::Failed { status: err.status(), error: err.message(server) },
+            }
+        }
     }
 }
 
@@ -215,5 +282,7 @@ mod tests {
         let kick = serde_json::to_vec(&Question::Kick { user: "bob".into(), reason: "x".into() });
         let answer = ask(&shared, &kick.unwrap()).await;
         assert!(matches!(answer, Answer::Kicked { servers } if servers.is_empty()));
+        let drain = serde_json::to_vec(&Question::Drain { server: 7, target: None }).unwrap();
+        assert!(matches!(ask(&shared, &drain).await, Answer::Failed { status: 404, .. }));
     }
 }

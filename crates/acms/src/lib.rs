@@ -85,7 +85,7 @@ pub use acms_protocol::Secret;
 pub use admin::{AdminSettings, AdminToken};
 pub use admin_server::HttpLimits;
 pub use assign::Policy as AssignPolicy;
-pub use backplane::{BackplaneStats, HubId, RemoteServer};
+pub use backplane::{BackplaneStats, HubId, RemoteServer, ServerReport};
 pub use config::{
     AdminConfig, AssignConfig, BackplaneConfig, Config, ConfigError, DiscoveryConfig, HubConfig,
     LogFormat, LoginConflict, TlsFiles,

@@ -5,6 +5,9 @@
 //! metric measured for it is the relay latency histogram: the time the hub takes to route the
 //! frames of one socket read and queue them for their servers, sampled on one read in
 //! `SAMPLE_EVERY`, so that most reads pay no clock read and no lock.
+//!
+//! Every metric counts this hub alone (on a backplane too), except `acms_cluster_*` and
+//! `acms_backplane_hub_*`, shown only on a backplane, which count every hub of the cluster.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -36,7 +39,7 @@ pub fn render(hub: &Hub) -> String {
 
     let servers = registry_now.servers();
     let connected = servers.iter().filter(|info| registry_now.is_connected(info.id)).count();
-    registry.register("servers", "App servers connected now", gauge(connected));
+    registry.register("servers", "App servers connected to this hub now", gauge(connected));
     registry.register(
         "servers_registered",
         "App servers registered, including those away within their reconnect grace",
@@ -49,7 +52,8 @@ pub fn render(hub: &Hub) -> String {
     );
     registry.register(
         "users_online",
-        "Users online in the cluster",
+        "Users online on this hub's app servers: the whole cluster but on a backplane, where \
+         acms_cluster_users counts every hub's",
         gauge(registry_now.user_count()),
     );
     registry.register(
@@ -174,10 +178,55 @@ pub fn render(hub: &Hub) -> String {
             "Gaps seen in the messages from other hubs, each repaired by having the origins send again",
             counter(backplane.gaps),
         );
+        cluster_wide(hub, &mut registry, connected, servers.len(), registry_now.user_count());
     }
 
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);
     out
+}
+
+/// On a backplane, the figures of the whole cluster, every hub's servers and users as this hub's
+/// replica of the shared directory has them (the same as `GET /api/summary`), beside the
+/// hub-local ones: this hub has `connected` of its `registered` servers connected, and `users`.
+fn cluster_wide(
+    hub: &Hub,
+    registry: &mut Registry,
+    connected: usize,
+    registered: usize,
+    users: usize,
+) {
+    let Some(beyond) = crate::dashboard_cluster::beyond(hub, registered as u64, users as u64)
+    else {
+        return;
+    };
+    let clamp = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+    registry.register(
+        "cluster_servers",
+        "App servers connected in the whole cluster: this hub's, and those of the live hubs",
+        gauge(connected.saturating_add(clamp(beyond.connected))),
+    );
+    registry.register(
+        "cluster_users",
+        "Users online in the whole cluster, on every hub",
+        gauge(users.saturating_add(clamp(beyond.users))),
+    );
+    let servers = Family::<Labels, Gauge>::default();
+    let hub_users = Family::<Labels, Gauge>::default();
+    for entry in &beyond.view.hubs {
+        let labels = vec![("hub", entry.id.clone())];
+        servers.get_or_create(&labels).set(i64::try_from(entry.servers).unwrap_or(i64::MAX));
+        hub_users.get_or_create(&labels).set(i64::try_from(entry.users).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "backplane_hub_servers",
+        "App servers registered on each hub of the backplane (this one included), by hub id",
+        servers,
+    );
+    registry.register(
+        "backplane_hub_users",
+        "Users online on the servers of each hub of the backplane (this one included), by hub id",
+        hub_users,
+    );
 }

@@ -1,11 +1,12 @@
-//! Pushes and kicks for users of another hub, on a backplane: the hub whose admin API was asked
-//! forwards the request to the hub of the user's server (or to each hub with members of the
-//! group), which does it as for its own users and answers with what became of it. The payload
-//! is carried as it was given; only the hub that holds the servers numbers and sends it.
+//! Pushes and kicks for users of another hub, and drains of its servers, on a backplane: the hub
+//! whose admin API was asked forwards the request to the hub of the user's server (or to each
+//! hub with members of the group, or to the server's hub), which does it as for its own and
+//! answers with what became of it. The payload is carried as it was given; only the hub that
+//! holds the servers numbers and sends it.
 
 use std::time::Duration;
 
-use acms_protocol::{GroupId, UserId};
+use acms_protocol::{GroupId, ServerId, UserId};
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -58,8 +59,8 @@ fn pushed(answer: Answer) -> Result<PushAnswer, ApiError> {
             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
             error,
         )),
-        Answer::Kicked { .. } => {
-            Err(ApiError::new(StatusCode::BAD_GATEWAY, "a kick's answer to a push"))
+        Answer::Kicked { .. } | Answer::Drained { .. } => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, "another question's answer to a push"))
         }
     }
 }
@@ -131,8 +132,47 @@ pub(super) async fn kick(
             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
             error,
         )),
-        Answer::Pushed { .. } => {
-            Err(ApiError::new(StatusCode::BAD_GATEWAY, "a push's answer to a kick"))
+        Answer::Pushed { .. } | Answer::Drained { .. } => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, "another question's answer to a kick"))
+        }
+    }
+}
+
+/// Where the drain of `server`, not registered on this hub, goes: the live hub it is on;
+/// `Ok(None)` when no hub has it (or there is no backplane).
+pub(super) fn server_hub(shared: &HubState, server: ServerId) -> Result<Option<HubId>, ApiError> {
+    let Some(backplane) = shared.backplane.as_deref() else { return Ok(None) };
+    match backplane.replica.route_server(server) {
+        Remote::Hub(hub) => Ok(Some(hub)),
+        Remote::Moving => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("server {server} is moving to another hub; drain it once it is back"),
+        )),
+        Remote::Nowhere => Ok(None),
+    }
+}
+
+/// Drains `server` of `hub` through that hub, its clients sent to `target`: the users it has
+/// left, or the asked hub's error with its status (404 unknown there, 503 away).
+pub(super) async fn drain(
+    shared: &HubState,
+    hub: HubId,
+    server: ServerId,
+    target: Option<String>,
+) -> Result<u64, ApiError> {
+    let backplane = shared.backplane.as_deref().expect("a server's hub comes from the backplane");
+    let question = Question::Drain { server: server.0, target };
+    match ask(backplane, hub, &question).await? {
+        Answer::Drained { users } => {
+            backplane.drained_remote(hub, server, std::time::Instant::now());
+            Ok(users)
+        }
+        Answer::Failed { status, error } => Err(ApiError::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            error,
+        )),
+        Answer::Pushed { .. } | Answer::Kicked { .. } => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, "another question's answer to a drain"))
         }
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! # Layout
 //! - `interest`: which hubs have members of which group (the groups bucket's replica).
+//! - `loads`: the app servers' load reports that hubs carry in their heartbeats.
 //! - `names`: [`HubId`], the subjects and buckets of a cluster, the keys of users and servers.
 //! - `recovery`: recoveries stuck on a lost notice, and dead hubs' servers given up.
 //! - `replica`: the local replica of the directory and which hubs are alive.
@@ -18,6 +19,7 @@
 //! - `writes`: the directory writes owed to the key-value store, coalesced per key.
 
 mod interest;
+mod loads;
 mod names;
 mod recovery;
 mod replica;
@@ -36,6 +38,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub(crate) use interest::{Interest, decode_servers, encode_servers, group_key, group_of_key};
+pub use loads::ServerReport;
 pub use names::HubId;
 pub(crate) use names::{Names, server_key, server_of_key, user_key, user_of_key};
 pub(crate) use replica::{Place, Remote, Replica};
@@ -92,6 +95,9 @@ pub struct RemoteServer {
     pub client_addr: String,
     /// Users the directory has on it.
     pub users: usize,
+    /// Its hub's latest report of it (state and load), carried in the hub's heartbeats; `None`
+    /// until one came, or once its hub is dead.
+    pub report: Option<ServerReport>,
 }
 
 /// This hub's side of the backplane, shared by every connection.
@@ -122,6 +128,8 @@ pub(crate) struct Backplane {
     moved_away: Mutex<HashSet<ServerId>>,
     /// The queue of questions to other hubs, set when the shell runs.
     asks: std::sync::OnceLock<mpsc::Sender<Ask>>,
+    /// The load reports of the other hubs' servers, and this hub's turn over its own.
+    loads: Mutex<loads::Loads>,
     /// Servers registered here whose snapshot is not done yet, with the hubs whose frames for
     /// their users were dropped meanwhile: those hubs' servers send again once it is done.
     snapshotting: Mutex<HashMap<ServerId, HashSet<HubId>>>,
@@ -155,6 +163,7 @@ impl Backplane {
             moved_away: Mutex::default(),
             asks: std::sync::OnceLock::new(),
             snapshotting: Mutex::default(),
+            loads: Mutex::default(),
         };
         (backplane, queue)
     }
@@ -210,10 +219,31 @@ impl Backplane {
         answered.await.map_err(|_| "the backplane stopped".to_owned())?
     }
 
-    /// This hub's heartbeat now.
-    pub(crate) fn heartbeat(&self) -> Bytes {
+    /// This hub's heartbeat now, reporting `reports` of this hub's servers (up to
+    /// `loads::MAX_REPORTS` of them, in turn past that).
+    pub(crate) fn heartbeat(&self, reports: Vec<ServerReport>) -> Bytes {
         let sent = self.outgoing.lock().expect("outgoing lock").last();
-        Heartbeat { from: self.me, sent }.encode()
+        let (total, reports) = self.loads.lock().expect("loads lock").pick_mine(reports);
+        Heartbeat { from: self.me, sent, total, reports }.encode()
+    }
+
+    /// `hub`'s heartbeat reported `reports` of its `total` servers at `now`: kept for those the
+    /// directory places on it.
+    pub(crate) fn heard_reports(
+        &self,
+        hub: HubId,
+        total: u32,
+        reports: Vec<ServerReport>,
+        now: Instant,
+    ) {
+        let placed = |server| self.replica.place(server).is_some_and(|place| place.hub == hub);
+        self.loads.lock().expect("loads lock").heard(hub, total, reports, placed, now);
+    }
+
+    /// `server` of `hub` was drained through this hub at `now`: this hub assigns it no client
+    /// from now, before its hub's heartbeats say so.
+    pub(crate) fn drained_remote(&self, hub: HubId, server: ServerId, now: Instant) {
+        self.loads.lock().expect("loads lock").mark_draining(hub, server, now);
     }
 
     /// A numbered message from `hub` arrived.
@@ -271,6 +301,7 @@ impl Backplane {
     }
 
     fn forget_hub(&self, hub: HubId) {
+        self.loads.lock().expect("loads lock").forget(hub);
         self.incoming.lock().expect("incoming lock").forget(hub);
         self.outgoing.lock().expect("outgoing lock").forget(hub);
     }
@@ -439,18 +470,23 @@ impl Backplane {
     /// The servers of the other hubs, by id.
     pub(crate) fn remote_server_list(&self) -> Vec<RemoteServer> {
         let counts = self.replica.user_counts();
-        let mut servers: Vec<RemoteServer> = self
-            .replica
-            .remote_servers()
+        let remote = self.replica.remote_servers();
+        let loads = self.loads.lock().expect("loads lock");
+        let mut servers: Vec<RemoteServer> = remote
             .into_iter()
-            .map(|(id, place)| RemoteServer {
-                id,
-                hub: place.hub,
-                hub_alive: self.replica.is_alive(place.hub),
-                client_addr: place.client_addr,
-                users: counts.get(&id).copied().unwrap_or(0),
+            .map(|(id, place)| {
+                let hub_alive = self.replica.is_alive(place.hub);
+                RemoteServer {
+                    id,
+                    hub: place.hub,
+                    hub_alive,
+                    client_addr: place.client_addr,
+                    users: counts.get(&id).copied().unwrap_or(0),
+                    report: loads.report(place.hub, id).filter(|_| hub_alive),
+                }
             })
             .collect();
+        drop(loads);
         servers.sort_by_key(|server| server.id);
         servers
     }
@@ -536,6 +572,27 @@ mod tests {
         assert_eq!(hubs, vec![HubId(2), HubId(3)]);
         assert!(!backplane.wait_for_snapshot(server, HubId(2)), "done: the user is not there");
         assert!(backplane.snapshot_done(server).is_empty());
+    }
+
+    #[test]
+    fn a_remote_servers_report_shows_while_its_hub_lives_and_goes_with_it() {
+        let (backplane, _queue) = backplane(1);
+        let (hub, server) = (HubId(2), ServerId(11));
+        let place = Place { hub, epoch: 1, registration: 1, client_addr: "a:1".into() };
+        let report =
+            ServerReport { id: server, connected: true, draining: false, since_ms: 5, load: None };
+        // Before the directory places it there, a report is not kept.
+        backplane.heard_reports(hub, 1, vec![report], Instant::now());
+        backplane.replica.set_place(server, place);
+        assert!(backplane.replica.heard(hub, Instant::now()));
+        assert_eq!(backplane.remote_server_list()[0].report, None);
+        backplane.heard_reports(hub, 1, vec![report], Instant::now());
+        assert_eq!(backplane.remote_server_list()[0].report, Some(report));
+        backplane.drained_remote(hub, server, Instant::now());
+        let listed = backplane.remote_server_list()[0].report.unwrap();
+        assert!(listed.draining && !listed.takes_clients());
+        backplane.hub_dead(hub, Instant::now());
+        assert_eq!(backplane.remote_server_list()[0].report, None, "dead: no report");
     }
 
     #[test]

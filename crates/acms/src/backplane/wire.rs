@@ -1,14 +1,16 @@
 //! What hubs publish to each other on NATS: batches of relayed frames, the `Resent` markers that
 //! follow them, gap notices, and heartbeats. A small fixed binary header; the frames after it are
-//! the app servers' bytes, never decoded here.
+//! the app servers' bytes, never decoded here. Heartbeats also carry the hub's servers' load
+//! reports (see `loads`).
 //!
 //! Batches and markers from one hub to another are numbered one after the other (`seq`), so the
 //! receiver sees a batch core NATS lost as a gap. Gap notices are not numbered (`seq` 0).
 
-use acms_protocol::ServerId;
+use acms_protocol::{Load, ServerId};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::HubId;
+use super::loads::{MAX_REPORTS, ServerReport};
 
 /// The version of this layout; a message of another is refused.
 const VERSION: u8 = 1;
@@ -53,6 +55,8 @@ pub(crate) enum WireError {
     Version(u8),
     #[error("unknown message kind {0}")]
     Kind(u8),
+    #[error("heartbeat reports {0} servers, more than the cap of {MAX_REPORTS}")]
+    TooManyReports(usize),
 }
 
 impl Message {
@@ -137,44 +141,118 @@ impl Message {
     }
 }
 
-/// A hub's heartbeat: it is alive, and the number of the last message it sent each hub, so a
-/// receiver also sees a lost last batch (one with nothing after it).
+/// A hub's heartbeat: it is alive, the number of the last message it sent each hub, so a
+/// receiver also sees a lost last batch (one with nothing after it), and the latest state of up
+/// to [`MAX_REPORTS`] of its `total` app servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Heartbeat {
     pub(crate) from: HubId,
     pub(crate) sent: Vec<(HubId, u64)>,
+    /// How many app servers the hub has: more than `reports` when it reports them in turn.
+    pub(crate) total: u32,
+    pub(crate) reports: Vec<ServerReport>,
 }
+
+/// The layout of heartbeats: 2 added the server reports.
+const HEARTBEAT_VERSION: u8 = 2;
+/// Id, flags, since, then the load: users, CPU, memory, rates in and out, capacity.
+const REPORT_LEN: usize = 4 + 1 + 8 + 4 + 4 + 8 + 4 + 4 + 4;
+const CONNECTED: u8 = 1;
+const DRAINING: u8 = 2;
+const LOADED: u8 = 4;
+const CAPACITY: u8 = 8;
 
 impl Heartbeat {
     pub(crate) fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(1 + 8 + 4 + 16 * self.sent.len());
-        out.put_u8(VERSION);
+        let reports = &self.reports[..self.reports.len().min(MAX_REPORTS)];
+        let len = 1 + 8 + 4 + 16 * self.sent.len() + 4 + 2 + REPORT_LEN * reports.len();
+        let mut out = BytesMut::with_capacity(len);
+        out.put_u8(HEARTBEAT_VERSION);
         out.put_u64(self.from.0);
         out.put_u32(u32::try_from(self.sent.len()).unwrap_or(u32::MAX));
         for (hub, seq) in self.sent.iter().take(u32::MAX as usize) {
             out.put_u64(hub.0);
             out.put_u64(*seq);
         }
+        out.put_u32(self.total);
+        out.put_u16(reports.len() as u16);
+        for report in reports {
+            let load = report.load.unwrap_or(Load {
+                users: 0,
+                cpu_centipercent: 0,
+                memory_bytes: 0,
+                msgs_in_per_s: 0,
+                msgs_out_per_s: 0,
+                capacity: None,
+            });
+            let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+            let flags = flag(report.connected, CONNECTED)
+                | flag(report.draining, DRAINING)
+                | flag(report.load.is_some(), LOADED)
+                | flag(load.capacity.is_some(), CAPACITY);
+            out.put_u32(report.id.0);
+            out.put_u8(flags);
+            out.put_u64(report.since_ms);
+            out.put_u32(load.users);
+            out.put_u32(load.cpu_centipercent);
+            out.put_u64(load.memory_bytes);
+            out.put_u32(load.msgs_in_per_s);
+            out.put_u32(load.msgs_out_per_s);
+            out.put_u32(load.capacity.unwrap_or(0));
+        }
         out.freeze()
     }
 
-    /// Reads a heartbeat; the count is checked against the bytes, whatever it claims.
+    /// Reads a heartbeat; every count is checked against the bytes and the cap, whatever it
+    /// claims.
     pub(crate) fn decode(mut bytes: Bytes) -> Result<Self, WireError> {
         let len = bytes.len();
         if len < 13 {
             return Err(WireError::Short(len));
         }
         let version = bytes.get_u8();
-        if version != VERSION {
+        if version != HEARTBEAT_VERSION {
             return Err(WireError::Version(version));
         }
         let from = HubId(bytes.get_u64());
         let count = bytes.get_u32() as usize;
-        if bytes.len() != count.saturating_mul(16) {
+        if bytes.len() < count.saturating_mul(16).saturating_add(6) {
             return Err(WireError::Short(len));
         }
         let sent = (0..count).map(|_| (HubId(bytes.get_u64()), bytes.get_u64())).collect();
-        Ok(Self { from, sent })
+        let total = bytes.get_u32();
+        let reported = usize::from(bytes.get_u16());
+        if reported > MAX_REPORTS {
+            return Err(WireError::TooManyReports(reported));
+        }
+        if bytes.len() != reported * REPORT_LEN {
+            return Err(WireError::Short(len));
+        }
+        let reports = (0..reported)
+            .map(|_| {
+                let id = ServerId(bytes.get_u32());
+                let flags = bytes.get_u8();
+                let since_ms = bytes.get_u64();
+                let load = Load {
+                    users: bytes.get_u32(),
+                    cpu_centipercent: bytes.get_u32(),
+                    memory_bytes: bytes.get_u64(),
+                    msgs_in_per_s: bytes.get_u32(),
+                    msgs_out_per_s: bytes.get_u32(),
+                    capacity: None,
+                };
+                let capacity = bytes.get_u32();
+                let load = Load { capacity: (flags & CAPACITY != 0).then_some(capacity), ..load };
+                ServerReport {
+                    id,
+                    connected: flags & CONNECTED != 0,
+                    draining: flags & DRAINING != 0,
+                    since_ms,
+                    load: (flags & LOADED != 0).then_some(load),
+                }
+            })
+            .collect();
+        Ok(Self { from, sent, total, reports })
     }
 }
 
@@ -217,10 +295,59 @@ mod tests {
         truncated.pop();
         assert!(Message::decode(truncated.into()).is_err());
         // A heartbeat claiming more entries than it holds.
-        let mut lying = Heartbeat { from: HubId(1), sent: vec![(HubId(2), 3)] }.encode().to_vec();
+        let beat = |sent, reports| Heartbeat { from: HubId(1), sent, total: 2, reports };
+        let mut lying = beat(vec![(HubId(2), 3)], vec![]).encode().to_vec();
         lying[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(Heartbeat::decode(lying.into()).is_err());
-        let beat = Heartbeat { from: HubId(1), sent: vec![(HubId(2), 3), (HubId(4), 5)] };
-        assert_eq!(Heartbeat::decode(beat.encode()).unwrap(), beat);
+        let load = Load {
+            users: 7,
+            cpu_centipercent: 1234,
+            memory_bytes: 1 << 33,
+            msgs_in_per_s: 5,
+            msgs_out_per_s: 6,
+            capacity: Some(100),
+        };
+        let reports = vec![
+            ServerReport {
+                id: ServerId(3),
+                connected: true,
+                draining: false,
+                since_ms: 9,
+                load: Some(load),
+            },
+            ServerReport {
+                id: ServerId(4),
+                connected: false,
+                draining: true,
+                since_ms: 0,
+                load: None,
+            },
+        ];
+        let full = beat(vec![(HubId(2), 3), (HubId(4), 5)], reports);
+        assert_eq!(Heartbeat::decode(full.encode()).unwrap(), full);
+        // More reports claimed than it holds, or than the cap.
+        let mut lying = full.encode().to_vec();
+        let at = lying.len() - 2 * REPORT_LEN - 2;
+        lying[at..at + 2].copy_from_slice(&3u16.to_be_bytes());
+        assert_eq!(Heartbeat::decode(lying.clone().into()), Err(WireError::Short(lying.len())));
+        lying[at..at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
+        let too_many = Heartbeat::decode(lying.into());
+        assert_eq!(too_many, Err(WireError::TooManyReports(u16::MAX as usize)));
+    }
+
+    #[test]
+    fn a_heartbeat_never_carries_more_than_the_cap() {
+        let report = |id| ServerReport {
+            id: ServerId(id),
+            connected: true,
+            draining: false,
+            since_ms: 0,
+            load: None,
+        };
+        let reports: Vec<ServerReport> = (0..MAX_REPORTS as u32 + 50).map(report).collect();
+        let beat = Heartbeat { from: HubId(1), sent: vec![], total: 306, reports };
+        let bytes = beat.encode();
+        assert!(bytes.len() <= 20 + MAX_REPORTS * REPORT_LEN, "{} bytes", bytes.len());
+        assert_eq!(Heartbeat::decode(bytes).unwrap().reports.len(), MAX_REPORTS);
     }
 }

@@ -36,6 +36,7 @@ pub(super) fn heartbeat(shared: &HubState, core: &Backplane, payload: Bytes, now
         core.revived(beat.from);
         hub_up(shared, core, beat.from);
     }
+    core.heard_reports(beat.from, beat.total, beat.reports, now);
     if let Some(&(_, last)) = beat.sent.iter().find(|(hub, _)| *hub == core.me)
         && let Some(first_missing) = core.claimed(beat.from, last)
     {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::backplane::{Backplane, Bucket, HubId, Outbound, Write};
+use crate::backplane::{Backplane, Bucket, HubId, Outbound, ServerReport, Write};
 use crate::config::BackplaneConfig;
 use crate::state::HubState;
 use acms_common::discovery::ClusterName;
@@ -275,11 +275,31 @@ async fn beat(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(err) = client.publish(core.names.heartbeat(), core.heartbeat()).await {
+        let beat = core.heartbeat(reports(&shared));
+        if let Err(err) = client.publish(core.names.heartbeat(), beat).await {
             warn!(error = %err, "backplane heartbeat not sent");
         }
         effects::tick(&shared, &core, Instant::now(), ticks.stuck);
     }
+}
+
+/// The state of this hub's app servers, for its heartbeat.
+fn reports(shared: &HubState) -> Vec<ServerReport> {
+    shared
+        .registry
+        .servers()
+        .into_iter()
+        .map(|info| ServerReport {
+            id: info.id,
+            connected: shared.registry.is_connected(info.id),
+            draining: info.draining,
+            since_ms: info
+                .connected_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
+            load: info.load,
+        })
+        .collect()
 }
 
 /// Hears the other hubs' heartbeats.
