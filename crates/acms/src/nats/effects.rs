@@ -474,6 +474,19 @@ fn user_changed(
         return;
     }
     if registry.multi() {
+        // A session here the entry lacks, with no write of it owed: taken out by another hub
+        // that counted this hub dead (a delete, or a dead hub's servers dropped from a list).
+        let missing = registry.sessions(user.as_str()).into_iter().find(|&server| {
+            core.is_mine(server)
+                && registry.is_connected(server)
+                && !now.iter().any(|session| session.server == server)
+        });
+        if let Some(server) = missing
+            && !now.is_empty()
+            && !core.writes.is_owed(Bucket::Users, key)
+        {
+            core.user_online(user.as_str(), server);
+        }
         let had = was.iter().any(|session| remote(&session));
         let has = now.iter().any(|session| remote(&session));
         if had != has {
