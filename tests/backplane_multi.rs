@@ -5,8 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use acms_appserver::{Candidate, CandidateKind, Cluster, Event, Events, Reach, ServerId};
-use acms_tests::nats::{NatsCluster, server_on_each, start_hubs_with};
+use acms_appserver::{
+    Candidate, CandidateKind, Cluster, Event, Events, LinkState, Outcome, Reach, ServerId,
+};
+use acms_tests::nats::{NatsCluster, free_port, server_on_each, start_hubs_with};
+use acms_tests::wait_link;
 use acms_tests::{PATIENCE, eventually, user};
 
 /// The next event of server `id`, within [`PATIENCE`].
@@ -78,6 +81,53 @@ async fn a_logout_on_one_hub_leaves_the_session_on_another_reachable_and_flagged
     for (index, events) in events.iter_mut().enumerate() {
         nothing_more(events, 10 + index as u32).await;
     }
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_on_another_hub_each_get_a_message_and_the_receipt_counts_both() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs_with(&nats, &["--login-conflict", "multi"]).await;
+    let (clusters, mut events) = server_on_each(&hubs).await;
+    // A second server on hub B: sam is on both of hub B's servers, carl on hub A.
+    let (second, mut second_events) = Cluster::builder(ServerId(13), hubs[1].transfer.to_string())
+        .client_addr(format!("127.0.0.1:{}", free_port()))
+        .start();
+    wait_link(&second, LinkState::Connected).await;
+    clusters[1].login(user("sam")).await.expect("login on B");
+    second.login(user("sam")).await.expect("login on B again");
+    clusters[0].login(user("carl")).await.expect("login on A");
+    eventually("server 11 to count sam multi-session", || clusters[1].multi_session_users() == 1)
+        .await;
+    // Hub A's replica lists both sessions once the entry has them: hub B hands its one copy to
+    // each, and the receipt counts both (the origin waited for both acks).
+    let mut reached = 0;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut seq = 0;
+    while reached != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carl's messages reached {reached} sessions"
+        );
+        seq += 1;
+        let payload = format!("hi {seq}");
+        let receipt = clusters[0]
+            .send_with_receipt(&user("carl"), &user("sam"), payload.clone().into())
+            .await
+            .expect("send");
+        // Each of sam's sessions gets it once, whatever hub A knew when it was sent.
+        expect_message(&mut events[1], 11, "carl", "sam", &payload).await;
+        expect_message(&mut second_events, 13, "carl", "sam", &payload).await;
+        reached = match receipt.outcome(PATIENCE).await {
+            Outcome::Delivered { sessions } => sessions,
+            other => panic!("carl's message {seq}: {other:?}"),
+        };
+    }
+    nothing_more(&mut events[1], 11).await;
+    nothing_more(&mut second_events, 13).await;
+    second.close().await;
     for cluster in clusters {
         cluster.close().await;
     }
