@@ -138,6 +138,14 @@ impl Replica {
         self.users.get(user).map(|entry| entry.servers()).unwrap_or_default()
     }
 
+    /// `user`'s sessions and the revision of their entry, as last seen (none: no entry).
+    pub(crate) fn user_entry(&self, user: &str) -> (Vec<Session>, Option<u64>) {
+        match self.users.get(user) {
+            Some(entry) => (entry.sessions(), Some(entry.revision)),
+            None => (Vec::new(), None),
+        }
+    }
+
     /// The P2P candidates of `user`'s session on `server`; empty when it has none.
     pub(crate) fn candidates(&self, user: &str, server: ServerId) -> Vec<Candidate> {
         let Some(entry) = self.users.get(user) else { return Vec::new() };
@@ -330,7 +338,9 @@ mod tests {
         assert_eq!(replica.users_on(ServerId(7)), vec![sam.clone()]);
         assert_eq!(replica.user_counts().get(&ServerId(8)), Some(&1));
         assert_eq!(replica.set_user(sam, vec![Session::on(ServerId(7))], 4), sessions);
+        assert_eq!(replica.user_entry("sam"), (vec![Session::on(ServerId(7))], Some(4)));
         assert_eq!(replica.remove_user("sam"), vec![Session::on(ServerId(7))]);
+        assert_eq!(replica.user_entry("sam"), (Vec::new(), None));
         assert_eq!(replica.user("sam"), None);
     }
 

@@ -393,7 +393,8 @@ async fn read_entry(store: &kv::Store, key: &str) -> Result<(Vec<Session>, Optio
 const SYNC_TRIES: usize = 8;
 
 /// Makes a [`Write::Sync`] of `key`: this hub's sessions of the user merged into the entry,
-/// written over the revision read; read again on a conflict, a bounded number of times.
+/// written over the revision read (first the replica's); read again on a conflict, a bounded
+/// number of times.
 async fn sync(
     store: &kv::Store,
     key: &str,
@@ -403,11 +404,21 @@ async fn sync(
 ) -> Result<(), String> {
     let Some(user) = user_of_key(key) else { return Ok(()) };
     let mut last = String::new();
+    // First over the replica's copy, which is most often current: one round trip. A stale copy
+    // only costs a refused write, and the entry is read then.
+    let mut known = Some(core.replica.user_entry(user.as_str()));
     for _ in 0..SYNC_TRIES {
-        let (old, revision) = read_entry(store, key).await?;
+        let (replica, (old, revision)) = match known.take() {
+            Some(known) => (true, known),
+            None => (false, read_entry(store, key).await?),
+        };
         let here = effects::sessions_here(shared, core, user.as_str());
         let new = merge(&old, &here, |server| core.is_mine(server), drop, shared.registry.multi());
         if new == old && (revision.is_some() || new.is_empty()) {
+            if replica {
+                // Nothing to write, by a copy that may be behind: the store decides.
+                continue;
+            }
             return Ok(());
         }
         let written = match (new.is_empty(), revision) {
