@@ -358,11 +358,10 @@ impl Backplane {
         }
     }
 
-    /// Owes the directory the user's sessions on this hub's servers: a login on one of them
-    /// (`server`), or new candidates. What is written is read from the registry when the write is
-    /// made ([`Write::Sync`]), so edits of one user coalesce.
-    pub(crate) fn user_online(&self, user: &str, server: ServerId) {
-        let _written_from_the_registry = server;
+    /// Owes the directory the user's sessions on this hub's servers: a login on one of them, or
+    /// new candidates. What is written is read from the registry when the write is made
+    /// ([`Write::Sync`]), so the server is not needed, and edits of one user coalesce.
+    pub(crate) fn user_online(&self, user: &str, _server: ServerId) {
         self.writes.owe(Bucket::Users, user_key(user), Write::Sync { drop: Vec::new() });
     }
 
