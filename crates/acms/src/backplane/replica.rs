@@ -184,13 +184,12 @@ impl Replica {
             .collect()
     }
 
-    /// How many sessions the directory has on each server: one pass, for the admin API.
+    /// How many users the directory has on each server (their last login, under `multi`, as the
+    /// registry counts them, so a user is counted once): one pass, for the admin API.
     pub(crate) fn user_counts(&self) -> HashMap<ServerId, usize> {
         let mut counts = HashMap::new();
         for entry in self.users.iter() {
-            for server in entry.value().servers() {
-                *counts.entry(server).or_insert(0) += 1;
-            }
+            *counts.entry(entry.value().last()).or_insert(0) += 1;
         }
         counts
     }
@@ -337,6 +336,11 @@ mod tests {
         assert!(replica.candidates("sam", ServerId(7)).is_empty());
         assert_eq!(replica.users_on(ServerId(7)), vec![sam.clone()]);
         assert_eq!(replica.user_counts().get(&ServerId(8)), Some(&1));
+        assert_eq!(
+            replica.user_counts().get(&ServerId(7)),
+            None,
+            "counted once, at the last login"
+        );
         assert_eq!(replica.set_user(sam, vec![Session::on(ServerId(7))], 4), sessions);
         assert_eq!(replica.user_entry("sam"), (vec![Session::on(ServerId(7))], Some(4)));
         assert_eq!(replica.remove_user("sam"), vec![Session::on(ServerId(7))]);
