@@ -187,9 +187,7 @@ async fn start_multi_hubs(nats: &NatsCluster) -> Vec<HubProc> {
     start_hubs_with(nats, &["--login-conflict", "multi"]).await
 }
 
-// Known gap, kept as the regression test of the fix: the users bucket holds one server per user,
-// so under `multi` only the latest session of a user on another hub is reached.
-#[ignore = "multi across hubs is not built yet: the shared directory keeps one server per user"]
+// The users bucket lists every session of a user: a message reaches each, on every hub, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_sessions_on_two_hubs_each_get_a_message_once() {
     let nats = NatsCluster::start().await;

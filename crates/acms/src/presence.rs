@@ -44,9 +44,8 @@ pub(crate) fn announce(shared: &HubState, changes: impl IntoIterator<Item = Pres
         if watchers.is_empty() {
             continue;
         }
-        let candidates = server
-            .map(|server| shared.registry.candidates(user.as_str(), server))
-            .unwrap_or_default();
+        let candidates =
+            server.map(|server| shared.candidates(user.as_str(), server)).unwrap_or_default();
         let frame = shared.control_frame(Control::Presence { user, server, candidates });
         for watcher in watchers {
             tell(shared, watcher, frame.clone());
@@ -74,6 +73,9 @@ pub(crate) fn left_here(shared: &HubState, left: Left) {
     });
     announce(shared, moved);
     for (user, server) in left.alone {
-        shared.tell_multi_session(server, user, false);
+        // Alone on this hub, but maybe not on another's.
+        if !shared.has_remote_sessions(user.as_str()) {
+            shared.tell_multi_session(server, user, false);
+        }
     }
 }

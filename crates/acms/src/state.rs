@@ -93,7 +93,8 @@ impl HubState {
         self
     }
 
-    /// The server `user` is online on: here, or on a live hub of the backplane.
+    /// The server `user` is online on: here, or on a live hub of the backplane (their last
+    /// login there).
     pub(crate) fn locate(&self, user: &str) -> Option<ServerId> {
         self.registry.locate(user).or_else(|| {
             let backplane = self.backplane.as_ref()?;
@@ -104,10 +105,30 @@ impl HubState {
         })
     }
 
-    /// Where `user` is and the P2P candidates of that session. The candidates of a user on
-    /// another hub of a backplane are not shared: such a user is located with none.
+    /// Where `user` is and the P2P candidates of that session: here, or on another hub of a
+    /// backplane, as the shared directory has them.
     pub(crate) fn reach(&self, user: &str) -> Option<(ServerId, Vec<Candidate>)> {
-        self.registry.reach(user).or_else(|| self.locate(user).map(|server| (server, Vec::new())))
+        self.registry
+            .reach(user)
+            .or_else(|| self.locate(user).map(|server| (server, self.candidates(user, server))))
+    }
+
+    /// The candidates of `user`'s session on `server`, a server of this hub or of another.
+    pub(crate) fn candidates(&self, user: &str, server: ServerId) -> Vec<Candidate> {
+        match &self.backplane {
+            Some(backplane) if !self.registry.is_registered(server) => {
+                backplane.replica.candidates(user, server)
+            }
+            _ => self.registry.candidates(user, server),
+        }
+    }
+
+    /// Whether `user` has a session on another hub's server, as the shared directory says: the
+    /// servers here with a session of theirs must send their messages to them through the hub.
+    pub(crate) fn has_remote_sessions(&self, user: &str) -> bool {
+        self.backplane.as_ref().is_some_and(|backplane| {
+            backplane.has_remote_sessions(user, |server| self.registry.is_registered(server))
+        })
     }
 
     /// Owes the shared directory what taking sessions off `server` changed, if `server` is

@@ -14,6 +14,8 @@
 //! - `names`: [`HubId`], the subjects and buckets of a cluster, the keys of users and servers.
 //! - `recovery`: recoveries stuck on a lost notice, and dead hubs' servers given up.
 //! - `replica`: the local replica of the directory and which hubs are alive.
+//! - `sessions`: a user's entry in the users bucket (their sessions and candidates), and how a
+//!   hub merges its own sessions into it.
 //! - `streams`: the numbering of messages between two hubs and its gaps.
 //! - `wire`: the messages hubs publish to each other, and heartbeats.
 //! - `writes`: the directory writes owed to the key-value store, coalesced per key.
@@ -23,6 +25,7 @@ mod loads;
 mod names;
 mod recovery;
 mod replica;
+mod sessions;
 mod streams;
 mod wire;
 mod writes;
@@ -42,6 +45,7 @@ pub use loads::ServerReport;
 pub use names::HubId;
 pub(crate) use names::{Names, server_key, server_of_key, user_key, user_of_key};
 pub(crate) use replica::{Place, Remote, Replica};
+pub(crate) use sessions::{Session, decode as decode_sessions, encode as encode_sessions, merge};
 pub(crate) use streams::Arrival;
 use streams::{Incoming, Outgoing};
 pub(crate) use wire::{Body, Heartbeat, Message};
@@ -385,10 +389,11 @@ impl Backplane {
         }
     }
 
-    /// Owes the directory the user's place: online on `server`, a server of this hub.
-    pub(crate) fn user_online(&self, user: &str, server: ServerId) {
-        let value = Bytes::from(server.0.to_string());
-        self.writes.owe(Bucket::Users, user_key(user), Write::Put(value));
+    /// Owes the directory the user's sessions on this hub's servers: a login on one of them, or
+    /// new candidates. What is written is read from the registry when the write is made
+    /// ([`Write::Sync`]), so the server is not needed, and edits of one user coalesce.
+    pub(crate) fn user_online(&self, user: &str, _server: ServerId) {
+        self.writes.owe(Bucket::Users, user_key(user), Write::Sync { drop: Vec::new() });
     }
 
     /// A login of `user` under `replace` is about to be placed here: the revision of their entry
@@ -400,21 +405,30 @@ impl Backplane {
         self.replica.user_revision(user)
     }
 
-    /// The login begun by [`Backplane::login_begins`] is placed: on `server`, to be written over
-    /// revision `expected`, or (`None`) nowhere new.
+    /// The login begun by [`Backplane::login_begins`] is placed: on a server here (`placed`), to
+    /// be written over revision `expected`, or (`None`) nowhere new.
     pub(crate) fn login_placed(&self, user: &str, placed: Option<ServerId>, expected: Option<u64>) {
         let key = user_key(user);
-        if let Some(server) = placed {
-            let value = Bytes::from(server.0.to_string());
-            self.writes.owe(Bucket::Users, key.clone(), Write::Claim { value, expected });
+        if placed.is_some() {
+            self.writes.owe(
+                Bucket::Users,
+                key.clone(),
+                Write::Claim { expected, drop: Vec::new() },
+            );
         }
         self.writes.done(Bucket::Users, &key);
     }
 
-    /// Owes the directory the user's leaving `server`, unless another server has them since.
+    /// Owes the directory the user's leaving `server` (a server of this hub, or of a dead hub
+    /// given up): their session there goes, the others stay.
     pub(crate) fn user_offline(&self, user: &str, server: ServerId) {
-        let value = Bytes::from(server.0.to_string());
-        self.writes.owe(Bucket::Users, user_key(user), Write::DeleteIf(value));
+        self.writes.owe(Bucket::Users, user_key(user), Write::Sync { drop: vec![server] });
+    }
+
+    /// Whether `user` has a session on a server the directory places on another hub (or on none
+    /// that `local` says is registered here).
+    pub(crate) fn has_remote_sessions(&self, user: &str, local: impl Fn(ServerId) -> bool) -> bool {
+        self.replica.sessions(user).into_iter().any(|server| !local(server))
     }
 
     /// Owes the directory `server`'s new registration here, and records it in the replica at

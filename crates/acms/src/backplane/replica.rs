@@ -1,5 +1,5 @@
-//! This hub's replica of the shared directory, fed by the key-value watches: which server each
-//! user is on, which hub each server is on; and which hubs are alive, fed by their heartbeats.
+//! This hub's replica of the shared directory, fed by the key-value watches: which servers each
+//! user has sessions on (with their P2P candidates), which hub each server is on; and which hubs are alive, fed by their heartbeats.
 //! Synchronous methods over short locks: the relay looks a remote recipient up here, never over
 //! the network.
 
@@ -7,11 +7,59 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use acms_protocol::{ServerId, UserId};
+use acms_protocol::{Candidate, ServerId, UserId};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use super::HubId;
+use super::sessions::Session;
+
+/// A user's entry in the replica, kept small: most users have one session and no candidates,
+/// held inline (16 bytes for the sessions, as the server and revision were before sessions were
+/// listed); others are boxed.
+#[derive(Debug)]
+struct UserEntry {
+    revision: u64,
+    stored: Stored,
+}
+
+#[derive(Debug)]
+enum Stored {
+    One(ServerId),
+    Many(Box<[Session]>),
+}
+
+impl UserEntry {
+    fn new(sessions: Vec<Session>, revision: u64) -> Self {
+        let stored = match sessions.as_slice() {
+            [one] if one.candidates.is_empty() => Stored::One(one.server),
+            _ => Stored::Many(sessions.into_boxed_slice()),
+        };
+        Self { revision, stored }
+    }
+
+    /// The server of the last login (an entry is never empty; a corrupt one reads as nowhere).
+    fn last(&self) -> ServerId {
+        match &self.stored {
+            Stored::One(server) => *server,
+            Stored::Many(sessions) => sessions.last().map_or(ServerId::HUB, |s| s.server),
+        }
+    }
+
+    fn servers(&self) -> Vec<ServerId> {
+        match &self.stored {
+            Stored::One(server) => vec![*server],
+            Stored::Many(sessions) => sessions.iter().map(|session| session.server).collect(),
+        }
+    }
+
+    fn sessions(&self) -> Vec<Session> {
+        match &self.stored {
+            Stored::One(server) => vec![Session::on(*server)],
+            Stored::Many(sessions) => sessions.to_vec(),
+        }
+    }
+}
 
 /// Where a server is registered: the value of its key in the servers bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,8 +104,8 @@ pub(crate) enum Remote {
 #[derive(Debug)]
 pub(crate) struct Replica {
     me: HubId,
-    /// Each user's server, with the revision of its entry.
-    users: DashMap<UserId, (ServerId, u64), foldhash::fast::RandomState>,
+    /// Each user's sessions, with the revision of their entry.
+    users: DashMap<UserId, UserEntry, foldhash::fast::RandomState>,
     servers: RwLock<HashMap<ServerId, Place>>,
     /// The other hubs heard from, with when they were last heard.
     hubs: RwLock<HashMap<HubId, Instant>>,
@@ -78,38 +126,73 @@ impl Replica {
         }
     }
 
-    /// The server `user` is online on, as the shared directory says.
+    /// The server of `user`'s last login, as the shared directory says.
     pub(crate) fn user(&self, user: &str) -> Option<ServerId> {
-        self.users.get(user).map(|entry| entry.0)
+        self.users.get(user).map(|entry| entry.last())
     }
 
     /// The revision of `user`'s entry, as last seen.
     pub(crate) fn user_revision(&self, user: &str) -> Option<u64> {
-        self.users.get(user).map(|entry| entry.1)
+        self.users.get(user).map(|entry| entry.revision)
     }
 
-    pub(crate) fn set_user(&self, user: UserId, server: ServerId, revision: u64) {
-        self.users.insert(user, (server, revision));
+    /// The servers of every session of `user`, oldest login first.
+    pub(crate) fn sessions(&self, user: &str) -> Vec<ServerId> {
+        self.users.get(user).map(|entry| entry.servers()).unwrap_or_default()
     }
 
-    pub(crate) fn remove_user(&self, user: &str) {
-        self.users.remove(user);
+    /// `user`'s sessions and the revision of their entry, as last seen (none: no entry).
+    pub(crate) fn user_entry(&self, user: &str) -> (Vec<Session>, Option<u64>) {
+        match self.users.get(user) {
+            Some(entry) => (entry.sessions(), Some(entry.revision)),
+            None => (Vec::new(), None),
+        }
     }
 
-    /// The users the directory has on `server`: a scan, for a server given up.
+    /// The P2P candidates of `user`'s session on `server`; empty when it has none.
+    pub(crate) fn candidates(&self, user: &str, server: ServerId) -> Vec<Candidate> {
+        let Some(entry) = self.users.get(user) else { return Vec::new() };
+        match &entry.stored {
+            Stored::One(_) => Vec::new(),
+            Stored::Many(sessions) => sessions
+                .iter()
+                .find(|session| session.server == server)
+                .map(|session| session.candidates.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Records `user`'s sessions at `revision`; returns those recorded before.
+    pub(crate) fn set_user(
+        &self,
+        user: UserId,
+        sessions: Vec<Session>,
+        revision: u64,
+    ) -> Vec<Session> {
+        let entry = UserEntry::new(sessions, revision);
+        self.users.insert(user, entry).map(|was| was.sessions()).unwrap_or_default()
+    }
+
+    /// Forgets `user`; returns the sessions recorded before.
+    pub(crate) fn remove_user(&self, user: &str) -> Vec<Session> {
+        self.users.remove(user).map(|(_, was)| was.sessions()).unwrap_or_default()
+    }
+
+    /// The users the directory has a session of on `server`: a scan, for a server given up.
     pub(crate) fn users_on(&self, server: ServerId) -> Vec<UserId> {
         self.users
             .iter()
-            .filter(|entry| entry.value().0 == server)
+            .filter(|entry| entry.value().servers().contains(&server))
             .map(|e| e.key().clone())
             .collect()
     }
 
-    /// How many users the directory has on each server: one pass, for the admin API.
+    /// How many users the directory has on each server (their last login, under `multi`, as the
+    /// registry counts them, so a user is counted once): one pass, for the admin API.
     pub(crate) fn user_counts(&self) -> HashMap<ServerId, usize> {
         let mut counts = HashMap::new();
         for entry in self.users.iter() {
-            *counts.entry(entry.value().0).or_insert(0) += 1;
+            *counts.entry(entry.value().last()).or_insert(0) += 1;
         }
         counts
     }
@@ -233,7 +316,7 @@ mod tests {
         let now = Instant::now();
         let alice = UserId::new("alice").unwrap();
         assert_eq!(replica.route_user("alice"), (Remote::Nowhere, None));
-        replica.set_user(alice.clone(), ServerId(7), 1);
+        replica.set_user(alice.clone(), vec![Session::on(ServerId(7))], 1);
         // The server is not registered anywhere: the user is nowhere.
         assert_eq!(replica.route_user("alice"), (Remote::Nowhere, None));
         replica.set_place(ServerId(7), place(OTHER));
@@ -267,6 +350,34 @@ mod tests {
         assert_eq!(replica.route_ack(ServerId(7)), None, "dead: its servers move");
         replica.set_place(ServerId(8), place(ME));
         assert_eq!(replica.route_ack(ServerId(8)), None, "this hub's own");
+    }
+
+    #[test]
+    fn a_user_s_sessions_and_candidates_are_kept_compactly() {
+        use acms_protocol::CandidateKind;
+        assert_eq!(std::mem::size_of::<UserEntry>(), 24, "a revision and a small enum");
+        let replica = Replica::new(ME, Duration::from_secs(3));
+        let sam = UserId::new("sam").unwrap();
+        let candidate = Candidate::new(([192, 0, 2, 1], 4000).into(), CandidateKind::Local);
+        let with = Session { server: ServerId(8), candidates: vec![candidate] };
+        let sessions = vec![Session::on(ServerId(7)), with.clone()];
+        assert!(replica.set_user(sam.clone(), sessions.clone(), 3).is_empty());
+        assert_eq!(replica.user("sam"), Some(ServerId(8)), "the last login");
+        assert_eq!(replica.sessions("sam"), vec![ServerId(7), ServerId(8)]);
+        assert_eq!(replica.candidates("sam", ServerId(8)), vec![candidate]);
+        assert!(replica.candidates("sam", ServerId(7)).is_empty());
+        assert_eq!(replica.users_on(ServerId(7)), vec![sam.clone()]);
+        assert_eq!(replica.user_counts().get(&ServerId(8)), Some(&1));
+        assert_eq!(
+            replica.user_counts().get(&ServerId(7)),
+            None,
+            "counted once, at the last login"
+        );
+        assert_eq!(replica.set_user(sam, vec![Session::on(ServerId(7))], 4), sessions);
+        assert_eq!(replica.user_entry("sam"), (vec![Session::on(ServerId(7))], Some(4)));
+        assert_eq!(replica.remove_user("sam"), vec![Session::on(ServerId(7))]);
+        assert_eq!(replica.user_entry("sam"), (Vec::new(), None));
+        assert_eq!(replica.user("sam"), None);
     }
 
     #[test]

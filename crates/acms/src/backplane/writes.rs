@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
+use acms_protocol::ServerId;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
@@ -32,10 +33,45 @@ pub(crate) enum Write {
     DeleteIf(Bytes),
     /// Delete the key: for keys only this hub writes.
     Delete,
-    /// A login under `replace`: set the key to this value only if it is still at the revision
-    /// this hub saw when the user logged in (`None`: absent). A hub that loses such a race ends
-    /// its own session of the user, so that exactly one survives.
-    Claim { value: Bytes, expected: Option<u64> },
+    /// A user's entry, read, edited and written back over the revision read (again on a
+    /// conflict), computed when it is applied: this hub's sessions of the user, from its
+    /// registry, replace those of its servers, and the sessions on the servers in `drop` go
+    /// (`sessions::merge`). So any number of logins, logouts and candidates of one user coalesce
+    /// into one write, and two hubs' edits never undo each other.
+    Sync { drop: Vec<ServerId> },
+    /// A login under `replace`: this hub's session of the user, written only if the entry is
+    /// still at the revision this hub saw when the user logged in (`None`: absent). A hub that
+    /// loses such a race ends its own session of the user, so that exactly one survives. With no
+    /// session of the user left here when it is applied, it is a [`Write::Sync`].
+    Claim { expected: Option<u64>, drop: Vec<ServerId> },
+}
+
+impl Write {
+    /// This write, owed after `older` to the same key: one write doing both. A login's claim is
+    /// kept, and no server to drop is forgotten; any other newer write replaces the older.
+    fn absorb(self, older: &Write) -> Write {
+        let union = |mut newer: Vec<ServerId>, older: &[ServerId]| {
+            for server in older {
+                if !newer.contains(server) {
+                    newer.push(*server);
+                }
+            }
+            newer
+        };
+        match (self, older) {
+            (Write::Sync { drop }, Write::Sync { drop: old }) => {
+                Write::Sync { drop: union(drop, old) }
+            }
+            (Write::Sync { drop }, Write::Claim { expected, drop: old }) => {
+                Write::Claim { expected: *expected, drop: union(drop, old) }
+            }
+            (
+                Write::Claim { expected, drop },
+                Write::Sync { drop: old } | Write::Claim { drop: old, .. },
+            ) => Write::Claim { expected, drop: union(drop, old) },
+            (newer, _) => newer,
+        }
+    }
 }
 
 /// The pending writes and the writer's wake-up.
@@ -65,8 +101,8 @@ struct Pending {
 impl Pending {
     fn owe(&mut self, key: Key, write: Write, replace: bool) {
         match self.writes.get_mut(&key) {
-            Some(slot) if replace => slot.1 = write,
-            Some(_) => {}
+            Some(slot) if replace => slot.1 = write.absorb(&slot.1),
+            Some(slot) => slot.1 = slot.1.clone().absorb(&write),
             None => {
                 let order = self.next;
                 self.next += 1;
@@ -78,13 +114,15 @@ impl Pending {
 }
 
 impl Writes {
-    /// Owes `write` to `key` of `bucket`, replacing a write to it not yet done.
+    /// Owes `write` to `key` of `bucket`, replacing (or, for a user's entry, joining) a write to
+    /// it not yet done.
     pub(crate) fn owe(&self, bucket: Bucket, key: String, write: Write) {
         self.pending.lock().expect("writes lock").owe((bucket, key), write, true);
         self.notify.notify_one();
     }
 
-    /// Owes `write` again after it failed, unless a newer write to the key is owed already.
+    /// Owes `write` again after it failed, unless a newer write to the key is owed already (which
+    /// then also drops the servers the failed one dropped).
     pub(crate) fn owe_unless_newer(&self, bucket: Bucket, key: String, write: Write) {
         self.pending.lock().expect("writes lock").owe((bucket, key), write, false);
         self.notify.notify_one();
@@ -242,6 +280,22 @@ mod tests {
         assert!(writes.take(10).is_empty(), "u2 waits for its server's place");
         writes.written(Bucket::Servers, "s1");
         assert_eq!(writes.take(10), vec![(Bucket::Users, "u2".into(), put(b"1"))]);
+    }
+
+    #[test]
+    fn edits_of_a_user_s_entry_join_and_a_login_s_claim_is_kept() {
+        let writes = Writes::default();
+        let sync = |drop: &[u32]| Write::Sync { drop: drop.iter().map(|&s| ServerId(s)).collect() };
+        writes.owe(Bucket::Users, "a".into(), Write::Claim { expected: Some(4), drop: vec![] });
+        writes.owe(Bucket::Users, "a".into(), sync(&[7]));
+        writes.owe(Bucket::Users, "a".into(), sync(&[8, 7]));
+        let claim = Write::Claim { expected: Some(4), drop: vec![ServerId(8), ServerId(7)] };
+        assert_eq!(writes.take(10), vec![(Bucket::Users, "a".into(), claim)]);
+        // Failed, while a newer edit was owed: that one is made, dropping what both drop.
+        writes.owe(Bucket::Users, "a".into(), sync(&[9]));
+        writes.written(Bucket::Users, "a");
+        writes.owe_unless_newer(Bucket::Users, "a".into(), sync(&[7]));
+        assert_eq!(writes.take(10), vec![(Bucket::Users, "a".into(), sync(&[9, 7]))]);
     }
 
     #[test]

@@ -240,6 +240,13 @@ impl Relay {
                         }
                         self.multi_settling = false;
                     }
+                    // Policy `multi` on a backplane: sessions on other hubs' servers too.
+                    if let Some(targets) = self.sessions_across_hubs(route.recipient) {
+                        self.end_run(buf);
+                        let frame = buf.split_to(len).freeze();
+                        self.stage_copies(frame, seq, targets)?;
+                        continue;
+                    }
                     let target = match self.shared.registry.route(route.recipient) {
                         // Rare: a user online on several AS (policy `multi`).
                         Some(owner) if owner.multi => {
@@ -384,8 +391,34 @@ impl Relay {
         }
     }
 
+    /// Policy `multi` on a backplane: every server with a session of `user`, here and on other
+    /// hubs, when there are several and one is on another hub; `None` otherwise (the frame takes
+    /// the one-hub path). Servers here are the registry's; a server of another hub is listed while
+    /// the directory places it on a hub (a dead one's copy is held until it is back).
+    fn sessions_across_hubs(&self, user: &str) -> Option<Vec<ServerId>> {
+        let backplane = self.shared.backplane.as_ref()?;
+        let registry = &self.shared.registry;
+        if !registry.multi() {
+            return None;
+        }
+        let remote = backplane.replica.sessions(user);
+        let mut remote = remote.into_iter().filter(|&server| {
+            !registry.is_registered(server)
+                && !matches!(backplane.replica.route_server(server), Remote::Nowhere)
+        });
+        let first = remote.next()?;
+        let mut targets = registry.sessions(user);
+        for server in std::iter::once(first).chain(remote) {
+            if !targets.contains(&server) {
+                targets.push(server);
+            }
+        }
+        (targets.len() > 1).then_some(targets)
+    }
+
     /// Stages one data frame for each of several AS, as the same bytes: the recipient has a
-    /// session on each (policy `multi`). The origin is told `Copies`, as for group fan-out, on
+    /// session on each (policy `multi`); one copy per other hub, which hands it to each of its
+    /// servers with a session. The origin is told `Copies`, as for group fan-out, on
     /// its own queue before any copy is handed over, so it keeps the frame until every one of
     /// those AS acknowledged it (docs/RELIABILITY.md, "Several sessions"). An origin with a
     /// session of the user delivered it there itself: it gets no copy.
@@ -397,8 +430,18 @@ impl Relay {
     ) -> Result<(), Close> {
         let origin = self.server;
         targets.retain(|&target| target != origin);
+        let mut hubs: Vec<HubId> = Vec::new();
         for &target in &targets {
-            self.stage(Dest::Server(target), frame.clone(), 1, Some(seq));
+            match self.fan_out_dest(target) {
+                Some(Dest::Hub(hub)) if hubs.contains(&hub) => {}
+                Some(Dest::Hub(hub)) => {
+                    hubs.push(hub);
+                    self.stage(Dest::Hub(hub), frame.clone(), 1, Some(seq));
+                }
+                Some(dest) => self.stage(dest, frame.clone(), 1, Some(seq)),
+                // Its hub is dead: held, sent again once the server is back somewhere.
+                None => {}
+            }
         }
         self.own.send(Control::Copies { seq, servers: targets })
     }

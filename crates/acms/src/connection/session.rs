@@ -246,6 +246,13 @@ impl Session {
             match placed {
                 Placed::Already => {}
                 Placed::Online => {
+                    // Policy `multi` on a backplane: alone here, maybe not on other hubs.
+                    if registry.multi()
+                        && self.snapshot_groups.is_none()
+                        && self.shared.has_remote_sessions(user.as_str())
+                    {
+                        self.shared.tell_multi_session(server, user.clone(), true);
+                    }
                     let change = PresenceChange { user: user.clone(), server: Some(server) };
                     presence::announce(&self.shared, [change]);
                 }
@@ -362,7 +369,9 @@ impl Session {
         if self.shared.registry.multi() {
             for user in &self.users {
                 let sessions = self.shared.registry.sessions(user.as_str());
-                if sessions.len() > 1 && sessions.contains(&server) {
+                let elsewhere =
+                    sessions.len() > 1 || self.shared.has_remote_sessions(user.as_str());
+                if elsewhere && sessions.contains(&server) {
                     self.shared.tell_multi_session(server, user.clone(), true);
                 }
             }
@@ -379,7 +388,12 @@ impl Session {
             debug!(%user, "candidates for a user not online on this server; ignored");
             return;
         }
-        match self.shared.registry.set_candidates(server, &user, candidates) {
+        let set = self.shared.registry.set_candidates(server, &user, candidates);
+        if let (Some(_), Some(backplane)) = (set, &self.shared.backplane) {
+            // The other hubs find them in the shared directory (written only if they changed).
+            backplane.user_online(user.as_str(), server);
+        }
+        match set {
             None => debug!(%user, "candidates for a session no longer in the directory; ignored"),
             Some(false) => {}
             Some(true) => {

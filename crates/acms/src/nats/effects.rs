@@ -12,8 +12,8 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use crate::backplane::{
-    Arrival, Backplane, Body, Bucket, Heartbeat, HubId, Message, Place, decode_servers,
-    group_of_key, server_of_key, user_of_key,
+    Arrival, Backplane, Body, Bucket, Heartbeat, HubId, Message, Place, Session, decode_servers,
+    decode_sessions, group_of_key, server_of_key, user_of_key,
 };
 use crate::presence;
 use crate::registry::{PresenceChange, RelayError, Relayed};
@@ -225,7 +225,9 @@ fn deliver(
                     continue;
                 }
                 match shared.registry.route(route.recipient) {
-                    Some(owner) => (vec![owner.server], Some(route.seq)),
+                    Some(owner) => {
+                        (sessions_of(shared, core, route.recipient, owner), Some(route.seq))
+                    }
                     // Late, for a server that moved from here: its origin sends it again there.
                     None if core
                         .replica
@@ -353,6 +355,29 @@ fn deliver(
     }
 }
 
+/// The servers here a unicast frame for `recipient`, whose last login here is `owner`, goes to:
+/// under `multi`, every session of theirs here (the origin's hub sent this hub one copy for all),
+/// and the servers here the directory still lists for them (a logout on the way: the origin
+/// waits for their acks).
+fn sessions_of(
+    shared: &HubState,
+    core: &Backplane,
+    recipient: &str,
+    owner: crate::registry::Owner,
+) -> Vec<ServerId> {
+    let registry = &shared.registry;
+    if !registry.multi() {
+        return vec![owner.server];
+    }
+    let mut targets = registry.sessions(recipient);
+    for server in core.replica.sessions(recipient) {
+        if !targets.contains(&server) && registry.is_registered(server) {
+            targets.push(server);
+        }
+    }
+    targets
+}
+
 /// A change of the shared directory at `revision`: `value` is `None` for a deleted key.
 pub(super) fn directory(
     shared: &HubState,
@@ -368,51 +393,20 @@ pub(super) fn directory(
                 warn!(%key, "a key no hub wrote in the users bucket; ignored");
                 return;
             };
-            match value {
-                Some(value) => {
-                    match std::str::from_utf8(value).ok().and_then(|text| text.parse().ok()) {
-                        Some(server) => {
-                            let server = ServerId(server);
-                            let was = core.replica.user(user.as_str());
-                            core.replica.set_user(user.clone(), server, revision);
-                            if was != Some(server) && !shared.registry.is_registered(server) {
-                                // Online on another hub: the watchers here hear it (a login
-                                // here was announced by its session).
-                                let change =
-                                    PresenceChange { user: user.clone(), server: Some(server) };
-                                presence::announce(shared, [change]);
-                                // In the settle window, frames for a user no directory had
-                                // yet are held at their origin's hub; this login on another
-                                // hub may be the one they wait for: sent again now, not when
-                                // the window ends (a fresh sender would stall until then).
-                                if shared.registry.settling() {
-                                    shared.ask_to_resend(shared.registry.take_unclaimed());
-                                }
-                            }
-                            user_placed(shared, core, key, user, server);
-                        }
-                        None => warn!(%user, "unreadable user entry; ignored"),
-                    }
+            let sessions = match value.map(|value| decode_sessions(value)) {
+                Some(Ok(sessions)) => sessions,
+                Some(Err(err)) => {
+                    warn!(%user, error = %err, "unreadable user entry; ignored");
+                    return;
                 }
-                None => {
-                    let was = core.replica.user(user.as_str());
-                    core.replica.remove_user(user.as_str());
-                    match shared.registry.route(user.as_str()) {
-                        // Taken out by another hub that counted this one dead: written again.
-                        Some(owner) if shared.registry.is_connected(owner.server) => {
-                            core.user_online(user.as_str(), owner.server);
-                        }
-                        Some(_) => {}
-                        // Offline on another hub: the watchers here hear it.
-                        None if was
-                            .is_some_and(|server| !shared.registry.is_registered(server)) =>
-                        {
-                            presence::announce(shared, [PresenceChange { user, server: None }]);
-                        }
-                        None => {}
-                    }
-                }
-            }
+                None => Vec::new(),
+            };
+            let was = if sessions.is_empty() {
+                core.replica.remove_user(user.as_str())
+            } else {
+                core.replica.set_user(user.clone(), sessions.clone(), revision)
+            };
+            user_changed(shared, core, key, user, &was, &sessions);
         }
         Bucket::Groups => {
             let Some((group, hub)) = group_of_key(key) else {
@@ -448,6 +442,95 @@ pub(super) fn directory(
     }
 }
 
+/// The sessions of `user` on this hub's servers, from its registry, with their candidates: what
+/// this hub writes into the user's entry. The last login's comes last.
+pub(crate) fn sessions_here(shared: &HubState, core: &Backplane, user: &str) -> Vec<Session> {
+    let registry = &shared.registry;
+    let mut servers = registry.sessions(user);
+    if let Some(last) = registry.locate(user)
+        && let Some(at) = servers.iter().position(|&server| server == last)
+    {
+        let last = servers.remove(at);
+        servers.push(last);
+    }
+    servers
+        .into_iter()
+        .filter(|&server| core.is_mine(server))
+        .map(|server| Session { server, candidates: registry.candidates(user, server) })
+        .collect()
+}
+
+/// `user`'s entry changed from `was` to `now` (empty: deleted). Watchers here of a user with no
+/// session here hear where their last login is now, and its candidates, when that changed; the
+/// servers here with a session of the user learn whether they have sessions on other hubs too
+/// (policy `multi`); under `replace`, a login on another hub ends the session here.
+fn user_changed(
+    shared: &HubState,
+    core: &Backplane,
+    key: &str,
+    user: UserId,
+    was: &[Session],
+    now: &[Session],
+) {
+    let registry = &shared.registry;
+    let remote = |session: &&Session| !registry.is_registered(session.server);
+    if now.is_empty() {
+        // Taken out by another hub that counted this one dead: written again.
+        if let Some(owner) = registry.route(user.as_str())
+            && registry.is_connected(owner.server)
+        {
+            core.user_online(user.as_str(), owner.server);
+        }
+    }
+    if registry.route(user.as_str()).is_none() {
+        let before = was.last().filter(remote);
+        let after = now.last().filter(remote);
+        if before != after {
+            // Online, moved or new candidates on another hub, or offline: the watchers here hear
+            // it (a login here was announced by its session).
+            let server = after.map(|session| session.server);
+            presence::announce(shared, [PresenceChange { user: user.clone(), server }]);
+            // In the settle window, frames for a user no directory had yet are held at their
+            // origin's hub; this login on another hub may be the one they wait for: sent again
+            // now, not when the window ends (a fresh sender would stall until then).
+            if server.is_some() && before.map(|s| s.server) != server && registry.settling() {
+                shared.ask_to_resend(registry.take_unclaimed());
+            }
+        }
+        return;
+    }
+    if registry.multi() {
+        // A session here the entry lacks, with no write of it owed: taken out by another hub
+        // that counted this hub dead (a delete, or a dead hub's servers dropped from a list).
+        let missing = registry.sessions(user.as_str()).into_iter().find(|&server| {
+            core.is_mine(server)
+                && registry.is_connected(server)
+                && !now.iter().any(|session| session.server == server)
+        });
+        if let Some(server) = missing
+            && !now.is_empty()
+            && !core.writes.is_owed(Bucket::Users, key)
+        {
+            core.user_online(user.as_str(), server);
+        }
+        let had = was.iter().any(|session| remote(&session));
+        let has = now.iter().any(|session| remote(&session));
+        if had != has {
+            let local = registry.sessions(user.as_str());
+            // With two sessions here, the servers here stay multi-session either way.
+            if has || local.len() == 1 {
+                for server in local {
+                    shared.tell_multi_session(server, user.clone(), has);
+                }
+            }
+        }
+        return;
+    }
+    if let Some(last) = now.last() {
+        user_placed(shared, core, key, user, last.server);
+    }
+}
+
 /// `user` logged in on `server` by the shared directory. Under `replace`, a session of theirs
 /// on a server of this hub, whose own login is settled (no write of it owed), is older: it ends.
 fn user_placed(shared: &HubState, core: &Backplane, key: &str, user: UserId, server: ServerId) {
@@ -465,12 +548,13 @@ fn user_placed(shared: &HubState, core: &Backplane, key: &str, user: UserId, ser
 }
 
 /// This hub's login of the user of `key` on the server `ours` was written at `revision`. If the
-/// replica holds a newer entry of another hub's server, that login is newer: the one here ends.
+/// replica holds a newer entry without it, of another hub's server, that login is newer: the one
+/// here ends.
 pub(super) fn login_settled(
     shared: &HubState,
     core: &Backplane,
     key: &str,
-    ours: &Bytes,
+    ours: ServerId,
     revision: u64,
 ) {
     let Some(user) = user_of_key(key) else { return };
@@ -479,17 +563,18 @@ pub(super) fn login_settled(
     else {
         return;
     };
-    if latest > revision && theirs.0.to_string().as_bytes() != ours.as_ref() {
-        login_lost(shared, key, ours, &Bytes::from(theirs.0.to_string()));
+    if latest > revision
+        && !core.replica.sessions(user.as_str()).contains(&ours)
+        && !core.is_mine(theirs)
+    {
+        login_lost(shared, key, ours, theirs);
     }
 }
 
 /// This hub's login of the user of `key` on the server `ours` lost a race with a login on the
 /// server `theirs` on another hub: the session here ends, so exactly one survives.
-pub(super) fn login_lost(shared: &HubState, key: &str, ours: &Bytes, theirs: &Bytes) {
+pub(super) fn login_lost(shared: &HubState, key: &str, ours: ServerId, theirs: ServerId) {
     let Some(user) = user_of_key(key) else { return };
-    let parse = |value: &Bytes| std::str::from_utf8(value).ok()?.parse().ok().map(ServerId);
-    let (Some(ours), Some(theirs)) = (parse(ours), parse(theirs)) else { return };
     if shared.registry.route(user.as_str()).map(|owner| owner.server) != Some(ours) {
         return;
     }

@@ -23,7 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::backplane::{Backplane, Bucket, HubId, Outbound, ServerReport, Write};
+use crate::backplane::{
+    Backplane, Bucket, HubId, Outbound, ServerReport, Session, Write, decode_sessions,
+    encode_sessions, merge, user_of_key,
+};
 use crate::config::BackplaneConfig;
 use crate::state::HubState;
 use acms_common::discovery::ClusterName;
@@ -390,23 +393,96 @@ async fn watch(
     }
 }
 
-/// Why a login's write must be tried again.
-enum Retry {
-    /// The entry is gone: create it.
-    Create,
-    /// NATS failed; as it was.
-    Failed(String),
+/// Reads `key`'s entry: its sessions (none if absent, deleted or unreadable) and the revision to
+/// write over (`None`: absent, to be created).
+async fn read_entry(store: &kv::Store, key: &str) -> Result<(Vec<Session>, Option<u64>), String> {
+    match store.entry(key).await.map_err(|e| e.to_string())? {
+        Some(entry) if matches!(entry.operation, kv::Operation::Put) => {
+            let sessions = decode_sessions(&entry.value).unwrap_or_else(|err| {
+                warn!(%key, error = %err, "unreadable user entry; written over");
+                Vec::new()
+            });
+            Ok((sessions, Some(entry.revision)))
+        }
+        _ => Ok((Vec::new(), None)),
+    }
+}
+
+/// Tries of a read-modify-write of a user's entry that keeps losing to other hubs' writes before
+/// it is owed again (after a pause).
+const SYNC_TRIES: usize = 8;
+
+/// Makes a [`Write::Sync`] of `key`: this hub's sessions of the user merged into the entry,
+/// written over the revision read (first the replica's); read again on a conflict, a bounded
+/// number of times.
+async fn sync(
+    store: &kv::Store,
+    key: &str,
+    drop: &[acms_protocol::ServerId],
+    shared: &HubState,
+    core: &Backplane,
+) -> Result<(), String> {
+    let Some(user) = user_of_key(key) else { return Ok(()) };
+    let mut last = String::new();
+    // First over the replica's copy, which is most often current: one round trip. A stale copy
+    // only costs a refused write, and the entry is read then.
+    let mut known = Some(core.replica.user_entry(user.as_str()));
+    for _ in 0..SYNC_TRIES {
+        let (replica, (old, revision)) = match known.take() {
+            Some(known) => (true, known),
+            None => (false, read_entry(store, key).await?),
+        };
+        let here = effects::sessions_here(shared, core, user.as_str());
+        let new = merge(&old, &here, |server| core.is_mine(server), drop, shared.registry.multi());
+        if new == old && (revision.is_some() || new.is_empty()) {
+            if replica {
+                // Nothing to write, by a copy that may be behind: the store decides.
+                continue;
+            }
+            return Ok(());
+        }
+        let written = match (new.is_empty(), revision) {
+            (true, Some(revision)) => {
+                store.delete_expect_revision(key, Some(revision)).await.map_err(|e| e.to_string())
+            }
+            (true, None) => return Ok(()),
+            (false, Some(revision)) => store
+                .update(key, encode_sessions(&new), revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            (false, None) => store
+                .create(key, encode_sessions(&new))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(()) => return Ok(()),
+            // Another hub wrote it since it was read (most likely): read again.
+            Err(err) => last = err,
+        }
+    }
+    Err(format!("the entry kept changing or could not be written: {last}"))
 }
 
 /// Writes a login under `replace` over the revision its hub knew (see [`Write::Claim`]). Lost
-/// to another hub's login: this hub's session of the user ends, and the write is done.
+/// to another hub's login: this hub's session of the user ends, and the write is done. Returns
+/// the session written and its revision, if it was.
 async fn claim(
     store: &kv::Store,
     key: &str,
-    value: &bytes::Bytes,
-    expected: Option<u64>,
+    (expected, drop): (Option<u64>, &[acms_protocol::ServerId]),
     shared: &HubState,
-) -> Result<Option<u64>, Retry> {
+    core: &Backplane,
+) -> Result<Option<(acms_protocol::ServerId, u64)>, String> {
+    let Some(user) = user_of_key(key) else { return Ok(None) };
+    let here = effects::sessions_here(shared, core, user.as_str());
+    let Some(ours) = here.last().map(|session| session.server) else {
+        // Logged out again before the write: only what the others need to know.
+        return sync(store, key, drop, shared, core).await.map(|()| None);
+    };
+    let value = encode_sessions(&here);
     let written = match expected {
         None => store.create(key, value.clone()).await.map_err(|e| e.to_string()),
         Some(revision) => {
@@ -414,19 +490,37 @@ async fn claim(
         }
     };
     let err = match written {
-        Ok(revision) => return Ok(Some(revision)),
+        Ok(revision) => return Ok(Some((ours, revision))),
         Err(err) => err,
     };
-    match store.entry(key).await {
-        Ok(Some(entry)) if matches!(entry.operation, kv::Operation::Put) => {
-            // Equal: written already (a write whose answer was lost, or the same server's).
-            if entry.value != *value {
-                effects::login_lost(shared, key, value, &entry.value);
+    let retry = |expected| Write::Claim { expected, drop: drop.to_vec() };
+    match read_entry(store, key).await {
+        Ok((sessions, Some(revision))) => {
+            if sessions.iter().any(|session| session.server == ours) {
+                // Written already (a write whose answer was lost): brought up to date.
+                if sessions != here {
+                    let drop = drop.to_vec();
+                    core.writes.owe_unless_newer(
+                        Bucket::Users,
+                        key.to_owned(),
+                        Write::Sync { drop },
+                    );
+                }
+            } else if sessions.iter().all(|session| core.is_mine(session.server)) {
+                // Only this hub's own earlier login of the user was written since: no race.
+                core.writes.owe_unless_newer(Bucket::Users, key.to_owned(), retry(Some(revision)));
+            } else if let Some(theirs) = sessions.last() {
+                effects::login_lost(shared, key, ours, theirs.server);
             }
             Ok(None)
         }
-        Ok(_) if expected.is_some() => Err(Retry::Create),
-        Ok(_) | Err(_) => Err(Retry::Failed(err)),
+        // The entry was deleted meanwhile (a logout): written afresh.
+        Ok((_, None)) if expected.is_some() => {
+            core.writes.owe_unless_newer(Bucket::Users, key.to_owned(), retry(None));
+            Ok(None)
+        }
+        Ok(_) => Err(err),
+        Err(read) => Err(format!("{err}; then {read}")),
     }
 }
 
@@ -442,8 +536,8 @@ struct Applied {
     bucket: Bucket,
     key: String,
     write: Write,
-    /// A login's write that won: its value and revision.
-    claimed: Option<(bytes::Bytes, u64)>,
+    /// A login's write that won: its server and revision.
+    claimed: Option<(acms_protocol::ServerId, u64)>,
     result: Result<(), String>,
 }
 
@@ -472,24 +566,9 @@ async fn apply(
             Ok(_) => Ok(()),
             Err(err) => Err(err.to_string()),
         },
-        Write::Claim { value, expected } => {
-            match claim(&store, &key, value, *expected, &shared).await {
-                Ok(revision) => {
-                    claimed = revision.map(|revision| (value.clone(), revision));
-                    Ok(())
-                }
-                Err(Retry::Create) => {
-                    // The entry was deleted meanwhile (a logout): written afresh.
-                    let value = value.clone();
-                    core.writes.owe_unless_newer(
-                        bucket,
-                        key.clone(),
-                        Write::Claim { value, expected: None },
-                    );
-                    Ok(())
-                }
-                Err(Retry::Failed(err)) => Err(err),
-            }
+        Write::Sync { drop } => sync(&store, &key, drop, &shared, &core).await,
+        Write::Claim { expected, drop } => {
+            claim(&store, &key, (*expected, drop), &shared, &core).await.map(|won| claimed = won)
         }
     };
     Applied { bucket, key, write, claimed, result }
@@ -533,10 +612,10 @@ async fn write(
         };
         let Some(Applied { bucket, key, write, claimed, result }) = applied else { continue };
         core.writes.written(bucket, &key);
-        if let Some((value, revision)) = claimed {
+        if let Some((server, revision)) = claimed {
             // A login elsewhere that the watch brought while this one was being written was
             // let pass then: judged now. (One that comes after is judged as it comes.)
-            effects::login_settled(&shared, &core, &key, &value, revision);
+            effects::login_settled(&shared, &core, &key, server, revision);
         }
         if let Err(err) = result {
             // Owed again unless a newer write replaced it; the backplane may be away.
