@@ -389,6 +389,13 @@ impl Registry {
             return Ok(Relayed::Held);
         };
         if !entry.blocked.is_empty() && entry.blocked.contains(&origin) {
+            // The origin's data frames wait for its `Resent`; its acks need no order with them
+            // and are cumulative: dropped, the frames they acknowledge would wait for an ack
+            // that may never come (the sender stalls once its window is full).
+            let acks = acks_among(frames);
+            if !acks.is_empty() {
+                let _acks_are_sent_again_with_the_next = attached.outbox.push_batch(acks);
+            }
             return Ok(Relayed::Held);
         }
         let outbox = &attached.outbox;
@@ -558,6 +565,19 @@ impl Registry {
     pub fn is_connected(&self, server: ServerId) -> bool {
         self.servers.get(&server).is_some_and(|entry| entry.attached.is_some())
     }
+}
+
+/// The acks among `chunks` of whole frames, each as its own slice.
+fn acks_among(chunks: Vec<Bytes>) -> Vec<Bytes> {
+    let mut acks = Vec::new();
+    for mut chunk in chunks {
+        while let Ok(frame) = acms_protocol::RawFrame::split_first(&mut chunk) {
+            if matches!(frame.kind(), Ok(acms_protocol::FrameKind::Ack)) {
+                acks.push(frame.into_bytes());
+            }
+        }
+    }
+    acks
 }
 
 #[cfg(test)]

@@ -225,27 +225,26 @@ impl Replica {
         on_hub.map(|(&id, place)| (id, place.clone())).collect()
     }
 
-    /// Where a frame for `server`, not connected to this hub, goes.
+    /// Where a frame for `server`, not connected to this hub, goes. A hub never heard from is
+    /// taken as alive: the directory tells of a hub's servers before its first heartbeat
+    /// arrives (this hub, or that one, started a moment ago), and holding their frames, acks and
+    /// `Resent` until then stalled those servers (a `Resent` held kept their acks back for
+    /// three heartbeats, and the acks dropped meanwhile never came). If that hub was in fact
+    /// dead, what went to it is lost as with any hub that dies: its servers' origins send it
+    /// again once they register elsewhere, or once they are given up.
     pub(crate) fn route_server(&self, server: ServerId) -> Remote {
         match self.place(server) {
             None => Remote::Nowhere,
-            Some(place) if place.hub != self.me && self.is_alive(place.hub) => {
+            Some(place) if place.hub != self.me && self.reachable(place.hub) => {
                 Remote::Hub(place.hub)
             }
             Some(_) => Remote::Moving,
         }
     }
 
-    /// Where an ack for `server`, not connected to this hub, goes: as a frame does, and also to
-    /// a hub never heard from yet (this hub started a moment ago), since an ack needs no order
-    /// with other frames: one lost with a hub that was in fact dead is replaced by the acks of
-    /// the frames its origin sends again once it registers elsewhere. Dropping it instead
-    /// would leave the origin waiting for it until its next ack.
-    pub(crate) fn route_ack(&self, server: ServerId) -> Option<HubId> {
-        let place = self.place(server)?;
-        let hub = place.hub;
-        let never_heard = || !self.ever_heard.read().expect("hub lock").contains(&hub);
-        (hub != self.me && (self.is_alive(hub) || never_heard())).then_some(hub)
+    /// Whether `hub` is alive or was never heard from.
+    fn reachable(&self, hub: HubId) -> bool {
+        self.is_alive(hub) || !self.ever_heard.read().expect("hub lock").contains(&hub)
     }
 
     /// Where a frame for `user`, online on no server of this hub, goes; with their server.
@@ -320,8 +319,8 @@ mod tests {
         // The server is not registered anywhere: the user is nowhere.
         assert_eq!(replica.route_user("alice"), (Remote::Nowhere, None));
         replica.set_place(ServerId(7), place(OTHER));
-        // Its hub never heard of: not alive, so the server is moving.
-        assert_eq!(replica.route_user("alice"), (Remote::Moving, Some(ServerId(7))));
+        // Its hub never heard from: taken as alive.
+        assert_eq!(replica.route_user("alice"), (Remote::Hub(OTHER), Some(ServerId(7))));
         assert!(replica.heard(OTHER, now));
         assert!(!replica.heard(OTHER, now), "heard before");
         assert_eq!(replica.route_user("alice"), (Remote::Hub(OTHER), Some(ServerId(7))));
@@ -337,19 +336,17 @@ mod tests {
     }
 
     #[test]
-    fn an_ack_goes_to_a_hub_never_heard_from_but_not_to_a_dead_one() {
+    fn a_hub_never_heard_from_is_reachable_until_it_dies() {
         let replica = Replica::new(ME, Duration::from_secs(3));
         let now = Instant::now();
-        assert_eq!(replica.route_ack(ServerId(7)), None, "no such server");
         replica.set_place(ServerId(7), place(OTHER));
-        assert_eq!(replica.route_server(ServerId(7)), Remote::Moving, "frames wait");
-        assert_eq!(replica.route_ack(ServerId(7)), Some(OTHER), "acks need not");
+        assert_eq!(replica.route_server(ServerId(7)), Remote::Hub(OTHER), "not heard yet");
         replica.heard(OTHER, now);
-        assert_eq!(replica.route_ack(ServerId(7)), Some(OTHER));
+        assert_eq!(replica.route_server(ServerId(7)), Remote::Hub(OTHER));
         assert_eq!(replica.expire(now + Duration::from_secs(4)), vec![OTHER]);
-        assert_eq!(replica.route_ack(ServerId(7)), None, "dead: its servers move");
+        assert_eq!(replica.route_server(ServerId(7)), Remote::Moving, "dead: it moves");
         replica.set_place(ServerId(8), place(ME));
-        assert_eq!(replica.route_ack(ServerId(8)), None, "this hub's own");
+        assert_eq!(replica.route_server(ServerId(8)), Remote::Moving, "this hub's own");
     }
 
     #[test]

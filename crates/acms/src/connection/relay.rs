@@ -376,7 +376,10 @@ impl Relay {
         if self.shared.registry.is_registered(target) {
             return Some(Dest::Server(target));
         }
-        backplane.replica.route_ack(target).map(Dest::Hub)
+        match backplane.replica.route_server(target) {
+            Remote::Hub(hub) => Some(Dest::Hub(hub)),
+            Remote::Moving | Remote::Nowhere => None,
+        }
     }
 
     /// Adds whole frames to what is handed to `target` after this read, after what it has already.

@@ -254,3 +254,34 @@ fn the_settle_window_holds_frames_for_nobody_and_hands_them_to_newcomers() {
     assert_eq!(second.resend, HashMap::from([(ServerId(1), 3)]));
     assert_eq!(registry.take_unclaimed(), HashMap::from([(ServerId(1), 3)]));
 }
+
+#[test]
+fn a_blocked_origin_s_acks_pass_and_its_data_frames_wait() {
+    use acms_protocol::{Ack, Data, DataKind, Frame, SeqRange, UserId};
+    let registry = Registry::default();
+    let (outbox, _inbox) = Outbox::new(1 << 20, 1 << 19);
+    registry.register(info(2), 0, outbox.clone(), CancellationToken::new(), None).unwrap();
+    registry.block(ServerId(2), ServerId(1));
+    let mut bytes = bytes::BytesMut::new();
+    let data = Data {
+        kind: DataKind::Unicast,
+        seq: 7,
+        origin: ServerId(1),
+        recipient: UserId::new("bob").unwrap(),
+        sender: UserId::new("alice").unwrap(),
+        payload: Bytes::from_static(b"hi"),
+    };
+    Frame::Data(data).encode(1 << 16, &mut bytes).unwrap();
+    let data_len = bytes.len();
+    let ranges = vec![SeqRange { first: 1, count: 3 }];
+    Ack { to: ServerId(2), from: ServerId(1), ranges }.encode(1 << 16, &mut bytes);
+    let ack_len = bytes.len() - data_len;
+    // One chunk of both, as a run of a read or of a backplane message comes.
+    let held = registry.relay_batch(ServerId(1), ServerId(2), Some(7), vec![bytes.freeze()], None);
+    assert!(matches!(held, Ok(Relayed::Held)), "{held:?}");
+    assert_eq!(outbox.pending(), ack_len, "the ack alone is queued");
+    registry.resent(ServerId(1), ServerId(2));
+    let frame = Bytes::from_static(b"x");
+    let queued = registry.relay_batch(ServerId(1), ServerId(2), None, vec![frame], None);
+    assert!(matches!(queued, Ok(Relayed::Queued(_))), "after `Resent`: {queued:?}");
+}
