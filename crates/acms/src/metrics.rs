@@ -174,6 +174,12 @@ pub fn render(hub: &Hub) -> String {
             "Gaps seen in the messages from other hubs, each repaired by having the origins send again",
             counter(backplane.gaps),
         );
+        registry.register(
+            "backplane_pauses",
+            "Pauses other hubs asked of this one: its senders to one of their servers above its \
+             high water waited until it drained (pushback across hubs)",
+            counter(backplane.pauses),
+        );
     }
 
     let mut out = String::new();

@@ -15,6 +15,7 @@ use crate::backplane::{
     Arrival, Backplane, Body, Bucket, Heartbeat, HubId, Message, Place, decode_servers,
     group_of_key, server_of_key, user_of_key,
 };
+use crate::outbox::Outbox;
 use crate::presence;
 use crate::registry::{PresenceChange, RelayError, Relayed};
 use crate::state::HubState;
@@ -109,13 +110,19 @@ fn gap(shared: &HubState, core: &Backplane, hub: HubId, first_missing: u64) {
     }
 }
 
-/// A message on this hub's subject.
-pub(super) fn message(shared: &HubState, core: &Backplane, payload: Bytes) {
+/// A message on this hub's subject. Returns the servers here that frames from another hub
+/// newly left above their high water: the shell watches each drain, then sends the credit
+/// withheld meanwhile ([`Backplane::credits`]).
+pub(super) fn message(
+    shared: &HubState,
+    core: &Backplane,
+    payload: Bytes,
+) -> Vec<(ServerId, Outbox)> {
     let message = match Message::decode(payload) {
         Ok(message) => message,
         Err(err) => {
             warn!(error = %err, "unreadable message on the backplane; ignored");
-            return;
+            return Vec::new();
         }
     };
     core.counters.received.fetch_add(1, Ordering::Relaxed);
@@ -126,17 +133,21 @@ pub(super) fn message(shared: &HubState, core: &Backplane, payload: Bytes) {
             Arrival::Gap { first_missing } => gap(shared, core, from, first_missing),
             Arrival::Stale => {
                 debug!(%from, seq = message.seq, "stale backplane message dropped");
-                return;
+                return Vec::new();
             }
         }
     }
     match message.body {
         Body::Frames { origin, epoch, frames } => {
-            deliver(shared, core, from, origin, epoch, frames)
+            return deliver(shared, core, from, origin, epoch, frames);
         }
         Body::Resent { origin, target } => shared.registry.resent(origin, target),
         Body::Gap => resend_to_hub(shared, core, from),
+        Body::Credit { target, bytes } => {
+            core.windows.credit(target, usize::try_from(bytes).unwrap_or(usize::MAX));
+        }
     }
+    Vec::new()
 }
 
 /// `hub` lost messages of this hub: every server here sends its servers again what they have
@@ -155,6 +166,9 @@ fn resend_to_hub(shared: &HubState, core: &Backplane, hub: HubId) {
 
 /// Frames of the server `origin` on `hub`, for servers of this hub: handed to each by the same
 /// registry call as a local relay's, in order; those for nobody here go back as undeliverable.
+/// The bytes of unicast frames are credited back to `hub` (see `backplane::flow`), except for a
+/// server they left above its high water: returned if its queue is not watched yet, for the
+/// credit to follow once it drains.
 fn deliver(
     shared: &HubState,
     core: &Backplane,
@@ -162,7 +176,7 @@ fn deliver(
     origin: ServerId,
     epoch: u64,
     frames: Bytes,
-) {
+) -> Vec<(ServerId, Outbox)> {
     let local_origin = shared.registry.is_registered(origin);
     if !local_origin && core.tell_epoch(origin, epoch) {
         // The servers here learn the origin's process before its frames: a restarted origin
@@ -173,8 +187,10 @@ fn deliver(
             let _closing = shared.send_frame(peer.id, frame.clone());
         }
     }
-    let mut staged: Vec<(ServerId, Vec<Bytes>, Option<u64>, usize)> = Vec::new();
+    let mut staged: Vec<Staged> = Vec::new();
     let mut back: Vec<RawFrame> = Vec::new();
+    // Credit for unicast frames not queued here: for the server their hub counted them against.
+    let mut passed: Vec<(ServerId, usize)> = Vec::new();
     let mut rest = frames;
     while !rest.is_empty() {
         let frame = match RawFrame::split_first(&mut rest) {
@@ -185,117 +201,166 @@ fn deliver(
             }
         };
         let Ok(kind) = frame.kind() else { continue };
-        let (targets, seq) = match kind {
-            FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
-                let Ok(route) = frame.route() else { continue };
-                if route.origin != origin {
-                    warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
-                    continue;
-                }
-                match shared.registry.route(route.recipient) {
-                    Some(owner) => (vec![owner.server], Some(route.seq)),
-                    // Late, for a server that moved from here: its origin sends it again there.
-                    None if core
-                        .replica
-                        .user(route.recipient)
-                        .is_some_and(|s| core.has_moved(s)) =>
-                    {
-                        shared.stats.held(1);
-                        continue;
+        // The sending hub counted a unicast frame against the window of the server the
+        // directory places its recipient on; credited for that server, as this hub's replica
+        // of the same directory says.
+        let mut credit = match kind {
+            FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => frame
+                .route()
+                .ok()
+                .and_then(|route| core.replica.user(route.recipient))
+                .map(|server| (server, frame.as_bytes().len())),
+            _ => None,
+        };
+        let routed = 'route: {
+            Some(match kind {
+                FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
+                    let Ok(route) = frame.route() else { break 'route None };
+                    if route.origin != origin {
+                        warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
+                        break 'route None;
                     }
-                    // For a user of a server that registered here and has not finished its
-                    // snapshot (it moved here a moment ago): not bounced, since the user is
-                    // about to be here. Dropped, and the origin's later frames to that server
-                    // too until its `Resent`, so nothing overtakes it; its hub has its servers
-                    // send again once the snapshot is done.
-                    None if core
-                        .replica
-                        .user(route.recipient)
-                        .is_some_and(|server| core.wait_for_snapshot(server, hub)) =>
-                    {
-                        if let Some(server) = core.replica.user(route.recipient) {
-                            shared.registry.block(server, origin);
+                    match shared.registry.route(route.recipient) {
+                        Some(owner) => (vec![owner.server], Some(route.seq)),
+                        // Late, for a server that moved from here: its origin sends it again there.
+                        None if core
+                            .replica
+                            .user(route.recipient)
+                            .is_some_and(|s| core.has_moved(s)) =>
+                        {
+                            shared.stats.held(1);
+                            break 'route None;
                         }
-                        shared.stats.held(1);
-                        continue;
-                    }
-                    None => {
-                        back.push(frame);
-                        continue;
-                    }
-                }
-            }
-            FrameKind::Data(DataKind::Undeliverable) => {
-                // Bounced by another hub: back to its origin, here.
-                let _away = shared.send_frame(origin, frame.into_bytes());
-                continue;
-            }
-            FrameKind::Data(
-                kind @ (DataKind::Broadcast | DataKind::BroadcastExceptSender | DataKind::Server),
-            ) => {
-                // One copy for this hub: one for each of its servers the origin counts on.
-                let Ok(route) = frame.route() else { continue };
-                if route.origin != origin {
-                    continue;
-                }
-                let targets = match (kind, route.target_server()) {
-                    (DataKind::Server, Some(target)) => {
-                        let here = shared.registry.is_registered(target);
-                        if here { vec![target] } else { Vec::new() }
-                    }
-                    _ => shared.registry.server_ids(origin),
-                };
-                (targets, Some(route.seq))
-            }
-            FrameKind::Ack => {
-                let Ok((target, from)) = Ack::route(frame.body()) else { continue };
-                if from != origin || !shared.registry.is_registered(target) {
-                    // For nobody here: its origin sends again and gets new acks.
-                    continue;
-                }
-                (vec![target], None)
-            }
-            FrameKind::Data(DataKind::Group | DataKind::GroupExceptSender) => {
-                // One copy for this hub: one for each of its servers with members, and for those
-                // that left lately, which an origin whose hub had not seen it yet waits on.
-                let Ok(route) = frame.route() else { continue };
-                if route.origin != origin {
-                    continue;
-                }
-                let mut targets = shared.groups.servers_of(route.recipient, origin);
-                let left = core.interest.recently_left(route.recipient, Instant::now());
-                for listed in core.interest.listed(route.recipient, core.me).into_iter().chain(left)
-                {
-                    if !targets.contains(&listed) && shared.registry.is_registered(listed) {
-                        targets.push(listed);
+                        // For a user of a server that registered here and has not finished its
+                        // snapshot (it moved here a moment ago): not bounced, since the user is
+                        // about to be here. Dropped, and the origin's later frames to that server
+                        // too until its `Resent`, so nothing overtakes it; its hub has its servers
+                        // send again once the snapshot is done.
+                        None if core
+                            .replica
+                            .user(route.recipient)
+                            .is_some_and(|server| core.wait_for_snapshot(server, hub)) =>
+                        {
+                            if let Some(server) = core.replica.user(route.recipient) {
+                                shared.registry.block(server, origin);
+                            }
+                            shared.stats.held(1);
+                            break 'route None;
+                        }
+                        None => {
+                            back.push(frame.clone());
+                            break 'route None;
+                        }
                     }
                 }
-                (targets, Some(route.seq))
-            }
-            _ => {
-                debug!(%hub, "a frame of a kind no hub relays to another; dropped");
-                continue;
-            }
+                FrameKind::Data(DataKind::Undeliverable) => {
+                    // Bounced by another hub: back to its origin, here.
+                    let _away = shared.send_frame(origin, frame.as_bytes().clone());
+                    break 'route None;
+                }
+                FrameKind::Data(
+                    kind @ (DataKind::Broadcast
+                    | DataKind::BroadcastExceptSender
+                    | DataKind::Server),
+                ) => {
+                    // One copy for this hub: one for each of its servers the origin counts on.
+                    let Ok(route) = frame.route() else { break 'route None };
+                    if route.origin != origin {
+                        break 'route None;
+                    }
+                    let targets = match (kind, route.target_server()) {
+                        (DataKind::Server, Some(target)) => {
+                            let here = shared.registry.is_registered(target);
+                            if here { vec![target] } else { Vec::new() }
+                        }
+                        _ => shared.registry.server_ids(origin),
+                    };
+                    (targets, Some(route.seq))
+                }
+                FrameKind::Ack => {
+                    let Ok((target, from)) = Ack::route(frame.body()) else { break 'route None };
+                    if from != origin || !shared.registry.is_registered(target) {
+                        // For nobody here: its origin sends again and gets new acks.
+                        break 'route None;
+                    }
+                    (vec![target], None)
+                }
+                FrameKind::Data(DataKind::Group | DataKind::GroupExceptSender) => {
+                    // One copy for this hub: one for each of its servers with members, and for those
+                    // that left lately, which an origin whose hub had not seen it yet waits on.
+                    let Ok(route) = frame.route() else { break 'route None };
+                    if route.origin != origin {
+                        break 'route None;
+                    }
+                    let mut targets = shared.groups.servers_of(route.recipient, origin);
+                    let left = core.interest.recently_left(route.recipient, Instant::now());
+                    for listed in
+                        core.interest.listed(route.recipient, core.me).into_iter().chain(left)
+                    {
+                        if !targets.contains(&listed) && shared.registry.is_registered(listed) {
+                            targets.push(listed);
+                        }
+                    }
+                    (targets, Some(route.seq))
+                }
+                _ => {
+                    debug!(%hub, "a frame of a kind no hub relays to another; dropped");
+                    break 'route None;
+                }
+            })
+        };
+        let Some((targets, seq)) = routed else {
+            passed.extend(credit);
+            continue;
         };
         let bytes = frame.into_bytes();
         for target in targets {
-            match staged.iter_mut().find(|(t, ..)| *t == target) {
-                Some((_, chunks, lowest, count)) => {
-                    chunks.push(bytes.clone());
-                    *lowest = match (*lowest, seq) {
+            // Its credit follows the batch of the server it was counted against.
+            let credited = match credit {
+                Some((server, len)) if server == target => {
+                    credit = None;
+                    len
+                }
+                _ => 0,
+            };
+            match staged.iter_mut().find(|entry| entry.target == target) {
+                Some(entry) => {
+                    entry.chunks.push(bytes.clone());
+                    entry.lowest = match (entry.lowest, seq) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
-                    *count += usize::from(seq.is_some());
+                    entry.count += usize::from(seq.is_some());
+                    entry.credit += credited;
                 }
-                None => staged.push((target, vec![bytes.clone()], seq, usize::from(seq.is_some()))),
+                None => staged.push(Staged {
+                    target,
+                    chunks: vec![bytes.clone()],
+                    lowest: seq,
+                    count: usize::from(seq.is_some()),
+                    credit: credited,
+                }),
             }
         }
+        passed.extend(credit);
     }
-    for (target, chunks, lowest, count) in staged {
+    let mut backed_up = Vec::new();
+    for Staged { target, chunks, lowest, count, credit } in staged {
         let len: usize = chunks.iter().map(Bytes::len).sum();
         match shared.registry.relay_batch(origin, target, lowest, chunks, None) {
-            Ok(Relayed::Queued(_)) => shared.stats.relayed(count, len),
+            Ok(Relayed::Queued(above_high_water)) => {
+                shared.stats.relayed(count, len);
+                match above_high_water {
+                    // Withheld until it drains: the sending hub waits at its pace.
+                    Some(outbox) if credit > 0 => {
+                        if core.credits.withhold(hub, target, credit) {
+                            backed_up.push((target, outbox));
+                        }
+                    }
+                    _ => passed.push((target, credit)),
+                }
+                continue;
+            }
             Ok(Relayed::Held) => shared.stats.held(count),
             Err(RelayError::Gone(_)) if core.has_moved(target) => shared.stats.held(count),
             Err(RelayError::Gone(chunks)) => {
@@ -309,6 +374,14 @@ fn deliver(
                 shared.stats.held(count);
                 shared.count_slow_consumer(Some(target), pending);
             }
+        }
+        passed.push((target, credit));
+    }
+    for (target, bytes) in passed {
+        if bytes > 0
+            && let Some(credit) = core.credits.passed(hub, target, bytes)
+        {
+            core.send_credit(hub, target, credit);
         }
     }
     let back: Vec<Bytes> = back
@@ -325,6 +398,19 @@ fn deliver(
         }
         core.send_frames(hub, origin, epoch, &back);
     }
+    backed_up
+}
+
+/// Frames from another hub for one server here, handed over together.
+struct Staged {
+    target: ServerId,
+    chunks: Vec<Bytes>,
+    /// Lowest sequence number of the data frames among them.
+    lowest: Option<u64>,
+    /// Data frames among them (acks are not counted).
+    count: usize,
+    /// Bytes of unicast frames among them, credited to their hub once they are queued.
+    credit: usize,
 }
 
 /// A change of the shared directory at `revision`: `value` is `None` for a deleted key.
@@ -477,6 +563,7 @@ pub(super) fn login_lost(shared: &HubState, key: &str, ours: &Bytes, theirs: &By
 /// here stop waiting for it, and send again what they have not had acknowledged.
 fn server_removed(shared: &HubState, core: &Backplane, server: ServerId) {
     let removed = core.replica.remove_place(server);
+    core.windows.forget(server);
     if shared.registry.is_connected(server) {
         if removed.is_some_and(|place| place.hub == core.me) {
             warn!(%server, "this hub's app server was taken out of the directory; registering it again");
@@ -518,6 +605,8 @@ fn server_placed(shared: &HubState, core: &Backplane, server: ServerId, place: P
     if place.hub == core.me || previous.as_ref() == Some(&place) {
         return;
     }
+    // Frames counted against its window on its old hub will not be credited from there.
+    core.windows.forget(server);
     core.suspect(place.hub, Instant::now());
     info!(%server, hub = %place.hub, "app server registered on another hub");
     if shared.registry.is_registered(server) {
