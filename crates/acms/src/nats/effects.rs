@@ -204,7 +204,7 @@ fn deliver(
         // The sending hub counted a unicast frame against the window of the server the
         // directory places its recipient on; credited for that server, as this hub's replica
         // of the same directory says.
-        let mut credit = match kind {
+        let credit = match kind {
             FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => frame
                 .route()
                 .ok()
@@ -212,115 +212,109 @@ fn deliver(
                 .map(|server| (server, frame.as_bytes().len())),
             _ => None,
         };
-        let routed = 'route: {
-            Some(match kind {
-                FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
-                    let Ok(route) = frame.route() else { break 'route None };
-                    if route.origin != origin {
-                        warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
-                        break 'route None;
-                    }
-                    match shared.registry.route(route.recipient) {
-                        Some(owner) => (vec![owner.server], Some(route.seq)),
-                        // Late, for a server that moved from here: its origin sends it again there.
-                        None if core
-                            .replica
-                            .user(route.recipient)
-                            .is_some_and(|s| core.has_moved(s)) =>
-                        {
-                            shared.stats.held(1);
-                            break 'route None;
-                        }
-                        // For a user of a server that registered here and has not finished its
-                        // snapshot (it moved here a moment ago): not bounced, since the user is
-                        // about to be here. Dropped, and the origin's later frames to that server
-                        // too until its `Resent`, so nothing overtakes it; its hub has its servers
-                        // send again once the snapshot is done.
-                        None if core
-                            .replica
-                            .user(route.recipient)
-                            .is_some_and(|server| core.wait_for_snapshot(server, hub)) =>
-                        {
-                            if let Some(server) = core.replica.user(route.recipient) {
-                                shared.registry.block(server, origin);
-                            }
-                            shared.stats.held(1);
-                            break 'route None;
-                        }
-                        None => {
-                            back.push(frame.clone());
-                            break 'route None;
-                        }
-                    }
+        // Credited as dropped unless it is queued for that server below.
+        passed.extend(credit);
+        let (targets, seq) = match kind {
+            FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
+                    continue;
                 }
-                FrameKind::Data(DataKind::Undeliverable) => {
-                    // Bounced by another hub: back to its origin, here.
-                    let _away = shared.send_frame(origin, frame.as_bytes().clone());
-                    break 'route None;
-                }
-                FrameKind::Data(
-                    kind @ (DataKind::Broadcast
-                    | DataKind::BroadcastExceptSender
-                    | DataKind::Server),
-                ) => {
-                    // One copy for this hub: one for each of its servers the origin counts on.
-                    let Ok(route) = frame.route() else { break 'route None };
-                    if route.origin != origin {
-                        break 'route None;
-                    }
-                    let targets = match (kind, route.target_server()) {
-                        (DataKind::Server, Some(target)) => {
-                            let here = shared.registry.is_registered(target);
-                            if here { vec![target] } else { Vec::new() }
-                        }
-                        _ => shared.registry.server_ids(origin),
-                    };
-                    (targets, Some(route.seq))
-                }
-                FrameKind::Ack => {
-                    let Ok((target, from)) = Ack::route(frame.body()) else { break 'route None };
-                    if from != origin || !shared.registry.is_registered(target) {
-                        // For nobody here: its origin sends again and gets new acks.
-                        break 'route None;
-                    }
-                    (vec![target], None)
-                }
-                FrameKind::Data(DataKind::Group | DataKind::GroupExceptSender) => {
-                    // One copy for this hub: one for each of its servers with members, and for those
-                    // that left lately, which an origin whose hub had not seen it yet waits on.
-                    let Ok(route) = frame.route() else { break 'route None };
-                    if route.origin != origin {
-                        break 'route None;
-                    }
-                    let mut targets = shared.groups.servers_of(route.recipient, origin);
-                    let left = core.interest.recently_left(route.recipient, Instant::now());
-                    for listed in
-                        core.interest.listed(route.recipient, core.me).into_iter().chain(left)
+                match shared.registry.route(route.recipient) {
+                    Some(owner) => (vec![owner.server], Some(route.seq)),
+                    // Late, for a server that moved from here: its origin sends it again there.
+                    None if core
+                        .replica
+                        .user(route.recipient)
+                        .is_some_and(|s| core.has_moved(s)) =>
                     {
-                        if !targets.contains(&listed) && shared.registry.is_registered(listed) {
-                            targets.push(listed);
-                        }
+                        shared.stats.held(1);
+                        continue;
                     }
-                    (targets, Some(route.seq))
+                    // For a user of a server that registered here and has not finished its
+                    // snapshot (it moved here a moment ago): not bounced, since the user is
+                    // about to be here. Dropped, and the origin's later frames to that server
+                    // too until its `Resent`, so nothing overtakes it; its hub has its servers
+                    // send again once the snapshot is done.
+                    None if core
+                        .replica
+                        .user(route.recipient)
+                        .is_some_and(|server| core.wait_for_snapshot(server, hub)) =>
+                    {
+                        if let Some(server) = core.replica.user(route.recipient) {
+                            shared.registry.block(server, origin);
+                        }
+                        shared.stats.held(1);
+                        continue;
+                    }
+                    None => {
+                        back.push(frame);
+                        continue;
+                    }
                 }
-                _ => {
-                    debug!(%hub, "a frame of a kind no hub relays to another; dropped");
-                    break 'route None;
+            }
+            FrameKind::Data(DataKind::Undeliverable) => {
+                // Bounced by another hub: back to its origin, here.
+                let _away = shared.send_frame(origin, frame.into_bytes());
+                continue;
+            }
+            FrameKind::Data(
+                kind @ (DataKind::Broadcast | DataKind::BroadcastExceptSender | DataKind::Server),
+            ) => {
+                // One copy for this hub: one for each of its servers the origin counts on.
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    continue;
                 }
-            })
+                let targets = match (kind, route.target_server()) {
+                    (DataKind::Server, Some(target)) => {
+                        let here = shared.registry.is_registered(target);
+                        if here { vec![target] } else { Vec::new() }
+                    }
+                    _ => shared.registry.server_ids(origin),
+                };
+                (targets, Some(route.seq))
+            }
+            FrameKind::Ack => {
+                let Ok((target, from)) = Ack::route(frame.body()) else { continue };
+                if from != origin || !shared.registry.is_registered(target) {
+                    // For nobody here: its origin sends again and gets new acks.
+                    continue;
+                }
+                (vec![target], None)
+            }
+            FrameKind::Data(DataKind::Group | DataKind::GroupExceptSender) => {
+                // One copy for this hub: one for each of its servers with members, and for those
+                // that left lately, which an origin whose hub had not seen it yet waits on.
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    continue;
+                }
+                let mut targets = shared.groups.servers_of(route.recipient, origin);
+                let left = core.interest.recently_left(route.recipient, Instant::now());
+                for listed in core.interest.listed(route.recipient, core.me).into_iter().chain(left)
+                {
+                    if !targets.contains(&listed) && shared.registry.is_registered(listed) {
+                        targets.push(listed);
+                    }
+                }
+                (targets, Some(route.seq))
+            }
+            _ => {
+                debug!(%hub, "a frame of a kind no hub relays to another; dropped");
+                continue;
+            }
         };
-        let Some((targets, seq)) = routed else {
-            passed.extend(credit);
-            continue;
-        };
+        // For the server it was counted against: credited with that server's batch instead.
+        let staged_credit = credit.filter(|(server, _)| targets.contains(server));
+        if staged_credit.is_some() {
+            passed.pop();
+        }
         let bytes = frame.into_bytes();
         for target in targets {
-            // Its credit follows the batch of the server it was counted against.
-            let credited = match credit {
-                Some((server, len)) if server == target => {
-                    credit = None;
-                    len
-                }
+            let credited = match staged_credit {
+                Some((server, len)) if server == target => len,
                 _ => 0,
             };
             match staged.iter_mut().find(|entry| entry.target == target) {
@@ -342,7 +336,6 @@ fn deliver(
                 }),
             }
         }
-        passed.extend(credit);
     }
     let mut backed_up = Vec::new();
     for Staged { target, chunks, lowest, count, credit } in staged {
