@@ -131,6 +131,8 @@ async fn a_fast_sender_on_one_hub_is_slowed_to_a_slow_receiver_on_another() {
         "the slow receiver was cut off instead of its sender paused"
     );
     assert!(pauses.is_some_and(|pauses| pauses > 0), "hub A never paused the sender: {pauses:?}");
+    let shut = metric(hubs[0].admin, "acms_backplane_windows_shut").await;
+    assert_eq!(shut, Some(0), "every window was credited open again once the stream was in");
     close(sender, receiver).await;
 }
 

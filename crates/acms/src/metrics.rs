@@ -180,6 +180,11 @@ pub fn render(hub: &Hub) -> String {
              high water waited until it drained (pushback across hubs)",
             counter(backplane.pauses),
         );
+        registry.register(
+            "backplane_windows_shut",
+            "Credit windows to servers of other hubs shut now: their senders here wait for credit",
+            gauge(backplane.windows_shut),
+        );
     }
 
     let mut out = String::new();
