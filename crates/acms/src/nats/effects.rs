@@ -155,6 +155,11 @@ pub(super) fn message(
 fn resend_to_hub(shared: &HubState, core: &Backplane, hub: HubId) {
     let targets = core.replica.servers_on(hub);
     info!(%hub, servers = targets.len(), "a hub lost messages of this hub; sending again");
+    // The lost frames will never be credited: the windows to that hub's servers start again
+    // from nothing rather than stay short of them for good.
+    for (target, _) in &targets {
+        core.windows.forget(*target);
+    }
     for peer in shared.registry.peers(ServerId::HUB) {
         for (target, place) in &targets {
             let up = ServerEpoch { id: *target, epoch: place.epoch };
