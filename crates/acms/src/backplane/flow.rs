@@ -202,6 +202,11 @@ impl Credits {
         owed.withheld.insert(target)
     }
 
+    /// `hub` is dead: nothing more is owed to it.
+    pub(crate) fn forget_hub(&self, hub: HubId) {
+        self.owed.lock().expect("credits lock").bytes.retain(|&(to, _), _| to != hub);
+    }
+
     /// `target` drained under its high water (or left): the credit owed to each hub for it.
     pub(crate) fn drained(&self, target: ServerId) -> Vec<(HubId, usize)> {
         let mut owed = self.owed.lock().expect("credits lock");
@@ -272,6 +277,8 @@ mod tests {
         assert_eq!(drained, vec![(a, CREDIT_BATCH + 10), (b, 20)]);
         assert!(credits.drained(ServerId(5)).is_empty());
         assert!(credits.withhold(a, ServerId(5), 1), "a new episode is watched again");
+        credits.forget_hub(a);
+        assert!(credits.owed.lock().unwrap().bytes.is_empty(), "nothing kept for a dead hub");
     }
 
     #[test]

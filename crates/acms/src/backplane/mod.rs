@@ -291,10 +291,11 @@ impl Backplane {
         }
     }
 
-    /// `hub` is dead at `now`: its streams are forgotten.
+    /// `hub` is dead at `now`: its streams, and the credit owed to it, are forgotten.
     pub(crate) fn hub_dead(&self, hub: HubId, now: Instant) {
         self.dead.lock().expect("dead lock").died(hub, now);
         self.forget_hub(hub);
+        self.credits.forget_hub(hub);
     }
 
     fn forget_hub(&self, hub: HubId) {
