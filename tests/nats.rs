@@ -225,3 +225,21 @@ pub async fn server_on_each(hubs: &[HubProc]) -> (Vec<Cluster>, Vec<Events>) {
     }
     (clusters, events)
 }
+
+/// Waits until the hub whose admin API is at `admin` locates `name` on `server`: the user's
+/// login has reached that hub's replica of the directory, and the server's hub is alive for it.
+pub async fn wait_located(admin: SocketAddr, name: &str, server: u32) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let reply = http::request(admin, "GET", &format!("/api/users/{name}"), &[], None).await;
+        if reply.json()["server"].as_u64() == Some(u64::from(server)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hub {admin} never located {name} on server {server}: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

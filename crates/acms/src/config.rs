@@ -273,7 +273,8 @@ pub struct HubConfig {
     /// (the hub stops reading from them) until it drains.
     pub high_water_bytes: usize,
     /// Longest a sending server is paused for one slow receiver; a receiver that has not drained
-    /// under the high water by then is disconnected (the slow-consumer rule).
+    /// under the high water by then is disconnected (the slow-consumer rule). On a backplane, a
+    /// sender waiting for credit from another hub reads again after twice this at the latest.
     #[serde(with = "humantime_serde")]
     pub max_stall: Duration,
     /// Bytes that may wait in one AS's outbound queue. A relay that would pass it disconnects that

@@ -178,6 +178,17 @@ pub fn render(hub: &Hub) -> String {
             "Gaps seen in the messages from other hubs, each repaired by having the origins send again",
             counter(backplane.gaps),
         );
+        registry.register(
+            "backplane_pauses",
+            "Pauses other hubs asked of this one: its senders to one of their servers above its \
+             high water waited until it drained (pushback across hubs)",
+            counter(backplane.pauses),
+        );
+        registry.register(
+            "backplane_windows_shut",
+            "Credit windows to servers of other hubs shut now: their senders here wait for credit",
+            gauge(backplane.windows_shut),
+        );
         cluster_wide(hub, &mut registry, connected, servers.len(), registry_now.user_count());
     }
 

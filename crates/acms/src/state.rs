@@ -88,6 +88,9 @@ impl HubState {
 
     /// The same state on a backplane.
     pub(crate) fn with_backplane(mut self, backplane: Arc<Backplane>) -> Self {
+        let config = &self.config;
+        let window = crate::backplane::window(config.high_water_bytes, config.max_pending_bytes);
+        backplane.windows.set_limit(window);
         self.groups.share_with(backplane.clone());
         self.backplane = Some(backplane);
         self

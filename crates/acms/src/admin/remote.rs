@@ -83,7 +83,7 @@ pub(super) async fn push_to_user(
     pushed(ask(backplane, hub, &question).await?).map(Some)
 }
 
-/// The live hubs other than this one with members of `group`.
+/// The hubs other than this one with members of `group`, alive or not heard from yet.
 pub(super) fn group_hubs(shared: &HubState, group: &str) -> Vec<HubId> {
     let Some(backplane) = shared.backplane.as_deref() else { return Vec::new() };
     let mut hubs: Vec<HubId> = backplane
@@ -91,7 +91,7 @@ pub(super) fn group_hubs(shared: &HubState, group: &str) -> Vec<HubId> {
         .servers_of(group, backplane.me)
         .into_iter()
         .map(|(hub, _)| hub)
-        .filter(|&hub| backplane.replica.is_alive(hub))
+        .filter(|&hub| backplane.replica.reachable(hub))
         .collect();
     hubs.sort_unstable();
     hubs.dedup();

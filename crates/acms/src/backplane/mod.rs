@@ -9,6 +9,8 @@
 //! origin app servers (`ServerUp` with `resend_from`, then `Resent`), exactly as on one hub.
 //!
 //! # Layout
+//! - `flow`: pushback across hubs: the credit windows of frames to other hubs' servers, and the
+//!   credit this hub owes for frames to its own.
 //! - `interest`: which hubs have members of which group (the groups bucket's replica).
 //! - `loads`: the app servers' load reports that hubs carry in their heartbeats.
 //! - `names`: [`HubId`], the subjects and buckets of a cluster, the keys of users and servers.
@@ -20,6 +22,7 @@
 //! - `wire`: the messages hubs publish to each other, and heartbeats.
 //! - `writes`: the directory writes owed to the key-value store, coalesced per key.
 
+mod flow;
 mod interest;
 mod loads;
 mod names;
@@ -40,6 +43,7 @@ use acms_protocol::ServerId;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub(crate) use flow::{Credits, Pause, Windows, pause_limit, window};
 pub(crate) use interest::{Interest, decode_servers, encode_servers, group_key, group_of_key};
 pub use loads::ServerReport;
 pub use names::HubId;
@@ -67,6 +71,8 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     /// Gaps seen in the streams from other hubs.
     pub(crate) gaps: AtomicU64,
+    /// Readers paused here because a window to another hub's server was shut.
+    pub(crate) pauses: AtomicU64,
 }
 
 /// The backplane's figures, for `/metrics` and logs.
@@ -84,6 +90,11 @@ pub struct BackplaneStats {
     pub gaps: u64,
     /// (group, hub) pairs with members, this hub's included, as the groups bucket says.
     pub group_interest: usize,
+    /// Times a reader here waited because its frames shut the credit window to a server of
+    /// another hub (pushback across hubs).
+    pub pauses: u64,
+    /// Credit windows to servers of other hubs shut now.
+    pub windows_shut: usize,
 }
 
 /// An app server registered on another hub, as the shared directory says.
@@ -137,6 +148,10 @@ pub(crate) struct Backplane {
     /// Servers registered here whose snapshot is not done yet, with the hubs whose frames for
     /// their users were dropped meanwhile: those hubs' servers send again once it is done.
     snapshotting: Mutex<HashMap<ServerId, HashSet<HubId>>>,
+    /// Bytes on their way to each server of another hub (pushback across hubs).
+    pub(crate) windows: Windows,
+    /// Credit owed to other hubs for the frames they sent the servers here.
+    pub(crate) credits: Credits,
 }
 
 impl Backplane {
@@ -168,6 +183,8 @@ impl Backplane {
             asks: std::sync::OnceLock::new(),
             snapshotting: Mutex::default(),
             loads: Mutex::default(),
+            windows: Windows::new(window(1 << 20, 64 << 20)),
+            credits: Credits::default(),
         };
         (backplane, queue)
     }
@@ -203,7 +220,17 @@ impl Backplane {
 
     /// Tells `hub` that messages from it were lost: unnumbered.
     pub(crate) fn send_gap(&self, hub: HubId) {
-        let message = Message { from: self.me, seq: 0, body: Body::Gap }.encode();
+        self.send_unnumbered(hub, Body::Gap);
+    }
+
+    /// Credits `hub` with `bytes` of its frames for `target`, a server here (unnumbered: see
+    /// `flow`).
+    pub(crate) fn send_credit(&self, hub: HubId, target: ServerId, bytes: usize) {
+        self.send_unnumbered(hub, Body::Credit { target, bytes: bytes as u64 });
+    }
+
+    fn send_unnumbered(&self, hub: HubId, body: Body) {
+        let message = Message { from: self.me, seq: 0, body }.encode();
         if self.publisher.try_send((hub, message)).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -298,10 +325,11 @@ impl Backplane {
         }
     }
 
-    /// `hub` is dead at `now`: its streams are forgotten.
+    /// `hub` is dead at `now`: its streams, and the credit owed to it, are forgotten.
     pub(crate) fn hub_dead(&self, hub: HubId, now: Instant) {
         self.dead.lock().expect("dead lock").died(hub, now);
         self.forget_hub(hub);
+        self.credits.forget_hub(hub);
     }
 
     fn forget_hub(&self, hub: HubId) {
@@ -515,6 +543,8 @@ impl Backplane {
             dropped: load(&self.counters.dropped),
             gaps: load(&self.counters.gaps),
             group_interest: self.interest.len(),
+            pauses: load(&self.counters.pauses),
+            windows_shut: self.windows.shut(),
         }
     }
 

@@ -242,8 +242,8 @@ impl Replica {
         }
     }
 
-    /// Whether `hub` is alive or was never heard from.
-    fn reachable(&self, hub: HubId) -> bool {
+    /// Whether `hub` is alive or was never heard from: where this hub sends what is for it.
+    pub(crate) fn reachable(&self, hub: HubId) -> bool {
         self.is_alive(hub) || !self.ever_heard.read().expect("hub lock").contains(&hub)
     }
 

@@ -1,10 +1,11 @@
 //! What hubs publish to each other on NATS: batches of relayed frames, the `Resent` markers that
-//! follow them, gap notices, and heartbeats. A small fixed binary header; the frames after it are
-//! the app servers' bytes, never decoded here. Heartbeats also carry the hub's servers' load
-//! reports (see `loads`).
+//! follow them, gap notices, credits (flow control), and heartbeats. A small fixed binary
+//! header; the frames after it are the app servers' bytes, never decoded here. Heartbeats also
+//! carry the hub's servers' load reports (see `loads`).
 //!
 //! Batches and markers from one hub to another are numbered one after the other (`seq`), so the
-//! receiver sees a batch core NATS lost as a gap. Gap notices are not numbered (`seq` 0).
+//! receiver sees a batch core NATS lost as a gap. Gap notices and credits are not numbered
+//! (`seq` 0): losing a credit costs time, never a frame (see `flow`).
 
 use acms_protocol::{Load, ServerId};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -17,6 +18,7 @@ const VERSION: u8 = 1;
 const FRAMES: u8 = 1;
 const RESENT: u8 = 2;
 const GAP: u8 = 3;
+const CREDIT: u8 = 4;
 /// Version, kind, source hub, sequence number.
 const HEADER_LEN: usize = 1 + 1 + 8 + 8;
 
@@ -44,6 +46,10 @@ pub(crate) enum Body {
     Resent { origin: ServerId, target: ServerId },
     /// The receiver of this notice missed batches from `from`: its origins must send again.
     Gap,
+    /// `bytes` of the frames the receiver sent for `target`, a server of the hub `from`, have
+    /// left the way: queued for it under its high water, or dropped. The receiver may send
+    /// that much more to it.
+    Credit { target: ServerId, bytes: u64 },
 }
 
 /// Why a message could not be read.
@@ -69,6 +75,7 @@ impl Message {
             Body::Frames { .. } => FRAMES,
             Body::Resent { .. } => RESENT,
             Body::Gap => GAP,
+            Body::Credit { .. } => CREDIT,
         });
         out.put_u64(self.from.0);
         out.put_u64(self.seq);
@@ -84,6 +91,10 @@ impl Message {
                 out.put_u32(target.0);
             }
             Body::Gap => {}
+            Body::Credit { target, bytes } => {
+                out.put_u32(target.0);
+                out.put_u64(*bytes);
+            }
         }
         out.freeze()
     }
@@ -134,7 +145,10 @@ impl Message {
                 target: ServerId(bytes.get_u32()),
             },
             GAP => Body::Gap,
-            FRAMES | RESENT => return Err(WireError::Short(len)),
+            CREDIT if bytes.len() >= 12 => {
+                Body::Credit { target: ServerId(bytes.get_u32()), bytes: bytes.get_u64() }
+            }
+            FRAMES | RESENT | CREDIT => return Err(WireError::Short(len)),
             other => return Err(WireError::Kind(other)),
         };
         Ok(Self { from, seq, body })
@@ -267,6 +281,7 @@ mod tests {
             Body::Frames { origin: ServerId(3), epoch: 99, frames: Bytes::from_static(b"xyz") },
             Body::Resent { origin: ServerId(1), target: ServerId(2) },
             Body::Gap,
+            Body::Credit { target: ServerId(8), bytes: 1 << 40 },
         ];
         for body in bodies {
             let message = Message { from, seq: 5, body };
@@ -294,6 +309,10 @@ mod tests {
         .to_vec();
         truncated.pop();
         assert!(Message::decode(truncated.into()).is_err());
+        let credit = Body::Credit { target: ServerId(2), bytes: 9 };
+        let mut short_credit = Message { from: HubId(1), seq: 0, body: credit }.encode().to_vec();
+        short_credit.truncate(HEADER_LEN + 11);
+        assert_eq!(Message::decode(short_credit.into()), Err(WireError::Short(HEADER_LEN + 11)));
         // A heartbeat claiming more entries than it holds.
         let beat = |sent, reports| Heartbeat { from: HubId(1), sent, total: 2, reports };
         let mut lying = beat(vec![(HubId(2), 3)], vec![]).encode().to_vec();

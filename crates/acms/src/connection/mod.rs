@@ -10,7 +10,8 @@
 //!   destination and handed to each destination's queue as one batch.
 //! - `session`: the session core: the hub's record of one app server and its control handlers.
 //! - here: the reader loop with its `select!`, the writer task, the keepalive deadline, the
-//!   pushback wait, a peer hub's status link (answered by `standby`) and the classified close.
+//!   pushback waits (for a server here, and for one of another hub whose hub asked for a pause),
+//!   a peer hub's status link (answered by `standby`) and the classified close.
 
 mod handshake;
 mod relay;
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backplane::Pause;
 use crate::keepalive::Silence;
 use crate::outbox::{Outbox, PushError, write_loop};
 use crate::presence;
@@ -281,6 +283,9 @@ impl Connection {
             if let Err(close) = self.wait_for_receivers(relay.take_backed_up()).await {
                 return close;
             }
+            if let Err(close) = self.wait_for_hubs(relay.take_paused()).await {
+                return close;
+            }
             session.handle_listen(Instant::now().into_std());
             if let Err(close) = self.read_more(Some(session.silence())).await {
                 return close;
@@ -330,6 +335,22 @@ impl Connection {
             };
             if drained.is_err() {
                 self.shared.stalled(target, outbox.pending(), max_stall);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pauses this sender while a server of another hub it just fed is above its high water, as
+    /// that server's hub asked: until it asks to resume, or the pause's deadline (a lost resume
+    /// holds nobody for longer).
+    async fn wait_for_hubs(&mut self, paused: Vec<(ServerId, Arc<Pause>)>) -> Result<(), Close> {
+        for (target, pause) in paused {
+            let resumed = tokio::select! {
+                _ = self.closer.cancelled() => return Err(self.cancelled()),
+                resumed = pause.wait() => resumed,
+            };
+            if !resumed {
+                debug!(slow_server = %target, "no resume from a paused server's hub in time; reading again");
             }
         }
         Ok(())

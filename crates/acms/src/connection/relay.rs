@@ -21,7 +21,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::{Close, OwnQueue};
-use crate::backplane::{HubId, Remote};
+use crate::backplane::{HubId, Pause, Remote};
 use crate::forwarded::Marks;
 use crate::outbox::Outbox;
 use crate::registry::{RelayError, Relayed};
@@ -43,6 +43,14 @@ pub(super) struct Relay {
     /// Destinations above their high water after the last hand-over: the shell reads nothing
     /// until they drain.
     backed_up: Vec<(ServerId, Outbox)>,
+    /// Bytes of unicast frames staged for each server of another hub, counted against its
+    /// credit window when they are handed over.
+    remote: Vec<(ServerId, usize)>,
+    /// Servers of other hubs whose window the hand-overs so far shut: the shell reads nothing
+    /// until credit reopens them (pushback across hubs).
+    paused: Vec<(ServerId, Arc<Pause>)>,
+    /// The instant of the current read.
+    read_at: Instant,
     /// What this AS forwarded to each destination's connection, as recorded there.
     marks: Marks,
     /// A frame of this AS for a user nobody had yet was dropped in the settle window: its
@@ -65,8 +73,8 @@ enum Dest {
 
 /// What becomes of a frame for a recipient this hub does not have, by the backplane.
 enum Beyond {
-    /// To this hub.
-    Hub(HubId),
+    /// To this hub, where the server `.1` has the recipient.
+    Hub(HubId, ServerId),
     /// Dropped: its origin sends it again once the recipient's server is reachable.
     Drop,
 }
@@ -141,6 +149,9 @@ impl Relay {
             run: Run::default(),
             staged: Vec::new(),
             backed_up: Vec::new(),
+            remote: Vec::new(),
+            paused: Vec::new(),
+            read_at: Instant::now(),
             marks: Marks::default(),
             holding_from: None,
             multi_settling,
@@ -157,6 +168,7 @@ impl Relay {
         buf: &mut BytesMut,
         now: Instant,
     ) -> Result<Option<RawFrame>, Close> {
+        self.read_at = now;
         let result = self.route(buf, now);
         // Whatever ended the walk, the frames already routed are staged.
         self.end_run(buf);
@@ -196,13 +208,47 @@ impl Relay {
                 }
             }
         }
+        self.count_remote();
         result
+    }
+
+    /// Counts the unicast frames just published for servers of other hubs against their credit
+    /// windows; those it shuts are waited on before the next read.
+    fn count_remote(&mut self) {
+        if self.remote.is_empty() {
+            return;
+        }
+        let Some(backplane) = &self.shared.backplane else { return };
+        let now = self.read_at;
+        let until = now + crate::backplane::pause_limit(self.shared.config.max_stall);
+        for (target, bytes) in self.remote.drain(..) {
+            if let Some(pause) = backplane.windows.sent(target, bytes, now, until)
+                && !self.paused.iter().any(|(id, _)| *id == target)
+            {
+                backplane.counters.pauses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.paused.push((target, pause));
+            }
+        }
     }
 
     /// The destinations left above their high water by the hand-overs so far: the shell waits
     /// for each to drain before it reads again (pushback).
     pub(super) fn take_backed_up(&mut self) -> Vec<(ServerId, Outbox)> {
         std::mem::take(&mut self.backed_up)
+    }
+
+    /// The servers of other hubs whose credit window the hand-overs since the last call shut:
+    /// the shell waits for each to reopen (or for the pause's deadline) before it reads again.
+    pub(super) fn take_paused(&mut self) -> Vec<(ServerId, Arc<Pause>)> {
+        std::mem::take(&mut self.paused)
+    }
+
+    /// Notes `len` bytes of a unicast frame staged for `target`, a server of another hub.
+    fn note_remote(&mut self, target: ServerId, len: usize) {
+        match self.remote.iter_mut().find(|(id, _)| *id == target) {
+            Some((_, bytes)) => *bytes += len,
+            None => self.remote.push((target, len)),
+        }
     }
 
     fn route(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<RawFrame>, Close> {
@@ -272,7 +318,10 @@ impl Relay {
                     let target = match target {
                         Some(target) => Some(Dest::Server(target)),
                         None => match self.beyond(route.recipient) {
-                            Some(Beyond::Hub(hub)) => Some(Dest::Hub(hub)),
+                            Some(Beyond::Hub(hub, target)) => {
+                                self.note_remote(target, len);
+                                Some(Dest::Hub(hub))
+                            }
                             Some(Beyond::Drop) => {
                                 self.end_run(buf);
                                 self.shared.stats.held(1);
@@ -355,7 +404,7 @@ impl Relay {
         let origin = self.server;
         match backplane.replica.route_user(user) {
             (Remote::Hub(hub), Some(target)) if !backplane.is_held(origin, target) => {
-                Some(Beyond::Hub(hub))
+                Some(Beyond::Hub(hub, target))
             }
             (Remote::Hub(_), Some(_)) => Some(Beyond::Drop),
             (Remote::Moving, Some(target)) => {

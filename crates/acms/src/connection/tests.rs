@@ -1,5 +1,5 @@
 //! Unit tests of the relay and session cores: byte buffers in, the real registry and in-memory
-//! queues out, an explicit clock, no socket and no runtime.
+//! queues out, an explicit clock, no socket, and a runtime only where a reader's wait is awaited.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::relay::Relay;
 use super::session::Session;
 use super::{Close, OwnQueue};
+use crate::backplane::{Backplane, HubId, Outbound, Place};
 use crate::config::HubConfig;
 use crate::outbox::{Inbox, Outbox};
 use crate::state::HubState;
@@ -493,4 +494,47 @@ fn too_many_candidates_close_the_connection_as_malformed() {
     assert_eq!(code, acms_protocol::ErrorCode::Malformed);
     assert!(reason.contains("more than 8 candidates"), "{reason}");
     assert_eq!(shared.registry.sessions_with_candidates(), 0);
+}
+
+/// A hub on a backplane whose replica places `bob` on server 9 of the live hub 2; and the queue
+/// of what it publishes.
+fn hub_beside_another() -> (Arc<HubState>, tokio::sync::mpsc::Receiver<Outbound>) {
+    let cluster = acms_common::discovery::ClusterName::new("test".to_owned()).unwrap();
+    let (core, published) = Backplane::new(HubId(1), &cluster, Duration::from_secs(3), 64);
+    let place = Place { hub: HubId(2), epoch: 1, registration: 1, client_addr: String::new() };
+    core.replica.set_place(ServerId(9), place);
+    core.replica.heard(HubId(2), Instant::now());
+    core.replica.set_user(user("bob"), vec![crate::backplane::Session::on(ServerId(9))], 1);
+    let config =
+        HubConfig { settle: Duration::ZERO, max_frame_len: MAX_FRAME_LEN, ..Default::default() };
+    (Arc::new(HubState::new(config, None).with_backplane(Arc::new(core))), published)
+}
+
+#[tokio::test]
+async fn a_read_that_fills_the_window_of_a_server_on_another_hub_pauses_its_reader_until_credit() {
+    let (shared, mut published) = hub_beside_another();
+    let backplane = shared.backplane.clone().unwrap();
+    let origin = register(&shared, 1);
+    let frame_len = encode([unicast(&origin, 1, "bob")]).len();
+    backplane.windows.set_limit(2 * frame_len);
+    let mut relay = relay(&shared, &origin);
+    let now = Instant::now();
+    let read = |relay: &mut Relay, seqs: &[u64]| {
+        relay_read(relay, &mut encode(seqs.iter().map(|&seq| unicast(&origin, seq, "bob"))), now);
+        relay.take_paused()
+    };
+    assert!(read(&mut relay, &[1, 2]).is_empty(), "a full window is still open");
+    let paused = read(&mut relay, &[3]);
+    assert_eq!(paused.len(), 1, "past the window: the reader waits");
+    assert_eq!(paused[0].0, ServerId(9));
+    assert_eq!(backplane.stats().pauses, 1);
+    // Everything read was published all the same: a pause drops nothing.
+    for _ in 0..2 {
+        assert_eq!(published.try_recv().map(|(hub, _)| hub).ok(), Some(HubId(2)));
+    }
+    backplane.windows.credit(ServerId(9), frame_len);
+    assert!(paused[0].1.wait().await, "credit reopened the window");
+    assert_eq!(read(&mut relay, &[4]).len(), 1, "past the window again by one frame");
+    backplane.windows.credit(ServerId(9), 3 * frame_len);
+    assert!(read(&mut relay, &[5]).is_empty(), "all credited: open");
 }

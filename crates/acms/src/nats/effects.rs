@@ -15,6 +15,7 @@ use crate::backplane::{
     Arrival, Backplane, Body, Bucket, Heartbeat, HubId, Message, Place, Session, decode_servers,
     decode_sessions, group_of_key, server_of_key, user_of_key,
 };
+use crate::outbox::Outbox;
 use crate::presence;
 use crate::registry::{PresenceChange, RelayError, Relayed};
 use crate::state::HubState;
@@ -110,13 +111,19 @@ fn gap(shared: &HubState, core: &Backplane, hub: HubId, first_missing: u64) {
     }
 }
 
-/// A message on this hub's subject.
-pub(super) fn message(shared: &HubState, core: &Backplane, payload: Bytes) {
+/// A message on this hub's subject. Returns the servers here that frames from another hub
+/// newly left above their high water: the shell watches each drain, then sends the credit
+/// withheld meanwhile ([`Backplane::credits`]).
+pub(super) fn message(
+    shared: &HubState,
+    core: &Backplane,
+    payload: Bytes,
+) -> Vec<(ServerId, Outbox)> {
     let message = match Message::decode(payload) {
         Ok(message) => message,
         Err(err) => {
             warn!(error = %err, "unreadable message on the backplane; ignored");
-            return;
+            return Vec::new();
         }
     };
     core.counters.received.fetch_add(1, Ordering::Relaxed);
@@ -127,17 +134,21 @@ pub(super) fn message(shared: &HubState, core: &Backplane, payload: Bytes) {
             Arrival::Gap { first_missing } => gap(shared, core, from, first_missing),
             Arrival::Stale => {
                 debug!(%from, seq = message.seq, "stale backplane message dropped");
-                return;
+                return Vec::new();
             }
         }
     }
     match message.body {
         Body::Frames { origin, epoch, frames } => {
-            deliver(shared, core, from, origin, epoch, frames)
+            return deliver(shared, core, from, origin, epoch, frames);
         }
         Body::Resent { origin, target } => shared.registry.resent(origin, target),
         Body::Gap => resend_to_hub(shared, core, from),
+        Body::Credit { target, bytes } => {
+            core.windows.credit(target, usize::try_from(bytes).unwrap_or(usize::MAX));
+        }
     }
+    Vec::new()
 }
 
 /// `hub` lost messages of this hub: every server here sends its servers again what they have
@@ -145,6 +156,11 @@ pub(super) fn message(shared: &HubState, core: &Backplane, payload: Bytes) {
 fn resend_to_hub(shared: &HubState, core: &Backplane, hub: HubId) {
     let targets = core.replica.servers_on(hub);
     info!(%hub, servers = targets.len(), "a hub lost messages of this hub; sending again");
+    // The lost frames will never be credited: the windows to that hub's servers start again
+    // from nothing rather than stay short of them for good.
+    for (target, _) in &targets {
+        core.windows.forget(*target);
+    }
     for peer in shared.registry.peers(ServerId::HUB) {
         for (target, place) in &targets {
             let up = ServerEpoch { id: *target, epoch: place.epoch };
@@ -163,15 +179,24 @@ struct Staged {
     lowest: Option<u64>,
     /// Data frames among them (acks are not counted).
     count: usize,
+    /// Bytes of unicast frames among them, credited to their hub once they are queued.
+    credit: usize,
 }
 
 impl Staged {
-    fn new(target: ServerId, span: std::ops::Range<usize>, seq: Option<u64>) -> Self {
-        Self { target, spans: vec![span], lowest: seq, count: usize::from(seq.is_some()) }
+    fn new(
+        target: ServerId,
+        span: std::ops::Range<usize>,
+        seq: Option<u64>,
+        credit: usize,
+    ) -> Self {
+        let count = usize::from(seq.is_some());
+        Self { target, spans: vec![span], lowest: seq, count, credit }
     }
 
     /// Adds the frame at `span`, extending the last run if it ends where the frame starts.
-    fn add(&mut self, span: std::ops::Range<usize>, seq: Option<u64>) {
+    fn add(&mut self, span: std::ops::Range<usize>, seq: Option<u64>, credit: usize) {
+        self.credit += credit;
         match self.spans.last_mut() {
             Some(last) if last.end == span.start => last.end = span.end,
             _ => self.spans.push(span),
@@ -186,6 +211,9 @@ impl Staged {
 
 /// Frames of the server `origin` on `hub`, for servers of this hub: handed to each by the same
 /// registry call as a local relay's, in order; those for nobody here go back as undeliverable.
+/// The bytes of unicast frames are credited back to `hub` (see `backplane::flow`), except for a
+/// server they left above its high water: returned if its queue is not watched yet, for the
+/// credit to follow once it drains.
 fn deliver(
     shared: &HubState,
     core: &Backplane,
@@ -193,7 +221,7 @@ fn deliver(
     origin: ServerId,
     epoch: u64,
     frames: Bytes,
-) {
+) -> Vec<(ServerId, Outbox)> {
     let local_origin = shared.registry.is_registered(origin);
     if !local_origin && core.tell_epoch(origin, epoch) {
         // The servers here learn the origin's process before its frames: a restarted origin
@@ -206,6 +234,8 @@ fn deliver(
     }
     let mut staged: Vec<Staged> = Vec::new();
     let mut back: Vec<RawFrame> = Vec::new();
+    // Credit for unicast frames not queued here: for the server their hub counted them against.
+    let mut passed: Vec<(ServerId, usize)> = Vec::new();
     let mut rest = frames.clone();
     while !rest.is_empty() {
         let start = frames.len() - rest.len();
@@ -217,6 +247,19 @@ fn deliver(
             }
         };
         let Ok(kind) = frame.kind() else { continue };
+        // The sending hub counted a unicast frame against the window of the server the
+        // directory places its recipient on; credited for that server, as this hub's replica
+        // of the same directory says.
+        let credit = match kind {
+            FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => frame
+                .route()
+                .ok()
+                .and_then(|route| core.replica.user(route.recipient))
+                .map(|server| (server, frame.as_bytes().len())),
+            _ => None,
+        };
+        // Credited as dropped unless it is queued for that server below.
+        passed.extend(credit);
         let (targets, seq) = match kind {
             FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
                 let Ok(route) = frame.route() else { continue };
@@ -311,19 +354,41 @@ fn deliver(
                 continue;
             }
         };
+        // For the server it was counted against: credited with that server's batch instead.
+        let staged_credit = credit.filter(|(server, _)| targets.contains(server));
+        if staged_credit.is_some() {
+            passed.pop();
+        }
         let span = start..frames.len() - rest.len();
         for target in targets {
-            match staged.iter_mut().find(|staged| staged.target == target) {
-                Some(staged) => staged.add(span.clone(), seq),
-                None => staged.push(Staged::new(target, span.clone(), seq)),
+            let credited = match staged_credit {
+                Some((server, len)) if server == target => len,
+                _ => 0,
+            };
+            match staged.iter_mut().find(|entry| entry.target == target) {
+                Some(entry) => entry.add(span.clone(), seq, credited),
+                None => staged.push(Staged::new(target, span.clone(), seq, credited)),
             }
         }
     }
-    for Staged { target, spans, lowest, count } in staged {
+    let mut backed_up = Vec::new();
+    for Staged { target, spans, lowest, count, credit } in staged {
         let chunks: Vec<Bytes> = spans.into_iter().map(|span| frames.slice(span)).collect();
         let len: usize = chunks.iter().map(Bytes::len).sum();
         match shared.registry.relay_batch(origin, target, lowest, chunks, None) {
-            Ok(Relayed::Queued(_)) => shared.stats.relayed(count, len),
+            Ok(Relayed::Queued(above_high_water)) => {
+                shared.stats.relayed(count, len);
+                match above_high_water {
+                    // Withheld until it drains: the sending hub waits at its pace.
+                    Some(outbox) if credit > 0 => {
+                        if core.credits.withhold(hub, target, credit) {
+                            backed_up.push((target, outbox));
+                        }
+                    }
+                    _ => passed.push((target, credit)),
+                }
+                continue;
+            }
             Ok(Relayed::Held) => shared.stats.held(count),
             Err(RelayError::Gone(_)) if core.has_moved(target) => shared.stats.held(count),
             Err(RelayError::Gone(chunks)) => {
@@ -337,6 +402,14 @@ fn deliver(
                 shared.stats.held(count);
                 shared.count_slow_consumer(Some(target), pending);
             }
+        }
+        passed.push((target, credit));
+    }
+    for (target, bytes) in passed {
+        if bytes > 0
+            && let Some(credit) = core.credits.passed(hub, target, bytes)
+        {
+            core.send_credit(hub, target, credit);
         }
     }
     let back: Vec<Bytes> = back
@@ -353,6 +426,7 @@ fn deliver(
         }
         core.send_frames(hub, origin, epoch, &back);
     }
+    backed_up
 }
 
 /// The servers here a unicast frame for `recipient`, whose last login here is `owner`, goes to:
@@ -588,6 +662,7 @@ pub(super) fn login_lost(shared: &HubState, key: &str, ours: ServerId, theirs: S
 /// here stop waiting for it, and send again what they have not had acknowledged.
 fn server_removed(shared: &HubState, core: &Backplane, server: ServerId) {
     let removed = core.replica.remove_place(server);
+    core.windows.forget(server);
     if shared.registry.is_connected(server) {
         if removed.is_some_and(|place| place.hub == core.me) {
             warn!(%server, "this hub's app server was taken out of the directory; registering it again");
@@ -629,6 +704,8 @@ fn server_placed(shared: &HubState, core: &Backplane, server: ServerId, place: P
     if place.hub == core.me || previous.as_ref() == Some(&place) {
         return;
     }
+    // Frames counted against its window on its old hub will not be credited from there.
+    core.windows.forget(server);
     core.suspect(place.hub, Instant::now());
     info!(%server, hub = %place.hub, "app server registered on another hub");
     if shared.registry.is_registered(server) {
@@ -656,12 +733,13 @@ mod tests {
 
     #[test]
     fn adjacent_frames_for_one_server_make_one_span() {
-        let mut staged = Staged::new(ServerId(1), 0..10, Some(5));
-        staged.add(10..25, Some(3));
-        staged.add(25..30, None);
+        let mut staged = Staged::new(ServerId(1), 0..10, Some(5), 10);
+        staged.add(10..25, Some(3), 15);
+        staged.add(25..30, None, 0);
         // A frame skipped between (for nobody here) breaks the run.
-        staged.add(40..50, Some(9));
+        staged.add(40..50, Some(9), 10);
         assert_eq!(staged.spans, vec![0..30, 40..50]);
         assert_eq!((staged.lowest, staged.count), (Some(3), 3), "acks are not counted");
+        assert_eq!(staged.credit, 35);
     }
 }

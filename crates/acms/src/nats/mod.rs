@@ -16,6 +16,7 @@ mod effects;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use acms_protocol::ServerId;
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -28,6 +29,7 @@ use crate::backplane::{
     encode_sessions, merge, user_of_key,
 };
 use crate::config::BackplaneConfig;
+use crate::outbox::Outbox;
 use crate::state::HubState;
 use acms_common::discovery::ClusterName;
 
@@ -349,7 +351,28 @@ async fn listen_relay(
             message = messages.next() => message,
         };
         let Some(message) = message else { return };
-        effects::message(&shared, &core, message.payload);
+        for (target, outbox) in effects::message(&shared, &core, message.payload) {
+            tokio::spawn(resume_when_drained(shared.clone(), core.clone(), target, outbox));
+        }
+    }
+}
+
+/// Waits until `target`, a server here that frames from other hubs left above its high water,
+/// drains, then sends those hubs the credit withheld meanwhile. A server that does not drain
+/// within `max_stall` is disconnected (the slow-consumer rule, as for a local sender's
+/// pushback), and its credit is sent all the same.
+async fn resume_when_drained(
+    shared: Arc<HubState>,
+    core: Arc<Backplane>,
+    target: ServerId,
+    outbox: Outbox,
+) {
+    let max_stall = shared.config.max_stall;
+    if tokio::time::timeout(max_stall, outbox.drained()).await.is_err() {
+        shared.stalled(target, outbox.pending(), max_stall);
+    }
+    for (hub, bytes) in core.credits.drained(target) {
+        core.send_credit(hub, target, bytes);
     }
 }
 
