@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use acms_appserver::{Cluster, Event, Events, LinkState, ServerId};
-use acms_tests::nats::{HubProc, NatsCluster, free_port, metric, server_on_each, start_hubs_with};
+use acms_tests::nats::{
+    HubProc, NatsCluster, free_port, metric, server_on_each, start_hubs_with, wait_located,
+};
 use acms_tests::process::{Proc, field_addr, program};
 use acms_tests::stream::{number, numbered};
 use acms_tests::{PATIENCE, http, user, wait_link};
@@ -21,24 +23,6 @@ const STREAM: u32 = 2_000;
 /// Three hubs, hub `i` connected first to NATS node `i`.
 async fn start_hubs(nats: &NatsCluster) -> Vec<HubProc> {
     start_hubs_with(nats, &[]).await
-}
-
-/// Waits until the hub whose admin API is at `admin` locates `name` on `server`: the user's
-/// login has reached that hub's replica of the directory, and the server's hub is alive for it.
-async fn wait_located(admin: SocketAddr, name: &str, server: u32) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let reply = http::request(admin, "GET", &format!("/api/users/{name}"), &[], None).await;
-        if reply.json()["server"].as_u64() == Some(u64::from(server)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hub {admin} never located {name} on server {server}: {}",
-            reply.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@
 //! # Layout
 //! - `interest`: which hubs have members of which group (the groups bucket's replica).
 //! - `names`: [`HubId`], the subjects and buckets of a cluster, the keys of users and servers.
+//! - `reconcile`: the directory compared with this hub's own state, and the drift to repair.
 //! - `recovery`: recoveries stuck on a lost notice, and dead hubs' servers given up.
 //! - `replica`: the local replica of the directory and which hubs are alive.
 //! - `streams`: the numbering of messages between two hubs and its gaps.
@@ -19,6 +20,7 @@
 
 mod interest;
 mod names;
+pub(crate) mod reconcile;
 mod recovery;
 mod replica;
 mod streams;
@@ -38,6 +40,7 @@ use tokio::sync::mpsc;
 pub(crate) use interest::{Interest, decode_servers, encode_servers, group_key, group_of_key};
 pub use names::HubId;
 pub(crate) use names::{Names, server_key, server_of_key, user_key, user_of_key};
+pub(crate) use reconcile::{Counts, Drift};
 pub(crate) use replica::{Place, Remote, Replica};
 pub(crate) use streams::Arrival;
 use streams::{Incoming, Outgoing};
@@ -60,7 +63,13 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     /// Gaps seen in the streams from other hubs.
     pub(crate) gaps: AtomicU64,
+    /// Drift repaired by the reconciliation, by [`Drift::what`]: servers, users put back, users
+    /// taken out, groups.
+    repairs: [AtomicU64; 4],
 }
+
+/// The labels of the repairs, in the order of [`Counters::repairs`].
+const REPAIRS: [&str; 4] = ["server", "user_online", "user_offline", "group"];
 
 /// The backplane's figures, for `/metrics` and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +86,9 @@ pub struct BackplaneStats {
     pub gaps: u64,
     /// (group, hub) pairs with members, this hub's included, as the groups bucket says.
     pub group_interest: usize,
+    /// Drift between the shared directory and this hub repaired by the reconciliation, by
+    /// what was repaired (`server`, `user_online`, `user_offline`, `group`).
+    pub repairs: [(&'static str, u64); 4],
 }
 
 /// An app server registered on another hub, as the shared directory says.
@@ -125,6 +137,8 @@ pub(crate) struct Backplane {
     /// Servers registered here whose snapshot is not done yet, with the hubs whose frames for
     /// their users were dropped meanwhile: those hubs' servers send again once it is done.
     snapshotting: Mutex<HashMap<ServerId, HashSet<HubId>>>,
+    /// What the reconciliation found last time.
+    suspects: Mutex<reconcile::Suspects>,
 }
 
 impl Backplane {
@@ -155,6 +169,7 @@ impl Backplane {
             moved_away: Mutex::default(),
             asks: std::sync::OnceLock::new(),
             snapshotting: Mutex::default(),
+            suspects: Mutex::default(),
         };
         (backplane, queue)
     }
@@ -436,6 +451,38 @@ impl Backplane {
         }
     }
 
+    /// Whether `server`'s snapshot is still coming: its users may not all be in the registry.
+    pub(crate) fn is_snapshotting(&self, server: ServerId) -> bool {
+        self.snapshotting.lock().expect("snapshotting lock").contains_key(&server)
+    }
+
+    /// Whether this check of the reconciliation compares everything (see
+    /// [`reconcile::Suspects::full_due`]).
+    pub(crate) fn full_check_due(&self, counts: Counts, forced: bool) -> bool {
+        self.suspects.lock().expect("suspects lock").full_due(counts, forced)
+    }
+
+    /// Of the drift `found` by a check, what is not being written already and was found by the
+    /// check before too: to repair now, counted in the figures.
+    pub(crate) fn confirm_drift(&self, found: Vec<Drift>) -> Vec<Drift> {
+        let settled = found.into_iter().filter(|drift| {
+            let (bucket, key) = match drift {
+                Drift::Server(server) => (Bucket::Servers, server_key(*server)),
+                Drift::UserOnline(user, _) | Drift::UserOffline(user, _) => {
+                    (Bucket::Users, user_key(user.as_str()))
+                }
+                Drift::Group(group) => (Bucket::Groups, group_key(group.as_str(), self.me)),
+            };
+            !self.writes.is_owed(bucket, &key)
+        });
+        let confirmed = self.suspects.lock().expect("suspects lock").confirm(settled);
+        for drift in &confirmed {
+            let index = REPAIRS.iter().position(|what| *what == drift.what()).unwrap_or(0);
+            self.counters.repairs[index].fetch_add(1, Ordering::Relaxed);
+        }
+        confirmed
+    }
+
     /// The servers of the other hubs, by id.
     pub(crate) fn remote_server_list(&self) -> Vec<RemoteServer> {
         let counts = self.replica.user_counts();
@@ -465,6 +512,7 @@ impl Backplane {
             dropped: load(&self.counters.dropped),
             gaps: load(&self.counters.gaps),
             group_interest: self.interest.len(),
+            repairs: std::array::from_fn(|i| (REPAIRS[i], load(&self.counters.repairs[i]))),
         }
     }
 

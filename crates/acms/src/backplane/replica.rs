@@ -58,6 +58,9 @@ pub(crate) struct Replica {
     me: HubId,
     /// Each user's server, with the revision of its entry.
     users: DashMap<UserId, (ServerId, u64), foldhash::fast::RandomState>,
+    /// How many users `users` places on each server, kept with it: the reconciliation compares
+    /// it with the sessions here before it compares user by user.
+    placed: DashMap<ServerId, usize, foldhash::fast::RandomState>,
     servers: RwLock<HashMap<ServerId, Place>>,
     /// The other hubs heard from, with when they were last heard.
     hubs: RwLock<HashMap<HubId, Instant>>,
@@ -69,6 +72,7 @@ impl Replica {
         Self {
             me,
             users: DashMap::default(),
+            placed: DashMap::default(),
             servers: RwLock::default(),
             hubs: RwLock::default(),
             dead_after,
@@ -86,11 +90,58 @@ impl Replica {
     }
 
     pub(crate) fn set_user(&self, user: UserId, server: ServerId, revision: u64) {
-        self.users.insert(user, (server, revision));
+        // One user's entry changes under its map entry's lock, so the counts follow in order.
+        match self.users.entry(user) {
+            dashmap::mapref::entry::Entry::Occupied(mut entry) => {
+                let (was, _) = entry.insert((server, revision));
+                if was != server {
+                    self.uncount(was);
+                    *self.placed.entry(server).or_default() += 1;
+                }
+            }
+            dashmap::mapref::entry::Entry::Vacant(entry) => {
+                entry.insert((server, revision));
+                *self.placed.entry(server).or_default() += 1;
+            }
+        }
     }
 
     pub(crate) fn remove_user(&self, user: &str) {
-        self.users.remove(user);
+        self.users.remove_if(user, |_, (server, _)| {
+            self.uncount(*server);
+            true
+        });
+    }
+
+    fn uncount(&self, server: ServerId) {
+        self.placed.remove_if_mut(&server, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+    }
+
+    /// How many users the directory places on `server`: one lookup.
+    pub(crate) fn users_placed_on(&self, server: ServerId) -> usize {
+        self.placed.get(&server).map_or(0, |count| *count)
+    }
+
+    /// The users the directory places on any of `servers`, with their server: one pass.
+    pub(crate) fn users_on_servers(
+        &self,
+        servers: &std::collections::HashSet<ServerId>,
+    ) -> Vec<(UserId, ServerId)> {
+        let on = self.users.iter().filter(|entry| servers.contains(&entry.value().0));
+        on.map(|entry| (entry.key().clone(), entry.value().0)).collect()
+    }
+
+    /// Every user the replica has an entry of.
+    pub(crate) fn user_ids(&self) -> Vec<UserId> {
+        self.users.iter().map(|entry| entry.key().clone()).collect()
+    }
+
+    /// Every server the replica has a place of.
+    pub(crate) fn server_ids(&self) -> Vec<ServerId> {
+        self.servers.read().expect("replica lock").keys().copied().collect()
     }
 
     /// The users the directory has on `server`: a scan, for a server given up.
@@ -235,6 +286,26 @@ mod tests {
         assert_eq!(replica.route_user("alice"), (Remote::Hub(HubId(3)), Some(ServerId(7))));
         replica.remove_user("alice");
         assert_eq!(replica.route_user("alice"), (Remote::Nowhere, None));
+    }
+
+    #[test]
+    fn the_users_placed_on_each_server_are_counted_as_entries_come_and_go() {
+        let replica = Replica::new(ME, Duration::from_secs(3));
+        let (alice, bob) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
+        replica.set_user(alice.clone(), ServerId(1), 1);
+        replica.set_user(bob.clone(), ServerId(1), 2);
+        replica.set_user(alice.clone(), ServerId(1), 3);
+        assert_eq!(replica.users_placed_on(ServerId(1)), 2);
+        replica.set_user(alice.clone(), ServerId(2), 4);
+        assert_eq!(
+            (replica.users_placed_on(ServerId(1)), replica.users_placed_on(ServerId(2))),
+            (1, 1)
+        );
+        replica.remove_user("bob");
+        replica.remove_user("bob");
+        assert_eq!(replica.users_placed_on(ServerId(1)), 0);
+        let on: std::collections::HashSet<ServerId> = [ServerId(2)].into_iter().collect();
+        assert_eq!(replica.users_on_servers(&on), vec![(alice, ServerId(2))]);
     }
 
     #[test]

@@ -394,7 +394,10 @@ pub(super) fn directory(
                 return;
             };
             if hub == core.me {
-                // This hub's own entries follow its groups, recorded as they were owed.
+                // This hub's own entries follow its groups, recorded as they were owed; what
+                // the bucket holds is kept apart, for the reconciliation.
+                let servers = value.and_then(|value| decode_servers(value)).unwrap_or_default();
+                core.interest.set_stored_here(group, servers);
                 return;
             }
             match value.map(|value| decode_servers(value)) {
