@@ -139,3 +139,83 @@ async fn entries_deleted_or_forged_behind_a_hubs_back_are_repaired() {
         metric(hubs[0].admin, "acms_backplane_repairs_total{what=\"user_offline\"}").await;
     assert!(repairs >= Some(1), "the stale user's removal is counted: {repairs:?}");
 }
+
+/// The buckets of the cluster every test hub is in (`acms`, in hexadecimal).
+const USERS: &str = "acms-users-61636d73";
+const SERVERS: &str = "acms-servers-61636d73";
+
+/// Deletes the stream of `bucket` and creates it again empty, with the same settings: what a
+/// NATS cluster restarted with its buckets in memory leaves behind.
+async fn empty(js: &jetstream::Context, bucket: &str) {
+    let name = format!("KV_{bucket}");
+    let config =
+        js.get_stream(&name).await.expect("the bucket's stream").cached_info().config.clone();
+    assert!(js.delete_stream(&name).await.expect("delete the stream").success);
+    js.create_stream(config).await.expect("create the stream again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_emptied_behind_the_hubs_backs_is_written_again() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs_with(&nats, &[]).await;
+    let (servers, mut events) = server_on_each(&hubs).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    servers[0].login(alice.clone()).await.expect("login alice");
+    servers[1].login(bob.clone()).await.expect("login bob");
+    wait_located(hubs[0].admin, "bob", 11).await;
+
+    let client = async_nats::connect(nats.nodes[0].url()).await.expect("connect to NATS");
+    let js = jetstream::new(client);
+    let emptied = Instant::now();
+    empty(&js, USERS).await;
+    empty(&js, SERVERS).await;
+
+    // A hub that joins now knows only what the directory holds: the other hubs wrote it again.
+    let urls = nats.urls_from(1);
+    let (_late, _transfer, late_admin) = start_hub_with(&["--backplane", &urls]).await;
+    wait_located(late_admin, "alice", 10).await;
+    wait_located(late_admin, "bob", 11).await;
+    println!("directory written again {:?} after it was emptied", emptied.elapsed());
+    wait_located(hubs[2].admin, "bob", 11).await;
+    servers[0].send_to_user(&alice, &bob, Bytes::from_static(b"still here")).await.unwrap();
+    assert_eq!(receive_once(&mut events[1], "alice").await, "still here");
+    for (hub, what) in [(0, "user_online"), (0, "server"), (1, "user_online")] {
+        let name = format!("acms_backplane_repairs_total{{what=\"{what}\"}}");
+        let repairs = metric(hubs[hub].admin, &name).await;
+        assert!(repairs >= Some(1), "hub {hub} counts its {what} repair: {repairs:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_an_older_hub_made_in_memory_is_replaced_by_one_on_file() {
+    let nats = NatsCluster::start().await;
+    let client = async_nats::connect(nats.nodes[0].url()).await.expect("connect to NATS");
+    let js = jetstream::new(client);
+    // The users bucket as hubs before file storage made it, with an entry of theirs.
+    js.create_stream(jetstream::stream::Config {
+        name: format!("KV_{USERS}"),
+        subjects: vec![format!("$KV.{USERS}.>")],
+        max_messages_per_subject: 1,
+        storage: jetstream::stream::StorageType::Memory,
+        allow_rollup: true,
+        deny_delete: true,
+        num_replicas: 3,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .expect("create the old bucket");
+    let old = js.get_key_value(USERS).await.expect("the old bucket");
+    old.put(URL_SAFE_NO_PAD.encode("ghost"), Bytes::from_static(b"10")).await.unwrap();
+
+    let hubs = start_hubs_with(&nats, &[]).await;
+    let storage = js.get_stream(format!("KV_{USERS}")).await.unwrap().cached_info().config.storage;
+    assert_eq!(storage, jetstream::stream::StorageType::File);
+    let (servers, _events) = server_on_each(&hubs).await;
+    servers[0].login(user("alice")).await.expect("login alice");
+    wait_located(hubs[1].admin, "alice", 10).await;
+    // The old bucket's entries went with it.
+    let ghost =
+        acms_tests::http::request(hubs[1].admin, "GET", "/api/users/ghost", &[], None).await;
+    assert_eq!(ghost.json()["online"], false, "{}", ghost.body);
+}

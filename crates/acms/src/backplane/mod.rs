@@ -477,10 +477,16 @@ impl Backplane {
         });
         let confirmed = self.suspects.lock().expect("suspects lock").confirm(settled);
         for drift in &confirmed {
-            let index = REPAIRS.iter().position(|what| *what == drift.what()).unwrap_or(0);
-            self.counters.repairs[index].fetch_add(1, Ordering::Relaxed);
+            self.count_repair(drift.what());
         }
         confirmed
+    }
+
+    /// Counts a repair of drift, named as [`Drift::what`] names it.
+    pub(crate) fn count_repair(&self, what: &str) {
+        if let Some(index) = REPAIRS.iter().position(|known| *known == what) {
+            self.counters.repairs[index].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The servers of the other hubs, by id.

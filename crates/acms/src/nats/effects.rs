@@ -374,6 +374,8 @@ pub(super) fn directory(
                     match shared.registry.route(user.as_str()) {
                         // Taken out by another hub that counted this one dead: written again.
                         Some(owner) if shared.registry.is_connected(owner.server) => {
+                            info!(%user, server = %owner.server, "this hub's user was taken out of the directory; writing them again");
+                            core.count_repair("user_online");
                             core.user_online(user.as_str(), owner.server);
                         }
                         Some(_) => {}
@@ -483,6 +485,7 @@ fn server_removed(shared: &HubState, core: &Backplane, server: ServerId) {
     if shared.registry.is_connected(server) {
         if removed.is_some_and(|place| place.hub == core.me) {
             warn!(%server, "this hub's app server was taken out of the directory; registering it again");
+            core.count_repair("server");
             let epoch = shared.registry.epoch(server).unwrap_or_default();
             let client_addr = shared
                 .registry

@@ -392,8 +392,9 @@ struct Watching {
 }
 
 /// Keeps the replica of one bucket: every value, then every change. A watch that ends (the
-/// connection was lost) or a reconnection starts it again from the current values, after the
-/// replica forgot what the bucket no longer holds (see [`repair::sweep`]).
+/// connection was lost), a reconnection, or a bucket found replaced or emptied (its stream was
+/// created anew, or holds fewer messages than the watch saw) starts it again from the current
+/// values, after the replica forgot what the bucket no longer holds (see [`repair::sweep`]).
 async fn watch(
     Watching { store, bucket, mut reconnected }: Watching,
     shared: Arc<HubState>,
@@ -404,14 +405,15 @@ async fn watch(
     loop {
         reconnected.borrow_and_update();
         let started = async {
+            let created = store.status().await.map_err(|err| err.to_string())?.info.created;
             let listed = keys(&store).await?;
             let entries = store.watch_with_history(">").await.map_err(|err| err.to_string())?;
-            Ok::<_, String>((listed, entries))
+            Ok::<_, String>((created, listed, entries))
         };
-        let mut entries = match started.await {
-            Ok((listed, entries)) => {
+        let (created, mut entries) = match started.await {
+            Ok((created, listed, entries)) => {
                 repair::sweep(&shared, &core, bucket, &listed);
-                entries
+                (created, entries)
             }
             Err(err) => {
                 warn!(error = %err, ?bucket, "backplane watch failed; retrying");
@@ -421,6 +423,9 @@ async fn watch(
                 }
             }
         };
+        let mut seen = 0;
+        let mut check = tokio::time::interval(repair::CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let entry = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -428,10 +433,23 @@ async fn watch(
                     info!(?bucket, "backplane reconnected; watching the bucket again");
                     break;
                 }
+                _ = check.tick() => {
+                    match store.status().await {
+                        Ok(status)
+                            if status.info.created != created
+                                || status.info.state.last_sequence < seen =>
+                        {
+                            warn!(?bucket, "directory bucket replaced or emptied; watching it again");
+                            break;
+                        }
+                        _ => continue,
+                    }
+                }
                 entry = entries.next() => entry,
             };
             match entry {
                 Some(Ok(entry)) => {
+                    seen = seen.max(entry.revision);
                     let value =
                         matches!(entry.operation, kv::Operation::Put).then_some(&entry.value);
                     effects::directory(&shared, bucket, &entry.key, value, entry.revision);

@@ -145,7 +145,7 @@ pub(super) fn sweep(shared: &HubState, core: &Backplane, bucket: Bucket, listed:
     info!(
         ?bucket,
         entries = gone.len(),
-        "entries gone from the shared directory while this hub was away; forgotten"
+        "entries no longer in the shared directory (its bucket was emptied or replaced); forgotten"
     );
     for key in gone {
         effects::directory(shared, bucket, &key, None, 0);
