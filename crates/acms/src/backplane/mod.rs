@@ -593,6 +593,20 @@ mod tests {
     }
 
     #[test]
+    fn drift_of_a_key_being_written_waits_and_repairs_are_counted() {
+        let (backplane, _queue) = backplane(1);
+        let alice = acms_protocol::UserId::new("alice").unwrap();
+        let found = vec![Drift::UserOnline(alice, ServerId(1)), Drift::Server(ServerId(2))];
+        assert!(backplane.confirm_drift(found.clone()).is_empty(), "a first sighting");
+        // A write of alice's entry is owed meanwhile: its outcome decides, not the check.
+        backplane.writes.owe(Bucket::Users, user_key("alice"), Write::Delete);
+        assert_eq!(backplane.confirm_drift(found), vec![Drift::Server(ServerId(2))]);
+        let repairs = backplane.stats().repairs;
+        assert_eq!(repairs[0], ("server", 1));
+        assert_eq!(repairs[1], ("user_online", 0));
+    }
+
+    #[test]
     fn an_origin_epoch_is_told_once_and_again_after_a_restart() {
         let (backplane, _queue) = backplane(1);
         assert!(backplane.tell_epoch(ServerId(1), 10));
