@@ -392,9 +392,8 @@ struct Watching {
 }
 
 /// Keeps the replica of one bucket: every value, then every change. A watch that ends (the
-/// connection was lost), a reconnection, or a bucket found replaced or emptied (its stream was
-/// created anew, or holds fewer messages than the watch saw) starts it again from the current
-/// values, after the replica forgot what the bucket no longer holds (see [`repair::sweep`]).
+/// connection was lost), a reconnection, or a bucket found replaced or emptied (its stream's
+/// last sequence is below what the watch saw) starts it again from the current values, after the replica forgot what the bucket no longer holds (see [`repair::sweep`]).
 async fn watch(
     Watching { store, bucket, mut reconnected }: Watching,
     shared: Arc<HubState>,
@@ -405,15 +404,14 @@ async fn watch(
     loop {
         reconnected.borrow_and_update();
         let started = async {
-            let created = store.status().await.map_err(|err| err.to_string())?.info.created;
             let listed = keys(&store).await?;
             let entries = store.watch_with_history(">").await.map_err(|err| err.to_string())?;
-            Ok::<_, String>((created, listed, entries))
+            Ok::<_, String>((listed, entries))
         };
-        let (created, mut entries) = match started.await {
-            Ok((created, listed, entries)) => {
+        let mut entries = match started.await {
+            Ok((listed, entries)) => {
                 repair::sweep(&shared, &core, bucket, &listed);
-                (created, entries)
+                entries
             }
             Err(err) => {
                 warn!(error = %err, ?bucket, "backplane watch failed; retrying");
@@ -434,11 +432,11 @@ async fn watch(
                     break;
                 }
                 _ = check.tick() => {
-                    match store.status().await {
-                        Ok(status)
-                            if status.info.created != created
-                                || status.info.state.last_sequence < seen =>
-                        {
+                    // Asked afresh (the store's own status is what it was when opened); not by
+                    // the stream's creation time, which each replica answers with its own.
+                    let mut stream = store.stream.clone();
+                    match stream.info().await.map(|info| info.state.last_sequence) {
+                        Ok(last) if last < seen => {
                             warn!(?bucket, "directory bucket replaced or emptied; watching it again");
                             break;
                         }
