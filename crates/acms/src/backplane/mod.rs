@@ -462,6 +462,11 @@ impl Backplane {
         self.suspects.lock().expect("suspects lock").full_due(counts, forced)
     }
 
+    /// A full check with `counts` found `drift` differences.
+    pub(crate) fn full_check_done(&self, counts: Counts, drift: usize) {
+        self.suspects.lock().expect("suspects lock").checked(counts, drift);
+    }
+
     /// Of the drift `found` by a check, what is not being written already and was found by the
     /// check before too: to repair now, counted in the figures.
     pub(crate) fn confirm_drift(&self, found: Vec<Drift>) -> Vec<Drift> {

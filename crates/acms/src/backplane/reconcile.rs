@@ -8,9 +8,10 @@
 //! its way, or a change the watch has not brought yet, is not drift.
 //!
 //! Cheap by default: each check compares counts first ([`Counts`]), which costs a lookup per
-//! server of this hub; the full comparison, O(users here), runs only when a count differs, at
-//! once after the NATS connection came back, and every [`FULL_EVERY`] checks in any case (a
-//! missing entry and a stale one cancel out in a count).
+//! server of this hub; the full comparison, O(users here), runs only when a count differs (and
+//! did not differ the same way at the last full check, which found nothing), at once after the
+//! NATS connection came back, and every [`FULL_EVERY`] checks in any case (a missing entry and a
+//! stale one cancel out in a count).
 
 use std::collections::{HashMap, HashSet};
 
@@ -134,6 +135,10 @@ impl Counts {
 pub(crate) struct Suspects {
     last: HashSet<Drift>,
     since_full: u32,
+    /// The counts of the last full check that found nothing: counts that differ for a reason
+    /// that is no drift (a user of several sessions whose entry names another hub's server)
+    /// do not cost a full check each time while they stay as they were.
+    quiet: Option<Counts>,
 }
 
 impl Suspects {
@@ -141,11 +146,17 @@ impl Suspects {
     /// connection came back), or the last full check is [`FULL_EVERY`] checks old.
     pub(crate) fn full_due(&mut self, counts: Counts, forced: bool) -> bool {
         self.since_full += 1;
-        let due = forced || !counts.agree() || self.since_full >= FULL_EVERY;
+        let differ = !counts.agree() && self.quiet != Some(counts);
+        let due = forced || differ || self.since_full >= FULL_EVERY;
         if due {
             self.since_full = 0;
         }
         due
+    }
+
+    /// A full check with `counts` found `drift` differences.
+    pub(crate) fn checked(&mut self, counts: Counts, drift: usize) {
+        self.quiet = (drift == 0).then_some(counts);
     }
 
     /// Of the differences `found` now, those found by the last check too: to repair. The others
@@ -271,5 +282,11 @@ mod tests {
         assert_eq!(quiet.last(), Some(&true));
         let groups_differ = Counts { stored_groups: 1, ..agree };
         assert!(suspects.full_due(groups_differ, false));
+        // Counts that differ with no drift behind them: not checked again while unchanged.
+        suspects.checked(groups_differ, 0);
+        assert!(!suspects.full_due(groups_differ, false));
+        assert!(suspects.full_due(Counts { stored_groups: 0, ..agree }, false));
+        suspects.checked(differ, 1);
+        assert!(suspects.full_due(differ, false), "drift was found: checked until it is gone");
     }
 }

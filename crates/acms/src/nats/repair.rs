@@ -66,7 +66,8 @@ pub(super) fn check(shared: &HubState, core: &Backplane, forced: bool) {
     let mut found =
         reconcile::servers(connected, |server| core.replica.place(server).map(|place| place.hub));
     if core.full_check_due(counts, forced) {
-        let sessions = shared.registry.users_page(None, None, usize::MAX);
+        let before = found.len();
+        let sessions = shared.registry.sessions_here();
         let (missing, matched) =
             reconcile::missing_users(sessions, |user| core.replica.user(user.as_str()));
         found.extend(missing);
@@ -81,6 +82,7 @@ pub(super) fn check(shared: &HubState, core: &Backplane, forced: bool) {
             }));
         }
         found.extend(reconcile::groups(shared.groups.all(), &core.interest.stored_here()));
+        core.full_check_done(counts, found.len() - before);
     }
     for drift in core.confirm_drift(found) {
         repair(shared, core, drift);
