@@ -133,6 +133,22 @@ impl NatsCluster {
         Self { nodes, _dir: dir }
     }
 
+    /// Stops every node with SIGKILL, as a power cut would, and starts each again on its ports
+    /// and JetStream store; returns once the cluster formed again.
+    pub async fn restart_all(&mut self) {
+        for node in &mut self.nodes {
+            node.kill().await;
+        }
+        let routes: Vec<u16> = self.nodes.iter().map(|node| node.route).collect();
+        for node in &mut self.nodes {
+            let others: Vec<u16> = routes.iter().copied().filter(|&r| r != node.route).collect();
+            node.spawn(&others);
+        }
+        if let Err(why) = self.ready().await {
+            panic!("the NATS cluster did not form again after a restart: {why}");
+        }
+    }
+
     /// Every client URL, comma-separated, as `acms --backplane` takes them; node `first` first.
     pub fn urls_from(&self, first: usize) -> String {
         let count = self.nodes.len();
@@ -182,6 +198,24 @@ async fn get(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
     serde_json::from_str(body).ok()
 }
 
+/// Waits until the hub whose admin API is at `admin` locates `name` on `server`: the user's
+/// login has reached that hub's replica of the directory, and the server's hub is alive for it.
+pub async fn wait_located(admin: SocketAddr, name: &str, server: u32) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let reply = http::request(admin, "GET", &format!("/api/users/{name}"), &[], None).await;
+        if reply.json()["server"].as_u64() == Some(u64::from(server)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hub {admin} never located {name} on server {server}: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// An `acms` process on the backplane; killed when dropped.
 pub struct HubProc {
     /// The process.
@@ -224,22 +258,4 @@ pub async fn server_on_each(hubs: &[HubProc]) -> (Vec<Cluster>, Vec<Events>) {
         events.push(cluster_events);
     }
     (clusters, events)
-}
-
-/// Waits until the hub whose admin API is at `admin` locates `name` on `server`: the user's
-/// login has reached that hub's replica of the directory, and the server's hub is alive for it.
-pub async fn wait_located(admin: SocketAddr, name: &str, server: u32) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let reply = http::request(admin, "GET", &format!("/api/users/{name}"), &[], None).await;
-        if reply.json()["server"].as_u64() == Some(u64::from(server)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hub {admin} never located {name} on server {server}: {}",
-            reply.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -65,6 +65,21 @@ impl Groups {
         let _set_once = self.backplane.set(backplane);
     }
 
+    /// Every group with members here, with its servers: for the backplane's reconciliation.
+    pub(crate) fn all(&self) -> Vec<(GroupId, Vec<ServerId>)> {
+        self.servers.iter().map(|entry| (entry.key().clone(), entry.value().clone())).collect()
+    }
+
+    /// Owes the backplane this hub's entry of `group` again, as it is now: the shared
+    /// directory lost or changed it. Under the group's lock, as every change is owed.
+    pub(crate) fn share_again(&self, group: &GroupId) {
+        let Some(backplane) = self.backplane.get() else { return };
+        match self.servers.get(group.as_str()) {
+            Some(servers) => backplane.group_servers_here(servers.key(), &servers),
+            None => backplane.group_servers_here(group, &[]),
+        }
+    }
+
     /// Records that `server` has no more members of `group`.
     pub(crate) fn leave(&self, server: ServerId, group: &str) {
         let left = self.by_server.get_mut(&server).is_some_and(|mut groups| {

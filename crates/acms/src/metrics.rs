@@ -178,6 +178,17 @@ pub fn render(hub: &Hub) -> String {
             "Gaps seen in the messages from other hubs, each repaired by having the origins send again",
             counter(backplane.gaps),
         );
+        let repairs = Family::<Labels, Counter>::default();
+        for (what, value) in backplane.repairs {
+            repairs.get_or_create(&vec![("what", what.to_owned())]).inc_by(value);
+        }
+        registry.register(
+            "backplane_repairs",
+            "Drift between the shared directory and this hub repaired by its reconciliation: \
+             servers registered again, users put back (user_online) or taken out (user_offline), \
+             group entries written again",
+            repairs,
+        );
         registry.register(
             "backplane_pauses",
             "Pauses other hubs asked of this one: its senders to one of their servers above its \

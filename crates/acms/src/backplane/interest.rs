@@ -62,6 +62,9 @@ pub(crate) struct Interest {
     /// Servers of this hub that lost their last member of a group, and when: bounded by the
     /// changes within [`LEFT_GRACE`].
     left: Mutex<Vec<(GroupId, ServerId, Instant)>>,
+    /// This hub's own entries as the bucket holds them (its watch), which the reconciliation
+    /// compares with its groups: `groups` records them as they are owed, not as written.
+    stored_here: RwLock<HashMap<GroupId, Vec<ServerId>>>,
 }
 
 impl Interest {
@@ -92,6 +95,35 @@ impl Interest {
         }
         drop(left);
         self.set(group.clone(), me, servers.to_vec());
+    }
+
+    /// The bucket holds this hub's entry of `group` listing `servers` (none: no entry).
+    pub(crate) fn set_stored_here(&self, group: GroupId, servers: Vec<ServerId>) {
+        let mut stored = self.stored_here.write().expect("interest lock");
+        if servers.is_empty() {
+            stored.remove(&group);
+        } else {
+            stored.insert(group, servers);
+        }
+    }
+
+    /// This hub's entries as the bucket holds them.
+    pub(crate) fn stored_here(&self) -> HashMap<GroupId, Vec<ServerId>> {
+        self.stored_here.read().expect("interest lock").clone()
+    }
+
+    /// How many entries of this hub the bucket holds.
+    pub(crate) fn stored_here_len(&self) -> usize {
+        self.stored_here.read().expect("interest lock").len()
+    }
+
+    /// Every (group, hub) entry of the other hubs, as the bucket holds them.
+    pub(crate) fn entries_of_others(&self, me: HubId) -> Vec<(GroupId, HubId)> {
+        let groups = self.groups.read().expect("interest lock");
+        let entries = groups.iter().flat_map(|(group, hubs)| {
+            hubs.keys().filter(|&&hub| hub != me).map(move |&hub| (group.clone(), hub))
+        });
+        entries.collect()
     }
 
     /// This hub's servers that left `group` within [`LEFT_GRACE`] of `now`.

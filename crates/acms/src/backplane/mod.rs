@@ -14,6 +14,7 @@
 //! - `interest`: which hubs have members of which group (the groups bucket's replica).
 //! - `loads`: the app servers' load reports that hubs carry in their heartbeats.
 //! - `names`: [`HubId`], the subjects and buckets of a cluster, the keys of users and servers.
+//! - `reconcile`: the directory compared with this hub's own state, and the drift to repair.
 //! - `recovery`: recoveries stuck on a lost notice, and dead hubs' servers given up.
 //! - `replica`: the local replica of the directory and which hubs are alive.
 //! - `sessions`: a user's entry in the users bucket (their sessions and candidates), and how a
@@ -26,6 +27,7 @@ mod flow;
 mod interest;
 mod loads;
 mod names;
+pub(crate) mod reconcile;
 mod recovery;
 mod replica;
 mod sessions;
@@ -48,6 +50,7 @@ pub(crate) use interest::{Interest, decode_servers, encode_servers, group_key, g
 pub use loads::ServerReport;
 pub use names::HubId;
 pub(crate) use names::{Names, server_key, server_of_key, user_key, user_of_key};
+pub(crate) use reconcile::{Counts, Drift};
 pub(crate) use replica::{Place, Remote, Replica};
 pub(crate) use sessions::{Session, decode as decode_sessions, encode as encode_sessions, merge};
 pub(crate) use streams::Arrival;
@@ -73,7 +76,13 @@ pub(crate) struct Counters {
     pub(crate) gaps: AtomicU64,
     /// Readers paused here because a window to another hub's server was shut.
     pub(crate) pauses: AtomicU64,
+    /// Drift repaired by the reconciliation, by [`Drift::what`]: servers, users put back, users
+    /// taken out, groups.
+    repairs: [AtomicU64; 4],
 }
+
+/// The labels of the repairs, in the order of [`Counters::repairs`].
+const REPAIRS: [&str; 4] = ["server", "user_online", "user_offline", "group"];
 
 /// The backplane's figures, for `/metrics` and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +104,9 @@ pub struct BackplaneStats {
     pub pauses: u64,
     /// Credit windows to servers of other hubs shut now.
     pub windows_shut: usize,
+    /// Drift between the shared directory and this hub repaired by the reconciliation, by
+    /// what was repaired (`server`, `user_online`, `user_offline`, `group`).
+    pub repairs: [(&'static str, u64); 4],
 }
 
 /// An app server registered on another hub, as the shared directory says.
@@ -152,6 +164,8 @@ pub(crate) struct Backplane {
     pub(crate) windows: Windows,
     /// Credit owed to other hubs for the frames they sent the servers here.
     pub(crate) credits: Credits,
+    /// What the reconciliation found last time.
+    suspects: Mutex<reconcile::Suspects>,
 }
 
 impl Backplane {
@@ -185,6 +199,7 @@ impl Backplane {
             loads: Mutex::default(),
             windows: Windows::new(window(1 << 20, 64 << 20)),
             credits: Credits::default(),
+            suspects: Mutex::default(),
         };
         (backplane, queue)
     }
@@ -509,6 +524,49 @@ impl Backplane {
         }
     }
 
+    /// Whether `server`'s snapshot is still coming: its users may not all be in the registry.
+    pub(crate) fn is_snapshotting(&self, server: ServerId) -> bool {
+        self.snapshotting.lock().expect("snapshotting lock").contains_key(&server)
+    }
+
+    /// Whether this check of the reconciliation compares everything (see
+    /// [`reconcile::Suspects::full_due`]).
+    pub(crate) fn full_check_due(&self, counts: Counts, forced: bool) -> bool {
+        self.suspects.lock().expect("suspects lock").full_due(counts, forced)
+    }
+
+    /// A full check with `counts` found `drift` differences.
+    pub(crate) fn full_check_done(&self, counts: Counts, drift: usize) {
+        self.suspects.lock().expect("suspects lock").checked(counts, drift);
+    }
+
+    /// Of the drift `found` by a check, what is not being written already and was found by the
+    /// check before too: to repair now, counted in the figures.
+    pub(crate) fn confirm_drift(&self, found: Vec<Drift>) -> Vec<Drift> {
+        let settled = found.into_iter().filter(|drift| {
+            let (bucket, key) = match drift {
+                Drift::Server(server) => (Bucket::Servers, server_key(*server)),
+                Drift::UserOnline(user, _) | Drift::UserOffline(user, _) => {
+                    (Bucket::Users, user_key(user.as_str()))
+                }
+                Drift::Group(group) => (Bucket::Groups, group_key(group.as_str(), self.me)),
+            };
+            !self.writes.is_owed(bucket, &key)
+        });
+        let confirmed = self.suspects.lock().expect("suspects lock").confirm(settled);
+        for drift in &confirmed {
+            self.count_repair(drift.what());
+        }
+        confirmed
+    }
+
+    /// Counts a repair of drift, named as [`Drift::what`] names it.
+    pub(crate) fn count_repair(&self, what: &str) {
+        if let Some(index) = REPAIRS.iter().position(|known| *known == what) {
+            self.counters.repairs[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The servers of the other hubs, by id.
     pub(crate) fn remote_server_list(&self) -> Vec<RemoteServer> {
         let counts = self.replica.user_counts();
@@ -545,6 +603,7 @@ impl Backplane {
             group_interest: self.interest.len(),
             pauses: load(&self.counters.pauses),
             windows_shut: self.windows.shut(),
+            repairs: std::array::from_fn(|i| (REPAIRS[i], load(&self.counters.repairs[i]))),
         }
     }
 
@@ -637,6 +696,20 @@ mod tests {
         assert!(listed.draining && !listed.takes_clients());
         backplane.hub_dead(hub, Instant::now());
         assert_eq!(backplane.remote_server_list()[0].report, None, "dead: no report");
+    }
+
+    #[test]
+    fn drift_of_a_key_being_written_waits_and_repairs_are_counted() {
+        let (backplane, _queue) = backplane(1);
+        let alice = acms_protocol::UserId::new("alice").unwrap();
+        let found = vec![Drift::UserOnline(alice, ServerId(1)), Drift::Server(ServerId(2))];
+        assert!(backplane.confirm_drift(found.clone()).is_empty(), "a first sighting");
+        // A write of alice's entry is owed meanwhile: its outcome decides, not the check.
+        backplane.writes.owe(Bucket::Users, user_key("alice"), Write::Delete);
+        assert_eq!(backplane.confirm_drift(found), vec![Drift::Server(ServerId(2))]);
+        let repairs = backplane.stats().repairs;
+        assert_eq!(repairs[0], ("server", 1));
+        assert_eq!(repairs[1], ("user_online", 0));
     }
 
     #[test]

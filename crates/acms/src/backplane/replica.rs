@@ -106,6 +106,9 @@ pub(crate) struct Replica {
     me: HubId,
     /// Each user's sessions, with the revision of their entry.
     users: DashMap<UserId, UserEntry, foldhash::fast::RandomState>,
+    /// How many users `users` places on each server (their last login's), kept with it: the
+    /// reconciliation compares it with the sessions here before it compares user by user.
+    placed: DashMap<ServerId, usize, foldhash::fast::RandomState>,
     servers: RwLock<HashMap<ServerId, Place>>,
     /// The other hubs heard from, with when they were last heard.
     hubs: RwLock<HashMap<HubId, Instant>>,
@@ -119,6 +122,7 @@ impl Replica {
         Self {
             me,
             users: DashMap::default(),
+            placed: DashMap::default(),
             servers: RwLock::default(),
             hubs: RwLock::default(),
             ever_heard: RwLock::default(),
@@ -149,6 +153,47 @@ impl Replica {
         }
     }
 
+    /// Counts `user`'s entry, now `now` (none: removed), after `was`: by last login.
+    fn recount(&self, was: Option<ServerId>, now: Option<ServerId>) {
+        if was == now {
+            return;
+        }
+        if let Some(was) = was {
+            self.placed.remove_if_mut(&was, |_, count| {
+                *count -= 1;
+                *count == 0
+            });
+        }
+        if let Some(now) = now {
+            *self.placed.entry(now).or_default() += 1;
+        }
+    }
+
+    /// How many users the directory places on `server` (their last login): one lookup.
+    pub(crate) fn users_placed_on(&self, server: ServerId) -> usize {
+        self.placed.get(&server).map_or(0, |count| *count)
+    }
+
+    /// The users the directory places on any of `servers` (their last login), with that
+    /// server: one pass.
+    pub(crate) fn users_on_servers(
+        &self,
+        servers: &std::collections::HashSet<ServerId>,
+    ) -> Vec<(UserId, ServerId)> {
+        let on = self.users.iter().filter(|entry| servers.contains(&entry.value().last()));
+        on.map(|entry| (entry.key().clone(), entry.value().last())).collect()
+    }
+
+    /// Every user the replica has an entry of.
+    pub(crate) fn user_ids(&self) -> Vec<UserId> {
+        self.users.iter().map(|entry| entry.key().clone()).collect()
+    }
+
+    /// Every server the replica has a place of.
+    pub(crate) fn server_ids(&self) -> Vec<ServerId> {
+        self.servers.read().expect("replica lock").keys().copied().collect()
+    }
+
     /// The P2P candidates of `user`'s session on `server`; empty when it has none.
     pub(crate) fn candidates(&self, user: &str, server: ServerId) -> Vec<Candidate> {
         let Some(entry) = self.users.get(user) else { return Vec::new() };
@@ -170,12 +215,29 @@ impl Replica {
         revision: u64,
     ) -> Vec<Session> {
         let entry = UserEntry::new(sessions, revision);
-        self.users.insert(user, entry).map(|was| was.sessions()).unwrap_or_default()
+        let now = entry.last();
+        // Under the user's map entry: one user's changes are counted in order.
+        match self.users.entry(user) {
+            dashmap::mapref::entry::Entry::Occupied(mut slot) => {
+                let was = slot.insert(entry);
+                self.recount(Some(was.last()), Some(now));
+                was.sessions()
+            }
+            dashmap::mapref::entry::Entry::Vacant(slot) => {
+                slot.insert(entry);
+                self.recount(None, Some(now));
+                Vec::new()
+            }
+        }
     }
 
     /// Forgets `user`; returns the sessions recorded before.
     pub(crate) fn remove_user(&self, user: &str) -> Vec<Session> {
-        self.users.remove(user).map(|(_, was)| was.sessions()).unwrap_or_default()
+        let removed = self.users.remove_if(user, |_, was| {
+            self.recount(Some(was.last()), None);
+            true
+        });
+        removed.map(|(_, was)| was.sessions()).unwrap_or_default()
     }
 
     /// The users the directory has a session of on `server`: a scan, for a server given up.
@@ -375,6 +437,26 @@ mod tests {
         assert_eq!(replica.remove_user("sam"), vec![Session::on(ServerId(7))]);
         assert_eq!(replica.user_entry("sam"), (Vec::new(), None));
         assert_eq!(replica.user("sam"), None);
+    }
+
+    #[test]
+    fn the_users_placed_on_each_server_are_counted_as_entries_come_and_go() {
+        let replica = Replica::new(ME, Duration::from_secs(3));
+        let (alice, bob) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
+        replica.set_user(alice.clone(), vec![Session::on(ServerId(1))], 1);
+        replica.set_user(bob.clone(), vec![Session::on(ServerId(1))], 2);
+        replica.set_user(alice.clone(), vec![Session::on(ServerId(1))], 3);
+        assert_eq!(replica.users_placed_on(ServerId(1)), 2);
+        replica.set_user(alice.clone(), vec![Session::on(ServerId(2))], 4);
+        assert_eq!(
+            (replica.users_placed_on(ServerId(1)), replica.users_placed_on(ServerId(2))),
+            (1, 1)
+        );
+        replica.remove_user("bob");
+        replica.remove_user("bob");
+        assert_eq!(replica.users_placed_on(ServerId(1)), 0);
+        let on: std::collections::HashSet<ServerId> = [ServerId(2)].into_iter().collect();
+        assert_eq!(replica.users_on_servers(&on), vec![(alice, ServerId(2))]);
     }
 
     #[test]

@@ -488,7 +488,10 @@ pub(super) fn directory(
                 return;
             };
             if hub == core.me {
-                // This hub's own entries follow its groups, recorded as they were owed.
+                // This hub's own entries follow its groups, recorded as they were owed; what
+                // the bucket holds is kept apart, for the reconciliation.
+                let servers = value.and_then(|value| decode_servers(value)).unwrap_or_default();
+                core.interest.set_stored_here(group, servers);
                 return;
             }
             match value.map(|value| decode_servers(value)) {
@@ -553,6 +556,8 @@ fn user_changed(
         if let Some(owner) = registry.route(user.as_str())
             && registry.is_connected(owner.server)
         {
+            info!(%user, server = %owner.server, "this hub's user was taken out of the directory; writing them again");
+            core.count_repair("user_online");
             core.user_online(user.as_str(), owner.server);
         }
     }
@@ -585,6 +590,8 @@ fn user_changed(
             && !now.is_empty()
             && !core.writes.is_owed(Bucket::Users, key)
         {
+            info!(%user, %server, "this hub's session is missing from the user's entry; writing it again");
+            core.count_repair("user_online");
             core.user_online(user.as_str(), server);
         }
         let had = was.iter().any(|session| remote(&session));
@@ -666,6 +673,7 @@ fn server_removed(shared: &HubState, core: &Backplane, server: ServerId) {
     if shared.registry.is_connected(server) {
         if removed.is_some_and(|place| place.hub == core.me) {
             warn!(%server, "this hub's app server was taken out of the directory; registering it again");
+            core.count_repair("server");
             let epoch = shared.registry.epoch(server).unwrap_or_default();
             let client_addr = shared
                 .registry

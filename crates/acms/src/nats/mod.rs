@@ -9,17 +9,21 @@
 //! - `asks`: questions between the hubs' admin sides (pushes and kicks for another hub's users).
 //! - `effects`: what a message from another hub, a directory change or a hub's death does to
 //!   this hub's servers.
+//! - `repair`: the periodic check of the directory against this hub (reconciliation), and the
+//!   sweep of the replica when a watch starts again.
 
 mod asks;
 mod effects;
+mod repair;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use acms_protocol::ServerId;
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch as signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -78,6 +82,9 @@ pub struct BackplaneLink {
     heartbeat: Duration,
     /// Heartbeat ticks a recovery may wait before it is asked for again.
     stuck_ticks: u32,
+    /// Counts the connections to NATS made: a change is a reconnection, after which the
+    /// watches start again and the directory is checked at once.
+    reconnected: signal::Receiver<u64>,
 }
 
 /// Connects to the NATS servers of `config` and opens (or creates) the directory's buckets of
@@ -88,17 +95,25 @@ pub async fn connect(
 ) -> Result<BackplaneLink, BackplaneError> {
     let urls = config.nats.join(",");
     let me = HubId::random();
+    let (connections, reconnected) = signal::channel(0u64);
+    let connections = Arc::new(connections);
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("acms-hub-{me}"))
         .connection_timeout(config.connect_timeout)
         .ping_interval(config.heartbeat.max(Duration::from_secs(1)))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => info!("backplane connected"),
-                async_nats::Event::Disconnected => {
-                    warn!("backplane disconnected; reconnecting")
+        .event_callback(move |event| {
+            let connections = connections.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        info!("backplane connected");
+                        connections.send_modify(|count| *count += 1);
+                    }
+                    async_nats::Event::Disconnected => {
+                        warn!("backplane disconnected; reconnecting")
+                    }
+                    other => debug!(event = %other, "backplane event"),
                 }
-                other => debug!(event = %other, "backplane event"),
             }
         });
     if let Some(path) = &config.credentials {
@@ -157,6 +172,7 @@ pub async fn connect(
         queue,
         heartbeat: config.heartbeat,
         stuck_ticks: (config.dead_after.as_millis() / config.heartbeat.as_millis().max(1)) as u32,
+        reconnected,
     })
 }
 
@@ -164,23 +180,45 @@ pub async fn connect(
 /// key-value layout defines it (`KV_<bucket>` on `$KV.<bucket>.>`) rather than through the
 /// client's bucket creation, which asks for account details that nats-server 2.9 answers in a
 /// form the client cannot read.
+///
+/// On file storage, so the directory survives a restart of every NATS server. A bucket an older
+/// hub made on memory storage is replaced (a stream's storage cannot change in place): its
+/// entries are dropped, and each hub writes its own again at its next reconciliation check.
 async fn open_bucket(
     jetstream: &jetstream::Context,
     bucket: String,
     replicas: usize,
     urls: &str,
 ) -> Result<kv::Store, BackplaneError> {
+    let name = format!("KV_{bucket}");
     let mut last = String::new();
     // Two hubs may create it at once: creating an identical stream again is no error.
     for _ in 0..3 {
-        if let Ok(store) = jetstream.get_key_value(bucket.clone()).await {
-            return Ok(store);
+        if let Ok(stream) = jetstream.get_stream(&name).await {
+            let info = stream.cached_info();
+            if info.config.storage != jetstream::stream::StorageType::Memory {
+                match jetstream.get_key_value(bucket.clone()).await {
+                    Ok(store) => return Ok(store),
+                    Err(err) => last = err.to_string(),
+                }
+                continue;
+            }
+            warn!(
+                %bucket,
+                entries = info.state.messages,
+                "directory bucket on memory storage, made by an older hub: replacing it with one on \
+                 file storage; every hub writes its entries again"
+            );
+            if let Err(err) = jetstream.delete_stream(&name).await {
+                last = err.to_string();
+                continue;
+            }
         }
         let config = jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
+            name: name.clone(),
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
-            storage: jetstream::stream::StorageType::Memory,
+            storage: jetstream::stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,
             // Reads go to the stream's leader: a replica's direct answer may not have the latest
@@ -210,7 +248,17 @@ impl BackplaneLink {
 
     /// Runs the backplane's tasks for the hub `shared` until `shutdown`.
     pub(crate) fn run(self, shared: Arc<HubState>, shutdown: CancellationToken) -> TaskTracker {
-        let Self { client, users, servers, groups, core, queue, heartbeat, stuck_ticks } = self;
+        let Self {
+            client,
+            users,
+            servers,
+            groups,
+            core,
+            queue,
+            heartbeat,
+            stuck_ticks,
+            reconnected,
+        } = self;
         let ticks = Ticks { every: heartbeat, stuck: stuck_ticks };
         let tracker = TaskTracker::new();
         tracker.spawn(publish(client.clone(), core.clone(), queue, shutdown.clone()));
@@ -221,9 +269,15 @@ impl BackplaneLink {
         tracker.spawn(asks::ask(client.clone(), core.clone(), asked, shutdown.clone()));
         tracker.spawn(asks::answer(client.clone(), shared.clone(), core.clone(), shutdown.clone()));
         tracker.spawn(listen_relay(client, shared.clone(), core.clone(), shutdown.clone()));
-        tracker.spawn(watch(servers.clone(), shared.clone(), Bucket::Servers, shutdown.clone()));
-        tracker.spawn(watch(users.clone(), shared.clone(), Bucket::Users, shutdown.clone()));
-        tracker.spawn(watch(groups.clone(), shared.clone(), Bucket::Groups, shutdown.clone()));
+        for (store, bucket) in
+            [(&servers, Bucket::Servers), (&users, Bucket::Users), (&groups, Bucket::Groups)]
+        {
+            let watching =
+                Watching { store: store.clone(), bucket, reconnected: reconnected.clone() };
+            tracker.spawn(watch(watching, shared.clone(), core.clone(), shutdown.clone()));
+        }
+        let checks = repair::run(shared.clone(), core.clone(), reconnected, shutdown.clone());
+        tracker.spawn(checks);
         tracker.spawn(write(Stores { users, servers, groups }, shared, core, shutdown));
         tracker.close();
         tracker
@@ -376,32 +430,70 @@ async fn resume_when_drained(
     }
 }
 
-/// Keeps the replica of one bucket: every value, then every change. A watch that ends (the
-/// connection was lost) starts again from the current values.
-async fn watch(
+/// One bucket to watch, and the signal of a reconnection.
+struct Watching {
     store: kv::Store,
-    shared: Arc<HubState>,
     bucket: Bucket,
+    reconnected: signal::Receiver<u64>,
+}
+
+/// Keeps the replica of one bucket: every value, then every change. A watch that ends (the
+/// connection was lost), a reconnection, or a bucket found replaced or emptied (its stream's
+/// last sequence is below what the watch saw) starts it again from the current values, after the replica forgot what the bucket no longer holds (see [`repair::sweep`]).
+async fn watch(
+    Watching { store, bucket, mut reconnected }: Watching,
+    shared: Arc<HubState>,
+    core: Arc<Backplane>,
     shutdown: CancellationToken,
 ) {
+    let retry = Duration::from_millis(500);
     loop {
-        let mut entries = match store.watch_with_history(">").await {
-            Ok(entries) => entries,
+        reconnected.borrow_and_update();
+        let started = async {
+            let listed = keys(&store).await?;
+            let entries = store.watch_with_history(">").await.map_err(|err| err.to_string())?;
+            Ok::<_, String>((listed, entries))
+        };
+        let mut entries = match started.await {
+            Ok((listed, entries)) => {
+                repair::sweep(&shared, &core, bucket, &listed);
+                entries
+            }
             Err(err) => {
                 warn!(error = %err, ?bucket, "backplane watch failed; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = tokio::time::sleep(retry) => continue,
                 }
             }
         };
+        let mut seen = 0;
+        let mut check = tokio::time::interval(repair::CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let entry = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                Ok(()) = reconnected.changed() => {
+                    info!(?bucket, "backplane reconnected; watching the bucket again");
+                    break;
+                }
+                _ = check.tick() => {
+                    // Asked afresh (the store's own status is what it was when opened); not by
+                    // the stream's creation time, which each replica answers with its own.
+                    let mut stream = store.stream.clone();
+                    match stream.info().await.map(|info| info.state.last_sequence) {
+                        Ok(last) if last < seen => {
+                            warn!(?bucket, "directory bucket replaced or emptied; watching it again");
+                            break;
+                        }
+                        _ => continue,
+                    }
+                }
                 entry = entries.next() => entry,
             };
             match entry {
                 Some(Ok(entry)) => {
+                    seen = seen.max(entry.revision);
                     let value =
                         matches!(entry.operation, kv::Operation::Put).then_some(&entry.value);
                     effects::directory(&shared, bucket, &entry.key, value, entry.revision);
@@ -414,6 +506,16 @@ async fn watch(
             }
         }
     }
+}
+
+/// The keys `store` holds now: a pass over its headers.
+async fn keys(store: &kv::Store) -> Result<HashSet<String>, String> {
+    let mut keys = store.keys().await.map_err(|err| err.to_string())?;
+    let mut listed = HashSet::new();
+    while let Some(key) = keys.next().await {
+        listed.insert(key.map_err(|err| err.to_string())?);
+    }
+    Ok(listed)
 }
 
 /// Reads `key`'s entry: its sessions (none if absent, deleted or unreadable) and the revision to

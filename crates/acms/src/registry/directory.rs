@@ -209,6 +209,11 @@ impl Registry {
         page.into_iter().collect()
     }
 
+    /// Every user online here with the server they logged in on last: one pass, in no order.
+    pub(crate) fn sessions_here(&self) -> Vec<(UserId, ServerId)> {
+        self.users.iter().map(|entry| (entry.key().clone(), entry.value().server)).collect()
+    }
+
     /// Number of users online in the cluster.
     pub fn user_count(&self) -> usize {
         self.users.len()
