@@ -196,3 +196,29 @@ async fn candidates_of_a_user_on_another_hub_are_found_and_pushed_when_they_chan
         cluster.close().await;
     }
 }
+
+/// An invitation (a P2P offer or answer) crosses hubs like a message: once, and before what
+/// was sent after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_to_a_user_on_another_hub_arrives_once() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs_with(&nats, &[]).await;
+    let (clusters, mut events) = server_on_each(&hubs).await;
+    clusters[0].login(user("alice")).await.expect("login");
+    clusters[1].login(user("bob")).await.expect("login");
+    wait_reach(&clusters[0], "bob", 11, &[]).await;
+    clusters[0].invite(&user("alice"), &user("bob"), "offer".into()).await.expect("invite");
+    match next(&mut events[1], 11).await {
+        Event::Invitation { from, to, payload } => {
+            assert_eq!((from.as_str(), to.as_str(), &payload[..]), ("alice", "bob", &b"offer"[..]))
+        }
+        other => panic!("expected alice's invitation on server 11, got {other:?}"),
+    }
+    clusters[0].send_to_user(&user("alice"), &user("bob"), "after".into()).await.expect("send");
+    expect_message(&mut events[1], 11, "alice", "bob", "after").await;
+    nothing_more(&mut events[1], 11).await;
+    nothing_more(&mut events[0], 10).await;
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}

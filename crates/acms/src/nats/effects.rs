@@ -261,7 +261,8 @@ fn deliver(
         // Credited as dropped unless it is queued for that server below.
         passed.extend(credit);
         let (targets, seq) = match kind {
-            FrameKind::Data(DataKind::Unicast | DataKind::Refused) => {
+            // An invitation (a P2P offer or answer) goes as a message does.
+            FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => {
                 let Ok(route) = frame.route() else { continue };
                 if route.origin != origin {
                     warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
@@ -415,7 +416,10 @@ fn deliver(
     let back: Vec<Bytes> = back
         .into_iter()
         .filter(|frame| {
-            matches!(frame.kind(), Ok(FrameKind::Data(DataKind::Unicast | DataKind::Refused)))
+            matches!(
+                frame.kind(),
+                Ok(FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation))
+            )
         })
         .filter_map(|frame| frame.with_data_kind(DataKind::Undeliverable).ok())
         .map(RawFrame::into_bytes)
