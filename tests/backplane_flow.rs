@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use acms_appserver::{Cluster, Event, Events, LinkState, ServerId};
 use acms_tests::nats::{HubProc, NatsCluster, free_port, metric, start_hubs_with, wait_located};
-use acms_tests::stream::{expect_stream, number, numbered};
+use acms_tests::stream::{expect_stream, expect_stream_slowly, numbered};
 use acms_tests::{PATIENCE, user, wait_link};
 
 /// Messages in the stream, and the size of each: 8 MiB in all, eight times the receiving
@@ -93,26 +93,8 @@ async fn a_fast_sender_on_one_hub_is_slowed_to_a_slow_receiver_on_another() {
     // A slow app: it takes a pause after every batch of events, so it drains its queue on the
     // receiving hub far slower than the sender fills it.
     let receiving = tokio::spawn(async move {
-        let mut next = 0;
-        while next < STREAM {
-            let batch = tokio::time::timeout(PATIENCE * 3, receiver_events.recv_batch())
-                .await
-                .unwrap_or_else(|_| panic!("stalled after {next} of {STREAM} messages"))
-                .expect("events open");
-            for event in batch {
-                match event {
-                    Event::Message { from, payload, .. } if from.as_str() == "alice" => {
-                        let got = number(&payload);
-                        assert_eq!(got, next, "message {got} arrived where {next} was due");
-                        next += 1;
-                    }
-                    other => panic!("unexpected event {other:?}"),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let extra = tokio::time::timeout(Duration::from_millis(300), receiver_events.recv()).await;
-        assert!(extra.is_err(), "unexpected event after the stream: {extra:?}");
+        let pause = Duration::from_millis(1);
+        expect_stream_slowly(&mut receiver_events, "alice", STREAM, pause).await;
     });
     sending.await.expect("every message accepted");
     receiving.await.expect("every message once, in order");

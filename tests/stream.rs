@@ -25,6 +25,15 @@ pub fn number(payload: &[u8]) -> u32 {
 /// Receives messages `0..count` from `from`, asserting each arrives once and in order, and that
 /// nothing trails them.
 pub async fn expect_stream(events: &mut Events, from: &str, count: u32) {
+    receive_stream(events, from, count, None).await;
+}
+
+/// [`expect_stream`] by a slow app: it pauses for `pause` after every batch of events.
+pub async fn expect_stream_slowly(events: &mut Events, from: &str, count: u32, pause: Duration) {
+    receive_stream(events, from, count, Some(pause)).await;
+}
+
+async fn receive_stream(events: &mut Events, from: &str, count: u32, pause: Option<Duration>) {
     let mut next = 0;
     while next < count {
         let batch = tokio::time::timeout(PATIENCE * 3, events.recv_batch())
@@ -40,6 +49,9 @@ pub async fn expect_stream(events: &mut Events, from: &str, count: u32) {
                 }
                 other => panic!("unexpected event {other:?}"),
             }
+        }
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
         }
     }
     let extra = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;

@@ -482,19 +482,7 @@ impl Relay {
     ) -> Result<(), Close> {
         let origin = self.server;
         targets.retain(|&target| target != origin);
-        let mut hubs: Vec<HubId> = Vec::new();
-        for &target in &targets {
-            match self.fan_out_dest(target) {
-                Some(Dest::Hub(hub)) if hubs.contains(&hub) => {}
-                Some(Dest::Hub(hub)) => {
-                    hubs.push(hub);
-                    self.stage(Dest::Hub(hub), frame.clone(), 1, Some(seq));
-                }
-                Some(dest) => self.stage(dest, frame.clone(), 1, Some(seq)),
-                // Its hub is dead: held, sent again once the server is back somewhere.
-                None => {}
-            }
-        }
+        self.stage_per_hub(&frame, seq, &targets);
         self.own.send(Control::Copies { seq, servers: targets })
     }
 
@@ -552,12 +540,20 @@ impl Relay {
             return Ok(());
         }
         let frame = buf.split_to(len).freeze();
+        self.stage_per_hub(&frame, seq, &targets);
+        self.shared.stats.fanned_out(counter, targets.len());
+        self.own.send(Control::Copies { seq, servers: targets })
+    }
+
+    /// Stages `frame` once for each of `targets` here and once for each other hub with some of
+    /// them (that hub hands one to each of its servers); none for a target whose hub is dead (held,
+    /// sent again once the server is back somewhere).
+    fn stage_per_hub(&mut self, frame: &Bytes, seq: u64, targets: &[ServerId]) {
         let mut hubs: Vec<HubId> = Vec::new();
-        for &target in &targets {
+        for &target in targets {
             match self.fan_out_dest(target) {
                 Some(Dest::Hub(hub)) if hubs.contains(&hub) => {}
                 Some(Dest::Hub(hub)) => {
-                    // One copy per hub: it hands one to each of its servers.
                     hubs.push(hub);
                     self.stage(Dest::Hub(hub), frame.clone(), 1, Some(seq));
                 }
@@ -565,8 +561,6 @@ impl Relay {
                 None => {}
             }
         }
-        self.shared.stats.fanned_out(counter, targets.len());
-        self.own.send(Control::Copies { seq, servers: targets })
     }
 
     /// The servers of other hubs, on a backplane: those of live hubs, and those whose hub died
