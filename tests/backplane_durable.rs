@@ -219,3 +219,60 @@ async fn a_bucket_an_older_hub_made_in_memory_is_replaced_by_one_on_file() {
         acms_tests::http::request(hubs[1].admin, "GET", "/api/users/ghost", &[], None).await;
     assert_eq!(ghost.json()["online"], false, "{}", ghost.body);
 }
+
+/// Waits until the hub at `admin` says it is connected to NATS (`true`) or not, in its metrics
+/// and in its summary.
+async fn wait_connected(admin: std::net::SocketAddr, connected: bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    loop {
+        let metric = metric(admin, "acms_backplane_connected").await;
+        let summary = acms_tests::http::request(admin, "GET", "/api/summary", &[], None).await;
+        let said = summary.json()["backplane"]["connected"].as_bool();
+        if metric == Some(u64::from(connected)) && said == Some(connected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hub {admin} never said connected = {connected}: metric {metric:?}, summary {said:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every NATS node down: each hub says so (metric and summary, which the dashboard shows), keeps
+/// relaying between its own servers, and heals by itself when NATS is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_that_loses_nats_says_so_keeps_serving_its_servers_and_heals() {
+    let mut nats = NatsCluster::start().await;
+    let hubs = start_hubs_with(&nats, &[]).await;
+    let (servers, mut events) = server_on_each(&hubs).await;
+    // A second server on hub A, so a message crosses hub A alone.
+    let (local, mut local_events) = acms_appserver::Cluster::builder(
+        acms_appserver::ServerId(20),
+        hubs[0].transfer.to_string(),
+    )
+    .client_addr("127.0.0.1:1".to_owned())
+    .start();
+    acms_tests::wait_link(&local, acms_appserver::LinkState::Connected).await;
+    let (alice, bob, dave) = (user("alice"), user("bob"), user("dave"));
+    servers[0].login(alice.clone()).await.expect("login alice");
+    servers[1].login(bob.clone()).await.expect("login bob");
+    local.login(dave.clone()).await.expect("login dave");
+    wait_located(hubs[0].admin, "bob", 11).await;
+    wait_connected(hubs[0].admin, true).await;
+
+    nats.stop_all().await;
+    wait_connected(hubs[0].admin, false).await;
+    servers[0]
+        .send_to_user(&alice, &dave, Bytes::from_static(b"while NATS is away"))
+        .await
+        .unwrap();
+    assert_eq!(receive_once(&mut local_events, "alice").await, "while NATS is away");
+
+    nats.start_all().await;
+    wait_connected(hubs[0].admin, true).await;
+    wait_connected(hubs[1].admin, true).await;
+    servers[0].send_to_user(&alice, &bob, Bytes::from_static(b"NATS is back")).await.unwrap();
+    assert_eq!(receive_once(&mut events[1], "alice").await, "NATS is back");
+    local.close().await;
+}

@@ -136,9 +136,20 @@ impl NatsCluster {
     /// Stops every node with SIGKILL, as a power cut would, and starts each again on its ports
     /// and JetStream store; returns once the cluster formed again.
     pub async fn restart_all(&mut self) {
+        self.stop_all().await;
+        self.start_all().await;
+    }
+
+    /// Stops every node with SIGKILL.
+    pub async fn stop_all(&mut self) {
         for node in &mut self.nodes {
             node.kill().await;
         }
+    }
+
+    /// Starts every node again on its ports and JetStream store, after [`Self::stop_all`];
+    /// returns once the cluster formed again.
+    pub async fn start_all(&mut self) {
         let routes: Vec<u16> = self.nodes.iter().map(|node| node.route).collect();
         for node in &mut self.nodes {
             let others: Vec<u16> = routes.iter().copied().filter(|&r| r != node.route).collect();

@@ -30,6 +30,9 @@ pub struct BackplaneView {
     pub hub: String,
     /// Every hub with servers, and every live hub, this one first.
     pub hubs: Vec<HubEntry>,
+    /// Whether this hub is connected to NATS now: while it is not, it serves its own servers
+    /// and holds or returns what is for other hubs' servers.
+    pub connected: bool,
     /// Other hubs heard from within the deadline.
     pub hubs_alive: u64,
     /// Messages published to other hubs.
@@ -85,6 +88,7 @@ pub(crate) fn beyond(hub: &Hub, here: u64, users: u64) -> Option<Beyond> {
         view: BackplaneView {
             hub: backplane.me.to_string(),
             hubs: list,
+            connected: stats.connected,
             hubs_alive: stats.hubs_alive as u64,
             published: stats.published,
             received: stats.received,

@@ -149,6 +149,11 @@ pub fn render(hub: &Hub) -> String {
 
     if let Some(backplane) = hub.backplane_stats() {
         registry.register(
+            "backplane_connected",
+            "Whether this hub is connected to its NATS backplane now (1) or not (0)",
+            gauge(usize::from(backplane.connected)),
+        );
+        registry.register(
             "backplane_hubs_alive",
             "Other hubs heard from on the NATS backplane within the deadline",
             gauge(backplane.hubs_alive),

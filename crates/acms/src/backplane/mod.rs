@@ -87,6 +87,8 @@ const REPAIRS: [&str; 4] = ["server", "user_online", "user_offline", "group"];
 /// The backplane's figures, for `/metrics` and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackplaneStats {
+    /// Whether this hub is connected to NATS now.
+    pub connected: bool,
     /// The other hubs alive (heard from within the deadline).
     pub hubs_alive: usize,
     /// Messages published to other hubs.
@@ -137,6 +139,8 @@ pub(crate) struct Backplane {
     pub(crate) interest: Interest,
     pub(crate) writes: Writes,
     pub(crate) counters: Counters,
+    /// Whether the NATS connection is up now, as its events say.
+    pub(crate) connected: std::sync::Arc<AtomicBool>,
     outgoing: Mutex<Outgoing>,
     publisher: mpsc::Sender<Outbound>,
     incoming: Mutex<Incoming>,
@@ -185,6 +189,7 @@ impl Backplane {
             interest: Interest::default(),
             writes: Writes::default(),
             counters: Counters::default(),
+            connected: std::sync::Arc::new(AtomicBool::new(true)),
             outgoing: Mutex::default(),
             publisher,
             incoming: Mutex::default(),
@@ -595,6 +600,7 @@ impl Backplane {
     pub(crate) fn stats(&self) -> BackplaneStats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         BackplaneStats {
+            connected: self.connected.load(Ordering::Relaxed),
             hubs_alive: self.replica.hubs_alive(),
             published: load(&self.counters.published),
             received: load(&self.counters.received),

@@ -18,6 +18,7 @@ mod repair;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use acms_protocol::ServerId;
@@ -97,19 +98,23 @@ pub async fn connect(
     let me = HubId::random();
     let (connections, reconnected) = signal::channel(0u64);
     let connections = Arc::new(connections);
+    let link_up = Arc::new(AtomicBool::new(false));
+    let up = link_up.clone();
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("acms-hub-{me}"))
         .connection_timeout(config.connect_timeout)
         .ping_interval(config.heartbeat.max(Duration::from_secs(1)))
         .event_callback(move |event| {
-            let connections = connections.clone();
+            let (connections, up) = (connections.clone(), up.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         info!("backplane connected");
+                        up.store(true, Ordering::Relaxed);
                         connections.send_modify(|count| *count += 1);
                     }
                     async_nats::Event::Disconnected => {
+                        up.store(false, Ordering::Relaxed);
                         warn!("backplane disconnected; reconnecting")
                     }
                     other => debug!(event = %other, "backplane event"),
@@ -157,7 +162,11 @@ pub async fn connect(
     let cluster_size = 1 + client.server_info().connect_urls.len();
     let replicas = config.kv_replicas.unwrap_or(cluster_size.min(3));
     let jetstream = jetstream::new(client.clone());
-    let (core, queue) = Backplane::new(me, cluster, config.dead_after, config.max_pending_batches);
+    let (mut core, queue) =
+        Backplane::new(me, cluster, config.dead_after, config.max_pending_batches);
+    // Connected by now: the event of the first connection may come after this.
+    link_up.store(true, Ordering::Relaxed);
+    core.connected = link_up;
     let open = |bucket: String| open_bucket(&jetstream, bucket, replicas, &urls);
     let users = open(core.names.users_bucket()).await?;
     let servers = open(core.names.servers_bucket()).await?;
