@@ -222,3 +222,71 @@ async fn an_invitation_to_a_user_on_another_hub_arrives_once() {
         cluster.close().await;
     }
 }
+
+/// `POST` `json` to `path` of the hub at `admin`, with the admin token.
+async fn post(admin: SocketAddr, path: &str, json: &str) -> acms_tests::http::Reply {
+    let auth = format!("Bearer {}", acms_tests::process::ADMIN_TOKEN);
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    acms_tests::http::request(admin, "POST", path, &headers, Some(json)).await
+}
+
+/// An admin push or kick from any hub reaches every session of a user with sessions on several
+/// hubs (policy `multi`), this hub's among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_push_and_kick_reach_every_session_on_every_hub() {
+    let nats = NatsCluster::start().await;
+    let hubs = start_hubs_with(&nats, &["--login-conflict", "multi"]).await;
+    let (clusters, mut events) = server_on_each(&hubs).await;
+    clusters[0].login(user("sam")).await.expect("login on A");
+    clusters[1].login(user("sam")).await.expect("login on B");
+    // Every hub's directory has both sessions.
+    for hub in &hubs {
+        let path = "/api/users/sam";
+        let both = |json: &serde_json::Value| {
+            let mut servers: Vec<u64> = json["servers"]
+                .as_array()
+                .map(|list| list.iter().filter_map(serde_json::Value::as_u64).collect())
+                .unwrap_or_default();
+            servers.sort_unstable();
+            servers == [10, 11]
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let reply = acms_tests::http::request(hub.admin, "GET", path, &[], None).await;
+            if serde_json::from_str(&reply.body).is_ok_and(|json| both(&json)) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never both: {}", reply.body);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // From hub C, which holds no session of sam, and from hub A, which holds one.
+    for (index, admin) in [(2, hubs[2].admin), (0, hubs[0].admin)] {
+        let payload = format!("notice {index}");
+        let json = format!(r#"{{"from":"ops","payload":"{payload}"}}"#);
+        let reply = post(admin, "/api/users/sam/messages", &json).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["servers"], serde_json::json!([10, 11]), "{}", reply.body);
+        expect_message(&mut events[0], 10, "ops", "sam", &payload).await;
+        expect_message(&mut events[1], 11, "ops", "sam", &payload).await;
+    }
+    let reply = post(hubs[0].admin, "/api/users/sam/kick", r#"{"reason":"maintenance"}"#).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut kicked: Vec<u64> = reply.json()["servers"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    kicked.sort_unstable();
+    assert_eq!(kicked, vec![10, 11], "{}", reply.body);
+    for (index, events) in events.iter_mut().enumerate().take(2) {
+        match next(events, 10 + index as u32).await {
+            Event::Kicked { user, .. } => assert_eq!(user.as_str(), "sam"),
+            other => panic!("expected sam's kick on server {}, got {other:?}", 10 + index),
+        }
+    }
+    for cluster in clusters {
+        cluster.close().await;
+    }
+}

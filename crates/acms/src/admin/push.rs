@@ -110,17 +110,26 @@ pub(super) async fn push_to_user(
     let user = user_id(&id)?;
     let body = body?.0.parse()?;
     let targets = state.hub.registry().sessions(user.as_str());
+    // On a backplane, the user may have sessions on other hubs' servers (several under
+    // `multi`): each of those hubs pushes to its own, meanwhile.
+    let shared = state.hub.shared();
+    let timeout = state.settings.push_timeout;
+    let elsewhere = super::remote::push_to_user(shared, &user, &body, timeout);
     if targets.is_empty() {
-        // On a backplane, the user may be on another hub's server: that hub pushes it.
-        let shared = state.hub.shared();
-        let timeout = state.settings.push_timeout;
-        if let Some(answer) = super::remote::push_to_user(shared, &user, &body, timeout).await? {
+        if let Some(answer) = elsewhere.await? {
             return Ok(Json(answer));
         }
-        state.hub.shared().stats.undeliverable();
+        shared.stats.undeliverable();
         return Ok(Json(PushAnswer { status: PushStatus::Offline, servers: Vec::new() }));
     }
-    push(&state, DataKind::Unicast, user, body, targets).await
+    let here = push(&state, DataKind::Unicast, user.clone(), body.clone(), targets);
+    let (here, elsewhere) = tokio::join!(here, elsewhere);
+    let Json(mut answer) = here?;
+    if let Some(other) = elsewhere? {
+        answer.servers.extend(other.servers);
+        answer.servers.sort_unstable();
+    }
+    Ok(Json(answer))
 }
 
 /// Pushes a payload to every member of a group, on every server with members.

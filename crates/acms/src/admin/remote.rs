@@ -18,23 +18,32 @@ use crate::backplane::{Backplane, HubId, Remote};
 use crate::hub_requests::{Answer, Question};
 use crate::state::HubState;
 
-/// Where a request for `user`, on no server of this hub, goes: the live hub of their server;
-/// `Ok(None)` when they are online nowhere (or there is no backplane).
-fn user_hub<'a>(
+/// The other hubs a request for `user` goes to: the live hub of each of their sessions' servers
+/// not on this hub (several under `multi`); `Ok(None)` when they have none elsewhere (or there
+/// is no backplane). 503 while their only sessions elsewhere are on servers moving between hubs.
+fn user_hubs<'a>(
     shared: &'a HubState,
     user: &UserId,
-) -> Result<Option<(&'a Backplane, HubId)>, ApiError> {
+) -> Result<Option<(&'a Backplane, Vec<HubId>)>, ApiError> {
     let Some(backplane) = shared.backplane.as_deref() else { return Ok(None) };
-    match backplane.replica.route_user(user.as_str()) {
-        (Remote::Hub(hub), Some(_)) => Ok(Some((backplane, hub))),
-        // The replica is behind this hub's own logout: online nowhere.
-        (Remote::Moving, Some(server)) if shared.registry.is_registered(server) => Ok(None),
-        (Remote::Moving, Some(_)) => Err(ApiError::new(
+    let (mut hubs, mut moving) = (Vec::new(), false);
+    // A session the replica places on a server here that the registry no longer has is this
+    // hub's own logout, which the replica has not seen yet: skipped.
+    let elsewhere = backplane.replica.sessions(user.as_str());
+    for server in elsewhere.into_iter().filter(|&s| !shared.registry.is_registered(s)) {
+        match backplane.replica.route_server(server) {
+            Remote::Hub(hub) if !hubs.contains(&hub) => hubs.push(hub),
+            Remote::Hub(_) | Remote::Nowhere => {}
+            Remote::Moving => moving = true,
+        }
+    }
+    if hubs.is_empty() && moving {
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the recipient's server is moving to another hub; try again",
-        )),
-        _ => Ok(None),
+        ));
     }
+    Ok((!hubs.is_empty()).then_some((backplane, hubs)))
 }
 
 /// Asks `hub` `question` and reads its answer.
@@ -65,22 +74,31 @@ fn pushed(answer: Answer) -> Result<PushAnswer, ApiError> {
     }
 }
 
-/// Pushes to `user`, on no server of this hub, through the hub of their server; `None` when
-/// they are online nowhere.
+/// Pushes to `user` through the hubs of their sessions on other hubs' servers: the servers that
+/// acknowledged it, or `None` when they have no session elsewhere (or it went offline there).
 pub(super) async fn push_to_user(
     shared: &HubState,
     user: &UserId,
     (from, payload): &(UserId, Bytes),
     timeout: Duration,
 ) -> Result<Option<PushAnswer>, ApiError> {
-    let Some((backplane, hub)) = user_hub(shared, user)? else { return Ok(None) };
+    let Some((backplane, hubs)) = user_hubs(shared, user)? else { return Ok(None) };
     let question = Question::PushUser {
         user: user.to_string(),
         from: from.to_string(),
         payload: STANDARD.encode(payload),
         timeout_ms: timeout.as_millis() as u64,
     };
-    pushed(ask(backplane, hub, &question).await?).map(Some)
+    let asked = hubs.into_iter().map(|hub| ask(backplane, hub, &question));
+    let mut servers = Vec::new();
+    for answer in futures_util::future::join_all(asked).await {
+        let answer = pushed(answer?)?;
+        if matches!(answer.status, PushStatus::Delivered) {
+            servers.extend(answer.servers);
+        }
+    }
+    servers.sort_unstable();
+    Ok((!servers.is_empty()).then_some(PushAnswer { status: PushStatus::Delivered, servers }))
 }
 
 /// The hubs other than this one with members of `group`, alive or not heard from yet.
@@ -116,26 +134,35 @@ pub(super) async fn push_to_group(
     pushed(ask(backplane, hub, &question).await?)
 }
 
-/// Kicks `user`, on no server of this hub, off the servers of their hub: the servers told, or
-/// `None` when they are online nowhere.
+/// Kicks `user` off their sessions on other hubs' servers, through those hubs: the servers
+/// told, none when they have no session elsewhere.
 pub(super) async fn kick(
     shared: &HubState,
     user: &UserId,
     reason: &str,
-) -> Result<Option<Vec<u32>>, ApiError> {
-    let Some((backplane, hub)) = user_hub(shared, user)? else { return Ok(None) };
+) -> Result<Vec<u32>, ApiError> {
+    let Some((backplane, hubs)) = user_hubs(shared, user)? else { return Ok(Vec::new()) };
     let question = Question::Kick { user: user.to_string(), reason: reason.to_owned() };
-    match ask(backplane, hub, &question).await? {
-        Answer::Kicked { servers } if servers.is_empty() => Ok(None),
-        Answer::Kicked { servers } => Ok(Some(servers)),
-        Answer::Failed { status, error } => Err(ApiError::new(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            error,
-        )),
-        Answer::Pushed { .. } | Answer::Drained { .. } => {
-            Err(ApiError::new(StatusCode::BAD_GATEWAY, "another question's answer to a kick"))
+    let asked = hubs.into_iter().map(|hub| ask(backplane, hub, &question));
+    let mut kicked = Vec::new();
+    for answer in futures_util::future::join_all(asked).await {
+        match answer? {
+            Answer::Kicked { servers } => kicked.extend(servers),
+            Answer::Failed { status, error } => {
+                return Err(ApiError::new(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    error,
+                ));
+            }
+            Answer::Pushed { .. } | Answer::Drained { .. } => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "another question's answer to a kick",
+                ));
+            }
         }
     }
+    Ok(kicked)
 }
 
 /// Where the drain of `server`, not registered on this hub, goes: the live hub it is on;

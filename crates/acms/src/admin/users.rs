@@ -19,7 +19,8 @@ pub struct UserView {
     pub online: bool,
     /// The server they logged in on last; null when offline.
     pub server: Option<u32>,
-    /// Every server they have a session on (several under the login policy `multi`).
+    /// Every server they have a session on (several under the login policy `multi`), on a
+    /// backplane those of every hub.
     pub servers: Vec<u32>,
     /// The P2P candidates the server of `server` set for them (addresses their client reported);
     /// empty when none were set or they are offline. The hub never uses them itself.
@@ -49,7 +50,12 @@ pub(super) async fn find_user(
     let Path(id) = id?;
     let user = user_id(&id)?;
     let registry = state.hub.registry();
-    let servers: Vec<u32> = registry.sessions(user.as_str()).iter().map(|id| id.0).collect();
+    let mut servers: Vec<u32> = registry.sessions(user.as_str()).iter().map(|id| id.0).collect();
+    // On a backplane, their sessions on other hubs' servers too, as the shared directory says.
+    if let Some(backplane) = state.hub.shared().backplane.as_deref() {
+        let elsewhere = backplane.replica.sessions(user.as_str()).into_iter();
+        servers.extend(elsewhere.filter(|&s| !registry.is_registered(s)).map(|id| id.0));
+    }
     let (server, candidates) = match registry.reach(user.as_str()) {
         Some((server, candidates)) => (Some(server.0), candidates),
         None => (None, Vec::new()),
@@ -178,18 +184,13 @@ pub(super) async fn kick_user(
             servers.push(server.0);
         }
     }
+    // On a backplane, the user may have sessions on other hubs' servers (several under
+    // `multi`): those hubs kick them.
+    servers.extend(super::remote::kick(shared, &user, &reason).await?);
     if servers.is_empty() {
-        // On a backplane, the user may be on another hub's server: that hub kicks them.
-        match super::remote::kick(shared, &user, &reason).await? {
-            Some(elsewhere) => servers = elsewhere,
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("{user} is online nowhere"),
-                ));
-            }
-        }
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("{user} is online nowhere")));
     }
+    servers.sort_unstable();
     tracing::info!(%user, %reason, ?servers, "user kicked through the admin API");
     Ok(Json(KickAnswer { servers }))
 }

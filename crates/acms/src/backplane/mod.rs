@@ -454,15 +454,19 @@ impl Backplane {
     }
 
     /// The login begun by [`Backplane::login_begins`] is placed: on a server here (`placed`), to
-    /// be written over revision `expected`, or (`None`) nowhere new.
-    pub(crate) fn login_placed(&self, user: &str, placed: Option<ServerId>, expected: Option<u64>) {
+    /// be written over revision `expected`, or (`None`) nowhere new. `fresh`: a new login, not
+    /// a confirmation of a user the server had (see [`Write::Claim`]).
+    pub(crate) fn login_placed(
+        &self,
+        user: &str,
+        placed: Option<ServerId>,
+        expected: Option<u64>,
+        fresh: bool,
+    ) {
         let key = user_key(user);
         if placed.is_some() {
-            self.writes.owe(
-                Bucket::Users,
-                key.clone(),
-                Write::Claim { expected, drop: Vec::new() },
-            );
+            let claim = Write::Claim { expected, drop: Vec::new(), fresh };
+            self.writes.owe(Bucket::Users, key.clone(), claim);
         }
         self.writes.done(Bucket::Users, &key);
     }

@@ -40,10 +40,16 @@ pub(crate) enum Write {
     /// into one write, and two hubs' edits never undo each other.
     Sync { drop: Vec<ServerId> },
     /// A login under `replace`: this hub's session of the user, written only if the entry is
-    /// still at the revision this hub saw when the user logged in (`None`: absent). A hub that
-    /// loses such a race ends its own session of the user, so that exactly one survives. With no
+    /// still at the revision this hub saw when the user logged in (`None`: absent). With no
     /// session of the user left here when it is applied, it is a [`Write::Sync`].
-    Claim { expected: Option<u64>, drop: Vec<ServerId> },
+    ///
+    /// If the entry moved on, another hub wrote it since this hub's replica last saw it. A
+    /// `fresh` login (the user logging in now) is written again over what it finds: it is the
+    /// newer login, whether the other was a moment earlier (a replica behind) or raced it, and
+    /// the other hub ends its session when it sees this entry, so exactly one survives. A login
+    /// that only confirms a user the server had before (its snapshot after a reconnect, a
+    /// resync) loses instead: the user logged in elsewhere since, and this hub ends its session.
+    Claim { expected: Option<u64>, drop: Vec<ServerId>, fresh: bool },
 }
 
 impl Write {
@@ -62,13 +68,16 @@ impl Write {
             (Write::Sync { drop }, Write::Sync { drop: old }) => {
                 Write::Sync { drop: union(drop, old) }
             }
-            (Write::Sync { drop }, Write::Claim { expected, drop: old }) => {
-                Write::Claim { expected: *expected, drop: union(drop, old) }
+            (Write::Sync { drop }, Write::Claim { expected, drop: old, fresh }) => {
+                Write::Claim { expected: *expected, drop: union(drop, old), fresh: *fresh }
+            }
+            (Write::Claim { expected, drop, fresh }, Write::Sync { drop: old }) => {
+                Write::Claim { expected, drop: union(drop, old), fresh }
             }
             (
-                Write::Claim { expected, drop },
-                Write::Sync { drop: old } | Write::Claim { drop: old, .. },
-            ) => Write::Claim { expected, drop: union(drop, old) },
+                Write::Claim { expected, drop, fresh },
+                Write::Claim { drop: old, fresh: was, .. },
+            ) => Write::Claim { expected, drop: union(drop, old), fresh: fresh || *was },
             (newer, _) => newer,
         }
     }
@@ -286,10 +295,15 @@ mod tests {
     fn edits_of_a_user_s_entry_join_and_a_login_s_claim_is_kept() {
         let writes = Writes::default();
         let sync = |drop: &[u32]| Write::Sync { drop: drop.iter().map(|&s| ServerId(s)).collect() };
-        writes.owe(Bucket::Users, "a".into(), Write::Claim { expected: Some(4), drop: vec![] });
+        writes.owe(
+            Bucket::Users,
+            "a".into(),
+            Write::Claim { expected: Some(4), drop: vec![], fresh: true },
+        );
         writes.owe(Bucket::Users, "a".into(), sync(&[7]));
         writes.owe(Bucket::Users, "a".into(), sync(&[8, 7]));
-        let claim = Write::Claim { expected: Some(4), drop: vec![ServerId(8), ServerId(7)] };
+        let claim =
+            Write::Claim { expected: Some(4), drop: vec![ServerId(8), ServerId(7)], fresh: true };
         assert_eq!(writes.take(10), vec![(Bucket::Users, "a".into(), claim)]);
         // Failed, while a newer edit was owed: that one is made, dropping what both drop.
         writes.owe(Bucket::Users, "a".into(), sync(&[9]));

@@ -239,7 +239,8 @@ impl Session {
             };
             let new_place = matches!(placed, Placed::Online | Placed::Moved(_) | Placed::Joined(_));
             if let Some(backplane) = racing {
-                backplane.login_placed(user.as_str(), new_place.then_some(server), expected);
+                let placed = new_place.then_some(server);
+                backplane.login_placed(user.as_str(), placed, expected, !confirm);
             } else if let (Some(backplane), true) = (&self.shared.backplane, new_place) {
                 backplane.user_online(user.as_str(), server);
             }

@@ -606,7 +606,7 @@ async fn sync(
 async fn claim(
     store: &kv::Store,
     key: &str,
-    (expected, drop): (Option<u64>, &[acms_protocol::ServerId]),
+    (expected, drop, fresh): (Option<u64>, &[acms_protocol::ServerId], bool),
     shared: &HubState,
     core: &Backplane,
 ) -> Result<Option<(acms_protocol::ServerId, u64)>, String> {
@@ -627,7 +627,7 @@ async fn claim(
         Ok(revision) => return Ok(Some((ours, revision))),
         Err(err) => err,
     };
-    let retry = |expected| Write::Claim { expected, drop: drop.to_vec() };
+    let retry = |expected| Write::Claim { expected, drop: drop.to_vec(), fresh };
     match read_entry(store, key).await {
         Ok((sessions, Some(revision))) => {
             if sessions.iter().any(|session| session.server == ours) {
@@ -640,8 +640,9 @@ async fn claim(
                         Write::Sync { drop },
                     );
                 }
-            } else if sessions.iter().all(|session| core.is_mine(session.server)) {
-                // Only this hub's own earlier login of the user was written since: no race.
+            } else if fresh || sessions.iter().all(|session| core.is_mine(session.server)) {
+                // A new login is newer than what another hub wrote since this hub's replica saw
+                // the entry (or only this hub's own earlier login was): written over it.
                 core.writes.owe_unless_newer(Bucket::Users, key.to_owned(), retry(Some(revision)));
             } else if let Some(theirs) = sessions.last() {
                 effects::login_lost(shared, key, ours, theirs.server);
@@ -701,8 +702,9 @@ async fn apply(
             Err(err) => Err(err.to_string()),
         },
         Write::Sync { drop } => sync(&store, &key, drop, &shared, &core).await,
-        Write::Claim { expected, drop } => {
-            claim(&store, &key, (*expected, drop), &shared, &core).await.map(|won| claimed = won)
+        Write::Claim { expected, drop, fresh } => {
+            let claim_of = (*expected, drop.as_slice(), *fresh);
+            claim(&store, &key, claim_of, &shared, &core).await.map(|won| claimed = won)
         }
     };
     Applied { bucket, key, write, claimed, result }
