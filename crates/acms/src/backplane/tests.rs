@@ -1,0 +1,97 @@
+//! Unit tests of the backplane's core: its queue, holds, snapshots, epochs, load reports and
+//! drift.
+
+use super::*;
+
+fn backplane(max_pending: usize) -> (Backplane, mpsc::Receiver<Outbound>) {
+    let cluster = ClusterName::new("test".to_owned()).unwrap();
+    Backplane::new(HubId(1), &cluster, Duration::from_secs(3), max_pending)
+}
+
+#[test]
+fn a_message_dropped_on_a_full_queue_spends_its_number_so_the_receiver_sees_a_gap() {
+    let (sender, mut queue) = backplane(1);
+    let frames = [Bytes::from_static(b"f")];
+    sender.send_frames(HubId(2), ServerId(1), 1, &frames);
+    sender.send_frames(HubId(2), ServerId(1), 1, &frames);
+    assert_eq!(sender.counters.dropped.load(Ordering::Relaxed), 1);
+    let (to, first) = queue.try_recv().unwrap();
+    assert_eq!(to, HubId(2));
+    // The receiving side.
+    let (receiver, _queue) = backplane(1);
+    let first = Message::decode(first).unwrap();
+    assert_eq!(receiver.arrive(first.from, first.seq), Arrival::InOrder);
+    sender.send_frames(HubId(2), ServerId(1), 1, &frames);
+    let third = Message::decode(queue.try_recv().unwrap().1).unwrap();
+    assert_eq!(receiver.arrive(third.from, third.seq), Arrival::Gap { first_missing: 2 });
+}
+
+#[test]
+fn held_pairs_pass_again_after_resent() {
+    let (backplane, _queue) = backplane(1);
+    assert!(!backplane.is_held(ServerId(1), ServerId(2)));
+    backplane.hold(ServerId(1), ServerId(2));
+    assert!(backplane.is_held(ServerId(1), ServerId(2)));
+    assert!(!backplane.is_held(ServerId(2), ServerId(1)));
+    backplane.release(ServerId(1), ServerId(2));
+    assert!(!backplane.is_held(ServerId(1), ServerId(2)));
+}
+
+#[test]
+fn frames_wait_for_a_snapshot_only_while_it_runs_and_their_hubs_are_told_once() {
+    let (backplane, _queue) = backplane(1);
+    let server = ServerId(11);
+    assert!(!backplane.wait_for_snapshot(server, HubId(2)), "not registered here");
+    backplane.snapshot_begins(server);
+    assert!(backplane.wait_for_snapshot(server, HubId(2)));
+    assert!(backplane.wait_for_snapshot(server, HubId(2)));
+    assert!(backplane.wait_for_snapshot(server, HubId(3)));
+    let mut hubs: Vec<HubId> = backplane.snapshot_done(server).into_iter().collect();
+    hubs.sort();
+    assert_eq!(hubs, vec![HubId(2), HubId(3)]);
+    assert!(!backplane.wait_for_snapshot(server, HubId(2)), "done: the user is not there");
+    assert!(backplane.snapshot_done(server).is_empty());
+}
+
+#[test]
+fn a_remote_servers_report_shows_while_its_hub_lives_and_goes_with_it() {
+    let (backplane, _queue) = backplane(1);
+    let (hub, server) = (HubId(2), ServerId(11));
+    let place = Place { hub, epoch: 1, registration: 1, client_addr: "a:1".into() };
+    let report =
+        ServerReport { id: server, connected: true, draining: false, since_ms: 5, load: None };
+    // Before the directory places it there, a report is not kept.
+    backplane.heard_reports(hub, 1, vec![report], Instant::now());
+    backplane.replica.set_place(server, place);
+    assert!(backplane.replica.heard(hub, Instant::now()));
+    assert_eq!(backplane.remote_server_list()[0].report, None);
+    backplane.heard_reports(hub, 1, vec![report], Instant::now());
+    assert_eq!(backplane.remote_server_list()[0].report, Some(report));
+    backplane.drained_remote(hub, server, Instant::now());
+    let listed = backplane.remote_server_list()[0].report.unwrap();
+    assert!(listed.draining && !listed.takes_clients());
+    backplane.hub_dead(hub, Instant::now());
+    assert_eq!(backplane.remote_server_list()[0].report, None, "dead: no report");
+}
+
+#[test]
+fn drift_of_a_key_being_written_waits_and_repairs_are_counted() {
+    let (backplane, _queue) = backplane(1);
+    let alice = acms_protocol::UserId::new("alice").unwrap();
+    let found = vec![Drift::UserOnline(alice, ServerId(1)), Drift::Server(ServerId(2))];
+    assert!(backplane.confirm_drift(found.clone()).is_empty(), "a first sighting");
+    // A write of alice's entry is owed meanwhile: its outcome decides, not the check.
+    backplane.writes.owe(Bucket::Users, user_key("alice"), Write::Delete);
+    assert_eq!(backplane.confirm_drift(found), vec![Drift::Server(ServerId(2))]);
+    let repairs = backplane.stats().repairs;
+    assert_eq!(repairs[0], ("server", 1));
+    assert_eq!(repairs[1], ("user_online", 0));
+}
+
+#[test]
+fn an_origin_epoch_is_told_once_and_again_after_a_restart() {
+    let (backplane, _queue) = backplane(1);
+    assert!(backplane.tell_epoch(ServerId(1), 10));
+    assert!(!backplane.tell_epoch(ServerId(1), 10));
+    assert!(backplane.tell_epoch(ServerId(1), 11));
+}

@@ -1,0 +1,318 @@
+//! Frames another hub relayed to this one, handed to the servers here: each unicast to its
+//! recipient's sessions here, each fan-out frame to the servers the origin counts on, acks to
+//! their targets; runs of adjacent frames for one server as one slice; what is for nobody here
+//! back as undeliverable; the bytes credited back to the sending hub (`backplane::flow`).
+
+use std::time::Instant;
+
+use acms_protocol::{Ack, Control, DataKind, FrameKind, RawFrame, ServerEpoch, ServerId};
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use crate::backplane::{Backplane, HubId};
+use crate::outbox::Outbox;
+use crate::registry::{RelayError, Relayed};
+use crate::state::HubState;
+
+/// What one message from another hub hands to one server here: spans of the message, each a
+/// run of adjacent frames, so a burst to one server costs one slice and one iovec (as a run
+/// does on the relay's own path), not one per frame.
+struct Staged {
+    target: ServerId,
+    spans: Vec<std::ops::Range<usize>>,
+    lowest: Option<u64>,
+    /// Data frames among them (acks are not counted).
+    count: usize,
+    /// Bytes of unicast frames among them, credited to their hub once they are queued.
+    credit: usize,
+}
+
+impl Staged {
+    fn new(
+        target: ServerId,
+        span: std::ops::Range<usize>,
+        seq: Option<u64>,
+        credit: usize,
+    ) -> Self {
+        let count = usize::from(seq.is_some());
+        Self { target, spans: vec![span], lowest: seq, count, credit }
+    }
+
+    /// Adds the frame at `span`, extending the last run if it ends where the frame starts.
+    fn add(&mut self, span: std::ops::Range<usize>, seq: Option<u64>, credit: usize) {
+        self.credit += credit;
+        match self.spans.last_mut() {
+            Some(last) if last.end == span.start => last.end = span.end,
+            _ => self.spans.push(span),
+        }
+        self.lowest = match (self.lowest, seq) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.count += usize::from(seq.is_some());
+    }
+}
+
+/// Frames of the server `origin` on `hub`, for servers of this hub: handed to each by the same
+/// registry call as a local relay's, in order; those for nobody here go back as undeliverable.
+/// The bytes of unicast frames are credited back to `hub` (see `backplane::flow`), except for a
+/// server they left above its high water: returned if its queue is not watched yet, for the
+/// credit to follow once it drains.
+pub(super) fn deliver(
+    shared: &HubState,
+    core: &Backplane,
+    hub: HubId,
+    origin: ServerId,
+    epoch: u64,
+    frames: Bytes,
+) -> Vec<(ServerId, Outbox)> {
+    let local_origin = shared.registry.is_registered(origin);
+    if !local_origin && core.tell_epoch(origin, epoch) {
+        // The servers here learn the origin's process before its frames: a restarted origin
+        // numbers from 1 again.
+        let up = ServerEpoch { id: origin, epoch };
+        let frame = shared.control_frame(Control::ServerUp { server: up, resend_from: None });
+        for peer in shared.registry.peers(origin) {
+            let _closing = shared.send_frame(peer.id, frame.clone());
+        }
+    }
+    let mut staged: Vec<Staged> = Vec::new();
+    let mut back: Vec<RawFrame> = Vec::new();
+    // Credit for unicast frames not queued here: for the server their hub counted them against.
+    let mut passed: Vec<(ServerId, usize)> = Vec::new();
+    let mut rest = frames.clone();
+    while !rest.is_empty() {
+        let start = frames.len() - rest.len();
+        let frame = match RawFrame::split_first(&mut rest) {
+            Ok(frame) => frame,
+            Err(err) => {
+                warn!(error = %err, %hub, "malformed frames from a hub; the rest of its message is dropped");
+                break;
+            }
+        };
+        let Ok(kind) = frame.kind() else { continue };
+        // The sending hub counted a unicast frame against the window of the server the
+        // directory places its recipient on; credited for that server, as this hub's replica
+        // of the same directory says.
+        let credit = match kind {
+            FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => frame
+                .route()
+                .ok()
+                .and_then(|route| core.replica.user(route.recipient))
+                .map(|server| (server, frame.as_bytes().len())),
+            _ => None,
+        };
+        // Credited as dropped unless it is queued for that server below.
+        passed.extend(credit);
+        let (targets, seq) = match kind {
+            // An invitation (a P2P offer or answer) goes as a message does.
+            FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => {
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
+                    continue;
+                }
+                match shared.registry.route(route.recipient) {
+                    Some(owner) => {
+                        (sessions_of(shared, core, route.recipient, owner), Some(route.seq))
+                    }
+                    // Late, for a server that moved from here: its origin sends it again there.
+                    None if core
+                        .replica
+                        .user(route.recipient)
+                        .is_some_and(|s| core.has_moved(s)) =>
+                    {
+                        shared.stats.held(1);
+                        continue;
+                    }
+                    // For a user of a server that registered here and has not finished its
+                    // snapshot (it moved here a moment ago): not bounced, since the user is
+                    // about to be here. Dropped, and the origin's later frames to that server
+                    // too until its `Resent`, so nothing overtakes it; its hub has its servers
+                    // send again once the snapshot is done.
+                    None if core
+                        .replica
+                        .user(route.recipient)
+                        .is_some_and(|server| core.wait_for_snapshot(server, hub)) =>
+                    {
+                        if let Some(server) = core.replica.user(route.recipient) {
+                            shared.registry.block(server, origin);
+                        }
+                        shared.stats.held(1);
+                        continue;
+                    }
+                    None => {
+                        back.push(frame);
+                        continue;
+                    }
+                }
+            }
+            FrameKind::Data(DataKind::Undeliverable) => {
+                // Bounced by another hub: back to its origin, here.
+                let _away = shared.send_frame(origin, frame.into_bytes());
+                continue;
+            }
+            FrameKind::Data(
+                kind @ (DataKind::Broadcast | DataKind::BroadcastExceptSender | DataKind::Server),
+            ) => {
+                // One copy for this hub: one for each of its servers the origin counts on.
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    continue;
+                }
+                let targets = match (kind, route.target_server()) {
+                    (DataKind::Server, Some(target)) => {
+                        let here = shared.registry.is_registered(target);
+                        if here { vec![target] } else { Vec::new() }
+                    }
+                    _ => shared.registry.server_ids(origin),
+                };
+                (targets, Some(route.seq))
+            }
+            FrameKind::Ack => {
+                let Ok((target, from)) = Ack::route(frame.body()) else { continue };
+                if from != origin || !shared.registry.is_registered(target) {
+                    // For nobody here: its origin sends again and gets new acks.
+                    continue;
+                }
+                (vec![target], None)
+            }
+            FrameKind::Data(DataKind::Group | DataKind::GroupExceptSender) => {
+                // One copy for this hub: one for each of its servers with members, and for those
+                // that left lately, which an origin whose hub had not seen it yet waits on.
+                let Ok(route) = frame.route() else { continue };
+                if route.origin != origin {
+                    continue;
+                }
+                let mut targets = shared.groups.servers_of(route.recipient, origin);
+                let left = core.interest.recently_left(route.recipient, Instant::now());
+                for listed in core.interest.listed(route.recipient, core.me).into_iter().chain(left)
+                {
+                    if !targets.contains(&listed) && shared.registry.is_registered(listed) {
+                        targets.push(listed);
+                    }
+                }
+                (targets, Some(route.seq))
+            }
+            _ => {
+                debug!(%hub, "a frame of a kind no hub relays to another; dropped");
+                continue;
+            }
+        };
+        // For the server it was counted against: credited with that server's batch instead.
+        let staged_credit = credit.filter(|(server, _)| targets.contains(server));
+        if staged_credit.is_some() {
+            passed.pop();
+        }
+        let span = start..frames.len() - rest.len();
+        for target in targets {
+            let credited = match staged_credit {
+                Some((server, len)) if server == target => len,
+                _ => 0,
+            };
+            match staged.iter_mut().find(|entry| entry.target == target) {
+                Some(entry) => entry.add(span.clone(), seq, credited),
+                None => staged.push(Staged::new(target, span.clone(), seq, credited)),
+            }
+        }
+    }
+    let mut backed_up = Vec::new();
+    for Staged { target, spans, lowest, count, credit } in staged {
+        let chunks: Vec<Bytes> = spans.into_iter().map(|span| frames.slice(span)).collect();
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        match shared.registry.relay_batch(origin, target, lowest, chunks, None) {
+            Ok(Relayed::Queued(above_high_water)) => {
+                shared.stats.relayed(count, len);
+                match above_high_water {
+                    // Withheld until it drains: the sending hub waits at its pace.
+                    Some(outbox) if credit > 0 => {
+                        if core.credits.withhold(hub, target, credit) {
+                            backed_up.push((target, outbox));
+                        }
+                    }
+                    _ => passed.push((target, credit)),
+                }
+                continue;
+            }
+            Ok(Relayed::Held) => shared.stats.held(count),
+            Err(RelayError::Gone(_)) if core.has_moved(target) => shared.stats.held(count),
+            Err(RelayError::Gone(chunks)) => {
+                for chunk in chunks {
+                    if let Ok(frame) = RawFrame::from_bytes(chunk) {
+                        back.push(frame);
+                    }
+                }
+            }
+            Err(RelayError::SlowConsumer { pending }) => {
+                shared.stats.held(count);
+                shared.count_slow_consumer(Some(target), pending);
+            }
+        }
+        passed.push((target, credit));
+    }
+    for (target, bytes) in passed {
+        if bytes > 0
+            && let Some(credit) = core.credits.passed(hub, target, bytes)
+        {
+            core.send_credit(hub, target, credit);
+        }
+    }
+    let back: Vec<Bytes> = back
+        .into_iter()
+        .filter(|frame| {
+            matches!(
+                frame.kind(),
+                Ok(FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation))
+            )
+        })
+        .filter_map(|frame| frame.with_data_kind(DataKind::Undeliverable).ok())
+        .map(RawFrame::into_bytes)
+        .collect();
+    if !back.is_empty() {
+        for _ in &back {
+            shared.stats.undeliverable();
+        }
+        core.send_frames(hub, origin, epoch, &back);
+    }
+    backed_up
+}
+
+/// The servers here a unicast frame for `recipient`, whose last login here is `owner`, goes to:
+/// under `multi`, every session of theirs here (the origin's hub sent this hub one copy for all),
+/// and the servers here the directory still lists for them (a logout on the way: the origin
+/// waits for their acks).
+fn sessions_of(
+    shared: &HubState,
+    core: &Backplane,
+    recipient: &str,
+    owner: crate::registry::Owner,
+) -> Vec<ServerId> {
+    let registry = &shared.registry;
+    if !registry.multi() {
+        return vec![owner.server];
+    }
+    let mut targets = registry.sessions(recipient);
+    for server in core.replica.sessions(recipient) {
+        if !targets.contains(&server) && registry.is_registered(server) {
+            targets.push(server);
+        }
+    }
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_frames_for_one_server_make_one_span() {
+        let mut staged = Staged::new(ServerId(1), 0..10, Some(5), 10);
+        staged.add(10..25, Some(3), 15);
+        staged.add(25..30, None, 0);
+        // A frame skipped between (for nobody here) breaks the run.
+        staged.add(40..50, Some(9), 10);
+        assert_eq!(staged.spans, vec![0..30, 40..50]);
+        assert_eq!((staged.lowest, staged.count), (Some(3), 3), "acks are not counted");
+        assert_eq!(staged.credit, 35);
+    }
+}
