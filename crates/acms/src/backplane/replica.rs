@@ -140,6 +140,15 @@ impl Replica {
         self.users.get(user).map(|entry| entry.revision)
     }
 
+    /// Whether `user` has a session on a server for which `on` holds: one lookup, no
+    /// allocation (the relay asks it of every unicast under `multi`).
+    pub(crate) fn any_session(&self, user: &str, on: impl Fn(ServerId) -> bool) -> bool {
+        self.users.get(user).is_some_and(|entry| match &entry.stored {
+            Stored::One(server) => on(*server),
+            Stored::Many(sessions) => sessions.iter().any(|session| on(session.server)),
+        })
+    }
+
     /// The servers of every session of `user`, oldest login first.
     pub(crate) fn sessions(&self, user: &str) -> Vec<ServerId> {
         self.users.get(user).map(|entry| entry.servers()).unwrap_or_default()
@@ -423,6 +432,9 @@ mod tests {
         assert!(replica.set_user(sam.clone(), sessions.clone(), 3).is_empty());
         assert_eq!(replica.user("sam"), Some(ServerId(8)), "the last login");
         assert_eq!(replica.sessions("sam"), vec![ServerId(7), ServerId(8)]);
+        assert!(replica.any_session("sam", |server| server == ServerId(7)));
+        assert!(!replica.any_session("sam", |server| server == ServerId(9)));
+        assert!(!replica.any_session("nobody", |_| true));
         assert_eq!(replica.candidates("sam", ServerId(8)), vec![candidate]);
         assert!(replica.candidates("sam", ServerId(7)).is_empty());
         assert_eq!(replica.users_on(ServerId(7)), vec![sam.clone()]);

@@ -450,7 +450,9 @@ impl Relay {
     fn sessions_across_hubs(&self, user: &str) -> Option<Vec<ServerId>> {
         let backplane = self.shared.backplane.as_ref()?;
         let registry = &self.shared.registry;
-        if !registry.multi() {
+        // Most users have no session on another hub: known without allocating.
+        if !registry.multi() || !backplane.replica.any_session(user, |s| !registry.is_registered(s))
+        {
             return None;
         }
         let remote = backplane.replica.sessions(user);

@@ -91,23 +91,17 @@ pub(super) fn deliver(
             }
         };
         let Ok(kind) = frame.kind() else { continue };
-        // The sending hub counted a unicast frame against the window of the server the
-        // directory places its recipient on; credited for that server, as this hub's replica
-        // of the same directory says.
-        let credit = match kind {
-            FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => frame
-                .route()
-                .ok()
-                .and_then(|route| core.replica.user(route.recipient))
-                .map(|server| (server, frame.as_bytes().len())),
-            _ => None,
-        };
-        // Credited as dropped unless it is queued for that server below.
-        passed.extend(credit);
+        let mut credit = None;
         let (targets, seq) = match kind {
             // An invitation (a P2P offer or answer) goes as a message does.
             FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => {
                 let Ok(route) = frame.route() else { continue };
+                // The sending hub counted it against the window of the server the directory
+                // places its recipient on: credited for that server, as this hub's replica of
+                // the same directory says; as dropped unless it is queued for that server below.
+                let placed = core.replica.user(route.recipient);
+                credit = placed.map(|server| (server, frame.as_bytes().len()));
+                passed.extend(credit);
                 if route.origin != origin {
                     warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
                     continue;
@@ -117,11 +111,7 @@ pub(super) fn deliver(
                         (sessions_of(shared, core, route.recipient, owner), Some(route.seq))
                     }
                     // Late, for a server that moved from here: its origin sends it again there.
-                    None if core
-                        .replica
-                        .user(route.recipient)
-                        .is_some_and(|s| core.has_moved(s)) =>
-                    {
+                    None if placed.is_some_and(|server| core.has_moved(server)) => {
                         shared.stats.held(1);
                         continue;
                     }
@@ -130,12 +120,8 @@ pub(super) fn deliver(
                     // about to be here. Dropped, and the origin's later frames to that server
                     // too until its `Resent`, so nothing overtakes it; its hub has its servers
                     // send again once the snapshot is done.
-                    None if core
-                        .replica
-                        .user(route.recipient)
-                        .is_some_and(|server| core.wait_for_snapshot(server, hub)) =>
-                    {
-                        if let Some(server) = core.replica.user(route.recipient) {
+                    None if placed.is_some_and(|server| core.wait_for_snapshot(server, hub)) => {
+                        if let Some(server) = placed {
                             shared.registry.block(server, origin);
                         }
                         shared.stats.held(1);
