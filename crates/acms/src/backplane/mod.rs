@@ -224,10 +224,17 @@ impl Backplane {
         }
     }
 
-    /// Publishes whole frames of `origin` (of `epoch`) to `hub`, as one message.
+    /// Publishes whole frames of `origin` (of `epoch`) to `hub`: one message, or several of at
+    /// most [`wire::MAX_FRAMES_LEN`] bytes each, cut between frames.
     pub(crate) fn send_frames(&self, hub: HubId, origin: ServerId, epoch: u64, chunks: &[Bytes]) {
         let me = self.me;
-        self.publish(hub, |seq| Message::encode_frames(me, seq, origin, epoch, chunks));
+        if chunks.iter().map(Bytes::len).sum::<usize>() <= wire::MAX_FRAMES_LEN {
+            self.publish(hub, |seq| Message::encode_frames(me, seq, origin, epoch, chunks));
+            return;
+        }
+        for part in wire::split_frames(chunks, wire::MAX_FRAMES_LEN) {
+            self.publish(hub, |seq| Message::encode_frames(me, seq, origin, epoch, &part));
+        }
     }
 
     /// Tells `hub` that `origin` sent `Resent` for `target`, after its frames before it.
