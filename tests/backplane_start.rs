@@ -1,10 +1,11 @@
-//! A hub that the other hubs of a NATS backplane have not heard from yet: the directory tells
-//! them of its app servers (through the key-value watch) before its first heartbeat reaches
-//! them. Real `acms` processes on a real three-node NATS cluster.
+//! Where hubs join a NATS backplane: a hub that the other hubs have not heard from yet (the
+//! directory tells them of its app servers, through the key-value watch, before its first
+//! heartbeat reaches them), and hubs that use their NATS servers in the listed order. Real
+//! `acms` processes on a real three-node NATS cluster.
 
 use acms_appserver::LinkState;
 use acms_appserver::{Cluster, Event, Outcome, ServerId};
-use acms_tests::nats::{NatsCluster, free_port};
+use acms_tests::nats::{HubProc, NatsCluster, free_port, server_on_each};
 use acms_tests::process::start_hub_with;
 use acms_tests::{PATIENCE, user, wait_link};
 
@@ -64,4 +65,70 @@ async fn a_server_on_a_hub_not_heard_from_yet_gets_its_acks() {
     }
     sender.close().await;
     receiver.close().await;
+}
+
+/// Hubs told `in_order` with the same list meet on its first NATS server, so a frame between
+/// them crosses one server, not two; when that server dies, both move to the next listed, and
+/// frames cross again. (Without `in_order`, each hub picks a random server of its list: both
+/// on the first one 1 time in 9.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_in_order_meet_on_their_first_nats_server_and_move_on_together() {
+    let mut nats = NatsCluster::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("acms.toml");
+    std::fs::write(&config, "[backplane]\nin_order = true\n").expect("write config");
+    let config = config.display().to_string();
+    // Node 1 first, then node 2, then node 0.
+    let urls = nats.urls_from(1);
+    let mut hubs = Vec::new();
+    for _ in 0..2 {
+        let (proc, transfer, admin) =
+            start_hub_with(&["--backplane", &urls, "--config", &config]).await;
+        hubs.push(HubProc { proc, transfer, admin });
+    }
+    wait_hubs_on(&nats, 1, 2).await;
+    for node in [0, 2] {
+        assert_eq!(nats.nodes[node].hub_connections().await, Some(0), "a hub on node {node}");
+    }
+    let (servers, mut events) = server_on_each(&hubs).await;
+    servers[1].login(user("bob")).await.expect("login bob");
+    servers[0].login(user("alice")).await.expect("login alice");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while servers[0].locate(&user("bob")).await.expect("locate") != Some(ServerId(11)) {
+        assert!(tokio::time::Instant::now() < deadline, "hub A never located bob");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut cross = async |payload: &'static str| {
+        servers[0].send_to_user(&user("alice"), &user("bob"), payload.into()).await.expect("send");
+        match tokio::time::timeout(PATIENCE, events[1].recv()).await {
+            Ok(Some(Event::Message { payload: got, .. })) => {
+                assert_eq!(&got[..], payload.as_bytes())
+            }
+            other => panic!("bob did not get {payload:?} across hubs: {other:?}"),
+        }
+    };
+    cross("via node 1").await;
+    // The first listed dies: both take the next, and frames cross there.
+    nats.nodes[1].kill().await;
+    wait_hubs_on(&nats, 2, 2).await;
+    cross("via node 2").await;
+    for server in servers {
+        server.close().await;
+    }
+}
+
+/// Waits until NATS node `node` has `count` hubs connected.
+async fn wait_hubs_on(nats: &NatsCluster, node: usize, count: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let connected = nats.nodes[node].hub_connections().await;
+        if connected == Some(count) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {node} has {connected:?} hubs connected, not {count}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

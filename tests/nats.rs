@@ -62,6 +62,17 @@ impl NatsNode {
         }
     }
 
+    /// The hubs connected to this node (client connections named `acms-hub-*`, from its
+    /// `/connz`); `None` while it does not answer.
+    pub async fn hub_connections(&self) -> Option<usize> {
+        let connz = get(self.monitor, "/connz?limit=1024").await?;
+        let connections = connz["connections"].as_array()?;
+        let hubs = connections.iter().filter(|connection| {
+            connection["name"].as_str().is_some_and(|name| name.starts_with("acms-hub-"))
+        });
+        Some(hubs.count())
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)

@@ -36,6 +36,11 @@ pub struct BackplaneConfig {
     /// The NATS servers to connect to (`nats://host:4222` or `tls://host:4222`); `acms
     /// --backplane` overrides it. Empty: no backplane.
     pub nats: Vec<String>,
+    /// Connect to the servers of `nats` in their order (the first that answers; on its loss, the
+    /// next), not in a random one as NATS clients do by default. Hubs that list the same server
+    /// first then meet on it, so a frame between them crosses one NATS server instead of two
+    /// (docs/SCALING.md); random spreads the hubs over the servers.
+    pub in_order: bool,
     /// A NATS credentials file (JWT and NKey seed), as `nats` tools take it.
     pub credentials: Option<PathBuf>,
     /// User name for NATS user/password authentication; needs `password`.
@@ -71,6 +76,7 @@ impl Default for BackplaneConfig {
     fn default() -> Self {
         Self {
             nats: Vec::new(),
+            in_order: false,
             credentials: None,
             user: None,
             password: None,
@@ -93,6 +99,7 @@ impl fmt::Debug for BackplaneConfig {
         let hidden = |set: bool| if set { Some("..") } else { None };
         f.debug_struct("BackplaneConfig")
             .field("nats", &self.nats)
+            .field("in_order", &self.in_order)
             .field("credentials", &self.credentials)
             .field("user", &self.user)
             .field("password", &hidden(self.password.is_some()))

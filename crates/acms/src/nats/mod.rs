@@ -123,6 +123,9 @@ pub async fn connect(
                 }
             }
         });
+    if config.in_order {
+        options = options.retain_servers_order();
+    }
     if let Some(path) = &config.credentials {
         options = options
             .credentials_file(path)
