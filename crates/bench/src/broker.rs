@@ -48,17 +48,17 @@ impl Broker {
     /// Starts `acms --transfer 127.0.0.1:PORT` (port 0: any free port) and waits for its
     /// `accepting app servers transfer=ADDR` log line.
     pub fn start_acms(bin: &Path, port: u16, log: &Path) -> anyhow::Result<Self> {
-        Self::start_acms_with(bin, port, log, 0, None)
+        Self::start_acms_with(bin, port, log, 0, &[])
     }
 
-    /// [`Broker::start_acms`] with its admin API on `admin_port` (0: any) and, if given, on the
-    /// backplane of these comma-separated NATS URLs.
+    /// [`Broker::start_acms`] with its admin API on `admin_port` (0: any) and `extra` flags
+    /// (a backplane's `--backplane URLS --config FILE`).
     pub fn start_acms_with(
         bin: &Path,
         port: u16,
         log: &Path,
         admin_port: u16,
-        backplane: Option<&str>,
+        extra: &[&str],
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(bin);
         command
@@ -67,9 +67,7 @@ impl Broker {
             .args(["--admin", &format!("127.0.0.1:{admin_port}")])
             .env("ACMS_ADMIN_TOKEN", "acms-bench-admin-token")
             .env("RUST_LOG", "info");
-        if let Some(urls) = backplane {
-            command.args(["--backplane", urls]);
-        }
+        command.args(extra);
         let (child, line) = spawn_and_wait(command, log, |line| {
             let at = line.find("accepting app servers")?;
             let addr = line[at..].split_whitespace().find_map(|w| w.strip_prefix("transfer="))?;

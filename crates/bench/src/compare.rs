@@ -13,7 +13,8 @@ use crate::broker::{self, Broker};
 use crate::child::Worker;
 use crate::crosshub::{self, Side, Target};
 use crate::results::{
-    AcmsSend, KvLoginRun, NatsClient, Results, RttRun, ScaleRun, Settings, System, ThroughputRun,
+    AcmsSend, HubsOn, KvLoginRun, NatsClient, Results, RttRun, ScaleRun, Settings, System,
+    ThroughputRun,
 };
 use crate::sys;
 use crate::wire::{self, RecvResult, RttResult, ScaleReady, ScaleResynced, SendResult};
@@ -85,6 +86,10 @@ pub struct CompareArgs {
     /// the same number of messages per batch, batch-bytes / (payload + 30).
     #[arg(long, default_value_t = wire::DEFAULT_BATCH_BYTES)]
     pub batch_bytes: usize,
+    /// The NATS nodes of the cross-hub case's two hubs: `two-nodes` (hub A on node 0, hub B on
+    /// node 1: frames cross a route between NATS servers) or `one-node` (both on node 0).
+    #[arg(long, value_enum, default_value_t = HubsOn::TwoNodes)]
+    pub hubs_on: HubsOn,
 }
 
 /// What one measurement needs to know.
@@ -306,6 +311,7 @@ fn resolve(args: &CompareArgs) -> anyhow::Result<Settings> {
         acms_send: args.acms_send,
         batch_bytes: args.batch_bytes.max(1),
         kv_logins,
+        hubs_on: args.hubs_on,
     })
 }
 

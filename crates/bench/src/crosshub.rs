@@ -1,5 +1,6 @@
 //! The cross-hub case: a three-node NATS cluster with JetStream and two `acms` hubs on it as
-//! their backplane (hub A's URL list starting at node 0, hub B's at node 1), started fresh for
+//! their backplane (`in_order`; hub A's URL list starting at node 0, hub B's at node 1, or
+//! both at node 0 with `--hubs-on one-node`), started fresh for
 //! each measurement; [`Target`], what a measurement's workers connect to (one broker, or the
 //! two hubs); and the key-value login step.
 //!
@@ -90,12 +91,18 @@ impl CrossHub {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        // Hub A's list starts at node 0, hub B's at node 1.
+        // Each hub uses the first node of its list that answers.
+        let hub_config = cluster.store.join("acms.toml");
+        std::fs::create_dir_all(&cluster.store)?;
+        std::fs::write(&hub_config, "[backplane]\nin_order = true\n")?;
+        let hub_config = hub_config.display().to_string();
+        let first_nodes = settings.hubs_on.first_nodes();
         for (side, name) in [(Side::A, "a"), (Side::B, "b")] {
             let admin = broker::free_port()?;
             let log = logs.join(format!("{label}-hub-{name}.log"));
-            let urls = urls_from(side.index());
-            let hub = Broker::start_acms_with(&settings.acms_bin, 0, &log, admin, Some(&urls))?;
+            let urls = urls_from(first_nodes[side.index()]);
+            let args = ["--backplane", &urls, "--config", &hub_config];
+            let hub = Broker::start_acms_with(&settings.acms_bin, 0, &log, admin, &args)?;
             cluster.admins[side.index()] = SocketAddr::from(([127, 0, 0, 1], admin));
             cluster.hubs.push(hub);
         }

@@ -116,6 +116,29 @@ impl AcmsSend {
     }
 }
 
+/// Which NATS nodes the two hubs of the cross-hub case use (both with `in_order`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum HubsOn {
+    /// Hub A on node 0, hub B on node 1: a frame crosses the route between two NATS servers,
+    /// as between hubs that each use a NATS server of their own.
+    #[default]
+    TwoNodes,
+    /// Both hubs on node 0: a frame crosses one NATS server, as between hubs that list the
+    /// same server first.
+    OneNode,
+}
+
+impl HubsOn {
+    /// The NATS node each hub's list starts at: hub A's, then hub B's.
+    pub fn first_nodes(self) -> [usize; 2] {
+        match self {
+            HubsOn::TwoNodes => [0, 1],
+            HubsOn::OneNode => [0, 0],
+        }
+    }
+}
+
 /// The batch size results written before the choice existed would have used.
 fn legacy_batch_bytes() -> usize {
     crate::wire::DEFAULT_BATCH_BYTES
@@ -166,6 +189,10 @@ pub struct Settings {
     /// Users of the key-value login step, if it runs.
     #[serde(default)]
     pub kv_logins: Option<u64>,
+    /// The NATS nodes of the cross-hub case's hubs (results written before the choice existed
+    /// had them on random nodes, read here as two).
+    #[serde(default)]
+    pub hubs_on: HubsOn,
 }
 
 impl Settings {
@@ -200,9 +227,14 @@ impl Settings {
             (System::Nats, NatsClient::AsyncNats) => "async-nats request/reply",
             (System::Nats, NatsClient::Raw) => "raw protocol on client and echo: PUB with reply",
             (System::Acms, _) => "Cluster::send_to_user, Events::recv",
-            (System::CrossHub, _) => {
-                "Cluster::send_to_user, Events::recv; client on hub A, echo on hub B"
-            }
+            (System::CrossHub, _) => match self.hubs_on {
+                HubsOn::TwoNodes => {
+                    "Cluster::send_to_user, Events::recv; client on hub A, echo on hub B; hubs on NATS nodes 0 and 1"
+                }
+                HubsOn::OneNode => {
+                    "Cluster::send_to_user, Events::recv; client on hub A, echo on hub B; both hubs on NATS node 0"
+                }
+            },
         }
     }
 }
