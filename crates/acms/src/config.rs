@@ -67,8 +67,10 @@ pub struct BackplaneConfig {
     /// Replicas of the directory's buckets; by default one per NATS server of the cluster, up
     /// to three, so the directory survives the death of any one of them.
     pub kv_replicas: Option<usize>,
-    /// Batches waiting to be published to NATS, at most; past it a batch is dropped, which its
-    /// receiving hub sees as a gap and repairs by asking the origins to send again.
+    /// Batches waiting to be published to NATS before the readers that feed them wait
+    /// (pushback, for at most twice `transfer.max_stall`); a batch that finds 1,024 more than
+    /// this waiting is dropped, which its receiving hub sees as a gap and repairs by asking the
+    /// origins to send again.
     pub max_pending_batches: usize,
 }
 

@@ -9,6 +9,8 @@
 //! origin app servers (`ServerUp` with `resend_from`, then `Resent`), exactly as on one hub.
 //!
 //! # Layout
+//! - `backlog`: the messages waiting for the NATS connection, and the pushback that bounds
+//!   them.
 //! - `flow`: pushback across hubs: the credit windows of frames to other hubs' servers, and the
 //!   credit this hub owes for frames to its own.
 //! - `interest`: which hubs have members of which group (the groups bucket's replica).
@@ -23,6 +25,7 @@
 //! - `wire`: the messages hubs publish to each other, and heartbeats.
 //! - `writes`: the directory writes owed to the key-value store, coalesced per key.
 
+mod backlog;
 mod flow;
 mod interest;
 mod loads;
@@ -70,11 +73,12 @@ pub(crate) type Ask = (HubId, Bytes, tokio::sync::oneshot::Sender<Result<Bytes, 
 pub(crate) struct Counters {
     pub(crate) published: AtomicU64,
     pub(crate) received: AtomicU64,
-    /// Messages refused because the publisher's queue was full.
+    /// Messages dropped because `max_pending_batches` and the backlog's headroom were taken.
     pub(crate) dropped: AtomicU64,
     /// Gaps seen in the streams from other hubs.
     pub(crate) gaps: AtomicU64,
-    /// Readers paused here because a window to another hub's server was shut.
+    /// Readers paused here because a window to another hub's server was shut, or the queue to
+    /// NATS was full.
     pub(crate) pauses: AtomicU64,
     /// Drift repaired by the reconciliation, by [`Drift::what`]: servers, users put back, users
     /// taken out, groups.
@@ -142,7 +146,9 @@ pub(crate) struct Backplane {
     /// Whether the NATS connection is up now, as its events say.
     pub(crate) connected: std::sync::Arc<AtomicBool>,
     outgoing: Mutex<Outgoing>,
-    publisher: mpsc::Sender<Outbound>,
+    publisher: mpsc::UnboundedSender<Outbound>,
+    /// The messages `publisher` holds, against `max_pending_batches`.
+    pub(crate) backlog: backlog::Backlog,
     incoming: Mutex<Incoming>,
     /// (origin, target) pairs whose frames are dropped here until the origin's `Resent` for
     /// the target: a frame of the origin for the target was dropped (its hub was dead), and no
@@ -173,15 +179,15 @@ pub(crate) struct Backplane {
 }
 
 impl Backplane {
-    /// The core of hub `me` in `cluster`, and the receiving end of its publisher's queue of
-    /// `max_pending` messages.
+    /// The core of hub `me` in `cluster`, and the receiving end of its publisher's queue, whose
+    /// readers wait past `max_pending` messages (see `backlog`).
     pub(crate) fn new(
         me: HubId,
         cluster: &ClusterName,
         dead_after: Duration,
         max_pending: usize,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
-        let (publisher, queue) = mpsc::channel(max_pending.max(1));
+    ) -> (Self, mpsc::UnboundedReceiver<Outbound>) {
+        let (publisher, queue) = mpsc::unbounded_channel();
         let backplane = Self {
             me,
             names: Names::new(cluster),
@@ -192,6 +198,7 @@ impl Backplane {
             connected: std::sync::Arc::new(AtomicBool::new(true)),
             outgoing: Mutex::default(),
             publisher,
+            backlog: backlog::Backlog::new(max_pending),
             incoming: Mutex::default(),
             held: Mutex::default(),
             any_held: AtomicBool::new(false),
@@ -209,18 +216,24 @@ impl Backplane {
         (backplane, queue)
     }
 
-    /// Numbers a message for `hub` and queues it for the publisher, never waiting. A full
-    /// queue drops it: the number is spent, so the receiver sees the gap and has the origins
-    /// send again.
+    /// Numbers a message for `hub` and queues it for the publisher, never waiting. A message
+    /// that finds the backlog's limit and headroom taken is dropped: the number is spent, so
+    /// the receiver sees the gap and has the origins send again.
     fn publish(&self, hub: HubId, message: impl FnOnce(u64) -> Bytes) {
         let mut outgoing = self.outgoing.lock().expect("outgoing lock");
         let seq = outgoing.next(hub);
         // Under the lock: messages are queued in the order of their numbers.
-        match self.publisher.try_send((hub, message(seq))) {
-            Ok(()) => {}
-            Err(_) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        self.enqueue(hub, message(seq));
+    }
+
+    /// Queues `message` for the publisher, or drops it past the backlog's limit and headroom
+    /// (or once the publisher has stopped, as the hub shuts down).
+    fn enqueue(&self, hub: HubId, message: Bytes) {
+        if !self.backlog.admit() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        } else if self.publisher.send((hub, message)).is_err() {
+            self.backlog.left();
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -257,10 +270,7 @@ impl Backplane {
     }
 
     fn send_unnumbered(&self, hub: HubId, body: Body) {
-        let message = Message { from: self.me, seq: 0, body }.encode();
-        if self.publisher.try_send((hub, message)).is_err() {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.enqueue(hub, Message { from: self.me, seq: 0, body }.encode());
     }
 
     /// Questions to other hubs go to `asks`, which the shell answers.

@@ -1,29 +1,35 @@
-//! Unit tests of the backplane's core: its queue, holds, snapshots, epochs, load reports and
+//! Unit tests of the backplane's core: its queue to NATS, holds, snapshots, epochs, load reports and
 //! drift.
 
 use super::*;
 
-fn backplane(max_pending: usize) -> (Backplane, mpsc::Receiver<Outbound>) {
+fn backplane(max_pending: usize) -> (Backplane, mpsc::UnboundedReceiver<Outbound>) {
     let cluster = ClusterName::new("test".to_owned()).unwrap();
     Backplane::new(HubId(1), &cluster, Duration::from_secs(3), max_pending)
 }
 
 #[test]
-fn a_message_dropped_on_a_full_queue_spends_its_number_so_the_receiver_sees_a_gap() {
+fn a_message_dropped_past_the_backlog_spends_its_number_so_the_receiver_sees_a_gap() {
     let (sender, mut queue) = backplane(1);
     let frames = [Bytes::from_static(b"f")];
-    sender.send_frames(HubId(2), ServerId(1), 1, &frames);
-    sender.send_frames(HubId(2), ServerId(1), 1, &frames);
-    assert_eq!(sender.counters.dropped.load(Ordering::Relaxed), 1);
-    let (to, first) = queue.try_recv().unwrap();
-    assert_eq!(to, HubId(2));
-    // The receiving side.
+    let taken = 1 + backlog::HEADROOM;
+    for _ in 0..=taken {
+        sender.send_frames(HubId(2), ServerId(1), 1, &frames);
+    }
+    assert_eq!(sender.counters.dropped.load(Ordering::Relaxed), 1, "the last found it all taken");
+    // The receiving side; the publisher takes those queued.
     let (receiver, _queue) = backplane(1);
-    let first = Message::decode(first).unwrap();
-    assert_eq!(receiver.arrive(first.from, first.seq), Arrival::InOrder);
+    for _ in 0..taken {
+        let (to, message) = queue.try_recv().unwrap();
+        assert_eq!(to, HubId(2));
+        let message = Message::decode(message).unwrap();
+        assert_eq!(receiver.arrive(message.from, message.seq), Arrival::InOrder);
+        sender.backlog.left();
+    }
     sender.send_frames(HubId(2), ServerId(1), 1, &frames);
-    let third = Message::decode(queue.try_recv().unwrap().1).unwrap();
-    assert_eq!(receiver.arrive(third.from, third.seq), Arrival::Gap { first_missing: 2 });
+    let next = Message::decode(queue.try_recv().unwrap().1).unwrap();
+    let first_missing = taken as u64 + 1;
+    assert_eq!(receiver.arrive(next.from, next.seq), Arrival::Gap { first_missing });
 }
 
 #[test]

@@ -286,6 +286,11 @@ impl Connection {
             if let Err(close) = self.wait_for_hubs(relay.take_paused()).await {
                 return close;
             }
+            if relay.take_fed_backplane()
+                && let Err(close) = self.wait_for_nats().await
+            {
+                return close;
+            }
             session.handle_listen(Instant::now().into_std());
             if let Err(close) = self.read_more(Some(session.silence())).await {
                 return close;
@@ -352,6 +357,27 @@ impl Connection {
             if !resumed {
                 debug!(slow_server = %target, "no resume from a paused server's hub in time; reading again");
             }
+        }
+        Ok(())
+    }
+
+    /// Pauses this sender, whose frames just went to other hubs, while the queue to NATS is
+    /// full: until the publisher takes it under its limit, or the deadline of a wait for credit
+    /// (a NATS connection lost for good holds nobody longer).
+    async fn wait_for_nats(&mut self) -> Result<(), Close> {
+        let Some(backplane) = self.shared.backplane.clone() else { return Ok(()) };
+        if !backplane.backlog.is_full() {
+            return Ok(());
+        }
+        backplane.counters.pauses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let until =
+            std::time::Instant::now() + crate::backplane::pause_limit(self.shared.config.max_stall);
+        let drained = tokio::select! {
+            _ = self.closer.cancelled() => return Err(self.cancelled()),
+            drained = backplane.backlog.room(until) => drained,
+        };
+        if !drained {
+            debug!("the queue to NATS stayed full; reading again");
         }
         Ok(())
     }

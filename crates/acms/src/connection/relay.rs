@@ -49,6 +49,8 @@ pub(super) struct Relay {
     /// Servers of other hubs whose window the hand-overs so far shut: the shell reads nothing
     /// until credit reopens them (pushback across hubs).
     paused: Vec<(ServerId, Arc<Pause>)>,
+    /// Whether the hand-overs so far published to other hubs.
+    fed_backplane: bool,
     /// The instant of the current read.
     read_at: Instant,
     /// What this AS forwarded to each destination's connection, as recorded there.
@@ -151,6 +153,7 @@ impl Relay {
             backed_up: Vec::new(),
             remote: Vec::new(),
             paused: Vec::new(),
+            fed_backplane: false,
             read_at: Instant::now(),
             marks: Marks::default(),
             holding_from: None,
@@ -188,6 +191,7 @@ impl Relay {
                         let bytes: usize = chunks.iter().map(Bytes::len).sum();
                         backplane.send_frames(hub, origin, self.epoch, &chunks);
                         shared.stats.relayed(frames, bytes);
+                        self.fed_backplane = true;
                     }
                     continue;
                 }
@@ -235,6 +239,12 @@ impl Relay {
     /// for each to drain before it reads again (pushback).
     pub(super) fn take_backed_up(&mut self) -> Vec<(ServerId, Outbox)> {
         std::mem::take(&mut self.backed_up)
+    }
+
+    /// Whether the hand-overs since the last call published to other hubs: the shell then
+    /// waits while the queue to NATS is full (`backplane::backlog`).
+    pub(super) fn take_fed_backplane(&mut self) -> bool {
+        std::mem::take(&mut self.fed_backplane)
     }
 
     /// The servers of other hubs whose credit window the hand-overs since the last call shut:

@@ -498,7 +498,7 @@ fn too_many_candidates_close_the_connection_as_malformed() {
 
 /// A hub on a backplane whose replica places `bob` on server 9 of the live hub 2; and the queue
 /// of what it publishes.
-fn hub_beside_another() -> (Arc<HubState>, tokio::sync::mpsc::Receiver<Outbound>) {
+fn hub_beside_another() -> (Arc<HubState>, tokio::sync::mpsc::UnboundedReceiver<Outbound>) {
     let cluster = acms_common::discovery::ClusterName::new("test".to_owned()).unwrap();
     let (core, published) = Backplane::new(HubId(1), &cluster, Duration::from_secs(3), 64);
     let place = Place { hub: HubId(2), epoch: 1, registration: 1, client_addr: String::new() };

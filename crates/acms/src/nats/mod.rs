@@ -81,7 +81,7 @@ pub struct BackplaneLink {
     servers: kv::Store,
     groups: kv::Store,
     core: Arc<Backplane>,
-    queue: mpsc::Receiver<Outbound>,
+    queue: mpsc::UnboundedReceiver<Outbound>,
     heartbeat: Duration,
     /// Heartbeat ticks a recovery may wait before it is asked for again.
     stuck_ticks: u32,
@@ -307,7 +307,7 @@ impl BackplaneLink {
 async fn publish(
     client: async_nats::Client,
     core: Arc<Backplane>,
-    mut queue: mpsc::Receiver<Outbound>,
+    mut queue: mpsc::UnboundedReceiver<Outbound>,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(64);
@@ -322,7 +322,9 @@ async fn publish(
         }
         for (hub, message) in batch.drain(..) {
             let subject = core.names.relay(hub);
-            if let Err(err) = client.publish(subject, message).await {
+            let published = client.publish(subject, message).await;
+            core.backlog.left();
+            if let Err(err) = published {
                 // Counted as a gap by the receiver, which has the origins send again.
                 warn!(error = %err, %hub, "backplane publish failed");
             } else {
