@@ -13,11 +13,6 @@ use acms_common::{env, logging};
 use anyhow::Context;
 use clap::Parser;
 
-/// The hub allocates and frees a read buffer of 64 KiB or more for every batch it relays; glibc's
-/// allocator hands such blocks back to the kernel and faults them in again each time.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// ACMS cluster hub: registers app servers and their users, relays messages between servers.
 #[derive(Debug, Parser)]
 #[command(version)]

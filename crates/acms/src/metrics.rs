@@ -196,8 +196,8 @@ pub fn render(hub: &Hub) -> String {
         );
         registry.register(
             "backplane_pauses",
-            "Pauses other hubs asked of this one: its senders to one of their servers above its \
-             high water waited until it drained (pushback across hubs)",
+            "Readers paused before reading again: their frames shut the credit window of a \
+             server of another hub (pushback across hubs), or filled the queue to NATS",
             counter(backplane.pauses),
         );
         registry.register(
