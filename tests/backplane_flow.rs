@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use acms_appserver::{Cluster, Event, Events, LinkState, ServerId};
+use acms_appserver::{Cluster, Event, Events, GroupId, LinkState, ServerId};
 use acms_tests::nats::{HubProc, NatsCluster, free_port, metric, start_hubs_with, wait_located};
 use acms_tests::stream::{expect_stream, expect_stream_slowly, numbered};
 use acms_tests::{PATIENCE, user, wait_link};
@@ -173,4 +173,74 @@ async fn a_full_queue_to_nats_holds_its_readers_and_drops_nothing() {
     );
     assert_eq!(dropped, Some(0), "hub A dropped batches for a full queue to NATS");
     close(sender, receiver).await;
+}
+
+/// What a flood is sent to.
+#[derive(Clone, Copy, Debug)]
+enum Flood {
+    Group,
+    Broadcast,
+}
+
+/// A group or broadcast flood from one hub to a slow receiver on another is paced like a
+/// unicast stream: each copy counts against the window of the server it is for, and that
+/// server's hub credits it back as it queues it. (Before, fan-out frames were not counted: the
+/// slow receiver's hub cut it off as a slow consumer again and again (6 times for the group
+/// flood, 9 for the broadcast), and everything was sent again after each.)
+async fn a_flood_to_a_slow_receiver_on_another_hub_is_paced(flood: Flood) {
+    let (_nats, hubs, sender, (receiver, mut receiver_events)) = sender_and_receiver("").await;
+    let room = GroupId::new("room").expect("group id");
+    if let Flood::Group = flood {
+        receiver.join(&room, &user("bob")).await.expect("join");
+        // Hub A learns from the groups bucket that hub B has a member.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while metric(hubs[0].admin, "acms_backplane_group_interest").await != Some(1) {
+            assert!(tokio::time::Instant::now() < deadline, "hub A never saw bob's group");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let started = Instant::now();
+    let sending = {
+        let (sender, room) = (sender.0.clone(), room.clone());
+        tokio::spawn(async move {
+            let alice = user("alice");
+            for seq in 0..STREAM {
+                let payload = numbered(seq, SIZE);
+                match flood {
+                    Flood::Group => sender.send_to_group(&alice, &room, payload, false).await,
+                    Flood::Broadcast => sender.broadcast(&alice, payload, true).await,
+                }
+                .expect("send");
+            }
+        })
+    };
+    let receiving = tokio::spawn(async move {
+        let pause = Duration::from_millis(1);
+        expect_stream_slowly(&mut receiver_events, "alice", STREAM, pause).await;
+    });
+    sending.await.expect("every message accepted");
+    receiving.await.expect("every message once, in order");
+    let slow_consumers = metric(hubs[1].admin, "acms_slow_consumer_disconnects_total").await;
+    let pauses = metric(hubs[0].admin, "acms_backplane_pauses_total").await;
+    println!(
+        "{STREAM} {flood:?} messages of {SIZE} bytes, hub A -> slow receiver on hub B in {:?}: 0 \
+         lost, 0 duplicated, 0 out of order; slow-consumer disconnects on hub B: \
+         {slow_consumers:?}; pauses on hub A: {pauses:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow_consumers, Some(0), "the slow receiver was cut off instead of paced");
+    assert!(pauses.is_some_and(|pauses| pauses > 0), "hub A never paused the sender: {pauses:?}");
+    let shut = metric(hubs[0].admin, "acms_backplane_windows_shut").await;
+    assert_eq!(shut, Some(0), "every window was credited open again once the stream was in");
+    close(sender, receiver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_flood_to_a_slow_member_on_another_hub_is_paced_not_cut_off() {
+    a_flood_to_a_slow_receiver_on_another_hub_is_paced(Flood::Group).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_flood_to_a_slow_server_on_another_hub_is_paced_not_cut_off() {
+    a_flood_to_a_slow_receiver_on_another_hub_is_paced(Flood::Broadcast).await;
 }

@@ -22,8 +22,8 @@ pub fn number(payload: &[u8]) -> u32 {
     std::str::from_utf8(payload).unwrap().trim_end().parse().unwrap()
 }
 
-/// Receives messages `0..count` from `from`, asserting each arrives once and in order, and that
-/// nothing trails them.
+/// Receives messages `0..count` from `from` (to the user, a group the user is in, or everyone),
+/// asserting each arrives once and in order, and that nothing trails them.
 pub async fn expect_stream(events: &mut Events, from: &str, count: u32) {
     receive_stream(events, from, count, None).await;
 }
@@ -42,7 +42,11 @@ async fn receive_stream(events: &mut Events, from: &str, count: u32, pause: Opti
             .expect("events open");
         for event in batch {
             match event {
-                Event::Message { from: sender, payload, .. } if sender.as_str() == from => {
+                Event::Message { from: sender, payload, .. }
+                | Event::GroupMessage { from: sender, payload, .. }
+                | Event::Broadcast { from: sender, payload, .. }
+                    if sender.as_str() == from =>
+                {
                     let got = number(&payload);
                     assert_eq!(got, next, "message {got} from {from} arrived where {next} was due");
                     next += 1;

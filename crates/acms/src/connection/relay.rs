@@ -216,7 +216,7 @@ impl Relay {
         result
     }
 
-    /// Counts the unicast frames just published for servers of other hubs against their credit
+    /// Counts the frames just published for servers of other hubs against their credit
     /// windows; those it shuts are waited on before the next read.
     fn count_remote(&mut self) {
         if self.remote.is_empty() {
@@ -253,7 +253,7 @@ impl Relay {
         std::mem::take(&mut self.paused)
     }
 
-    /// Notes `len` bytes of a unicast frame staged for `target`, a server of another hub.
+    /// Notes `len` bytes of a frame staged for `target`, a server of another hub.
     fn note_remote(&mut self, target: ServerId, len: usize) {
         match self.remote.iter_mut().find(|(id, _)| *id == target) {
             Some((_, bytes)) => *bytes += len,
@@ -494,7 +494,9 @@ impl Relay {
     ) -> Result<(), Close> {
         let origin = self.server;
         targets.retain(|&target| target != origin);
-        self.stage_per_hub(&frame, seq, &targets);
+        // Not counted: the receiving hub credits a unicast frame to the one server the
+        // directory places its recipient on.
+        self.stage_per_hub(&frame, seq, &targets, false);
         self.own.send(Control::Copies { seq, servers: targets })
     }
 
@@ -552,7 +554,7 @@ impl Relay {
             return Ok(());
         }
         let frame = buf.split_to(len).freeze();
-        self.stage_per_hub(&frame, seq, &targets);
+        self.stage_per_hub(&frame, seq, &targets, true);
         self.shared.stats.fanned_out(counter, targets.len());
         self.own.send(Control::Copies { seq, servers: targets })
     }
@@ -560,10 +562,18 @@ impl Relay {
     /// Stages `frame` once for each of `targets` here and once for each other hub with some of
     /// them (that hub hands one to each of its servers); none for a target whose hub is dead (held,
     /// sent again once the server is back somewhere).
-    fn stage_per_hub(&mut self, frame: &Bytes, seq: u64, targets: &[ServerId]) {
+    ///
+    /// With `count`, each copy a server of another hub gets counts against that server's credit
+    /// window (`backplane::flow`), as a unicast frame for it does: its hub credits it back per
+    /// server it was counted for.
+    fn stage_per_hub(&mut self, frame: &Bytes, seq: u64, targets: &[ServerId], count: bool) {
         let mut hubs: Vec<HubId> = Vec::new();
         for &target in targets {
-            match self.fan_out_dest(target) {
+            let dest = self.fan_out_dest(target);
+            if count && matches!(dest, Some(Dest::Hub(_))) {
+                self.note_remote(target, frame.len());
+            }
+            match dest {
                 Some(Dest::Hub(hub)) if hubs.contains(&hub) => {}
                 Some(Dest::Hub(hub)) => {
                     hubs.push(hub);

@@ -92,6 +92,9 @@ pub(super) fn deliver(
         };
         let Ok(kind) = frame.kind() else { continue };
         let mut credit = None;
+        // A fan-out frame: the servers here the sending hub counted its copies against, as
+        // this hub's replica of the same directory says; each is credited its bytes.
+        let mut counted: Vec<ServerId> = Vec::new();
         let (targets, seq) = match kind {
             // An invitation (a P2P offer or answer) goes as a message does.
             FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => {
@@ -148,10 +151,15 @@ pub(super) fn deliver(
                 }
                 let targets = match (kind, route.target_server()) {
                     (DataKind::Server, Some(target)) => {
+                        counted.push(target);
                         let here = shared.registry.is_registered(target);
                         if here { vec![target] } else { Vec::new() }
                     }
-                    _ => shared.registry.server_ids(origin),
+                    _ => {
+                        let placed = core.replica.servers_on(core.me);
+                        counted.extend(placed.into_iter().map(|(server, _)| server));
+                        shared.registry.server_ids(origin)
+                    }
                 };
                 (targets, Some(route.seq))
             }
@@ -171,9 +179,9 @@ pub(super) fn deliver(
                     continue;
                 }
                 let mut targets = shared.groups.servers_of(route.recipient, origin);
+                counted = core.interest.listed(route.recipient, core.me);
                 let left = core.interest.recently_left(route.recipient, Instant::now());
-                for listed in core.interest.listed(route.recipient, core.me).into_iter().chain(left)
-                {
+                for listed in counted.iter().copied().chain(left) {
                     if !targets.contains(&listed) && shared.registry.is_registered(listed) {
                         targets.push(listed);
                     }
@@ -191,9 +199,13 @@ pub(super) fn deliver(
             passed.pop();
         }
         let span = start..frames.len() - rest.len();
+        for &server in counted.iter().filter(|server| !targets.contains(server)) {
+            passed.push((server, span.len()));
+        }
         for target in targets {
             let credited = match staged_credit {
                 Some((server, len)) if server == target => len,
+                _ if counted.contains(&target) => span.len(),
                 _ => 0,
             };
             match staged.iter_mut().find(|entry| entry.target == target) {
