@@ -151,6 +151,8 @@ async fn a_full_queue_to_nats_holds_its_readers_and_drops_nothing() {
 #[derive(Clone, Copy, Debug)]
 enum Flood {
     Unicast,
+    /// Unicast to a user with a second session on a third hub (`multi`): a copy for each.
+    TwoSessions,
     Group,
     Broadcast,
 }
@@ -163,7 +165,22 @@ enum Flood {
 /// and again, and everything was sent again after each: 16 times for the unicast stream before
 /// the windows, 6 for the group flood and 9 for the broadcast before fan-out frames counted.)
 async fn a_flood_to_a_slow_receiver_on_another_hub_is_paced(flood: Flood) {
-    let (_nats, hubs, sender, (receiver, mut receiver_events)) = sender_and_receiver("").await;
+    let policy = match flood {
+        Flood::TwoSessions => "login_conflict = \"multi\"\n",
+        _ => "",
+    };
+    let (_nats, hubs, sender, (receiver, mut receiver_events)) = sender_and_receiver(policy).await;
+    // Bob's second session, on hub C, takes its copies at full speed.
+    let mut second = None;
+    if let Flood::TwoSessions = flood {
+        let (cluster, events) = Cluster::builder(ServerId(12), hubs[2].transfer.to_string())
+            .client_addr(format!("127.0.0.1:{}", free_port()))
+            .start();
+        wait_link(&cluster, LinkState::Connected).await;
+        cluster.login(user("bob")).await.expect("second login of bob");
+        wait_sessions(hubs[0].admin, "bob", &[11, 12]).await;
+        second = Some((cluster, events));
+    }
     let room = GroupId::new("room").expect("group id");
     if let Flood::Group = flood {
         receiver.join(&room, &user("bob")).await.expect("join");
@@ -182,7 +199,7 @@ async fn a_flood_to_a_slow_receiver_on_another_hub_is_paced(flood: Flood) {
             for seq in 0..STREAM {
                 let payload = numbered(seq, SIZE);
                 let sent = match flood {
-                    Flood::Unicast => {
+                    Flood::Unicast | Flood::TwoSessions => {
                         sender.send_to_user(&alice, &user("bob"), payload).await.map(drop)
                     }
                     Flood::Group => {
@@ -198,8 +215,18 @@ async fn a_flood_to_a_slow_receiver_on_another_hub_is_paced(flood: Flood) {
         let pause = Duration::from_millis(1);
         expect_stream_slowly(&mut receiver_events, "alice", STREAM, pause).await;
     });
+    let second = second.map(|(cluster, mut events)| {
+        let receiving = tokio::spawn(async move {
+            expect_stream(&mut events, "alice", STREAM).await;
+        });
+        (cluster, receiving)
+    });
     sending.await.expect("every message accepted");
     receiving.await.expect("every message once, in order");
+    if let Some((cluster, receiving)) = second {
+        receiving.await.expect("every message once, in order, at the second session too");
+        cluster.close().await;
+    }
     let slow_consumers = metric(hubs[1].admin, "acms_slow_consumer_disconnects_total").await;
     let pauses = metric(hubs[0].admin, "acms_backplane_pauses_total").await;
     println!(
@@ -216,6 +243,11 @@ async fn a_flood_to_a_slow_receiver_on_another_hub_is_paced(flood: Flood) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_to_a_user_with_sessions_on_two_other_hubs_is_paced_to_the_slow_one() {
+    a_flood_to_a_slow_receiver_on_another_hub_is_paced(Flood::TwoSessions).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_flood_to_a_slow_member_on_another_hub_is_paced_not_cut_off() {
     a_flood_to_a_slow_receiver_on_another_hub_is_paced(Flood::Group).await;
 }
@@ -223,4 +255,24 @@ async fn a_group_flood_to_a_slow_member_on_another_hub_is_paced_not_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_flood_to_a_slow_server_on_another_hub_is_paced_not_cut_off() {
     a_flood_to_a_slow_receiver_on_another_hub_is_paced(Flood::Broadcast).await;
+}
+
+/// Waits until the hub at `admin` lists `name`'s sessions on exactly `servers`.
+async fn wait_sessions(admin: std::net::SocketAddr, name: &str, servers: &[u64]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let path = format!("/api/users/{name}");
+        let reply = acms_tests::http::request(admin, "GET", &path, &[], None).await;
+        let mut listed: Vec<u64> = serde_json::from_str::<serde_json::Value>(&reply.body)
+            .ok()
+            .and_then(|json| json["servers"].as_array().cloned())
+            .map(|list| list.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default();
+        listed.sort_unstable();
+        if listed == servers {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never {servers:?}: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

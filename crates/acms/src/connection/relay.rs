@@ -494,9 +494,7 @@ impl Relay {
     ) -> Result<(), Close> {
         let origin = self.server;
         targets.retain(|&target| target != origin);
-        // Not counted: the receiving hub credits a unicast frame to the one server the
-        // directory places its recipient on.
-        self.stage_per_hub(&frame, seq, &targets, false);
+        self.stage_per_hub(&frame, seq, &targets);
         self.own.send(Control::Copies { seq, servers: targets })
     }
 
@@ -554,7 +552,7 @@ impl Relay {
             return Ok(());
         }
         let frame = buf.split_to(len).freeze();
-        self.stage_per_hub(&frame, seq, &targets, true);
+        self.stage_per_hub(&frame, seq, &targets);
         self.shared.stats.fanned_out(counter, targets.len());
         self.own.send(Control::Copies { seq, servers: targets })
     }
@@ -563,14 +561,14 @@ impl Relay {
     /// them (that hub hands one to each of its servers); none for a target whose hub is dead (held,
     /// sent again once the server is back somewhere).
     ///
-    /// With `count`, each copy a server of another hub gets counts against that server's credit
-    /// window (`backplane::flow`), as a unicast frame for it does: its hub credits it back per
-    /// server it was counted for.
-    fn stage_per_hub(&mut self, frame: &Bytes, seq: u64, targets: &[ServerId], count: bool) {
+    /// Each copy a server of another hub gets counts against that server's credit window
+    /// (`backplane::flow`), as a unicast frame for it does: its hub credits it back per server
+    /// it was counted for.
+    fn stage_per_hub(&mut self, frame: &Bytes, seq: u64, targets: &[ServerId]) {
         let mut hubs: Vec<HubId> = Vec::new();
         for &target in targets {
             let dest = self.fan_out_dest(target);
-            if count && matches!(dest, Some(Dest::Hub(_))) {
+            if matches!(dest, Some(Dest::Hub(_))) {
                 self.note_remote(target, frame.len());
             }
             match dest {

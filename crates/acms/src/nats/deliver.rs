@@ -91,20 +91,28 @@ pub(super) fn deliver(
             }
         };
         let Ok(kind) = frame.kind() else { continue };
-        let mut credit = None;
-        // A fan-out frame: the servers here the sending hub counted its copies against, as
-        // this hub's replica of the same directory says; each is credited its bytes.
+        let len = frames.len() - rest.len() - start;
+        // The servers the sending hub counted this frame against, as this hub's replica of the
+        // same directory says: each is credited its bytes, with its batch if it gets one.
         let mut counted: Vec<ServerId> = Vec::new();
+        // Those credited at once, before a `continue` could skip the batches.
+        let mut credited_early = 0;
         let (targets, seq) = match kind {
             // An invitation (a P2P offer or answer) goes as a message does.
             FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => {
                 let Ok(route) = frame.route() else { continue };
                 // The sending hub counted it against the window of the server the directory
-                // places its recipient on: credited for that server, as this hub's replica of
-                // the same directory says; as dropped unless it is queued for that server below.
+                // places its recipient on, or, under `multi`, of each server with a session of
+                // theirs (here: those of this hub); as dropped unless it is queued below.
                 let placed = core.replica.user(route.recipient);
-                credit = placed.map(|server| (server, frame.as_bytes().len()));
-                passed.extend(credit);
+                if shared.registry.multi() {
+                    let sessions = core.replica.sessions(route.recipient).into_iter();
+                    counted.extend(sessions.filter(|&s| shared.registry.is_registered(s)));
+                } else {
+                    counted.extend(placed);
+                }
+                passed.extend(counted.iter().map(|&server| (server, len)));
+                credited_early = counted.len();
                 if route.origin != origin {
                     warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
                     continue;
@@ -193,21 +201,14 @@ pub(super) fn deliver(
                 continue;
             }
         };
-        // For the server it was counted against: credited with that server's batch instead.
-        let staged_credit = credit.filter(|(server, _)| targets.contains(server));
-        if staged_credit.is_some() {
-            passed.pop();
-        }
-        let span = start..frames.len() - rest.len();
+        // Not skipped: a server counted and queued to is credited with its batch instead.
+        passed.truncate(passed.len() - credited_early);
         for &server in counted.iter().filter(|server| !targets.contains(server)) {
-            passed.push((server, span.len()));
+            passed.push((server, len));
         }
+        let span = start..start + len;
         for target in targets {
-            let credited = match staged_credit {
-                Some((server, len)) if server == target => len,
-                _ if counted.contains(&target) => span.len(),
-                _ => 0,
-            };
+            let credited = if counted.contains(&target) { len } else { 0 };
             match staged.iter_mut().find(|entry| entry.target == target) {
                 Some(entry) => entry.add(span.clone(), seq, credited),
                 None => staged.push(Staged::new(target, span.clone(), seq, credited)),
