@@ -101,3 +101,16 @@ fn an_origin_epoch_is_told_once_and_again_after_a_restart() {
     assert!(!backplane.tell_epoch(ServerId(1), 10));
     assert!(backplane.tell_epoch(ServerId(1), 11));
 }
+
+#[test]
+fn an_entry_older_than_this_hubs_claim_is_stale_until_the_claim_comes_back() {
+    let writes = Writes::default();
+    assert!(!writes.is_stale(Bucket::Users, "bob", 5), "nothing claimed: nothing stale");
+    writes.claimed_at(Bucket::Users, "bob", 7);
+    // Another hub's entry of revision 6, which this hub's claim wrote over, comes first.
+    assert!(writes.is_stale(Bucket::Users, "bob", 6));
+    assert!(!writes.is_stale(Bucket::Users, "alice", 6), "per key");
+    // The claim itself comes back: the wait is over, and later entries are judged.
+    assert!(!writes.is_stale(Bucket::Users, "bob", 7));
+    assert!(!writes.is_stale(Bucket::Users, "bob", 6));
+}

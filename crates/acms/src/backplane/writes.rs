@@ -83,6 +83,9 @@ impl Write {
     }
 }
 
+/// Claims remembered until the watch echoes them, at most; a bound for a watch that broke.
+const MAX_UNECHOED: usize = 65_536;
+
 /// The pending writes and the writer's wake-up.
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
@@ -96,6 +99,9 @@ type Key = (Bucket, String);
 struct Pending {
     /// Keys of logins being decided (see [`Writes::begin`]): they count as owed.
     begun: HashSet<Key>,
+    /// Keys this hub claimed, with the revision its write made, until the watch brings that
+    /// revision (see [`Writes::is_stale`]).
+    unechoed: HashMap<Key, u64>,
     /// Keys whose write the writer took and has not finished.
     writing: HashSet<Key>,
     /// Of those, how many are in the servers bucket: a barrier while above zero.
@@ -155,6 +161,34 @@ impl Writes {
     /// A write begun by [`Writes::begin`] was decided (and owed, if there is one).
     pub(crate) fn done(&self, bucket: Bucket, key: &str) {
         self.pending.lock().expect("writes lock").begun.remove(&(bucket, key.to_owned()));
+    }
+
+    /// This hub's claim of `key` was written at `revision`: until the watch brings it, an
+    /// older entry the watch brings is stale.
+    pub(crate) fn claimed_at(&self, bucket: Bucket, key: &str, revision: u64) {
+        let mut pending = self.pending.lock().expect("writes lock");
+        if pending.unechoed.len() >= MAX_UNECHOED {
+            // A watch that broke never echoes: what it owed is forgotten, not kept for good.
+            pending.unechoed.clear();
+        }
+        let slot = pending.unechoed.entry((bucket, key.to_owned())).or_insert(revision);
+        *slot = (*slot).max(revision);
+    }
+
+    /// Whether the watch's entry of `key` at `revision` is older than one this hub wrote since
+    /// (the watch brings entries in order, so this hub's own comes after it): not to be judged,
+    /// since it no longer stands. The entry at or past that revision ends the wait.
+    pub(crate) fn is_stale(&self, bucket: Bucket, key: &str, revision: u64) -> bool {
+        let mut pending = self.pending.lock().expect("writes lock");
+        let key = (bucket, key.to_owned());
+        match pending.unechoed.get(&key) {
+            Some(&written) if revision < written => true,
+            Some(_) => {
+                pending.unechoed.remove(&key);
+                false
+            }
+            None => false,
+        }
     }
 
     /// The writer finished the write to `key` it took: a write owed to the key since may start.

@@ -198,6 +198,12 @@ pub(super) fn directory(
             } else {
                 core.replica.set_user(user.clone(), sessions.clone(), revision)
             };
+            // An entry older than this hub's own claim of the user, which the watch brings
+            // next: the login it names lost to this hub's, and kicks nobody here.
+            if core.writes.is_stale(bucket, key, revision) {
+                debug!(%user, revision, "an entry older than this hub's claim; not judged");
+                return;
+            }
             user_changed(shared, core, key, user, &was, &sessions);
         }
         Bucket::Groups => {

@@ -236,6 +236,10 @@ pub(super) async fn write(
             applied = writing.next(), if !writing.is_empty() => applied,
         };
         let Some(Applied { bucket, key, write, claimed, result }) = applied else { continue };
+        if let Some((_, revision)) = claimed {
+            // Before the key stops counting as owed, so no older entry is judged in between.
+            core.writes.claimed_at(bucket, &key, revision);
+        }
         core.writes.written(bucket, &key);
         if let Some((server, revision)) = claimed {
             // A login elsewhere that the watch brought while this one was being written was
