@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::backplane::{Backplane, HubId};
+use crate::forwarded::Marks;
 use crate::outbox::Outbox;
 use crate::registry::{RelayError, Relayed};
 use crate::state::HubState;
@@ -216,10 +217,15 @@ pub(super) fn deliver(
         }
     }
     let mut backed_up = Vec::new();
+    // What the origin handed each connection here is recorded there, as for a local origin:
+    // if the connection breaks with these frames in its queue, the origin is asked to send them
+    // again. (Without it, frames of an origin on another hub that died in a broken connection's
+    // queue were never sent again, and its later frames overtook them.)
+    let mut marks = Marks::default();
     for Staged { target, spans, lowest, count, credit } in staged {
         let chunks: Vec<Bytes> = spans.into_iter().map(|span| frames.slice(span)).collect();
         let len: usize = chunks.iter().map(Bytes::len).sum();
-        match shared.registry.relay_batch(origin, target, lowest, chunks, None) {
+        match shared.registry.relay_batch(origin, target, lowest, chunks, Some(&mut marks)) {
             Ok(Relayed::Queued(above_high_water)) => {
                 shared.stats.relayed(count, len);
                 match above_high_water {
