@@ -9,7 +9,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use acms_appserver::{Cluster, Event, Events, GroupId, LinkState, ServerId};
-use acms_tests::nats::{HubProc, NatsCluster, free_port, metric, start_hubs_with, wait_located};
+use acms_tests::nats::{
+    HubProc, NatsCluster, free_port, metric, start_hubs_with, wait_located, wait_sessions,
+};
 use acms_tests::stream::{expect_stream, expect_stream_slowly, numbered};
 use acms_tests::{PATIENCE, user, wait_link};
 
@@ -255,24 +257,4 @@ async fn a_group_flood_to_a_slow_member_on_another_hub_is_paced_not_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_flood_to_a_slow_server_on_another_hub_is_paced_not_cut_off() {
     a_flood_to_a_slow_receiver_on_another_hub_is_paced(Flood::Broadcast).await;
-}
-
-/// Waits until the hub at `admin` lists `name`'s sessions on exactly `servers`.
-async fn wait_sessions(admin: std::net::SocketAddr, name: &str, servers: &[u64]) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let path = format!("/api/users/{name}");
-        let reply = acms_tests::http::request(admin, "GET", &path, &[], None).await;
-        let mut listed: Vec<u64> = serde_json::from_str::<serde_json::Value>(&reply.body)
-            .ok()
-            .and_then(|json| json["servers"].as_array().cloned())
-            .map(|list| list.iter().filter_map(serde_json::Value::as_u64).collect())
-            .unwrap_or_default();
-        listed.sort_unstable();
-        if listed == servers {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never {servers:?}: {}", reply.body);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

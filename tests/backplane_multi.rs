@@ -8,7 +8,7 @@ use std::time::Duration;
 use acms_appserver::{
     Candidate, CandidateKind, Cluster, Event, Events, LinkState, Outcome, Reach, ServerId,
 };
-use acms_tests::nats::{NatsCluster, free_port, server_on_each, start_hubs_with};
+use acms_tests::nats::{NatsCluster, free_port, server_on_each, start_hubs_with, wait_sessions};
 use acms_tests::wait_link;
 use acms_tests::{PATIENCE, eventually, user};
 
@@ -241,24 +241,7 @@ async fn an_admin_push_and_kick_reach_every_session_on_every_hub() {
     clusters[1].login(user("sam")).await.expect("login on B");
     // Every hub's directory has both sessions.
     for hub in &hubs {
-        let path = "/api/users/sam";
-        let both = |json: &serde_json::Value| {
-            let mut servers: Vec<u64> = json["servers"]
-                .as_array()
-                .map(|list| list.iter().filter_map(serde_json::Value::as_u64).collect())
-                .unwrap_or_default();
-            servers.sort_unstable();
-            servers == [10, 11]
-        };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let reply = acms_tests::http::request(hub.admin, "GET", path, &[], None).await;
-            if serde_json::from_str(&reply.body).is_ok_and(|json| both(&json)) {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never both: {}", reply.body);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_sessions(hub.admin, "sam", &[10, 11]).await;
     }
     // From hub C, which holds no session of sam, and from hub A, which holds one.
     for (index, admin) in [(2, hubs[2].admin), (0, hubs[0].admin)] {

@@ -238,6 +238,26 @@ pub async fn wait_located(admin: SocketAddr, name: &str, server: u32) {
     }
 }
 
+/// Waits until the hub at `admin` lists `name`'s sessions on exactly `servers`.
+pub async fn wait_sessions(admin: SocketAddr, name: &str, servers: &[u64]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let path = format!("/api/users/{name}");
+        let reply = http::request(admin, "GET", &path, &[], None).await;
+        let mut listed: Vec<u64> = serde_json::from_str::<serde_json::Value>(&reply.body)
+            .ok()
+            .and_then(|json| json["servers"].as_array().cloned())
+            .map(|list| list.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default();
+        listed.sort_unstable();
+        if listed == servers {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never {servers:?}: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// An `acms` process on the backplane; killed when dropped.
 pub struct HubProc {
     /// The process.

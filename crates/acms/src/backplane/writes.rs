@@ -180,6 +180,9 @@ impl Writes {
     /// since it no longer stands. The entry at or past that revision ends the wait.
     pub(crate) fn is_stale(&self, bucket: Bucket, key: &str, revision: u64) -> bool {
         let mut pending = self.pending.lock().expect("writes lock");
+        if pending.unechoed.is_empty() {
+            return false;
+        }
         let key = (bucket, key.to_owned());
         match pending.unechoed.get(&key) {
             Some(&written) if revision < written => true,

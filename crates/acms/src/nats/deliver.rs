@@ -81,6 +81,10 @@ pub(super) fn deliver(
     let mut back: Vec<RawFrame> = Vec::new();
     // Credit for unicast frames not queued here: for the server their hub counted them against.
     let mut passed: Vec<(ServerId, usize)> = Vec::new();
+    // The servers the sending hub counted the frame at hand against, as this hub's replica of
+    // the same directory says: each is credited its bytes, with its batch if it gets one. One
+    // list for the whole message, cleared per frame, so a frame costs no allocation.
+    let mut counted: Vec<ServerId> = Vec::new();
     let mut rest = frames.clone();
     while !rest.is_empty() {
         let start = frames.len() - rest.len();
@@ -93,9 +97,7 @@ pub(super) fn deliver(
         };
         let Ok(kind) = frame.kind() else { continue };
         let len = frames.len() - rest.len() - start;
-        // The servers the sending hub counted this frame against, as this hub's replica of the
-        // same directory says: each is credited its bytes, with its batch if it gets one.
-        let mut counted: Vec<ServerId> = Vec::new();
+        counted.clear();
         // Those credited at once, before a `continue` could skip the batches.
         let mut credited_early = 0;
         let (targets, seq) = match kind {
@@ -188,7 +190,7 @@ pub(super) fn deliver(
                     continue;
                 }
                 let mut targets = shared.groups.servers_of(route.recipient, origin);
-                counted = core.interest.listed(route.recipient, core.me);
+                counted.extend(core.interest.listed(route.recipient, core.me));
                 let left = core.interest.recently_left(route.recipient, Instant::now());
                 for listed in counted.iter().copied().chain(left) {
                     if !targets.contains(&listed) && shared.registry.is_registered(listed) {
