@@ -62,6 +62,9 @@ async fn a_logout_on_one_hub_leaves_the_session_on_another_reachable_and_flagged
     clusters[0].logout(&user("sam")).await.expect("logout on A");
     eventually("server 11 to count sam alone", || clusters[1].multi_session_users() == 0).await;
     assert_eq!(clusters[0].multi_session_users(), 0, "sam is gone from server 10");
+    // Carl's hub has heard of the logout too (before, its replica could still list server 10,
+    // and the copy for it came back to carl as undeliverable).
+    wait_sessions(hubs[2].admin, "sam", &[11]).await;
     clusters[2]
         .send_to_user(&user("carl"), &user("sam"), "still there".into())
         .await
