@@ -248,6 +248,37 @@ impl Registry {
         let now = Instant::now();
         let first = self.settle.start(now);
         let mut registration = Registration { first, ..Registration::default() };
+        // Read before the entry is locked (iterating takes every shard's lock). A server that
+        // registers meanwhile sends everything unacknowledged anyway, and waits for nobody.
+        let connected: Vec<ServerId> = self
+            .servers
+            .iter()
+            .filter(|other| *other.key() != id && other.attached.is_some())
+            .map(|other| *other.key())
+            .collect();
+        // Who sends again is settled, and blocked, in the same lock that makes the connection
+        // findable: a frame relayed to it before its origin is blocked would overtake the frames
+        // that origin sends again. (Blocked a moment later, a frame relayed in that moment was.)
+        let resend_and_block = |returning: bool, resend: &mut HashMap<ServerId, u64>| {
+            // A returning server's frames still queued for its broken connection died with it,
+            // unrecorded; one arriving on a backplane may come from another hub, where frames
+            // for it died: either way every server here sends again all it has not had
+            // acknowledged.
+            if returning || arriving.resend_all {
+                resend.extend(connected.iter().map(|&other| (other, 0)));
+            }
+            self.settle.registered(id, now, resend);
+            resend.remove(&id);
+            // The hub's own pushes wait until the AS has been told the hub's epoch; servers on
+            // other hubs until their `Resent` comes through the backplane.
+            resend
+                .keys()
+                .copied()
+                .chain([ServerId::HUB])
+                .chain(arriving.remote)
+                .filter(|&origin| origin != id)
+                .collect::<HashSet<ServerId>>()
+        };
         let attached =
             Some(Attached { outbox: outbox.clone(), closer, forwarded: Forwarded::new() });
         match self.servers.entry(id) {
@@ -262,48 +293,21 @@ impl Registry {
                 entry.held.clear();
                 entry.info = info;
                 entry.epoch = epoch;
+                entry.blocked = resend_and_block(true, &mut registration.resend);
                 entry.attached = attached;
-                drop(slot);
-                // Frames still queued for the broken connection died with it, unrecorded: every
-                // server sends again all it has not had acknowledged.
-                for other in self.servers.iter().filter(|other| *other.key() != id) {
-                    if other.attached.is_some() {
-                        registration.resend.insert(*other.key(), 0);
-                    }
-                }
             }
             Entry::Vacant(slot) => {
                 welcome(&outbox);
+                let blocked = resend_and_block(false, &mut registration.resend);
                 slot.insert(ServerEntry {
                     info,
                     epoch,
                     attached,
                     away: None,
                     held: HashMap::new(),
-                    blocked: HashSet::new(),
+                    blocked,
                 });
             }
-        }
-        self.settle.registered(id, now, &mut registration.resend);
-        if arriving.resend_all {
-            // It may come from another hub, where frames for it died: every server here sends
-            // again what it has not had acknowledged.
-            for other in self.servers.iter().filter(|other| other.attached.is_some()) {
-                registration.resend.insert(*other.key(), 0);
-            }
-        }
-        registration.resend.remove(&id);
-        if let Some(mut entry) = self.servers.get_mut(&id) {
-            // The hub's own pushes wait until the AS has been told the hub's epoch; servers on
-            // other hubs until their `Resent` comes through the backplane.
-            entry.blocked = registration
-                .resend
-                .keys()
-                .copied()
-                .chain([ServerId::HUB])
-                .chain(arriving.remote)
-                .filter(|&origin| origin != id)
-                .collect();
         }
         // This AS sends everything it has not had acknowledged once it is registered; nobody
         // needs to wait for a `Resent` from it.

@@ -285,3 +285,44 @@ fn a_blocked_origin_s_acks_pass_and_its_data_frames_wait() {
     let queued = registry.relay_batch(ServerId(1), ServerId(2), None, vec![frame], None);
     assert!(matches!(queued, Ok(Relayed::Queued(_))), "after `Resent`: {queued:?}");
 }
+
+/// A server returns while an origin keeps relaying to it: nothing of that origin reaches the
+/// new connection before the origin's `Resent`, or it would overtake the frames sent again.
+/// (Before, the connection could be found before its blocks were set: a frame relayed in that
+/// moment was queued to it.)
+#[test]
+fn no_frame_reaches_a_returning_server_before_its_origins_resent() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let registry = Arc::new(Registry::default());
+    let (origin, _origin_inbox) = Outbox::new(1024, 512);
+    registry.register(info(1), 0, origin, CancellationToken::new(), None).unwrap();
+    let (outbox, _inbox) = Outbox::new(1 << 20, 1 << 19);
+    registry.register(info(2), 0, outbox, CancellationToken::new(), None).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let relaying = std::thread::spawn({
+        let (registry, stop) = (registry.clone(), stop.clone());
+        move || {
+            let mut seq = 1;
+            while !stop.load(Ordering::Relaxed) {
+                let frame = vec![Bytes::from_static(b"f")];
+                let _ = registry.relay_batch(ServerId(1), ServerId(2), Some(seq), frame, None);
+                seq += 1;
+            }
+        }
+    });
+    let mut early = 0;
+    for _ in 0..2_000 {
+        let _away = registry.depart(ServerId(2), HashSet::new(), true);
+        let (outbox, _inbox) = Outbox::new(1 << 20, 1 << 19);
+        let back = registry.register(info(2), 0, outbox.clone(), CancellationToken::new(), None);
+        assert_eq!(back.unwrap().resend, HashMap::from([(ServerId(1), 0)]));
+        early += usize::from(outbox.pending() > 0);
+        // It sends again, and its frames pass until the next return.
+        registry.resent(ServerId(1), ServerId(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    relaying.join().unwrap();
+    assert_eq!(early, 0, "returns of 2,000 where a frame of server 1 came before its Resent");
+}
