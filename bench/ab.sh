@@ -6,6 +6,7 @@
 #   bash bench/ab.sh BEFORE_DIR AFTER_DIR ROUNDS [compare options...]
 #   bash bench/ab.sh /tmp/before target/release 3 --quick --systems acms
 #
+# With `--systems acms,cross-hub`, the cross-hub rows and the ratio of the two come with them.
 # Each DIR holds an `acms` and an `acms-bench` built in release mode from the commit to compare
 # (the bench links the app-server library, so both halves of a change are measured). Results go
 # to bench/results/<UTC timestamp>-ab/{before,after}-N/ and the table to ab.txt beside them.
@@ -47,10 +48,21 @@ def acms_runs(path):
     """Per ACMS run of one compare: receive msg/s by size, hub CPU µs/msg at 64 B, RTT."""
     results = json.load(open(path))["results"]
     rows = []
+    single = {}
     for row in results["throughput"]:
         if row["system"] == "acms" and not row.get("error"):
             rows.append(("recv", row["size"], row["recv"]["msg_per_s"]))
             rows.append(("cpu", row["size"], row["broker"]["cpu_us_per_msg"]))
+            single[row["size"]] = row["recv"]["msg_per_s"]
+    for row in results["throughput"]:
+        if row["system"] == "cross-hub" and not row.get("error"):
+            size = row["size"]
+            rows.append(("xrecv", size, row["recv"]["msg_per_s"]))
+            for part in row["broker"]["parts"]:
+                kind = {"hub A": "xcpu_a", "hub B": "xcpu_b"}.get(part["name"], "xcpu_nats")
+                rows.append((kind, size, part["cpu_us_per_msg"]))
+            if size in single:
+                rows.append(("xratio", size, row["recv"]["msg_per_s"] / single[size]))
     for row in results["rtt"]:
         if row["system"] == "acms" and not row.get("error"):
             rows.append(("p50", 0, row["rtt"]["p50_us"]))
@@ -63,14 +75,19 @@ for side in ("before", "after"):
         for kind, size, value in acms_runs(f"{out}/{side}-{n}/results.json"):
             metrics.setdefault((kind, size), {}).setdefault(side, []).append(value)
 
-names = {"recv": "receive msg/s", "cpu": "hub CPU µs/msg", "p50": "rtt p50 µs", "p99": "rtt p99 µs"}
+names = {
+    "recv": "receive msg/s", "cpu": "hub CPU µs/msg", "p50": "rtt p50 µs", "p99": "rtt p99 µs",
+    "xrecv": "cross-hub receive msg/s", "xcpu_a": "cross-hub hub A CPU µs/msg",
+    "xcpu_b": "cross-hub hub B CPU µs/msg", "xcpu_nats": "cross-hub NATS CPU µs/msg",
+    "xratio": "cross-hub / single-hub receive",
+}
 print(f"# {rounds} interleaved compare runs per side; every ACMS run of each, medians")
 print("| metric | before | after | change |")
 print("| --- | --- | --- | --- |")
 for (kind, size), sides in sorted(metrics.items()):
     b, a = statistics.median(sides["before"]), statistics.median(sides["after"])
     label = names[kind] + (f" at {size} B" if size else "")
-    fmt = (lambda v: f"{v / 1e6:.2f} M") if kind == "recv" else (lambda v: f"{v:.3g}")
+    fmt = (lambda v: f"{v / 1e6:.2f} M") if kind in ("recv", "xrecv") else (lambda v: f"{v:.3g}")
     print(f"| {label} | {fmt(b)} | {fmt(a)} | {100 * (a - b) / b:+.1f} % |")
 print()
 for (kind, size), sides in sorted(metrics.items()):

@@ -57,8 +57,26 @@ pub enum Side {
 
 impl CrossHub {
     /// Starts the cluster, waits until it is routed and JetStream has a leader, then starts hub
-    /// A and hub B on it. Logs go to `logs/<label>-*.log`.
+    /// A and hub B on it. Logs go to `logs/<label>-*.log`. A port picked free may be taken by
+    /// another socket before its process binds it: what did not start is stopped and started
+    /// again on fresh ports, up to three times.
     pub fn start(
+        settings: &Settings,
+        config: &Path,
+        logs: &Path,
+        label: &str,
+    ) -> anyhow::Result<Self> {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::start_once(settings, config, logs, label) {
+                Ok(cluster) => return Ok(cluster),
+                Err(err) => failures.push(format!("{err:#}")),
+            }
+        }
+        anyhow::bail!("the cross-hub cluster did not start in 3 tries: {failures:?}")
+    }
+
+    fn start_once(
         settings: &Settings,
         config: &Path,
         logs: &Path,
