@@ -238,15 +238,27 @@ impl Backplane {
     }
 
     /// Publishes whole frames of `origin` (of `epoch`) to `hub`: one message, or several of at
-    /// most [`wire::MAX_FRAMES_LEN`] bytes each, cut between frames.
-    pub(crate) fn send_frames(&self, hub: HubId, origin: ServerId, epoch: u64, chunks: &[Bytes]) {
+    /// most [`wire::MAX_FRAMES_LEN`] bytes each, cut between frames. `counted` is what the
+    /// frames count against each server's credit window; it goes with the last message, so
+    /// it is credited once all of them are queued.
+    pub(crate) fn send_frames(
+        &self,
+        hub: HubId,
+        (origin, epoch): (ServerId, u64),
+        counted: &[(ServerId, u32)],
+        chunks: &[Bytes],
+    ) {
         let me = self.me;
+        let from = (origin, epoch);
         if chunks.iter().map(Bytes::len).sum::<usize>() <= wire::MAX_FRAMES_LEN {
-            self.publish(hub, |seq| Message::encode_frames(me, seq, origin, epoch, chunks));
+            self.publish(hub, |seq| Message::encode_frames(me, seq, from, counted, chunks));
             return;
         }
-        for part in wire::split_frames(chunks, wire::MAX_FRAMES_LEN) {
-            self.publish(hub, |seq| Message::encode_frames(me, seq, origin, epoch, &part));
+        let parts = wire::split_frames(chunks, wire::MAX_FRAMES_LEN);
+        let last = parts.len().saturating_sub(1);
+        for (index, part) in parts.iter().enumerate() {
+            let counted = if index == last { counted } else { &[] };
+            self.publish(hub, |seq| Message::encode_frames(me, seq, from, counted, part));
         }
     }
 

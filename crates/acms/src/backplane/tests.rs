@@ -14,7 +14,7 @@ fn a_message_dropped_past_the_backlog_spends_its_number_so_the_receiver_sees_a_g
     let frames = [Bytes::from_static(b"f")];
     let taken = 1 + backlog::HEADROOM;
     for _ in 0..=taken {
-        sender.send_frames(HubId(2), ServerId(1), 1, &frames);
+        sender.send_frames(HubId(2), (ServerId(1), 1), &[], &frames);
     }
     assert_eq!(sender.counters.dropped.load(Ordering::Relaxed), 1, "the last found it all taken");
     // The receiving side; the publisher takes those queued.
@@ -26,7 +26,7 @@ fn a_message_dropped_past_the_backlog_spends_its_number_so_the_receiver_sees_a_g
         assert_eq!(receiver.arrive(message.from, message.seq), Arrival::InOrder);
         sender.backlog.left();
     }
-    sender.send_frames(HubId(2), ServerId(1), 1, &frames);
+    sender.send_frames(HubId(2), (ServerId(1), 1), &[], &frames);
     let next = Message::decode(queue.try_recv().unwrap().1).unwrap();
     let first_missing = taken as u64 + 1;
     assert_eq!(receiver.arrive(next.from, next.seq), Arrival::Gap { first_missing });

@@ -13,8 +13,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::HubId;
 use super::loads::{MAX_REPORTS, ServerReport};
 
-/// The version of this layout; a message of another is refused.
-const VERSION: u8 = 1;
+/// The version of this layout; a message of another is refused. 2 added the credit list to
+/// frames.
+const VERSION: u8 = 2;
 const FRAMES: u8 = 1;
 const RESENT: u8 = 2;
 const GAP: u8 = 3;
@@ -46,6 +47,10 @@ pub(crate) enum Body {
         origin: ServerId,
         /// The epoch of the origin's process, so the receivers learn a restart before its frames.
         epoch: u64,
+        /// The bytes the sender counted against each server's credit window (`flow`) for the
+        /// frames of this message and of the messages before it that it was cut from: the
+        /// receiver credits exactly these, with no lookup per frame.
+        counted: Vec<(ServerId, u32)>,
         frames: Bytes,
     },
     /// `origin` has sent `Resent` for `target`: what follows from it was sent again.
@@ -86,10 +91,9 @@ impl Message {
         out.put_u64(self.from.0);
         out.put_u64(self.seq);
         match &self.body {
-            Body::Frames { origin, epoch, frames } => {
-                out.reserve(12 + frames.len());
-                out.put_u32(origin.0);
-                out.put_u64(*epoch);
+            Body::Frames { origin, epoch, counted, frames } => {
+                out.reserve(16 + 8 * counted.len() + frames.len());
+                put_frames_header(&mut out, *origin, *epoch, counted);
                 out.put_slice(frames);
             }
             Body::Resent { origin, target } => {
@@ -109,18 +113,17 @@ impl Message {
     pub(crate) fn encode_frames(
         from: HubId,
         seq: u64,
-        origin: ServerId,
-        epoch: u64,
+        (origin, epoch): (ServerId, u64),
+        counted: &[(ServerId, u32)],
         chunks: &[Bytes],
     ) -> Bytes {
         let len: usize = chunks.iter().map(Bytes::len).sum();
-        let mut out = BytesMut::with_capacity(HEADER_LEN + 12 + len);
+        let mut out = BytesMut::with_capacity(HEADER_LEN + 16 + 8 * counted.len() + len);
         out.put_u8(VERSION);
         out.put_u8(FRAMES);
         out.put_u64(from.0);
         out.put_u64(seq);
-        out.put_u32(origin.0);
-        out.put_u64(epoch);
+        put_frames_header(&mut out, origin, epoch, counted);
         for chunk in chunks {
             out.put_slice(chunk);
         }
@@ -141,10 +144,17 @@ impl Message {
         let from = HubId(bytes.get_u64());
         let seq = bytes.get_u64();
         let body = match kind {
-            FRAMES if bytes.len() >= 12 => {
+            FRAMES if bytes.len() >= 16 => {
                 let origin = ServerId(bytes.get_u32());
                 let epoch = bytes.get_u64();
-                Body::Frames { origin, epoch, frames: bytes }
+                // Checked against what is left before anything is allocated for it.
+                let count = bytes.get_u32() as usize;
+                if bytes.len() / 8 < count {
+                    return Err(WireError::Short(len));
+                }
+                let counted =
+                    (0..count).map(|_| (ServerId(bytes.get_u32()), bytes.get_u32())).collect();
+                Body::Frames { origin, epoch, counted, frames: bytes }
             }
             RESENT if bytes.len() >= 8 => Body::Resent {
                 origin: ServerId(bytes.get_u32()),
@@ -158,6 +168,22 @@ impl Message {
             other => return Err(WireError::Kind(other)),
         };
         Ok(Self { from, seq, body })
+    }
+}
+
+/// The origin, its epoch and the credit list of a frames message.
+fn put_frames_header(
+    out: &mut BytesMut,
+    origin: ServerId,
+    epoch: u64,
+    counted: &[(ServerId, u32)],
+) {
+    out.put_u32(origin.0);
+    out.put_u64(epoch);
+    out.put_u32(u32::try_from(counted.len()).unwrap_or(u32::MAX));
+    for &(server, bytes) in counted.iter().take(u32::MAX as usize) {
+        out.put_u32(server.0);
+        out.put_u32(bytes);
     }
 }
 
@@ -349,7 +375,12 @@ mod tests {
     fn every_message_reads_back_as_it_was_written() {
         let from = HubId(7);
         let bodies = [
-            Body::Frames { origin: ServerId(3), epoch: 99, frames: Bytes::from_static(b"xyz") },
+            Body::Frames {
+                origin: ServerId(3),
+                epoch: 99,
+                counted: vec![(ServerId(5), 3), (ServerId(6), 0)],
+                frames: Bytes::from_static(b"xyz"),
+            },
             Body::Resent { origin: ServerId(1), target: ServerId(2) },
             Body::Gap,
             Body::Credit { target: ServerId(8), bytes: 1 << 40 },
@@ -359,9 +390,10 @@ mod tests {
             assert_eq!(Message::decode(message.encode()).unwrap(), message);
         }
         let chunks = [Bytes::from_static(b"ab"), Bytes::from_static(b"c")];
-        let joined = Message::encode_frames(from, 9, ServerId(4), 1, &chunks);
+        let counted = [(ServerId(2), 3)];
+        let joined = Message::encode_frames(from, 9, (ServerId(4), 1), &counted, &chunks);
         let frames = Bytes::from_static(b"abc");
-        let body = Body::Frames { origin: ServerId(4), epoch: 1, frames };
+        let body = Body::Frames { origin: ServerId(4), epoch: 1, counted: counted.into(), frames };
         assert_eq!(Message::decode(joined).unwrap(), Message { from, seq: 9, body });
     }
 
@@ -384,6 +416,18 @@ mod tests {
         let mut short_credit = Message { from: HubId(1), seq: 0, body: credit }.encode().to_vec();
         short_credit.truncate(HEADER_LEN + 11);
         assert_eq!(Message::decode(short_credit.into()), Err(WireError::Short(HEADER_LEN + 11)));
+        // Frames whose credit list claims more entries than the message holds.
+        let frames = Body::Frames {
+            origin: ServerId(1),
+            epoch: 1,
+            counted: vec![(ServerId(2), 9)],
+            frames: Bytes::new(),
+        };
+        let mut lying = Message { from: HubId(1), seq: 1, body: frames }.encode().to_vec();
+        let at = HEADER_LEN + 12;
+        lying[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        let claimed = lying.len();
+        assert_eq!(Message::decode(lying.into()), Err(WireError::Short(claimed)));
         // A heartbeat claiming more entries than it holds.
         let beat = |sent, reports| Heartbeat { from: HubId(1), sent, total: 2, reports };
         let mut lying = beat(vec![(HubId(2), 3)], vec![]).encode().to_vec();

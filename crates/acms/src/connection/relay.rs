@@ -43,9 +43,10 @@ pub(super) struct Relay {
     /// Destinations above their high water after the last hand-over: the shell reads nothing
     /// until they drain.
     backed_up: Vec<(ServerId, Outbox)>,
-    /// Bytes of unicast frames staged for each server of another hub, counted against its
-    /// credit window when they are handed over.
-    remote: Vec<(ServerId, usize)>,
+    /// Bytes of frames staged for each server of another hub (and that hub), counted against
+    /// its credit window when they are handed over, and listed in the message to that hub for
+    /// its credit.
+    remote: Vec<(HubId, ServerId, usize)>,
     /// Servers of other hubs whose window the hand-overs so far shut: the shell reads nothing
     /// until credit reopens them (pushback across hubs).
     paused: Vec<(ServerId, Arc<Pause>)>,
@@ -189,7 +190,13 @@ impl Relay {
                 Dest::Hub(hub) => {
                     if let Some(backplane) = &shared.backplane {
                         let bytes: usize = chunks.iter().map(Bytes::len).sum();
-                        backplane.send_frames(hub, origin, self.epoch, &chunks);
+                        let counted: Vec<(ServerId, u32)> = (self.remote.iter())
+                            .filter(|(on, ..)| *on == hub)
+                            .map(|&(_, target, len)| {
+                                (target, u32::try_from(len).unwrap_or(u32::MAX))
+                            })
+                            .collect();
+                        backplane.send_frames(hub, (origin, self.epoch), &counted, &chunks);
                         shared.stats.relayed(frames, bytes);
                         self.fed_backplane = true;
                     }
@@ -225,7 +232,7 @@ impl Relay {
         let Some(backplane) = &self.shared.backplane else { return };
         let now = self.read_at;
         let until = now + crate::backplane::pause_limit(self.shared.config.max_stall);
-        for (target, bytes) in self.remote.drain(..) {
+        for (_, target, bytes) in self.remote.drain(..) {
             if let Some(pause) = backplane.windows.sent(target, bytes, now, until)
                 && !self.paused.iter().any(|(id, _)| *id == target)
             {
@@ -253,11 +260,11 @@ impl Relay {
         std::mem::take(&mut self.paused)
     }
 
-    /// Notes `len` bytes of a frame staged for `target`, a server of another hub.
-    fn note_remote(&mut self, target: ServerId, len: usize) {
-        match self.remote.iter_mut().find(|(id, _)| *id == target) {
-            Some((_, bytes)) => *bytes += len,
-            None => self.remote.push((target, len)),
+    /// Notes `len` bytes of a frame staged for `target`, a server of the hub `hub`.
+    fn note_remote(&mut self, hub: HubId, target: ServerId, len: usize) {
+        match self.remote.iter_mut().find(|(_, id, _)| *id == target) {
+            Some((_, _, bytes)) => *bytes += len,
+            None => self.remote.push((hub, target, len)),
         }
     }
 
@@ -329,7 +336,7 @@ impl Relay {
                         Some(target) => Some(Dest::Server(target)),
                         None => match self.beyond(route.recipient) {
                             Some(Beyond::Hub(hub, target)) => {
-                                self.note_remote(target, len);
+                                self.note_remote(hub, target, len);
                                 Some(Dest::Hub(hub))
                             }
                             Some(Beyond::Drop) => {
@@ -568,8 +575,8 @@ impl Relay {
         let mut hubs: Vec<HubId> = Vec::new();
         for &target in targets {
             let dest = self.fan_out_dest(target);
-            if matches!(dest, Some(Dest::Hub(_))) {
-                self.note_remote(target, frame.len());
+            if let Some(Dest::Hub(hub)) = dest {
+                self.note_remote(hub, target, frame.len());
             }
             match dest {
                 Some(Dest::Hub(hub)) if hubs.contains(&hub) => {}

@@ -24,24 +24,16 @@ struct Staged {
     lowest: Option<u64>,
     /// Data frames among them (acks are not counted).
     count: usize,
-    /// Bytes of unicast frames among them, credited to their hub once they are queued.
-    credit: usize,
 }
 
 impl Staged {
-    fn new(
-        target: ServerId,
-        span: std::ops::Range<usize>,
-        seq: Option<u64>,
-        credit: usize,
-    ) -> Self {
+    fn new(target: ServerId, span: std::ops::Range<usize>, seq: Option<u64>) -> Self {
         let count = usize::from(seq.is_some());
-        Self { target, spans: vec![span], lowest: seq, count, credit }
+        Self { target, spans: vec![span], lowest: seq, count }
     }
 
     /// Adds the frame at `span`, extending the last run if it ends where the frame starts.
-    fn add(&mut self, span: std::ops::Range<usize>, seq: Option<u64>, credit: usize) {
-        self.credit += credit;
+    fn add(&mut self, span: std::ops::Range<usize>, seq: Option<u64>) {
         match self.spans.last_mut() {
             Some(last) if last.end == span.start => last.end = span.end,
             _ => self.spans.push(span),
@@ -56,15 +48,15 @@ impl Staged {
 
 /// Frames of the server `origin` on `hub`, for servers of this hub: handed to each by the same
 /// registry call as a local relay's, in order; those for nobody here go back as undeliverable.
-/// The bytes of unicast frames are credited back to `hub` (see `backplane::flow`), except for a
-/// server they left above its high water: returned if its queue is not watched yet, for the
-/// credit to follow once it drains.
+/// The bytes `hub` counted against each server's credit window (`counted`, see
+/// `backplane::flow`) are credited back, except for a server above its high water: returned
+/// if its queue is not watched yet, for the credit to follow once it drains.
 pub(super) fn deliver(
     shared: &HubState,
     core: &Backplane,
     hub: HubId,
-    origin: ServerId,
-    epoch: u64,
+    (origin, epoch): (ServerId, u64),
+    counted: &[(ServerId, u32)],
     frames: Bytes,
 ) -> Vec<(ServerId, Outbox)> {
     let local_origin = shared.registry.is_registered(origin);
@@ -79,12 +71,9 @@ pub(super) fn deliver(
     }
     let mut staged: Vec<Staged> = Vec::new();
     let mut back: Vec<RawFrame> = Vec::new();
-    // Credit for unicast frames not queued here: for the server their hub counted them against.
-    let mut passed: Vec<(ServerId, usize)> = Vec::new();
-    // The servers the sending hub counted the frame at hand against, as this hub's replica of
-    // the same directory says: each is credited its bytes, with its batch if it gets one. One
-    // list for the whole message, cleared per frame, so a frame costs no allocation.
-    let mut counted: Vec<ServerId> = Vec::new();
+    // The servers here the frame at hand goes to: one list for the whole message, cleared per
+    // frame, so a frame costs no allocation.
+    let mut targets: Vec<ServerId> = Vec::new();
     let mut rest = frames.clone();
     while !rest.is_empty() {
         let start = frames.len() - rest.len();
@@ -97,55 +86,39 @@ pub(super) fn deliver(
         };
         let Ok(kind) = frame.kind() else { continue };
         let len = frames.len() - rest.len() - start;
-        counted.clear();
-        // Those credited at once, before a `continue` could skip the batches.
-        let mut credited_early = 0;
-        let (targets, seq) = match kind {
+        targets.clear();
+        let seq = match kind {
             // An invitation (a P2P offer or answer) goes as a message does.
             FrameKind::Data(DataKind::Unicast | DataKind::Refused | DataKind::Invitation) => {
                 let Ok(route) = frame.route() else { continue };
-                // The sending hub counted it against the window of the server the directory
-                // places its recipient on, or, under `multi`, of each server with a session of
-                // theirs (here: those of this hub); as dropped unless it is queued below.
-                let placed = core.replica.user(route.recipient);
-                if shared.registry.multi() {
-                    let sessions = core.replica.sessions(route.recipient).into_iter();
-                    counted.extend(sessions.filter(|&s| shared.registry.is_registered(s)));
-                } else {
-                    counted.extend(placed);
-                }
-                passed.extend(counted.iter().map(|&server| (server, len)));
-                credited_early = counted.len();
                 if route.origin != origin {
                     warn!(%hub, claimed = %route.origin, %origin, "frame of another origin in a hub's batch; dropped");
                     continue;
                 }
-                match shared.registry.route(route.recipient) {
-                    Some(owner) => {
-                        (sessions_of(shared, core, route.recipient, owner), Some(route.seq))
-                    }
-                    // Late, for a server that moved from here: its origin sends it again there.
-                    None if placed.is_some_and(|server| core.has_moved(server)) => {
+                if let Some(owner) = shared.registry.route(route.recipient) {
+                    sessions_of(shared, core, route.recipient, owner, &mut targets);
+                } else {
+                    let placed = core.replica.user(route.recipient);
+                    if placed.is_some_and(|server| core.has_moved(server)) {
+                        // Late, for a server that moved from here: its origin sends it again
+                        // there.
                         shared.stats.held(1);
-                        continue;
-                    }
-                    // For a user of a server that registered here and has not finished its
-                    // snapshot (it moved here a moment ago): not bounced, since the user is
-                    // about to be here. Dropped, and the origin's later frames to that server
-                    // too until its `Resent`, so nothing overtakes it; its hub has its servers
-                    // send again once the snapshot is done.
-                    None if placed.is_some_and(|server| core.wait_for_snapshot(server, hub)) => {
-                        if let Some(server) = placed {
-                            shared.registry.block(server, origin);
-                        }
+                    } else if let Some(server) =
+                        placed.filter(|&server| core.wait_for_snapshot(server, hub))
+                    {
+                        // For a user of a server that registered here and has not finished its
+                        // snapshot (it moved here a moment ago): not bounced, since the user is
+                        // about to be here. Dropped, and the origin's later frames to that
+                        // server too until its `Resent`, so nothing overtakes it; its hub has
+                        // its servers send again once the snapshot is done.
+                        shared.registry.block(server, origin);
                         shared.stats.held(1);
-                        continue;
-                    }
-                    None => {
+                    } else {
                         back.push(frame);
-                        continue;
                     }
+                    continue;
                 }
+                Some(route.seq)
             }
             FrameKind::Data(DataKind::Undeliverable) => {
                 // Bounced by another hub: back to its origin, here.
@@ -160,19 +133,15 @@ pub(super) fn deliver(
                 if route.origin != origin {
                     continue;
                 }
-                let targets = match (kind, route.target_server()) {
+                match (kind, route.target_server()) {
                     (DataKind::Server, Some(target)) => {
-                        counted.push(target);
-                        let here = shared.registry.is_registered(target);
-                        if here { vec![target] } else { Vec::new() }
+                        if shared.registry.is_registered(target) {
+                            targets.push(target);
+                        }
                     }
-                    _ => {
-                        let placed = core.replica.servers_on(core.me);
-                        counted.extend(placed.into_iter().map(|(server, _)| server));
-                        shared.registry.server_ids(origin)
-                    }
-                };
-                (targets, Some(route.seq))
+                    _ => targets.extend(shared.registry.server_ids(origin)),
+                }
+                Some(route.seq)
             }
             FrameKind::Ack => {
                 let Ok((target, from)) = Ack::route(frame.body()) else { continue };
@@ -180,7 +149,8 @@ pub(super) fn deliver(
                     // For nobody here: its origin sends again and gets new acks.
                     continue;
                 }
-                (vec![target], None)
+                targets.push(target);
+                None
             }
             FrameKind::Data(DataKind::Group | DataKind::GroupExceptSender) => {
                 // One copy for this hub: one for each of its servers with members, and for those
@@ -189,58 +159,39 @@ pub(super) fn deliver(
                 if route.origin != origin {
                     continue;
                 }
-                let mut targets = shared.groups.servers_of(route.recipient, origin);
-                counted.extend(core.interest.listed(route.recipient, core.me));
+                targets.extend(shared.groups.servers_of(route.recipient, origin));
+                let listed = core.interest.listed(route.recipient, core.me);
                 let left = core.interest.recently_left(route.recipient, Instant::now());
-                for listed in counted.iter().copied().chain(left) {
+                for listed in listed.into_iter().chain(left) {
                     if !targets.contains(&listed) && shared.registry.is_registered(listed) {
                         targets.push(listed);
                     }
                 }
-                (targets, Some(route.seq))
+                Some(route.seq)
             }
             _ => {
                 debug!(%hub, "a frame of a kind no hub relays to another; dropped");
                 continue;
             }
         };
-        // Not skipped: a server counted and queued to is credited with its batch instead.
-        passed.truncate(passed.len() - credited_early);
-        for &server in counted.iter().filter(|server| !targets.contains(server)) {
-            passed.push((server, len));
-        }
         let span = start..start + len;
-        for target in targets {
-            let credited = if counted.contains(&target) { len } else { 0 };
+        for &target in &targets {
             match staged.iter_mut().find(|entry| entry.target == target) {
-                Some(entry) => entry.add(span.clone(), seq, credited),
-                None => staged.push(Staged::new(target, span.clone(), seq, credited)),
+                Some(entry) => entry.add(span.clone(), seq),
+                None => staged.push(Staged::new(target, span.clone(), seq)),
             }
         }
     }
-    let mut backed_up = Vec::new();
     // What the origin handed each connection here is recorded there, as for a local origin:
     // if the connection breaks with these frames in its queue, the origin is asked to send them
     // again. (Without it, frames of an origin on another hub that died in a broken connection's
     // queue were never sent again, and its later frames overtook them.)
     let mut marks = Marks::default();
-    for Staged { target, spans, lowest, count, credit } in staged {
+    for Staged { target, spans, lowest, count } in staged {
         let chunks: Vec<Bytes> = spans.into_iter().map(|span| frames.slice(span)).collect();
         let len: usize = chunks.iter().map(Bytes::len).sum();
         match shared.registry.relay_batch(origin, target, lowest, chunks, Some(&mut marks)) {
-            Ok(Relayed::Queued(above_high_water)) => {
-                shared.stats.relayed(count, len);
-                match above_high_water {
-                    // Withheld until it drains: the sending hub waits at its pace.
-                    Some(outbox) if credit > 0 => {
-                        if core.credits.withhold(hub, target, credit) {
-                            backed_up.push((target, outbox));
-                        }
-                    }
-                    _ => passed.push((target, credit)),
-                }
-                continue;
-            }
+            Ok(Relayed::Queued(_)) => shared.stats.relayed(count, len),
             Ok(Relayed::Held) => shared.stats.held(count),
             Err(RelayError::Gone(_)) if core.has_moved(target) => shared.stats.held(count),
             Err(RelayError::Gone(chunks)) => {
@@ -255,15 +206,8 @@ pub(super) fn deliver(
                 shared.count_slow_consumer(Some(target), pending);
             }
         }
-        passed.push((target, credit));
     }
-    for (target, bytes) in passed {
-        if bytes > 0
-            && let Some(credit) = core.credits.passed(hub, target, bytes)
-        {
-            core.send_credit(hub, target, credit);
-        }
-    }
+    let backed_up = credit(shared, core, hub, counted);
     let back: Vec<Bytes> = back
         .into_iter()
         .filter(|frame| {
@@ -279,32 +223,65 @@ pub(super) fn deliver(
         for _ in &back {
             shared.stats.undeliverable();
         }
-        core.send_frames(hub, origin, epoch, &back);
+        core.send_frames(hub, (origin, epoch), &[], &back);
     }
     backed_up
 }
 
-/// The servers here a unicast frame for `recipient`, whose last login here is `owner`, goes to:
-/// under `multi`, every session of theirs here (the origin's hub sent this hub one copy for all),
-/// and the servers here the directory still lists for them (a logout on the way: the origin
-/// waits for their acks).
+/// Credits `hub` with the bytes it `counted` against servers here, now that its message is
+/// handed over: at once for a server under its high water, or one not here (its frames went
+/// back or were dropped); withheld for one above it, until it drains. Returns the servers
+/// whose queue is to be watched for that.
+fn credit(
+    shared: &HubState,
+    core: &Backplane,
+    hub: HubId,
+    counted: &[(ServerId, u32)],
+) -> Vec<(ServerId, Outbox)> {
+    let mut backed_up = Vec::new();
+    for &(target, bytes) in counted {
+        let bytes = bytes as usize;
+        if bytes == 0 {
+            continue;
+        }
+        match shared.registry.outbox(target).filter(Outbox::above_high_water) {
+            Some(outbox) => {
+                if core.credits.withhold(hub, target, bytes) {
+                    backed_up.push((target, outbox));
+                }
+            }
+            None => {
+                if let Some(credit) = core.credits.passed(hub, target, bytes) {
+                    core.send_credit(hub, target, credit);
+                }
+            }
+        }
+    }
+    backed_up
+}
+
+/// Adds to `targets` the servers here a unicast frame for `recipient`, whose last login here is
+/// `owner`, goes to: under `multi`, every session of theirs here (the origin's hub sent this hub
+/// one copy for all), and the servers here the directory still lists for them (a logout on the
+/// way: the origin waits for their acks).
 fn sessions_of(
     shared: &HubState,
     core: &Backplane,
     recipient: &str,
     owner: crate::registry::Owner,
-) -> Vec<ServerId> {
+    targets: &mut Vec<ServerId>,
+) {
     let registry = &shared.registry;
     if !registry.multi() {
-        return vec![owner.server];
+        targets.push(owner.server);
+        return;
     }
-    let mut targets = registry.sessions(recipient);
+    targets.extend(registry.sessions(recipient));
     for server in core.replica.sessions(recipient) {
         if !targets.contains(&server) && registry.is_registered(server) {
             targets.push(server);
         }
     }
-    targets
 }
 
 #[cfg(test)]
@@ -313,13 +290,12 @@ mod tests {
 
     #[test]
     fn adjacent_frames_for_one_server_make_one_span() {
-        let mut staged = Staged::new(ServerId(1), 0..10, Some(5), 10);
-        staged.add(10..25, Some(3), 15);
-        staged.add(25..30, None, 0);
+        let mut staged = Staged::new(ServerId(1), 0..10, Some(5));
+        staged.add(10..25, Some(3));
+        staged.add(25..30, None);
         // A frame skipped between (for nobody here) breaks the run.
-        staged.add(40..50, Some(9), 10);
+        staged.add(40..50, Some(9));
         assert_eq!(staged.spans, vec![0..30, 40..50]);
         assert_eq!((staged.lowest, staged.count), (Some(3), 3), "acks are not counted");
-        assert_eq!(staged.credit, 35);
     }
 }

@@ -139,8 +139,8 @@ pub(super) fn message(
         }
     }
     match message.body {
-        Body::Frames { origin, epoch, frames } => {
-            return super::deliver::deliver(shared, core, from, origin, epoch, frames);
+        Body::Frames { origin, epoch, counted, frames } => {
+            return super::deliver::deliver(shared, core, from, (origin, epoch), &counted, frames);
         }
         Body::Resent { origin, target } => shared.registry.resent(origin, target),
         Body::Gap => resend_to_hub(shared, core, from),
