@@ -1,9 +1,9 @@
 //! Identifiers of app servers, users and groups.
 
+use smol_str::SmolStr;
 use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -35,11 +35,13 @@ impl FromStr for ServerId {
 
 /// Names one user of the cluster: 1 to [`UserId::MAX_LEN`] bytes of UTF-8.
 ///
-/// Backed by an `Arc<str>` because the hub keeps each id in its directory and in the set of its
-/// server, and clones must not copy the name. It hashes and compares as a `str`, so maps keyed by
-/// `UserId` can be searched with a `&str` borrowed from a received frame.
+/// A name of up to 23 bytes is held inline, a longer one behind a shared pointer: the hub keeps
+/// each id in its directory and in the set of its server, so clones must not copy a long name,
+/// and the directory looks one up for every relayed frame, which then compares the names where
+/// the map holds them instead of following a pointer per lookup. It hashes and compares as a
+/// `str`, so maps keyed by `UserId` can be searched with a `&str` borrowed from a received frame.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(Arc<str>);
+pub struct UserId(SmolStr);
 
 /// Why a string is not a valid [`UserId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +64,7 @@ impl UserId {
     /// Validates `name` and makes an id of it.
     pub fn new(name: &str) -> Result<Self, UserIdError> {
         Self::check(name)?;
-        Ok(Self(Arc::from(name)))
+        Ok(Self(SmolStr::new(name)))
     }
 
     /// Checks `name` against the rules of a user id without allocating.
@@ -93,7 +95,7 @@ impl TryFrom<String> for UserId {
 
     fn try_from(name: String) -> Result<Self, Self::Error> {
         Self::check(&name)?;
-        Ok(Self(Arc::from(name)))
+        Ok(Self(SmolStr::from(name)))
     }
 }
 
@@ -125,7 +127,7 @@ impl fmt::Display for UserId {
 
 impl fmt::Debug for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.0.as_str(), f)
     }
 }
 

@@ -109,11 +109,12 @@ pub(crate) struct Replica {
     /// How many users `users` places on each server (their last login's), kept with it: the
     /// reconciliation compares it with the sessions here before it compares user by user.
     placed: DashMap<ServerId, usize, foldhash::fast::RandomState>,
-    servers: RwLock<HashMap<ServerId, Place>>,
+    /// Looked up for every frame to another hub (`route_server`), so hashed cheaply.
+    servers: RwLock<HashMap<ServerId, Place, foldhash::fast::RandomState>>,
     /// The other hubs heard from, with when they were last heard.
-    hubs: RwLock<HashMap<HubId, Instant>>,
+    hubs: RwLock<HashMap<HubId, Instant, foldhash::fast::RandomState>>,
     /// Every hub ever heard from, alive or not since.
-    ever_heard: RwLock<std::collections::HashSet<HubId>>,
+    ever_heard: RwLock<std::collections::HashSet<HubId, foldhash::fast::RandomState>>,
     dead_after: Duration,
 }
 
@@ -304,11 +305,12 @@ impl Replica {
     /// dead, what went to it is lost as with any hub that dies: its servers' origins send it
     /// again once they register elsewhere, or once they are given up.
     pub(crate) fn route_server(&self, server: ServerId) -> Remote {
-        match self.place(server) {
+        // Only the hub: the relay asks this for every frame to another hub, and a whole place
+        // would cost a copy of its address.
+        let hub = self.servers.read().expect("replica lock").get(&server).map(|place| place.hub);
+        match hub {
             None => Remote::Nowhere,
-            Some(place) if place.hub != self.me && self.reachable(place.hub) => {
-                Remote::Hub(place.hub)
-            }
+            Some(hub) if hub != self.me && self.reachable(hub) => Remote::Hub(hub),
             Some(_) => Remote::Moving,
         }
     }
