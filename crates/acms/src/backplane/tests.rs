@@ -114,3 +114,33 @@ fn an_entry_older_than_this_hubs_claim_is_stale_until_the_claim_comes_back() {
     assert!(!writes.is_stale(Bucket::Users, "bob", 7));
     assert!(!writes.is_stale(Bucket::Users, "bob", 6));
 }
+
+#[test]
+fn a_batch_cut_into_messages_carries_its_credit_list_on_the_last() {
+    use acms_protocol::{Data, DataKind, Frame, UserId};
+
+    let (sender, mut queue) = backplane(64);
+    let frame = |seq| {
+        let data = Data {
+            kind: DataKind::Unicast,
+            seq,
+            origin: ServerId(1),
+            recipient: UserId::new("bob").unwrap(),
+            sender: UserId::new("al").unwrap(),
+            payload: Bytes::from(vec![0; 6000]),
+        };
+        Frame::Data(data).to_bytes(1 << 20).unwrap()
+    };
+    // Three frames of about 6 KiB: two messages of at most 16 KiB.
+    let chunks = [frame(1), frame(2), frame(3)];
+    let counted = [(ServerId(7), 18_000), (ServerId(8), 10)];
+    sender.send_frames(HubId(2), (ServerId(1), 1), &counted, &chunks);
+    let mut lists = Vec::new();
+    while let Ok((_, message)) = queue.try_recv() {
+        match Message::decode(message).unwrap().body {
+            Body::Frames { counted, .. } => lists.push(counted),
+            other => panic!("not frames: {other:?}"),
+        }
+    }
+    assert_eq!(lists, vec![vec![], counted.to_vec()], "credited once, with the last part");
+}
