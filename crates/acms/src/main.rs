@@ -139,12 +139,10 @@ fn load_tls(files: &TlsFiles) -> anyhow::Result<ServerTls> {
         .context("bad TLS settings")
 }
 
-/// Raises the soft limit on open files to the hard limit, so `max_connections` can be reached:
-/// the usual soft limit of 1024 would stop the hub short of its default cap.
 /// glibc hands the free top of a heap back to the kernel once 128 KiB of it are free, and the
 /// next allocation there faults it in again, zeroed. The relay's read buffers come and go at
-/// that edge: between hubs, the faults took a tenth to a fifth of each hub's CPU per 1 KiB
-/// message. Up to 64 MiB free per heap is kept instead (docs/SCALING.md, "Allocator").
+/// that edge: the faults took a tenth to a fifth of a hub's CPU per 1 KiB message. Up to 64 MiB
+/// free per heap is kept instead (docs/SCALING.md, run 6).
 fn keep_freed_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: sets one parameter of the allocator, before any other thread exists.
@@ -153,6 +151,8 @@ fn keep_freed_heap() {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, so `max_connections` can be reached:
+/// the usual soft limit of 1024 would stop the hub short of its default cap.
 fn raise_open_file_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),

@@ -1,4 +1,5 @@
-//! What hubs publish to each other on NATS: batches of relayed frames, the `Resent` markers that
+//! What hubs publish to each other on NATS: batches of relayed frames (with the bytes they count
+//! against each server's credit window), the `Resent` markers that
 //! follow them, gap notices, credits (flow control), and heartbeats. A small fixed binary
 //! header; the frames after it are the app servers' bytes, never decoded here. Heartbeats also
 //! carry the hub's servers' load reports (see `loads`).
