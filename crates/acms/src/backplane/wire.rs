@@ -1,7 +1,8 @@
 //! What hubs publish to each other on NATS: batches of relayed frames (with the bytes they count
 //! against each server's credit window), the `Resent` markers that follow them, gap notices,
-//! credits (flow control), and heartbeats. A small fixed binary header; the frames after it are the app servers' bytes, never decoded here. Heartbeats also
-//! carry the hub's servers' load reports (see `loads`).
+//! credits (flow control), and heartbeats. A small fixed binary header; the frames after it are
+//! the app servers' bytes, never decoded here. Heartbeats also carry the hub's servers' load
+//! reports (see `loads`).
 //!
 //! Batches and markers from one hub to another are numbered one after the other (`seq`), so the
 //! receiver sees a batch core NATS lost as a gap. Gap notices and credits are not numbered
