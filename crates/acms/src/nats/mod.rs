@@ -471,13 +471,14 @@ async fn watch(
     loop {
         reconnected.borrow_and_update();
         let started = async {
+            let held = repair::held(&core, bucket);
             let listed = keys(&store).await?;
             let entries = store.watch_with_history(">").await.map_err(|err| err.to_string())?;
-            Ok::<_, String>((listed, entries))
+            Ok::<_, String>((held, listed, entries))
         };
         let mut entries = match started.await {
-            Ok((listed, entries)) => {
-                repair::sweep(&shared, &core, bucket, &listed);
+            Ok((held, listed, entries)) => {
+                repair::sweep(&shared, &core, bucket, &held, &listed);
                 entries
             }
             Err(err) => {

@@ -117,30 +117,58 @@ fn repair(shared: &HubState, core: &Backplane, drift: Drift) {
     }
 }
 
-/// A watch of `bucket` starts (again) and the bucket holds the keys `listed`: every entry of the
-/// replica not among them is gone from the directory (its stream was emptied or replaced while
-/// this hub was away) and is handled as deleted, which also puts back this hub's own.
-pub(super) fn sweep(shared: &HubState, core: &Backplane, bucket: Bucket, listed: &HashSet<String>) {
-    let gone: Vec<String> = match bucket {
+/// The keys of `bucket` the replica holds now, but for those with a write of this hub owed.
+/// Taken before a watch lists the bucket: these are the only entries the listing can show gone.
+/// An entry this hub records while the listing runs (a server registering as the hub starts)
+/// may be missing from it without being gone; forgotten, it would be registered again, and every
+/// hub's servers would send that server again what it had not acknowledged.
+pub(super) fn held(core: &Backplane, bucket: Bucket) -> HashSet<String> {
+    let keys: Vec<String> = match bucket {
         Bucket::Users => {
-            let keys = core.replica.user_ids().into_iter().map(|user| user_key(user.as_str()));
-            keys.filter(|key| !listed.contains(key)).collect()
+            core.replica.user_ids().iter().map(|user| user_key(user.as_str())).collect()
         }
-        Bucket::Servers => {
-            let keys = core.replica.server_ids().into_iter().map(server_key);
-            keys.filter(|key| !listed.contains(key)).collect()
-        }
+        Bucket::Servers => core.replica.server_ids().into_iter().map(server_key).collect(),
         Bucket::Groups => {
-            for group in core.interest.stored_here().into_keys() {
-                if !listed.contains(&group_key(group.as_str(), core.me)) {
-                    core.interest.set_stored_here(group, Vec::new());
-                }
-            }
-            let entries = core.interest.entries_of_others(core.me).into_iter();
-            let keys = entries.map(|(group, hub)| group_key(group.as_str(), hub));
-            keys.filter(|key| !listed.contains(key)).collect()
+            let own = core.interest.stored_here().into_keys().map(|group| (group, core.me));
+            let others = core.interest.entries_of_others(core.me).into_iter();
+            own.chain(others).map(|(group, hub)| group_key(group.as_str(), hub)).collect()
         }
     };
+    keys.into_iter().filter(|key| !core.writes.is_owed(bucket, key)).collect()
+}
+
+/// The keys `held` before the listing that the bucket no longer has (`listed`), and that have
+/// no write of this hub owed now.
+fn gone<'a>(
+    core: &Backplane,
+    bucket: Bucket,
+    held: &'a HashSet<String>,
+    listed: &HashSet<String>,
+) -> HashSet<&'a str> {
+    let gone = held.iter().filter(|key| !listed.contains(*key));
+    gone.filter(|key| !core.writes.is_owed(bucket, key)).map(String::as_str).collect()
+}
+
+/// A watch of `bucket` starts (again) and the bucket holds the keys `listed`: every entry
+/// [`held`] before the listing and not among them is gone from the directory (its stream was
+/// emptied or replaced while this hub was away) and is handled as deleted, which also puts back
+/// this hub's own.
+pub(super) fn sweep(
+    shared: &HubState,
+    core: &Backplane,
+    bucket: Bucket,
+    held: &HashSet<String>,
+    listed: &HashSet<String>,
+) {
+    let mut gone = gone(core, bucket, held, listed);
+    if bucket == Bucket::Groups {
+        // This hub's own entries are written again; the others' are forgotten below.
+        for group in core.interest.stored_here().into_keys() {
+            if gone.remove(group_key(group.as_str(), core.me).as_str()) {
+                core.interest.set_stored_here(group, Vec::new());
+            }
+        }
+    }
     if gone.is_empty() {
         return;
     }
@@ -150,6 +178,39 @@ pub(super) fn sweep(shared: &HubState, core: &Backplane, bucket: Bucket, listed:
         "entries no longer in the shared directory (its bucket was emptied or replaced); forgotten"
     );
     for key in gone {
-        effects::directory(shared, bucket, &key, None, 0);
+        effects::directory(shared, bucket, key, None, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use acms_common::discovery::ClusterName;
+
+    use super::*;
+    use crate::backplane::{HubId, Place};
+
+    #[test]
+    fn only_entries_held_before_the_listing_and_not_being_written_can_be_gone() {
+        let cluster = ClusterName::new("test".to_owned()).unwrap();
+        let (core, _queue) = Backplane::new(HubId(1), &cluster, Duration::from_secs(3), 8);
+        let place = |hub| Place { hub, epoch: 1, registration: 1, client_addr: "a:1".into() };
+        // Known from the watch: a server of another hub, and one of this hub's written before.
+        let (elsewhere, here) = (ServerId(5), ServerId(6));
+        core.replica.set_place(elsewhere, place(HubId(2)));
+        core.replica.set_place(here, place(HubId(1)));
+        // One registers here just before the listing: its write is still owed.
+        let (owed, during) = (ServerId(11), ServerId(12));
+        core.server_registered(owed, 1, "a:11".into());
+        let held = held(&core, Bucket::Servers);
+        assert_eq!(held, [elsewhere, here].into_iter().map(server_key).collect());
+        // Another registers while the listing runs; the listing shows only `here`.
+        core.server_registered(during, 1, "a:12".into());
+        let listed = HashSet::from([server_key(here)]);
+        let elsewhere = server_key(elsewhere);
+        assert_eq!(
+            gone(&core, Bucket::Servers, &held, &listed),
+            HashSet::from([elsewhere.as_str()]),
+            "neither server registering here is taken for gone"
+        );
     }
 }
