@@ -191,7 +191,7 @@ impl NatsCluster {
                 }
                 let routes = get(node.monitor, "/routez").await;
                 let jsz = get(node.monitor, "/jsz").await;
-                let routed = routes.as_ref().is_some_and(|r| r["num_routes"].as_u64() >= Some(2));
+                let routed = routes.as_ref().is_some_and(|r| routed_to_both(r));
                 let led = jsz.as_ref().is_some_and(|j| {
                     j["meta_cluster"]["leader"].as_str().is_some_and(|leader| !leader.is_empty())
                 });
@@ -206,6 +206,16 @@ impl NatsCluster {
         }
         Ok(())
     }
+}
+
+/// Whether a node's `/routez` shows routes to both other nodes. Counted by peer, not by route:
+/// nats-server 2.10 and later open a pool of routes to each peer, so two routes may all go to
+/// one of them while the other, not routed yet, would drop what is published for its clients.
+fn routed_to_both(routez: &serde_json::Value) -> bool {
+    let routes = routez["routes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let peers: std::collections::HashSet<&str> =
+        routes.iter().filter_map(|route| route["remote_id"].as_str()).collect();
+    peers.len() >= 2
 }
 
 /// `GET path` on a monitoring port, as JSON; `None` while the node does not answer.
