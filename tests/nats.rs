@@ -191,7 +191,7 @@ impl NatsCluster {
                 }
                 let routes = get(node.monitor, "/routez").await;
                 let jsz = get(node.monitor, "/jsz").await;
-                let routed = routes.as_ref().is_some_and(|r| routed_to_both(r));
+                let routed = routes.as_ref().is_some_and(routed_to_both);
                 let led = jsz.as_ref().is_some_and(|j| {
                     j["meta_cluster"]["leader"].as_str().is_some_and(|leader| !leader.is_empty())
                 });
