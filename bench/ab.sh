@@ -7,6 +7,9 @@
 #   bash bench/ab.sh /tmp/before target/release 3 --quick --systems acms
 #
 # With `--systems acms,cross-hub`, the cross-hub rows and the ratio of the two come with them.
+# BEFORE_ARGS and AFTER_ARGS, if set, are more options for one side only: the same build against
+# two nats-servers, say (BEFORE_ARGS="--nats-bin /usr/sbin/nats-server" AFTER_ARGS="--nats-bin
+# $(scripts/nats-current.sh)").
 # Each DIR holds an `acms` and an `acms-bench` built in release mode from the commit to compare
 # (the bench links the app-server library, so both halves of a change are measured). Results go
 # to bench/results/<UTC timestamp>-ab/{before,after}-N/ and the table to ab.txt beside them.
@@ -29,10 +32,11 @@ out="bench/results/$(date -u +%Y%m%dT%H%MZ)-ab"
 mkdir -p "$out"
 for round in $(seq 1 "$rounds"); do
     for side in before after; do
-        dir=$before
-        [ "$side" = after ] && dir=$after
+        dir=$before extra=${BEFORE_ARGS:-}
+        [ "$side" = after ] && dir=$after extra=${AFTER_ARGS:-}
         echo "== $side $round" >&2
-        "$dir/acms-bench" compare --acms-bin "$dir/acms" --out "$out/$side-$round" "$@" \
+        # shellcheck disable=SC2086 # one word per option
+        "$dir/acms-bench" compare --acms-bin "$dir/acms" --out "$out/$side-$round" "$@" $extra \
             > "$out/$side-$round.log" 2>&1 || { tail -20 "$out/$side-$round.log" >&2; exit 1; }
         # One chart per run says nothing here; the table below is the result.
         rm -f "$out/$side-$round/chart.png"

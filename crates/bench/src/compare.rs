@@ -151,6 +151,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<bool> {
         settings.systems.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
         out.display()
     );
+    if let Some(version) = &nats_version {
+        // The cross-hub figures depend on it: NATS spends a third of that path's CPU.
+        eprintln!("acms-bench: {version} ({})", settings.nats_bin.display());
+    }
     for &system in &settings.systems {
         eprintln!(
             "acms-bench: {} throughput: {}; rtt: {}",
