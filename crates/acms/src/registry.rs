@@ -250,35 +250,46 @@ impl Registry {
         let mut registration = Registration { first, ..Registration::default() };
         // Read before the entry is locked (iterating takes every shard's lock). A server that
         // registers meanwhile sends everything unacknowledged anyway, and waits for nobody.
-        let connected: Vec<ServerId> = self
-            .servers
-            .iter()
-            .filter(|other| *other.key() != id && other.attached.is_some())
-            .map(|other| *other.key())
-            .collect();
+        let mut connected = Vec::new();
+        let mut here = HashSet::new();
+        for other in self.servers.iter().filter(|other| *other.key() != id) {
+            here.insert(*other.key());
+            if other.attached.is_some() {
+                connected.push(*other.key());
+            }
+        }
         // Who sends again is settled, and blocked, in the same lock that makes the connection
         // findable: a frame relayed to it before its origin is blocked would overtake the frames
         // that origin sends again. (Blocked a moment later, a frame relayed in that moment was.)
-        let resend_and_block = |returning: bool, resend: &mut HashMap<ServerId, u64>| {
-            // A returning server's frames still queued for its broken connection died with it,
-            // unrecorded; one arriving on a backplane may come from another hub, where frames
-            // for it died: either way every server here sends again all it has not had
-            // acknowledged.
-            if returning || arriving.resend_all {
-                resend.extend(connected.iter().map(|&other| (other, 0)));
-            }
-            self.settle.registered(id, now, resend);
-            resend.remove(&id);
-            // The hub's own pushes wait until the AS has been told the hub's epoch; servers on
-            // other hubs until their `Resent` comes through the backplane.
-            resend
-                .keys()
-                .copied()
-                .chain([ServerId::HUB])
-                .chain(arriving.remote)
-                .filter(|&origin| origin != id)
-                .collect::<HashSet<ServerId>>()
-        };
+        let resend_and_block =
+            |returning: bool, held: Vec<ServerId>, resend: &mut HashMap<_, _>| {
+                // A returning server's frames still queued for its broken connection died with it,
+                // unrecorded; one arriving on a backplane may come from another hub, where frames
+                // for it died: either way every server here sends again all it has not had
+                // acknowledged.
+                if returning || arriving.resend_all {
+                    resend.extend(connected.iter().map(|&other| (other, 0)));
+                }
+                self.settle.registered(id, now, resend);
+                resend.remove(&id);
+                // On a backplane, the origins that forwarded to the broken connection, or whose
+                // frames were dropped while it was away, and that are not servers of this hub are
+                // on other hubs, whether or not the replica lists them yet (their directory entry
+                // may still be on its way): they send again too, once their hub sees this
+                // registration.
+                let elsewhere =
+                    held.into_iter().filter(|origin| arriving.resend_all && !here.contains(origin));
+                // The hub's own pushes wait until the AS has been told the hub's epoch; servers on
+                // other hubs until their `Resent` comes through the backplane.
+                resend
+                    .keys()
+                    .copied()
+                    .chain([ServerId::HUB])
+                    .chain(arriving.remote)
+                    .chain(elsewhere)
+                    .filter(|&origin| origin != id)
+                    .collect::<HashSet<ServerId>>()
+            };
         let attached =
             Some(Attached { outbox: outbox.clone(), closer, forwarded: Forwarded::new() });
         match self.servers.entry(id) {
@@ -290,15 +301,15 @@ impl Registry {
                 welcome(&outbox);
                 registration.stale_users =
                     entry.away.take().map(|(_, users)| users).unwrap_or_default();
-                entry.held.clear();
+                let held: Vec<ServerId> = entry.held.drain().map(|(origin, _)| origin).collect();
                 entry.info = info;
                 entry.epoch = epoch;
-                entry.blocked = resend_and_block(true, &mut registration.resend);
+                entry.blocked = resend_and_block(true, held, &mut registration.resend);
                 entry.attached = attached;
             }
             Entry::Vacant(slot) => {
                 welcome(&outbox);
-                let blocked = resend_and_block(false, &mut registration.resend);
+                let blocked = resend_and_block(false, Vec::new(), &mut registration.resend);
                 slot.insert(ServerEntry {
                     info,
                     epoch,

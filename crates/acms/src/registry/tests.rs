@@ -326,3 +326,31 @@ fn no_frame_reaches_a_returning_server_before_its_origins_resent() {
     relaying.join().unwrap();
     assert_eq!(early, 0, "returns of 2,000 where a frame of server 1 came before its Resent");
 }
+
+/// An origin on another hub that this hub's replica does not list yet (its directory entry is
+/// still on the way) forwarded to a server whose connection then broke: when the server returns,
+/// that origin's later frames must wait for its `Resent` too, or they overtake the frames it
+/// sends again.
+#[test]
+fn an_origin_the_replica_does_not_list_is_blocked_when_the_server_it_sent_to_returns() {
+    let registry = Registry::default();
+    let frame = || vec![Bytes::from_static(b"f")];
+    let (outbox, _inbox) = Outbox::new(1024, 512);
+    registry.register(info(2), 0, outbox, CancellationToken::new(), None).unwrap();
+    let remote = ServerId(10);
+    let mut marks = Marks::default();
+    let queued = registry.relay_batch(remote, ServerId(2), Some(40), frame(), Some(&mut marks));
+    assert!(matches!(queued, Ok(Relayed::Queued(None))));
+    let _away = registry.depart(ServerId(2), HashSet::new(), true);
+    // Back, on a backplane whose replica lists no server of another hub yet.
+    let (outbox, _inbox) = Outbox::new(1024, 512);
+    let arriving = Arriving { resend_all: true, remote: Vec::new() };
+    registry
+        .register_arriving(info(2), 0, outbox.clone(), CancellationToken::new(), None, arriving)
+        .unwrap();
+    let _ = registry.relay_batch(remote, ServerId(2), Some(2046), frame(), Some(&mut marks));
+    assert_eq!(outbox.pending(), 0, "frame 2046 overtook the frames from 40 sent again");
+    registry.resent(remote, ServerId(2));
+    let _ = registry.relay_batch(remote, ServerId(2), Some(40), frame(), Some(&mut marks));
+    assert!(outbox.pending() > 0, "after its Resent, its frames pass");
+}
