@@ -23,11 +23,18 @@ async fn a_server_on_a_hub_not_heard_from_yet_gets_its_acks() {
     std::fs::write(&config, "[backplane]\nheartbeat = \"5s\"\ndead_after = \"15s\"\n")
         .expect("write config");
     let config = config.display().to_string();
+    // Hub B beats every 500 ms (the default), so hub A hears it at once, but judges hub A by
+    // hub A's own pace: with the default 3 s, it took hub A, beating every 5 s, for dead
+    // between two beats, and a test slowed by a busy machine lost its acks to that.
+    let config_b = dir.path().join("acms-b.toml");
+    std::fs::write(&config_b, "[backplane]\ndead_after = \"15s\"\n").expect("write config");
+    let config_b = config_b.display().to_string();
     let urls_a = nats.urls_from(0);
     let (_hub_a, transfer_a, _admin_a) =
         start_hub_with(&["--backplane", &urls_a, "--config", &config]).await;
     let urls_b = nats.urls_from(1);
-    let (_hub_b, transfer_b, _admin_b) = start_hub_with(&["--backplane", &urls_b]).await;
+    let (_hub_b, transfer_b, _admin_b) =
+        start_hub_with(&["--backplane", &urls_b, "--config", &config_b]).await;
     let start = |id: u32, hub: std::net::SocketAddr| {
         Cluster::builder(ServerId(id), hub.to_string())
             .client_addr(format!("127.0.0.1:{}", free_port()))

@@ -177,8 +177,9 @@ impl NatsCluster {
         (0..count).map(|i| self.nodes[(first + i) % count].url()).collect::<Vec<_>>().join(",")
     }
 
-    /// Waits until each node has routes to the other two and JetStream has a meta leader; an
-    /// error if a node exits or the cluster has not formed within the patience.
+    /// Waits until each node has routes to the other two and JetStream has a meta leader that
+    /// counts its peers current; an error if a node exits or the cluster has not formed within
+    /// the patience.
     async fn ready(&mut self) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         for index in 0..self.nodes.len() {
@@ -192,9 +193,7 @@ impl NatsCluster {
                 let routes = get(node.monitor, "/routez").await;
                 let jsz = get(node.monitor, "/jsz").await;
                 let routed = routes.as_ref().is_some_and(routed_to_both);
-                let led = jsz.as_ref().is_some_and(|j| {
-                    j["meta_cluster"]["leader"].as_str().is_some_and(|leader| !leader.is_empty())
-                });
+                let led = jsz.as_ref().is_some_and(|j| led_by_a_current_meta(j, &node.name));
                 if routed && led {
                     break;
                 }
@@ -216,6 +215,19 @@ fn routed_to_both(routez: &serde_json::Value) -> bool {
     let peers: std::collections::HashSet<&str> =
         routes.iter().filter_map(|route| route["remote_id"].as_str()).collect();
     peers.len() >= 2
+}
+
+/// Whether a node's `/jsz` names a JetStream meta leader and, if the node is that leader, it
+/// counts every peer current (nats-server 2.10 and later list them; 2.9 does not). Until then a
+/// new replicated bucket may be refused: "no suitable peers for placement, peer offline".
+fn led_by_a_current_meta(jsz: &serde_json::Value, name: &str) -> bool {
+    let meta = &jsz["meta_cluster"];
+    let Some(leader) = meta["leader"].as_str().filter(|leader| !leader.is_empty()) else {
+        return false;
+    };
+    let peers = meta["replicas"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let current = |peer: &serde_json::Value| peer["current"] == true && peer["offline"] != true;
+    leader != name || peers.iter().all(current)
 }
 
 /// `GET path` on a monitoring port, as JSON; `None` while the node does not answer.
@@ -309,5 +321,29 @@ pub async fn server_on_each(hubs: &[HubProc]) -> (Vec<Cluster>, Vec<Events>) {
         clusters.push(cluster);
         events.push(cluster_events);
     }
+    // Every hub knows where every server is: a user's sessions may reach a hub's replica before
+    // the place of their server does (each comes through its own bucket).
+    let ids: Vec<u64> = (0..hubs.len() as u64).map(|index| 10 + index).collect();
+    for hub in hubs {
+        wait_servers(hub.admin, &ids).await;
+    }
     (clusters, events)
+}
+
+/// Waits until the hub at `admin` lists every server of `ids` (its own and other hubs').
+pub async fn wait_servers(admin: SocketAddr, ids: &[u64]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let reply = http::request(admin, "GET", "/api/servers", &[], None).await;
+        let listed: Vec<u64> = serde_json::from_str::<serde_json::Value>(&reply.body)
+            .ok()
+            .and_then(|json| json.as_array().cloned())
+            .map(|list| list.iter().filter_map(|server| server["id"].as_u64()).collect())
+            .unwrap_or_default();
+        if ids.iter().all(|id| listed.contains(id)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never listed {ids:?}: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -172,7 +172,8 @@ pub async fn connect(
     // Connected by now: the event of the first connection may come after this.
     link_up.store(true, Ordering::Relaxed);
     core.connected = link_up;
-    let open = |bucket: String| open_bucket(&jetstream, bucket, replicas, &urls);
+    let patience = config.connect_timeout;
+    let open = |bucket: String| open_bucket(&jetstream, bucket, replicas, &urls, patience);
     let users = open(core.names.users_bucket()).await?;
     let servers = open(core.names.servers_bucket()).await?;
     let groups = open(core.names.groups_bucket()).await?;
@@ -198,16 +199,29 @@ pub async fn connect(
 /// On file storage, so the directory survives a restart of every NATS server. A bucket an older
 /// hub made on memory storage is replaced (a stream's storage cannot change in place): its
 /// entries are dropped, and each hub writes its own again at its next reconciliation check.
+///
+/// Tried again, backing off, for up to `patience` (at least three times): two hubs may create
+/// the bucket at once, and a NATS cluster that has just formed may answer that it has no peers
+/// for the replicas yet ("peer offline") until its nodes have all reported.
 async fn open_bucket(
     jetstream: &jetstream::Context,
     bucket: String,
     replicas: usize,
     urls: &str,
+    patience: Duration,
 ) -> Result<kv::Store, BackplaneError> {
     let name = format!("KV_{bucket}");
     let mut last = String::new();
-    // Two hubs may create it at once: creating an identical stream again is no error.
-    for _ in 0..3 {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(50);
+    for attempt in 0.. {
+        if attempt >= 3 && tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        if attempt > 0 {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
         if let Ok(stream) = jetstream.get_stream(&name).await {
             let info = stream.cached_info();
             if info.config.storage != jetstream::stream::StorageType::Memory {
