@@ -55,7 +55,8 @@ pub struct BackplaneConfig {
     pub tls_cert: Option<PathBuf>,
     /// The private key of `tls_cert` (PEM).
     pub tls_key: Option<PathBuf>,
-    /// How long the first connection to NATS may take before the hub gives up and exits.
+    /// How long the first connection to NATS, and then opening the directory's buckets, may
+    /// each take before the hub gives up and exits.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// How often the hub tells the other hubs it is alive.
