@@ -155,8 +155,9 @@ pub(crate) struct Backplane {
     /// later one may overtake it.
     held: Mutex<HashSet<(ServerId, ServerId)>>,
     any_held: AtomicBool,
-    /// The epoch of each remote origin that this hub's servers were told.
-    told_epochs: Mutex<HashMap<ServerId, u64>>,
+    /// The epoch of each remote origin that this hub's servers were told, and the hub its
+    /// frames last came from.
+    told_epochs: Mutex<HashMap<ServerId, (u64, HubId)>>,
     stuck: Mutex<recovery::Stuck>,
     dead: Mutex<recovery::Dead>,
     /// Servers that were registered here and moved to another hub: frames for them that reach
@@ -432,10 +433,26 @@ impl Backplane {
         }
     }
 
-    /// Whether this hub's servers must be told `origin`'s epoch before its frames: it is new to
-    /// them, or restarted. Records it as told.
-    pub(crate) fn tell_epoch(&self, origin: ServerId, epoch: u64) -> bool {
-        self.told_epochs.lock().expect("epochs lock").insert(origin, epoch) != Some(epoch)
+    /// Whether this hub's servers must be told `origin`'s epoch before its frames, which come
+    /// from `hub`: it is new to them, or restarted. Records it as told, and where it is.
+    pub(crate) fn tell_epoch(&self, origin: ServerId, epoch: u64, hub: HubId) -> bool {
+        let mut told = self.told_epochs.lock().expect("epochs lock");
+        told.insert(origin, (epoch, hub)).is_none_or(|(before, _)| before != epoch)
+    }
+
+    /// The hub an ack for `target`, a server not connected here, goes to: the one the directory
+    /// places it on or, while the directory has no place for it yet, the one its frames came
+    /// from. (A hub's frames can arrive before the directory entry of their origin: dropped for
+    /// want of a place, the ack of a lone message never came, and its receipt timed out.)
+    pub(crate) fn ack_hub(&self, target: ServerId) -> Option<HubId> {
+        match self.replica.route_server(target) {
+            Remote::Hub(hub) => Some(hub),
+            Remote::Moving => None,
+            Remote::Nowhere => {
+                let told = self.told_epochs.lock().expect("epochs lock");
+                told.get(&target).map(|&(_, hub)| hub).filter(|&hub| hub != self.me)
+            }
+        }
     }
 
     /// The servers of this hub with members of `group` are now `servers` (none: the last

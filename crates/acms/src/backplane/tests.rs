@@ -97,9 +97,9 @@ fn drift_of_a_key_being_written_waits_and_repairs_are_counted() {
 #[test]
 fn an_origin_epoch_is_told_once_and_again_after_a_restart() {
     let (backplane, _queue) = backplane(1);
-    assert!(backplane.tell_epoch(ServerId(1), 10));
-    assert!(!backplane.tell_epoch(ServerId(1), 10));
-    assert!(backplane.tell_epoch(ServerId(1), 11));
+    assert!(backplane.tell_epoch(ServerId(1), 10, HubId(2)));
+    assert!(!backplane.tell_epoch(ServerId(1), 10, HubId(2)));
+    assert!(backplane.tell_epoch(ServerId(1), 11, HubId(2)));
 }
 
 #[test]
@@ -143,4 +143,18 @@ fn a_batch_cut_into_messages_carries_its_credit_list_on_the_last() {
         }
     }
     assert_eq!(lists, vec![vec![], counted.to_vec()], "credited once, with the last part");
+}
+
+#[test]
+fn an_ack_goes_back_the_way_its_origin_s_frames_came_until_the_directory_places_it() {
+    let (backplane, _queue) = backplane(1);
+    let origin = ServerId(10);
+    assert_eq!(backplane.ack_hub(origin), None, "never heard of");
+    // Its first frames came from hub 2 before its directory entry did.
+    backplane.tell_epoch(origin, 1, HubId(2));
+    assert_eq!(backplane.ack_hub(origin), Some(HubId(2)));
+    // The directory's place wins once it is there.
+    let place = Place { hub: HubId(3), epoch: 1, registration: 1, client_addr: "a:1".into() };
+    backplane.replica.set_place(origin, place);
+    assert_eq!(backplane.ack_hub(origin), Some(HubId(3)));
 }

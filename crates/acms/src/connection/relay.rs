@@ -442,10 +442,7 @@ impl Relay {
         if self.shared.registry.is_registered(target) {
             return Some(Dest::Server(target));
         }
-        match backplane.replica.route_server(target) {
-            Remote::Hub(hub) => Some(Dest::Hub(hub)),
-            Remote::Moving | Remote::Nowhere => None,
-        }
+        backplane.ack_hub(target).map(Dest::Hub)
     }
 
     /// Adds whole frames to what is handed to `target` after this read, after what it has already.

@@ -60,7 +60,7 @@ pub(super) fn deliver(
     frames: Bytes,
 ) -> Vec<(ServerId, Outbox)> {
     let local_origin = shared.registry.is_registered(origin);
-    if !local_origin && core.tell_epoch(origin, epoch) {
+    if !local_origin && core.tell_epoch(origin, epoch, hub) {
         // The servers here learn the origin's process before its frames: a restarted origin
         // numbers from 1 again.
         let up = ServerEpoch { id: origin, epoch };

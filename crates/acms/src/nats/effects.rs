@@ -451,7 +451,7 @@ fn server_placed(shared: &HubState, core: &Backplane, server: ServerId, place: P
     // It sends everything not acknowledged after registering: nobody waits for its `Resent`.
     shared.registry.unblock_origin(server);
     core.release_origin(server);
-    core.tell_epoch(server, place.epoch);
+    core.tell_epoch(server, place.epoch, place.hub);
     let up = ServerEpoch { id: server, epoch: place.epoch };
     let frame = shared.control_frame(Control::ServerUp { server: up, resend_from: Some(0) });
     for peer in shared.registry.peers(server) {
